@@ -1,0 +1,620 @@
+//! Maintenance windows and freezes: when work may start. Pure functions over plain data.
+//!
+//! Semantics (the same as Argo CD's sync windows, plus freezes):
+//! - a component that no window covers may be worked on at any time;
+//! - if any `allow` window covers it, work may start only while one of them is active;
+//! - an active `deny` window or an active freeze beats any allow window;
+//! - a window is active iff `next_start_after(now - duration) <= now`.
+//!
+//! Schedules are the 5-field crontab form, evaluated in the window's IANA time zone.
+//! Occurrences are computed in wall-clock time and then mapped to instants:
+//! - a start in the *repeated* hour (autumn) opens once, at its first occurrence;
+//! - a start in the *skipped* hour (spring) opens at the end of the gap
+//!   (`30 2 * * *` in Europe/Amsterdam on the last Sunday of March opens at 03:00 CEST);
+//! - the duration is elapsed time: a 4h window is four real hours even across a DST change.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("invalid schedule `{expr}`: {reason}")]
+    Schedule { expr: String, reason: String },
+    #[error("unknown time zone `{0}`")]
+    TimeZone(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Which components a window or freeze applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    All,
+    Names(BTreeSet<String>),
+}
+
+impl Selector {
+    pub fn covers(&self, component: &str) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Names(n) => n.contains(component),
+        }
+    }
+
+    /// Whether every component `other` covers is also covered by `self`.
+    pub fn includes(&self, other: &Selector) -> bool {
+        match (self, other) {
+            (Selector::All, _) => true,
+            (Selector::Names(_), Selector::All) => false,
+            (Selector::Names(a), Selector::Names(b)) => b.is_subset(a),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Allow,
+    Deny,
+}
+
+/// A compiled maintenance window.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub name: String,
+    pub kind: Kind,
+    /// The crontab expression as the user wrote it.
+    pub crontab: String,
+    schedule: cron::Schedule,
+    pub duration: Duration,
+    pub tz: Tz,
+    pub components: Selector,
+}
+
+/// A compiled freeze: nothing starts in `[from, to)`.
+#[derive(Debug, Clone)]
+pub struct Freeze {
+    pub name: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub components: Selector,
+}
+
+impl Freeze {
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.from <= now && now < self.to
+    }
+}
+
+pub fn parse_tz(name: &str) -> Result<Tz> {
+    Tz::from_str(name).map_err(|_| Error::TimeZone(name.to_string()))
+}
+
+/// Translate the 5-field crontab form (`min hour dom month dow`, Sunday = 0 or 7) into the
+/// `cron` crate's form (seconds first, Sunday = 1).
+pub fn crontab_to_cron(expr: &str) -> Result<String> {
+    let bad = |reason: &str| Error::Schedule {
+        expr: expr.to_string(),
+        reason: reason.to_string(),
+    };
+    let e = expr.trim();
+    let e = match e {
+        "@hourly" => "0 * * * *",
+        "@daily" | "@midnight" => "0 0 * * *",
+        "@weekly" => "0 0 * * 0",
+        "@monthly" => "0 0 1 * *",
+        "@yearly" | "@annually" => "0 0 1 1 *",
+        s if s.starts_with('@') => {
+            return Err(bad("only @hourly, @daily, @weekly, @monthly and @yearly are understood"));
+        }
+        s => s,
+    };
+    let fields: Vec<&str> = e.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(bad(&format!(
+            "it has {} fields; use the 5-field crontab form `minute hour day-of-month month day-of-week`, e.g. `0 22 * * 6`",
+            fields.len()
+        )));
+    }
+    let unrestricted = |f: &str| f == "*" || f == "?";
+    if !unrestricted(fields[2]) && !unrestricted(fields[4]) {
+        return Err(bad(
+            "it restricts both day-of-month and day-of-week, which crontab combines with OR; restrict only one",
+        ));
+    }
+    let dow = fields[4]
+        .split(',')
+        .map(translate_dow_item)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|r| bad(&r))?
+        .join(",");
+    Ok(format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow))
+}
+
+fn translate_dow_item(item: &str) -> std::result::Result<String, String> {
+    let (base, step) = match item.split_once('/') {
+        Some((b, s)) => (b, Some(s)),
+        None => (item, None),
+    };
+    let num = |s: &str| -> std::result::Result<Option<u32>, String> {
+        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
+            match s.parse::<u32>() {
+                Ok(n) if n <= 7 => Ok(Some(n)),
+                _ => Err(format!(
+                    "day of week `{s}` is out of range: use 0-7 (0 and 7 are Sunday) or a name like SAT"
+                )),
+            }
+        } else {
+            Ok(None)
+        }
+    };
+    // crontab 0..=6 (Sun..Sat), 7 = Sun  ->  cron crate 1..=7 (Sun..Sat)
+    let shift = |n: u32| if n == 7 { 1 } else { n + 1 };
+    let suffix = step.map(|s| format!("/{s}")).unwrap_or_default();
+    let translated = match base.split_once('-') {
+        Some((a, b)) => match (num(a)?, num(b)?) {
+            (Some(a), Some(7)) if step.is_none() => {
+                // `5-7` (Fri..Sun) becomes `6-7,1`
+                if a == 7 || a == 0 {
+                    return Ok(if a == 0 { "1-7".to_string() } else { "1".to_string() });
+                }
+                return Ok(format!("{}-7,1", a + 1));
+            }
+            (Some(_), Some(7)) => {
+                return Err("a stepped day-of-week range cannot end at 7; write Sunday as 0".to_string());
+            }
+            (Some(a), Some(b)) => format!("{}-{}", shift(a), shift(b)),
+            (None, None) => base.to_string(),
+            _ => return Err(format!("day-of-week range `{base}` mixes numbers and names")),
+        },
+        None => match num(base)? {
+            Some(n) => shift(n).to_string(),
+            None => base.to_string(),
+        },
+    };
+    Ok(format!("{translated}{suffix}"))
+}
+
+/// Parse a 5-field crontab expression into a schedule.
+pub fn parse_schedule(expr: &str) -> Result<cron::Schedule> {
+    let c = crontab_to_cron(expr)?;
+    cron::Schedule::from_str(&c).map_err(|e| Error::Schedule {
+        expr: expr.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Map a wall-clock time in `tz` to an instant: the first one for a repeated time, the end of
+/// the gap for a skipped time.
+fn local_to_instant(tz: &Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    if let Some(d) = tz.from_local_datetime(&local).earliest() {
+        return Some(d.with_timezone(&Utc));
+    }
+    // In a gap: the first whole minute after it that exists. Gaps are at most a few hours.
+    (1..=24 * 60).find_map(|m| {
+        tz.from_local_datetime(&(local + Duration::minutes(m)))
+            .earliest()
+            .map(|d| d.with_timezone(&Utc))
+    })
+}
+
+impl Window {
+    pub fn new(
+        name: &str,
+        kind: Kind,
+        crontab: &str,
+        duration: Duration,
+        tz: Tz,
+        components: Selector,
+    ) -> Result<Self> {
+        Ok(Window {
+            name: name.to_string(),
+            kind,
+            crontab: crontab.to_string(),
+            schedule: parse_schedule(crontab)?,
+            duration,
+            tz,
+            components,
+        })
+    }
+
+    /// Window starts strictly after `t`, as instants, in order.
+    pub fn starts_after(&self, t: DateTime<Utc>) -> impl Iterator<Item = DateTime<Utc>> + '_ {
+        // Begin a few hours early in wall-clock time so DST offsets cannot hide a start.
+        let local = t.with_timezone(&self.tz).naive_local() - Duration::hours(4);
+        let floating = Utc.from_utc_datetime(&local);
+        let tz = self.tz;
+        let mut last: Option<DateTime<Utc>> = None;
+        self.schedule
+            .after_owned(floating)
+            .filter_map(move |occ| local_to_instant(&tz, occ.naive_utc()))
+            .filter(move |s| {
+                // Two skipped wall-clock times can map to the same instant: keep one.
+                let fresh = last != Some(*s);
+                last = Some(*s);
+                fresh
+            })
+            .skip_while(move |s| *s <= t)
+    }
+
+    /// Argo CD's rule: active iff `next(now - duration) <= now`.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.starts_after(now - self.duration)
+            .next()
+            .is_some_and(|s| s <= now)
+    }
+
+    /// When the window, active at `now`, closes (the latest end of the occurrences open at `now`).
+    pub fn active_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.starts_after(now - self.duration)
+            .take(100_000)
+            .take_while(|s| *s <= now)
+            .last()
+            .map(|s| s + self.duration)
+    }
+}
+
+/// Why work may or may not start now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "decision", rename_all = "camelCase")]
+pub enum Decision {
+    /// No window covers the component: any time is fine.
+    #[serde(rename_all = "camelCase")]
+    AnyTime,
+    /// An allow window is open.
+    #[serde(rename_all = "camelCase")]
+    InWindow { window: String, closes: DateTime<Utc> },
+    /// An emergency override lets the work through outside windows.
+    #[serde(rename_all = "camelCase")]
+    Emergency,
+    /// Allow windows cover the component and none is open; `next` is when work may start.
+    #[serde(rename_all = "camelCase")]
+    Wait { next: Option<DateTime<Utc>> },
+    /// A deny window is open.
+    #[serde(rename_all = "camelCase")]
+    Denied { window: String, until: DateTime<Utc> },
+    /// A freeze is in force.
+    #[serde(rename_all = "camelCase")]
+    Frozen { freeze: String, until: DateTime<Utc> },
+}
+
+impl Decision {
+    pub fn allows_start(&self) -> bool {
+        matches!(self, Decision::AnyTime | Decision::InWindow { .. } | Decision::Emergency)
+    }
+}
+
+/// An emergency override from a labelled PR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Override {
+    pub emergency: bool,
+    /// Whether the emergency also goes through freezes (policy decides).
+    pub bypass_freezes: bool,
+}
+
+/// How far ahead `next_start` looks.
+pub const HORIZON_DAYS: i64 = 400;
+const MAX_CANDIDATES_PER_SOURCE: usize = 5_000;
+
+/// Whether work on `component` may start at `now` (without computing the next opening).
+pub fn decide_now(
+    now: DateTime<Utc>,
+    component: &str,
+    windows: &[Window],
+    freezes: &[Freeze],
+    ov: Override,
+) -> Decision {
+    if let Some(f) = freezes
+        .iter()
+        .find(|f| f.components.covers(component) && f.is_active(now))
+        && !(ov.emergency && ov.bypass_freezes)
+    {
+        return Decision::Frozen {
+            freeze: f.name.clone(),
+            until: f.to,
+        };
+    }
+    if ov.emergency {
+        return Decision::Emergency;
+    }
+    let covering = || windows.iter().filter(|w| w.components.covers(component));
+    if let Some(w) = covering().find(|w| w.kind == Kind::Deny && w.is_active(now)) {
+        return Decision::Denied {
+            window: w.name.clone(),
+            until: w.active_until(now).unwrap_or(now),
+        };
+    }
+    let mut allows = covering().filter(|w| w.kind == Kind::Allow).peekable();
+    if allows.peek().is_none() {
+        return Decision::AnyTime;
+    }
+    let open = allows
+        .filter_map(|w| w.active_until(now).map(|c| (w, c)))
+        .max_by_key(|(_, c)| *c);
+    match open {
+        Some((w, closes)) => Decision::InWindow {
+            window: w.name.clone(),
+            closes,
+        },
+        None => Decision::Wait { next: None },
+    }
+}
+
+/// Like [`decide_now`], and when work must wait, also when it may next start.
+pub fn decide(
+    now: DateTime<Utc>,
+    component: &str,
+    windows: &[Window],
+    freezes: &[Freeze],
+    ov: Override,
+) -> Decision {
+    match decide_now(now, component, windows, freezes, ov) {
+        Decision::Wait { .. } => Decision::Wait {
+            next: next_start(now, component, windows, freezes, ov),
+        },
+        d => d,
+    }
+}
+
+/// The first instant at or after `now` (within [`HORIZON_DAYS`]) at which work may start.
+pub fn next_start(
+    now: DateTime<Utc>,
+    component: &str,
+    windows: &[Window],
+    freezes: &[Freeze],
+    ov: Override,
+) -> Option<DateTime<Utc>> {
+    let horizon = now + Duration::days(HORIZON_DAYS);
+    let mut candidates = vec![now];
+    for w in windows.iter().filter(|w| w.components.covers(component)) {
+        let starts = w
+            .starts_after(now - w.duration)
+            .take_while(|s| *s <= horizon)
+            .take(MAX_CANDIDATES_PER_SOURCE);
+        match w.kind {
+            Kind::Allow => candidates.extend(starts.filter(|s| *s >= now)),
+            Kind::Deny => candidates.extend(starts.map(|s| s + w.duration).filter(|e| *e >= now)),
+        }
+    }
+    for f in freezes.iter().filter(|f| f.components.covers(component)) {
+        if f.to >= now {
+            candidates.push(f.to);
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+    candidates
+        .into_iter()
+        .find(|t| decide_now(*t, component, windows, freezes, ov).allows_start())
+}
+
+/// For an allow window, the deny windows that cover all its components and block every one of its
+/// occurrences within the horizon (a window that can never open). Empty when it can open, or
+/// when it has no occurrence to judge.
+pub fn blocked_by<'a>(allow: &Window, windows: &'a [Window], now: DateTime<Utc>) -> Vec<&'a Window> {
+    let denies: Vec<&Window> = windows
+        .iter()
+        .filter(|d| d.kind == Kind::Deny && d.components.includes(&allow.components))
+        .collect();
+    if denies.is_empty() {
+        return denies;
+    }
+    let horizon = now + Duration::days(HORIZON_DAYS);
+    let mut any = false;
+    for s in allow
+        .starts_after(now)
+        .take_while(|s| *s <= horizon)
+        .take(MAX_CANDIDATES_PER_SOURCE)
+    {
+        any = true;
+        let end = s + allow.duration;
+        // Instants where the open/blocked state can change inside [s, end): s and deny ends.
+        let mut points = vec![s];
+        for d in &denies {
+            points.extend(
+                d.starts_after(s - d.duration)
+                    .take_while(|ds| *ds < end)
+                    .take(MAX_CANDIDATES_PER_SOURCE)
+                    .map(|ds| ds + d.duration)
+                    .filter(|e| *e > s && *e < end),
+            );
+        }
+        if points.iter().any(|p| !denies.iter().any(|d| d.is_active(*p))) {
+            return Vec::new();
+        }
+    }
+    if any { denies } else { Vec::new() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+    fn win(kind: Kind, cron: &str, hours: i64, tz: &str) -> Window {
+        Window::new(
+            "w",
+            kind,
+            cron,
+            Duration::hours(hours),
+            parse_tz(tz).unwrap(),
+            Selector::All,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn crontab_translation() {
+        assert_eq!(crontab_to_cron("0 22 * * 6").unwrap(), "0 0 22 * * 7");
+        assert_eq!(crontab_to_cron("0 22 * * 0").unwrap(), "0 0 22 * * 1");
+        assert_eq!(crontab_to_cron("0 22 * * 7").unwrap(), "0 0 22 * * 1");
+        assert_eq!(crontab_to_cron("0 2 * * 1-5").unwrap(), "0 0 2 * * 2-6");
+        assert_eq!(crontab_to_cron("0 2 * * 5-7").unwrap(), "0 0 2 * * 6-7,1");
+        assert_eq!(crontab_to_cron("0 2 * * */2").unwrap(), "0 0 2 * * */2");
+        assert_eq!(crontab_to_cron("0 2 * * SAT,SUN").unwrap(), "0 0 2 * * SAT,SUN");
+        assert_eq!(crontab_to_cron("@weekly").unwrap(), "0 0 0 * * 1");
+        assert!(crontab_to_cron("0 0 22 * * 6").is_err());
+        assert!(crontab_to_cron("0 22 1 * 6").is_err());
+        assert!(crontab_to_cron("0 22 * * 8").is_err());
+        assert!(parse_schedule("61 22 * * 6").is_err());
+    }
+
+    #[test]
+    fn weekday_numbers_mean_what_crontab_means() {
+        // 2026-11-21 is a Saturday.
+        let w = win(Kind::Allow, "0 22 * * 6", 4, "UTC");
+        let next = w.starts_after(utc("2026-11-16T00:00:00Z")).next().unwrap();
+        assert_eq!(next, utc("2026-11-21T22:00:00Z"));
+        let sun = win(Kind::Allow, "0 3 * * 0", 1, "UTC");
+        assert_eq!(
+            sun.starts_after(utc("2026-11-16T00:00:00Z")).next().unwrap(),
+            utc("2026-11-22T03:00:00Z")
+        );
+    }
+
+    #[test]
+    fn active_iff_next_of_now_minus_duration_is_not_after_now() {
+        let w = win(Kind::Allow, "0 22 * * 6", 4, "UTC");
+        assert!(!w.is_active(utc("2026-11-21T21:59:59Z")));
+        assert!(w.is_active(utc("2026-11-21T22:00:00Z")));
+        assert!(w.is_active(utc("2026-11-22T01:59:59Z")));
+        assert!(!w.is_active(utc("2026-11-22T02:00:00Z")));
+        assert_eq!(w.active_until(utc("2026-11-21T23:00:00Z")), Some(utc("2026-11-22T02:00:00Z")));
+    }
+
+    #[test]
+    fn windows_cross_midnight() {
+        let w = win(Kind::Allow, "0 23 * * 5", 3, "Europe/Amsterdam"); // Fri 23:00 - Sat 02:00
+        assert!(w.is_active(utc("2026-11-21T00:30:00Z"))); // Sat 01:30 CET
+        assert!(!w.is_active(utc("2026-11-21T01:00:00Z"))); // Sat 02:00 CET
+    }
+
+    #[test]
+    fn amsterdam_spring_forward_skipped_hour_opens_at_end_of_gap() {
+        // 2026-03-29: 02:00 CET -> 03:00 CEST. A 02:30 start does not exist that day.
+        let w = win(Kind::Allow, "30 2 * * *", 2, "Europe/Amsterdam");
+        let starts: Vec<_> = w.starts_after(utc("2026-03-27T12:00:00Z")).take(3).collect();
+        assert_eq!(
+            starts,
+            [
+                utc("2026-03-28T01:30:00Z"), // 02:30 CET
+                utc("2026-03-29T01:00:00Z"), // 03:00 CEST, the end of the gap
+                utc("2026-03-30T00:30:00Z"), // 02:30 CEST
+            ]
+        );
+        // Elapsed duration: open 2 real hours from 03:00 CEST.
+        assert!(w.is_active(utc("2026-03-29T02:59:00Z")));
+        assert!(!w.is_active(utc("2026-03-29T03:00:00Z")));
+    }
+
+    #[test]
+    fn amsterdam_fall_back_repeated_hour_opens_once() {
+        // 2026-10-25: 03:00 CEST -> 02:00 CET; 02:30 happens twice.
+        let w = win(Kind::Allow, "30 2 * * *", 1, "Europe/Amsterdam");
+        let starts: Vec<_> = w.starts_after(utc("2026-10-24T12:00:00Z")).take(2).collect();
+        assert_eq!(starts, [utc("2026-10-25T00:30:00Z"), utc("2026-10-26T01:30:00Z")]);
+        assert!(w.is_active(utc("2026-10-25T01:15:00Z")));
+        // The second 02:30 (CET, 01:30Z) is not a new opening.
+        assert!(!w.is_active(utc("2026-10-25T01:45:00Z")));
+    }
+
+    #[test]
+    fn new_york_transitions() {
+        // 2026-03-08 02:00 EST -> 03:00 EDT; 2026-11-01 02:00 EDT -> 01:00 EST.
+        let w = win(Kind::Allow, "15 2 * * *", 1, "America/New_York");
+        let s: Vec<_> = w.starts_after(utc("2026-03-07T12:00:00Z")).take(2).collect();
+        assert_eq!(s, [utc("2026-03-08T07:00:00Z"), utc("2026-03-09T06:15:00Z")]);
+        let r = win(Kind::Allow, "30 1 * * *", 1, "America/New_York");
+        let s: Vec<_> = r.starts_after(utc("2026-10-31T12:00:00Z")).take(2).collect();
+        assert_eq!(s, [utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")]);
+        // A window across the change keeps its real length: 22:00 EDT + 6h = 03:00 EST.
+        let long = win(Kind::Allow, "0 22 * * 6", 6, "America/New_York");
+        assert_eq!(
+            long.active_until(utc("2026-11-01T03:00:00Z")),
+            Some(utc("2026-11-01T08:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn decisions() {
+        let sat = win(Kind::Allow, "0 22 * * 6", 4, "UTC");
+        let mut deny = win(Kind::Deny, "0 23 * * 6", 1, "UTC");
+        deny.name = "d".into();
+        let freeze = Freeze {
+            name: "year-end".into(),
+            from: utc("2026-12-20T00:00:00Z"),
+            to: utc("2027-01-04T00:00:00Z"),
+            components: Selector::All,
+        };
+        let ws = vec![sat.clone(), deny];
+        let fs = vec![freeze];
+        let none = Override::default();
+        assert_eq!(decide(utc("2026-11-21T10:00:00Z"), "k3s", &[], &[], none), Decision::AnyTime);
+        assert_eq!(
+            decide(utc("2026-11-21T10:00:00Z"), "k3s", &ws, &fs, none),
+            Decision::Wait {
+                next: Some(utc("2026-11-21T22:00:00Z"))
+            }
+        );
+        assert!(matches!(
+            decide(utc("2026-11-21T22:30:00Z"), "k3s", &ws, &fs, none),
+            Decision::InWindow { .. }
+        ));
+        assert_eq!(
+            decide(utc("2026-11-21T23:30:00Z"), "k3s", &ws, &fs, none),
+            Decision::Denied {
+                window: "d".into(),
+                until: utc("2026-11-22T00:00:00Z")
+            }
+        );
+        // Frozen beats an open allow window; the next start is the first window after the freeze.
+        let in_freeze = utc("2026-12-26T22:30:00Z");
+        assert!(matches!(decide(in_freeze, "k3s", &ws, &fs, none), Decision::Frozen { .. }));
+        assert_eq!(
+            next_start(utc("2026-12-21T00:00:00Z"), "k3s", &ws, &fs, none),
+            Some(utc("2027-01-09T22:00:00Z"))
+        );
+        // Emergency bypasses windows but not freezes, unless policy says so.
+        let em = Override {
+            emergency: true,
+            bypass_freezes: false,
+        };
+        assert_eq!(decide(utc("2026-11-21T10:00:00Z"), "k3s", &ws, &fs, em), Decision::Emergency);
+        assert!(matches!(decide(in_freeze, "k3s", &ws, &fs, em), Decision::Frozen { .. }));
+        let em2 = Override {
+            emergency: true,
+            bypass_freezes: true,
+        };
+        assert_eq!(decide(in_freeze, "k3s", &ws, &fs, em2), Decision::Emergency);
+    }
+
+    #[test]
+    fn windows_only_apply_to_their_components() {
+        let mut w = win(Kind::Allow, "0 22 * * 6", 4, "UTC");
+        w.components = Selector::Names(["longhorn".to_string()].into());
+        let now = utc("2026-11-21T10:00:00Z");
+        assert_eq!(decide(now, "k3s", &[w.clone()], &[], Override::default()), Decision::AnyTime);
+        assert!(matches!(
+            decide(now, "longhorn", &[w], &[], Override::default()),
+            Decision::Wait { next: Some(_) }
+        ));
+    }
+
+    #[test]
+    fn an_allow_window_inside_a_deny_window_never_opens() {
+        let allow = win(Kind::Allow, "0 22 * * 6", 2, "UTC");
+        let deny = win(Kind::Deny, "0 21 * * 6", 4, "UTC");
+        let now = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
+        assert_eq!(blocked_by(&allow, std::slice::from_ref(&deny), now).len(), 1);
+        let partial = win(Kind::Deny, "0 23 * * 6", 4, "UTC");
+        assert!(blocked_by(&allow, &[partial], now).is_empty());
+        assert_eq!(next_start(now, "k3s", &[allow, deny], &[], Override::default()), None);
+    }
+}
