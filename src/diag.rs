@@ -72,7 +72,11 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{}:{}:{}: {sev}: {}", self.file, self.line, self.column, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {sev}: {}",
+            self.file, self.line, self.column, self.message
+        )?;
         if let Some(h) = &self.hint {
             write!(f, " (hint: {h})")?;
         }
@@ -83,9 +87,8 @@ impl fmt::Display for Diagnostic {
 /// Sort by file, then position, errors before warnings at the same place, and drop exact repeats.
 pub fn sort(diags: &mut Vec<Diagnostic>) {
     diags.sort_by(|a, b| {
-        (&a.file, a.line, a.column, a.severity, &a.message).cmp(&(
-            &b.file, b.line, b.column, b.severity, &b.message,
-        ))
+        (&a.file, a.line, a.column, a.severity, &a.message)
+            .cmp(&(&b.file, b.line, b.column, b.severity, &b.message))
     });
     diags.dedup();
 }
@@ -95,8 +98,14 @@ pub fn pos_of_offset(text: &[u8], offset: usize) -> Pos {
     let offset = offset.min(text.len());
     let before = &text[..offset];
     let line = before.iter().filter(|b| **b == b'\n').count() as u64 + 1;
-    let line_start = before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let column = String::from_utf8_lossy(&before[line_start..]).chars().count() as u64 + 1;
+    let line_start = before
+        .iter()
+        .rposition(|b| *b == b'\n')
+        .map_or(0, |i| i + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count() as u64
+        + 1;
     Pos { line, column }
 }
 
@@ -106,14 +115,28 @@ mod tests {
 
     #[test]
     fn formats_like_a_compiler() {
-        let d = Diagnostic::error("versions.yaml", Pos { line: 3, column: 14 }, "bad").hint("fix it");
-        assert_eq!(d.to_string(), "versions.yaml:3:14: error: bad (hint: fix it)");
+        let d = Diagnostic::error(
+            "versions.yaml",
+            Pos {
+                line: 3,
+                column: 14,
+            },
+            "bad",
+        )
+        .hint("fix it");
+        assert_eq!(
+            d.to_string(),
+            "versions.yaml:3:14: error: bad (hint: fix it)"
+        );
     }
 
     #[test]
     fn offsets_to_positions() {
         assert_eq!(pos_of_offset(b"ab\ncd", 4), Pos { line: 2, column: 2 });
         assert_eq!(pos_of_offset(b"", 0), Pos::START);
-        assert_eq!(pos_of_offset("é\nx".as_bytes(), 2), Pos { line: 1, column: 2 });
+        assert_eq!(
+            pos_of_offset("é\nx".as_bytes(), 2),
+            Pos { line: 1, column: 2 }
+        );
     }
 }

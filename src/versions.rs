@@ -33,7 +33,9 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How a component numbers its releases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheme {
     /// `vX.Y.Z+k3sN` (k3s and RKE2-style builds); `+k3sN` is ordered as a number.
@@ -201,7 +203,9 @@ impl Version {
 
     /// Development builds (`-dev-20260517`, `-dev.3`): never candidates, whatever the policy says.
     pub fn is_dev(&self) -> bool {
-        self.pre.iter().any(|p| p.0 == "dev" || p.0.starts_with("dev-"))
+        self.pre
+            .iter()
+            .any(|p| p.0 == "dev" || p.0.starts_with("dev-"))
     }
 
     /// `(major, minor)`: the release line this version belongs to.
@@ -262,7 +266,8 @@ pub fn parse(input: &str, scheme: Scheme) -> Result<Version> {
         if part.len() > 1 && part.starts_with('0') {
             return Err(err("numbers must not have leading zeros"));
         }
-        part.parse::<u64>().map_err(|_| err("a number is too large"))
+        part.parse::<u64>()
+            .map_err(|_| err("a number is too large"))
     };
     let major = num("it needs three numbers, major.minor.patch")?;
     let minor = num("it needs three numbers, major.minor.patch")?;
@@ -271,7 +276,8 @@ pub fn parse(input: &str, scheme: Scheme) -> Result<Version> {
         return Err(err("it has more than three numbers"));
     }
     let mut pre = match pre {
-        Some(p) => parse_pre(p).ok_or_else(|| err("the pre-release must be dot-separated [0-9A-Za-z-] identifiers"))?,
+        Some(p) => parse_pre(p)
+            .ok_or_else(|| err("the pre-release must be dot-separated [0-9A-Za-z-] identifiers"))?,
         None => Vec::new(),
     };
     let revision = match scheme {
@@ -279,14 +285,17 @@ pub fn parse(input: &str, scheme: Scheme) -> Result<Version> {
             if let Some(b) = build
                 && (b.is_empty() || !b.split('.').all(valid_ident))
             {
-                return Err(err("the build metadata after `+` must be dot-separated [0-9A-Za-z-] identifiers"));
+                return Err(err(
+                    "the build metadata after `+` must be dot-separated [0-9A-Za-z-] identifiers",
+                ));
             }
             None
         }
         Scheme::K3s => match build {
-            Some(b) => {
-                Some(k3s_revision(b).ok_or_else(|| err("the build must be `+k3sN` with N a number, like +k3s1"))?)
-            }
+            Some(b) => Some(
+                k3s_revision(b)
+                    .ok_or_else(|| err("the build must be `+k3sN` with N a number, like +k3s1"))?,
+            ),
             None => {
                 // The dash alias: `v1.33.4-k3s1` (SUC's form) means `v1.33.4+k3s1`.
                 let joined: Vec<&str> = pre.iter().map(|p| p.0.as_str()).collect();
@@ -419,21 +428,35 @@ impl PathRule {
 pub enum PathError {
     #[error("{from} -> {to} is a downgrade, which this component cannot do")]
     Downgrade { from: String, to: String },
-    #[error("{from} -> {to} goes down a minor, which this component cannot do (patch downgrades only)")]
+    #[error(
+        "{from} -> {to} goes down a minor, which this component cannot do (patch downgrades only)"
+    )]
     MinorDowngrade { from: String, to: String },
-    #[error("{from} -> {to} skips a minor: v{major}.{minor} must be applied in between, and no release of it is available")]
+    #[error(
+        "{from} -> {to} skips a minor: v{major}.{minor} must be applied in between, and no release of it is available"
+    )]
     MissingLine {
         from: String,
         to: String,
         major: u64,
         minor: u64,
     },
-    #[error("{from} -> {to} crosses a major version with a step limit; upgrade to v{major}.0 first")]
-    MajorJump { from: String, to: String, major: u64 },
+    #[error(
+        "{from} -> {to} crosses a major version with a step limit; upgrade to v{major}.0 first"
+    )]
+    MajorJump {
+        from: String,
+        to: String,
+        major: u64,
+    },
 }
 
 /// Whether `from -> to` may be applied in one step under `rule`.
-pub fn check_hop(from: &Version, to: &Version, rule: &PathRule) -> std::result::Result<(), PathError> {
+pub fn check_hop(
+    from: &Version,
+    to: &Version,
+    rule: &PathRule,
+) -> std::result::Result<(), PathError> {
     let names = || (from.to_string(), to.to_string());
     if to < from {
         return match rule.downgrade {
@@ -499,11 +522,13 @@ pub fn plan_path(
                 return Ok(hops);
             }
             Err(PathError::MissingLine { major, minor, .. }) => {
-                let next = newest_in_line(available, major, minor).ok_or_else(|| PathError::MissingLine {
-                    from: from.to_string(),
-                    to: to.to_string(),
-                    major,
-                    minor,
+                let next = newest_in_line(available, major, minor).ok_or_else(|| {
+                    PathError::MissingLine {
+                        from: from.to_string(),
+                        to: to.to_string(),
+                        major,
+                        minor,
+                    }
                 })?;
                 hops.push(next.clone());
                 at = next.clone();
@@ -621,9 +646,15 @@ mod tests {
     #[test]
     fn parse_errors_say_why() {
         let e = parse("1.2", Scheme::Semver).unwrap_err().to_string();
-        assert_eq!(e, "`1.2` is not a semver version: it needs three numbers, major.minor.patch");
+        assert_eq!(
+            e,
+            "`1.2` is not a semver version: it needs three numbers, major.minor.patch"
+        );
         let e = parse("latest", Scheme::K3s).unwrap_err().to_string();
-        assert_eq!(e, "`latest` is not a k3s version: major, minor and patch must be numbers, like v1.33.4");
+        assert_eq!(
+            e,
+            "`latest` is not a k3s version: major, minor and patch must be numbers, like v1.33.4"
+        );
         assert!(parse("v01.2.3", Scheme::Semver).is_err());
         assert!(parse("v1.2.3-", Scheme::Semver).is_err());
         assert!(parse("v1.2.3+", Scheme::Semver).is_err());
@@ -639,9 +670,18 @@ mod tests {
 
     #[test]
     fn classify_levels() {
-        assert_eq!(classify(&k("v1.33.4+k3s1"), &k("v1.33.4+k3s2")), Level::Revision);
-        assert_eq!(classify(&k("v1.33.4+k3s1"), &k("v1.33.5+k3s1")), Level::Patch);
-        assert_eq!(classify(&k("v1.33.4+k3s1"), &k("v1.34.1+k3s1")), Level::Minor);
+        assert_eq!(
+            classify(&k("v1.33.4+k3s1"), &k("v1.33.4+k3s2")),
+            Level::Revision
+        );
+        assert_eq!(
+            classify(&k("v1.33.4+k3s1"), &k("v1.33.5+k3s1")),
+            Level::Patch
+        );
+        assert_eq!(
+            classify(&k("v1.33.4+k3s1"), &k("v1.34.1+k3s1")),
+            Level::Minor
+        );
         assert_eq!(classify(&sv("v1.9.0"), &sv("v2.0.0")), Level::Major);
     }
 

@@ -109,7 +109,9 @@ pub fn crontab_to_cron(expr: &str) -> Result<String> {
         "@monthly" => "0 0 1 * *",
         "@yearly" | "@annually" => "0 0 1 1 *",
         s if s.starts_with('@') => {
-            return Err(bad("only @hourly, @daily, @weekly, @monthly and @yearly are understood"));
+            return Err(bad(
+                "only @hourly, @daily, @weekly, @monthly and @yearly are understood",
+            ));
         }
         s => s,
     };
@@ -132,7 +134,10 @@ pub fn crontab_to_cron(expr: &str) -> Result<String> {
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|r| bad(&r))?
         .join(",");
-    Ok(format!("0 {} {} {} {} {}", fields[0], fields[1], fields[2], fields[3], dow))
+    Ok(format!(
+        "0 {} {} {} {} {}",
+        fields[0], fields[1], fields[2], fields[3], dow
+    ))
 }
 
 fn translate_dow_item(item: &str) -> std::result::Result<String, String> {
@@ -160,16 +165,26 @@ fn translate_dow_item(item: &str) -> std::result::Result<String, String> {
             (Some(a), Some(7)) if step.is_none() => {
                 // `5-7` (Fri..Sun) becomes `6-7,1`
                 if a == 7 || a == 0 {
-                    return Ok(if a == 0 { "1-7".to_string() } else { "1".to_string() });
+                    return Ok(if a == 0 {
+                        "1-7".to_string()
+                    } else {
+                        "1".to_string()
+                    });
                 }
                 return Ok(format!("{}-7,1", a + 1));
             }
             (Some(_), Some(7)) => {
-                return Err("a stepped day-of-week range cannot end at 7; write Sunday as 0".to_string());
+                return Err(
+                    "a stepped day-of-week range cannot end at 7; write Sunday as 0".to_string(),
+                );
             }
             (Some(a), Some(b)) => format!("{}-{}", shift(a), shift(b)),
             (None, None) => base.to_string(),
-            _ => return Err(format!("day-of-week range `{base}` mixes numbers and names")),
+            _ => {
+                return Err(format!(
+                    "day-of-week range `{base}` mixes numbers and names"
+                ));
+            }
         },
         None => match num(base)? {
             Some(n) => shift(n).to_string(),
@@ -190,7 +205,7 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule> {
 
 /// Map a wall-clock time in `tz` to an instant: the first one for a repeated time, the end of
 /// the gap for a skipped time.
-fn local_to_instant(tz: &Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+pub fn local_to_instant(tz: &Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
     if let Some(d) = tz.from_local_datetime(&local).earliest() {
         return Some(d.with_timezone(&Utc));
     }
@@ -267,7 +282,10 @@ pub enum Decision {
     AnyTime,
     /// An allow window is open.
     #[serde(rename_all = "camelCase")]
-    InWindow { window: String, closes: DateTime<Utc> },
+    InWindow {
+        window: String,
+        closes: DateTime<Utc>,
+    },
     /// An emergency override lets the work through outside windows.
     #[serde(rename_all = "camelCase")]
     Emergency,
@@ -276,15 +294,24 @@ pub enum Decision {
     Wait { next: Option<DateTime<Utc>> },
     /// A deny window is open.
     #[serde(rename_all = "camelCase")]
-    Denied { window: String, until: DateTime<Utc> },
+    Denied {
+        window: String,
+        until: DateTime<Utc>,
+    },
     /// A freeze is in force.
     #[serde(rename_all = "camelCase")]
-    Frozen { freeze: String, until: DateTime<Utc> },
+    Frozen {
+        freeze: String,
+        until: DateTime<Utc>,
+    },
 }
 
 impl Decision {
     pub fn allows_start(&self) -> bool {
-        matches!(self, Decision::AnyTime | Decision::InWindow { .. } | Decision::Emergency)
+        matches!(
+            self,
+            Decision::AnyTime | Decision::InWindow { .. } | Decision::Emergency
+        )
     }
 }
 
@@ -395,7 +422,11 @@ pub fn next_start(
 /// For an allow window, the deny windows that cover all its components and block every one of its
 /// occurrences within the horizon (a window that can never open). Empty when it can open, or
 /// when it has no occurrence to judge.
-pub fn blocked_by<'a>(allow: &Window, windows: &'a [Window], now: DateTime<Utc>) -> Vec<&'a Window> {
+pub fn blocked_by<'a>(
+    allow: &Window,
+    windows: &'a [Window],
+    now: DateTime<Utc>,
+) -> Vec<&'a Window> {
     let denies: Vec<&Window> = windows
         .iter()
         .filter(|d| d.kind == Kind::Deny && d.components.includes(&allow.components))
@@ -423,7 +454,10 @@ pub fn blocked_by<'a>(allow: &Window, windows: &'a [Window], now: DateTime<Utc>)
                     .filter(|e| *e > s && *e < end),
             );
         }
-        if points.iter().any(|p| !denies.iter().any(|d| d.is_active(*p))) {
+        if points
+            .iter()
+            .any(|p| !denies.iter().any(|d| d.is_active(*p)))
+        {
             return Vec::new();
         }
     }
@@ -458,7 +492,10 @@ mod tests {
         assert_eq!(crontab_to_cron("0 2 * * 1-5").unwrap(), "0 0 2 * * 2-6");
         assert_eq!(crontab_to_cron("0 2 * * 5-7").unwrap(), "0 0 2 * * 6-7,1");
         assert_eq!(crontab_to_cron("0 2 * * */2").unwrap(), "0 0 2 * * */2");
-        assert_eq!(crontab_to_cron("0 2 * * SAT,SUN").unwrap(), "0 0 2 * * SAT,SUN");
+        assert_eq!(
+            crontab_to_cron("0 2 * * SAT,SUN").unwrap(),
+            "0 0 2 * * SAT,SUN"
+        );
         assert_eq!(crontab_to_cron("@weekly").unwrap(), "0 0 0 * * 1");
         assert!(crontab_to_cron("0 0 22 * * 6").is_err());
         assert!(crontab_to_cron("0 22 1 * 6").is_err());
@@ -474,7 +511,9 @@ mod tests {
         assert_eq!(next, utc("2026-11-21T22:00:00Z"));
         let sun = win(Kind::Allow, "0 3 * * 0", 1, "UTC");
         assert_eq!(
-            sun.starts_after(utc("2026-11-16T00:00:00Z")).next().unwrap(),
+            sun.starts_after(utc("2026-11-16T00:00:00Z"))
+                .next()
+                .unwrap(),
             utc("2026-11-22T03:00:00Z")
         );
     }
@@ -486,7 +525,10 @@ mod tests {
         assert!(w.is_active(utc("2026-11-21T22:00:00Z")));
         assert!(w.is_active(utc("2026-11-22T01:59:59Z")));
         assert!(!w.is_active(utc("2026-11-22T02:00:00Z")));
-        assert_eq!(w.active_until(utc("2026-11-21T23:00:00Z")), Some(utc("2026-11-22T02:00:00Z")));
+        assert_eq!(
+            w.active_until(utc("2026-11-21T23:00:00Z")),
+            Some(utc("2026-11-22T02:00:00Z"))
+        );
     }
 
     #[test]
@@ -500,7 +542,10 @@ mod tests {
     fn amsterdam_spring_forward_skipped_hour_opens_at_end_of_gap() {
         // 2026-03-29: 02:00 CET -> 03:00 CEST. A 02:30 start does not exist that day.
         let w = win(Kind::Allow, "30 2 * * *", 2, "Europe/Amsterdam");
-        let starts: Vec<_> = w.starts_after(utc("2026-03-27T12:00:00Z")).take(3).collect();
+        let starts: Vec<_> = w
+            .starts_after(utc("2026-03-27T12:00:00Z"))
+            .take(3)
+            .collect();
         assert_eq!(
             starts,
             [
@@ -518,8 +563,14 @@ mod tests {
     fn amsterdam_fall_back_repeated_hour_opens_once() {
         // 2026-10-25: 03:00 CEST -> 02:00 CET; 02:30 happens twice.
         let w = win(Kind::Allow, "30 2 * * *", 1, "Europe/Amsterdam");
-        let starts: Vec<_> = w.starts_after(utc("2026-10-24T12:00:00Z")).take(2).collect();
-        assert_eq!(starts, [utc("2026-10-25T00:30:00Z"), utc("2026-10-26T01:30:00Z")]);
+        let starts: Vec<_> = w
+            .starts_after(utc("2026-10-24T12:00:00Z"))
+            .take(2)
+            .collect();
+        assert_eq!(
+            starts,
+            [utc("2026-10-25T00:30:00Z"), utc("2026-10-26T01:30:00Z")]
+        );
         assert!(w.is_active(utc("2026-10-25T01:15:00Z")));
         // The second 02:30 (CET, 01:30Z) is not a new opening.
         assert!(!w.is_active(utc("2026-10-25T01:45:00Z")));
@@ -529,11 +580,23 @@ mod tests {
     fn new_york_transitions() {
         // 2026-03-08 02:00 EST -> 03:00 EDT; 2026-11-01 02:00 EDT -> 01:00 EST.
         let w = win(Kind::Allow, "15 2 * * *", 1, "America/New_York");
-        let s: Vec<_> = w.starts_after(utc("2026-03-07T12:00:00Z")).take(2).collect();
-        assert_eq!(s, [utc("2026-03-08T07:00:00Z"), utc("2026-03-09T06:15:00Z")]);
+        let s: Vec<_> = w
+            .starts_after(utc("2026-03-07T12:00:00Z"))
+            .take(2)
+            .collect();
+        assert_eq!(
+            s,
+            [utc("2026-03-08T07:00:00Z"), utc("2026-03-09T06:15:00Z")]
+        );
         let r = win(Kind::Allow, "30 1 * * *", 1, "America/New_York");
-        let s: Vec<_> = r.starts_after(utc("2026-10-31T12:00:00Z")).take(2).collect();
-        assert_eq!(s, [utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")]);
+        let s: Vec<_> = r
+            .starts_after(utc("2026-10-31T12:00:00Z"))
+            .take(2)
+            .collect();
+        assert_eq!(
+            s,
+            [utc("2026-11-01T05:30:00Z"), utc("2026-11-02T06:30:00Z")]
+        );
         // A window across the change keeps its real length: 22:00 EDT + 6h = 03:00 EST.
         let long = win(Kind::Allow, "0 22 * * 6", 6, "America/New_York");
         assert_eq!(
@@ -556,7 +619,10 @@ mod tests {
         let ws = vec![sat.clone(), deny];
         let fs = vec![freeze];
         let none = Override::default();
-        assert_eq!(decide(utc("2026-11-21T10:00:00Z"), "k3s", &[], &[], none), Decision::AnyTime);
+        assert_eq!(
+            decide(utc("2026-11-21T10:00:00Z"), "k3s", &[], &[], none),
+            Decision::AnyTime
+        );
         assert_eq!(
             decide(utc("2026-11-21T10:00:00Z"), "k3s", &ws, &fs, none),
             Decision::Wait {
@@ -576,7 +642,10 @@ mod tests {
         );
         // Frozen beats an open allow window; the next start is the first window after the freeze.
         let in_freeze = utc("2026-12-26T22:30:00Z");
-        assert!(matches!(decide(in_freeze, "k3s", &ws, &fs, none), Decision::Frozen { .. }));
+        assert!(matches!(
+            decide(in_freeze, "k3s", &ws, &fs, none),
+            Decision::Frozen { .. }
+        ));
         assert_eq!(
             next_start(utc("2026-12-21T00:00:00Z"), "k3s", &ws, &fs, none),
             Some(utc("2027-01-09T22:00:00Z"))
@@ -586,8 +655,14 @@ mod tests {
             emergency: true,
             bypass_freezes: false,
         };
-        assert_eq!(decide(utc("2026-11-21T10:00:00Z"), "k3s", &ws, &fs, em), Decision::Emergency);
-        assert!(matches!(decide(in_freeze, "k3s", &ws, &fs, em), Decision::Frozen { .. }));
+        assert_eq!(
+            decide(utc("2026-11-21T10:00:00Z"), "k3s", &ws, &fs, em),
+            Decision::Emergency
+        );
+        assert!(matches!(
+            decide(in_freeze, "k3s", &ws, &fs, em),
+            Decision::Frozen { .. }
+        ));
         let em2 = Override {
             emergency: true,
             bypass_freezes: true,
@@ -600,7 +675,10 @@ mod tests {
         let mut w = win(Kind::Allow, "0 22 * * 6", 4, "UTC");
         w.components = Selector::Names(["longhorn".to_string()].into());
         let now = utc("2026-11-21T10:00:00Z");
-        assert_eq!(decide(now, "k3s", &[w.clone()], &[], Override::default()), Decision::AnyTime);
+        assert_eq!(
+            decide(now, "k3s", &[w.clone()], &[], Override::default()),
+            Decision::AnyTime
+        );
         assert!(matches!(
             decide(now, "longhorn", &[w], &[], Override::default()),
             Decision::Wait { next: Some(_) }
@@ -612,9 +690,15 @@ mod tests {
         let allow = win(Kind::Allow, "0 22 * * 6", 2, "UTC");
         let deny = win(Kind::Deny, "0 21 * * 6", 4, "UTC");
         let now = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-        assert_eq!(blocked_by(&allow, std::slice::from_ref(&deny), now).len(), 1);
+        assert_eq!(
+            blocked_by(&allow, std::slice::from_ref(&deny), now).len(),
+            1
+        );
         let partial = win(Kind::Deny, "0 23 * * 6", 4, "UTC");
         assert!(blocked_by(&allow, &[partial], now).is_empty());
-        assert_eq!(next_start(now, "k3s", &[allow, deny], &[], Override::default()), None);
+        assert_eq!(
+            next_start(now, "k3s", &[allow, deny], &[], Override::default()),
+            None
+        );
     }
 }

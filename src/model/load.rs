@@ -1,0 +1,353 @@
+//! Reading a config repo safely: every problem becomes a [`Diagnostic`] with a position, and no
+//! input can make the loader panic, hang or exhaust memory.
+//!
+//! Guards: files over [`MAX_FILE_BYTES`] are refused before parsing; bytes must be UTF-8; symlinks
+//! must stay inside the repo; YAML runs under a budget (alias bombs, deep nesting, huge scalars);
+//! duplicate keys and unknown fields are errors.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+
+use super::files::{PolicyFile, VersionsFile};
+use super::{ConfigRepo, MAX_FILE_BYTES, suggest};
+use crate::diag::{self, Diagnostic, Pos};
+
+/// Problems that stop `load_repo` before any file is read (usage errors, exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{0}: no such directory (hint: point --repo at a cluster directory holding versions.yaml)"
+    )]
+    NotFound(PathBuf),
+    #[error(
+        "{0}: not a directory (hint: point --repo at a cluster directory holding versions.yaml)"
+    )]
+    NotADirectory(PathBuf),
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The versions file's name inside a cluster directory.
+pub const VERSIONS_FILE: &str = "versions.yaml";
+/// The policies directory inside a cluster directory.
+pub const POLICIES_DIR: &str = "policies";
+/// More policy files than this is surely a mistake.
+const MAX_POLICY_FILES: usize = 256;
+
+/// A loaded config repo: the model when it is valid, and every problem found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub repo: Option<ConfigRepo>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Loaded {
+    pub fn errors(&self) -> usize {
+        self.diagnostics.iter().filter(|d| d.is_error()).count()
+    }
+    pub fn warnings(&self) -> usize {
+        self.diagnostics.len() - self.errors()
+    }
+}
+
+/// Load and check the cluster directory at `root` (the directory holding `versions.yaml` and
+/// `policies/`), judging windows from `now`.
+pub fn load_repo(root: &Path, now: DateTime<Utc>) -> Result<Loaded> {
+    let meta = fs::metadata(root).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(root.to_path_buf()),
+        _ => Error::Io {
+            path: root.to_path_buf(),
+            source: e,
+        },
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::NotADirectory(root.to_path_buf()));
+    }
+    let canon = fs::canonicalize(root).map_err(|e| Error::Io {
+        path: root.to_path_buf(),
+        source: e,
+    })?;
+
+    let mut diags = Vec::new();
+    let versions = match read_text(&canon, VERSIONS_FILE) {
+        Ok(Some(text)) => match parse_yaml::<VersionsFile>(VERSIONS_FILE, &text) {
+            Ok(v) => Some(v),
+            Err(d) => {
+                diags.push(d);
+                None
+            }
+        },
+        Ok(None) => {
+            diags.push(
+                Diagnostic::error(VERSIONS_FILE, Pos::START, "versions.yaml is missing")
+                    .hint("a cluster directory holds versions.yaml and policies/; see examples/cluster-repo"),
+            );
+            None
+        }
+        Err(d) => {
+            diags.push(d);
+            None
+        }
+    };
+
+    let mut policies = Vec::new();
+    let mut policies_ok = true;
+    for rel in policy_files(&canon, &mut diags) {
+        match read_text(&canon, &rel).and_then(|t| match t {
+            Some(t) => parse_yaml::<PolicyFile>(&rel, &t).map(Some),
+            None => Ok(None),
+        }) {
+            Ok(Some(p)) => policies.push((rel, p)),
+            Ok(None) => {}
+            Err(d) => {
+                policies_ok = false;
+                diags.push(d);
+            }
+        }
+    }
+
+    let repo = super::resolve::resolve(versions.as_ref(), &policies, now, &mut diags);
+    let parsed_all = versions.is_some() && policies_ok;
+    diag::sort(&mut diags);
+    let has_errors = diags.iter().any(Diagnostic::is_error);
+    Ok(Loaded {
+        repo: repo.filter(|_| parsed_all && !has_errors),
+        diagnostics: diags,
+    })
+}
+
+/// The `*.yaml` / `*.yml` files directly in `policies/`, sorted by name, as repo-relative paths.
+fn policy_files(root: &Path, diags: &mut Vec<Diagnostic>) -> Vec<String> {
+    let dir = root.join(POLICIES_DIR);
+    let Ok(meta) = fs::symlink_metadata(&dir) else {
+        return Vec::new();
+    };
+    if meta.file_type().is_symlink() && !inside(root, &dir) {
+        diags.push(
+            Diagnostic::error(
+                POLICIES_DIR,
+                Pos::START,
+                "policies/ is a symlink that points outside the repository",
+            )
+            .hint("keep policies inside the config repo so that git tracks them"),
+        );
+        return Vec::new();
+    }
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                POLICIES_DIR,
+                Pos::START,
+                format!("cannot read policies/: {e}"),
+            ));
+            return Vec::new();
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| (n.ends_with(".yaml") || n.ends_with(".yml")) && !n.starts_with('.'))
+        .collect();
+    names.sort();
+    if names.len() > MAX_POLICY_FILES {
+        diags.push(Diagnostic::error(
+            POLICIES_DIR,
+            Pos::START,
+            format!(
+                "policies/ holds {} YAML files; upkeep reads at most {MAX_POLICY_FILES}",
+                names.len()
+            ),
+        ));
+        names.truncate(MAX_POLICY_FILES);
+    }
+    names
+        .into_iter()
+        .map(|n| format!("{POLICIES_DIR}/{n}"))
+        .collect()
+}
+
+fn inside(root: &Path, p: &Path) -> bool {
+    fs::canonicalize(p).is_ok_and(|c| c.starts_with(root))
+}
+
+/// Read a repo file as text. `Ok(None)` when it does not exist.
+fn read_text(root: &Path, rel: &str) -> std::result::Result<Option<String>, Diagnostic> {
+    let path = root.join(rel);
+    let err = |msg: String| Diagnostic::error(rel, Pos::START, msg);
+    let meta = match fs::symlink_metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(format!("cannot read: {e}"))),
+    };
+    let meta = if meta.file_type().is_symlink() {
+        let target = fs::canonicalize(&path).map_err(|_| {
+            err("is a symlink to nothing (dangling)".into())
+                .hint("remove the link or restore its target")
+        })?;
+        if !target.starts_with(root) {
+            return Err(err(format!(
+                "is a symlink that points outside the repository (to {})",
+                target.display()
+            ))
+            .hint("upkeep reads only files inside the config repo; copy the file in instead"));
+        }
+        fs::metadata(&target).map_err(|e| err(format!("cannot read: {e}")))?
+    } else {
+        meta
+    };
+    if !meta.is_file() {
+        return Err(err("is not a regular file".into()));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "the file is {} bytes, more than the {} KiB upkeep reads",
+            meta.len(),
+            MAX_FILE_BYTES / 1024
+        ))
+        .hint("config files are small; is this the right file?"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    fs::File::open(&path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(err(format!(
+            "the file grew past {} KiB while being read",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
+    decode(rel, bytes).map(Some)
+}
+
+/// UTF-8 (an optional BOM is dropped), or an error at the first bad byte.
+pub fn decode(rel: &str, bytes: Vec<u8>) -> std::result::Result<String, Diagnostic> {
+    match String::from_utf8(bytes) {
+        Ok(s) => Ok(s.strip_prefix('\u{feff}').map(str::to_string).unwrap_or(s)),
+        Err(e) => {
+            let at = e.utf8_error().valid_up_to();
+            let bytes = e.into_bytes();
+            let pos = diag::pos_of_offset(&bytes, at);
+            Err(Diagnostic::error(
+                rel,
+                pos,
+                format!(
+                    "the file is not UTF-8 (byte 0x{:02x} at offset {at})",
+                    bytes[at]
+                ),
+            )
+            .hint("save it as UTF-8"))
+        }
+    }
+}
+
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_total_scalar_bytes = 4 * MAX_FILE_BYTES as usize;
+    budget.max_aliases = 10_000;
+    budget.max_depth = 64;
+    budget.max_documents = 1;
+    let mut opts = serde_saphyr::options! { with_snippet: false };
+    opts.budget = Some(budget);
+    opts.alias_limits.max_total_replayed_events = 200_000;
+    opts
+}
+
+/// Parse one YAML document into `T`, turning any error into a positioned diagnostic.
+pub fn parse_yaml<T: DeserializeOwned>(
+    rel: &str,
+    text: &str,
+) -> std::result::Result<T, Diagnostic> {
+    if text.trim().is_empty()
+        || text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(Diagnostic::error(rel, Pos::START, "the file is empty")
+            .hint("start it with `apiVersion: upkeep.dev/v1alpha1` and a `kind`"));
+    }
+    serde_saphyr::from_str_with_options::<T>(text, yaml_options()).map_err(|e| yaml_diag(rel, &e))
+}
+
+fn yaml_diag(rel: &str, e: &serde_saphyr::Error) -> Diagnostic {
+    let pos = e
+        .location()
+        .map(|l| Pos {
+            line: l.line(),
+            column: l.column(),
+        })
+        .unwrap_or(Pos::START);
+    let full = e.to_string();
+    let msg = match full.find(" at line ") {
+        Some(i) => full[..i].to_string(),
+        None => full.clone(),
+    };
+    let d = |m: String| Diagnostic::error(rel, pos, m);
+    if msg.starts_with("budget breached")
+        || msg.contains("alias replay")
+        || msg.contains("alias expansion")
+    {
+        return d(
+            "the YAML expands to more than upkeep accepts (an alias bomb, or nesting too deep)"
+                .into(),
+        )
+        .hint("config files need no more than a few anchors; write the values out");
+    }
+    if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let (field, expected) = split_expected(rest);
+        let mut hint = format!("allowed here: {}", expected.join(", "));
+        if let Some(s) = suggest(field, expected.iter().map(String::as_str)) {
+            hint = format!("did you mean `{s}`? {hint}");
+        }
+        return d(format!("unknown field `{field}`")).hint(hint);
+    }
+    if let Some(rest) = msg.strip_prefix("unknown variant `") {
+        let (v, expected) = split_expected(rest);
+        return d(format!("unknown value `{v}`"))
+            .hint(format!("use one of: {}", expected.join(", ")));
+    }
+    if let Some(rest) = msg.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return d(format!("duplicate key `{key}`"))
+            .hint("each key may appear once in a mapping; merge the two entries");
+    }
+    if let Some(rest) = msg.strip_prefix("missing field `") {
+        let f = rest.trim_end_matches('`');
+        return d(format!("missing field `{f}`")).hint(format!("add `{f}:`"));
+    }
+    if msg.starts_with("multiple YAML documents") {
+        return d("the file holds more than one YAML document".into())
+            .hint("use one document (no `---` between documents) per file");
+    }
+    if msg.contains("null") && msg.to_lowercase().contains("string") {
+        return d("a value is missing here".into()).hint("write a value after the colon");
+    }
+    d(msg)
+}
+
+/// `foo`, expected one of a, b, c` -> ("foo", [a, b, c])
+fn split_expected(rest: &str) -> (&str, Vec<String>) {
+    let (name, tail) = rest.split_once('`').unwrap_or((rest, ""));
+    let list = tail
+        .split_once("expected one of ")
+        .or_else(|| tail.split_once("expected "))
+        .map(|(_, l)| l)
+        .unwrap_or("");
+    let expected = list
+        .split(',')
+        .flat_map(|s| s.split(" or "))
+        .map(|s| s.trim().trim_matches('`').to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    (name, expected)
+}

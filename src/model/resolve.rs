@@ -1,0 +1,939 @@
+//! Checking values and references across `versions.yaml` and `policies/`, and resolving them
+//! (with the built-in component rules) into a [`ConfigRepo`]. Pure: no I/O.
+//!
+//! Every problem is collected, not just the first; a value that fails its own check does not
+//! also produce follow-on complaints elsewhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono_tz::Tz;
+
+use super::files::{
+    ComponentRuleEntry, FreezeEntry, PolicyFile, SourceEntry, Sp, UpdateEntry, VersionsFile,
+    WindowEntry, WindowKind,
+};
+use super::load::VERSIONS_FILE;
+use super::{
+    API_VERSION, Component, ConfigRepo, Emergency, HelmChartSource, Pin, PullRequestLimits,
+    ReleaseAge, Selector, Sources, Track, UpdateRule, parse_duration, suggest,
+};
+use crate::diag::{Diagnostic, Pos};
+use crate::knowledge;
+use crate::versions::{self, Downgrade, PathRule, Scheme};
+use crate::windows::{self, Freeze, Kind, Window};
+
+/// The rules for one component after merging built-in and config-repo `componentRules`.
+#[derive(Default, Clone)]
+struct Rule {
+    scheme: Option<Scheme>,
+    track: Option<String>,
+    source: Option<(String, Sp<SourceEntry>)>,
+    path: Option<PathRule>,
+}
+
+impl Rule {
+    fn overlay(&mut self, file: &str, e: &ComponentRuleEntry) {
+        if let Some(s) = &e.scheme {
+            self.scheme = Some(s.value);
+        }
+        if let Some(t) = &e.track {
+            self.track = Some(t.value.clone());
+        }
+        if let Some(s) = &e.source {
+            self.source = Some((file.to_string(), s.clone()));
+        }
+        if let Some(p) = &e.upgrade_path {
+            self.path = Some(p.value);
+        }
+    }
+}
+
+struct Ctx<'a> {
+    diags: &'a mut Vec<Diagnostic>,
+    errors_before: usize,
+}
+
+impl Ctx<'_> {
+    fn error(&mut self, file: &str, pos: Pos, msg: impl Into<String>, hint: impl Into<String>) {
+        let hint = hint.into();
+        let mut d = Diagnostic::error(file, pos, msg);
+        if !hint.is_empty() {
+            d = d.hint(hint);
+        }
+        self.diags.push(d);
+    }
+    fn warn(&mut self, file: &str, pos: Pos, msg: impl Into<String>, hint: impl Into<String>) {
+        self.diags
+            .push(Diagnostic::warning(file, pos, msg).hint(hint));
+    }
+    fn error_count(&self) -> usize {
+        self.diags.iter().filter(|d| d.is_error()).count()
+    }
+    fn failed(&self) -> bool {
+        self.error_count() > self.errors_before
+    }
+}
+
+fn name_ok(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+const NAME_HINT: &str = "names use lowercase letters, digits and dashes, like cert-manager";
+
+pub(super) fn resolve(
+    versions: Option<&VersionsFile>,
+    policies: &[(String, PolicyFile)],
+    now: DateTime<Utc>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<ConfigRepo> {
+    let errors_before = diags.iter().filter(|d| d.is_error()).count();
+    let mut cx = Ctx {
+        diags,
+        errors_before,
+    };
+
+    if let Some(v) = versions {
+        header(
+            &mut cx,
+            VERSIONS_FILE,
+            &v.api_version,
+            &v.kind,
+            "DesiredVersions",
+        );
+    }
+    for (file, p) in policies {
+        header(&mut cx, file, &p.api_version, &p.kind, "Policy");
+    }
+
+    let rules = component_rules(&mut cx, policies);
+    let components: Vec<Component> = versions
+        .map(|v| {
+            v.components
+                .0
+                .iter()
+                .filter_map(|(name, entry)| component(&mut cx, name, entry, &rules))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Names for reference checks: every name written in versions.yaml, valid or not, so that a
+    // bad version does not also make each reference to its component an error. Without a
+    // parsed versions.yaml, references are not checked.
+    let known: Option<BTreeSet<String>> = versions.map(|v| {
+        v.components
+            .0
+            .iter()
+            .map(|(n, _)| n.value.clone())
+            .collect()
+    });
+    if let Some(v) = versions
+        && v.components.0.is_empty()
+    {
+        cx.warn(
+            VERSIONS_FILE,
+            v.kind.pos,
+            "no components are tracked",
+            "add k3s, flux, longhorn or your own under `components:`",
+        );
+    }
+
+    let mut names = Names::default();
+    let mut windows_out = Vec::new();
+    let mut freezes_out = Vec::new();
+    let mut rules_out = Vec::new();
+    let mut limits: Option<(String, Pos, PullRequestLimits)> = None;
+    for (file, p) in policies {
+        for w in &p.windows {
+            names.check(&mut cx, "window", file, &w.name);
+            let sel = selector(&mut cx, file, w.components.as_deref(), known.as_ref());
+            if let Some(win) = window(&mut cx, file, w, sel) {
+                windows_out.push((file.clone(), w.name.pos, win));
+            }
+        }
+        for f in &p.freezes {
+            names.check(&mut cx, "freeze", file, &f.name);
+            let sel = selector(&mut cx, file, f.components.as_deref(), known.as_ref());
+            if let Some(fr) = freeze(&mut cx, file, f, sel) {
+                freezes_out.push(fr);
+            }
+        }
+        for u in &p.updates {
+            names.check(&mut cx, "update rule", file, &u.name);
+            let sel = selector(&mut cx, file, u.components.as_deref(), known.as_ref());
+            if let Some(r) = update_rule(&mut cx, file, u, sel, &components) {
+                rules_out.push(r);
+            }
+        }
+        if let Some(pr) = &p.pull_requests {
+            if let Some((first, at, _)) = &limits {
+                cx.error(
+                    file,
+                    pr.pos,
+                    format!(
+                        "pullRequests is already set in {first}:{}:{}",
+                        at.line, at.column
+                    ),
+                    "set pull-request limits in one file only",
+                );
+            } else {
+                let d = PullRequestLimits::default();
+                let l = PullRequestLimits {
+                    concurrent: pr.concurrent_limit.unwrap_or(d.concurrent),
+                    hourly: pr.hourly_limit.unwrap_or(d.hourly),
+                    one_per_component: pr.one_per_component.unwrap_or(d.one_per_component),
+                };
+                if l.concurrent == 0 || l.hourly == 0 {
+                    cx.error(
+                        file,
+                        pr.pos,
+                        "a pull-request limit of 0 would never open a pull request",
+                        "to stop proposals, set `paused: true` in an update rule",
+                    );
+                }
+                limits = Some((file.clone(), pr.pos, l));
+            }
+        }
+    }
+
+    let compiled: Vec<Window> = windows_out.iter().map(|(_, _, w)| w.clone()).collect();
+    for (file, pos, w) in &windows_out {
+        if w.kind != Kind::Allow {
+            continue;
+        }
+        if w.starts_after(now).next().is_none() {
+            cx.warn(
+                file,
+                *pos,
+                format!(
+                    "window `{}` never opens: its schedule has no future date",
+                    w.name
+                ),
+                "check the day and month fields",
+            );
+            continue;
+        }
+        let blockers = windows::blocked_by(w, &compiled, now);
+        if !blockers.is_empty() {
+            let by: Vec<String> = blockers.iter().map(|b| format!("`{}`", b.name)).collect();
+            cx.warn(
+                file,
+                *pos,
+                format!(
+                    "allow window `{}` can never open: deny window {} covers every one of its occurrences in the next {} days",
+                    w.name,
+                    by.join(", "),
+                    windows::HORIZON_DAYS
+                ),
+                "shift one of the schedules, or remove the deny window",
+            );
+        }
+    }
+
+    if cx.failed() {
+        return None;
+    }
+    Some(ConfigRepo {
+        cluster: versions.and_then(|v| v.cluster.as_ref().map(|c| c.value.clone())),
+        components,
+        windows: compiled,
+        freezes: freezes_out,
+        rules: rules_out,
+        pull_requests: limits.map(|(_, _, l)| l).unwrap_or_default(),
+    })
+}
+
+fn header(cx: &mut Ctx, file: &str, api: &Sp<String>, kind: &Sp<String>, want: &str) {
+    if api.value != API_VERSION {
+        cx.error(
+            file,
+            api.pos,
+            format!("apiVersion must be `{API_VERSION}`, not `{}`", api.value),
+            format!("write `apiVersion: {API_VERSION}`"),
+        );
+    }
+    if kind.value != want {
+        let hint = match kind.value.as_str() {
+            "Policy" => "policies belong in policies/*.yaml".to_string(),
+            "DesiredVersions" => "the desired versions belong in versions.yaml".to_string(),
+            _ => format!("write `kind: {want}`"),
+        };
+        cx.error(
+            file,
+            kind.pos,
+            format!("kind must be `{want}` in this file, not `{}`", kind.value),
+            hint,
+        );
+    }
+}
+
+/// Built-in rules, overlaid by the config repo's `componentRules` in file order.
+fn component_rules(cx: &mut Ctx, policies: &[(String, PolicyFile)]) -> BTreeMap<String, Rule> {
+    let mut out: BTreeMap<String, Rule> = BTreeMap::new();
+    for (name, e) in knowledge::builtin() {
+        out.entry(name.clone())
+            .or_default()
+            .overlay(knowledge::BUILTIN_PATH, e);
+    }
+    let mut seen: BTreeMap<String, (String, Pos)> = BTreeMap::new();
+    for (file, p) in policies {
+        for (name, e) in &p.component_rules.0 {
+            if !name_ok(name) {
+                cx.error(
+                    file,
+                    name.pos,
+                    format!("`{}` is not a valid component name", name.value),
+                    NAME_HINT,
+                );
+                continue;
+            }
+            if let Some((f, at)) = seen.get(&name.value) {
+                cx.error(
+                    file,
+                    name.pos,
+                    format!(
+                        "componentRules for `{}` are already set in {f}:{}:{}",
+                        name.value, at.line, at.column
+                    ),
+                    "merge them into one entry",
+                );
+                continue;
+            }
+            seen.insert(name.value.clone(), (file.clone(), name.pos));
+            if let Some(s) = &e.source {
+                sources(cx, file, s);
+            }
+            out.entry(name.value.clone()).or_default().overlay(file, e);
+        }
+    }
+    out
+}
+
+fn component(
+    cx: &mut Ctx,
+    name: &Sp<String>,
+    e: &super::files::ComponentEntry,
+    rules: &BTreeMap<String, Rule>,
+) -> Option<Component> {
+    let f = VERSIONS_FILE;
+    if !name_ok(name) {
+        cx.error(
+            f,
+            name.pos,
+            format!("`{}` is not a valid component name", name.value),
+            NAME_HINT,
+        );
+        return None;
+    }
+    let rule = rules.get(&name.value).cloned().unwrap_or_default();
+    let scheme = e
+        .scheme
+        .as_ref()
+        .map(|s| s.value)
+        .or(rule.scheme)
+        .unwrap_or(Scheme::Semver);
+    let version = match versions::parse(&e.version, scheme) {
+        Ok(v) => v,
+        Err(err) => {
+            let hint = match scheme {
+                Scheme::K3s => "k3s versions look like v1.33.4+k3s1",
+                Scheme::Semver => {
+                    "versions look like v1.9.1; set `scheme:` if this component numbers differently"
+                }
+            };
+            cx.error(
+                f,
+                e.version.pos,
+                format!("component `{}`: {err}", name.value),
+                hint,
+            );
+            return None;
+        }
+    };
+    if version.is_dev() {
+        cx.error(
+            f,
+            e.version.pos,
+            format!(
+                "component `{}`: {version} is a development build",
+                name.value
+            ),
+            "desired versions must be releases",
+        );
+    }
+    let src = match (&e.source, &rule.source) {
+        (Some(s), _) => sources(cx, f, s),
+        (None, Some((file, s))) => sources(cx, file, s),
+        (None, None) => {
+            cx.error(
+                f,
+                name.pos,
+                format!("component `{}` has no source, and upkeep has no built-in rules for it", name.value),
+                "add `source: {githubReleases: owner/repo}` or `source: {helmChart: {repository: URL, chart: NAME}}`",
+            );
+            None
+        }
+    }?;
+    let path_rule = rule.path.unwrap_or(PathRule::ANY);
+    let track_text = e
+        .track
+        .as_ref()
+        .map(|t| (t.value.clone(), t.pos))
+        .or_else(|| rule.track.clone().map(|t| (t, e.version.pos)))
+        .unwrap_or_else(|| ("newest".into(), e.version.pos));
+    let track = match parse_track(&track_text.0, scheme, src.channel_server.is_some()) {
+        Ok(t) => t,
+        Err(hint) => {
+            cx.error(
+                f,
+                track_text.1,
+                format!(
+                    "component `{}`: cannot track `{}`",
+                    name.value, track_text.0
+                ),
+                hint,
+            );
+            return None;
+        }
+    };
+    if let Track::Line { major, minor } = track
+        && (major, minor) < version.line()
+        && path_rule.downgrade != Downgrade::Allowed
+    {
+        cx.error(
+            f,
+            track_text.1,
+            format!(
+                "component `{}`: track v{major}.{minor} is below the desired {version}",
+                name.value
+            ),
+            format!(
+                "{} cannot be downgraded; track v{}.{} or newer",
+                name.value, version.major, version.minor
+            ),
+        );
+    }
+    let allowed = match &e.allowed {
+        Some(a) => match versions::parse_range(a) {
+            Ok(r) => {
+                if !versions::in_range(&version, &r) {
+                    cx.error(
+                        f,
+                        a.pos,
+                        format!("component `{}`: the desired {version} is outside the allowed range `{}`", name.value, a.value),
+                        "widen the range or change the version",
+                    );
+                }
+                Some(r)
+            }
+            Err(err) => {
+                cx.error(
+                    f,
+                    a.pos,
+                    format!(
+                        "component `{}`: `{}` is not a version range: {err}",
+                        name.value, a.value
+                    ),
+                    "ranges look like `>=1.9.0, <2.0.0`",
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    Some(Component {
+        name: name.value.clone(),
+        version,
+        scheme,
+        track,
+        sources: src,
+        allowed,
+        path_rule,
+    })
+}
+
+fn parse_track(t: &str, scheme: Scheme, has_channel_server: bool) -> Result<Track, String> {
+    match t {
+        "newest" => return Ok(Track::Newest),
+        "stable" | "latest" | "testing" if scheme == Scheme::K3s && has_channel_server => {
+            return Ok(Track::Channel(t.to_string()));
+        }
+        "latest" => return Ok(Track::Newest),
+        "stable" | "testing" => {
+            return Err("channels need a k3s channel server source (`source: {channelServer: URL}`); use `newest` or a line like `v1.9`".into());
+        }
+        _ => {}
+    }
+    let body = t.strip_prefix('v').unwrap_or(t);
+    if let Some((a, b)) = body.split_once('.')
+        && let (Ok(major), Ok(minor)) = (a.parse::<u64>(), b.parse::<u64>())
+    {
+        return Ok(Track::Line { major, minor });
+    }
+    Err(
+        "track a channel (`stable`, `latest`, `testing`), a release line like `v1.33`, or `newest`"
+            .into(),
+    )
+}
+
+fn sources(cx: &mut Ctx, file: &str, s: &Sp<SourceEntry>) -> Option<Sources> {
+    let errors = cx.error_count();
+    let mut out = Sources::default();
+    if s.github_releases.is_none() && s.channel_server.is_none() && s.helm_chart.is_none() {
+        cx.error(
+            file,
+            s.pos,
+            "the source names no upstream",
+            "set githubReleases, channelServer or helmChart",
+        );
+    }
+    if let Some(g) = &s.github_releases {
+        let ok = g.split_once('/').is_some_and(|(o, r)| {
+            let part = |p: &str| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            };
+            part(o) && part(r)
+        });
+        if ok {
+            out.github_releases = Some(g.value.clone());
+        } else {
+            cx.error(
+                file,
+                g.pos,
+                format!("`{}` is not a GitHub repository", g.value),
+                "write it as owner/repo, like fluxcd/flux2",
+            );
+        }
+    }
+    if let Some(c) = &s.channel_server {
+        if url_ok(c, &["http://", "https://"]) {
+            out.channel_server = Some(c.value.trim_end_matches('/').to_string());
+        } else {
+            cx.error(
+                file,
+                c.pos,
+                format!("`{}` is not an http(s) URL", c.value),
+                "like https://update.k3s.io",
+            );
+        }
+    }
+    if let Some(h) = &s.helm_chart {
+        if !url_ok(&h.repository, &["http://", "https://", "oci://"]) {
+            cx.error(
+                file,
+                h.repository.pos,
+                format!("`{}` is not a Helm repository URL", h.repository.value),
+                "like https://charts.longhorn.io",
+            );
+        }
+        if !name_ok(&h.chart) {
+            cx.error(
+                file,
+                h.chart.pos,
+                format!("`{}` is not a chart name", h.chart.value),
+                NAME_HINT,
+            );
+        }
+        out.helm_chart = Some(HelmChartSource {
+            repository: h.repository.value.trim_end_matches('/').to_string(),
+            chart: h.chart.value.clone(),
+        });
+    }
+    (cx.error_count() == errors).then_some(out)
+}
+
+fn url_ok(u: &str, schemes: &[&str]) -> bool {
+    schemes.iter().any(|s| {
+        u.strip_prefix(s)
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+    })
+}
+
+fn selector(
+    cx: &mut Ctx,
+    file: &str,
+    list: Option<&[Sp<String>]>,
+    known: Option<&BTreeSet<String>>,
+) -> Option<Selector> {
+    let Some(list) = list else {
+        return Some(Selector::All);
+    };
+    if list.is_empty() {
+        cx.error(
+            file,
+            Pos::START,
+            "`components` is empty",
+            "list component names, or `[\"*\"]` for all",
+        );
+        return None;
+    }
+    let mut names = BTreeSet::new();
+    let mut ok = true;
+    for n in list {
+        if n.value == "*" {
+            return Some(Selector::All);
+        }
+        if let Some(known) = known
+            && !known.contains(&n.value)
+        {
+            let hint = match suggest(&n.value, known.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => format!(
+                    "versions.yaml tracks: {}",
+                    known.iter().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            };
+            cx.error(
+                file,
+                n.pos,
+                format!("unknown component `{}`", n.value),
+                hint,
+            );
+            ok = false;
+        }
+        names.insert(n.value.clone());
+    }
+    ok.then_some(Selector::Names(names))
+}
+
+fn tz(cx: &mut Ctx, file: &str, t: &Sp<String>) -> Option<Tz> {
+    match windows::parse_tz(&t.value) {
+        Ok(z) => Some(z),
+        Err(e) => {
+            let hint = match suggest(&t.value, chrono_tz::TZ_VARIANTS.iter().map(|z| z.name())) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "use an IANA name like Europe/Amsterdam or UTC".to_string(),
+            };
+            cx.error(file, t.pos, e.to_string(), hint);
+            None
+        }
+    }
+}
+
+fn window(cx: &mut Ctx, file: &str, w: &WindowEntry, sel: Option<Selector>) -> Option<Window> {
+    let zone = tz(cx, file, &w.time_zone);
+    let duration = match parse_duration(&w.duration) {
+        Ok(d) if d.is_zero() => {
+            cx.error(
+                file,
+                w.duration.pos,
+                format!(
+                    "window `{}`: the duration must be longer than 0",
+                    w.name.value
+                ),
+                "like 4h or 1h30m",
+            );
+            None
+        }
+        Ok(d) => Some(d),
+        Err(e) => {
+            cx.error(
+                file,
+                w.duration.pos,
+                format!(
+                    "window `{}`: `{}` is not a duration: {e}",
+                    w.name.value, w.duration.value
+                ),
+                "like 4h or 1h30m",
+            );
+            None
+        }
+    };
+    let kind = match w.kind.value {
+        WindowKind::Allow => Kind::Allow,
+        WindowKind::Deny => Kind::Deny,
+    };
+    match windows::parse_schedule(&w.schedule) {
+        Ok(_) => {}
+        Err(e) => {
+            cx.error(
+                file,
+                w.schedule.pos,
+                format!("window `{}`: {e}", w.name.value),
+                "crontab form: minute hour day-of-month month day-of-week, e.g. `0 22 * * 6` (Saturdays 22:00)",
+            );
+            return None;
+        }
+    }
+    let (zone, duration, sel) = (zone?, duration?, sel?);
+    Window::new(&w.name, kind, &w.schedule, duration, zone, sel).ok()
+}
+
+fn freeze(cx: &mut Ctx, file: &str, f: &FreezeEntry, sel: Option<Selector>) -> Option<Freeze> {
+    let zone = match &f.time_zone {
+        Some(t) => Some(tz(cx, file, t)?),
+        None => None,
+    };
+    let mut at = |s: &Sp<String>| match parse_instant(&s.value, zone) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            cx.error(
+                file,
+                s.pos,
+                format!("freeze `{}`: `{}` {e}", f.name.value, s.value),
+                "like 2026-12-20T00:00 with timeZone, or 2026-12-20T00:00:00+01:00",
+            );
+            None
+        }
+    };
+    let (from, to) = (at(&f.from), at(&f.to));
+    let (from, to) = (from?, to?);
+    if to <= from {
+        cx.error(
+            file,
+            f.to.pos,
+            format!("freeze `{}` ends before it starts", f.name.value),
+            "`to` must be after `from`",
+        );
+        return None;
+    }
+    Some(Freeze {
+        name: f.name.value.clone(),
+        from,
+        to,
+        components: sel?,
+    })
+}
+
+/// RFC 3339 with an offset, or a date/date-time read in `tz`.
+pub fn parse_instant(s: &str, tz: Option<Tz>) -> Result<DateTime<Utc>, String> {
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    let naive = [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(s, f).ok())
+    .or_else(|| {
+        NaiveDate::parse_from_str(s, "%Y-%m-%d")
+            .ok()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+    })
+    .ok_or_else(|| "is not a date-time".to_string())?;
+    let tz = tz.ok_or_else(|| "has no offset and the freeze has no timeZone".to_string())?;
+    windows::local_to_instant(&tz, naive)
+        .ok_or_else(|| "does not exist in that time zone".to_string())
+}
+
+fn update_rule(
+    cx: &mut Ctx,
+    file: &str,
+    u: &UpdateEntry,
+    sel: Option<Selector>,
+    components: &[Component],
+) -> Option<UpdateRule> {
+    let errors = cx.error_count();
+    let rule_name = &u.name.value;
+    let covered: Vec<&Component> = match &sel {
+        Some(s) => components.iter().filter(|c| s.covers(&c.name)).collect(),
+        None => Vec::new(),
+    };
+    if let Some(p) = &u.propose
+        && p.is_empty()
+    {
+        cx.error(
+            file,
+            u.name.pos,
+            format!("update rule `{rule_name}`: `propose` is empty"),
+            "to stop proposals, set `paused: true`",
+        );
+    }
+    let age = u.minimum_release_age.as_ref().and_then(|a| {
+        let mut out = ReleaseAge::default();
+        let mut ok = true;
+        for (slot, text) in [
+            (&mut out.revision, &a.revision),
+            (&mut out.patch, &a.patch),
+            (&mut out.minor, &a.minor),
+            (&mut out.major, &a.major),
+        ] {
+            if let Some(t) = text {
+                match parse_duration(t) {
+                    Ok(d) => *slot = Some(d),
+                    Err(e) => {
+                        ok = false;
+                        cx.error(
+                            file,
+                            a.pos,
+                            format!("update rule `{rule_name}`: `{t}` is not a duration: {e}"),
+                            "like 3d or 12h",
+                        );
+                    }
+                }
+            }
+        }
+        ok.then_some(out)
+    });
+    let pin = u
+        .pin
+        .as_ref()
+        .and_then(|p| pin(cx, file, rule_name, p, &sel, &covered));
+    let mut ignore = Vec::new();
+    for i in u.ignore.iter().flatten() {
+        let schemes: BTreeSet<Scheme> = covered.iter().map(|c| c.scheme).collect();
+        let schemes = if schemes.is_empty() {
+            [Scheme::Semver, Scheme::K3s].into()
+        } else {
+            schemes
+        };
+        match schemes
+            .iter()
+            .find_map(|s| versions::parse(&i.value, *s).ok())
+        {
+            Some(v) => ignore.push(v),
+            None => cx.error(
+                file,
+                i.pos,
+                format!(
+                    "update rule `{rule_name}`: cannot ignore `{}`: it is not a version",
+                    i.value
+                ),
+                "list exact versions, like v1.9.0",
+            ),
+        }
+    }
+    let emergency = u.emergency.as_ref().map(|e| {
+        let d = Emergency::default();
+        let label = e
+            .label
+            .as_ref()
+            .map(|l| (l.value.trim().to_string(), l.pos));
+        if let Some((l, pos)) = &label
+            && l.is_empty()
+        {
+            cx.error(
+                file,
+                *pos,
+                format!("update rule `{rule_name}`: the emergency label is empty"),
+                "e.g. upkeep/emergency",
+            );
+        }
+        Emergency {
+            allowed: e.allowed.unwrap_or(true),
+            label: label.map(|l| l.0).unwrap_or(d.label),
+            bypass_freezes: e.bypass_freezes.unwrap_or(d.bypass_freezes),
+        }
+    });
+    if cx.error_count() > errors {
+        return None;
+    }
+    Some(UpdateRule {
+        name: rule_name.clone(),
+        components: sel?,
+        propose: u
+            .propose
+            .as_ref()
+            .map(|p| p.iter().map(|l| l.value).collect()),
+        minimum_release_age: age,
+        prerelease: u.prerelease,
+        pin,
+        ignore,
+        emergency,
+        paused: u.paused,
+    })
+}
+
+fn pin(
+    cx: &mut Ctx,
+    file: &str,
+    rule: &str,
+    p: &Sp<String>,
+    sel: &Option<Selector>,
+    covered: &[&Component],
+) -> Option<Pin> {
+    if matches!(sel, Some(Selector::All)) {
+        cx.error(
+            file,
+            p.pos,
+            format!("update rule `{rule}`: a pin needs `components:` naming what it pins"),
+            "pins apply to named components, e.g. components: [k3s]",
+        );
+        return None;
+    }
+    let mut result = None;
+    for c in covered {
+        let parsed = match parse_track(&p.value, c.scheme, false) {
+            Ok(Track::Line { major, minor }) => Ok(Pin::Line { major, minor }),
+            _ => versions::parse(&p.value, c.scheme)
+                .map(Pin::Exact)
+                .map_err(|e| e.to_string()),
+        };
+        let pin = match parsed {
+            Ok(pin) => pin,
+            Err(e) => {
+                cx.error(
+                    file,
+                    p.pos,
+                    format!("update rule `{rule}`: cannot pin `{}`: {e}", c.name),
+                    "pin a version like v1.33.4+k3s1 or a line like v1.33",
+                );
+                return None;
+            }
+        };
+        let below = match &pin {
+            Pin::Exact(v) => versions::check_hop(&c.version, v, &c.path_rule)
+                .err()
+                .map(|_| v.to_string()),
+            Pin::Line { major, minor } => {
+                let lower = (*major, *minor) < c.version.line();
+                (lower && c.path_rule.downgrade != Downgrade::Allowed)
+                    .then(|| format!("v{major}.{minor}"))
+            }
+        };
+        if let Some(target) = below {
+            cx.error(
+                file,
+                p.pos,
+                format!("update rule `{rule}`: pins `{}` to {target}, below the desired {} in versions.yaml", c.name, c.version),
+                format!("{} cannot be downgraded; pin {} or newer", c.name, c.version),
+            );
+            return None;
+        }
+        result = Some(pin);
+    }
+    result
+}
+
+/// Names must be valid and unique per kind across all policy files.
+#[derive(Default)]
+struct Names(BTreeMap<(&'static str, String), (String, Pos)>);
+
+impl Names {
+    fn check(&mut self, cx: &mut Ctx, what: &'static str, file: &str, n: &Sp<String>) {
+        if !name_ok(n) {
+            cx.error(
+                file,
+                n.pos,
+                format!("`{}` is not a valid {what} name", n.value),
+                NAME_HINT,
+            );
+            return;
+        }
+        match self.0.get(&(what, n.value.clone())) {
+            Some((f, at)) => cx.error(
+                file,
+                n.pos,
+                format!(
+                    "{what} `{}` is already defined at {f}:{}:{}",
+                    n.value, at.line, at.column
+                ),
+                format!("give each {what} its own name"),
+            ),
+            None => {
+                self.0
+                    .insert((what, n.value.clone()), (file.to_string(), n.pos));
+            }
+        }
+    }
+}
