@@ -118,7 +118,7 @@ pub fn crontab_to_cron(expr: &str) -> Result<String> {
     let fields: Vec<&str> = e.split_whitespace().collect();
     if fields.len() != 5 {
         return Err(bad(&format!(
-            "it has {} fields; use the 5-field crontab form `minute hour day-of-month month day-of-week`, e.g. `0 22 * * 6`",
+            "it has {} fields, crontab has 5",
             fields.len()
         )));
     }
@@ -127,6 +127,12 @@ pub fn crontab_to_cron(expr: &str) -> Result<String> {
         return Err(bad(
             "it restricts both day-of-month and day-of-week, which crontab combines with OR; restrict only one",
         ));
+    }
+    for (i, (what, lo, hi)) in [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12)]
+        .into_iter()
+        .enumerate()
+    {
+        check_field(fields[i], what, lo, hi).map_err(|r| bad(&r))?;
     }
     let dow = fields[4]
         .split(',')
@@ -138,6 +144,33 @@ pub fn crontab_to_cron(expr: &str) -> Result<String> {
         "0 {} {} {} {} {}",
         fields[0], fields[1], fields[2], fields[3], dow
     ))
+}
+
+/// Check the numbers in one crontab field (`1,5-10,*/15`) against its range; names pass through.
+fn check_field(field: &str, what: &str, lo: u32, hi: u32) -> std::result::Result<(), String> {
+    for item in field.split(',') {
+        let (base, step) = match item.split_once('/') {
+            Some((b, s)) => (b, Some(s)),
+            None => (item, None),
+        };
+        if let Some(st) = step
+            && !st.parse::<u32>().is_ok_and(|n| n >= 1)
+        {
+            return Err(format!("the {what} step `/{st}` must be a number of 1 or more"));
+        }
+        for n in base.split('-').filter(|n| *n != "*" && *n != "?") {
+            if n.is_empty() {
+                return Err(format!("the {what} field `{field}` has an empty part"));
+            }
+            if n.bytes().all(|b| b.is_ascii_digit()) {
+                match n.parse::<u32>() {
+                    Ok(v) if (lo..=hi).contains(&v) => {}
+                    _ => return Err(format!("{what} `{n}` is out of range {lo}-{hi}")),
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn translate_dow_item(item: &str) -> std::result::Result<String, String> {
@@ -199,7 +232,8 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule> {
     let c = crontab_to_cron(expr)?;
     cron::Schedule::from_str(&c).map_err(|e| Error::Schedule {
         expr: expr.to_string(),
-        reason: e.to_string(),
+        // The crate's message spans lines and shows its own 6-field form; keep its last line.
+        reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
     })
 }
 
@@ -500,7 +534,13 @@ mod tests {
         assert!(crontab_to_cron("0 0 22 * * 6").is_err());
         assert!(crontab_to_cron("0 22 1 * 6").is_err());
         assert!(crontab_to_cron("0 22 * * 8").is_err());
-        assert!(parse_schedule("61 22 * * 6").is_err());
+        assert_eq!(
+            parse_schedule("61 22 * * 6").unwrap_err().to_string(),
+            "invalid schedule `61 22 * * 6`: minute `61` is out of range 0-59"
+        );
+        assert!(parse_schedule("0 22 * 13 *").is_err());
+        assert!(parse_schedule("*/0 22 * * *").is_err());
+        assert!(parse_schedule("0 22 * JAN-MAR SAT").is_ok());
     }
 
     #[test]

@@ -256,7 +256,6 @@ fn yaml_options() -> serde_saphyr::Options {
     budget.max_total_scalar_bytes = 4 * MAX_FILE_BYTES as usize;
     budget.max_aliases = 10_000;
     budget.max_depth = 64;
-    budget.max_documents = 1;
     let mut opts = serde_saphyr::options! { with_snippet: false };
     opts.budget = Some(budget);
     opts.alias_limits.max_total_replayed_events = 200_000;
@@ -288,7 +287,8 @@ fn yaml_diag(rel: &str, e: &serde_saphyr::Error) -> Diagnostic {
         })
         .unwrap_or(Pos::START);
     let full = e.to_string();
-    let msg = match full.find(" at line ") {
+    let cut = [" (defined at line ", " at line "].iter().filter_map(|m| full.find(m)).min();
+    let msg = match cut {
         Some(i) => full[..i].to_string(),
         None => full.clone(),
     };
@@ -331,6 +331,23 @@ fn yaml_diag(rel: &str, e: &serde_saphyr::Error) -> Diagnostic {
     }
     if msg.contains("null") && msg.to_lowercase().contains("string") {
         return d("a value is missing here".into()).hint("write a value after the colon");
+    }
+    let typed = [
+        ("invalid u8", "expected a whole number of 0 or more", "write a number like 5"),
+        ("invalid u16", "expected a whole number of 0 or more", "write a number like 5"),
+        ("invalid u32", "expected a whole number of 0 or more", "write a number like 5"),
+        ("invalid u64", "expected a whole number of 0 or more", "write a number like 5"),
+        ("invalid boolean", "expected true or false", "write true or false"),
+        ("expected mapping", "expected a mapping (`key: value` lines) here", "see docs/config.md for the file format"),
+        ("expected sequence", "expected a list here", "write a list like `[a, b]`"),
+        ("expected string", "expected a single value here, not a list or mapping", "write a plain value like v1.33.4+k3s1"),
+    ];
+    if let Some((_, m, h)) = typed.iter().find(|(p, _, _)| msg == *p || msg.starts_with(&format!("{p} "))) {
+        return d((*m).to_string()).hint(*h);
+    }
+    let syntax = ["parsing", "unclosed", "indentation", "did not find", "not allowed", "found", "unexpected"];
+    if syntax.iter().any(|w| msg.contains(w)) {
+        return d(format!("invalid YAML: {msg}")).hint("check the indentation, quotes and brackets here");
     }
     d(msg)
 }
