@@ -356,6 +356,15 @@ pub fn parse_all<'a>(
     (ok, bad)
 }
 
+/// The versions that may ever be proposed, newest last: no development builds, pre-releases only
+/// when allowed, each version once (aliases such as `v1.33.4-k3s1` / `v1.33.4+k3s1` collapse).
+pub fn candidates(mut all: Vec<Version>, allow_prerelease: bool) -> Vec<Version> {
+    all.retain(|v| !v.is_dev() && (allow_prerelease || !v.is_prerelease()));
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// How big a step an update is.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,

@@ -128,9 +128,14 @@ pub fn crontab_to_cron(expr: &str) -> Result<String> {
             "it restricts both day-of-month and day-of-week, which crontab combines with OR; restrict only one",
         ));
     }
-    for (i, (what, lo, hi)) in [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12)]
-        .into_iter()
-        .enumerate()
+    for (i, (what, lo, hi)) in [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+    ]
+    .into_iter()
+    .enumerate()
     {
         check_field(fields[i], what, lo, hi).map_err(|r| bad(&r))?;
     }
@@ -156,7 +161,9 @@ fn check_field(field: &str, what: &str, lo: u32, hi: u32) -> std::result::Result
         if let Some(st) = step
             && !st.parse::<u32>().is_ok_and(|n| n >= 1)
         {
-            return Err(format!("the {what} step `/{st}` must be a number of 1 or more"));
+            return Err(format!(
+                "the {what} step `/{st}` must be a number of 1 or more"
+            ));
         }
         for n in base.split('-').filter(|n| *n != "*" && *n != "?") {
             if n.is_empty() {
@@ -233,7 +240,13 @@ pub fn parse_schedule(expr: &str) -> Result<cron::Schedule> {
     cron::Schedule::from_str(&c).map_err(|e| Error::Schedule {
         expr: expr.to_string(),
         // The crate's message spans lines and shows its own 6-field form; keep its last line.
-        reason: e.to_string().lines().last().unwrap_or_default().trim().to_string(),
+        reason: e
+            .to_string()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     })
 }
 

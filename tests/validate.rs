@@ -13,7 +13,9 @@ use std::process::Command;
 use chrono::{DateTime, Utc};
 
 fn now() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn root() -> PathBuf {
@@ -46,7 +48,9 @@ fn setup(dir: &Path, spec: &str) {
             "big" => {
                 let mut s = String::from("apiVersion: upkeep.dev/v1alpha1\nkind: Policy\n");
                 while s.len() < 10 * 1024 * 1024 {
-                    s.push_str("# padding padding padding padding padding padding padding padding\n");
+                    s.push_str(
+                        "# padding padding padding padding padding padding padding padding\n",
+                    );
                 }
                 fs::write(path, s).unwrap();
             }
@@ -73,7 +77,11 @@ fn corpus_cases_report_exact_locations_and_messages() {
         .filter(|p| p.is_dir())
         .collect();
     cases.sort();
-    assert!(cases.len() >= 40, "the corpus needs at least 40 cases, has {}", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "the corpus needs at least 40 cases, has {}",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
@@ -84,13 +92,23 @@ fn corpus_cases_report_exact_locations_and_messages() {
             setup(&dir, &spec);
         }
         let loaded = upkeep::model::load_repo(&dir, now()).unwrap();
-        let got: String = loaded.diagnostics.iter().map(|d| format!("{d}\n")).collect();
+        let got: String = loaded
+            .diagnostics
+            .iter()
+            .map(|d| format!("{d}\n"))
+            .collect();
         assert!(!got.is_empty(), "{name}: no diagnostic at all");
         for d in &loaded.diagnostics {
-            assert!(d.line >= 1 && d.column >= 1, "{name}: diagnostic without a position: {d}");
+            assert!(
+                d.line >= 1 && d.column >= 1,
+                "{name}: diagnostic without a position: {d}"
+            );
         }
         if loaded.errors() > 0 {
-            assert!(loaded.repo.is_none(), "{name}: a repo with errors must not produce a model");
+            assert!(
+                loaded.repo.is_none(),
+                "{name}: a repo with errors must not produce a model"
+            );
         }
         let expected_path = case.join("expected");
         if bless {
@@ -102,7 +120,12 @@ fn corpus_cases_report_exact_locations_and_messages() {
             failures.push(format!("== {name}\n-- expected:\n{want}-- got:\n{got}"));
         }
     }
-    assert!(failures.is_empty(), "{} corpus cases differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} corpus cases differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -119,16 +142,46 @@ fn the_example_repo_is_valid_and_resolves() {
     assert_eq!(k3s.sources.github_releases.as_deref(), Some("k3s-io/k3s"));
     let p = repo.policy_for("k3s");
     assert!(p.emergency.allowed);
-    assert_eq!(p.minimum_release_age.for_level(upkeep::versions::Level::Minor), chrono::Duration::days(14));
-    assert_eq!(p.minimum_release_age.for_level(upkeep::versions::Level::Patch), chrono::Duration::zero());
+    assert_eq!(
+        p.minimum_release_age
+            .for_level(upkeep::versions::Level::Minor),
+        chrono::Duration::days(14)
+    );
+    assert_eq!(
+        p.minimum_release_age
+            .for_level(upkeep::versions::Level::Patch),
+        chrono::Duration::zero()
+    );
     assert!(!repo.policy_for("longhorn").emergency.allowed);
     assert_eq!(repo.pull_requests.concurrent, 5);
     // Saturday 2026-11-21 22:30 in Amsterdam is inside the window; Friday is not.
     use upkeep::windows::{Decision, Override, decide};
-    let sat = DateTime::parse_from_rfc3339("2026-11-21T22:30:00+01:00").unwrap().with_timezone(&Utc);
-    assert!(matches!(decide(sat, "k3s", &repo.windows, &repo.freezes, Override::default()), Decision::InWindow { .. }));
-    let xmas = DateTime::parse_from_rfc3339("2026-12-26T22:30:00+01:00").unwrap().with_timezone(&Utc);
-    assert!(matches!(decide(xmas, "k3s", &repo.windows, &repo.freezes, Override::default()), Decision::Frozen { .. }));
+    let sat = DateTime::parse_from_rfc3339("2026-11-21T22:30:00+01:00")
+        .unwrap()
+        .with_timezone(&Utc);
+    assert!(matches!(
+        decide(
+            sat,
+            "k3s",
+            &repo.windows,
+            &repo.freezes,
+            Override::default()
+        ),
+        Decision::InWindow { .. }
+    ));
+    let xmas = DateTime::parse_from_rfc3339("2026-12-26T22:30:00+01:00")
+        .unwrap()
+        .with_timezone(&Utc);
+    assert!(matches!(
+        decide(
+            xmas,
+            "k3s",
+            &repo.windows,
+            &repo.freezes,
+            Override::default()
+        ),
+        Decision::Frozen { .. }
+    ));
 }
 
 #[test]
@@ -138,18 +191,30 @@ fn presets_validate_with_the_example_versions() {
     for e in fs::read_dir(&presets).unwrap() {
         let p = e.unwrap().path();
         let tmp = tempfile::tempdir().unwrap();
-        fs::copy(root().join("examples/cluster-repo/versions.yaml"), tmp.path().join("versions.yaml")).unwrap();
+        fs::copy(
+            root().join("examples/cluster-repo/versions.yaml"),
+            tmp.path().join("versions.yaml"),
+        )
+        .unwrap();
         fs::create_dir(tmp.path().join("policies")).unwrap();
         fs::copy(&p, tmp.path().join("policies").join(p.file_name().unwrap())).unwrap();
         let loaded = upkeep::model::load_repo(tmp.path(), now()).unwrap();
-        assert!(loaded.diagnostics.is_empty(), "{}: {:?}", p.display(), loaded.diagnostics);
+        assert!(
+            loaded.diagnostics.is_empty(),
+            "{}: {:?}",
+            p.display(),
+            loaded.diagnostics
+        );
         n += 1;
     }
     assert!(n >= 1);
 }
 
 fn upkeep_cmd(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_upkeep")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -165,13 +230,31 @@ fn cli_exit_codes_and_outputs() {
     assert!(out.contains("valid: 4 components"), "{out}");
 
     let bad = root().join("tests/corpus/several-problems-at-once");
-    let (code, out, _) = upkeep_cmd(&["validate", "--repo", bad.to_str().unwrap(), "--now", "2026-11-21T12:00:00Z"]);
+    let (code, out, _) = upkeep_cmd(&[
+        "validate",
+        "--repo",
+        bad.to_str().unwrap(),
+        "--now",
+        "2026-11-21T12:00:00Z",
+    ]);
     assert_eq!(code, 1);
     let first = out.lines().next().unwrap();
-    assert!(first.starts_with(&format!("{}/policies/freezes.yaml:", bad.display())), "{first}");
-    assert!(out.trim_end().ends_with("invalid: 8 errors, 0 warnings"), "{out}");
+    assert!(
+        first.starts_with(&format!("{}/policies/freezes.yaml:", bad.display())),
+        "{first}"
+    );
+    assert!(
+        out.trim_end().ends_with("invalid: 8 errors, 0 warnings"),
+        "{out}"
+    );
 
-    let (code, out, _) = upkeep_cmd(&["validate", "--repo", bad.to_str().unwrap(), "--output", "json"]);
+    let (code, out, _) = upkeep_cmd(&[
+        "validate",
+        "--repo",
+        bad.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
     assert_eq!(code, 1);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["valid"], false);

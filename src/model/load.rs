@@ -287,7 +287,10 @@ fn yaml_diag(rel: &str, e: &serde_saphyr::Error) -> Diagnostic {
         })
         .unwrap_or(Pos::START);
     let full = e.to_string();
-    let cut = [" (defined at line ", " at line "].iter().filter_map(|m| full.find(m)).min();
+    let cut = [" (defined at line ", " at line "]
+        .iter()
+        .filter_map(|m| full.find(m))
+        .min();
     let msg = match cut {
         Some(i) => full[..i].to_string(),
         None => full.clone(),
@@ -333,21 +336,65 @@ fn yaml_diag(rel: &str, e: &serde_saphyr::Error) -> Diagnostic {
         return d("a value is missing here".into()).hint("write a value after the colon");
     }
     let typed = [
-        ("invalid u8", "expected a whole number of 0 or more", "write a number like 5"),
-        ("invalid u16", "expected a whole number of 0 or more", "write a number like 5"),
-        ("invalid u32", "expected a whole number of 0 or more", "write a number like 5"),
-        ("invalid u64", "expected a whole number of 0 or more", "write a number like 5"),
-        ("invalid boolean", "expected true or false", "write true or false"),
-        ("expected mapping", "expected a mapping (`key: value` lines) here", "see docs/config.md for the file format"),
-        ("expected sequence", "expected a list here", "write a list like `[a, b]`"),
-        ("expected string", "expected a single value here, not a list or mapping", "write a plain value like v1.33.4+k3s1"),
+        (
+            "invalid u8",
+            "expected a whole number of 0 or more",
+            "write a number like 5",
+        ),
+        (
+            "invalid u16",
+            "expected a whole number of 0 or more",
+            "write a number like 5",
+        ),
+        (
+            "invalid u32",
+            "expected a whole number of 0 or more",
+            "write a number like 5",
+        ),
+        (
+            "invalid u64",
+            "expected a whole number of 0 or more",
+            "write a number like 5",
+        ),
+        (
+            "invalid boolean",
+            "expected true or false",
+            "write true or false",
+        ),
+        (
+            "expected mapping",
+            "expected a mapping (`key: value` lines) here",
+            "see docs/config.md for the file format",
+        ),
+        (
+            "expected sequence",
+            "expected a list here",
+            "write a list like `[a, b]`",
+        ),
+        (
+            "expected string",
+            "expected a single value here, not a list or mapping",
+            "write a plain value like v1.33.4+k3s1",
+        ),
     ];
-    if let Some((_, m, h)) = typed.iter().find(|(p, _, _)| msg == *p || msg.starts_with(&format!("{p} "))) {
+    if let Some((_, m, h)) = typed
+        .iter()
+        .find(|(p, _, _)| msg == *p || msg.starts_with(&format!("{p} ")))
+    {
         return d((*m).to_string()).hint(*h);
     }
-    let syntax = ["parsing", "unclosed", "indentation", "did not find", "not allowed", "found", "unexpected"];
+    let syntax = [
+        "parsing",
+        "unclosed",
+        "indentation",
+        "did not find",
+        "not allowed",
+        "found",
+        "unexpected",
+    ];
     if syntax.iter().any(|w| msg.contains(w)) {
-        return d(format!("invalid YAML: {msg}")).hint("check the indentation, quotes and brackets here");
+        return d(format!("invalid YAML: {msg}"))
+            .hint("check the indentation, quotes and brackets here");
     }
     d(msg)
 }
