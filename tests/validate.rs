@@ -282,3 +282,29 @@ fn checked_in_json_schemas_match_the_types() {
         );
     }
 }
+
+#[test]
+fn config_repo_component_rules_override_the_built_ins() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(
+        tmp.path().join("versions.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  flux:\n    version: v2.6.4\n  longhorn:\n    version: v1.9.1\n",
+    )
+    .unwrap();
+    fs::create_dir(tmp.path().join("policies")).unwrap();
+    fs::write(
+        tmp.path().join("policies/rules.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\ncomponentRules:\n  longhorn:\n    source:\n      helmChart:\n        repository: https://charts.longhorn.io\n        chart: longhorn\n  flux:\n    upgradePath:\n      maxMinorStep: 1\n      downgrade: never\n",
+    )
+    .unwrap();
+    let loaded = upkeep::model::load_repo(tmp.path(), now()).unwrap();
+    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    let repo = loaded.repo.unwrap();
+    let lh = repo.component("longhorn").unwrap();
+    assert_eq!(lh.sources.helm_chart.as_ref().unwrap().chart, "longhorn");
+    assert_eq!(lh.sources.github_releases, None, "an overriding source replaces the built-in one");
+    assert_eq!(lh.path_rule.max_minor_step, Some(1), "fields not overridden keep their built-in value");
+    let flux = repo.component("flux").unwrap();
+    assert_eq!(flux.path_rule.downgrade, upkeep::versions::Downgrade::Never);
+    assert_eq!(flux.sources.github_releases.as_deref(), Some("fluxcd/flux2"));
+}

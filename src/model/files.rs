@@ -360,7 +360,7 @@ impl<'de> Deserialize<'de> for ReleaseAgeEntry {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EmergencyEntry {
-    /// Whether the override is honoured at all. Default: false.
+    /// Whether the override is honoured. Default: true when this block is present.
     #[serde(default)]
     pub allowed: Option<bool>,
     /// The PR label that asks for it. Default: `upkeep/emergency`.
