@@ -485,7 +485,7 @@ pub fn check_hop(
         return Ok(());
     };
     if to.major == from.major {
-        if to.minor - from.minor <= step {
+        if to.minor.saturating_sub(from.minor) <= step {
             return Ok(());
         }
         let (f, t) = names();
@@ -493,18 +493,18 @@ pub fn check_hop(
             from: f,
             to: t,
             major: from.major,
-            minor: from.minor + step,
+            minor: from.minor.saturating_add(step),
         });
     }
     // Across a major: only onto the first minor of the next major.
-    if to.major == from.major + 1 && to.minor < step {
+    if to.major == from.major.saturating_add(1) && to.minor < step {
         return Ok(());
     }
     let (f, t) = names();
     Err(PathError::MajorJump {
         from: f,
         to: t,
-        major: from.major + 1,
+        major: from.major.saturating_add(1),
     })
 }
 
@@ -751,6 +751,19 @@ mod tests {
         let p = plan_path(&sv("v1.9.3"), &sv("v2.1.0"), &avail, &rule).unwrap();
         assert_eq!(p, vec![sv("v2.0.2"), sv("v2.1.0")]);
     }
+
+    #[test]
+    fn huge_numbers_do_not_overflow() {
+        let big = sv("v1.18446744073709551615.0");
+        assert!(check_hop(&sv("v1.0.0"), &big, &K3S_LIKE).is_err());
+        assert!(plan_path(&sv("v1.0.0"), &big, &[], &K3S_LIKE).is_err());
+        let huge_major = sv("v18446744073709551615.0.0");
+        assert!(check_hop(&huge_major, &huge_major, &K3S_LIKE).is_ok());
+    }
+    const K3S_LIKE: PathRule = PathRule {
+        max_minor_step: Some(1),
+        downgrade: Downgrade::Never,
+    };
 
     #[test]
     fn ranges_accept_v_prefixes() {

@@ -739,6 +739,23 @@ mod tests {
     }
 
     #[test]
+    fn a_schedule_with_no_date_ends_quickly() {
+        let w = win(Kind::Allow, "0 0 30 2 *", 1, "UTC"); // 30 February
+        assert_eq!(w.starts_after(utc("2026-11-21T00:00:00Z")).next(), None);
+        assert!(!w.is_active(utc("2026-11-21T00:00:00Z")));
+        assert_eq!(
+            next_start(
+                utc("2026-11-21T00:00:00Z"),
+                "k3s",
+                &[w],
+                &[],
+                Override::default()
+            ),
+            None
+        );
+    }
+
+    #[test]
     fn an_allow_window_inside_a_deny_window_never_opens() {
         let allow = win(Kind::Allow, "0 22 * * 6", 2, "UTC");
         let deny = win(Kind::Deny, "0 21 * * 6", 4, "UTC");

@@ -302,9 +302,19 @@ fn config_repo_component_rules_override_the_built_ins() {
     let repo = loaded.repo.unwrap();
     let lh = repo.component("longhorn").unwrap();
     assert_eq!(lh.sources.helm_chart.as_ref().unwrap().chart, "longhorn");
-    assert_eq!(lh.sources.github_releases, None, "an overriding source replaces the built-in one");
-    assert_eq!(lh.path_rule.max_minor_step, Some(1), "fields not overridden keep their built-in value");
+    assert_eq!(
+        lh.sources.github_releases, None,
+        "an overriding source replaces the built-in one"
+    );
+    assert_eq!(
+        lh.path_rule.max_minor_step,
+        Some(1),
+        "fields not overridden keep their built-in value"
+    );
     let flux = repo.component("flux").unwrap();
     assert_eq!(flux.path_rule.downgrade, upkeep::versions::Downgrade::Never);
-    assert_eq!(flux.sources.github_releases.as_deref(), Some("fluxcd/flux2"));
+    assert_eq!(
+        flux.sources.github_releases.as_deref(),
+        Some("fluxcd/flux2")
+    );
 }

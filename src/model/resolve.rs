@@ -151,21 +151,39 @@ pub(super) fn resolve(
     for (file, p) in policies {
         for w in &p.windows {
             names.check(&mut cx, "window", file, &w.name);
-            let sel = selector(&mut cx, file, w.components.as_deref(), known.as_ref());
+            let sel = selector(
+                &mut cx,
+                file,
+                &w.name,
+                w.components.as_deref(),
+                known.as_ref(),
+            );
             if let Some(win) = window(&mut cx, file, w, sel) {
                 windows_out.push((file.clone(), w.name.pos, win));
             }
         }
         for f in &p.freezes {
             names.check(&mut cx, "freeze", file, &f.name);
-            let sel = selector(&mut cx, file, f.components.as_deref(), known.as_ref());
+            let sel = selector(
+                &mut cx,
+                file,
+                &f.name,
+                f.components.as_deref(),
+                known.as_ref(),
+            );
             if let Some(fr) = freeze(&mut cx, file, f, sel) {
                 freezes_out.push(fr);
             }
         }
         for u in &p.updates {
             names.check(&mut cx, "update rule", file, &u.name);
-            let sel = selector(&mut cx, file, u.components.as_deref(), known.as_ref());
+            let sel = selector(
+                &mut cx,
+                file,
+                &u.name,
+                u.components.as_deref(),
+                known.as_ref(),
+            );
             if let Some(r) = update_rule(&mut cx, file, u, sel, &components) {
                 rules_out.push(r);
             }
@@ -559,6 +577,7 @@ fn url_ok(u: &str, schemes: &[&str]) -> bool {
 fn selector(
     cx: &mut Ctx,
     file: &str,
+    owner: &Sp<String>,
     list: Option<&[Sp<String>]>,
     known: Option<&BTreeSet<String>>,
 ) -> Option<Selector> {
@@ -568,8 +587,8 @@ fn selector(
     if list.is_empty() {
         cx.error(
             file,
-            Pos::START,
-            "`components` is empty",
+            owner.pos,
+            format!("`{}` has an empty `components` list", owner.value),
             "list component names, or `[\"*\"]` for all",
         );
         return None;
