@@ -51,6 +51,38 @@ fn main() {
         black_box(ok);
     });
 
+    // Selection over 10,000 releases of one component (issue 3's target: under 5 ms).
+    let releases: Vec<upkeep::select::Release> = (0..10_000u64)
+        .map(|i| upkeep::select::Release {
+            version: upkeep::versions::parse(
+                &format!("v1.{}.{}", i / 100, i % 100),
+                Scheme::Semver,
+            )
+            .unwrap(),
+            published_at: Some(now - chrono::Duration::hours(10_000 - i as i64)),
+            prerelease: false,
+            draft: false,
+        })
+        .collect();
+    let component = upkeep::model::Component {
+        name: "bench".into(),
+        version: upkeep::versions::parse("v1.10.0", Scheme::Semver).unwrap(),
+        scheme: Scheme::Semver,
+        track: upkeep::model::Track::Newest,
+        sources: Default::default(),
+        allowed: None,
+        path_rule: upkeep::versions::PathRule {
+            max_minor_step: Some(1),
+            downgrade: upkeep::versions::Downgrade::Never,
+        },
+    };
+    let policy = upkeep::model::Policy::default();
+    measure("select over 10,000 releases of one component", 100, || {
+        let s = upkeep::select::select(&component, &policy, &releases, None, now);
+        assert!(s.next.is_some());
+        black_box(s);
+    });
+
     let tmp = tempfile::tempdir().unwrap();
     let mut yaml =
         String::from("apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n");

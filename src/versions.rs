@@ -12,6 +12,7 @@
 //! revision 1 (early-2020 tags), while `+k3s` without a number and `+rk3s1` are rejected.
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
@@ -513,12 +514,20 @@ pub fn check_hop(
 /// that are candidates (no drafts, no dev builds, pre-releases only if allowed).
 ///
 /// `v1.31.4+k3s1 -> v1.33.2+k3s1` with the k3s rule gives `[latest v1.32.x, v1.33.2+k3s1]`.
-pub fn plan_path(
+pub fn plan_path<'a>(
     from: &Version,
     to: &Version,
-    available: &[Version],
+    available: impl IntoIterator<Item = &'a Version>,
     rule: &PathRule,
 ) -> std::result::Result<Vec<Version>, PathError> {
+    // The newest stable release of each line, indexed once (paths can have many hops).
+    let mut newest: BTreeMap<(u64, u64), &Version> = BTreeMap::new();
+    for v in available.into_iter().filter(|v| !v.is_prerelease()) {
+        let e = newest.entry(v.line()).or_insert(v);
+        if v > *e {
+            *e = v;
+        }
+    }
     let mut hops = Vec::new();
     let mut at = from.clone();
     // Each iteration advances at least one minor, so this terminates; the bound guards bad rules.
@@ -531,27 +540,29 @@ pub fn plan_path(
                 return Ok(hops);
             }
             Err(PathError::MissingLine { major, minor, .. }) => {
-                let next = newest_in_line(available, major, minor).ok_or_else(|| {
-                    PathError::MissingLine {
-                        from: from.to_string(),
-                        to: to.to_string(),
-                        major,
-                        minor,
-                    }
-                })?;
+                let next =
+                    newest
+                        .get(&(major, minor))
+                        .copied()
+                        .ok_or_else(|| PathError::MissingLine {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                            major,
+                            minor,
+                        })?;
                 hops.push(next.clone());
                 at = next.clone();
             }
             Err(PathError::MajorJump { major, .. }) => {
-                let next = available
-                    .iter()
-                    .filter(|v| v.major == major && v.minor == 0 && !v.is_prerelease())
-                    .max()
-                    .ok_or_else(|| PathError::MajorJump {
-                        from: from.to_string(),
-                        to: to.to_string(),
-                        major,
-                    })?;
+                let next =
+                    newest
+                        .get(&(major, 0))
+                        .copied()
+                        .ok_or_else(|| PathError::MajorJump {
+                            from: from.to_string(),
+                            to: to.to_string(),
+                            major,
+                        })?;
                 hops.push(next.clone());
                 at = next.clone();
             }

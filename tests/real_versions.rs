@@ -219,3 +219,66 @@ fn flux_tags_order_and_minor_downgrade_rule() {
     assert!(versions::check_hop(&v("v2.8.3"), &v("v2.8.1"), &flux).is_ok());
     assert!(versions::check_hop(&v("v2.8.3"), &v("v2.7.5"), &flux).is_err());
 }
+
+fn releases(name: &str) -> Vec<upkeep::select::Release> {
+    fixture(name)
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter_map(|(tag, date)| {
+            let version = parse(tag, Scheme::Semver).ok()?;
+            let at = chrono::DateTime::parse_from_rfc3339(date)
+                .ok()?
+                .with_timezone(&chrono::Utc);
+            Some(upkeep::select::Release {
+                version,
+                published_at: Some(at),
+                prerelease: false,
+                draft: false,
+            })
+        })
+        .collect()
+}
+
+fn component(name: &str, version: &str, rule: PathRule) -> upkeep::model::Component {
+    upkeep::model::Component {
+        name: name.into(),
+        version: parse(version, Scheme::Semver).unwrap(),
+        scheme: Scheme::Semver,
+        track: upkeep::model::Track::Newest,
+        sources: Default::default(),
+        allowed: None,
+        path_rule: rule,
+    }
+}
+
+#[test]
+fn selection_over_real_longhorn_and_flux_histories() {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let policy = upkeep::model::Policy::default();
+    let lh = component("longhorn", "v1.6.2", LONGHORN);
+    let s = upkeep::select::select(&lh, &policy, &releases("longhorn-tags.tsv"), None, now);
+    let next = s.next.unwrap().version;
+    assert_eq!(
+        next.line(),
+        (1, 7),
+        "Longhorn goes to the next minor only, got {next}"
+    );
+    assert!(!next.is_prerelease() && !next.is_dev());
+    let lines: Vec<(u64, u64)> = s.path.iter().map(Version::line).collect();
+    assert_eq!(lines, (7..=12).map(|m| (1, m)).collect::<Vec<_>>());
+    assert_eq!(s.path.last().unwrap().to_string(), "v1.12.1");
+
+    let flux = component(
+        "flux",
+        "v2.3.0",
+        PathRule {
+            max_minor_step: None,
+            downgrade: Downgrade::WithinMinor,
+        },
+    );
+    let s = upkeep::select::select(&flux, &policy, &releases("flux2-tags.tsv"), None, now);
+    assert_eq!(s.next.unwrap().version.to_string(), "v2.9.4");
+    assert_eq!(s.level, Some(upkeep::versions::Level::Minor));
+}
