@@ -43,29 +43,19 @@ mod tests {
 
     #[test]
     fn builtin_rules_parse_and_say_what_upstream_says() {
+        let path = |name: &str| {
+            let p = builtin_rule(name)
+                .unwrap()
+                .upgrade_path
+                .as_ref()
+                .unwrap()
+                .value;
+            (p.max_minor_step, p.downgrade)
+        };
         let k3s = builtin_rule("k3s").expect("k3s rules");
         assert_eq!(k3s.scheme.as_ref().map(|s| s.value), Some(Scheme::K3s));
-        let p = k3s.upgrade_path.as_ref().unwrap().value;
-        assert_eq!((p.max_minor_step, p.downgrade), (Some(1), Downgrade::Never));
-        let lh = builtin_rule("longhorn")
-            .unwrap()
-            .upgrade_path
-            .as_ref()
-            .unwrap()
-            .value;
-        assert_eq!(
-            (lh.max_minor_step, lh.downgrade),
-            (Some(1), Downgrade::Never)
-        );
-        let flux = builtin_rule("flux")
-            .unwrap()
-            .upgrade_path
-            .as_ref()
-            .unwrap()
-            .value;
-        assert_eq!(
-            (flux.max_minor_step, flux.downgrade),
-            (None, Downgrade::WithinMinor)
-        );
+        assert_eq!(path("k3s"), (Some(1), Downgrade::Never));
+        assert_eq!(path("longhorn"), (Some(1), Downgrade::Never));
+        assert_eq!(path("flux"), (None, Downgrade::WithinMinor));
     }
 }

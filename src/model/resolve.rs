@@ -150,9 +150,9 @@ pub(super) fn resolve(
     let mut limits: Option<(String, Pos, PullRequestLimits)> = None;
     for (file, p) in policies {
         for w in &p.windows {
-            names.check(&mut cx, "window", file, &w.name);
-            let sel = selector(
+            let sel = names.entry(
                 &mut cx,
+                "window",
                 file,
                 &w.name,
                 w.components.as_deref(),
@@ -163,9 +163,9 @@ pub(super) fn resolve(
             }
         }
         for f in &p.freezes {
-            names.check(&mut cx, "freeze", file, &f.name);
-            let sel = selector(
+            let sel = names.entry(
                 &mut cx,
+                "freeze",
                 file,
                 &f.name,
                 f.components.as_deref(),
@@ -176,9 +176,9 @@ pub(super) fn resolve(
             }
         }
         for u in &p.updates {
-            names.check(&mut cx, "update rule", file, &u.name);
-            let sel = selector(
+            let sel = names.entry(
                 &mut cx,
+                "update rule",
                 file,
                 &u.name,
                 u.components.as_deref(),
@@ -929,6 +929,20 @@ fn pin(
 struct Names(BTreeMap<(&'static str, String), (String, Pos)>);
 
 impl Names {
+    /// Check a window's, freeze's or rule's name, and resolve the components it covers.
+    fn entry(
+        &mut self,
+        cx: &mut Ctx,
+        what: &'static str,
+        file: &str,
+        name: &Sp<String>,
+        components: Option<&[Sp<String>]>,
+        known: Option<&BTreeSet<String>>,
+    ) -> Option<Selector> {
+        self.check(cx, what, file, name);
+        selector(cx, file, name, components, known)
+    }
+
     fn check(&mut self, cx: &mut Ctx, what: &'static str, file: &str, n: &Sp<String>) {
         if !name_ok(n) {
             cx.error(
