@@ -138,27 +138,34 @@ fn validate(repo: &Path, output: Output, now: DateTime<Utc>) -> i32 {
             }
             let summary = match &loaded.repo {
                 Some(r) => format!(
-                    "{}: valid: {} components, {} windows, {} freezes, {} update rules{}",
+                    "{}: valid: {}, {}, {}, {}{}",
                     repo.display(),
-                    r.components.len(),
-                    r.windows.len(),
-                    r.freezes.len(),
-                    r.rules.len(),
+                    count(r.components.len(), "component"),
+                    count(r.windows.len(), "window"),
+                    count(r.freezes.len(), "freeze"),
+                    count(r.rules.len(), "update rule"),
                     if warnings > 0 {
-                        format!(", {warnings} warnings")
+                        format!(", {}", count(warnings, "warning"))
                     } else {
                         String::new()
                     }
                 ),
                 None => format!(
-                    "{}: invalid: {errors} errors, {warnings} warnings",
-                    repo.display()
+                    "{}: invalid: {}, {}",
+                    repo.display(),
+                    count(errors, "error"),
+                    count(warnings, "warning")
                 ),
             };
             let _ = writeln!(out, "{summary}");
         }
     }
     if errors > 0 { 1 } else { 0 }
+}
+
+/// `1 window`, `2 windows`.
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 fn schema(out: Option<&Path>) -> i32 {
