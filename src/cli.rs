@@ -1,6 +1,7 @@
 //! The `upkeep` command line. Thin: parses arguments, calls the library, prints, picks the exit code.
 //!
-//! Exit codes: 0 success, 1 problems found (e.g. an invalid config repo), 2 usage errors.
+//! Exit codes: 0 success, 1 problems found (e.g. an invalid config repo, a failed source),
+//! 2 usage errors; `check` exits 10 when updates are available.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -9,8 +10,13 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use crate::diag::{Diagnostic, Severity};
-use crate::model;
+use crate::model::{self, ConfigRepo};
+use crate::report;
+use crate::sources::{self, NetConfig, catalog::Catalog};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,12 +42,132 @@ pub enum Command {
         #[arg(long, value_parser = parse_now)]
         now: Option<DateTime<Utc>>,
     },
-    /// Print the JSON Schemas of versions.yaml and policy files, or write them to a directory.
+    /// Print the JSON Schemas of versions.yaml, policy files and the check report, or write them
+    /// to a directory.
     Schema {
-        /// Write versions.schema.json and policy.schema.json here instead of printing them.
+        /// Write the *.schema.json files here instead of printing them.
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Show, for every component, the releases upstream, the next legal step and the path to the
+    /// newest. Exit 0: all up to date; 10: updates available; 1: a source failed or the config is
+    /// invalid.
+    Check {
+        /// The cluster directory holding versions.yaml and policies/.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        output: ReportFormat,
+        /// Read releases from the signed offline catalog instead of the network (the catalog
+        /// shipped in upkeep unless --catalog names one).
+        #[arg(long)]
+        offline: bool,
+        /// A signed catalog file (its signature is FILE.minisig); implies --offline.
+        #[arg(long, value_name = "FILE")]
+        catalog: Option<PathBuf>,
+        /// The minisign public key of --catalog (default: `catalog.publicKey` from the policies).
+        #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
+        catalog_public_key: Option<String>,
+        /// Compute ages and gates as of this time (RFC 3339) instead of now.
+        #[arg(long, value_parser = parse_now)]
+        now: Option<DateTime<Utc>>,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Offline release catalogs.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogCommand {
+    /// Write a catalog of every component's releases, read from the live sources. Sign it with
+    /// `minisign -S -m FILE` before use.
+    Export {
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Where to write the catalog (JSON).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Verify a catalog's signature and list what it holds.
+    Verify {
+        /// The catalog file; its signature is FILE.minisig. Without it, the shipped catalog.
+        #[arg(value_name = "FILE")]
+        catalog: Option<PathBuf>,
+        /// The minisign public key (the RW... line).
+        #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
+        public_key: Option<String>,
+    },
+}
+
+/// How upkeep reaches upstream.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetArgs {
+    /// GitHub's REST API (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, env = "UPKEEP_GITHUB_API_URL", default_value = sources::github::DEFAULT_API_URL)]
+    github_api_url: String,
+    /// A file holding a GitHub token (default: the GITHUB_TOKEN variable; none is needed for
+    /// public repositories, but it raises the rate limit from 60 to 5,000 requests an hour).
+    #[arg(long, value_name = "FILE")]
+    github_token_file: Option<PathBuf>,
+    /// The k3s channel server, replacing the one in the component rules.
+    #[arg(long, env = "UPKEEP_K3S_CHANNEL_URL")]
+    k3s_channel_url: Option<String>,
+    /// Where ETags and responses are cached (default: $XDG_CACHE_HOME/upkeep or ~/.cache/upkeep).
+    #[arg(long, env = "UPKEEP_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Do not read or write the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Seconds per request, including reading the answer.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    timeout: u64,
+    /// Wait out a rate limit only when it resets within this many seconds; otherwise skip the
+    /// source and say when to try again.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    max_rate_limit_wait: u64,
+    /// Components fetched at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+impl NetArgs {
+    fn config(&self) -> Result<NetConfig, String> {
+        let token = match &self.github_token_file {
+            Some(f) => {
+                let t = std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read the token file {}: {e}", f.display()))?;
+                Some(t.trim().to_string())
+            }
+            None => std::env::var("GITHUB_TOKEN").ok(),
+        }
+        .filter(|t| !t.is_empty())
+        .map(sources::Secret::new);
+        Ok(NetConfig {
+            github_api_url: self.github_api_url.clone(),
+            github_token: token,
+            k3s_channel_url: self.k3s_channel_url.clone(),
+            timeout: Duration::from_secs(self.timeout.max(1)),
+            max_wait: Duration::from_secs(self.max_rate_limit_wait),
+            concurrency: self.concurrency.max(1),
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.clone().or_else(sources::cache::default_dir)
+            },
+            ..NetConfig::default()
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Json,
+    Markdown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +197,30 @@ pub fn run() -> i32 {
             validate(&repo, output, now.unwrap_or_else(Utc::now))
         }
         Command::Schema { out } => schema(out.as_deref()),
+        Command::Check {
+            repo,
+            output,
+            offline,
+            catalog,
+            catalog_public_key,
+            now,
+            net,
+        } => check(CheckArgs {
+            repo,
+            output,
+            offline: offline || catalog.is_some(),
+            catalog,
+            catalog_public_key,
+            now: now.unwrap_or_else(Utc::now),
+            net,
+        }),
+        Command::Catalog(CatalogCommand::Export { repo, out, net }) => {
+            catalog_export(&repo, &out, &net)
+        }
+        Command::Catalog(CatalogCommand::Verify {
+            catalog,
+            public_key,
+        }) => catalog_verify(catalog.as_deref(), public_key.as_deref()),
     }
 }
 
@@ -169,7 +319,7 @@ fn count(n: usize, what: &str) -> String {
 }
 
 fn schema(out: Option<&Path>) -> i32 {
-    let schemas = model::files::schemas();
+    let schemas = crate::schemas();
     match out {
         None => {
             for (name, text) in &schemas {
@@ -191,4 +341,219 @@ fn schema(out: Option<&Path>) -> i32 {
             0
         }
     }
+}
+
+/// Load a config repo for commands that need a valid one; on failure print the problems and
+/// return the exit code.
+fn load_valid(repo: &Path, now: DateTime<Utc>) -> Result<ConfigRepo, i32> {
+    let loaded = model::load_repo(repo, now).map_err(|e| {
+        eprintln!("upkeep: {e}");
+        2
+    })?;
+    match loaded.repo {
+        Some(r) => Ok(r),
+        None => {
+            for d in loaded.diagnostics.iter().filter(|d| d.is_error()) {
+                eprintln!("{}/{d}", repo.display());
+            }
+            eprintln!(
+                "upkeep: {} is invalid ({}); run `upkeep validate --repo {}`",
+                repo.display(),
+                count(loaded.errors(), "error"),
+                repo.display()
+            );
+            Err(1)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("upkeep: cannot start the async runtime: {e}");
+            1
+        })
+}
+
+struct CheckArgs {
+    repo: PathBuf,
+    output: ReportFormat,
+    offline: bool,
+    catalog: Option<PathBuf>,
+    catalog_public_key: Option<String>,
+    now: DateTime<Utc>,
+    net: NetArgs,
+}
+
+fn check(a: CheckArgs) -> i32 {
+    let repo = match load_valid(&a.repo, a.now) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let report = if a.offline {
+        let key = a
+            .catalog_public_key
+            .clone()
+            .or_else(|| repo.catalog_public_key.clone());
+        let cat = match &a.catalog {
+            Some(path) => Catalog::load(path, key.as_deref()),
+            None => Catalog::builtin(),
+        };
+        let cat = match cat {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("upkeep: {e}");
+                return 1;
+            }
+        };
+        let origin = format!("catalog:{}", cat.origin);
+        rt.block_on(crate::check::run(Arc::new(cat), &repo, a.now, 16, &origin))
+    } else {
+        let cfg = match a.net.config() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("upkeep: {e}");
+                return 2;
+            }
+        };
+        let live = match sources::Live::new(&cfg) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("upkeep: {e}");
+                return 2;
+            }
+        };
+        let live = Arc::new(live);
+        let report = rt.block_on(crate::check::run(
+            live.clone(),
+            &repo,
+            a.now,
+            cfg.concurrency,
+            "live",
+        ));
+        let s = live.stats.snapshot();
+        tracing::info!(
+            requests = s.requests,
+            not_modified = s.not_modified,
+            bytes = s.bytes,
+            "upstream requests"
+        );
+        report
+    };
+    let mut out = std::io::stdout().lock();
+    let text = match a.output {
+        ReportFormat::Json => report.to_json(),
+        ReportFormat::Markdown => report::markdown(&report),
+        ReportFormat::Table => {
+            let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            report::table(&report, color)
+        }
+    };
+    let _ = out.write_all(text.as_bytes());
+    report.exit_code()
+}
+
+fn catalog_export(repo_dir: &Path, out: &Path, net: &NetArgs) -> i32 {
+    let now = Utc::now();
+    let repo = match load_valid(repo_dir, now) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let cfg = match net.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let live = match sources::Live::new(&cfg) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let file = rt.block_on(sources::catalog::export(live, &repo, now, cfg.concurrency));
+    let file = match file {
+        Ok(f) => f,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("upkeep: {e}");
+            }
+            eprintln!(
+                "upkeep: no catalog written: {} could not be read",
+                count(errors.len(), "component")
+            );
+            return 1;
+        }
+    };
+    if let Err(e) = write_atomic(out, file.to_json().as_bytes()) {
+        eprintln!("upkeep: cannot write {}: {e}", out.display());
+        return 1;
+    }
+    let releases: usize = file.components.values().map(|c| c.releases.len()).sum();
+    println!(
+        "wrote {} ({}, {})\nsign it: minisign -S -m {}",
+        out.display(),
+        count(file.components.len(), "component"),
+        count(releases, "release"),
+        out.display()
+    );
+    0
+}
+
+fn catalog_verify(path: Option<&Path>, key: Option<&str>) -> i32 {
+    let cat = match path {
+        Some(p) => Catalog::load(p, key),
+        None => Catalog::builtin(),
+    };
+    match cat {
+        Ok(c) => {
+            println!(
+                "{}: signature OK; generated {}",
+                c.origin,
+                c.file.generated_at.format("%Y-%m-%d %H:%M UTC")
+            );
+            for (name, comp) in &c.file.components {
+                println!(
+                    "  {name}: {} from {}",
+                    count(comp.releases.len(), "release"),
+                    comp.source
+                );
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
+}
+
+/// Write through a temporary file and a rename, so a failure never leaves half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }

@@ -2,13 +2,26 @@
 //!
 //! The pipeline, and the module that owns each step (see docs/architecture.md):
 //! desired state ([`model`], with built-in [`knowledge`]) -> version rules ([`versions`]) ->
-//! selection of the next step ([`select`]) -> schedule ([`windows`]); problems are reported as
-//! [`diag::Diagnostic`]s.
+//! upstream releases ([`sources`]) -> selection of the next step ([`select`], driven for every
+//! component by [`check`]) -> what people read ([`report`]) -> schedule ([`windows`]); problems in
+//! the config are reported as [`diag::Diagnostic`]s. [`sim`] simulates the outside world over
+//! real HTTP for tests, benchmarks and the demo.
 
+pub mod check;
 pub mod cli;
 pub mod diag;
 pub mod knowledge;
 pub mod model;
+pub mod report;
 pub mod select;
+pub mod sim;
+pub mod sources;
 pub mod versions;
 pub mod windows;
+
+/// Every JSON Schema upkeep publishes (docs/schema/), by file name.
+pub fn schemas() -> Vec<(&'static str, String)> {
+    let mut all: Vec<(&'static str, String)> = model::files::schemas().into();
+    all.push(("check-report.schema.json", report::schema()));
+    all
+}

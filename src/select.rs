@@ -8,7 +8,8 @@
 //! construction.
 
 use chrono::{DateTime, Duration, Utc};
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::model::{Component, Pin, Policy, Track};
 use crate::versions::{self, Level, Version};
@@ -25,13 +26,16 @@ pub struct Release {
 }
 
 /// Why nothing is proposed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "reason", rename_all = "camelCase")]
 pub enum Reason {
     /// The current version is the newest candidate.
     UpToDate,
     /// Updates are paused by policy.
     Paused,
+    /// A pin holds the component; `newest` is what exists beyond it.
+    #[serde(rename_all = "camelCase")]
+    Pinned { pin: String, newest: String },
     /// The next legal step is a level the policy does not propose.
     #[serde(rename_all = "camelCase")]
     LevelNotProposed { version: String, level: Level },
@@ -48,6 +52,12 @@ pub enum Reason {
     /// Newer versions exist but none is a legal hop from the current one.
     #[serde(rename_all = "camelCase")]
     BlockedByPath { detail: String },
+    /// The component's upstream could not be read (set by `check`, never by [`select`]).
+    #[serde(rename_all = "camelCase")]
+    SourceFailed {
+        source_kind: String,
+        message: String,
+    },
 }
 
 /// The outcome for one component.
@@ -65,6 +75,9 @@ pub struct Selection {
     pub path: Vec<Version>,
     /// Why nothing is proposed, when `next` is `None`.
     pub reason: Option<Reason>,
+    /// When `next` is not the highest legal hop: why that bigger hop waits (e.g. a minor that is
+    /// too young while a patch is proposed).
+    pub held: Option<Reason>,
 }
 
 /// Select for one component. `channel_latest` is the channel's latest version when the component
@@ -77,7 +90,7 @@ pub fn select(
     now: DateTime<Utc>,
 ) -> Selection {
     let current = component.version.clone();
-    let cands = candidates(component, policy, releases, channel_latest);
+    let cands = candidates(component, policy, releases, channel_latest, true);
     let newest = cands.last().map(|r| r.version.clone());
     let mut sel = Selection {
         current: current.clone(),
@@ -86,9 +99,11 @@ pub fn select(
         level: None,
         path: Vec::new(),
         reason: None,
+        held: None,
     };
     let Some(newest) = newest.filter(|n| *n > current) else {
-        sel.reason = Some(Reason::UpToDate);
+        sel.reason =
+            Some(pinned(component, policy, releases, channel_latest).unwrap_or(Reason::UpToDate));
         return sel;
     };
     match versions::plan_path(
@@ -133,6 +148,7 @@ pub fn select(
                 sel.next = Some((*r).clone());
                 sel.level = Some(level);
                 sel.reason = None;
+                sel.held = first_refusal;
                 return sel;
             }
             Err(reason) => {
@@ -165,12 +181,33 @@ fn age_gate(r: &Release, min_age: Duration, now: DateTime<Utc>) -> Result<(), Re
     }
 }
 
+/// When a pin is what keeps the component where it is: the pin and the newest version beyond it.
+fn pinned(
+    c: &Component,
+    p: &Policy,
+    releases: &[Release],
+    channel_latest: Option<&Version>,
+) -> Option<Reason> {
+    let pin = p.pin.as_ref()?;
+    let newest = candidates(c, p, releases, channel_latest, false)
+        .pop()
+        .filter(|r| r.version > c.version)?;
+    Some(Reason::Pinned {
+        pin: match pin {
+            Pin::Exact(v) => v.to_string(),
+            Pin::Line { major, minor } => format!("v{major}.{minor}"),
+        },
+        newest: newest.version.to_string(),
+    })
+}
+
 /// Releases that may ever be proposed for this component, oldest first, one per version.
 fn candidates(
     c: &Component,
     p: &Policy,
     releases: &[Release],
     channel_latest: Option<&Version>,
+    apply_pin: bool,
 ) -> Vec<Release> {
     let mut out: Vec<Release> = releases
         .iter()
@@ -188,6 +225,7 @@ fn candidates(
             Track::Channel(_) => channel_latest.is_none_or(|l| r.version <= *l),
         })
         .filter(|r| match &p.pin {
+            _ if !apply_pin => true,
             None => true,
             Some(Pin::Exact(v)) => r.version <= *v,
             Some(pin @ Pin::Line { .. }) => pin.allows(&r.version),
@@ -279,6 +317,11 @@ mod tests {
         // v1.32.4 is one day old; v1.32.3 passes.
         let s = select(&c, &p, &k3s_releases(), None, t(NOW));
         assert_eq!(s.next.unwrap().version.to_string(), "v1.32.3+k3s1");
+        assert!(
+            matches!(&s.held, Some(Reason::TooYoung { version, .. }) if version == "v1.32.4+k3s1"),
+            "{:?}",
+            s.held
+        );
         // Only patches: the newest v1.31.x.
         p.propose = [Level::Patch].into();
         let s = select(&c, &p, &k3s_releases(), None, t(NOW));
@@ -335,6 +378,16 @@ mod tests {
         };
         let s = select(&c, &pinned, &k3s_releases(), None, t(NOW));
         assert_eq!(s.next.unwrap().version.to_string(), "v1.31.5+k3s1");
+        // At the top of the pinned line, the pin is the reason, naming what lies beyond it.
+        let c5 = comp("k3s", "v1.31.5+k3s1", Scheme::K3s, Track::Newest, STEP1);
+        let s = select(&c5, &pinned, &k3s_releases(), None, t(NOW));
+        assert_eq!(
+            s.reason,
+            Some(Reason::Pinned {
+                pin: "v1.31".into(),
+                newest: "v1.33.2+k3s1".into()
+            })
+        );
 
         // Only v1.33 exists beyond the current line: no legal hop, the path says why.
         let gap = vec![rel(

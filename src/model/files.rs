@@ -197,6 +197,17 @@ pub struct PolicyFile {
     /// Overrides of the built-in component rules (scheme, sources, upgrade path), by component.
     #[serde(default)]
     pub component_rules: OrderedMap<ComponentRuleEntry>,
+    /// The signed offline release catalog; at most one file may set it.
+    #[serde(default)]
+    pub catalog: Option<Sp<CatalogEntry>>,
+}
+
+/// How offline release catalogs are verified.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CatalogEntry {
+    /// The minisign public key that signs the catalog (the `RW...` line of the `.pub` file).
+    pub public_key: Sp<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]

@@ -34,6 +34,8 @@ pub struct ConfigRepo {
     pub freezes: Vec<Freeze>,
     pub rules: Vec<UpdateRule>,
     pub pull_requests: PullRequestLimits,
+    /// The minisign public key offline catalogs must be signed with.
+    pub catalog_public_key: Option<String>,
 }
 
 impl ConfigRepo {

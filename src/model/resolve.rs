@@ -148,6 +148,7 @@ pub(super) fn resolve(
     let mut freezes_out = Vec::new();
     let mut rules_out = Vec::new();
     let mut limits: Option<(String, Pos, PullRequestLimits)> = None;
+    let mut catalog_key: Option<(String, Pos, String)> = None;
     for (file, p) in policies {
         for w in &p.windows {
             let sel = names.entry(
@@ -217,6 +218,28 @@ pub(super) fn resolve(
                 limits = Some((file.clone(), pr.pos, l));
             }
         }
+        if let Some(c) = &p.catalog {
+            if let Some((first, at, _)) = &catalog_key {
+                cx.error(
+                    file,
+                    c.pos,
+                    format!(
+                        "catalog is already set in {first}:{}:{}",
+                        at.line, at.column
+                    ),
+                    "set the catalog key in one file only",
+                );
+            } else if crate::sources::catalog::parse_public_key(&c.public_key.value).is_err() {
+                cx.error(
+                    file,
+                    c.public_key.pos,
+                    "`publicKey` is not a minisign public key",
+                    "use the second line of the minisign .pub file; it starts with RW",
+                );
+            } else {
+                catalog_key = Some((file.clone(), c.pos, c.public_key.value.trim().to_string()));
+            }
+        }
     }
 
     let compiled: Vec<Window> = windows_out.iter().map(|(_, _, w)| w.clone()).collect();
@@ -263,6 +286,7 @@ pub(super) fn resolve(
         freezes: freezes_out,
         rules: rules_out,
         pull_requests: limits.map(|(_, _, l)| l).unwrap_or_default(),
+        catalog_public_key: catalog_key.map(|(_, _, k)| k),
     })
 }
 

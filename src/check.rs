@@ -1,0 +1,161 @@
+//! `upkeep check`: for every component, what exists upstream, what the policies allow next, and
+//! the legal path to the newest.
+//!
+//! [`assess`] is pure (one component's fetched releases, its policy and `now` in, one report row
+//! out); [`run`] fetches all components concurrently from any [`Upstream`] and assesses each as
+//! soon as its releases arrive, so that only the report rows stay in memory.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{Component, ConfigRepo, Policy, Track};
+use crate::report::{CheckReport, ComponentReport, ReleaseReport, Status};
+use crate::select::{self, Reason};
+use crate::sources::{self, Fetched, Upstream};
+use crate::versions::{self, Version};
+
+/// One component's row, from what its source returned.
+pub fn assess(
+    c: &Component,
+    policy: &Policy,
+    fetched: Result<&Fetched, &sources::Error>,
+    now: DateTime<Utc>,
+) -> ComponentReport {
+    let mut row = ComponentReport {
+        name: c.name.clone(),
+        current: c.version.to_string(),
+        track: track_label(&c.track),
+        status: Status::Failed,
+        next: None,
+        newest: None,
+        path: Vec::new(),
+        path_length: 0,
+        reason: None,
+        held: None,
+        source: None,
+        channel_latest: None,
+        releases_seen: 0,
+        rules: policy.rules.clone(),
+    };
+    let f = match fetched {
+        Ok(f) => f,
+        Err(e) => {
+            row.reason = Some(Reason::SourceFailed {
+                source_kind: e.kind().to_string(),
+                message: e.to_string(),
+            });
+            return row;
+        }
+    };
+    row.source = Some(f.source.clone());
+    let (releases, skipped) = f.releases_as(c.scheme);
+    if skipped > 0 {
+        tracing::debug!(
+            component = c.name,
+            skipped,
+            "skipped tags that are not versions"
+        );
+    }
+    row.releases_seen = releases.len();
+    let channel_latest = match &f.channel_latest {
+        Some(l) => match versions::parse(l, c.scheme) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                row.reason = Some(Reason::SourceFailed {
+                    source_kind: "channel".into(),
+                    message: format!("the channel's latest version is unreadable: {e}"),
+                });
+                return row;
+            }
+        },
+        None => None,
+    };
+    row.channel_latest = channel_latest.as_ref().map(Version::to_string);
+    let sel = select::select(c, policy, &releases, channel_latest.as_ref(), now);
+    row.newest = sel.newest.as_ref().map(Version::to_string);
+    row.path = sel.path.iter().map(Version::to_string).collect();
+    row.path_length = sel.path.len();
+    row.next = sel.next.as_ref().map(|r| {
+        let up = f.find(c.scheme, &r.version);
+        ReleaseReport {
+            version: r.version.to_string(),
+            level: sel.level.unwrap_or(versions::Level::Patch),
+            published_at: r.published_at,
+            age_days: r.published_at.map(|t| (now - t).num_days()),
+            prerelease: r.prerelease || r.version.is_prerelease(),
+            url: up.and_then(|u| u.url.clone()),
+            notes: up.and_then(|u| u.notes.clone()),
+        }
+    });
+    row.status = match (&row.next, &sel.reason) {
+        (Some(_), _) => Status::UpdateAvailable,
+        (None, Some(Reason::UpToDate)) => Status::UpToDate,
+        (None, Some(Reason::BlockedByPath { .. })) => Status::Blocked,
+        (None, _) => Status::Held,
+    };
+    row.reason = sel.reason;
+    row.held = sel.held;
+    row
+}
+
+fn track_label(t: &Track) -> String {
+    match t {
+        Track::Newest => "newest".into(),
+        Track::Channel(c) => format!("channel {c}"),
+        Track::Line { major, minor } => format!("line v{major}.{minor}"),
+    }
+}
+
+/// Fetch and assess every component of `repo`, at most `concurrency` at a time. Rows come back in
+/// the order of `versions.yaml`.
+pub async fn run<U: Upstream + 'static>(
+    upstream: Arc<U>,
+    repo: &ConfigRepo,
+    now: DateTime<Utc>,
+    concurrency: usize,
+    origin: &str,
+) -> CheckReport {
+    let policies: HashMap<String, Policy> = repo
+        .components
+        .iter()
+        .map(|c| (c.name.clone(), repo.policy_for(&c.name)))
+        .collect();
+    let policies = Arc::new(policies);
+    let rows = {
+        let policies = policies.clone();
+        sources::fetch_each(
+            upstream,
+            &repo.components,
+            concurrency,
+            move |c, fetched| {
+                let policy = policies.get(&c.name).cloned().unwrap_or_default();
+                assess(c, &policy, fetched.as_ref(), now)
+            },
+        )
+        .await
+    };
+    let components = rows
+        .into_iter()
+        .zip(&repo.components)
+        .map(|(row, c)| {
+            row.unwrap_or_else(|| {
+                let mut r = assess(
+                    c,
+                    &policies[&c.name],
+                    Err(&sources::Error::NoSource {
+                        component: c.name.clone(),
+                    }),
+                    now,
+                );
+                r.reason = Some(Reason::SourceFailed {
+                    source_kind: "internal".into(),
+                    message: "the check of this component stopped unexpectedly".into(),
+                });
+                r
+            })
+        })
+        .collect();
+    CheckReport::new(now, origin, repo.cluster.clone(), components)
+}

@@ -1,0 +1,35 @@
+//! Simulators of what upkeep talks to, served over real HTTP on 127.0.0.1, for tests, benchmarks
+//! and the demo.
+//!
+//! - [`upstream`]: GitHub's release API (pagination, ETags and 304s, rate-limit headers), a k3s
+//!   channel server and Helm repository indexes, with scripted faults.
+
+pub mod upstream;
+
+use std::time::Duration;
+
+/// A scripted failure, served instead of (or around) the real answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer with this status and a small JSON error body.
+    Status(u16),
+    /// GitHub's primary rate limit: 403 with `x-ratelimit-remaining: 0` and a reset this many
+    /// seconds from now.
+    RateLimit { reset_in: u64 },
+    /// GitHub's secondary rate limit: 403 with the message and no headers.
+    SecondaryRateLimit,
+    /// 429 with `Retry-After`.
+    TooManyRequests { retry_after: u64 },
+    /// Send the headers and half of the body, then break the connection.
+    Truncate,
+    /// Answer normally, after this delay.
+    Delay(Duration),
+}
+
+/// A fault on requests whose path contains `path_contains`, for the next `times` of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultRule {
+    pub path_contains: String,
+    pub fault: Fault,
+    pub times: usize,
+}

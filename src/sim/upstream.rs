@@ -1,0 +1,585 @@
+//! The upstream simulator: what upkeep's sources read, served on 127.0.0.1.
+//!
+//! - `GET /repos/{owner}/{repo}/releases?per_page=&page=`: GitHub's release list, in the shape of
+//!   GitHub's REST API description (tests validate it against the OpenAPI schema), newest first,
+//!   with `Link` pagination, a strong `ETag` per page and `304 Not Modified` for a matching
+//!   `If-None-Match` (not counted against the rate limit, as on GitHub), and `x-ratelimit-*`
+//!   headers.
+//! - `GET /v1-release/channels`: a k3s channel server's collection; `GET
+//!   /v1-release/channels/{name}` redirects to the release like the real one.
+//! - `GET /helm/{name}/index.yaml`: a Helm repository index.
+//!
+//! Faults ([`FaultRule`]) are scripted per path; counters tell how many requests came in, how many
+//! were answered 304 and how many body bytes went out.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+
+use super::{Fault, FaultRule};
+
+/// One release in the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimRelease {
+    pub tag: String,
+    pub published_at: Option<DateTime<Utc>>,
+    pub prerelease: bool,
+    pub draft: bool,
+    pub body: Option<String>,
+}
+
+impl SimRelease {
+    pub fn new(tag: &str, published_at: Option<DateTime<Utc>>) -> SimRelease {
+        SimRelease {
+            tag: tag.to_string(),
+            published_at,
+            prerelease: tag.contains("-rc") || tag.contains("-alpha") || tag.contains("-beta"),
+            draft: false,
+            body: Some(format!("## {tag}\n\nRelease notes of {tag}.")),
+        }
+    }
+}
+
+/// Counters of what the simulator answered.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub not_modified: AtomicU64,
+    pub bytes_sent: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CountersSnapshot {
+    pub requests: u64,
+    pub not_modified: u64,
+    pub bytes_sent: u64,
+}
+
+#[derive(Default)]
+struct Data {
+    /// `owner/repo` -> releases, newest first.
+    repos: HashMap<String, Vec<SimRelease>>,
+    channels: Vec<(String, String)>,
+    /// Helm repository name -> index.yaml text.
+    charts: HashMap<String, String>,
+    faults: VecDeque<FaultRule>,
+    /// Requests left in the primary rate limit (304s are free).
+    remaining: u64,
+    token: Option<String>,
+}
+
+struct Inner {
+    data: Mutex<Data>,
+    counters: Counters,
+    base: String,
+}
+
+/// A running simulator. Dropping it does not stop the server; it stops with its runtime.
+#[derive(Clone)]
+pub struct UpstreamSim {
+    inner: Arc<Inner>,
+    pub addr: SocketAddr,
+}
+
+const RATE_LIMIT: u64 = 5_000;
+
+impl UpstreamSim {
+    /// Bind 127.0.0.1 (`port` 0 picks a free one) and serve on the current tokio runtime.
+    pub async fn start(port: u16) -> std::io::Result<UpstreamSim> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            data: Mutex::new(Data {
+                remaining: RATE_LIMIT,
+                ..Data::default()
+            }),
+            counters: Counters::default(),
+            base: format!("http://{addr}"),
+        });
+        let app = axum::Router::new()
+            .fallback(handle)
+            .with_state(inner.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the upstream simulator stopped");
+            }
+        });
+        Ok(UpstreamSim { inner, addr })
+    }
+
+    /// Start on a runtime of its own in a background thread (for synchronous tests and tools).
+    pub fn start_in_thread() -> std::io::Result<UpstreamSim> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let sim = UpstreamSim::start(0).await;
+                let _ = tx.send(sim);
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the simulator thread died"))?
+    }
+
+    pub fn url(&self) -> String {
+        self.inner.base.clone()
+    }
+
+    fn data(&self) -> std::sync::MutexGuard<'_, Data> {
+        self.inner.data.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Set a repository's releases (any order; served newest first by publication order given).
+    pub fn set_releases(&self, repo: &str, mut releases: Vec<SimRelease>) {
+        releases.reverse();
+        self.data().repos.insert(repo.to_string(), releases);
+    }
+
+    /// Publish one more release on top.
+    pub fn publish(&self, repo: &str, release: SimRelease) {
+        self.data()
+            .repos
+            .entry(repo.to_string())
+            .or_default()
+            .insert(0, release);
+    }
+
+    pub fn set_channels(&self, channels: &[(&str, &str)]) {
+        self.data().channels = channels
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+    }
+
+    pub fn set_chart_index(&self, name: &str, index_yaml: &str) {
+        self.data()
+            .charts
+            .insert(name.to_string(), index_yaml.to_string());
+    }
+
+    /// Require `Authorization: Bearer <token>` (or `token <token>`) on GitHub paths.
+    pub fn require_token(&self, token: &str) {
+        self.data().token = Some(token.to_string());
+    }
+
+    pub fn set_rate_limit_remaining(&self, n: u64) {
+        self.data().remaining = n;
+    }
+
+    pub fn inject(&self, path_contains: &str, fault: Fault, times: usize) {
+        self.data().faults.push_back(FaultRule {
+            path_contains: path_contains.to_string(),
+            fault,
+            times,
+        });
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        let c = &self.inner.counters;
+        CountersSnapshot {
+            requests: c.requests.load(Ordering::Relaxed),
+            not_modified: c.not_modified.load(Ordering::Relaxed),
+            bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The JSON of one release, as the API serves it (for schema tests).
+    pub fn release_json(&self, repo: &str, id: usize, r: &SimRelease) -> Value {
+        release_json(&self.inner.base, repo, id, r)
+    }
+}
+
+fn take_fault(data: &mut Data, path: &str) -> Option<Fault> {
+    let i = data
+        .faults
+        .iter()
+        .position(|f| f.times > 0 && path.contains(&f.path_contains))?;
+    let rule = &mut data.faults[i];
+    rule.times -= 1;
+    let fault = rule.fault.clone();
+    if rule.times == 0 {
+        data.faults.remove(i);
+    }
+    Some(fault)
+}
+
+async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
+    inner.counters.requests.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let fault = take_fault(
+        &mut inner.data.lock().unwrap_or_else(|e| e.into_inner()),
+        &path,
+    );
+    if let Some(Fault::Delay(d)) = &fault {
+        tokio::time::sleep(*d).await;
+    }
+    let resp = match &fault {
+        Some(Fault::Status(s)) => error(
+            StatusCode::from_u16(*s).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            "simulated failure",
+        ),
+        Some(Fault::RateLimit { reset_in }) => {
+            let mut r = error(
+                StatusCode::FORBIDDEN,
+                "API rate limit exceeded for 127.0.0.1.",
+            );
+            let reset = Utc::now().timestamp() + *reset_in as i64;
+            set(
+                r.headers_mut(),
+                "x-ratelimit-limit",
+                &RATE_LIMIT.to_string(),
+            );
+            set(r.headers_mut(), "x-ratelimit-remaining", "0");
+            set(r.headers_mut(), "x-ratelimit-reset", &reset.to_string());
+            r
+        }
+        Some(Fault::SecondaryRateLimit) => error(
+            StatusCode::FORBIDDEN,
+            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+        ),
+        Some(Fault::TooManyRequests { retry_after }) => {
+            let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
+            set(r.headers_mut(), "retry-after", &retry_after.to_string());
+            r
+        }
+        _ => route(&inner, &path, &query, req.headers()),
+    };
+    let resp = if fault == Some(Fault::Truncate) {
+        truncate(resp).await
+    } else {
+        resp
+    };
+    if resp.status() == StatusCode::NOT_MODIFIED {
+        inner.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(len) = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        inner.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
+    }
+    resp
+}
+
+fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({
+        "message": message,
+        "documentation_url": "https://docs.github.com/rest",
+        "status": status.as_u16().to_string(),
+    });
+    json_response(status, &body)
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    let bytes = serde_json::to_vec(v).unwrap_or_default();
+    let mut r = (status, bytes).into_response();
+    set(
+        r.headers_mut(),
+        "content-type",
+        "application/json; charset=utf-8",
+    );
+    r
+}
+
+fn route(inner: &Inner, path: &str, query: &str, headers: &HeaderMap) -> Response {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["repos", owner, repo, "releases"] => {
+            releases(inner, &format!("{owner}/{repo}"), query, headers)
+        }
+        ["v1-release", "channels"] => channels(inner),
+        ["v1-release", "channels", name] => channel_redirect(inner, name),
+        ["helm", name, "index.yaml"] => {
+            let data = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+            match data.charts.get(*name) {
+                Some(text) => {
+                    let mut r = (StatusCode::OK, text.clone()).into_response();
+                    set(r.headers_mut(), "content-type", "text/yaml");
+                    r
+                }
+                None => (StatusCode::NOT_FOUND, "404 page not found").into_response(),
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<u64> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+fn releases(inner: &Inner, repo: &str, query: &str, headers: &HeaderMap) -> Response {
+    let mut data = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = &data.token {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if auth != format!("Bearer {t}") && auth != format!("token {t}") {
+            return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+        }
+    }
+    let Some(all) = data.repos.get(repo) else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let per_page = query_param(query, "per_page").unwrap_or(30).clamp(1, 100) as usize;
+    let page = query_param(query, "page").unwrap_or(1).max(1) as usize;
+    let pages = all.len().div_ceil(per_page).max(1);
+    let items: Vec<Value> = all
+        .iter()
+        .enumerate()
+        .skip((page - 1).saturating_mul(per_page))
+        .take(per_page)
+        .map(|(i, r)| release_json(&inner.base, repo, all.len() - i, r))
+        .collect();
+    let body = serde_json::to_vec(&items).unwrap_or_default();
+    let etag = format!("\"{:016x}\"", fnv1a(&body));
+    let reset = Utc::now().timestamp() + 3600;
+    let conditional_hit = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim() == etag));
+    if !conditional_hit {
+        data.remaining = data.remaining.saturating_sub(1);
+    }
+    let remaining = data.remaining;
+    drop(data);
+    let mut r = if conditional_hit {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = (StatusCode::OK, body).into_response();
+        set(
+            r.headers_mut(),
+            "content-type",
+            "application/json; charset=utf-8",
+        );
+        r
+    };
+    let h = r.headers_mut();
+    set(h, "etag", &etag);
+    set(h, "x-ratelimit-limit", &RATE_LIMIT.to_string());
+    set(h, "x-ratelimit-remaining", &remaining.to_string());
+    set(h, "x-ratelimit-reset", &reset.to_string());
+    let link = |p: usize, rel: &str| {
+        format!(
+            "<{}/repos/{repo}/releases?per_page={per_page}&page={p}>; rel=\"{rel}\"",
+            inner.base
+        )
+    };
+    let mut links = Vec::new();
+    if page < pages {
+        links.push(link(page + 1, "next"));
+        links.push(link(pages, "last"));
+    }
+    if page > 1 {
+        links.push(link(1, "first"));
+        links.push(link(page - 1, "prev"));
+    }
+    if !links.is_empty() {
+        set(h, "link", &links.join(", "));
+    }
+    r
+}
+
+/// A release object with every field GitHub's schema requires.
+pub fn release_json(base: &str, repo: &str, id: usize, r: &SimRelease) -> Value {
+    let api = format!("{base}/repos/{repo}/releases/{id}");
+    let html = format!(
+        "https://github.com/{repo}/releases/tag/{}",
+        r.tag.replace('+', "%2B")
+    );
+    let created = r
+        .published_at
+        .unwrap_or_else(|| DateTime::from_timestamp(0, 0).unwrap_or_default());
+    json!({
+        "url": api,
+        "html_url": html,
+        "assets_url": format!("{api}/assets"),
+        "upload_url": format!("https://uploads.github.com/repos/{repo}/releases/{id}/assets{{?name,label}}"),
+        "tarball_url": format!("{base}/repos/{repo}/tarball/{}", r.tag),
+        "zipball_url": format!("{base}/repos/{repo}/zipball/{}", r.tag),
+        "id": id,
+        "node_id": format!("RE_{id}"),
+        "tag_name": r.tag,
+        "target_commitish": "main",
+        "name": r.tag,
+        "body": r.body,
+        "draft": r.draft,
+        "prerelease": r.prerelease,
+        "immutable": false,
+        "created_at": created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "published_at": if r.draft { Value::Null } else {
+            r.published_at.map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+        },
+        "updated_at": Value::Null,
+        "author": user(base),
+        "assets": [],
+    })
+}
+
+fn user(base: &str) -> Value {
+    let u = format!("{base}/users/release-bot");
+    json!({
+        "login": "release-bot",
+        "id": 1,
+        "node_id": "U_1",
+        "avatar_url": "https://avatars.githubusercontent.com/u/1?v=4",
+        "gravatar_id": "",
+        "url": u,
+        "html_url": "https://github.com/release-bot",
+        "followers_url": format!("{u}/followers"),
+        "following_url": format!("{u}/following{{/other_user}}"),
+        "gists_url": format!("{u}/gists{{/gist_id}}"),
+        "starred_url": format!("{u}/starred{{/owner}}{{/repo}}"),
+        "subscriptions_url": format!("{u}/subscriptions"),
+        "organizations_url": format!("{u}/orgs"),
+        "repos_url": format!("{u}/repos"),
+        "events_url": format!("{u}/events{{/privacy}}"),
+        "received_events_url": format!("{u}/received_events"),
+        "type": "Bot",
+        "site_admin": false,
+    })
+}
+
+fn channels(inner: &Inner) -> Response {
+    let data = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+    let base = format!("{}/v1-release/channels", inner.base);
+    let items: Vec<Value> = data
+        .channels
+        .iter()
+        .map(|(name, latest)| {
+            let mut v = json!({
+                "id": name, "type": "channel", "name": name, "latest": latest,
+                "links": {"self": format!("{base}/{name}")},
+            });
+            if name == "latest" {
+                v["latestRegexp"] = json!(".*");
+                v["excludeRegexp"] = json!("^[^+]+-");
+            }
+            v
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "type": "collection",
+            "links": {"self": base},
+            "actions": {},
+            "resourceType": "channels",
+            "data": items,
+        }),
+    )
+}
+
+fn channel_redirect(inner: &Inner, name: &str) -> Response {
+    let data = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+    match data.channels.iter().find(|(n, _)| n == name) {
+        Some((_, latest)) => {
+            let mut r = StatusCode::FOUND.into_response();
+            set(
+                r.headers_mut(),
+                "location",
+                &format!("https://github.com/k3s-io/k3s/releases/tag/{latest}"),
+            );
+            r
+        }
+        None => error(StatusCode::NOT_FOUND, "channel not found"),
+    }
+}
+
+/// A body that sends its first half and then fails, so the connection breaks mid-answer.
+struct Truncated(Option<Bytes>);
+
+impl http_body::Body for Truncated {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
+        Poll::Ready(Some(match self.0.take() {
+            Some(b) => Ok(http_body::Frame::data(b)),
+            None => Err(std::io::Error::other("simulated truncation")),
+        }))
+    }
+}
+
+async fn truncate(resp: Response) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let half = bytes.slice(..bytes.len() / 2);
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(bytes.len().max(1) as u64),
+    );
+    Response::from_parts(parts, Body::new(Truncated(Some(half))))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Releases from `tag<TAB>date` lines (the fixture format), oldest first.
+pub fn releases_from_tsv(text: &str) -> Vec<SimRelease> {
+    let mut out: Vec<SimRelease> = text
+        .lines()
+        .filter_map(|l| {
+            let (tag, date) = l.split_once('\t')?;
+            let at = DateTime::parse_from_rfc3339(date.trim()).ok()?;
+            Some(SimRelease::new(tag.trim(), Some(at.with_timezone(&Utc))))
+        })
+        .collect();
+    out.sort_by_key(|r| r.published_at);
+    out
+}
+
+/// A Helm index for `chart` with these versions (`version`, `created`).
+pub fn helm_index(chart: &str, versions: &[(&str, &str)]) -> String {
+    let mut s = format!("apiVersion: v1\nentries:\n  {chart}:\n");
+    for (v, created) in versions {
+        s.push_str(&format!(
+            "  - apiVersion: v2\n    name: {chart}\n    version: \"{v}\"\n    appVersion: \"{v}\"\n    created: \"{created}\"\n    urls: [\"https://charts.example/{chart}-{v}.tgz\"]\n"
+        ));
+    }
+    s.push_str("generated: \"2026-01-01T00:00:00Z\"\n");
+    s
+}

@@ -1,0 +1,407 @@
+//! The shipped offline catalog: built from the real tags in tests/fixtures/releases, signed, and
+//! verified; and `check --offline` / `catalog` commands end to end.
+//!
+//! Regenerate catalog/releases.json with `UPKEEP_BLESS=1 cargo test --test catalog`, then sign it
+//! with the project's key: `minisign -S -s KEY -m catalog/releases.json` (docs/sources.md).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use chrono::{DateTime, Utc};
+use upkeep::sources::UpstreamRelease;
+use upkeep::sources::catalog::{Catalog, CatalogComponent, CatalogFile};
+use upkeep::versions::{self, Scheme};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    fs::read_to_string(root().join("tests/fixtures/releases").join(name)).unwrap()
+}
+
+fn url(repo: &str, tag: &str) -> String {
+    format!(
+        "https://github.com/{repo}/releases/tag/{}",
+        tag.replace('+', "%2B")
+    )
+}
+
+fn from_tsv(repo: &str, text: &str) -> (CatalogComponent, DateTime<Utc>) {
+    let mut rels: Vec<UpstreamRelease> = text
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(tag, date)| UpstreamRelease {
+            tag: tag.trim().to_string(),
+            published_at: Some(
+                DateTime::parse_from_rfc3339(date.trim())
+                    .unwrap()
+                    .with_timezone(&Utc),
+            ),
+            prerelease: versions::parse(tag.trim(), Scheme::Semver)
+                .map(|v| v.is_prerelease())
+                .unwrap_or(false),
+            notes: None,
+            url: Some(url(repo, tag.trim())),
+        })
+        .collect();
+    rels.sort_by(|a, b| b.published_at.cmp(&a.published_at).then(b.tag.cmp(&a.tag)));
+    let newest = rels.iter().filter_map(|r| r.published_at).max().unwrap();
+    (
+        CatalogComponent {
+            source: format!("github:{repo}"),
+            channels: BTreeMap::new(),
+            releases: rels,
+        },
+        newest,
+    )
+}
+
+/// k3s: 896 tags without dates; channels computed like the channel server computes its per-minor
+/// channels. `stable` is assumed to trail `latest` by one minor (see tests/fixtures/README.md).
+fn k3s() -> CatalogComponent {
+    let text = fixture("k3s-versions.txt");
+    let tags: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut vs: Vec<versions::Version> = tags
+        .iter()
+        .filter_map(|t| versions::parse(t, Scheme::K3s).ok())
+        .collect();
+    vs.sort();
+    vs.reverse();
+    // Odd historical names (`+k3s` without a number, `+rk3s1`) stay in the catalog as upstream
+    // spelled them; `check` skips what it cannot read.
+    let odd: Vec<&str> = tags
+        .iter()
+        .copied()
+        .filter(|t| versions::parse(t, Scheme::K3s).is_err())
+        .collect();
+    let mut channels = BTreeMap::new();
+    let releases_only: Vec<&versions::Version> = vs.iter().filter(|v| !v.is_prerelease()).collect();
+    let latest = releases_only[0];
+    channels.insert("latest".to_string(), latest.to_string());
+    channels.insert("testing".to_string(), vs[0].to_string());
+    for v in &releases_only {
+        let (maj, min) = v.line();
+        channels
+            .entry(format!("v{maj}.{min}"))
+            .or_insert_with(|| v.to_string());
+    }
+    let (lmaj, lmin) = latest.line();
+    channels.insert(
+        "stable".to_string(),
+        channels[&format!("v{lmaj}.{}", lmin - 1)].clone(),
+    );
+    CatalogComponent {
+        source: "github:k3s-io/k3s".into(),
+        channels,
+        releases: vs
+            .iter()
+            .map(|v| (v.raw(), v.is_prerelease()))
+            .chain(odd.iter().map(|t| (*t, t.contains("-rc"))))
+            .map(|(tag, prerelease)| UpstreamRelease {
+                tag: tag.to_string(),
+                published_at: None,
+                prerelease,
+                notes: None,
+                url: Some(url("k3s-io/k3s", tag)),
+            })
+            .collect(),
+    }
+}
+
+fn build() -> CatalogFile {
+    let mut newest = DateTime::<Utc>::MIN_UTC;
+    let mut file = CatalogFile::new(newest);
+    file.description = Some(
+        "Built by upkeep's tests from real upstream tags (tests/fixtures/releases); k3s tags carry no dates"
+            .into(),
+    );
+    file.components.insert("k3s".into(), k3s());
+    for (name, repo, tsv) in [
+        ("flux", "fluxcd/flux2", "flux2-tags.tsv"),
+        ("longhorn", "longhorn/longhorn", "longhorn-tags.tsv"),
+        (
+            "system-upgrade-controller",
+            "rancher/system-upgrade-controller",
+            "system-upgrade-controller-tags.tsv",
+        ),
+        (
+            "flux-operator",
+            "controlplaneio-fluxcd/flux-operator",
+            "flux-operator-tags.tsv",
+        ),
+    ] {
+        let (c, at) = from_tsv(repo, &fixture(tsv));
+        newest = newest.max(at);
+        file.components.insert(name.into(), c);
+    }
+    file.generated_at = newest;
+    file
+}
+
+#[test]
+fn the_shipped_catalog_is_built_from_the_fixtures_and_signed() {
+    let path = root().join("catalog/releases.json");
+    let want = build().to_json();
+    if std::env::var_os("UPKEEP_BLESS").is_some() {
+        fs::write(&path, &want).unwrap();
+        eprintln!(
+            "wrote {}; now sign it (see the top of this file)",
+            path.display()
+        );
+        return;
+    }
+    let have = fs::read_to_string(&path).unwrap();
+    assert!(
+        have == want,
+        "catalog/releases.json is out of date: UPKEEP_BLESS=1 cargo test --test catalog, then sign it"
+    );
+    let c = Catalog::builtin().expect("the shipped catalog verifies with the shipped key");
+    assert_eq!(c.file.components["k3s"].releases.len(), 896);
+    assert_eq!(c.file.components["k3s"].channels["stable"], "v1.35.5+k3s1");
+}
+
+fn upkeep(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(args)
+        .env_remove("GITHUB_TOKEN")
+        .env("UPKEEP_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example() -> String {
+    root().join("examples/cluster-repo").display().to_string()
+}
+
+const NOW: &str = "2026-11-21T12:00:00Z";
+
+#[test]
+fn check_offline_on_the_example_repo_prints_the_report_from_the_shipped_catalog() {
+    let (code, out, err) = upkeep(&["check", "--repo", &example(), "--offline", "--now", NOW]);
+    assert_eq!(code, 10, "updates are available: {out}{err}");
+    for line in out.lines() {
+        assert!(line.chars().count() <= 100, "too wide: {line:?}");
+    }
+    assert!(out.contains("COMPONENT"), "{out}");
+    assert!(!out.contains('\x1b'), "no color when not on a terminal");
+    assert!(
+        out.contains("3 components: 0 up to date, 3 with an update"),
+        "{out}"
+    );
+
+    let (code, json, _) = upkeep(&[
+        "check",
+        "--repo",
+        &example(),
+        "--offline",
+        "--now",
+        NOW,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 10);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("--output json parses");
+    let rows = v["components"].as_array().unwrap();
+    let row = |n: &str| rows.iter().find(|r| r["name"] == n).unwrap().clone();
+    // k3s v1.33.4+k3s1 on stable (v1.35.5+k3s1): the minor hop to v1.34 has no release date
+    // (k3s tags carry none) so it cannot pass the 14-day minor gate; the newest v1.33 patch is
+    // next. The path to the newest takes every minor in turn.
+    let k3s = row("k3s");
+    assert_eq!(k3s["status"], "updateAvailable");
+    assert_eq!(k3s["next"]["version"], "v1.33.12+k3s1", "{k3s}");
+    assert_eq!(k3s["next"]["level"], "patch");
+    assert_eq!(k3s["newest"], "v1.35.5+k3s1");
+    assert_eq!(
+        k3s["path"],
+        serde_json::json!(["v1.34.8+k3s1", "v1.35.5+k3s1"])
+    );
+    assert_eq!(k3s["held"]["reason"], "noTimestamp");
+    // Longhorn v1.9.1: one minor at a time, never a skip.
+    let lh = row("longhorn");
+    assert_eq!(lh["next"]["version"], "v1.10.2");
+    assert_eq!(
+        lh["path"],
+        serde_json::json!(["v1.10.2", "v1.11.3", "v1.12.1"])
+    );
+    assert_eq!(row("flux")["next"]["version"], "v2.9.4");
+}
+
+#[test]
+fn exit_codes_hold_zero_ten_and_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    fs::create_dir_all(dir.join("policies")).unwrap();
+    let write = |versions: &str| {
+        fs::write(
+            dir.join("versions.yaml"),
+            format!(
+                "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n{versions}"
+            ),
+        )
+        .unwrap()
+    };
+    let d = dir.display().to_string();
+    let run = || upkeep(&["check", "--repo", &d, "--offline", "--now", NOW]);
+    write("  longhorn:\n    version: v1.10.2\n");
+    let newest_longhorn = {
+        let c = Catalog::builtin().unwrap();
+        let mut vs: Vec<_> = c.file.components["longhorn"]
+            .releases
+            .iter()
+            .filter_map(|r| versions::parse(&r.tag, Scheme::Semver).ok())
+            .filter(|v| !v.is_prerelease() && !v.is_dev())
+            .collect();
+        vs.sort();
+        vs.pop().unwrap().to_string()
+    };
+    let (code, out, _) = run();
+    assert_eq!(code, 10, "{out}");
+    write(&format!("  longhorn:\n    version: {newest_longhorn}\n"));
+    let (code, out, _) = run();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("up to date"), "{out}");
+    write("  longhorn:\n    version: [broken\n");
+    let (code, _, err) = run();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("versions.yaml:"), "{err}");
+}
+
+fn sign(dir: &Path, file: &Path) -> String {
+    let key = dir.join("test.key");
+    let pubf = dir.join("test.pub");
+    let st = Command::new("minisign")
+        .args(["-G", "-W", "-f", "-p"])
+        .arg(&pubf)
+        .arg("-s")
+        .arg(&key)
+        .output()
+        .expect("minisign is installed (.ci/run installs it)");
+    assert!(st.status.success(), "{st:?}");
+    let st = Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(&key)
+        .arg("-m")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{st:?}");
+    fs::read_to_string(&pubf)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_user_catalog_must_be_signed_with_the_configured_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cat = dir.join("catalog.json");
+    let mut file = CatalogFile::new("2026-11-01T00:00:00Z".parse().unwrap());
+    file.components.insert(
+        "longhorn".into(),
+        CatalogComponent {
+            source: "github:longhorn/longhorn".into(),
+            channels: BTreeMap::new(),
+            releases: vec![UpstreamRelease {
+                tag: "v1.9.2".into(),
+                published_at: Some("2026-10-01T00:00:00Z".parse().unwrap()),
+                prerelease: false,
+                notes: Some("Fixes | pipes".into()),
+                url: None,
+            }],
+        },
+    );
+    fs::write(&cat, file.to_json()).unwrap();
+    let repo = dir.join("repo");
+    fs::create_dir_all(repo.join("policies")).unwrap();
+    fs::write(
+        repo.join("versions.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  longhorn:\n    version: v1.9.1\n",
+    )
+    .unwrap();
+    let r = repo.display().to_string();
+    let c = cat.display().to_string();
+
+    // Unsigned: refused, and says how to sign.
+    let (code, _, err) = upkeep(&["check", "--repo", &r, "--catalog", &c, "--now", NOW]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unsigned") && err.contains("minisign -S"),
+        "{err}"
+    );
+
+    let key = sign(dir, &cat);
+    // Signed, but no key configured.
+    let (code, _, err) = upkeep(&["check", "--repo", &r, "--catalog", &c, "--now", NOW]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no public key"), "{err}");
+
+    // The key from the policies.
+    fs::write(
+        repo.join("policies/catalog.yaml"),
+        format!("apiVersion: upkeep.dev/v1alpha1\nkind: Policy\ncatalog:\n  publicKey: {key}\n"),
+    )
+    .unwrap();
+    let (code, out, err) = upkeep(&[
+        "check",
+        "--repo",
+        &r,
+        "--catalog",
+        &c,
+        "--now",
+        NOW,
+        "--output",
+        "markdown",
+    ]);
+    assert_eq!(code, 10, "{out}{err}");
+    assert!(out.contains("| longhorn | v1.9.1 | v1.9.2 |"), "{out}");
+
+    // The wrong key (the shipped one) and a tampered file are refused.
+    let shipped = Catalog::builtin_public_key()
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    let (code, _, err) = upkeep(&[
+        "check",
+        "--repo",
+        &r,
+        "--catalog",
+        &c,
+        "--now",
+        NOW,
+        "--catalog-public-key",
+        &shipped,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("signed with a different key"), "{err}");
+    let tampered = fs::read_to_string(&cat)
+        .unwrap()
+        .replace("v1.9.2", "v1.9.9");
+    fs::write(&cat, tampered).unwrap();
+    let (code, _, err) = upkeep(&["check", "--repo", &r, "--catalog", &c, "--now", NOW]);
+    assert_eq!(code, 1);
+    assert!(err.contains("does not verify"), "{err}");
+
+    // `catalog verify` says the same.
+    let (code, _, err) = upkeep(&["catalog", "verify", &c, "--public-key", &key]);
+    assert_eq!(code, 1, "{err}");
+    let (code, out, _) = upkeep(&["catalog", "verify"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("k3s: 896 releases"), "{out}");
+}
