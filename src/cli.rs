@@ -423,6 +423,8 @@ fn check(a: CheckArgs) -> i32 {
                 return 2;
             }
         };
+        // octocrab's client needs the runtime at construction.
+        let _guard = rt.enter();
         let live = match sources::Live::new(&cfg) {
             Ok(l) => l,
             Err(e) => {
@@ -477,6 +479,7 @@ fn catalog_export(repo_dir: &Path, out: &Path, net: &NetArgs) -> i32 {
         Ok(rt) => rt,
         Err(code) => return code,
     };
+    let _guard = rt.enter();
     let live = match sources::Live::new(&cfg) {
         Ok(l) => Arc::new(l),
         Err(e) => {

@@ -1,0 +1,561 @@
+//! The live sources against the upstream simulator over real HTTP on 127.0.0.1: real tags,
+//! pagination, ETags and 304s, rate limits and faults, the channel server and Helm indexes, and
+//! exact selections on real release histories.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use upkeep::check;
+use upkeep::model::{self, ConfigRepo};
+use upkeep::report::Status;
+use upkeep::sim::Fault;
+use upkeep::sim::upstream::{SimRelease, UpstreamSim, helm_index, releases_from_tsv};
+use upkeep::sources::{self, Live, NetConfig, Secret, Upstream, github};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    fs::read_to_string(root().join("tests/fixtures").join(name)).unwrap()
+}
+
+const NOW: &str = "2026-11-21T12:00:00Z";
+
+fn now() -> DateTime<Utc> {
+    NOW.parse().unwrap()
+}
+
+fn k3s_releases() -> Vec<SimRelease> {
+    // Oldest first by version; k3s tags carry no dates in the fixtures.
+    let mut vs: Vec<_> = fixture("releases/k3s-versions.txt")
+        .lines()
+        .filter_map(|l| upkeep::versions::parse(l.trim(), upkeep::versions::Scheme::K3s).ok())
+        .collect();
+    vs.sort();
+    vs.iter().map(|v| SimRelease::new(v.raw(), None)).collect()
+}
+
+/// A simulator with the real histories of k3s, Longhorn and Flux, and a channel server.
+async fn sim() -> UpstreamSim {
+    let sim = UpstreamSim::start(0).await.unwrap();
+    sim.set_releases("k3s-io/k3s", k3s_releases());
+    sim.set_releases(
+        "longhorn/longhorn",
+        releases_from_tsv(&fixture("releases/longhorn-tags.tsv")),
+    );
+    sim.set_releases(
+        "fluxcd/flux2",
+        releases_from_tsv(&fixture("releases/flux2-tags.tsv")),
+    );
+    sim.set_channels(&[
+        ("stable", "v1.33.12+k3s1"),
+        ("latest", "v1.35.5+k3s1"),
+        ("v1.32", "v1.32.13+k3s1"),
+    ]);
+    sim
+}
+
+fn net(sim: &UpstreamSim, cache: Option<&Path>) -> NetConfig {
+    NetConfig {
+        github_api_url: sim.url(),
+        k3s_channel_url: Some(sim.url()),
+        timeout: Duration::from_secs(5),
+        backoff: Duration::from_millis(10),
+        max_wait: Duration::from_secs(3),
+        cache_dir: cache.map(Path::to_path_buf),
+        ..NetConfig::default()
+    }
+}
+
+fn repo(dir: &Path, versions: &str) -> ConfigRepo {
+    fs::create_dir_all(dir.join("policies")).unwrap();
+    fs::write(
+        dir.join("versions.yaml"),
+        format!("apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n{versions}"),
+    )
+    .unwrap();
+    let loaded = model::load_repo(dir, now()).unwrap();
+    loaded
+        .repo
+        .unwrap_or_else(|| panic!("{:?}", loaded.diagnostics))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The served JSON matches GitHub's REST API description (OpenAPI 3.0: `nullable`, `$ref`).
+
+struct OpenApi(Value);
+
+impl OpenApi {
+    fn load() -> OpenApi {
+        OpenApi(serde_json::from_str(&fixture("github/api.github.com.subset.json")).unwrap())
+    }
+
+    fn resolve<'a>(&'a self, mut s: &'a Value) -> &'a Value {
+        while let Some(r) = s.get("$ref").and_then(Value::as_str) {
+            let mut cur = &self.0;
+            for part in r.trim_start_matches("#/").split('/') {
+                cur = &cur[part];
+            }
+            s = cur;
+        }
+        s
+    }
+
+    /// Every violation of `schema` by `v`, with JSON paths.
+    fn check(&self, schema: &Value, v: &Value, at: &str, errs: &mut Vec<String>) {
+        let s = self.resolve(schema);
+        if v.is_null() {
+            if !s["nullable"].as_bool().unwrap_or(false) && s.get("type").is_some() {
+                errs.push(format!("{at}: null but not nullable"));
+            }
+            return;
+        }
+        for key in ["allOf"] {
+            for sub in s[key].as_array().into_iter().flatten() {
+                self.check(sub, v, at, errs);
+            }
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(subs) = s[key].as_array() {
+                let ok = subs.iter().any(|sub| {
+                    let mut e = Vec::new();
+                    self.check(sub, v, at, &mut e);
+                    e.is_empty()
+                });
+                if !ok {
+                    errs.push(format!("{at}: matches none of {key}"));
+                }
+            }
+        }
+        let ty = s["type"].as_str();
+        let type_ok = match ty {
+            Some("object") => v.is_object(),
+            Some("array") => v.is_array(),
+            Some("string") => v.is_string(),
+            Some("integer") => v.is_i64() || v.is_u64(),
+            Some("number") => v.is_number(),
+            Some("boolean") => v.is_boolean(),
+            _ => true,
+        };
+        if !type_ok {
+            errs.push(format!("{at}: expected {}, got {v}", ty.unwrap_or("?")));
+            return;
+        }
+        if let (Some("date-time"), Some(t)) = (s["format"].as_str(), v.as_str())
+            && DateTime::parse_from_rfc3339(t).is_err()
+        {
+            errs.push(format!("{at}: `{t}` is not a date-time"));
+        }
+        if let (Some("uri"), Some(t)) = (s["format"].as_str(), v.as_str())
+            && !t.contains("://")
+        {
+            errs.push(format!("{at}: `{t}` is not a URI"));
+        }
+        if let Some(e) = s["enum"].as_array()
+            && !e.contains(v)
+        {
+            errs.push(format!("{at}: {v} not in enum"));
+        }
+        if let Some(obj) = v.as_object() {
+            for req in s["required"].as_array().into_iter().flatten() {
+                let k = req.as_str().unwrap_or_default();
+                if !obj.contains_key(k) {
+                    errs.push(format!("{at}: missing required `{k}`"));
+                }
+            }
+            if let Some(props) = s["properties"].as_object() {
+                for (k, val) in obj {
+                    if let Some(ps) = props.get(k) {
+                        self.check(ps, val, &format!("{at}.{k}"), errs);
+                    }
+                }
+            }
+        }
+        if let (Some(items), Some(arr)) = (s.get("items"), v.as_array()) {
+            for (i, x) in arr.iter().enumerate() {
+                self.check(items, x, &format!("{at}[{i}]"), errs);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn served_releases_validate_against_githubs_openapi_schema() {
+    let sim = sim().await;
+    let api = OpenApi::load();
+    let schema = api.0["paths"]["/repos/{owner}/{repo}/releases"]["get"]["responses"]["200"]
+        ["content"]["application/json"]["schema"]
+        .clone();
+    let text = reqwest::get(format!(
+        "{}/repos/longhorn/longhorn/releases?per_page=100",
+        sim.url()
+    ))
+    .await
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body.as_array().unwrap().len(), 100);
+    let mut errs = Vec::new();
+    api.check(&schema, &body, "$", &mut errs);
+    assert!(errs.is_empty(), "{errs:#?}");
+    // The validator does catch a broken object.
+    let mut bad = body[0].clone();
+    bad.as_object_mut().unwrap().remove("tag_name");
+    bad["draft"] = Value::String("no".into());
+    let mut errs = Vec::new();
+    api.check(&schema, &Value::Array(vec![bad]), "$", &mut errs);
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    // The error shape of a 404 too.
+    let resp = reqwest::get(format!("{}/repos/no/such/releases", sim.url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let body: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    let mut errs = Vec::new();
+    api.check(
+        &api.0["components"]["schemas"]["basic-error"],
+        &body,
+        "$",
+        &mut errs,
+    );
+    assert!(errs.is_empty(), "{errs:#?}");
+}
+
+#[tokio::test]
+async fn all_pages_are_read_and_an_unchanged_repo_costs_one_304() {
+    let sim = sim().await;
+    let cache = tempfile::tempdir().unwrap();
+    let live = Live::new(&net(&sim, Some(cache.path()))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(dir.path(), "  longhorn:\n    version: v1.6.2\n");
+    let c = &r.components[0];
+
+    let cold = live.fetch(c).await.unwrap();
+    assert_eq!(cold.source, "github:longhorn/longhorn");
+    assert_eq!(cold.releases.len(), 416, "five pages of 100");
+    assert_eq!(sim.counters().requests, 5);
+    assert_eq!(live.stats.snapshot().requests, 5);
+    assert!(
+        cold.releases[0]
+            .notes
+            .as_deref()
+            .unwrap()
+            .contains("Release notes")
+    );
+
+    // Warm: one conditional request, answered 304; the same releases from the cache.
+    let before = sim.counters();
+    let warm = live.fetch(c).await.unwrap();
+    assert_eq!(warm, cold);
+    let after = sim.counters();
+    assert_eq!(after.requests - before.requests, 1);
+    assert_eq!(after.not_modified - before.not_modified, 1);
+
+    // A new release changes page 1: all pages are asked again, the unchanged ones answer 304.
+    sim.publish(
+        "longhorn/longhorn",
+        SimRelease::new("v1.12.2", Some("2026-11-01T00:00:00Z".parse().unwrap())),
+    );
+    let before = sim.counters();
+    let fresh = live.fetch(c).await.unwrap();
+    assert_eq!(fresh.releases.len(), 417);
+    assert_eq!(fresh.releases[0].tag, "v1.12.2");
+    assert_eq!(sim.counters().requests - before.requests, 5);
+
+    // A new process with the same cache directory starts warm.
+    let live2 = Live::new(&net(&sim, Some(cache.path()))).unwrap();
+    let before = sim.counters();
+    assert_eq!(live2.fetch(c).await.unwrap(), fresh);
+    assert_eq!(sim.counters().requests - before.requests, 1);
+
+    // A corrupt cache is discarded with a warning and costs a cold read, never a failure.
+    for e in fs::read_dir(cache.path()).unwrap() {
+        fs::write(e.unwrap().path(), b"\x00garbage").unwrap();
+    }
+    let live3 = Live::new(&net(&sim, Some(cache.path()))).unwrap();
+    assert_eq!(live3.fetch(c).await.unwrap(), fresh);
+}
+
+#[tokio::test]
+async fn server_errors_and_broken_answers_are_retried_then_reported() {
+    let sim = sim().await;
+    let live = Live::new(&net(&sim, None)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(dir.path(), "  flux:\n    version: v2.3.0\n");
+    let c = &r.components[0];
+
+    // One 500 and one truncated body: retried, then fine.
+    sim.inject("/repos/fluxcd/flux2", Fault::Status(500), 1);
+    sim.inject("/repos/fluxcd/flux2", Fault::Truncate, 1);
+    let f = live.fetch(c).await.unwrap();
+    assert_eq!(f.releases.len(), 214);
+
+    // 500 on every try: the error names the status and the repository, after 1 + 2 retries.
+    sim.inject("/repos/fluxcd/flux2", Fault::Status(502), 10);
+    let before = sim.counters().requests;
+    let e = live.fetch(c).await.unwrap_err().to_string();
+    assert!(e.contains("502") && e.contains("fluxcd/flux2"), "{e}");
+    assert_eq!(sim.counters().requests - before, 3);
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_with_a_clear_error() {
+    let sim = sim().await;
+    let cfg = NetConfig {
+        timeout: Duration::from_millis(300),
+        retries: 0,
+        ..net(&sim, None)
+    };
+    let live = Live::new(&cfg).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(dir.path(), "  flux:\n    version: v2.3.0\n");
+    sim.inject(
+        "/repos/fluxcd/flux2",
+        Fault::Delay(Duration::from_secs(3)),
+        1,
+    );
+    let t = Instant::now();
+    let e = live.fetch(&r.components[0]).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(3));
+    assert!(
+        matches!(e, sources::Error::Github(github::Error::Timeout { .. })),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn rate_limits_are_waited_out_when_short_and_skip_every_github_source_when_long() {
+    let sim = sim().await;
+    let live = Live::new(&net(&sim, None)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(
+        dir.path(),
+        "  flux:\n    version: v2.3.0\n  longhorn:\n    version: v1.6.2\n",
+    );
+
+    // 429 with Retry-After: 1 is waited out (max_wait is 3 s).
+    sim.inject(
+        "/repos/fluxcd/flux2",
+        Fault::TooManyRequests { retry_after: 1 },
+        1,
+    );
+    let t = Instant::now();
+    live.fetch(&r.components[0]).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(900));
+
+    // A primary limit that resets in an hour: this source fails at once with the reset time, and
+    // the next GitHub source is skipped without a request.
+    sim.inject(
+        "/repos/fluxcd/flux2",
+        Fault::RateLimit { reset_in: 3600 },
+        1,
+    );
+    let e = live.fetch(&r.components[0]).await.unwrap_err().to_string();
+    assert!(
+        e.contains("rate limit") && e.contains("GITHUB_TOKEN"),
+        "{e}"
+    );
+    let before = sim.counters().requests;
+    let e2 = live.fetch(&r.components[1]).await.unwrap_err().to_string();
+    assert!(e2.contains("rate limit") && e2.contains("longhorn"), "{e2}");
+    assert_eq!(sim.counters().requests, before, "no request while limited");
+
+    // A secondary limit without headers means at least a minute: skipped, not hammered.
+    let live = Live::new(&net(&sim, None)).unwrap();
+    sim.inject("/repos/fluxcd/flux2", Fault::SecondaryRateLimit, 5);
+    let before = sim.counters().requests;
+    let e = live.fetch(&r.components[0]).await.unwrap_err().to_string();
+    assert!(e.contains("rate limit"), "{e}");
+    assert_eq!(sim.counters().requests - before, 1);
+}
+
+#[tokio::test]
+async fn a_token_is_sent_when_given_and_its_absence_is_explained() {
+    let sim = sim().await;
+    sim.require_token("ghp_test_token_123");
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(dir.path(), "  flux:\n    version: v2.3.0\n");
+    let anon = Live::new(&net(&sim, None)).unwrap();
+    let e = anon.fetch(&r.components[0]).await.unwrap_err().to_string();
+    assert!(e.contains("401") && e.contains("GITHUB_TOKEN"), "{e}");
+    let cfg = NetConfig {
+        github_token: Some(Secret::new("ghp_test_token_123")),
+        ..net(&sim, None)
+    };
+    let authed = Live::new(&cfg).unwrap();
+    authed.fetch(&r.components[0]).await.unwrap();
+}
+
+#[tokio::test]
+async fn helm_indexes_and_channels_feed_selection() {
+    let sim = sim().await;
+    sim.set_chart_index(
+        "jetstack",
+        &helm_index(
+            "cert-manager",
+            &[
+                ("v1.18.2", "2025-07-01T00:00:00Z"),
+                ("v1.18.3", "2025-08-01T00:00:00Z"),
+                ("v1.19.0", "2026-11-20T00:00:00Z"),
+                ("v2.0.0", "2026-10-01T00:00:00Z"),
+            ],
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("{}/helm/jetstack", sim.url());
+    fs::create_dir_all(dir.path().join("policies")).unwrap();
+    fs::write(
+        dir.path().join("policies/updates.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nupdates:\n  - name: wait\n    components: [cert-manager]\n    minimumReleaseAge: {minor: 7d}\n",
+    )
+    .unwrap();
+    let r = repo(
+        dir.path(),
+        &format!(
+            "  cert-manager:\n    version: v1.18.2\n    source:\n      helmChart: {{repository: {url}, chart: cert-manager}}\n    allowed: \">=1.18.0, <2.0.0\"\n  k3s:\n    version: v1.31.4+k3s1\n"
+        ),
+    );
+    let live = Arc::new(Live::new(&net(&sim, None)).unwrap());
+    let report = check::run(live, &r, now(), 4, "live").await;
+    let cm = &report.components[0];
+    assert_eq!(
+        cm.source.as_deref(),
+        Some(&*format!("helm:{url}#cert-manager"))
+    );
+    // v1.19.0 is a day old (minor gate 7d), v2.0.0 is outside `allowed`: the patch is next.
+    assert_eq!(cm.next.as_ref().unwrap().version, "v1.18.3");
+    assert_eq!(cm.newest.as_deref(), Some("v1.19.0"));
+    assert!(matches!(
+        cm.held,
+        Some(upkeep::select::Reason::TooYoung { .. })
+    ));
+
+    // k3s from v1.31.4+k3s1 on `stable` (v1.33.12+k3s1 here): never a minor skip.
+    let k = &report.components[1];
+    assert_eq!(k.channel_latest.as_deref(), Some("v1.33.12+k3s1"));
+    assert_eq!(k.next.as_ref().unwrap().version, "v1.32.13+k3s1");
+    assert_eq!(k.path, ["v1.32.13+k3s1", "v1.33.12+k3s1"]);
+    assert_eq!(report.exit_code(), 10);
+
+    // A chart that is not in the index, and an unknown channel, are named.
+    let r = repo(
+        dir.path(),
+        &format!(
+            "  cert-manager:\n    version: v1.18.2\n    source:\n      helmChart: {{repository: {url}, chart: cert-manger}}\n"
+        ),
+    );
+    let live = Arc::new(Live::new(&net(&sim, None)).unwrap());
+    let report = check::run(live, &r, now(), 4, "live").await;
+    let msg = format!("{:?}", report.components[0].reason);
+    assert!(msg.contains("did you mean `cert-manager`"), "{msg}");
+}
+
+#[tokio::test]
+async fn exact_selections_on_real_histories() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(
+        dir.path(),
+        "  k3s:\n    version: v1.31.4+k3s1\n  longhorn:\n    version: v1.6.2\n  flux:\n    version: v2.3.0\n",
+    );
+    sim.set_channels(&[("stable", "v1.35.5+k3s1")]);
+    let live = Arc::new(Live::new(&net(&sim, None)).unwrap());
+    let report = check::run(live, &r, now(), 4, "live").await;
+    let row = |n: &str| report.components.iter().find(|c| c.name == n).unwrap();
+
+    let k3s = row("k3s");
+    assert_eq!(k3s.next.as_ref().unwrap().version, "v1.32.13+k3s1");
+    assert_eq!(
+        k3s.path,
+        [
+            "v1.32.13+k3s1",
+            "v1.33.12+k3s1",
+            "v1.34.8+k3s1",
+            "v1.35.5+k3s1"
+        ]
+    );
+    let lh = row("longhorn");
+    assert_eq!(lh.next.as_ref().unwrap().version, "v1.7.3");
+    assert_eq!(
+        lh.path,
+        [
+            "v1.7.3", "v1.8.2", "v1.9.2", "v1.10.2", "v1.11.3", "v1.12.1"
+        ]
+    );
+    assert_eq!(lh.status, Status::UpdateAvailable);
+    // Flux allows minor steps of any size (flux-operator refuses only downgrades of a minor).
+    let flux = row("flux");
+    assert_eq!(flux.next.as_ref().unwrap().version, "v2.9.4");
+    assert_eq!(flux.path_length, 1);
+    assert!(
+        flux.next
+            .as_ref()
+            .unwrap()
+            .url
+            .as_deref()
+            .unwrap()
+            .ends_with("/v2.9.4")
+    );
+}
+
+#[tokio::test]
+async fn a_failing_source_marks_only_its_rows() {
+    let sim = sim().await;
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(
+        dir.path(),
+        "  flux:\n    version: v2.3.0\n  longhorn:\n    version: v1.6.2\n    source: {githubReleases: longhorn/gone}\n",
+    );
+    let live = Arc::new(Live::new(&net(&sim, None)).unwrap());
+    let report = check::run(live, &r, now(), 4, "live").await;
+    assert_eq!(report.components[0].status, Status::UpdateAvailable);
+    assert_eq!(report.components[1].status, Status::Failed);
+    assert_eq!(report.exit_code(), 1);
+    let table = upkeep::report::table(&report, false);
+    assert!(table.contains("source failed"), "{table}");
+    assert!(
+        table.contains("GitHub has no repository longhorn/gone"),
+        "{table}"
+    );
+}
+
+#[test]
+fn the_cli_reads_github_through_the_flags_and_env() {
+    let sim = UpstreamSim::start_in_thread().unwrap();
+    sim.set_releases(
+        "longhorn/longhorn",
+        releases_from_tsv(&fixture("releases/longhorn-tags.tsv")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    repo(dir.path(), "  longhorn:\n    version: v1.6.2\n");
+    let token = dir.path().join("token");
+    fs::write(&token, "ghp_cli_secret_987\n").unwrap();
+    sim.require_token("ghp_cli_secret_987");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["check", "--output", "json", "--now", NOW, "--repo"])
+        .arg(dir.path())
+        .arg("--github-token-file")
+        .arg(&token)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("UPKEEP_GITHUB_API_URL", sim.url())
+        .env("UPKEEP_LOG", "debug")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{stdout}{stderr}");
+    let v: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["components"][0]["next"]["version"], "v1.7.3");
+    assert!(
+        !stderr.contains("ghp_cli_secret_987") && !stdout.contains("ghp_cli_secret_987"),
+        "the token never reaches the logs"
+    );
+}
