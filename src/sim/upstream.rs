@@ -10,7 +10,8 @@
 //! - `GET /helm/{name}/index.yaml`: a Helm repository index.
 //!
 //! Faults ([`FaultRule`]) are scripted per path; counters tell how many requests came in, how many
-//! were answered 304 and how many body bytes went out.
+//! were answered 304 and how many body bytes went out (also at `GET /_sim/counters`, for a client
+//! in another process).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ struct Data {
     /// Helm repository name -> index.yaml text.
     charts: HashMap<String, String>,
     faults: VecDeque<FaultRule>,
+    /// Serialized pages with their ETags, by (repo, per_page, page); dropped when a repo changes.
+    pages: HashMap<(String, usize, usize), (Bytes, String)>,
     /// Requests left in the primary rate limit (304s are free).
     remaining: u64,
     token: Option<String>,
@@ -154,13 +157,16 @@ impl UpstreamSim {
     /// Set a repository's releases (any order; served newest first by publication order given).
     pub fn set_releases(&self, repo: &str, mut releases: Vec<SimRelease>) {
         releases.reverse();
-        self.data().repos.insert(repo.to_string(), releases);
+        let mut d = self.data();
+        d.pages.retain(|k, _| k.0 != repo);
+        d.repos.insert(repo.to_string(), releases);
     }
 
     /// Publish one more release on top.
     pub fn publish(&self, repo: &str, release: SimRelease) {
-        self.data()
-            .repos
+        let mut d = self.data();
+        d.pages.retain(|k, _| k.0 != repo);
+        d.repos
             .entry(repo.to_string())
             .or_default()
             .insert(0, release);
@@ -226,8 +232,20 @@ fn take_fault(data: &mut Data, path: &str) -> Option<Fault> {
 }
 
 async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
-    inner.counters.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
+    if path == "/_sim/counters" {
+        // The simulator's own control path: not counted, never faulted.
+        let c = &inner.counters;
+        return json_response(
+            StatusCode::OK,
+            &json!({
+                "requests": c.requests.load(Ordering::Relaxed),
+                "notModified": c.not_modified.load(Ordering::Relaxed),
+                "bytesSent": c.bytes_sent.load(Ordering::Relaxed),
+            }),
+        );
+    }
+    inner.counters.requests.fetch_add(1, Ordering::Relaxed);
     let query = req.uri().query().unwrap_or("").to_string();
     let fault = take_fault(
         &mut inner.data.lock().unwrap_or_else(|e| e.into_inner()),
@@ -275,14 +293,8 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     if resp.status() == StatusCode::NOT_MODIFIED {
         inner.counters.not_modified.fetch_add(1, Ordering::Relaxed);
     }
-    if let Some(len) = resp
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        inner.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
-    }
+    let len = http_body::Body::size_hint(resp.body()).lower();
+    inner.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
     resp
 }
 
@@ -360,15 +372,23 @@ fn releases(inner: &Inner, repo: &str, query: &str, headers: &HeaderMap) -> Resp
     let per_page = query_param(query, "per_page").unwrap_or(30).clamp(1, 100) as usize;
     let page = query_param(query, "page").unwrap_or(1).max(1) as usize;
     let pages = all.len().div_ceil(per_page).max(1);
-    let items: Vec<Value> = all
-        .iter()
-        .enumerate()
-        .skip((page - 1).saturating_mul(per_page))
-        .take(per_page)
-        .map(|(i, r)| release_json(&inner.base, repo, all.len() - i, r))
-        .collect();
-    let body = serde_json::to_vec(&items).unwrap_or_default();
-    let etag = format!("\"{:016x}\"", fnv1a(&body));
+    let key = (repo.to_string(), per_page, page);
+    let (body, etag) = match data.pages.get(&key) {
+        Some(hit) => hit.clone(),
+        None => {
+            let items: Vec<Value> = all
+                .iter()
+                .enumerate()
+                .skip((page - 1).saturating_mul(per_page))
+                .take(per_page)
+                .map(|(i, r)| release_json(&inner.base, repo, all.len() - i, r))
+                .collect();
+            let body = Bytes::from(serde_json::to_vec(&items).unwrap_or_default());
+            let etag = format!("\"{:016x}\"", fnv1a(&body));
+            data.pages.insert(key, (body.clone(), etag.clone()));
+            (body, etag)
+        }
+    };
     let reset = Utc::now().timestamp() + 3600;
     let conditional_hit = headers
         .get(header::IF_NONE_MATCH)

@@ -108,9 +108,10 @@ impl Cache {
 fn write_atomic(path: &Path, page: &Page) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(page).map_err(std::io::Error::other)?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // No fsync: after a crash a torn entry fails to parse and is discarded, which costs one
+    // unconditional request; syncing every entry would cost more than that on every run.
     let mut f = fs::File::create(&tmp)?;
     f.write_all(&bytes)?;
-    f.sync_all()?;
     drop(f);
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);

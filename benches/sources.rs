@@ -1,0 +1,178 @@
+//! `upkeep check` against the upstream simulator on 127.0.0.1: 1,000 components with 50 GitHub
+//! releases each, a cold run (empty cache) and a warm run (every source answers 304).
+//!
+//! Run with `cargo bench --bench sources`. Prints wall time, requests, 304s, bytes received and
+//! the peak RSS of the `upkeep check` process (from wait4's rusage). Figures go to
+//! docs/benchmarks.md.
+//!
+//! The simulator runs in a second process (this binary with `--serve`): a process started by a
+//! large parent inherits the parent's peak RSS in its rusage, which would hide upkeep's own.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use upkeep::sim::upstream::{SimRelease, UpstreamSim};
+
+const COMPONENTS: usize = 1_000;
+const RELEASES: usize = 50;
+
+fn name(i: usize) -> String {
+    format!("c{i:04}")
+}
+
+/// The simulator process: fill it, print its URL, serve until stdin closes.
+fn serve() {
+    let sim = UpstreamSim::start_in_thread().expect("start the simulator");
+    let base: DateTime<Utc> = "2024-01-01T00:00:00Z".parse().unwrap();
+    for i in 0..COMPONENTS {
+        // 50 releases: v1.0.0 .. v1.9.4 (ten minors of five patches), a day apart.
+        let releases = (0..RELEASES)
+            .map(|j| {
+                SimRelease::new(
+                    &format!("v1.{}.{}", j / 5, j % 5),
+                    Some(base + chrono::Duration::days(j as i64)),
+                )
+            })
+            .collect();
+        sim.set_releases(&format!("bench/{}", name(i)), releases);
+    }
+    // Let the simulator serialize every page once, so the runs measure upkeep, not the simulator.
+    for i in 0..COMPONENTS {
+        get(
+            &sim.url(),
+            &format!("/repos/bench/{}/releases?per_page=100", name(i)),
+        );
+    }
+    println!("{}", sim.url());
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Counters {
+    requests: u64,
+    not_modified: u64,
+    bytes_sent: u64,
+}
+
+/// A plain HTTP/1.0 GET over loopback; the body.
+fn get(url: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the simulator");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string())
+}
+
+fn counters(url: &str) -> Counters {
+    serde_json::from_str(&get(url, "/_sim/counters")).expect("counters")
+}
+
+struct Run {
+    wall: Duration,
+    requests: u64,
+    not_modified: u64,
+    bytes: u64,
+    max_rss_kib: i64,
+    exit: i32,
+}
+
+fn run(url: &str, repo: &std::path::Path, cache: &std::path::Path) -> Run {
+    let before = counters(url);
+    let t = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["check", "--output", "json", "--now", "2026-11-21T12:00:00Z"])
+        .arg("--repo")
+        .arg(repo)
+        .arg("--cache-dir")
+        .arg(cache)
+        .env("UPKEEP_GITHUB_API_URL", url)
+        .env_remove("GITHUB_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start upkeep");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 failed");
+    let wall = t.elapsed();
+    let after = counters(url);
+    Run {
+        wall,
+        requests: after.requests - before.requests,
+        not_modified: after.not_modified - before.not_modified,
+        bytes: after.bytes_sent - before.bytes_sent,
+        max_rss_kib: usage.ru_maxrss,
+        exit: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--serve") {
+        return serve();
+    }
+    let mut server = Command::new(std::env::current_exe().unwrap())
+        .arg("--serve")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the simulator process");
+    let mut url = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    fs::create_dir_all(repo.join("policies")).unwrap();
+    let mut versions =
+        String::from("apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n");
+    for i in 0..COMPONENTS {
+        let n = name(i);
+        let _ = write!(
+            versions,
+            "  {n}:\n    version: v1.2.0\n    source: {{githubReleases: bench/{n}}}\n"
+        );
+    }
+    fs::write(repo.join("versions.yaml"), versions).unwrap();
+    let cache = tmp.path().join("cache");
+
+    let cold = run(&url, &repo, &cache);
+    let warm = run(&url, &repo, &cache);
+    drop(server.stdin.take());
+    let _ = server.wait();
+    println!(
+        "upkeep check, {COMPONENTS} components x {RELEASES} GitHub releases, loopback simulator"
+    );
+    for (name, r) in [("cold", &cold), ("warm", &warm)] {
+        println!(
+            "  {name}: {:>7.1} ms wall, {:>5} requests ({} answered 304), {:>9} bytes received, peak RSS {:.1} MiB, exit {}",
+            r.wall.as_secs_f64() * 1e3,
+            r.requests,
+            r.not_modified,
+            r.bytes,
+            r.max_rss_kib as f64 / 1024.0,
+            r.exit
+        );
+    }
+    assert_eq!(cold.exit, 10, "every component has an update");
+    assert_eq!(warm.requests, COMPONENTS as u64, "one request per source");
+    assert_eq!(warm.not_modified, COMPONENTS as u64, "all 304");
+}
