@@ -85,6 +85,8 @@ struct Run {
     exit: i32,
 }
 
+// The child is reaped by wait4 (which also returns its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
 fn run(url: &str, repo: &std::path::Path, cache: &std::path::Path) -> Run {
     let before = counters(url);
     let t = Instant::now();
