@@ -445,3 +445,109 @@ pub fn markdown(report: &CheckReport) -> String {
     );
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, status: Status, reason: Option<Reason>) -> ComponentReport {
+        ComponentReport {
+            name: name.into(),
+            current: "v1.33.4+k3s1".into(),
+            track: "newest".into(),
+            status,
+            next: None,
+            newest: Some("v1.35.10+k3s12".into()),
+            path: vec!["v1.34.8+k3s1".into(), "v1.35.10+k3s12".into()],
+            path_length: 2,
+            reason,
+            held: None,
+            source: None,
+            channel_latest: None,
+            releases_seen: 0,
+            rules: vec![],
+        }
+    }
+
+    fn sample() -> CheckReport {
+        let mut update = row("k3s", Status::UpdateAvailable, None);
+        update.next = Some(ReleaseReport {
+            version: "v1.33.12+k3s1".into(),
+            level: Level::Patch,
+            published_at: Some("2026-11-01T00:00:00Z".parse().unwrap()),
+            age_days: Some(20),
+            prerelease: false,
+            url: Some("https://github.com/k3s-io/k3s/releases/tag/v1.33.12%2Bk3s1".into()),
+            notes: None,
+        });
+        let failed = row(
+            "a-component-with-a-very-long-name",
+            Status::Failed,
+            Some(Reason::SourceFailed {
+                source_kind: "github".into(),
+                message: "GitHub answered 503 for owner/repo | with a pipe and a very long message that goes on and on well past the width of any terminal anyone uses".into(),
+            }),
+        );
+        let held = row(
+            "longhorn",
+            Status::Held,
+            Some(Reason::TooYoung {
+                version: "v1.10.0".into(),
+                published_at: "2026-11-20T00:00:00Z".parse().unwrap(),
+                eligible_at: "2026-12-04T00:00:00Z".parse().unwrap(),
+            }),
+        );
+        CheckReport::new(
+            "2026-11-21T12:00:00Z".parse().unwrap(),
+            "live",
+            None,
+            vec![update, failed, held],
+        )
+    }
+
+    #[test]
+    fn the_table_fits_100_columns_and_colors_only_when_asked() {
+        let r = sample();
+        let plain = table(&r, false);
+        for line in plain.lines() {
+            assert!(line.chars().count() <= TABLE_WIDTH, "{line:?}");
+        }
+        assert!(!plain.contains('\x1b'));
+        assert!(plain.contains("a-component-w… v1.33.4+k3s1"), "{plain}");
+        assert!(plain.contains("longhorn: v1.10.0 is younger than the minimum release age; eligible at 2026-12-04 00:00 UTC"), "{plain}");
+        let colored = table(&r, true);
+        assert!(
+            colored.contains("\x1b[31;1msource failed\x1b[0m"),
+            "{colored}"
+        );
+    }
+
+    #[test]
+    fn markdown_escapes_what_upstream_sends() {
+        let md = markdown(&sample());
+        assert!(md.contains("owner/repo \\| with a pipe"), "{md}");
+        assert!(
+            md.contains(
+                "[v1.33.12+k3s1](https://github.com/k3s-io/k3s/releases/tag/v1.33.12%2Bk3s1)"
+            ),
+            "{md}"
+        );
+        // Every table row has the same number of unescaped pipes.
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with('|')).collect();
+        let pipes = |l: &str| l.replace("\\|", "").matches('|').count();
+        assert!(rows.iter().all(|l| pipes(l) == 9), "{rows:#?}");
+        assert_eq!(md_escape("a*b_[c]<d>`e`"), "a\\*b\\_\\[c\\]\\<d\\>\\`e\\`");
+    }
+
+    #[test]
+    fn exit_codes_and_json_round_trip() {
+        let r = sample();
+        assert_eq!(r.exit_code(), 1, "a failed source wins");
+        let back: CheckReport = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(back, r);
+        let ok = CheckReport::new(r.generated_at, "live", None, vec![r.components[0].clone()]);
+        assert_eq!(ok.exit_code(), 10);
+        let none = CheckReport::new(r.generated_at, "live", None, vec![r.components[2].clone()]);
+        assert_eq!(none.exit_code(), 0);
+    }
+}

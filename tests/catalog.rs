@@ -405,3 +405,117 @@ fn a_user_catalog_must_be_signed_with_the_configured_key() {
     assert_eq!(code, 0);
     assert!(out.contains("k3s: 896 releases"), "{out}");
 }
+
+#[test]
+fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
+    use upkeep::sim::upstream::{SimRelease, UpstreamSim, releases_from_tsv};
+    let sim = UpstreamSim::start_in_thread().unwrap();
+    let mut k3s: Vec<versions::Version> = fixture("k3s-versions.txt")
+        .lines()
+        .filter_map(|l| versions::parse(l.trim(), Scheme::K3s).ok())
+        .collect();
+    k3s.sort();
+    sim.set_releases(
+        "k3s-io/k3s",
+        k3s.iter().map(|v| SimRelease::new(v.raw(), None)).collect(),
+    );
+    sim.set_releases(
+        "longhorn/longhorn",
+        releases_from_tsv(&fixture("longhorn-tags.tsv")),
+    );
+    sim.set_releases(
+        "fluxcd/flux2",
+        releases_from_tsv(&fixture("flux2-tags.tsv")),
+    );
+    sim.set_channels(&[("stable", "v1.34.8+k3s1"), ("latest", "v1.35.5+k3s1")]);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let repo = dir.join("repo");
+    fs::create_dir_all(repo.join("policies")).unwrap();
+    fs::write(
+        repo.join("versions.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.32.1+k3s1\n  longhorn:\n    version: v1.8.0\n  flux:\n    version: v2.5.0\n",
+    )
+    .unwrap();
+    let online = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(args)
+            .arg("--repo")
+            .arg(&repo)
+            .arg("--no-cache")
+            .env("UPKEEP_GITHUB_API_URL", sim.url())
+            .env("UPKEEP_K3S_CHANNEL_URL", sim.url())
+            .env_remove("GITHUB_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cat = dir.join("exported.json");
+    let c = cat.display().to_string();
+    let (code, out, err) = online(&["catalog", "export", "--out", &c]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("minisign -S -m"), "{out}");
+    let key = sign(dir, &cat);
+
+    let (code, live, err) = online(&["check", "--output", "json", "--now", NOW]);
+    assert_eq!(code, 10, "{err}");
+    let (code, offline, err) = upkeep(&[
+        "check",
+        "--repo",
+        &repo.display().to_string(),
+        "--catalog",
+        &c,
+        "--catalog-public-key",
+        &key,
+        "--output",
+        "json",
+        "--now",
+        NOW,
+    ]);
+    assert_eq!(code, 10, "{err}");
+    let strip = |text: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["origin"] = serde_json::Value::Null;
+        for c in v["components"].as_array_mut().unwrap() {
+            c["source"] = serde_json::Value::Null;
+        }
+        v
+    };
+    assert_eq!(strip(&live), strip(&offline));
+    let v = strip(&offline);
+    assert_eq!(v["components"][0]["next"]["version"], "v1.33.12+k3s1");
+    assert_eq!(v["components"][0]["newest"], "v1.34.8+k3s1");
+
+    // All or nothing: one unreadable component, no file.
+    fs::write(
+        repo.join("versions.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  longhorn:\n    version: v1.8.0\n  gone:\n    version: v1.0.0\n    source: {githubReleases: nobody/gone}\n",
+    )
+    .unwrap();
+    let partial = dir.join("partial.json");
+    let (code, _, err) = online(&["catalog", "export", "--out", &partial.display().to_string()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("nobody/gone") && err.contains("no catalog written"),
+        "{err}"
+    );
+    assert!(!partial.exists());
+    assert_eq!(
+        fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("tmp"))
+            .count(),
+        0,
+        "no temporary file left behind"
+    );
+}

@@ -282,3 +282,75 @@ fn selection_over_real_longhorn_and_flux_histories() {
     assert_eq!(s.next.unwrap().version.to_string(), "v2.9.4");
     assert_eq!(s.level, Some(upkeep::versions::Level::Minor));
 }
+
+/// Whatever the current version, the proposed next step and every hop of the path never skip a
+/// minor of k3s or Longhorn, and never go down: checked from every real release as the start.
+#[test]
+fn a_minor_skip_is_never_proposed_from_any_real_k3s_or_longhorn_release() {
+    let now = chrono::DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let policy = upkeep::model::Policy {
+        propose: [
+            versions::Level::Revision,
+            versions::Level::Patch,
+            versions::Level::Minor,
+            versions::Level::Major,
+        ]
+        .into(),
+        ..upkeep::model::Policy::default()
+    };
+    let k3s: Vec<upkeep::select::Release> =
+        parse_all(k3s_tags().iter().map(String::as_str), Scheme::K3s)
+            .0
+            .into_iter()
+            .map(|version| upkeep::select::Release {
+                version,
+                published_at: None,
+                prerelease: false,
+                draft: false,
+            })
+            .collect();
+    let longhorn = releases("longhorn-tags.tsv");
+    for (scheme, rule, all) in [
+        (Scheme::K3s, K3S, &k3s),
+        (Scheme::Semver, LONGHORN, &longhorn),
+    ] {
+        let mut checked = 0;
+        for start in all
+            .iter()
+            .filter(|r| !r.version.is_prerelease() && !r.version.is_dev())
+        {
+            let c = upkeep::model::Component {
+                scheme,
+                version: start.version.clone(),
+                ..component("x", "v0.0.0", rule)
+            };
+            let s = upkeep::select::select(&c, &policy, all, None, now);
+            // Up, same major, at most one minor further.
+            let legal = |from: &Version, to: &Version| {
+                let ((from_major, from_minor), (to_major, to_minor)) = (from.line(), to.line());
+                to > from && to_major == from_major && to_minor <= from_minor + 1
+            };
+            if let Some(next) = &s.next {
+                assert!(
+                    legal(&start.version, &next.version),
+                    "from {}: next {} skips a minor or goes down",
+                    start.version,
+                    next.version
+                );
+            }
+            let mut prev = &start.version;
+            for hop in &s.path {
+                assert!(
+                    legal(prev, hop),
+                    "from {}: path hop {prev} -> {hop} skips a minor",
+                    start.version
+                );
+                prev = hop;
+            }
+            checked += 1;
+        }
+        assert!(checked >= 40, "checked {checked} starts");
+    }
+}
