@@ -167,18 +167,34 @@ fn the_shipped_catalog_is_built_from_the_fixtures_and_signed() {
     assert_eq!(c.file.components["k3s"].channels["stable"], "v1.35.5+k3s1");
 }
 
-fn upkeep(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args(args)
-        .env_remove("GITHUB_TOKEN")
-        .env("UPKEEP_LOG", "warn")
-        .output()
-        .unwrap();
+/// Run a command: exit code, stdout, stderr.
+fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.env_remove("GITHUB_TOKEN").output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn upkeep(args: &[&str]) -> (i32, String, String) {
+    output(
+        Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(args)
+            .env("UPKEEP_LOG", "warn"),
+    )
+}
+
+/// A config repo at `dir` with these components (YAML lines under `components:`).
+fn write_repo(dir: &Path, components: &str) {
+    fs::create_dir_all(dir.join("policies")).unwrap();
+    fs::write(
+        dir.join("versions.yaml"),
+        format!(
+            "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n{components}"
+        ),
+    )
+    .unwrap();
 }
 
 fn example() -> String {
@@ -328,12 +344,7 @@ fn a_user_catalog_must_be_signed_with_the_configured_key() {
     );
     fs::write(&cat, file.to_json()).unwrap();
     let repo = dir.join("repo");
-    fs::create_dir_all(repo.join("policies")).unwrap();
-    fs::write(
-        repo.join("versions.yaml"),
-        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  longhorn:\n    version: v1.9.1\n",
-    )
-    .unwrap();
+    write_repo(&repo, "  longhorn:\n    version: v1.9.1\n");
     let r = repo.display().to_string();
     let c = cat.display().to_string();
 
@@ -408,16 +419,11 @@ fn a_user_catalog_must_be_signed_with_the_configured_key() {
 
 #[test]
 fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
-    use upkeep::sim::upstream::{SimRelease, UpstreamSim, releases_from_tsv};
+    use upkeep::sim::upstream::{UpstreamSim, releases_from_list, releases_from_tsv};
     let sim = UpstreamSim::start_in_thread().unwrap();
-    let mut k3s: Vec<versions::Version> = fixture("k3s-versions.txt")
-        .lines()
-        .filter_map(|l| versions::parse(l.trim(), Scheme::K3s).ok())
-        .collect();
-    k3s.sort();
     sim.set_releases(
         "k3s-io/k3s",
-        k3s.iter().map(|v| SimRelease::new(v.raw(), None)).collect(),
+        releases_from_list(&fixture("k3s-versions.txt"), Scheme::K3s),
     );
     sim.set_releases(
         "longhorn/longhorn",
@@ -432,27 +438,19 @@ fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let repo = dir.join("repo");
-    fs::create_dir_all(repo.join("policies")).unwrap();
-    fs::write(
-        repo.join("versions.yaml"),
-        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.32.1+k3s1\n  longhorn:\n    version: v1.8.0\n  flux:\n    version: v2.5.0\n",
-    )
-    .unwrap();
+    write_repo(
+        &repo,
+        "  k3s:\n    version: v1.32.1+k3s1\n  longhorn:\n    version: v1.8.0\n  flux:\n    version: v2.5.0\n",
+    );
     let online = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-            .args(args)
-            .arg("--repo")
-            .arg(&repo)
-            .arg("--no-cache")
-            .env("UPKEEP_GITHUB_API_URL", sim.url())
-            .env("UPKEEP_K3S_CHANNEL_URL", sim.url())
-            .env_remove("GITHUB_TOKEN")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        output(
+            Command::new(env!("CARGO_BIN_EXE_upkeep"))
+                .args(args)
+                .arg("--repo")
+                .arg(&repo)
+                .arg("--no-cache")
+                .env("UPKEEP_GITHUB_API_URL", sim.url())
+                .env("UPKEEP_K3S_CHANNEL_URL", sim.url()),
         )
     };
     let cat = dir.join("exported.json");
@@ -492,11 +490,10 @@ fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
     assert_eq!(v["components"][0]["newest"], "v1.34.8+k3s1");
 
     // All or nothing: one unreadable component, no file.
-    fs::write(
-        repo.join("versions.yaml"),
-        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  longhorn:\n    version: v1.8.0\n  gone:\n    version: v1.0.0\n    source: {githubReleases: nobody/gone}\n",
-    )
-    .unwrap();
+    write_repo(
+        &repo,
+        "  longhorn:\n    version: v1.8.0\n  gone:\n    version: v1.0.0\n    source: {githubReleases: nobody/gone}\n",
+    );
     let partial = dir.join("partial.json");
     let (code, _, err) = online(&["catalog", "export", "--out", &partial.display().to_string()]);
     assert_eq!(code, 1);

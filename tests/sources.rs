@@ -13,7 +13,9 @@ use upkeep::check;
 use upkeep::model::{self, ConfigRepo};
 use upkeep::report::Status;
 use upkeep::sim::Fault;
-use upkeep::sim::upstream::{SimRelease, UpstreamSim, helm_index, releases_from_tsv};
+use upkeep::sim::upstream::{
+    SimRelease, UpstreamSim, helm_index, releases_from_list, releases_from_tsv,
+};
 use upkeep::sources::{self, Live, NetConfig, Secret, Upstream, github};
 
 fn root() -> PathBuf {
@@ -30,20 +32,16 @@ fn now() -> DateTime<Utc> {
     NOW.parse().unwrap()
 }
 
-fn k3s_releases() -> Vec<SimRelease> {
-    // Oldest first by version; k3s tags carry no dates in the fixtures.
-    let mut vs: Vec<_> = fixture("releases/k3s-versions.txt")
-        .lines()
-        .filter_map(|l| upkeep::versions::parse(l.trim(), upkeep::versions::Scheme::K3s).ok())
-        .collect();
-    vs.sort();
-    vs.iter().map(|v| SimRelease::new(v.raw(), None)).collect()
-}
-
 /// A simulator with the real histories of k3s, Longhorn and Flux, and a channel server.
 async fn sim() -> UpstreamSim {
     let sim = UpstreamSim::start(0).await.unwrap();
-    sim.set_releases("k3s-io/k3s", k3s_releases());
+    sim.set_releases(
+        "k3s-io/k3s",
+        releases_from_list(
+            &fixture("releases/k3s-versions.txt"),
+            upkeep::versions::Scheme::K3s,
+        ),
+    );
     sim.set_releases(
         "longhorn/longhorn",
         releases_from_tsv(&fixture("releases/longhorn-tags.tsv")),

@@ -592,6 +592,17 @@ pub fn releases_from_tsv(text: &str) -> Vec<SimRelease> {
     out
 }
 
+/// Undated releases from a list of tags, one per line (the k3s fixture format), ordered by version
+/// under `scheme`; lines that are not versions of it are left out.
+pub fn releases_from_list(text: &str, scheme: crate::versions::Scheme) -> Vec<SimRelease> {
+    let mut vs: Vec<crate::versions::Version> = text
+        .lines()
+        .filter_map(|l| crate::versions::parse(l.trim(), scheme).ok())
+        .collect();
+    vs.sort();
+    vs.iter().map(|v| SimRelease::new(v.raw(), None)).collect()
+}
+
 /// A Helm index for `chart` with these versions (`version`, `created`).
 pub fn helm_index(chart: &str, versions: &[(&str, &str)]) -> String {
     let mut s = format!("apiVersion: v1\nentries:\n  {chart}:\n");

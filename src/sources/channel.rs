@@ -1,12 +1,9 @@
 //! The k3s channel server: `GET <base>/v1-release/channels` answers a collection of channels
 //! (`stable`, `latest`, `testing`, and one `vX.Y` per minor), each with its `latest` release.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 
 use super::http::{FetchError, Getter};
-use super::{NetConfig, Stats};
 
 /// The public channel server.
 pub const DEFAULT_URL: &str = "https://update.k3s.io";
@@ -69,12 +66,8 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(cfg: &NetConfig, stats: Arc<Stats>) -> super::Result<Client> {
-        let get = Getter::new(cfg, stats).map_err(|source| Error::Fetch {
-            url: String::new(),
-            source,
-        })?;
-        Ok(Client { get })
+    pub(crate) fn new(get: Getter) -> Client {
+        Client { get }
     }
 
     pub async fn channels(&self, base: &str) -> Result<Channels> {

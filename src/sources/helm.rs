@@ -2,13 +2,12 @@
 //! `created` timestamps.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::UpstreamRelease;
 use super::http::{FetchError, Getter};
-use super::{NetConfig, Stats, UpstreamRelease};
 
 /// Big public indexes run to tens of megabytes; more than this is refused.
 pub const MAX_BYTES: usize = 32 * 1024 * 1024;
@@ -104,12 +103,8 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(cfg: &NetConfig, stats: Arc<Stats>) -> super::Result<Client> {
-        let get = Getter::new(cfg, stats).map_err(|source| Error::Fetch {
-            url: String::new(),
-            source,
-        })?;
-        Ok(Client { get })
+    pub(crate) fn new(get: Getter) -> Client {
+        Client { get }
     }
 
     pub async fn chart_versions(

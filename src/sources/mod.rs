@@ -110,6 +110,8 @@ pub enum Error {
         "component `{component}` has no release source (hint: set `source: {{githubReleases: owner/repo}}` or `source: {{helmChart: ...}}` in versions.yaml)"
     )]
     NoSource { component: String },
+    #[error("cannot set up the HTTP client: {0}")]
+    Client(http::FetchError),
     #[error(
         "component `{component}` tracks channel `{channel}` but has no channel server (hint: set `source: {{channelServer: URL}}`)"
     )]
@@ -135,6 +137,7 @@ impl Error {
             Error::Helm(_) => "helm",
             Error::Catalog(_) => "catalog",
             Error::NoSource { .. } => "config",
+            Error::Client(_) => "http",
         }
     }
 }
@@ -253,10 +256,11 @@ impl Live {
         install_crypto_provider();
         let stats = Arc::new(Stats::default());
         let cache = cache::Cache::open(cfg.cache_dir.clone());
+        let get = http::Getter::new(cfg, stats.clone()).map_err(Error::Client)?;
         Ok(Live {
             github: github::Client::new(cfg, cache, stats.clone())?,
-            channels: channel::Client::new(cfg, stats.clone())?,
-            helm: helm::Client::new(cfg, stats.clone())?,
+            channels: channel::Client::new(get.clone()),
+            helm: helm::Client::new(get),
             k3s_channel_url: cfg.k3s_channel_url.clone(),
             channel_memo: Mutex::new(HashMap::new()),
             stats,
