@@ -231,17 +231,19 @@ impl Client {
         // Once the first page is unchanged, later pages are taken from the cache when present.
         let mut unchanged = false;
         for page_no in 1..=MAX_PAGES {
-            let cached = self.cache.get(&url);
-            if unchanged && let Some(p) = cached.clone() {
-                out.extend(p.releases);
-                match p.next {
-                    Some(n) => {
-                        url = n;
-                        continue;
+            let cached = match self.cache.get(&url) {
+                Some(p) if unchanged => {
+                    out.extend(p.releases);
+                    match p.next {
+                        Some(n) => {
+                            url = n;
+                            continue;
+                        }
+                        None => return Ok(out),
                     }
-                    None => return Ok(out),
                 }
-            }
+                other => other,
+            };
             let answer = self
                 .get(repo, &url, cached.as_ref().map(|p| p.etag.as_str()))
                 .await?;
