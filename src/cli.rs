@@ -77,6 +77,21 @@ pub enum Command {
     /// Offline release catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Simulators of the outside world, on 127.0.0.1, for trying upkeep without a network.
+    #[command(subcommand)]
+    Sim(SimCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Serve GitHub's release API and a k3s channel server with the real releases of the shipped
+    /// catalog, until interrupted. Point `upkeep check` at it with --github-api-url and
+    /// --k3s-channel-url (the first line printed is the URL).
+    Serve {
+        /// The port on 127.0.0.1 (0 picks a free one).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,6 +232,7 @@ pub fn run() -> i32 {
         Command::Catalog(CatalogCommand::Export { repo, out, net }) => {
             catalog_export(&repo, &out, &net)
         }
+        Command::Sim(SimCommand::Serve { port }) => sim_serve(port),
         Command::Catalog(CatalogCommand::Verify {
             catalog,
             public_key,
@@ -558,5 +574,38 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+fn sim_serve(port: u16) -> i32 {
+    let cat = match Catalog::builtin() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async {
+        let sim = match crate::sim::upstream::UpstreamSim::start(port).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("upkeep: cannot listen on 127.0.0.1:{port}: {e}");
+                return 1;
+            }
+        };
+        crate::sim::upstream::seed_from_catalog(&sim, &cat.file);
+        let url = sim.url();
+        // Whoever started us may stop reading after the URL; a closed stdout must not stop us.
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
+            "{url}\n# upstream simulator with the shipped catalog's releases; try:\n#   upkeep check --repo examples/cluster-repo --github-api-url {url} --k3s-channel-url {url} --no-cache"
+        );
+        let _ = out.flush();
+        std::future::pending::<i32>().await
     })
 }

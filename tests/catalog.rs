@@ -516,3 +516,57 @@ fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
         "no temporary file left behind"
     );
 }
+
+#[test]
+fn sim_serve_answers_like_the_shipped_catalog() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut server = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["sim", "serve", "--port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut url = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    let ex = example();
+    let (code, online, err) = upkeep(&[
+        "check",
+        "--repo",
+        &ex,
+        "--now",
+        NOW,
+        "--output",
+        "json",
+        "--no-cache",
+        "--github-api-url",
+        &url,
+        "--k3s-channel-url",
+        &url,
+    ]);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(code, 10, "{online}{err}");
+    let (_, offline, _) = upkeep(&[
+        "check",
+        "--repo",
+        &ex,
+        "--offline",
+        "--now",
+        NOW,
+        "--output",
+        "json",
+    ]);
+    let strip = |text: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["origin"] = serde_json::Value::Null;
+        for c in v["components"].as_array_mut().unwrap() {
+            c["source"] = serde_json::Value::Null;
+        }
+        v
+    };
+    assert_eq!(strip(&online), strip(&offline));
+}

@@ -592,6 +592,37 @@ pub fn releases_from_tsv(text: &str) -> Vec<SimRelease> {
     out
 }
 
+/// Serve every GitHub-sourced component of a release catalog (releases and notes) and its k3s
+/// channels, so that the live sources can be exercised with real data and no network.
+pub fn seed_from_catalog(sim: &UpstreamSim, catalog: &crate::sources::catalog::CatalogFile) {
+    let mut channels: Vec<(String, String)> = Vec::new();
+    for comp in catalog.components.values() {
+        let Some(repo) = comp.source.strip_prefix("github:") else {
+            continue;
+        };
+        // Catalogs list newest first; the simulator takes oldest first.
+        let releases = comp
+            .releases
+            .iter()
+            .rev()
+            .map(|r| SimRelease {
+                tag: r.tag.clone(),
+                published_at: r.published_at,
+                prerelease: r.prerelease,
+                draft: false,
+                body: r.notes.clone(),
+            })
+            .collect();
+        sim.set_releases(repo, releases);
+        channels.extend(comp.channels.iter().map(|(a, b)| (a.clone(), b.clone())));
+    }
+    let pairs: Vec<(&str, &str)> = channels
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    sim.set_channels(&pairs);
+}
+
 /// Undated releases from a list of tags, one per line (the k3s fixture format), ordered by version
 /// under `scheme`; lines that are not versions of it are left out.
 pub fn releases_from_list(text: &str, scheme: crate::versions::Scheme) -> Vec<SimRelease> {
