@@ -197,6 +197,16 @@ fn write_repo(dir: &Path, components: &str) {
     .unwrap();
 }
 
+/// A check report's JSON without where it came from, to compare online and offline answers.
+fn comparable(text: &str) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
+    v["origin"] = serde_json::Value::Null;
+    for c in v["components"].as_array_mut().unwrap() {
+        c["source"] = serde_json::Value::Null;
+    }
+    v
+}
+
 fn example() -> String {
     root().join("examples/cluster-repo").display().to_string()
 }
@@ -476,16 +486,8 @@ fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
         NOW,
     ]);
     assert_eq!(code, 10, "{err}");
-    let strip = |text: &str| {
-        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
-        v["origin"] = serde_json::Value::Null;
-        for c in v["components"].as_array_mut().unwrap() {
-            c["source"] = serde_json::Value::Null;
-        }
-        v
-    };
-    assert_eq!(strip(&live), strip(&offline));
-    let v = strip(&offline);
+    assert_eq!(comparable(&live), comparable(&offline));
+    let v = comparable(&offline);
     assert_eq!(v["components"][0]["next"]["version"], "v1.33.12+k3s1");
     assert_eq!(v["components"][0]["newest"], "v1.34.8+k3s1");
 
@@ -560,13 +562,5 @@ fn sim_serve_answers_like_the_shipped_catalog() {
         "--output",
         "json",
     ]);
-    let strip = |text: &str| {
-        let mut v: serde_json::Value = serde_json::from_str(text).unwrap();
-        v["origin"] = serde_json::Value::Null;
-        for c in v["components"].as_array_mut().unwrap() {
-            c["source"] = serde_json::Value::Null;
-        }
-        v
-    };
-    assert_eq!(strip(&online), strip(&offline));
+    assert_eq!(comparable(&online), comparable(&offline));
 }
