@@ -84,14 +84,43 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum SimCommand {
-    /// Serve GitHub's release API and a k3s channel server with the real releases of the shipped
-    /// catalog, until interrupted. Point `upkeep check` at it with --github-api-url and
-    /// --k3s-channel-url (the first line printed is the URL).
-    Serve {
-        /// The port on 127.0.0.1 (0 picks a free one).
-        #[arg(long, default_value_t = 0)]
-        port: u16,
-    },
+    /// A playground on 127.0.0.1 until interrupted: a Kubernetes API (a small k3s cluster with
+    /// the system-upgrade-controller, Flux and Longhorn) that kubectl accepts, and GitHub's API
+    /// (releases of the shipped catalog), a k3s channel server and Helm indexes. Prints
+    /// `name=value` lines: github, kubernetes, kubeconfig, token.
+    Serve(SimServeArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimServeArgs {
+    /// The port of the GitHub/channel/Helm simulator (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// The port of the Kubernetes API emulator (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub kube_port: u16,
+    /// k3s server (control-plane) nodes.
+    #[arg(long, default_value_t = 1)]
+    pub servers: usize,
+    /// k3s agent nodes.
+    #[arg(long, default_value_t = 2)]
+    pub agents: usize,
+    /// The k3s version every node starts on.
+    #[arg(long, default_value = "v1.33.4+k3s1")]
+    pub k3s_version: String,
+    /// A YAML list of faults to inject (see docs/simulator.md).
+    #[arg(long, value_name = "FILE")]
+    pub faults: Option<PathBuf>,
+    /// Where to write the kubeconfig (default: kubeconfig in --state-dir, else in a new
+    /// temporary directory).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig_out: Option<PathBuf>,
+    /// Keep the cluster's state here across restarts.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// How much faster than real time the simulated clock runs.
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,7 +261,7 @@ pub fn run() -> i32 {
         Command::Catalog(CatalogCommand::Export { repo, out, net }) => {
             catalog_export(&repo, &out, &net)
         }
-        Command::Sim(SimCommand::Serve { port }) => sim_serve(port),
+        Command::Sim(SimCommand::Serve(args)) => sim_serve(&args),
         Command::Catalog(CatalogCommand::Verify {
             catalog,
             public_key,
@@ -577,7 +606,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     })
 }
 
-fn sim_serve(port: u16) -> i32 {
+fn sim_serve(args: &SimServeArgs) -> i32 {
+    use crate::sim::kube::{ClusterSpec, KubeOptions, KubeSim};
     let cat = match Catalog::builtin() {
         Ok(c) => c,
         Err(e) => {
@@ -585,25 +615,85 @@ fn sim_serve(port: u16) -> i32 {
             return 1;
         }
     };
+    let faults = match &args.faults {
+        None => Vec::new(),
+        Some(f) => match std::fs::read_to_string(f)
+            .map_err(|e| e.to_string())
+            .and_then(|t| crate::sim::kube::parse_faults(&t))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!(
+                    "upkeep: {}: not a faults file: {e} (see docs/simulator.md)",
+                    f.display()
+                );
+                return 2;
+            }
+        },
+    };
+    if crate::versions::parse(&args.k3s_version, crate::versions::Scheme::K3s).is_err() {
+        eprintln!(
+            "upkeep: --k3s-version {:?} is not a k3s version like v1.33.4+k3s1",
+            args.k3s_version
+        );
+        return 2;
+    }
+    let kubeconfig = match (&args.kubeconfig_out, &args.state_dir) {
+        (Some(p), _) => p.clone(),
+        (None, Some(d)) => d.join("kubeconfig"),
+        (None, None) => std::env::temp_dir()
+            .join(format!("upkeep-sim-{}", std::process::id()))
+            .join("kubeconfig"),
+    };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     rt.block_on(async {
-        let sim = match crate::sim::upstream::UpstreamSim::start(port).await {
+        let sim = match crate::sim::upstream::UpstreamSim::start(args.port).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("upkeep: cannot listen on 127.0.0.1:{port}: {e}");
+                eprintln!("upkeep: cannot listen on 127.0.0.1:{}: {e}", args.port);
                 return 1;
             }
         };
         crate::sim::upstream::seed_from_catalog(&sim, &cat.file);
+        let opts = KubeOptions {
+            port: args.kube_port,
+            clock: crate::sim::clock::SimClock::new(Utc::now(), args.speed),
+            cluster: ClusterSpec {
+                servers: args.servers,
+                agents: args.agents,
+                k3s_version: args.k3s_version.clone(),
+                ..ClusterSpec::default()
+            },
+            state_dir: args.state_dir.clone(),
+            ..KubeOptions::default()
+        };
+        let kube = match KubeSim::start(opts).await {
+            Ok(k) => k,
+            Err(e) => {
+                eprintln!("upkeep: cannot start the Kubernetes emulator: {e}");
+                return 1;
+            }
+        };
+        for f in faults {
+            kube.inject(f);
+        }
+        if let Err(e) = kube.write_kubeconfig(&kubeconfig) {
+            eprintln!("upkeep: cannot write {}: {e}", kubeconfig.display());
+            return 1;
+        }
         let url = sim.url();
-        // Whoever started us may stop reading after the URL; a closed stdout must not stop us.
+        // Whoever started us may stop reading after these lines; a closed stdout must not stop us.
         let mut out = std::io::stdout();
         let _ = writeln!(
             out,
-            "{url}\n# upstream simulator with the shipped catalog's releases; try:\n#   upkeep check --repo examples/cluster-repo --github-api-url {url} --k3s-channel-url {url} --no-cache"
+            "github={url}\nkubernetes={}\nkubeconfig={}\ntoken={}\n# try: kubectl --kubeconfig {} get nodes\n#      upkeep check --repo examples/cluster-repo --github-api-url {url} --k3s-channel-url {url} --no-cache",
+            kube.url(),
+            kubeconfig.display(),
+            kube.token(),
+            kubeconfig.display(),
         );
         let _ = out.flush();
         std::future::pending::<i32>().await

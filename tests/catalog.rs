@@ -532,7 +532,7 @@ fn sim_serve_answers_like_the_shipped_catalog() {
     BufReader::new(server.stdout.take().unwrap())
         .read_line(&mut url)
         .unwrap();
-    let url = url.trim().to_string();
+    let url = url.trim().trim_start_matches("github=").to_string();
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     let ex = example();
     let (code, online, err) = upkeep(&[

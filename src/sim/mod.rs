@@ -4,6 +4,9 @@
 //! - [`upstream`]: GitHub's release API (pagination, ETags and 304s, rate-limit headers), a k3s
 //!   channel server and Helm repository indexes, with scripted faults.
 
+pub mod clock;
+pub mod kube;
+pub mod tls;
 pub mod upstream;
 
 use std::time::Duration;
@@ -32,4 +35,11 @@ pub struct FaultRule {
     pub path_contains: String,
     pub fault: Fault,
     pub times: usize,
+}
+
+/// FNV-1a, for stable ETags and simulated digests (not for security).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Fault, FaultRule};
+use super::{Fault, FaultRule, fnv1a};
 
 /// One release in the simulator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -570,12 +570,6 @@ async fn truncate(resp: Response) -> Response {
         HeaderValue::from(bytes.len().max(1) as u64),
     );
     Response::from_parts(parts, Body::new(Truncated(Some(half))))
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// Releases from `tag<TAB>date` lines (the fixture format), oldest first.
