@@ -335,6 +335,31 @@ impl KubeSim {
         Ok(KubeSim { shared, addr })
     }
 
+    /// Start on a runtime of its own in a background thread (for synchronous tests and tools).
+    pub fn start_in_thread(opts: KubeOptions) -> std::io::Result<KubeSim> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let sim = KubeSim::start(opts).await;
+                let _ = tx.send(sim);
+                std::future::pending::<()>().await;
+            });
+        });
+        rx.recv()
+            .map_err(|_| std::io::Error::other("the emulator thread died"))?
+    }
+
     pub fn url(&self) -> String {
         self.shared.base.clone()
     }
@@ -654,11 +679,14 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         ["apis"] => return json_response(StatusCode::OK, &group_list(&shared.store())),
         ["api", v] => return resource_list(&shared.store(), "", v),
         ["apis", g, v] => return resource_list(&shared.store(), g, v),
-        ["openapi", "v2"] | ["openapi", "v3", ..] | ["swagger.json"] => {
+        ["openapi", "v3"] => return json_response(StatusCode::OK, &openapi_index(&shared.store())),
+        ["openapi", "v3", "api", v] => return openapi_group(&shared.store(), "", v),
+        ["openapi", "v3", "apis", g, v] => return openapi_group(&shared.store(), g, v),
+        ["openapi", ..] | ["swagger.json"] => {
             return error_response(&ApiError::new(
                 404,
                 "NotFound",
-                "the simulator serves no OpenAPI documents: use kubectl with --validate=false or server-side apply",
+                "the simulator serves OpenAPI v3 discovery of PATCH parameters only (see docs/simulator.md)",
             ));
         }
         _ => {}
@@ -981,6 +1009,81 @@ fn resource_list(s: &Store, group: &str, version: &str) -> Response {
     json_response(
         StatusCode::OK,
         &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
+}
+
+fn group_versions(s: &Store) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for t in s.types() {
+        for v in &t.versions {
+            let gv = (t.group.clone(), v.clone());
+            if !out.contains(&gv) {
+                out.push(gv);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: where each group-version's document is.
+fn openapi_index(s: &Store) -> Value {
+    let rv = s.resource_version();
+    let paths: serde_json::Map<String, Value> = group_versions(s)
+        .into_iter()
+        .map(|(g, v)| {
+            let p = gv_path(&g, &v);
+            let url = format!("/openapi/v3/{p}?hash={rv:016X}");
+            (p, json!({"serverRelativeURL": url}))
+        })
+        .collect();
+    json!({"paths": paths})
+}
+
+/// A group-version's OpenAPI v3 document, reduced to what kubectl reads: every resource's PATCH
+/// operation with its GVK and query parameters, so that kubectl uses server-side field
+/// validation instead of downloading schemas. Schemas are not served.
+fn openapi_group(s: &Store, group: &str, version: &str) -> Response {
+    let mut paths = serde_json::Map::new();
+    let param = |n: &str| json!({"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    for t in s
+        .types()
+        .filter(|t| t.group == group && t.versions.iter().any(|v| v == version))
+    {
+        let base = gv_path(group, version);
+        let path = if t.namespaced {
+            format!("/{base}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
+        } else {
+            format!("/{base}/{}/{{name}}", t.plural)
+        };
+        let op = json!({
+            "operationId": format!("patch{}", t.kind),
+            "x-kubernetes-action": "patch",
+            "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": t.kind},
+            "parameters": [param("dryRun"), param("fieldManager"), param("fieldValidation"), param("force")],
+            "responses": {"200": {"description": "OK"}},
+        });
+        paths.insert(path, json!({"patch": op}));
+    }
+    if paths.is_empty() {
+        return error_response(&ApiError::new(
+            404,
+            "NotFound",
+            format!("no OpenAPI document for {group}/{version}"),
+        ));
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.4+k3s1"},
+            "paths": paths, "components": {"schemas": {}}}),
     )
 }
 

@@ -327,7 +327,7 @@ fn seed_flux(
                 "components": ["source-controller", "kustomize-controller", "helm-controller", "notification-controller"],
                 "cluster": {"type": "kubernetes", "networkPolicy": true, "domain": "cluster.local"},
                 "sync": {"kind": "GitRepository", "url": "https://github.com/example/homelab", "ref": "refs/heads/main", "path": "clusters/homelab"}},
-            "status": {"conditions": ready(true, "ReconciliationSucceeded", &format!("Reconciliation finished in 2s"), now, 1),
+            "status": {"conditions": ready(true, "ReconciliationSucceeded", "Reconciliation finished in 2s", now, 1),
                 "lastAppliedRevision": rev, "lastAttemptedRevision": rev, "lastArtifactRevision": format!("sha256:{}", digest(bare)),
                 "observedGeneration": 1,
                 "history": [{"digest": format!("sha256:{}", digest(&rev)), "firstReconciled": timestamp(now), "lastReconciled": timestamp(now),

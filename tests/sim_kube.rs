@@ -1,0 +1,768 @@
+//! The Kubernetes emulator, driven by real clients: the `kubectl` binary and the `kube` crate,
+//! over HTTPS on 127.0.0.1. Also a full simulated k3s rollout of 1 server + 2 agents, with and
+//! without each fault.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+use upkeep::sim::clock::SimClock;
+use upkeep::sim::kube::{ClusterFault, KubeOptions, KubeSim, Timings};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A simulated cluster whose clock runs `speed` times real time.
+fn cluster(speed: f64) -> KubeSim {
+    upkeep::sources::install_crypto_provider();
+    KubeSim::start_in_thread(KubeOptions {
+        clock: SimClock::new(chrono::Utc::now(), speed),
+        bookmark_interval: Duration::from_millis(200),
+        ..KubeOptions::default()
+    })
+    .expect("the emulator starts")
+}
+
+struct Kubectl {
+    dir: tempfile::TempDir,
+}
+
+impl Kubectl {
+    fn new(sim: &KubeSim) -> Kubectl {
+        let dir = tempfile::tempdir().expect("tempdir");
+        sim.write_kubeconfig(&dir.path().join("kubeconfig"))
+            .expect("kubeconfig");
+        Kubectl { dir }
+    }
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.env("KUBECONFIG", self.dir.path().join("kubeconfig"))
+            .env("HOME", self.dir.path())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .args(args);
+        c
+    }
+    /// Run kubectl; (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self
+            .command(args)
+            .output()
+            .expect("kubectl is installed (it is on these machines; see .ci/run)");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+    fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args);
+        assert_eq!(code, 0, "kubectl {args:?} failed:\n{out}\n{err}");
+        out
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+}
+
+const SERVER_PLAN: &str = r#"apiVersion: upgrade.cattle.io/v1
+kind: Plan
+metadata:
+  name: server-plan
+  namespace: system-upgrade
+spec:
+  concurrency: 1
+  cordon: true
+  nodeSelector:
+    matchExpressions:
+    - {key: node-role.kubernetes.io/control-plane, operator: In, values: ["true"]}
+  serviceAccountName: system-upgrade
+  upgrade:
+    image: rancher/k3s-upgrade
+  version: VERSION
+"#;
+
+const AGENT_PLAN: &str = r#"apiVersion: upgrade.cattle.io/v1
+kind: Plan
+metadata:
+  name: agent-plan
+  namespace: system-upgrade
+spec:
+  concurrency: 1
+  cordon: true
+  drain:
+    force: true
+    skipWaitForDeleteTimeout: 60
+  nodeSelector:
+    matchExpressions:
+    - {key: node-role.kubernetes.io/control-plane, operator: DoesNotExist}
+  prepare:
+    image: rancher/k3s-upgrade
+    args: ["prepare", "server-plan"]
+  serviceAccountName: system-upgrade
+  upgrade:
+    image: rancher/k3s-upgrade
+  version: VERSION
+"#;
+
+#[test]
+fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() {
+    let sim = cluster(1.0);
+    let k = Kubectl::new(&sim);
+    let nodes = k.ok(&["get", "nodes"]);
+    assert!(nodes.starts_with("NAME"), "{nodes}");
+    for n in ["server-1", "agent-1", "agent-2"] {
+        assert!(nodes.contains(n), "{nodes}");
+    }
+    assert!(nodes.contains("control-plane,etcd,master"), "{nodes}");
+    assert!(nodes.contains("v1.33.4+k3s1"), "{nodes}");
+    let version = k.ok(&["version"]);
+    assert!(
+        version.contains("Server Version: v1.33.4+k3s1"),
+        "{version}"
+    );
+
+    // The real CRDs, applied server-side.
+    for f in [
+        "upgrade.cattle.io_plans.yaml",
+        "helm.toolkit.fluxcd.io_helmreleases.yaml",
+        "longhorn-crds.yaml",
+    ] {
+        let p = root().join("src/sim/crds").join(f);
+        let out = k.ok(&["apply", "--server-side", "-f", &p.to_string_lossy()]);
+        assert!(out.contains("serverside-applied"), "{out}");
+    }
+    // A new CRD makes its kind served.
+    let crd = k.write("widgets.yaml", "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.example.dev\nspec:\n  group: example.dev\n  scope: Namespaced\n  names: {kind: Widget, plural: widgets, singular: widget, listKind: WidgetList}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}\n");
+    k.ok(&["apply", "--server-side", "-f", &crd.to_string_lossy()]);
+    let w = k.write("widget.yaml", "apiVersion: example.dev/v1\nkind: Widget\nmetadata: {name: w1, namespace: default}\nspec: {size: 3}\n");
+    k.ok(&["apply", "--server-side", "-f", &w.to_string_lossy()]);
+    assert!(k.ok(&["get", "widgets"]).contains("w1"));
+
+    // A Plan, applied server-side; the simulated SUC takes it up.
+    let plan = k.write("plan.yaml", &SERVER_PLAN.replace("VERSION", "v1.33.5+k3s1"));
+    let out = k.ok(&["apply", "--server-side", "-f", &plan.to_string_lossy()]);
+    assert!(
+        out.contains("plan.upgrade.cattle.io/server-plan serverside-applied"),
+        "{out}"
+    );
+    let got = k.ok(&["get", "plans", "-n", "system-upgrade"]);
+    assert!(
+        got.contains("server-plan") && got.contains("v1.33.5+k3s1"),
+        "{got}"
+    );
+    // Applying the same field from another manager conflicts, and the error says who owns it.
+    let other = k.write(
+        "plan2.yaml",
+        &SERVER_PLAN.replace("VERSION", "v1.33.6+k3s1"),
+    );
+    let (code, _, err) = k.run(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "someone-else",
+        "-f",
+        &other.to_string_lossy(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("conflict") && err.contains(".spec.version"),
+        "{err}"
+    );
+
+    // patch --subresource=status, then wait for the condition it sets, and watch it happen.
+    let status = |s: &str| {
+        format!(
+            r#"{{"status":{{"conditions":[{{"type":"Ready","status":"{s}","reason":"Test","message":"set by the test","lastTransitionTime":"2026-11-21T00:00:00Z"}}]}}}}"#
+        )
+    };
+    k.ok(&[
+        "patch",
+        "helmrelease",
+        "longhorn",
+        "-n",
+        "longhorn-system",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status("False"),
+    ]);
+    let hr = k.ok(&["get", "helmrelease", "longhorn", "-n", "longhorn-system"]);
+    assert!(
+        hr.contains("False") && hr.contains("set by the test"),
+        "{hr}"
+    );
+    let mut watch = k
+        .command(&[
+            "get",
+            "helmrelease",
+            "longhorn",
+            "-n",
+            "longhorn-system",
+            "-w",
+            "-o",
+            "jsonpath={.status.conditions[0].status}{\"\\n\"}",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    let wait = k
+        .command(&[
+            "wait",
+            "--for=condition=Ready",
+            "helmrelease/longhorn",
+            "-n",
+            "longhorn-system",
+            "--timeout=20s",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kubectl");
+    std::thread::sleep(Duration::from_millis(700));
+    k.ok(&[
+        "patch",
+        "helmrelease",
+        "longhorn",
+        "-n",
+        "longhorn-system",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status("True"),
+    ]);
+    let waited = wait.wait_with_output().expect("kubectl wait");
+    assert!(waited.status.success(), "{waited:?}");
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("condition met"));
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(l)) = lines.next() {
+        seen.push(l);
+        if seen.last().is_some_and(|l| l == "True") {
+            break;
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(
+        seen,
+        vec!["False", "True"],
+        "the watch saw the initial state and the change"
+    );
+
+    // A strategic merge patch on a core kind, label selection, and a missing object.
+    k.ok(&["label", "node", "agent-1", "pool=edge"]);
+    let edge = k.ok(&["get", "nodes", "-l", "pool=edge", "-o", "name"]);
+    assert_eq!(edge.trim(), "node/agent-1");
+    let (code, _, err) = k.run(&["get", "plan", "nope", "-n", "system-upgrade"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("plans.upgrade.cattle.io \"nope\" not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_token_is_refused() {
+    let sim = cluster(1.0);
+    let k = Kubectl::new(&sim);
+    let cfg = sim.kubeconfig().replace(sim.token(), "wrong");
+    std::fs::write(k.dir.path().join("kubeconfig"), cfg).expect("write");
+    let (code, _, err) = k.run(&["get", "nodes"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("Unauthorized") || err.contains("provide credentials"),
+        "{err}"
+    );
+}
+
+async fn client(sim: &KubeSim) -> kube::Client {
+    let kc = kube::config::Kubeconfig::from_yaml(&sim.kubeconfig()).expect("kubeconfig parses");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .expect("config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+fn plans_api(client: &kube::Client) -> Api<DynamicObject> {
+    let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("upgrade.cattle.io", "v1", "Plan"));
+    Api::namespaced_with(client.clone(), "system-upgrade", &ar)
+}
+
+fn plan_json(template: &str, version: &str) -> Value {
+    serde_saphyr::from_str(&template.replace("VERSION", version)).expect("plan yaml")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[test]
+fn the_kube_crate_lists_watches_and_patches_a_plan_while_the_suc_works() {
+    let sim = cluster(600.0);
+    rt().block_on(async {
+        let c = client(&sim).await;
+        let plans = plans_api(&c);
+        let pp = PatchParams::apply("upkeep");
+        plans
+            .patch(
+                "server-plan",
+                &pp,
+                &Patch::Apply(plan_json(SERVER_PLAN, "v1.33.5+k3s1")),
+            )
+            .await
+            .expect("apply");
+        let list = plans.list(&ListParams::default()).await.expect("list");
+        assert_eq!(list.items.len(), 1);
+        let rv = list.metadata.resource_version.clone().unwrap_or_default();
+        let mut stream = plans
+            .watch(
+                &WatchParams {
+                    bookmarks: true,
+                    ..WatchParams::default()
+                },
+                &rv,
+            )
+            .await
+            .expect("watch")
+            .boxed();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut complete = false;
+        let mut bookmarks = 0;
+        while !complete && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Ok(Some(Ok(WatchEvent::Modified(p)))) => {
+                    complete = p.data["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Complete" && c["status"] == "True")
+                    });
+                }
+                Ok(Some(Ok(WatchEvent::Bookmark(_)))) => bookmarks += 1,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("watch ended: {other:?}"),
+            }
+        }
+        assert!(complete, "the server plan completed while watched");
+        let _ = bookmarks;
+        let node: Api<Node> = Api::all(c.clone());
+        let s1 = node.get("server-1").await.expect("node");
+        let info = s1.status.and_then(|s| s.node_info).expect("node info");
+        assert_eq!(info.kubelet_version, "v1.33.5+k3s1");
+        // A merge patch of the spec bumps the generation; the status shows the dash form.
+        let p = plans
+            .patch(
+                "server-plan",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"concurrency": 2}})),
+            )
+            .await
+            .expect("merge patch");
+        assert_eq!(p.metadata.generation, Some(2));
+        assert_eq!(p.data["status"]["latestVersion"], "v1.33.5-k3s1");
+        // A stale resourceVersion is a 409.
+        let mut stale = p.clone();
+        stale.metadata.resource_version = Some("1".into());
+        let e = plans
+            .replace("server-plan", &Default::default(), &stale)
+            .await;
+        assert!(
+            matches!(e, Err(kube::Error::Api(ref s)) if s.code == 409),
+            "{e:?}"
+        );
+        // An old resourceVersion has expired: 410 Gone.
+        sim.store().set_watch_window(1);
+        plans
+            .patch(
+                "server-plan",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+            )
+            .await
+            .expect("patch");
+        plans
+            .patch(
+                "server-plan",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"a": "c"}}})),
+            )
+            .await
+            .expect("patch");
+        let mut old = plans
+            .watch(&WatchParams::default(), &rv)
+            .await
+            .expect("watch")
+            .boxed();
+        match old.next().await {
+            Some(Ok(WatchEvent::Error(e))) => assert_eq!(e.code, 410),
+            Some(Err(kube::Error::Api(e))) => assert_eq!(e.code, 410),
+            other => panic!("expected 410 Gone, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn request_faults_500s_delays_and_dropped_watches() {
+    let sim = cluster(1.0);
+    rt().block_on(async {
+        let c = client(&sim).await;
+        let plans = plans_api(&c);
+        sim.inject(ClusterFault::ApiError {
+            path_contains: "/plans".into(),
+            method: Some("GET".into()),
+            status: 500,
+            times: 2,
+        });
+        for _ in 0..2 {
+            let e = plans.list(&ListParams::default()).await;
+            assert!(
+                matches!(e, Err(kube::Error::Api(ref s)) if s.code == 500),
+                "{e:?}"
+            );
+        }
+        assert!(
+            plans.list(&ListParams::default()).await.is_ok(),
+            "the fault is used up"
+        );
+        sim.inject(ClusterFault::ApiDelay {
+            path_contains: "/plans".into(),
+            millis: 300,
+            times: 1,
+        });
+        let t = Instant::now();
+        assert!(plans.list(&ListParams::default()).await.is_ok());
+        assert!(t.elapsed() >= Duration::from_millis(300));
+        sim.inject(ClusterFault::WatchDrops {
+            path_contains: "/nodes".into(),
+            after_events: 0,
+            times: 1,
+        });
+        let nodes: Api<Node> = Api::all(c.clone());
+        let mut w = nodes
+            .watch(&WatchParams::default(), "0")
+            .await
+            .expect("watch")
+            .boxed();
+        assert!(w.next().await.is_none(), "the watch dropped at once");
+    });
+}
+
+/// Apply both plans at `to` and run the simulated cluster until `done` or the time is up.
+fn rollout(sim: &KubeSim, to: &str, limit: Duration, done: impl Fn(&KubeSim) -> bool) -> bool {
+    rt().block_on(async {
+        let c = client(sim).await;
+        let plans = plans_api(&c);
+        let pp = PatchParams::apply("upkeep");
+        for (name, t) in [("server-plan", SERVER_PLAN), ("agent-plan", AGENT_PLAN)] {
+            plans
+                .patch(name, &pp, &Patch::Apply(plan_json(t, to)))
+                .await
+                .expect("apply");
+        }
+    });
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if done(sim) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn node(sim: &KubeSim, name: &str) -> Value {
+    sim.get("", "nodes", "", name).expect("node")
+}
+
+fn version(n: &Value) -> &str {
+    n["status"]["nodeInfo"]["kubeletVersion"]
+        .as_str()
+        .unwrap_or("")
+}
+
+fn ready(n: &Value) -> bool {
+    n["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn cordoned(n: &Value) -> bool {
+    n["spec"]["unschedulable"] == json!(true)
+}
+
+fn plan_condition(sim: &KubeSim, plan: &str) -> (String, String) {
+    let p = sim
+        .get("upgrade.cattle.io", "plans", "system-upgrade", plan)
+        .unwrap_or_default();
+    let c = p["status"]["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Complete").cloned())
+        .unwrap_or_default();
+    (
+        c["status"].as_str().unwrap_or("").into(),
+        c["reason"].as_str().unwrap_or("").into(),
+    )
+}
+
+const FROM: &str = "v1.33.4+k3s1";
+const TO: &str = "v1.33.5+k3s1";
+
+fn fast_cluster() -> KubeSim {
+    // 90 s per node at 1,200x: 75 ms of wall time per node.
+    cluster(1200.0)
+}
+
+#[test]
+fn a_full_rollout_of_one_server_and_two_agents() {
+    let sim = fast_cluster();
+    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+        plan_condition(s, "agent-plan").0 == "True" && plan_condition(s, "server-plan").0 == "True"
+    });
+    assert!(ok, "the rollout completed");
+    for n in ["server-1", "agent-1", "agent-2"] {
+        let n = node(&sim, n);
+        assert_eq!(version(&n), TO);
+        assert!(ready(&n) && !cordoned(&n), "{n}");
+        assert!(
+            n["metadata"]["labels"]
+                .as_object()
+                .is_some_and(|l| l.keys().any(|k| k.starts_with("plan.upgrade.cattle.io/")))
+        );
+    }
+    let jobs = sim.list("batch", "jobs");
+    assert_eq!(jobs.len(), 3, "one upgrade Job per node");
+    assert!(jobs.iter().all(|j| j["status"]["succeeded"] == 1));
+    let p = sim
+        .get("upgrade.cattle.io", "plans", "system-upgrade", "agent-plan")
+        .unwrap_or_default();
+    assert_eq!(p["status"]["latestVersion"], "v1.33.5-k3s1");
+}
+
+#[test]
+fn a_node_that_never_comes_back_ready() {
+    let sim = fast_cluster();
+    sim.inject(ClusterFault::NodeNeverReady {
+        node: "agent-1".into(),
+    });
+    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+        version(&node(s, "agent-1")) == TO && !cordoned(&node(s, "agent-1"))
+    });
+    assert!(ok);
+    let a1 = node(&sim, "agent-1");
+    assert!(!ready(&a1), "agent-1 upgraded but is NotReady");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!ready(&node(&sim, "agent-1")), "and stays so");
+}
+
+#[test]
+fn an_upgrade_that_takes_longer_than_the_job_deadline() {
+    let sim = fast_cluster();
+    sim.inject(ClusterFault::SlowUpgrade {
+        node: Some("server-1".into()),
+        seconds: 3600,
+    });
+    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+        plan_condition(s, "server-plan").1 == "JobFailed"
+    });
+    assert!(ok, "{:?}", plan_condition(&sim, "server-plan"));
+    let s1 = node(&sim, "server-1");
+    assert_eq!(version(&s1), FROM);
+    assert!(
+        cordoned(&s1),
+        "a failed Job leaves the node cordoned, as the real SUC does"
+    );
+    let job = sim
+        .list("batch", "jobs")
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    assert!(job.to_string().contains("DeadlineExceeded"), "{job}");
+    assert_eq!(
+        version(&node(&sim, "agent-1")),
+        FROM,
+        "agents wait for the server plan"
+    );
+}
+
+#[test]
+fn a_job_that_fails_although_the_node_upgraded() {
+    let sim = fast_cluster();
+    sim.inject(ClusterFault::JobFailsButUpgraded {
+        node: "agent-2".into(),
+    });
+    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+        plan_condition(s, "agent-plan").1 == "JobFailed" && version(&node(s, "agent-1")) == TO
+    });
+    assert!(ok, "{:?}", plan_condition(&sim, "agent-plan"));
+    let a2 = node(&sim, "agent-2");
+    assert_eq!(version(&a2), TO, "judge by the node: it did upgrade");
+    assert!(ready(&a2));
+    let failed: Vec<Value> = sim
+        .list("batch", "jobs")
+        .into_iter()
+        .filter(|j| j["status"]["failed"] == 1)
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n.contains("agent-2"))
+    );
+}
+
+#[test]
+fn a_pod_disruption_budget_that_blocks_the_drain() {
+    let sim = fast_cluster();
+    sim.inject(ClusterFault::PdbBlocksDrain {
+        node: "agent-1".into(),
+    });
+    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+        plan_condition(s, "agent-plan").1 == "JobFailed"
+    });
+    assert!(ok, "{:?}", plan_condition(&sim, "agent-plan"));
+    let a1 = node(&sim, "agent-1");
+    assert_eq!(version(&a1), FROM);
+    assert!(cordoned(&a1), "left cordoned by the blocked drain");
+    let p = sim
+        .get("upgrade.cattle.io", "plans", "system-upgrade", "agent-plan")
+        .unwrap_or_default();
+    assert!(p.to_string().contains("PodDisruptionBudget"), "{p}");
+}
+
+#[test]
+fn helm_upgrades_fail_when_told_and_volumes_degrade() {
+    let sim = fast_cluster();
+    let patch_version = |v: &str| {
+        let mut s = sim.store();
+        let g = (
+            "helm.toolkit.fluxcd.io".to_string(),
+            "helmreleases".to_string(),
+        );
+        let ctx = upkeep::sim::kube::store::Ctx::new(sim.clock().now(), "upkeep");
+        s.patch(
+            &g,
+            "longhorn-system",
+            "longhorn",
+            upkeep::sim::kube::store::PatchKind::Merge,
+            &json!({"spec": {"chart": {"spec": {"version": v}}}}),
+            None,
+            &ctx,
+        )
+        .expect("patch");
+    };
+    let hr = |sim: &KubeSim| {
+        sim.get(
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "longhorn-system",
+            "longhorn",
+        )
+        .unwrap_or_default()
+    };
+    let wait = |f: &dyn Fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if f(&hr(&sim)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    };
+    sim.inject(ClusterFault::HelmUpgradeFails {
+        release: "longhorn-system/longhorn".into(),
+    });
+    patch_version("1.9.2");
+    assert!(
+        wait(&|h| h.to_string().contains("UpgradeFailed")),
+        "{}",
+        hr(&sim)
+    );
+    assert_eq!(hr(&sim)["status"]["history"][0]["chartVersion"], "1.9.1");
+    sim.inject(ClusterFault::VolumeDegradesAfterUpgrade {
+        volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
+    });
+    patch_version("1.10.2");
+    assert!(
+        wait(&|h| h["status"]["history"][0]["chartVersion"] == "1.10.2"),
+        "{}",
+        hr(&sim)
+    );
+    let vol = sim
+        .get(
+            "longhorn.io",
+            "volumes",
+            "longhorn-system",
+            "pvc-00003dde-0000-4000-8000-000000000002",
+        )
+        .unwrap_or_default();
+    assert_eq!(vol["status"]["robustness"], "degraded");
+    let setting = sim
+        .get(
+            "longhorn.io",
+            "settings",
+            "longhorn-system",
+            "current-longhorn-version",
+        )
+        .unwrap_or_default();
+    assert_eq!(setting["value"], "v1.10.2");
+    // A minor skip is refused like Longhorn's pre-upgrade check does.
+    patch_version("1.12.1");
+    assert!(
+        wait(&|h| h.to_string().contains("for minor version is not supported")),
+        "{}",
+        hr(&sim)
+    );
+}
+
+#[test]
+fn the_state_directory_keeps_the_cluster_across_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = || KubeOptions {
+        state_dir: Some(dir.path().to_path_buf()),
+        actors: false,
+        ..KubeOptions::default()
+    };
+    upkeep::sources::install_crypto_provider();
+    let a = KubeSim::start_in_thread(opts()).expect("start");
+    let k = Kubectl::new(&a);
+    k.ok(&["label", "node", "agent-2", "kept=yes"]);
+    a.save(dir.path()).expect("save");
+    let b = KubeSim::start_in_thread(opts()).expect("restart");
+    let n = b.get("", "nodes", "", "agent-2").expect("node");
+    assert_eq!(n["metadata"]["labels"]["kept"], "yes");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("ca.crt"))
+            .ok()
+            .as_deref(),
+        Some(b.ca_pem()),
+        "the same CA, so old kubeconfigs keep working"
+    );
+    assert!(Path::new(&dir.path().join("kube.json")).exists());
+}
+
+#[test]
+fn timings_can_be_changed_by_tests() {
+    let sim = fast_cluster();
+    sim.set_timings(Timings {
+        node_upgrade: Duration::from_secs(1),
+        ..Timings::default()
+    });
+    assert!(rollout(
+        &sim,
+        TO,
+        Duration::from_secs(30),
+        |s| plan_condition(s, "agent-plan").0 == "True"
+    ));
+}
