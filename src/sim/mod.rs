@@ -5,6 +5,7 @@
 //!   channel server and Helm repository indexes, with scripted faults.
 
 pub mod clock;
+pub mod github;
 pub mod kube;
 pub mod tls;
 pub mod upstream;
@@ -27,12 +28,17 @@ pub enum Fault {
     Truncate,
     /// Answer normally, after this delay.
     Delay(Duration),
+    /// Before answering, someone else pushes a commit to `branch` of the forge's `repo`
+    /// (`owner/name`): a push race for whoever fetched before.
+    LandCommit { repo: String, branch: String },
 }
 
 /// A fault on requests whose path contains `path_contains`, for the next `times` of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultRule {
     pub path_contains: String,
+    /// Only requests of this method (any when `None`).
+    pub method: Option<String>,
     pub fault: Fault,
     pub times: usize,
 }

@@ -58,6 +58,8 @@ pub struct Counters {
     pub requests: AtomicU64,
     pub not_modified: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// POST, PATCH, PUT and DELETE requests to the API (git pushes are not counted).
+    pub writes: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,6 +67,7 @@ pub struct CountersSnapshot {
     pub requests: u64,
     pub not_modified: u64,
     pub bytes_sent: u64,
+    pub writes: u64,
 }
 
 #[derive(Default)]
@@ -86,6 +89,7 @@ struct Inner {
     data: Mutex<Data>,
     counters: Counters,
     base: String,
+    forge: Mutex<Option<super::github::Forge>>,
 }
 
 /// A running simulator. Dropping it does not stop the server; it stops with its runtime.
@@ -109,6 +113,7 @@ impl UpstreamSim {
             }),
             counters: Counters::default(),
             base: format!("http://{addr}"),
+            forge: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -197,9 +202,35 @@ impl UpstreamSim {
     pub fn inject(&self, path_contains: &str, fault: Fault, times: usize) {
         self.data().faults.push_back(FaultRule {
             path_contains: path_contains.to_string(),
+            method: None,
             fault,
             times,
         });
+    }
+
+    /// A fault on requests of `method` (GET, POST, PATCH, PUT, DELETE) whose path contains
+    /// `path_contains`.
+    pub fn inject_method(&self, method: &str, path_contains: &str, fault: Fault, times: usize) {
+        self.data().faults.push_back(FaultRule {
+            path_contains: path_contains.to_string(),
+            method: Some(method.to_string()),
+            fault,
+            times,
+        });
+    }
+
+    /// Serve a forge (pull requests, issues, git) whose bare repositories live under `root`.
+    pub fn enable_forge(&self, root: &std::path::Path) {
+        let mut f = self.inner.forge.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(super::github::Forge::new(root));
+        }
+    }
+
+    /// Work on the forge (enabled with [`UpstreamSim::enable_forge`]; `None` if it is not).
+    pub fn with_forge<T>(&self, f: impl FnOnce(&mut super::github::Forge) -> T) -> Option<T> {
+        let mut g = self.inner.forge.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_mut().map(f)
     }
 
     pub fn counters(&self) -> CountersSnapshot {
@@ -208,6 +239,7 @@ impl UpstreamSim {
             requests: c.requests.load(Ordering::Relaxed),
             not_modified: c.not_modified.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
         }
     }
 
@@ -217,11 +249,14 @@ impl UpstreamSim {
     }
 }
 
-fn take_fault(data: &mut Data, path: &str) -> Option<Fault> {
-    let i = data
-        .faults
-        .iter()
-        .position(|f| f.times > 0 && path.contains(&f.path_contains))?;
+fn take_fault(data: &mut Data, method: &str, path: &str) -> Option<Fault> {
+    let i = data.faults.iter().position(|f| {
+        f.times > 0
+            && path.contains(&f.path_contains)
+            && f.method
+                .as_ref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(method))
+    })?;
     let rule = &mut data.faults[i];
     rule.times -= 1;
     let fault = rule.fault.clone();
@@ -242,17 +277,49 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
                 "requests": c.requests.load(Ordering::Relaxed),
                 "notModified": c.not_modified.load(Ordering::Relaxed),
                 "bytesSent": c.bytes_sent.load(Ordering::Relaxed),
+                "writes": c.writes.load(Ordering::Relaxed),
             }),
         );
     }
     inner.counters.requests.fetch_add(1, Ordering::Relaxed);
     let query = req.uri().query().unwrap_or("").to_string();
+    let method = req.method().as_str().to_string();
+    let headers = req.headers().clone();
+    let body = match axum::body::to_bytes(req.into_body(), 64 * 1024 * 1024).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the request body is too large",
+            );
+        }
+    };
+    if path.starts_with("/git/") {
+        return git_http(&inner, &method, &path, &query, &headers, body).await;
+    }
+    if method != "GET" && method != "HEAD" {
+        inner.counters.writes.fetch_add(1, Ordering::Relaxed);
+    }
     let fault = take_fault(
         &mut inner.data.lock().unwrap_or_else(|e| e.into_inner()),
+        &method,
         &path,
     );
     if let Some(Fault::Delay(d)) = &fault {
         tokio::time::sleep(*d).await;
+    }
+    if let Some(Fault::LandCommit { repo, branch }) = &fault {
+        let mut f = inner.forge.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(forge) = f.as_mut() {
+            let n = Utc::now().timestamp_nanos_opt().unwrap_or(0);
+            let _ = forge.commit_file(
+                repo,
+                branch,
+                "NOTES.md",
+                &format!("a human was here at {n}\n"),
+                "docs: a note pushed by a human (simulated push race)",
+            );
+        }
     }
     let resp = match &fault {
         Some(Fault::Status(s)) => error(
@@ -283,7 +350,10 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             set(r.headers_mut(), "retry-after", &retry_after.to_string());
             r
         }
-        _ => route(&inner, &path, &query, req.headers()),
+        _ => match forge_route(&inner, &method, &path, &query, &headers, &body) {
+            Some(r) => r,
+            None => route(&inner, &path, &query, &headers),
+        },
     };
     let resp = if fault == Some(Fault::Truncate) {
         truncate(resp).await
@@ -296,6 +366,254 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let len = http_body::Body::size_hint(resp.body()).lower();
     inner.counters.bytes_sent.fetch_add(len, Ordering::Relaxed);
     resp
+}
+
+fn authorized(data: &Data, headers: &HeaderMap) -> bool {
+    let Some(t) = &data.token else { return true };
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    auth == format!("Bearer {t}") || auth == format!("token {t}")
+}
+
+/// The forge's API: pull requests, issues, comments, labels, statuses, check runs, the
+/// repository, the rate limit, and the release look-ups by tag. Conditional GETs get 304s.
+fn forge_route(
+    inner: &Inner,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Option<Response> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let mut data = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+    let ours = matches!(
+        parts.as_slice(),
+        ["rate_limit"]
+            | ["repos", _, _, "tags"]
+            | ["repos", _, _, "releases", "latest"]
+            | ["repos", _, _, "releases", "tags", _]
+    );
+    let answer: Option<(u16, Value)> = match parts.as_slice() {
+        ["rate_limit"] if method == "GET" => {
+            let reset = Utc::now().timestamp() + 3600;
+            let core = json!({"limit": RATE_LIMIT, "remaining": data.remaining, "reset": reset, "used": RATE_LIMIT - data.remaining});
+            Some((200, json!({"resources": {"core": core, "search": {"limit": 30, "remaining": 30, "reset": reset, "used": 0}}, "rate": core})))
+        }
+        ["repos", o, n, "tags"] if method == "GET" => data.repos.get(&format!("{o}/{n}")).map(|all| {
+            let tags: Vec<Value> = all.iter().map(|r| json!({"name": r.tag, "node_id": format!("TAG_{}", r.tag),
+                "commit": {"sha": format!("{:040x}", u128::from(fnv1a(r.tag.as_bytes()))), "url": format!("{}/repos/{o}/{n}/commits/{}", inner.base, r.tag)},
+                "zipball_url": format!("{}/repos/{o}/{n}/zipball/{}", inner.base, r.tag), "tarball_url": format!("{}/repos/{o}/{n}/tarball/{}", inner.base, r.tag)})).collect();
+            (200, Value::Array(tags))
+        }),
+        ["repos", o, n, "releases", "latest"] if method == "GET" => data.repos.get(&format!("{o}/{n}")).and_then(|all| {
+            let i = all.iter().position(|r| !r.draft && !r.prerelease)?;
+            Some((200, release_json(&inner.base, &format!("{o}/{n}"), all.len() - i, &all[i])))
+        }),
+        ["repos", o, n, "releases", "tags", tag] if method == "GET" => data.repos.get(&format!("{o}/{n}")).and_then(|all| {
+            let tag = tag.replace("%2B", "+").replace("%2b", "+");
+            let i = all.iter().position(|r| r.tag == tag)?;
+            Some((200, release_json(&inner.base, &format!("{o}/{n}"), all.len() - i, &all[i])))
+        }),
+        _ => None,
+    };
+    let answer = match answer {
+        Some(a) => Some(Ok(a)),
+        None if ours => Some(Ok((
+            404,
+            json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
+        ))),
+        None => {
+            if parts.first() != Some(&"repos") || parts.get(3) == Some(&"releases") {
+                return None;
+            }
+            let mut f = inner.forge.lock().unwrap_or_else(|e| e.into_inner());
+            let forge = f.as_mut()?;
+            if !authorized(&data, headers) {
+                return Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"));
+            }
+            forge.handle(method, path, query, body, &inner.base, Utc::now())
+        }
+    };
+    let (status, v) = match answer? {
+        Ok(x) => x,
+        Err(e) => (e.status, e.body()),
+    };
+    let bytes = if v.is_null() {
+        Bytes::new()
+    } else {
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    };
+    let etag = format!("\"{:016x}\"", fnv1a(&bytes));
+    let hit = method == "GET"
+        && status == 200
+        && headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|e| e.trim() == etag));
+    if !hit && parts.first() != Some(&"rate_limit") {
+        data.remaining = data.remaining.saturating_sub(1);
+    }
+    let mut r = if hit {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = (
+            StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+            bytes,
+        )
+            .into_response();
+        if !v.is_null() {
+            set(
+                r.headers_mut(),
+                "content-type",
+                "application/json; charset=utf-8",
+            );
+        }
+        r
+    };
+    let h = r.headers_mut();
+    if method == "GET" {
+        set(h, "etag", &etag);
+    }
+    set(h, "x-ratelimit-limit", &RATE_LIMIT.to_string());
+    set(h, "x-ratelimit-remaining", &data.remaining.to_string());
+    set(
+        h,
+        "x-ratelimit-reset",
+        &(Utc::now().timestamp() + 3600).to_string(),
+    );
+    Some(r)
+}
+
+/// Git's smart HTTP protocol for the forge's repositories, through `git http-backend` (so hooks
+/// run: branch protection). Authentication: the token as the basic-auth password, as on GitHub.
+async fn git_http(
+    inner: &Inner,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let root = {
+        let f = inner.forge.lock().unwrap_or_else(|e| e.into_inner());
+        match f.as_ref() {
+            Some(f) => f.root().to_path_buf(),
+            None => return error(StatusCode::NOT_FOUND, "Not Found"),
+        }
+    };
+    let token = inner
+        .data
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .token
+        .clone();
+    if let Some(t) = token {
+        use base64::Engine;
+        let ok = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .and_then(|b| String::from_utf8(b).ok())
+            .is_some_and(|up| up.split_once(':').is_some_and(|(_, p)| p == t));
+        if !ok {
+            let mut r = (StatusCode::UNAUTHORIZED, "authentication required").into_response();
+            set(
+                r.headers_mut(),
+                "www-authenticate",
+                "Basic realm=\"GitHub\"",
+            );
+            return r;
+        }
+    }
+    let path_info = path.trim_start_matches("/git");
+    if path_info.contains("..") {
+        return error(StatusCode::BAD_REQUEST, "bad path");
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", &root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", method)
+        .env("PATH_INFO", path_info)
+        .env("QUERY_STRING", query)
+        .env("CONTENT_TYPE", content_type)
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("REMOTE_USER", "upkeep")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(p) = headers.get("git-protocol").and_then(|v| v.to_str().ok()) {
+        cmd.env("GIT_PROTOCOL", p);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("cannot run git http-backend: {e}"),
+            );
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        use tokio::io::AsyncWriteExt;
+        let _ = stdin.write_all(&body).await;
+    }
+    let out = match child.wait_with_output().await {
+        Ok(o) => o,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("git http-backend: {e}"),
+            );
+        }
+    };
+    cgi_response(&out.stdout)
+}
+
+/// Turn a CGI answer (headers, a blank line, the body) into a response.
+fn cgi_response(out: &[u8]) -> Response {
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4))
+        .or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2)));
+    let Some((i, n)) = split else {
+        return error(StatusCode::BAD_GATEWAY, "git http-backend gave no headers");
+    };
+    let head = String::from_utf8_lossy(&out[..i]).into_owned();
+    let mut r = Bytes::copy_from_slice(&out[i + n..]).into_response();
+    for line in head.lines() {
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("status") {
+            let code = v
+                .split_whitespace()
+                .next()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(200);
+            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+        } else if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::from_bytes(k.trim().as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            r.headers_mut().insert(name, value);
+        }
+    }
+    r
 }
 
 fn set(h: &mut HeaderMap, name: &'static str, value: &str) {
