@@ -121,6 +121,10 @@ pub struct SimServeArgs {
     /// How much faster than real time the simulated clock runs.
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
+    /// Seed the forge's config repository (homelab/cluster) from this directory instead of the
+    /// built-in copy of examples/cluster-repo.
+    #[arg(long, value_name = "DIR")]
+    pub config_repo: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -638,12 +642,27 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         );
         return 2;
     }
+    let scratch = std::env::temp_dir().join(format!("upkeep-sim-{}", std::process::id()));
     let kubeconfig = match (&args.kubeconfig_out, &args.state_dir) {
         (Some(p), _) => p.clone(),
         (None, Some(d)) => d.join("kubeconfig"),
-        (None, None) => std::env::temp_dir()
-            .join(format!("upkeep-sim-{}", std::process::id()))
-            .join("kubeconfig"),
+        (None, None) => scratch.join("kubeconfig"),
+    };
+    let forge_root = args.state_dir.as_ref().unwrap_or(&scratch).join("forge");
+    // With a state directory the token is kept too, so that kubeconfigs and clones keep working.
+    let token = match &args.state_dir {
+        Some(d) => match std::fs::read_to_string(d.join("token")) {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+            _ => {
+                let t = crate::sim::kube::random_token();
+                if let Err(e) = crate::sim::kube::write_private(&d.join("token"), t.as_bytes()) {
+                    eprintln!("upkeep: cannot write {}: {e}", d.join("token").display());
+                    return 1;
+                }
+                t
+            }
+        },
+        None => crate::sim::kube::random_token(),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -658,8 +677,35 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
             }
         };
         crate::sim::upstream::seed_from_catalog(&sim, &cat.file);
+        sim.require_forge_token(&token);
+        let repo = "homelab/cluster";
+        let forge = sim
+            .enable_persistent_forge(&forge_root)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                if sim.with_forge(|f| f.has_repo(repo)).unwrap_or(false) {
+                    return Ok(());
+                }
+                let seed = match &args.config_repo {
+                    Some(d) => d.clone(),
+                    None => {
+                        let d = forge_root.join(".seed");
+                        crate::sim::write_example_repo(&d).map_err(|e| e.to_string())?;
+                        d
+                    }
+                };
+                sim.with_forge(|f| f.create_repo(repo, Some(&seed), Utc::now()).map(|_| ()))
+                    .unwrap_or(Ok(()))
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = forge {
+            eprintln!("upkeep: cannot set up the simulated forge in {}: {e}", forge_root.display());
+            return 1;
+        }
+        let clone = sim.with_forge(|f| f.repo_path(repo)).flatten().unwrap_or_default();
         let opts = KubeOptions {
             port: args.kube_port,
+            token: Some(token.clone()),
             clock: crate::sim::clock::SimClock::new(Utc::now(), args.speed),
             cluster: ClusterSpec {
                 servers: args.servers,
@@ -689,13 +735,39 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         let mut out = std::io::stdout();
         let _ = writeln!(
             out,
-            "github={url}\nkubernetes={}\nkubeconfig={}\ntoken={}\n# try: kubectl --kubeconfig {} get nodes\n#      upkeep check --repo examples/cluster-repo --github-api-url {url} --k3s-channel-url {url} --no-cache",
+            "github={url}\nrepo={repo}\nclone={}\ngit={url}/git/{repo}.git\nkubernetes={}\nkubeconfig={}\ntoken={}\n# try: kubectl --kubeconfig {} get nodes,plans -A\n#      git clone {}\n#      upkeep check --repo examples/cluster-repo --github-api-url {url} --k3s-channel-url {url} --no-cache",
+            clone.display(),
             kube.url(),
             kubeconfig.display(),
             kube.token(),
             kubeconfig.display(),
+            clone.display(),
         );
         let _ = out.flush();
-        std::future::pending::<i32>().await
+        // Until interrupted; then save the cluster so that --state-dir resumes exactly here.
+        wait_for_signal().await;
+        if let Some(d) = &args.state_dir
+            && let Err(e) = kube.save(d)
+        {
+            eprintln!("upkeep: cannot save the simulated cluster in {}: {e}", d.display());
+            return 1;
+        }
+        0
     })
+}
+
+/// SIGINT or SIGTERM.
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -766,3 +766,150 @@ fn timings_can_be_changed_by_tests() {
         |s| plan_condition(s, "agent-plan").0 == "True"
     ));
 }
+
+#[test]
+fn a_rollout_rides_out_api_errors_and_dropped_watches() {
+    let sim = fast_cluster();
+    sim.inject(ClusterFault::WatchDrops {
+        path_contains: "/plans".into(),
+        after_events: 1,
+        times: 3,
+    });
+    rt().block_on(async {
+        let c = client(&sim).await;
+        let plans = plans_api(&c);
+        sim.inject(ClusterFault::ApiError {
+            path_contains: "/plans/server-plan".into(),
+            method: Some("PATCH".into()),
+            status: 500,
+            times: 1,
+        });
+        let pp = PatchParams::apply("upkeep");
+        let first = plans
+            .patch(
+                "server-plan",
+                &pp,
+                &Patch::Apply(plan_json(SERVER_PLAN, TO)),
+            )
+            .await;
+        assert!(
+            matches!(first, Err(kube::Error::Api(ref s)) if s.code == 500),
+            "{first:?}"
+        );
+        // A client that retries gets through, and re-watches after each drop.
+        plans
+            .patch(
+                "server-plan",
+                &pp,
+                &Patch::Apply(plan_json(SERVER_PLAN, TO)),
+            )
+            .await
+            .expect("retry");
+        plans
+            .patch("agent-plan", &pp, &Patch::Apply(plan_json(AGENT_PLAN, TO)))
+            .await
+            .expect("apply");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut drops = 0;
+        let mut complete = false;
+        while !complete && Instant::now() < deadline {
+            let mut w = plans
+                .watch(&WatchParams::default(), "0")
+                .await
+                .expect("watch")
+                .boxed();
+            while let Some(ev) = w.next().await {
+                if let Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) = ev
+                    && p.metadata.name.as_deref() == Some("agent-plan")
+                    && p.data["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Complete" && c["status"] == "True")
+                    })
+                {
+                    complete = true;
+                    break;
+                }
+            }
+            drops += 1;
+        }
+        assert!(complete, "the rollout completed");
+        assert!(drops >= 2, "the watch dropped and was reopened");
+    });
+    for n in ["server-1", "agent-1", "agent-2"] {
+        assert_eq!(version(&node(&sim, n)), TO);
+    }
+}
+
+/// The binary: `upkeep sim serve` prints a kubeconfig that kubectl uses; faults come from a file;
+/// SIGTERM saves the cluster and a restart with the same state directory resumes it.
+#[test]
+fn upkeep_sim_serve_runs_and_kubectl_lists_its_nodes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = dir.path().join("faults.yaml");
+    std::fs::write(&faults, "- kind: nodeNeverReady\n  node: agent-3\n").expect("write");
+    let start = |extra: &[&str]| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(["sim", "serve", "--agents", "3", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("upkeep");
+        let mut kubeconfig = String::new();
+        for line in BufReader::new(child.stdout.take().expect("stdout"))
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(k) = line.strip_prefix("kubeconfig=") {
+                kubeconfig = k.to_string();
+                break;
+            }
+        }
+        (child, kubeconfig)
+    };
+    let (mut child, kubeconfig) = start(&["--faults", &faults.to_string_lossy()]);
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .env("HOME", dir.path())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(args)
+            .output()
+            .expect("kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = kubectl(&["get", "nodes"]);
+    assert!(ok, "{out}");
+    for n in ["server-1", "agent-1", "agent-2", "agent-3"] {
+        assert!(out.contains(n), "{out}");
+    }
+    assert!(kubectl(&["label", "node", "agent-2", "kept=yes"]).0);
+    // SIGTERM: saved and exit 0.
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "{status:?}");
+    let (mut child, again) = start(&[]);
+    assert_eq!(again, kubeconfig);
+    let (ok, out) = kubectl(&["get", "nodes", "-l", "kept=yes", "-o", "name"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "node/agent-2");
+    // A bad faults file is a usage error that names the file.
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["sim", "serve", "--faults"])
+        .arg(dir.path().join("nope.yaml"))
+        .output()
+        .expect("upkeep");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));
+}

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use git2::{Oid, Repository, Signature};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 /// An error answered as GitHub does: a status, a message, and for 422 the field errors.
@@ -69,7 +70,7 @@ pub type Result<T, E = ForgeError> = std::result::Result<T, E>;
 /// A pull request's commits, additions, deletions and changed files.
 type MergeStats = (usize, usize, usize, usize);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Pull {
     head: String,
     base: String,
@@ -80,7 +81,7 @@ struct Pull {
     merged_by: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Issue {
     number: u64,
     id: u64,
@@ -96,7 +97,7 @@ struct Issue {
     pull: Option<Pull>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Comment {
     id: u64,
     issue: u64,
@@ -106,7 +107,7 @@ struct Comment {
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Status {
     id: u64,
     state: String,
@@ -116,7 +117,7 @@ struct Status {
     at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct CheckRun {
     id: u64,
     name: String,
@@ -125,6 +126,7 @@ struct CheckRun {
     at: DateTime<Utc>,
 }
 
+#[derive(Serialize, Deserialize)]
 struct Repo {
     id: u64,
     owner: String,
@@ -147,6 +149,14 @@ pub struct Forge {
     next_id: u64,
     /// The user that API writes are made as.
     pub login: String,
+    /// Save pull requests, issues and the rest to `<root>/forge.json` after every change.
+    persist: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    repos: BTreeMap<String, Repo>,
+    next_id: u64,
 }
 
 fn ts(t: DateTime<Utc>) -> String {
@@ -168,7 +178,47 @@ impl Forge {
             repos: BTreeMap::new(),
             next_id: 1,
             login: "upkeep-bot".into(),
+            persist: false,
         }
+    }
+
+    /// A forge that keeps its state under `root` across restarts: the bare repositories are
+    /// there anyway, and pull requests, issues, comments, labels, statuses and check runs are
+    /// saved to `root/forge.json` after every change and loaded here.
+    pub fn persistent(root: &Path) -> std::io::Result<Forge> {
+        let mut f = Forge::new(root);
+        f.persist = true;
+        let file = root.join("forge.json");
+        if file.exists() {
+            let saved: Saved = serde_json::from_str(&std::fs::read_to_string(&file)?)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", file.display())))?;
+            f.repos = saved.repos;
+            f.next_id = saved.next_id;
+        }
+        Ok(f)
+    }
+
+    fn save(&self) {
+        if !self.persist {
+            return;
+        }
+        #[derive(Serialize)]
+        struct SavedRef<'a> {
+            repos: &'a BTreeMap<String, Repo>,
+            next_id: u64,
+        }
+        let bytes = serde_json::to_vec(&SavedRef {
+            repos: &self.repos,
+            next_id: self.next_id,
+        })
+        .unwrap_or_default();
+        if let Err(e) = crate::sim::kube::write_atomic(&self.root.join("forge.json"), &bytes) {
+            tracing::warn!(error = %e, "cannot save the forge's state");
+        }
+    }
+
+    pub fn has_repo(&self, full: &str) -> bool {
+        self.repos.contains_key(full)
     }
 
     /// Where the bare repositories live (`<root>/<owner>/<name>.git`).
@@ -236,6 +286,7 @@ impl Forge {
                 created_at: now,
             },
         );
+        self.save();
         Ok(path)
     }
 
@@ -250,7 +301,9 @@ impl Forge {
         r.protected.insert(branch.to_string());
         let list: Vec<String> = r.protected.iter().cloned().collect();
         std::fs::write(r.path.join("upkeep-protected"), list.join("\n") + "\n")
-            .map_err(|e| ForgeError::new(500, e.to_string()))
+            .map_err(|e| ForgeError::new(500, e.to_string()))?;
+        self.save();
+        Ok(())
     }
 
     /// Someone else commits to `branch`: set `file` to `content` (for push races and human
@@ -458,6 +511,9 @@ impl Forge {
                 .map(|v| (200, v)),
             _ => return None,
         };
+        if method != "GET" && r.is_ok() {
+            self.save();
+        }
         Some(r)
     }
 

@@ -12,6 +12,35 @@ pub mod upstream;
 
 use std::time::Duration;
 
+/// The example config repository (examples/cluster-repo), embedded so that `upkeep sim serve`
+/// and the demo can seed a forge anywhere.
+pub const EXAMPLE_REPO: &[(&str, &str)] = &[
+    (
+        "versions.yaml",
+        include_str!("../../examples/cluster-repo/versions.yaml"),
+    ),
+    (
+        "policies/updates.yaml",
+        include_str!("../../examples/cluster-repo/policies/updates.yaml"),
+    ),
+    (
+        "policies/windows.yaml",
+        include_str!("../../examples/cluster-repo/policies/windows.yaml"),
+    ),
+];
+
+/// Write the embedded example config repository into `dir`.
+pub fn write_example_repo(dir: &std::path::Path) -> std::io::Result<()> {
+    for (path, text) in EXAMPLE_REPO {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(p, text)?;
+    }
+    Ok(())
+}
+
 /// A scripted failure, served instead of (or around) the real answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {

@@ -83,6 +83,8 @@ struct Data {
     /// Requests left in the primary rate limit (304s are free).
     remaining: u64,
     token: Option<String>,
+    /// The token the forge (pull requests, issues, git) requires, if other than `token`.
+    forge_token: Option<String>,
 }
 
 struct Inner {
@@ -195,6 +197,12 @@ impl UpstreamSim {
         self.data().token = Some(token.to_string());
     }
 
+    /// Require this token on the forge's endpoints and git (the release API stays as
+    /// [`UpstreamSim::require_token`] says: public repositories can be read anonymously).
+    pub fn require_forge_token(&self, token: &str) {
+        self.data().forge_token = Some(token.to_string());
+    }
+
     pub fn set_rate_limit_remaining(&self, n: u64) {
         self.data().remaining = n;
     }
@@ -225,6 +233,13 @@ impl UpstreamSim {
         if f.is_none() {
             *f = Some(super::github::Forge::new(root));
         }
+    }
+
+    /// Serve a forge that keeps its state under `root` across restarts.
+    pub fn enable_persistent_forge(&self, root: &std::path::Path) -> std::io::Result<()> {
+        let forge = super::github::Forge::persistent(root)?;
+        *self.inner.forge.lock().unwrap_or_else(|e| e.into_inner()) = Some(forge);
+        Ok(())
     }
 
     /// Work on the forge (enabled with [`UpstreamSim::enable_forge`]; `None` if it is not).
@@ -369,7 +384,9 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
 }
 
 fn authorized(data: &Data, headers: &HeaderMap) -> bool {
-    let Some(t) = &data.token else { return true };
+    let Some(t) = data.forge_token.as_ref().or(data.token.as_ref()) else {
+        return true;
+    };
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -228,12 +228,24 @@ impl World<'_> {
             .into_iter()
             .cloned()
             .collect();
+        let g = gr("upgrade.cattle.io", "plans");
         for plan in plans {
-            self.plan(&plan);
+            // Catch up within this step: a node that finished at t frees its slot at t, so the
+            // next one starts then, however coarse the ticks (simulated timings stay exact).
+            let (name, ns) = name_ns(&plan);
+            for _ in 0..256 {
+                let Some(current) = self.store.try_get(&g, &ns, &name).cloned() else {
+                    break;
+                };
+                if !self.plan(&current) {
+                    break;
+                }
+            }
         }
     }
 
-    fn plan(&mut self, plan: &Value) {
+    /// One pass over a Plan; true when a node started or finished.
+    fn plan(&mut self, plan: &Value) -> bool {
         let (name, ns) = name_ns(plan);
         let ctx = self.ctx("system-upgrade-controller");
         let plans = gr("upgrade.cattle.io", "plans");
@@ -248,7 +260,7 @@ impl World<'_> {
             let _ = self.store.modify(&plans, &ns, &name, &ctx, |p| {
                 set_condition(p, "LatestResolved", "False", "Error", msg, now);
             });
-            return;
+            return false;
         }
         let Some(target) = k3s(&version) else {
             let now = self.now;
@@ -262,7 +274,7 @@ impl World<'_> {
                     now,
                 );
             });
-            return;
+            return false;
         };
         let hash =
             digest(&serde_json::to_string(&plan["spec"]).unwrap_or_default())[..40].to_string();
@@ -314,6 +326,9 @@ impl World<'_> {
         let mut applying: Vec<String> = Vec::new();
         let mut failed: Vec<(String, String)> = Vec::new();
         let mut done = 0usize;
+        let mut changed = false;
+        // When slots freed up during this pass (nodes that finished), earliest first.
+        let mut freed: Vec<DateTime<Utc>> = Vec::new();
         // Nodes in flight first (also those of an older spec: a node in progress is finished).
         for n in &nodes {
             let node = s(n, "/metadata/name").to_string();
@@ -326,10 +341,23 @@ impl World<'_> {
             };
             match p.phase.as_str() {
                 "failed" if p.hash == hash => {
-                    failed.push((node, "Job has reached the specified backoff limit".into()))
+                    // Why: the failed Job's condition says.
+                    let why = self
+                        .store
+                        .try_get(&gr("batch", "jobs"), &ns, &job_name(&name, &node, &hash))
+                        .and_then(|j| j.pointer("/status/conditions"))
+                        .and_then(Value::as_array)
+                        .and_then(|cs| cs.iter().find(|c| s(c, "/type") == "Failed"))
+                        .map(|c| s(c, "/message").to_string())
+                        .unwrap_or_else(|| "Job has reached the specified backoff limit".into());
+                    failed.push((node, why))
                 }
                 "draining" | "upgrading" => {
-                    if let Some(result) = self.advance_node(&name, &ns, n, &p, drain, deadline) {
+                    if let Some((result, at)) =
+                        self.advance_node(&name, &ns, n, &p, drain, deadline)
+                    {
+                        changed = true;
+                        freed.push(at);
                         if p.hash == hash {
                             match result {
                                 Ok(()) => done += 1,
@@ -383,6 +411,13 @@ impl World<'_> {
                     done += 1;
                     continue;
                 }
+                freed.sort();
+                let at = if freed.is_empty() {
+                    self.now
+                } else {
+                    freed.remove(0)
+                };
+                changed = true;
                 self.start_node(
                     &name,
                     &ns,
@@ -391,6 +426,7 @@ impl World<'_> {
                     &version,
                     cordon || drain,
                     deadline,
+                    at,
                 );
                 if running.is_some_and(|r| r > target) {
                     // k3s-upgrade refuses to go down; the node was cordoned first and stays so.
@@ -479,6 +515,7 @@ impl World<'_> {
                 );
             }
         });
+        changed
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -491,13 +528,14 @@ impl World<'_> {
         version: &str,
         cordon: bool,
         deadline: Duration,
+        at: DateTime<Utc>,
     ) {
         let ctx = self.ctx("system-upgrade-controller");
-        let now = self.now;
+        let now = at;
         let p = Progress {
             hash: hash.to_string(),
             phase: "draining".into(),
-            since: Some(now),
+            since: Some(at),
             target: version.to_string(),
         };
         let key = progress_key(plan);
@@ -553,7 +591,7 @@ impl World<'_> {
         p: &Progress,
         drain: bool,
         deadline: Duration,
-    ) -> Option<Result<(), String>> {
+    ) -> Option<(Result<(), String>, DateTime<Utc>)> {
         let node = s(n, "/metadata/name").to_string();
         let key = progress_key(plan);
         let job = job_name(plan, &node, &p.hash);
@@ -569,7 +607,7 @@ impl World<'_> {
             let _ = w.store.modify(&gr("", "nodes"), "", &node, &ctx, |n| {
                 set_annotation(n, &key, Some(&f.render(now)));
             });
-            Some(Err(why))
+            Some((Err(why), now))
         };
         if p.phase == "draining" {
             if drain && self.drain_blocked(&node) {
@@ -587,15 +625,19 @@ impl World<'_> {
             if drain && age < self.t.drain {
                 return None;
             }
+            // The drain ended when it was due, not when this step noticed.
+            let drained_at = p.since.unwrap_or(now)
+                + chrono::Duration::from_std(if drain { self.t.drain } else { Duration::ZERO })
+                    .unwrap_or_default();
             let next = Progress {
                 phase: "upgrading".into(),
-                since: Some(now),
+                since: Some(drained_at),
                 ..p.clone()
             };
             let _ = self.store.modify(&gr("", "nodes"), "", &node, &ctx, |n| {
                 set_annotation(n, &key, Some(&next.render(now)));
             });
-            return None;
+            return self.advance_node(plan, ns, n, &next, drain, deadline);
         }
         let slow = self.fault(|f| matches!(f, ClusterFault::SlowUpgrade { node: n, .. } if n.as_deref().is_none_or(|x| x == node)));
         let takes = match &slow {
@@ -612,6 +654,8 @@ impl World<'_> {
         if age < takes {
             return None;
         }
+        let done_at =
+            p.since.unwrap_or(now) + chrono::Duration::from_std(takes).unwrap_or_default();
         let never_ready =
             self.fault(|f| matches!(f, ClusterFault::NodeNeverReady { node: x } if *x == node));
         let job_fails = self
@@ -640,7 +684,7 @@ impl World<'_> {
         }
         if ok {
             self.finish_job(ns, &job, true, "", "");
-            Some(Ok(()))
+            Some((Ok(()), done_at))
         } else {
             fail(self, "BackoffLimitExceeded", "Job has reached the specified backoff limit (the node restarted k3s during the upgrade)".into())
         }
