@@ -23,6 +23,7 @@ use crate::versions::{self, Scheme};
 
 /// The simulated controllers, forever, one step per tick.
 pub async fn run(shared: Arc<Shared>) {
+    let mut prev = shared.clock.now();
     loop {
         let timings = shared.timings();
         tokio::time::sleep(timings.tick).await;
@@ -30,8 +31,9 @@ pub async fn run(shared: Arc<Shared>) {
         let now = shared.clock.now();
         let used = {
             let mut store = shared.store();
-            step(&mut store, now, &faults, &timings)
+            step_since(&mut store, prev, now, &faults, &timings)
         };
+        prev = now;
         for f in used {
             shared.consume(&f);
         }
@@ -46,8 +48,22 @@ pub fn step(
     faults: &[ClusterFault],
     t: &Timings,
 ) -> Vec<ClusterFault> {
+    step_since(store, now, now, faults, t)
+}
+
+/// [`step`], knowing that the previous look was at `prev`: work that became possible in between
+/// (a Plan created, a prepare satisfied) is dated from then, not from `now`, so simulated
+/// durations do not depend on how often the controllers look.
+pub fn step_since(
+    store: &mut Store,
+    prev: DateTime<Utc>,
+    now: DateTime<Utc>,
+    faults: &[ClusterFault],
+    t: &Timings,
+) -> Vec<ClusterFault> {
     let mut w = World {
         store,
+        prev: prev.min(now),
         now,
         faults,
         t,
@@ -64,6 +80,7 @@ pub fn step(
 
 struct World<'a> {
     store: &'a mut Store,
+    prev: DateTime<Utc>,
     now: DateTime<Utc>,
     faults: &'a [ClusterFault],
     t: &'a Timings,
@@ -229,6 +246,9 @@ impl World<'_> {
             .cloned()
             .collect();
         let g = gr("upgrade.cattle.io", "plans");
+        // Plans that prepare on another go after it, so they see it complete in the same step.
+        let mut plans = plans;
+        plans.sort_by_key(|p| p.pointer("/spec/prepare").is_some());
         for plan in plans {
             // Catch up within this step: a node that finished at t frees its slot at t, so the
             // next one starts then, however coarse the ticks (simulated timings stay exact).
@@ -301,18 +321,31 @@ impl World<'_> {
             }
             _ => None,
         };
-        let prepared = match &waiting_for {
-            None => true,
-            Some(other) => self.store.try_get(&plans, &ns, other).is_some_and(|o| {
-                s(o, "/spec/version") == version
-                    && o.pointer("/status/conditions")
-                        .and_then(Value::as_array)
-                        .is_some_and(|cs| {
-                            cs.iter()
-                                .any(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True")
-                        })
+        // Whether the plan it prepares on is complete at this version, and since when.
+        let prepared_at: Option<Option<DateTime<Utc>>> = match &waiting_for {
+            None => Some(None),
+            Some(other) => self.store.try_get(&plans, &ns, other).and_then(|o| {
+                let c = o
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)?
+                    .iter()
+                    .find(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True")?;
+                (s(o, "/spec/version") == version).then(|| since(s(c, "/lastTransitionTime")))
             }),
         };
+        let prepared = prepared_at.is_some();
+        // Nothing starts before the plan existed or its prepare was satisfied; and a start with
+        // no slot freed in this step happened no earlier than the previous look.
+        let gate = [
+            since(s(plan, "/metadata/creationTimestamp")),
+            prepared_at.flatten(),
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(self.prev)
+        .min(self.now);
+        let floor = gate.max(self.prev).min(self.now);
         let label = format!("plan.upgrade.cattle.io/{name}");
         let key = progress_key(&name);
         let mut nodes: Vec<Value> = self
@@ -329,6 +362,7 @@ impl World<'_> {
         let mut changed = false;
         // When slots freed up during this pass (nodes that finished), earliest first.
         let mut freed: Vec<DateTime<Utc>> = Vec::new();
+        let mut freed_all: Vec<DateTime<Utc>> = Vec::new();
         // Nodes in flight first (also those of an older spec: a node in progress is finished).
         for n in &nodes {
             let node = s(n, "/metadata/name").to_string();
@@ -358,6 +392,7 @@ impl World<'_> {
                     {
                         changed = true;
                         freed.push(at);
+                        freed_all.push(at);
                         if p.hash == hash {
                             match result {
                                 Ok(()) => done += 1,
@@ -413,9 +448,9 @@ impl World<'_> {
                 }
                 freed.sort();
                 let at = if freed.is_empty() {
-                    self.now
+                    floor
                 } else {
-                    freed.remove(0)
+                    freed.remove(0).max(floor)
                 };
                 changed = true;
                 self.start_node(
@@ -465,6 +500,7 @@ impl World<'_> {
         }
         let complete = done == nodes.len();
         let now = self.now;
+        let completed_at = freed_all.iter().max().copied().unwrap_or(now);
         let dash = version.replace('+', "-");
         let _ = self.store.modify(&plans, &ns, &name, &ctx, |p| {
             if !p.get("status").is_some_and(Value::is_object) {
@@ -482,7 +518,7 @@ impl World<'_> {
             set_condition(p, "LatestResolved", "True", "Version", "", now);
             set_condition(p, "Validated", "True", "PlanIsValid", "", now);
             if complete {
-                set_condition(p, "Complete", "True", "Complete", "", now);
+                set_condition(p, "Complete", "True", "Complete", "", completed_at);
             } else if let Some((node, why)) = failed.first() {
                 set_condition(
                     p,
@@ -560,6 +596,18 @@ impl World<'_> {
 
     fn finish_job(&mut self, ns: &str, job: &str, ok: bool, reason: &str, message: &str) {
         let now = self.now;
+        self.finish_job_at(ns, job, ok, reason, message, now);
+    }
+
+    fn finish_job_at(
+        &mut self,
+        ns: &str,
+        job: &str,
+        ok: bool,
+        reason: &str,
+        message: &str,
+        now: DateTime<Utc>,
+    ) {
         let _ = self.store.modify(
             &gr("batch", "jobs"),
             ns,
@@ -683,7 +731,7 @@ impl World<'_> {
             self.used.push(f);
         }
         if ok {
-            self.finish_job(ns, &job, true, "", "");
+            self.finish_job_at(ns, &job, true, "", "", done_at);
             Some((Ok(()), done_at))
         } else {
             fail(self, "BackoffLimitExceeded", "Job has reached the specified backoff limit (the node restarted k3s during the upgrade)".into())
@@ -1284,7 +1332,7 @@ mod tests {
         assert_eq!(versions_of(&st), vec!["v1.33.5+k3s1"; 3]);
         assert_eq!(max_cordoned, 1, "concurrency 1 across both plans' turns");
         assert!(
-            first_agent_start > server_done_at,
+            first_agent_start >= server_done_at,
             "agents wait for the server plan"
         );
         let p = st
@@ -1390,5 +1438,127 @@ mod tests {
             "1.10.2",
             "what runs is unchanged"
         );
+    }
+}
+
+#[cfg(test)]
+mod timing_tests {
+    use super::*;
+    use crate::sim::kube::ClusterSpec;
+    use crate::sim::kube::seed::seed;
+
+    /// However coarse the steps, simulated durations come out exact.
+    #[test]
+    fn coarse_steps_keep_simulated_time_exact() {
+        let mut st = Store::new();
+        let t0 = DateTime::parse_from_rfc3339("2026-11-21T00:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        let spec = ClusterSpec {
+            servers: 3,
+            agents: 47,
+            volumes: 0,
+            longhorn_version: None,
+            flux_version: None,
+            ..ClusterSpec::default()
+        };
+        let _ = seed(&mut st, &spec, t0);
+        let ctx = Ctx::new(t0, "upkeep");
+        let plans = gr("upgrade.cattle.io", "plans");
+        let mut server = tests_plan("server-plan", true);
+        server["spec"]["concurrency"] = json!(1);
+        let mut agent = tests_plan("agent-plan", false);
+        agent["spec"]["concurrency"] = json!(10);
+        let _ = st.create(&plans, "system-upgrade", server, &ctx);
+        let _ = st.create(&plans, "system-upgrade", agent, &ctx);
+        let t = Timings::default();
+        let mut now = t0;
+        let all_done = |st: &Store| {
+            st.list(&gr("", "nodes"), None)
+                .iter()
+                .all(|n| s(n, "/status/nodeInfo/kubeletVersion") == "v1.33.5+k3s1")
+        };
+        let mut steps = 0;
+        while !all_done(&st) && steps < 1000 {
+            step(&mut st, now, &[], &t);
+            now += chrono::Duration::seconds(1);
+            steps += 1;
+        }
+        let fine = now - t0;
+        // The same with steps of 7 minutes.
+        let mut st2 = Store::new();
+        let _ = seed(&mut st2, &spec, t0);
+        let _ = st2.create(
+            &plans,
+            "system-upgrade",
+            {
+                let mut p = tests_plan("server-plan", true);
+                p["spec"]["concurrency"] = json!(1);
+                p
+            },
+            &ctx,
+        );
+        let _ = st2.create(
+            &plans,
+            "system-upgrade",
+            {
+                let mut p = tests_plan("agent-plan", false);
+                p["spec"]["concurrency"] = json!(10);
+                p
+            },
+            &ctx,
+        );
+        let mut now2 = t0;
+        let mut prev2 = t0;
+        for _ in 0..100 {
+            step_since(&mut st2, prev2, now2, &[], &t);
+            prev2 = now2;
+            if all_done(&st2) {
+                break;
+            }
+            now2 += chrono::Duration::seconds(420);
+        }
+        // Ideal: 3 servers x 90 s, then 5 waves of (10 s drain + 90 s); plus one step for the
+        // agents to notice the server plan completed.
+        assert!(
+            fine.num_seconds() <= 3 * 90 + 5 * 100 + 5,
+            "fine steps: {fine}"
+        );
+        let labels = |st: &Store| {
+            st.list(&gr("batch", "jobs"), None)
+                .iter()
+                .filter_map(|j| {
+                    j.pointer("/status/completionTime")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+                .max()
+        };
+        let fine_end = labels(&st).unwrap_or_default();
+        let coarse_end = labels(&st2).unwrap_or_default();
+        let parse = |x: &str| {
+            DateTime::parse_from_rfc3339(x)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_default()
+        };
+        let drift = (parse(&coarse_end) - parse(&fine_end)).num_seconds();
+        assert!(
+            drift.abs() <= 1,
+            "coarse steps end when fine ones do: {fine_end} vs {coarse_end}"
+        );
+    }
+
+    fn tests_plan(name: &str, server: bool) -> Value {
+        let mut p = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": {"name": name},
+            "spec": {"concurrency": 1, "cordon": true, "version": "v1.33.5+k3s1", "serviceAccountName": "system-upgrade",
+                "upgrade": {"image": "rancher/k3s-upgrade"},
+                "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
+                    "operator": if server { "In" } else { "DoesNotExist" }, "values": if server { json!(["true"]) } else { json!([]) }}]}}});
+        if !server {
+            p["spec"]["prepare"] =
+                json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]});
+            p["spec"]["drain"] = json!({"force": true});
+        }
+        p
     }
 }
