@@ -1030,15 +1030,7 @@ impl Forge {
         b: &Value,
         now: DateTime<Utc>,
     ) -> Result<Value> {
-        let text = b["body"].as_str().unwrap_or("").to_string();
-        if text.is_empty() {
-            return Err(ForgeError::invalid(
-                "IssueComment",
-                "body",
-                "missing_field",
-                None,
-            ));
-        }
+        let text = comment_body(b)?;
         let id = self.id();
         let login = self.login.clone();
         let r = self.repo_mut(full)?;
@@ -1064,15 +1056,7 @@ impl Forge {
         b: &Value,
         now: DateTime<Utc>,
     ) -> Result<Value> {
-        let text = b["body"].as_str().unwrap_or("").to_string();
-        if text.is_empty() {
-            return Err(ForgeError::invalid(
-                "IssueComment",
-                "body",
-                "missing_field",
-                None,
-            ));
-        }
+        let text = comment_body(b)?;
         let r = self.repo_mut(full)?;
         let c = r
             .comments
@@ -1169,6 +1153,18 @@ impl Forge {
             "app": null_v(), "pull_requests": [],
         })).collect();
         Ok(json!({"total_count": runs.len(), "check_runs": runs}))
+    }
+}
+
+fn comment_body(b: &Value) -> Result<String> {
+    match b["body"].as_str() {
+        Some(t) if !t.is_empty() => Ok(t.to_string()),
+        _ => Err(ForgeError::invalid(
+            "IssueComment",
+            "body",
+            "missing_field",
+            None,
+        )),
     }
 }
 

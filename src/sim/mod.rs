@@ -78,3 +78,33 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
+
+/// Run a simulator on a tokio runtime of its own in a background thread (for synchronous tests
+/// and tools): `start` binds and spawns the servers; the runtime lives as long as the process.
+pub fn start_in_thread<T, F, Fut>(workers: usize, start: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = match tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let _ = tx.send(start().await);
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the simulator thread died"))?
+}

@@ -130,27 +130,7 @@ impl UpstreamSim {
 
     /// Start on a runtime of its own in a background thread (for synchronous tests and tools).
     pub fn start_in_thread() -> std::io::Result<UpstreamSim> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let sim = UpstreamSim::start(0).await;
-                let _ = tx.send(sim);
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv()
-            .map_err(|_| std::io::Error::other("the simulator thread died"))?
+        super::start_in_thread(1, move || UpstreamSim::start(0))
     }
 
     pub fn url(&self) -> String {

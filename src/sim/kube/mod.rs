@@ -337,27 +337,7 @@ impl KubeSim {
 
     /// Start on a runtime of its own in a background thread (for synchronous tests and tools).
     pub fn start_in_thread(opts: KubeOptions) -> std::io::Result<KubeSim> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let sim = KubeSim::start(opts).await;
-                let _ = tx.send(sim);
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv()
-            .map_err(|_| std::io::Error::other("the emulator thread died"))?
+        crate::sim::start_in_thread(2, move || KubeSim::start(opts))
     }
 
     pub fn url(&self) -> String {

@@ -1027,22 +1027,22 @@ struct Managed {
     api_version: String,
 }
 
+/// A string member of a JSON object, or `default`.
+fn text(v: &Value, key: &str, default: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_str)
+        .unwrap_or(default)
+        .to_string()
+}
+
 fn managed_entries(obj: &Value) -> Vec<Managed> {
     obj.pointer("/metadata/managedFields")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .map(|e| Managed {
-            manager: e
-                .get("manager")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            operation: e
-                .get("operation")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            manager: text(e, "manager", ""),
+            operation: text(e, "operation", ""),
             subresource: e
                 .get("subresource")
                 .and_then(Value::as_str)
@@ -1051,16 +1051,8 @@ fn managed_entries(obj: &Value) -> Vec<Managed> {
                 .get("fieldsV1")
                 .map(paths_from_fields_v1)
                 .unwrap_or_default(),
-            time: e
-                .get("time")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            api_version: e
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            time: text(e, "time", ""),
+            api_version: text(e, "apiVersion", ""),
         })
         .collect()
 }
@@ -1220,27 +1212,11 @@ pub fn type_from_crd(crd: &Value) -> std::result::Result<ResourceType, String> {
         .into_iter()
         .flatten()
         .map(|c| Column {
-            name: c
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-            kind: c
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("string")
-                .to_string(),
-            json_path: c
-                .get("jsonPath")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            name: text(c, "name", ""),
+            kind: text(c, "type", "string"),
+            json_path: text(c, "jsonPath", ""),
             priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
-            description: c
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
+            description: text(c, "description", ""),
         })
         .collect();
     Ok(ResourceType {
