@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use serde_json::json;
 use upkeep::sim::clock::SimClock;
 use upkeep::sim::kube::store::{Ctx, PatchKind, gr};
 use upkeep::sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
@@ -246,17 +245,7 @@ fn rollout() {
     };
     let sim = KubeSim::start_in_thread(opts).expect("start");
     let plan = |name: &str, server: bool, concurrency: u64| {
-        let mut p = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": {"name": name, "namespace": "system-upgrade"},
-            "spec": {"concurrency": concurrency, "cordon": true, "version": "v1.33.5+k3s1", "serviceAccountName": "system-upgrade",
-                "upgrade": {"image": "rancher/k3s-upgrade"},
-                "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
-                    "operator": if server { "In" } else { "DoesNotExist" }, "values": if server { json!(["true"]) } else { json!([]) }}]}}});
-        if !server {
-            p["spec"]["prepare"] =
-                json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]});
-            p["spec"]["drain"] = json!({"force": true});
-        }
-        p
+        upkeep::sim::kube::seed::example_plan(name, "v1.33.5+k3s1", server, concurrency)
     };
     let start = Instant::now();
     let sim_start = sim.clock().now();

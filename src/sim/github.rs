@@ -628,35 +628,16 @@ impl Forge {
             }
             (h.to_string(), bs.to_string())
         };
-        let id = self.id();
-        let login = self.login.clone();
-        let r = self.repo_mut(full)?;
-        let number = r.issues.keys().next_back().copied().unwrap_or(0) + 1;
-        r.issues.insert(
-            number,
-            Issue {
-                number,
-                id,
-                title,
-                body: b["body"].as_str().map(str::to_string),
-                state: "open".into(),
-                state_reason: None,
-                labels: Vec::new(),
-                user: login,
-                created_at: now,
-                updated_at: now,
-                closed_at: None,
-                pull: Some(Pull {
-                    head,
-                    base: base_branch,
-                    head_sha,
-                    base_sha,
-                    merged_at: None,
-                    merge_commit_sha: None,
-                    merged_by: None,
-                }),
-            },
-        );
+        let pull = Some(Pull {
+            head,
+            base: base_branch,
+            head_sha,
+            base_sha,
+            merged_at: None,
+            merge_commit_sha: None,
+            merged_by: None,
+        });
+        let number = self.new_issue(full, title, b, Vec::new(), pull, now)?;
         self.pull_json(full, base, number, true)
     }
 
@@ -931,11 +912,25 @@ impl Forge {
             return Err(ForgeError::invalid("Issue", "title", "missing_field", None));
         }
         let labels = label_names(b.get("labels"));
-        let id = self.id();
-        let login = self.login.clone();
         for l in &labels {
             self.ensure_label(full, l)?;
         }
+        let number = self.new_issue(full, title, b, labels, None, now)?;
+        self.issue_json(full, base, number)
+    }
+
+    /// Open an issue (a pull request with `pull`) under the next number, shared by both kinds.
+    fn new_issue(
+        &mut self,
+        full: &str,
+        title: String,
+        b: &Value,
+        labels: Vec<String>,
+        pull: Option<Pull>,
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let id = self.id();
+        let login = self.login.clone();
         let r = self.repo_mut(full)?;
         let number = r.issues.keys().next_back().copied().unwrap_or(0) + 1;
         r.issues.insert(
@@ -952,10 +947,10 @@ impl Forge {
                 created_at: now,
                 updated_at: now,
                 closed_at: None,
-                pull: None,
+                pull,
             },
         );
-        self.issue_json(full, base, number)
+        Ok(number)
     }
 
     fn ensure_label(&mut self, full: &str, name: &str) -> Result<()> {

@@ -1247,17 +1247,7 @@ mod tests {
     }
 
     fn plan(name: &str, version: &str, server: bool) -> Value {
-        let mut p = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": {"name": name},
-            "spec": {"concurrency": 1, "cordon": true, "version": version, "serviceAccountName": "system-upgrade",
-                "upgrade": {"image": "rancher/k3s-upgrade"},
-                "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
-                    "operator": if server { "In" } else { "DoesNotExist" }, "values": if server { json!(["true"]) } else { json!([]) }}]}}});
-        if !server {
-            p["spec"]["prepare"] =
-                json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]});
-            p["spec"]["drain"] = json!({"force": true});
-        }
-        p
+        seed::example_plan(name, version, server, 1)
     }
 
     fn run_until(
@@ -1552,16 +1542,6 @@ mod timing_tests {
     }
 
     fn tests_plan(name: &str, server: bool) -> Value {
-        let mut p = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan", "metadata": {"name": name},
-            "spec": {"concurrency": 1, "cordon": true, "version": "v1.33.5+k3s1", "serviceAccountName": "system-upgrade",
-                "upgrade": {"image": "rancher/k3s-upgrade"},
-                "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
-                    "operator": if server { "In" } else { "DoesNotExist" }, "values": if server { json!(["true"]) } else { json!([]) }}]}}});
-        if !server {
-            p["spec"]["prepare"] =
-                json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]});
-            p["spec"]["drain"] = json!({"force": true});
-        }
-        p
+        seed::example_plan(name, "v1.33.5+k3s1", server, 1)
     }
 }

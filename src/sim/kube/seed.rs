@@ -207,6 +207,23 @@ pub fn digest(s: &str) -> String {
     format!("{h:016x}{:016x}{h:016x}{:016x}", !h, h.rotate_left(17))
 }
 
+/// The canonical k3s upgrade Plans (domain facts): a server plan over control-plane nodes, or an
+/// agent plan over the rest that drains and prepares on `server-plan`; both cordon.
+pub fn example_plan(name: &str, version: &str, server: bool, concurrency: u64) -> Value {
+    let mut p = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+        "metadata": {"name": name, "namespace": SUC_NAMESPACE},
+        "spec": {"concurrency": concurrency, "cordon": true, "version": version, "serviceAccountName": "system-upgrade",
+            "upgrade": {"image": "rancher/k3s-upgrade"},
+            "nodeSelector": {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
+                "operator": if server { "In" } else { "DoesNotExist" }, "values": if server { json!(["true"]) } else { json!([]) }}]}}});
+    if !server {
+        p["spec"]["prepare"] =
+            json!({"image": "rancher/k3s-upgrade", "args": ["prepare", "server-plan"]});
+        p["spec"]["drain"] = json!({"force": true});
+    }
+    p
+}
+
 /// Fill an empty store with the cluster `spec` describes.
 pub fn seed(store: &mut Store, spec: &ClusterSpec, now: DateTime<Utc>) -> Result<(), ApiError> {
     let ctx = Ctx::new(now, "k3s");

@@ -479,17 +479,7 @@ impl Store {
     ) -> Result<Value> {
         let old = self.get(g, ns, name)?;
         let t = self.type_of(g)?.clone();
-        let want_rv = new
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let have_rv = old
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !want_rv.is_empty() && want_rv != have_rv {
-            return Err(conflict(&t, name));
-        }
+        check_precondition(&t, name, &new, &old)?;
         if let Some(n) = new.pointer("/metadata/name").and_then(Value::as_str)
             && n != name
         {
@@ -540,17 +530,7 @@ impl Store {
             }
             PatchKind::Apply { .. } => return Err(ApiError::bad_request("apply")),
         };
-        let want_rv = body
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let have_rv = old
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        if !want_rv.is_empty() && want_rv != have_rv {
-            return Err(conflict(&t, name));
-        }
+        check_precondition(&t, name, body, &old)?;
         self.write(&t, ns, name, old, new, sub, ctx, None)
     }
 
@@ -939,6 +919,21 @@ impl Store {
         self.window_start = self.rv;
         Ok(())
     }
+}
+
+/// A non-empty `metadata.resourceVersion` in a write must be the object's current one.
+fn check_precondition(t: &ResourceType, name: &str, write: &Value, old: &Value) -> Result<()> {
+    let rv = |v: &Value| {
+        v.pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let want = rv(write);
+    if !want.is_empty() && want != rv(old) {
+        return Err(conflict(t, name));
+    }
+    Ok(())
 }
 
 fn conflict(t: &ResourceType, name: &str) -> ApiError {
