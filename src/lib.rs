@@ -10,6 +10,8 @@
 pub mod check;
 pub mod cli;
 pub mod diag;
+pub mod forge;
+pub mod gitrepo;
 pub mod knowledge;
 pub mod model;
 pub mod report;

@@ -1,0 +1,409 @@
+//! The config repository through git2: a bare mirror in the state directory, fetched
+//! incrementally; files read from a commit; a commit made from a parent with one file replaced;
+//! and pushes whose refusals are detected per ref (libgit2 returns Ok for a refused push).
+//!
+//! Also the one edit upkeep makes to a user's file: [`set_version`] changes the version scalar of
+//! one component in `versions.yaml` and leaves every other byte as it was.
+
+use std::path::{Path, PathBuf};
+
+use git2::{Cred, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository, Signature};
+
+use crate::model::files::VersionsFile;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("git: {op} in {path}: {message} (check the repository URL and the token's access)")]
+    Git {
+        op: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+    #[error("the push of {refname} was refused: {reason} (protected branch, or someone pushed first)")]
+    PushRefused { refname: String, reason: String },
+    #[error("branch {branch} is not on the remote (fetch first, or check the base branch's name)")]
+    NoBranch { branch: String },
+    #[error("upkeep never force-pushes {branch}: only its own upkeep/ branches")]
+    ForceOutsideOwnBranches { branch: String },
+    #[error("{file}: {message}")]
+    Edit { file: String, message: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Who upkeep's commits are by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Author {
+    pub name: String,
+    pub email: String,
+}
+
+impl Default for Author {
+    fn default() -> Author {
+        Author {
+            name: "upkeep".into(),
+            email: "upkeep@users.noreply.github.com".into(),
+        }
+    }
+}
+
+/// A bare mirror of the config repository.
+pub struct GitRepo {
+    repo: Repository,
+    path: PathBuf,
+    url: String,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for GitRepo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token never reaches logs.
+        f.debug_struct("GitRepo")
+            .field("path", &self.path)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn git<'a>(op: &'static str, path: &'a Path) -> impl Fn(git2::Error) -> Error + 'a {
+    move |e| Error::Git {
+        op,
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    }
+}
+
+/// Only upkeep's own branches may be force-pushed.
+pub const OWN_PREFIX: &str = "upkeep/";
+
+impl GitRepo {
+    /// Open (or create) the mirror at `dir` for `url`: a local path, `file://`, or `http(s)://`
+    /// (the token is sent as the password of user `x-access-token`, as GitHub expects).
+    pub fn open(dir: &Path, url: &str, token: Option<String>) -> Result<GitRepo> {
+        let repo = match Repository::open_bare(dir) {
+            Ok(r) => r,
+            Err(_) => {
+                std::fs::create_dir_all(dir).map_err(|e| Error::Git {
+                    op: "create the mirror",
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                Repository::init_bare(dir).map_err(git("create the mirror", dir))?
+            }
+        };
+        match repo.find_remote("origin") {
+            Ok(r) if r.url().ok() == Some(url) => {}
+            Ok(_) => repo
+                .remote_set_url("origin", url)
+                .map_err(git("set the remote", dir))?,
+            Err(_) => {
+                repo.remote("origin", url).map_err(git("add the remote", dir))?;
+            }
+        }
+        Ok(GitRepo {
+            repo,
+            path: dir.to_path_buf(),
+            url: url.to_string(),
+            token,
+        })
+    }
+
+    fn callbacks(&self) -> RemoteCallbacks<'_> {
+        let mut cb = RemoteCallbacks::new();
+        let token = self.token.clone();
+        cb.credentials(move |_url, _user, _allowed| match &token {
+            Some(t) => Cred::userpass_plaintext("x-access-token", t),
+            None => Err(git2::Error::from_str("the remote asks for credentials and no token is set")),
+        });
+        cb
+    }
+
+    /// Fetch every branch (`refs/remotes/origin/*`), pruning deleted ones.
+    pub fn fetch(&self) -> Result<()> {
+        let mut remote = self.repo.find_remote("origin").map_err(git("find the remote", &self.path))?;
+        let mut opts = FetchOptions::new();
+        opts.remote_callbacks(self.callbacks());
+        opts.prune(git2::FetchPrune::On);
+        remote
+            .fetch(&["+refs/heads/*:refs/remotes/origin/*"], Some(&mut opts), None)
+            .map_err(git("fetch", &self.path))
+    }
+
+    /// The remote branch's commit, as of the last fetch.
+    pub fn tip(&self, branch: &str) -> Result<Oid> {
+        self.repo
+            .refname_to_id(&format!("refs/remotes/origin/{branch}"))
+            .map_err(|_| Error::NoBranch {
+                branch: branch.to_string(),
+            })
+    }
+
+    pub fn remote_branch(&self, branch: &str) -> Option<Oid> {
+        self.tip(branch).ok()
+    }
+
+    /// A commit's first parent.
+    pub fn parent(&self, commit: Oid) -> Option<Oid> {
+        self.repo.find_commit(commit).ok()?.parent_id(0).ok()
+    }
+
+    /// The bytes of `path` in `commit` (None when absent).
+    pub fn read_file(&self, commit: Oid, path: &str) -> Result<Option<Vec<u8>>> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(git("read a commit", &self.path))?;
+        match tree.get_path(Path::new(path)) {
+            Ok(entry) => {
+                let blob = self
+                    .repo
+                    .find_blob(entry.id())
+                    .map_err(git("read a file", &self.path))?;
+                Ok(Some(blob.content().to_vec()))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Write the files under `subdir` (a cluster directory, "" for the root) of `commit` into
+    /// `dest`, which is emptied first.
+    pub fn extract(&self, commit: Oid, subdir: &str, dest: &Path) -> Result<()> {
+        let io = |e: std::io::Error| Error::Git {
+            op: "extract the config repo",
+            path: dest.to_path_buf(),
+            message: e.to_string(),
+        };
+        if dest.exists() {
+            std::fs::remove_dir_all(dest).map_err(io)?;
+        }
+        std::fs::create_dir_all(dest).map_err(io)?;
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(git("read a commit", &self.path))?;
+        let prefix = subdir.trim_matches('/');
+        let mut failure = None;
+        tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+            let rel = format!("{root}{}", entry.name().unwrap_or(""));
+            let inside = prefix.is_empty() || rel == prefix || rel.starts_with(&format!("{prefix}/"));
+            let above = prefix.starts_with(&format!("{rel}/"));
+            if !inside && !above {
+                return git2::TreeWalkResult::Skip;
+            }
+            if entry.kind() == Some(git2::ObjectType::Blob) && inside {
+                let out = dest.join(rel.strip_prefix(prefix).unwrap_or(&rel).trim_start_matches('/'));
+                let r = self
+                    .repo
+                    .find_blob(entry.id())
+                    .map_err(|e| std::io::Error::other(e.message().to_string()))
+                    .and_then(|b| {
+                        if let Some(p) = out.parent() {
+                            std::fs::create_dir_all(p)?;
+                        }
+                        std::fs::write(&out, b.content())
+                    });
+                if let Err(e) = r {
+                    failure = Some(e);
+                    return git2::TreeWalkResult::Abort;
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .ok();
+        match failure {
+            Some(e) => Err(io(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// A new commit on `parent` with `path` set to `bytes` (no branch moves).
+    pub fn commit_file(&self, parent: Oid, path: &str, bytes: &[u8], message: &str, author: &Author) -> Result<Oid> {
+        let e = git("commit", &self.path);
+        let parent = self.repo.find_commit(parent).map_err(&e)?;
+        let blob = self.repo.blob(bytes).map_err(&e)?;
+        let tree = replace(&self.repo, &parent.tree().map_err(&e)?, path, blob).map_err(&e)?;
+        let tree = self.repo.find_tree(tree).map_err(&e)?;
+        let sig = Signature::now(&author.name, &author.email).map_err(&e)?;
+        self.repo
+            .commit(None, &sig, &sig, message, &tree, &[&parent])
+            .map_err(&e)
+    }
+
+    pub fn message(&self, commit: Oid) -> Option<String> {
+        self.repo.find_commit(commit).ok()?.message().ok().map(str::to_string)
+    }
+
+    /// Push `commit` to `branch`. `force` is refused for anything but upkeep's own branches; a
+    /// refusal by the remote (protection, a non-fast-forward) is an error, never a silent Ok.
+    pub fn push(&self, commit: Oid, branch: &str, force: bool) -> Result<()> {
+        if force && !branch.starts_with(OWN_PREFIX) {
+            return Err(Error::ForceOutsideOwnBranches {
+                branch: branch.to_string(),
+            });
+        }
+        let e = git("push", &self.path);
+        let local = format!("refs/heads/{branch}");
+        self.repo
+            .reference(&local, commit, true, "upkeep: branch to push")
+            .map_err(&e)?;
+        let spec = format!("{}{local}:{local}", if force { "+" } else { "" });
+        let mut remote = self.repo.find_remote("origin").map_err(&e)?;
+        let refused: std::cell::RefCell<Option<(String, String)>> = std::cell::RefCell::new(None);
+        {
+            let mut cb = self.callbacks();
+            cb.push_update_reference(|r, status| {
+                if let Some(s) = status {
+                    *refused.borrow_mut() = Some((r.to_string(), s.to_string()));
+                }
+                Ok(())
+            });
+            let mut opts = PushOptions::new();
+            opts.remote_callbacks(cb);
+            let r = remote.push(&[spec.as_str()], Some(&mut opts));
+            if let Err(err) = r {
+                // A hook that declines the push may also fail the call as a whole.
+                refused
+                    .borrow_mut()
+                    .get_or_insert((local.clone(), err.message().to_string()));
+            }
+        }
+        let refused = refused.into_inner();
+        if let Some((refname, reason)) = refused {
+            return Err(Error::PushRefused { refname, reason });
+        }
+        // Keep the remote-tracking ref in step without another fetch.
+        let _ = self.repo.reference(
+            &format!("refs/remotes/origin/{branch}"),
+            commit,
+            true,
+            "upkeep: pushed",
+        );
+        Ok(())
+    }
+
+    /// Delete a remote branch of upkeep's own (after its PR was closed).
+    pub fn delete_branch(&self, branch: &str) -> Result<()> {
+        if !branch.starts_with(OWN_PREFIX) {
+            return Err(Error::ForceOutsideOwnBranches {
+                branch: branch.to_string(),
+            });
+        }
+        let e = git("delete a branch", &self.path);
+        let mut remote = self.repo.find_remote("origin").map_err(&e)?;
+        let mut opts = PushOptions::new();
+        opts.remote_callbacks(self.callbacks());
+        remote
+            .push(&[format!(":refs/heads/{branch}").as_str()], Some(&mut opts))
+            .map_err(&e)?;
+        if let Ok(mut r) = self.repo.find_reference(&format!("refs/remotes/origin/{branch}")) {
+            let _ = r.delete();
+        }
+        Ok(())
+    }
+}
+
+fn replace(repo: &Repository, tree: &git2::Tree<'_>, path: &str, blob: Oid) -> Result<Oid, git2::Error> {
+    let (first, rest) = match path.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (path, None),
+    };
+    let mut tb = repo.treebuilder(Some(tree))?;
+    match rest {
+        None => {
+            let mode = tree.get_name(first).map_or(0o100644, |e| e.filemode());
+            tb.insert(first, blob, mode)?;
+        }
+        Some(rest) => {
+            let sub = match tree.get_name(first) {
+                Some(e) => repo.find_tree(e.id())?,
+                None => repo.find_tree(repo.treebuilder(None)?.write()?)?,
+            };
+            let oid = replace(repo, &sub, rest, blob)?;
+            tb.insert(first, oid, 0o040000)?;
+        }
+    }
+    tb.write()
+}
+
+/// Change `component`'s `version:` in a versions.yaml from `from` to `to`, in place: only the
+/// scalar's text changes; comments, key order, quoting and indentation stay byte for byte.
+pub fn set_version(file: &str, text: &str, component: &str, from: &str, to: &str) -> Result<String> {
+    let fail = |message: String| Error::Edit {
+        file: file.to_string(),
+        message,
+    };
+    let parsed: VersionsFile = crate::model::load::parse_yaml(file, text)
+        .map_err(|d| fail(format!("cannot read it: {}", d.message)))?;
+    let entry = parsed
+        .components
+        .0
+        .iter()
+        .find(|(k, _)| k.value == component)
+        .map(|(_, v)| v)
+        .ok_or_else(|| fail(format!("no component {component:?}")))?;
+    let pos = entry.version.pos;
+    if entry.version.value != from {
+        return Err(fail(format!(
+            "{component} is at {} on the base branch, not {from}",
+            entry.version.value
+        )));
+    }
+    // (line, column) are 1-based, the column in characters.
+    let line_start: usize = text
+        .split_inclusive('\n')
+        .take(usize::try_from(pos.line.saturating_sub(1)).unwrap_or(usize::MAX))
+        .map(str::len)
+        .sum();
+    let line = &text[line_start..];
+    let col = line
+        .char_indices()
+        .nth(usize::try_from(pos.column.saturating_sub(1)).unwrap_or(usize::MAX))
+        .map_or(line.len(), |(i, _)| i);
+    let mut at = line_start + col;
+    if matches!(text[at..].chars().next(), Some('"' | '\'')) {
+        at += 1;
+    }
+    if !text[at..].starts_with(from) {
+        return Err(fail(format!(
+            "the version of {component} at {}:{} is not written as plain text ({from}); edit it by hand",
+            pos.line, pos.column
+        )));
+    }
+    Ok(format!("{}{to}{}", &text[..at], &text[at + from.len()..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"# Desired versions.
+apiVersion: upkeep.dev/v1alpha1
+kind: DesiredVersions
+components:
+  k3s:   {version: "v1.33.4+k3s1", track: stable}   # flow style, quoted
+  flux:
+    # comment above
+    version: 'v2.6.4'    # single quotes
+  longhorn:
+    version:    v1.9.1   # plain, odd spacing
+"#;
+
+    #[test]
+    fn only_the_scalar_changes() {
+        let out = set_version("versions.yaml", FILE, "k3s", "v1.33.4+k3s1", "v1.33.5+k3s1").unwrap_or_default();
+        assert_eq!(out, FILE.replace("v1.33.4+k3s1", "v1.33.5+k3s1"));
+        let out = set_version("versions.yaml", FILE, "flux", "v2.6.4", "v2.7.0").unwrap_or_default();
+        assert_eq!(out, FILE.replace("'v2.6.4'", "'v2.7.0'"));
+        let out = set_version("versions.yaml", FILE, "longhorn", "v1.9.1", "v1.10.2").unwrap_or_default();
+        assert_eq!(out, FILE.replace("v1.9.1", "v1.10.2"));
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_edit_safely() {
+        assert!(set_version("versions.yaml", FILE, "k3s", "v1.33.3+k3s1", "v1.33.5+k3s1").is_err(), "stale from");
+        assert!(set_version("versions.yaml", FILE, "nope", "v1", "v2").is_err());
+        assert!(set_version("versions.yaml", "not: [yaml", "k3s", "v1", "v2").is_err());
+    }
+}
