@@ -1,0 +1,371 @@
+//! The forge: pull requests, issues, labels and comments. [`Forge`] is what upkeep needs of
+//! one; [`GitHub`] implements it through octocrab (GitHub.com, Enterprise, or the simulator), so
+//! that Gitea or Forgejo can follow. Every request is retried with backoff on 5xx, transport
+//! errors and timeouts; rate limits are waited out when short and reported when long.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{api}: the token was refused (401): check --github-token-file or GITHUB_TOKEN and its access to {repo}")]
+    Unauthorized { api: String, repo: String },
+    #[error("{what} was not found (404) on {api}: check --owner/--name and the token's access")]
+    NotFound { api: String, what: String },
+    #[error("GitHub rate limit until {until}: left for the next cycle")]
+    RateLimited { until: DateTime<Utc> },
+    #[error("{method} {path} answered {status}: {message}")]
+    Status {
+        method: String,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{method} {path}: {detail} (after retries; left for the next cycle)")]
+    Transport {
+        method: String,
+        path: String,
+        detail: String,
+    },
+    #[error("the forge answered something unreadable for {path}: {detail}")]
+    Parse { path: String, detail: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// For metrics and logs: one label per variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Unauthorized { .. } => "unauthorized",
+            Error::NotFound { .. } => "not_found",
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Status { .. } => "status",
+            Error::Transport { .. } => "transport",
+            Error::Parse { .. } => "parse",
+            Error::Config(_) => "config",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A pull request as upkeep sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullRequest {
+    pub number: u64,
+    pub title: String,
+    pub body: String,
+    /// `open` or `closed`.
+    pub state: String,
+    pub merged: bool,
+    pub head: String,
+    pub base: String,
+    pub labels: Vec<String>,
+    pub url: String,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl PullRequest {
+    pub fn is_open(&self) -> bool {
+        self.state == "open"
+    }
+    /// Closed by a human without merging: "not this version".
+    pub fn is_rejected(&self) -> bool {
+        self.state == "closed" && !self.merged
+    }
+}
+
+/// An issue (the dependency dashboard).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    pub number: u64,
+    pub title: String,
+    pub body: String,
+    pub state: String,
+}
+
+/// What upkeep needs of a forge. Used with static dispatch only.
+#[allow(async_fn_in_trait)]
+pub trait Forge {
+    /// Every pull request whose head branch starts with `prefix`, in any state.
+    async fn pulls(&self, prefix: &str) -> Result<Vec<PullRequest>>;
+    async fn create_pull(&self, title: &str, head: &str, base: &str, body: &str) -> Result<PullRequest>;
+    async fn update_pull(&self, number: u64, title: Option<&str>, body: Option<&str>, state: Option<&str>) -> Result<()>;
+    async fn add_labels(&self, number: u64, labels: &[String]) -> Result<()>;
+    async fn comment(&self, number: u64, body: &str) -> Result<()>;
+    async fn comments(&self, number: u64) -> Result<Vec<String>>;
+    /// The open issue carrying `label`, if any.
+    async fn find_issue(&self, label: &str) -> Result<Option<Issue>>;
+    async fn create_issue(&self, title: &str, body: &str, labels: &[String]) -> Result<Issue>;
+    async fn update_issue(&self, number: u64, body: &str) -> Result<()>;
+}
+
+/// Requests and writes made, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+/// GitHub's REST API for one repository.
+pub struct GitHub {
+    octo: octocrab::Octocrab,
+    api: String,
+    repo: String,
+    pub retries: u32,
+    pub backoff: Duration,
+    pub max_wait: Duration,
+    pub timeout: Duration,
+    pub counters: Counters,
+}
+
+impl GitHub {
+    /// `api` like `https://api.github.com`; `repo` as `owner/name`.
+    pub fn new(api: &str, repo: &str, token: Option<&str>) -> Result<GitHub> {
+        let api = api.trim_end_matches('/').to_string();
+        if !(api.starts_with("https://") || api.starts_with("http://")) {
+            return Err(Error::Config(format!("the GitHub API URL {api:?} must start with https:// (or http:// for a local server)")));
+        }
+        let mut b = octocrab::Octocrab::builder()
+            .base_uri(api.as_str())
+            .map_err(|e| Error::Config(format!("the GitHub API URL {api:?}: {e}")))?
+            .add_header(http::header::ACCEPT, "application/vnd.github+json".to_string())
+            .add_header(http::HeaderName::from_static("x-github-api-version"), "2022-11-28".to_string());
+        if let Some(t) = token {
+            b = b.personal_token(t.to_string());
+        }
+        let octo = b.build().map_err(|e| Error::Config(format!("cannot build the GitHub client: {e}")))?;
+        Ok(GitHub {
+            octo,
+            api,
+            repo: repo.to_string(),
+            retries: 3,
+            backoff: Duration::from_millis(500),
+            max_wait: Duration::from_secs(10),
+            timeout: Duration::from_secs(30),
+            counters: Counters::default(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/repos/{}{path}", self.api, self.repo)
+    }
+
+    /// One request with retries. Returns the status and the JSON body (Null when empty).
+    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let mut attempt = 0u32;
+        loop {
+            let r = self.once(method.clone(), path, body).await;
+            let retry = match &r {
+                Err(Error::Transport { .. }) => true,
+                Err(Error::Status { status, .. }) => *status >= 500,
+                _ => false,
+            };
+            if !retry || attempt >= self.retries {
+                return r;
+            }
+            let wait = self.backoff.saturating_mul(1 << attempt.min(10));
+            tracing::debug!(path, attempt, ?wait, "retrying a forge request");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn once(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        let url = self.url(path);
+        let m = method.to_string();
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if method != Method::GET {
+            self.counters.writes.fetch_add(1, Ordering::Relaxed);
+        }
+        let transport = |detail: String| Error::Transport { method: m.clone(), path: path.to_string(), detail };
+        let fut = async {
+            let resp = match method {
+                Method::POST => self.octo._post(url.as_str(), body).await,
+                Method::PATCH => self.octo._patch(url.as_str(), body).await,
+                Method::PUT => self.octo._put(url.as_str(), body).await,
+                _ => self.octo._get(url.as_str()).await,
+            }
+            .map_err(|e| transport(crate::sources::http::error_chain(&e)))?;
+            let (parts, b) = resp.into_parts();
+            let bytes = b
+                .collect()
+                .await
+                .map_err(|e| transport(format!("the answer broke off: {}", crate::sources::http::error_chain(&e))))?
+                .to_bytes();
+            Ok::<_, Error>((parts.status, parts.headers, bytes))
+        };
+        let (status, headers, bytes) = tokio::time::timeout(self.timeout, fut)
+            .await
+            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))??;
+        let json: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        if status.is_success() {
+            return Ok((status.as_u16(), json));
+        }
+        let message = json["message"].as_str().unwrap_or("").to_string();
+        if let Some(until) = rate_limited(status, &headers, &message) {
+            let wait = (until - Utc::now()).to_std().unwrap_or_default();
+            if wait <= self.max_wait {
+                tracing::info!(?wait, "waiting for the GitHub rate limit");
+                tokio::time::sleep(wait).await;
+                return Box::pin(self.once(method, path, body)).await;
+            }
+            return Err(Error::RateLimited { until });
+        }
+        Err(match status.as_u16() {
+            401 => Error::Unauthorized { api: self.api.clone(), repo: self.repo.clone() },
+            404 => Error::NotFound { api: self.api.clone(), what: format!("{}{path}", self.repo) },
+            s => {
+                let details: Vec<String> = json["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e["message"].as_str().map(str::to_string))
+                    .collect();
+                Error::Status {
+                    method: m,
+                    path: path.to_string(),
+                    status: s,
+                    message: if details.is_empty() { message } else { format!("{message}: {}", details.join("; ")) },
+                }
+            }
+        })
+    }
+
+    /// Every page of a list.
+    async fn list(&self, path: &str) -> Result<Vec<Value>> {
+        let mut out = Vec::new();
+        for page in 1..=50 {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let (_, v) = self.send(Method::GET, &format!("{path}{sep}per_page=100&page={page}"), None).await?;
+            let items = v.as_array().cloned().ok_or_else(|| Error::Parse { path: path.into(), detail: "not a list".into() })?;
+            let n = items.len();
+            out.extend(items);
+            if n < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn rate_limited(status: StatusCode, headers: &HeaderMap, message: &str) -> Option<DateTime<Utc>> {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let now = Utc::now();
+    if let Some(s) = h("retry-after").and_then(|v| v.parse::<i64>().ok()) {
+        return Some(now + chrono::Duration::seconds(s));
+    }
+    if status == StatusCode::FORBIDDEN || status == StatusCode::TOO_MANY_REQUESTS {
+        if h("x-ratelimit-remaining") == Some("0") {
+            return h("x-ratelimit-reset")
+                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(|t| DateTime::from_timestamp(t, 0))
+                .or(Some(now + chrono::Duration::seconds(60)));
+        }
+        if message.contains("secondary rate limit") {
+            return Some(now + chrono::Duration::seconds(60));
+        }
+    }
+    None
+}
+
+fn pull_of(v: &Value) -> PullRequest {
+    PullRequest {
+        number: v["number"].as_u64().unwrap_or(0),
+        title: v["title"].as_str().unwrap_or("").to_string(),
+        body: v["body"].as_str().unwrap_or("").to_string(),
+        state: v["state"].as_str().unwrap_or("").to_string(),
+        merged: v["merged_at"].is_string() || v["merged"] == json!(true),
+        head: v["head"]["ref"].as_str().unwrap_or("").to_string(),
+        base: v["base"]["ref"].as_str().unwrap_or("").to_string(),
+        labels: v["labels"].as_array().into_iter().flatten().filter_map(|l| l["name"].as_str().map(str::to_string)).collect(),
+        url: v["html_url"].as_str().unwrap_or("").to_string(),
+        created_at: v["created_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
+    }
+}
+
+fn issue_of(v: &Value) -> Issue {
+    Issue {
+        number: v["number"].as_u64().unwrap_or(0),
+        title: v["title"].as_str().unwrap_or("").to_string(),
+        body: v["body"].as_str().unwrap_or("").to_string(),
+        state: v["state"].as_str().unwrap_or("").to_string(),
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F").replace(':', "%3A").replace(',', "%2C").replace(' ', "%20").replace('+', "%2B")
+}
+
+impl Forge for GitHub {
+    async fn pulls(&self, prefix: &str) -> Result<Vec<PullRequest>> {
+        let all = self.list("/pulls?state=all").await?;
+        Ok(all.iter().map(pull_of).filter(|p| p.head.starts_with(prefix)).collect())
+    }
+
+    async fn create_pull(&self, title: &str, head: &str, base: &str, body: &str) -> Result<PullRequest> {
+        let (_, v) = self
+            .send(Method::POST, "/pulls", Some(&json!({"title": title, "head": head, "base": base, "body": body})))
+            .await?;
+        Ok(pull_of(&v))
+    }
+
+    async fn update_pull(&self, number: u64, title: Option<&str>, body: Option<&str>, state: Option<&str>) -> Result<()> {
+        let mut b = json!({});
+        if let Some(t) = title {
+            b["title"] = json!(t);
+        }
+        if let Some(x) = body {
+            b["body"] = json!(x);
+        }
+        if let Some(s) = state {
+            b["state"] = json!(s);
+        }
+        self.send(Method::PATCH, &format!("/pulls/{number}"), Some(&b)).await.map(|_| ())
+    }
+
+    async fn add_labels(&self, number: u64, labels: &[String]) -> Result<()> {
+        self.send(Method::POST, &format!("/issues/{number}/labels"), Some(&json!({"labels": labels})))
+            .await
+            .map(|_| ())
+    }
+
+    async fn comment(&self, number: u64, body: &str) -> Result<()> {
+        self.send(Method::POST, &format!("/issues/{number}/comments"), Some(&json!({"body": body})))
+            .await
+            .map(|_| ())
+    }
+
+    async fn comments(&self, number: u64) -> Result<Vec<String>> {
+        let all = self.list(&format!("/issues/{number}/comments")).await?;
+        Ok(all.iter().filter_map(|c| c["body"].as_str().map(str::to_string)).collect())
+    }
+
+    async fn find_issue(&self, label: &str) -> Result<Option<Issue>> {
+        let all = self.list(&format!("/issues?state=open&labels={}", enc(label))).await?;
+        Ok(all.iter().filter(|i| i.get("pull_request").is_none()).map(issue_of).min_by_key(|i| i.number))
+    }
+
+    async fn create_issue(&self, title: &str, body: &str, labels: &[String]) -> Result<Issue> {
+        let (_, v) = self
+            .send(Method::POST, "/issues", Some(&json!({"title": title, "body": body, "labels": labels})))
+            .await?;
+        Ok(issue_of(&v))
+    }
+
+    async fn update_issue(&self, number: u64, body: &str) -> Result<()> {
+        self.send(Method::PATCH, &format!("/issues/{number}"), Some(&json!({"body": body})))
+            .await
+            .map(|_| ())
+    }
+}

@@ -16,7 +16,7 @@ pub mod catalog;
 pub mod channel;
 pub mod github;
 pub mod helm;
-mod http;
+pub(crate) mod http;
 
 use std::collections::HashMap;
 use std::future::Future;
