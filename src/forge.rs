@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    #[error("{api}: the token was refused (401): check --github-token-file or GITHUB_TOKEN and its access to {repo}")]
+    #[error(
+        "{api}: the token was refused (401): check --github-token-file or GITHUB_TOKEN and its access to {repo}"
+    )]
     Unauthorized { api: String, repo: String },
     #[error("{what} was not found (404) on {api}: check --owner/--name and the token's access")]
     NotFound { api: String, what: String },
@@ -95,8 +97,20 @@ pub struct Issue {
 pub trait Forge {
     /// Every pull request whose head branch starts with `prefix`, in any state.
     async fn pulls(&self, prefix: &str) -> Result<Vec<PullRequest>>;
-    async fn create_pull(&self, title: &str, head: &str, base: &str, body: &str) -> Result<PullRequest>;
-    async fn update_pull(&self, number: u64, title: Option<&str>, body: Option<&str>, state: Option<&str>) -> Result<()>;
+    async fn create_pull(
+        &self,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<PullRequest>;
+    async fn update_pull(
+        &self,
+        number: u64,
+        title: Option<&str>,
+        body: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<()>;
     async fn add_labels(&self, number: u64, labels: &[String]) -> Result<()>;
     async fn comment(&self, number: u64, body: &str) -> Result<()>;
     async fn comments(&self, number: u64) -> Result<Vec<String>>;
@@ -130,17 +144,27 @@ impl GitHub {
     pub fn new(api: &str, repo: &str, token: Option<&str>) -> Result<GitHub> {
         let api = api.trim_end_matches('/').to_string();
         if !(api.starts_with("https://") || api.starts_with("http://")) {
-            return Err(Error::Config(format!("the GitHub API URL {api:?} must start with https:// (or http:// for a local server)")));
+            return Err(Error::Config(format!(
+                "the GitHub API URL {api:?} must start with https:// (or http:// for a local server)"
+            )));
         }
         let mut b = octocrab::Octocrab::builder()
             .base_uri(api.as_str())
             .map_err(|e| Error::Config(format!("the GitHub API URL {api:?}: {e}")))?
-            .add_header(http::header::ACCEPT, "application/vnd.github+json".to_string())
-            .add_header(http::HeaderName::from_static("x-github-api-version"), "2022-11-28".to_string());
+            .add_header(
+                http::header::ACCEPT,
+                "application/vnd.github+json".to_string(),
+            )
+            .add_header(
+                http::HeaderName::from_static("x-github-api-version"),
+                "2022-11-28".to_string(),
+            );
         if let Some(t) = token {
             b = b.personal_token(t.to_string());
         }
-        let octo = b.build().map_err(|e| Error::Config(format!("cannot build the GitHub client: {e}")))?;
+        let octo = b
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the GitHub client: {e}")))?;
         Ok(GitHub {
             octo,
             api,
@@ -184,7 +208,11 @@ impl GitHub {
         if method != Method::GET {
             self.counters.writes.fetch_add(1, Ordering::Relaxed);
         }
-        let transport = |detail: String| Error::Transport { method: m.clone(), path: path.to_string(), detail };
+        let transport = |detail: String| Error::Transport {
+            method: m.clone(),
+            path: path.to_string(),
+            detail,
+        };
         let fut = async {
             let resp = match method {
                 Method::POST => self.octo._post(url.as_str(), body).await,
@@ -197,7 +225,12 @@ impl GitHub {
             let bytes = b
                 .collect()
                 .await
-                .map_err(|e| transport(format!("the answer broke off: {}", crate::sources::http::error_chain(&e))))?
+                .map_err(|e| {
+                    transport(format!(
+                        "the answer broke off: {}",
+                        crate::sources::http::error_chain(&e)
+                    ))
+                })?
                 .to_bytes();
             Ok::<_, Error>((parts.status, parts.headers, bytes))
         };
@@ -223,8 +256,14 @@ impl GitHub {
             return Err(Error::RateLimited { until });
         }
         Err(match status.as_u16() {
-            401 => Error::Unauthorized { api: self.api.clone(), repo: self.repo.clone() },
-            404 => Error::NotFound { api: self.api.clone(), what: format!("{}{path}", self.repo) },
+            401 => Error::Unauthorized {
+                api: self.api.clone(),
+                repo: self.repo.clone(),
+            },
+            404 => Error::NotFound {
+                api: self.api.clone(),
+                what: format!("{}{path}", self.repo),
+            },
             s => {
                 let details: Vec<String> = json["errors"]
                     .as_array()
@@ -236,7 +275,11 @@ impl GitHub {
                     method: m,
                     path: path.to_string(),
                     status: s,
-                    message: if details.is_empty() { message } else { format!("{message}: {}", details.join("; ")) },
+                    message: if details.is_empty() {
+                        message
+                    } else {
+                        format!("{message}: {}", details.join("; "))
+                    },
                 }
             }
         })
@@ -247,8 +290,17 @@ impl GitHub {
         let mut out = Vec::new();
         for page in 1..=50 {
             let sep = if path.contains('?') { '&' } else { '?' };
-            let (_, v) = self.send(Method::GET, &format!("{path}{sep}per_page=100&page={page}"), None).await?;
-            let items = v.as_array().cloned().ok_or_else(|| Error::Parse { path: path.into(), detail: "not a list".into() })?;
+            let (_, v) = self
+                .send(
+                    Method::GET,
+                    &format!("{path}{sep}per_page=100&page={page}"),
+                    None,
+                )
+                .await?;
+            let items = v.as_array().cloned().ok_or_else(|| Error::Parse {
+                path: path.into(),
+                detail: "not a list".into(),
+            })?;
             let n = items.len();
             out.extend(items);
             if n < 100 {
@@ -288,9 +340,17 @@ fn pull_of(v: &Value) -> PullRequest {
         merged: v["merged_at"].is_string() || v["merged"] == json!(true),
         head: v["head"]["ref"].as_str().unwrap_or("").to_string(),
         base: v["base"]["ref"].as_str().unwrap_or("").to_string(),
-        labels: v["labels"].as_array().into_iter().flatten().filter_map(|l| l["name"].as_str().map(str::to_string)).collect(),
+        labels: v["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["name"].as_str().map(str::to_string))
+            .collect(),
         url: v["html_url"].as_str().unwrap_or("").to_string(),
-        created_at: v["created_at"].as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)),
+        created_at: v["created_at"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
     }
 }
 
@@ -304,23 +364,48 @@ fn issue_of(v: &Value) -> Issue {
 }
 
 fn enc(s: &str) -> String {
-    s.replace('%', "%25").replace('/', "%2F").replace(':', "%3A").replace(',', "%2C").replace(' ', "%20").replace('+', "%2B")
+    s.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace(':', "%3A")
+        .replace(',', "%2C")
+        .replace(' ', "%20")
+        .replace('+', "%2B")
 }
 
 impl Forge for GitHub {
     async fn pulls(&self, prefix: &str) -> Result<Vec<PullRequest>> {
         let all = self.list("/pulls?state=all").await?;
-        Ok(all.iter().map(pull_of).filter(|p| p.head.starts_with(prefix)).collect())
+        Ok(all
+            .iter()
+            .map(pull_of)
+            .filter(|p| p.head.starts_with(prefix))
+            .collect())
     }
 
-    async fn create_pull(&self, title: &str, head: &str, base: &str, body: &str) -> Result<PullRequest> {
+    async fn create_pull(
+        &self,
+        title: &str,
+        head: &str,
+        base: &str,
+        body: &str,
+    ) -> Result<PullRequest> {
         let (_, v) = self
-            .send(Method::POST, "/pulls", Some(&json!({"title": title, "head": head, "base": base, "body": body})))
+            .send(
+                Method::POST,
+                "/pulls",
+                Some(&json!({"title": title, "head": head, "base": base, "body": body})),
+            )
             .await?;
         Ok(pull_of(&v))
     }
 
-    async fn update_pull(&self, number: u64, title: Option<&str>, body: Option<&str>, state: Option<&str>) -> Result<()> {
+    async fn update_pull(
+        &self,
+        number: u64,
+        title: Option<&str>,
+        body: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<()> {
         let mut b = json!({});
         if let Some(t) = title {
             b["title"] = json!(t);
@@ -331,41 +416,68 @@ impl Forge for GitHub {
         if let Some(s) = state {
             b["state"] = json!(s);
         }
-        self.send(Method::PATCH, &format!("/pulls/{number}"), Some(&b)).await.map(|_| ())
+        self.send(Method::PATCH, &format!("/pulls/{number}"), Some(&b))
+            .await
+            .map(|_| ())
     }
 
     async fn add_labels(&self, number: u64, labels: &[String]) -> Result<()> {
-        self.send(Method::POST, &format!("/issues/{number}/labels"), Some(&json!({"labels": labels})))
-            .await
-            .map(|_| ())
+        self.send(
+            Method::POST,
+            &format!("/issues/{number}/labels"),
+            Some(&json!({"labels": labels})),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn comment(&self, number: u64, body: &str) -> Result<()> {
-        self.send(Method::POST, &format!("/issues/{number}/comments"), Some(&json!({"body": body})))
-            .await
-            .map(|_| ())
+        self.send(
+            Method::POST,
+            &format!("/issues/{number}/comments"),
+            Some(&json!({"body": body})),
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn comments(&self, number: u64) -> Result<Vec<String>> {
         let all = self.list(&format!("/issues/{number}/comments")).await?;
-        Ok(all.iter().filter_map(|c| c["body"].as_str().map(str::to_string)).collect())
+        Ok(all
+            .iter()
+            .filter_map(|c| c["body"].as_str().map(str::to_string))
+            .collect())
     }
 
     async fn find_issue(&self, label: &str) -> Result<Option<Issue>> {
-        let all = self.list(&format!("/issues?state=open&labels={}", enc(label))).await?;
-        Ok(all.iter().filter(|i| i.get("pull_request").is_none()).map(issue_of).min_by_key(|i| i.number))
+        let all = self
+            .list(&format!("/issues?state=open&labels={}", enc(label)))
+            .await?;
+        Ok(all
+            .iter()
+            .filter(|i| i.get("pull_request").is_none())
+            .map(issue_of)
+            .min_by_key(|i| i.number))
     }
 
     async fn create_issue(&self, title: &str, body: &str, labels: &[String]) -> Result<Issue> {
         let (_, v) = self
-            .send(Method::POST, "/issues", Some(&json!({"title": title, "body": body, "labels": labels})))
+            .send(
+                Method::POST,
+                "/issues",
+                Some(&json!({"title": title, "body": body, "labels": labels})),
+            )
             .await?;
         Ok(issue_of(&v))
     }
 
     async fn update_issue(&self, number: u64, body: &str) -> Result<()> {
-        self.send(Method::PATCH, &format!("/issues/{number}"), Some(&json!({"body": body})))
-            .await
-            .map(|_| ())
+        self.send(
+            Method::PATCH,
+            &format!("/issues/{number}"),
+            Some(&json!({"body": body})),
+        )
+        .await
+        .map(|_| ())
     }
 }

@@ -19,7 +19,9 @@ pub enum Error {
         path: PathBuf,
         message: String,
     },
-    #[error("the push of {refname} was refused: {reason} (protected branch, or someone pushed first)")]
+    #[error(
+        "the push of {refname} was refused: {reason} (protected branch, or someone pushed first)"
+    )]
     PushRefused { refname: String, reason: String },
     #[error("branch {branch} is not on the remote (fetch first, or check the base branch's name)")]
     NoBranch { branch: String },
@@ -97,7 +99,8 @@ impl GitRepo {
                 .remote_set_url("origin", url)
                 .map_err(git("set the remote", dir))?,
             Err(_) => {
-                repo.remote("origin", url).map_err(git("add the remote", dir))?;
+                repo.remote("origin", url)
+                    .map_err(git("add the remote", dir))?;
             }
         }
         Ok(GitRepo {
@@ -113,19 +116,28 @@ impl GitRepo {
         let token = self.token.clone();
         cb.credentials(move |_url, _user, _allowed| match &token {
             Some(t) => Cred::userpass_plaintext("x-access-token", t),
-            None => Err(git2::Error::from_str("the remote asks for credentials and no token is set")),
+            None => Err(git2::Error::from_str(
+                "the remote asks for credentials and no token is set",
+            )),
         });
         cb
     }
 
     /// Fetch every branch (`refs/remotes/origin/*`), pruning deleted ones.
     pub fn fetch(&self) -> Result<()> {
-        let mut remote = self.repo.find_remote("origin").map_err(git("find the remote", &self.path))?;
+        let mut remote = self
+            .repo
+            .find_remote("origin")
+            .map_err(git("find the remote", &self.path))?;
         let mut opts = FetchOptions::new();
         opts.remote_callbacks(self.callbacks());
         opts.prune(git2::FetchPrune::On);
         remote
-            .fetch(&["+refs/heads/*:refs/remotes/origin/*"], Some(&mut opts), None)
+            .fetch(
+                &["+refs/heads/*:refs/remotes/origin/*"],
+                Some(&mut opts),
+                None,
+            )
             .map_err(git("fetch", &self.path))
     }
 
@@ -187,13 +199,18 @@ impl GitRepo {
         let mut failure = None;
         tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
             let rel = format!("{root}{}", entry.name().unwrap_or(""));
-            let inside = prefix.is_empty() || rel == prefix || rel.starts_with(&format!("{prefix}/"));
+            let inside =
+                prefix.is_empty() || rel == prefix || rel.starts_with(&format!("{prefix}/"));
             let above = prefix.starts_with(&format!("{rel}/"));
             if !inside && !above {
                 return git2::TreeWalkResult::Skip;
             }
             if entry.kind() == Some(git2::ObjectType::Blob) && inside {
-                let out = dest.join(rel.strip_prefix(prefix).unwrap_or(&rel).trim_start_matches('/'));
+                let out = dest.join(
+                    rel.strip_prefix(prefix)
+                        .unwrap_or(&rel)
+                        .trim_start_matches('/'),
+                );
                 let r = self
                     .repo
                     .find_blob(entry.id())
@@ -219,7 +236,14 @@ impl GitRepo {
     }
 
     /// A new commit on `parent` with `path` set to `bytes` (no branch moves).
-    pub fn commit_file(&self, parent: Oid, path: &str, bytes: &[u8], message: &str, author: &Author) -> Result<Oid> {
+    pub fn commit_file(
+        &self,
+        parent: Oid,
+        path: &str,
+        bytes: &[u8],
+        message: &str,
+        author: &Author,
+    ) -> Result<Oid> {
         let e = git("commit", &self.path);
         let parent = self.repo.find_commit(parent).map_err(&e)?;
         let blob = self.repo.blob(bytes).map_err(&e)?;
@@ -232,7 +256,12 @@ impl GitRepo {
     }
 
     pub fn message(&self, commit: Oid) -> Option<String> {
-        self.repo.find_commit(commit).ok()?.message().ok().map(str::to_string)
+        self.repo
+            .find_commit(commit)
+            .ok()?
+            .message()
+            .ok()
+            .map(str::to_string)
     }
 
     /// Push `commit` to `branch`. `force` is refused for anything but upkeep's own branches; a
@@ -297,14 +326,22 @@ impl GitRepo {
         remote
             .push(&[format!(":refs/heads/{branch}").as_str()], Some(&mut opts))
             .map_err(&e)?;
-        if let Ok(mut r) = self.repo.find_reference(&format!("refs/remotes/origin/{branch}")) {
+        if let Ok(mut r) = self
+            .repo
+            .find_reference(&format!("refs/remotes/origin/{branch}"))
+        {
             let _ = r.delete();
         }
         Ok(())
     }
 }
 
-fn replace(repo: &Repository, tree: &git2::Tree<'_>, path: &str, blob: Oid) -> Result<Oid, git2::Error> {
+fn replace(
+    repo: &Repository,
+    tree: &git2::Tree<'_>,
+    path: &str,
+    blob: Oid,
+) -> Result<Oid, git2::Error> {
     let (first, rest) = match path.split_once('/') {
         Some((a, b)) => (a, Some(b)),
         None => (path, None),
@@ -329,7 +366,13 @@ fn replace(repo: &Repository, tree: &git2::Tree<'_>, path: &str, blob: Oid) -> R
 
 /// Change `component`'s `version:` in a versions.yaml from `from` to `to`, in place: only the
 /// scalar's text changes; comments, key order, quoting and indentation stay byte for byte.
-pub fn set_version(file: &str, text: &str, component: &str, from: &str, to: &str) -> Result<String> {
+pub fn set_version(
+    file: &str,
+    text: &str,
+    component: &str,
+    from: &str,
+    to: &str,
+) -> Result<String> {
     let fail = |message: String| Error::Edit {
         file: file.to_string(),
         message,
@@ -392,17 +435,23 @@ components:
 
     #[test]
     fn only_the_scalar_changes() {
-        let out = set_version("versions.yaml", FILE, "k3s", "v1.33.4+k3s1", "v1.33.5+k3s1").unwrap_or_default();
+        let out = set_version("versions.yaml", FILE, "k3s", "v1.33.4+k3s1", "v1.33.5+k3s1")
+            .unwrap_or_default();
         assert_eq!(out, FILE.replace("v1.33.4+k3s1", "v1.33.5+k3s1"));
-        let out = set_version("versions.yaml", FILE, "flux", "v2.6.4", "v2.7.0").unwrap_or_default();
+        let out =
+            set_version("versions.yaml", FILE, "flux", "v2.6.4", "v2.7.0").unwrap_or_default();
         assert_eq!(out, FILE.replace("'v2.6.4'", "'v2.7.0'"));
-        let out = set_version("versions.yaml", FILE, "longhorn", "v1.9.1", "v1.10.2").unwrap_or_default();
+        let out =
+            set_version("versions.yaml", FILE, "longhorn", "v1.9.1", "v1.10.2").unwrap_or_default();
         assert_eq!(out, FILE.replace("v1.9.1", "v1.10.2"));
     }
 
     #[test]
     fn refuses_what_it_cannot_edit_safely() {
-        assert!(set_version("versions.yaml", FILE, "k3s", "v1.33.3+k3s1", "v1.33.5+k3s1").is_err(), "stale from");
+        assert!(
+            set_version("versions.yaml", FILE, "k3s", "v1.33.3+k3s1", "v1.33.5+k3s1").is_err(),
+            "stale from"
+        );
         assert!(set_version("versions.yaml", FILE, "nope", "v1", "v2").is_err());
         assert!(set_version("versions.yaml", "not: [yaml", "k3s", "v1", "v2").is_err());
     }

@@ -14,6 +14,7 @@ pub mod forge;
 pub mod gitrepo;
 pub mod knowledge;
 pub mod model;
+pub mod propose;
 pub mod report;
 pub mod select;
 pub mod sim;

@@ -224,6 +224,11 @@ pub fn explain(r: &ComponentReport) -> Option<String> {
     Some(text)
 }
 
+/// A reason in words ("" when up to date), for PR reports and the dashboard.
+pub fn reason_text(reason: &Reason) -> String {
+    explain_reason(reason).unwrap_or_else(|| "up to date".into())
+}
+
 fn explain_reason(reason: &Reason) -> Option<String> {
     let text = match reason {
         Reason::UpToDate => return None,

@@ -1,0 +1,1186 @@
+//! Proposing updates: one pull request per component update, with a report a reviewer can
+//! decide on in a minute, and a dependency-dashboard issue.
+//!
+//! The decisions are pure: [`proposals`] turns check rows into proposals (branch, title, commit
+//! message, body), [`plan`] weighs them against the pull requests that exist and the limits, and
+//! [`pr_body`] / [`dashboard`] render markdown from plain structs. [`run_cycle`] is the thin I/O
+//! around them: fetch, load, check, plan, push, open or update, and the dashboard.
+
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
+
+use crate::forge::{Forge, PullRequest};
+use crate::model::{ConfigRepo, PullRequestLimits};
+use crate::report::{ComponentReport, md_escape};
+use crate::versions::{Downgrade, Level};
+use crate::windows::{self, Decision, Override};
+
+/// Branches upkeep owns.
+pub const BRANCH_PREFIX: &str = "upkeep/";
+/// The dashboard issue's label.
+pub const DASHBOARD_LABEL: &str = "upkeep/dashboard";
+pub const DASHBOARD_TITLE: &str = "upkeep dependency dashboard";
+/// Release notes longer than this are cut (with a link to the full notes).
+pub const MAX_NOTES: usize = 4_000;
+
+/// How proposals are written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Style {
+    /// The conventional-commit type of upkeep's commits (`chore(k3s): update to ...`).
+    pub commit_prefix: String,
+    /// Labels on every PR; `upkeep/<kind>` (patch, minor, ...) is added to them.
+    pub labels: Vec<String>,
+}
+
+impl Default for Style {
+    fn default() -> Style {
+        Style {
+            commit_prefix: "chore".into(),
+            labels: vec!["upkeep".into()],
+        }
+    }
+}
+
+/// One update to propose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub component: String,
+    pub from: String,
+    pub to: String,
+    pub level: Level,
+    pub branch: String,
+    pub title: String,
+    pub commit_message: String,
+    pub labels: Vec<String>,
+    pub body: String,
+}
+
+/// The branch of an update: `upkeep/<component>-<version>` with `+` written `-`.
+pub fn branch_name(component: &str, version: &str) -> String {
+    let v: String = version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{BRANCH_PREFIX}{component}-{v}")
+}
+
+/// Whether `branch` is upkeep's branch for some version of `component` (and not of a component
+/// whose name merely starts the same, like `k3s-extra`).
+fn is_branch_of(branch: &str, component: &str) -> bool {
+    branch
+        .strip_prefix(BRANCH_PREFIX)
+        .and_then(|b| b.strip_prefix(component))
+        .and_then(|b| b.strip_prefix('-'))
+        .is_some_and(|v| {
+            let v = v.strip_prefix('v').unwrap_or(v);
+            v.starts_with(|c: char| c.is_ascii_digit())
+        })
+}
+
+/// What happens after merge, for the PR report: facts about the component and the schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterMerge {
+    /// The next time work on the component may start, in the window's time zone, with the
+    /// window's name and length; None when no window covers it (any time).
+    pub window: Option<WindowInfo>,
+    pub preflight: Vec<String>,
+    pub backup: String,
+    pub validation: Vec<String>,
+    pub on_failure: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowInfo {
+    pub name: String,
+    pub starts: String,
+    pub duration: String,
+    pub time_zone: String,
+    /// Frozen until, when a freeze holds the component.
+    pub note: Option<String>,
+}
+
+/// The facts of what applying `component` involves (pure; from the component and the policies).
+pub fn after_merge(repo: &ConfigRepo, component: &str, now: DateTime<Utc>) -> AfterMerge {
+    let downgrade = repo
+        .component(component)
+        .map_or(Downgrade::Never, |c| c.path_rule.downgrade);
+    let decision = windows::decide(
+        now,
+        component,
+        &repo.windows,
+        &repo.freezes,
+        Override::default(),
+    );
+    let window = match &decision {
+        Decision::AnyTime => None,
+        d => {
+            let next = match d {
+                Decision::Wait { next } => *next,
+                Decision::InWindow { .. } => Some(now),
+                Decision::Frozen { until, .. } | Decision::Denied { until, .. } => {
+                    windows::next_start(
+                        *until,
+                        component,
+                        &repo.windows,
+                        &repo.freezes,
+                        Override::default(),
+                    )
+                }
+                _ => None,
+            };
+            let w = repo
+                .windows
+                .iter()
+                .filter(|w| w.kind == windows::Kind::Allow && w.components.covers(component))
+                .find(|w| next.is_some_and(|n| w.is_active(n)))
+                .or_else(|| repo.windows.iter().find(|w| w.components.covers(component)));
+            w.map(|w| WindowInfo {
+                name: w.name.clone(),
+                starts: next.map_or("not within a year".into(), |n| {
+                    n.with_timezone(&w.tz)
+                        .format("%a %Y-%m-%d %H:%M")
+                        .to_string()
+                }),
+                duration: humantime(w.duration),
+                time_zone: w.tz.to_string(),
+                note: match d {
+                    Decision::Frozen { freeze, until } => Some(format!(
+                        "frozen by {freeze} until {}",
+                        until.format("%Y-%m-%d %H:%M UTC")
+                    )),
+                    _ => None,
+                },
+            })
+        }
+    };
+    let (preflight, backup, validation) = match component {
+        "k3s" => (
+            vec![
+                "all nodes Ready and none cordoned by someone else".into(),
+                "the path from what runs to this version is legal (no minor skip, no downgrade)".into(),
+                "the system-upgrade-controller is installed (its Plan CRD is served)".into(),
+                "no PodDisruptionBudget with 0 allowed disruptions would block a drain".into(),
+            ],
+            "an etcd snapshot (`k3s etcd-snapshot save --name upkeep-<rollout>`) when the cluster runs embedded etcd".into(),
+            vec![
+                "every node Ready and on the target kubelet version (judged by nodes, not Job status)".into(),
+                "the upgrade Plans complete".into(),
+                "every Kustomization and HelmRelease that was Ready before is Ready".into(),
+            ],
+        ),
+        "longhorn" => (
+            vec![
+                "no faulted volume (and no degraded one unless policy allows)".into(),
+                "the Longhorn HelmRelease is Ready".into(),
+                "the path is legal (Longhorn never skips a minor and never goes down)".into(),
+            ],
+            "a Longhorn SystemBackup when a backup target is set, else a snapshot per volume".into(),
+            vec![
+                "the HelmRelease Ready on the new chart version".into(),
+                "every volume at least as robust as before".into(),
+            ],
+        ),
+        "flux" => (
+            vec!["the FluxInstance is Ready".into(), "the path is legal (no lower minor)".into()],
+            "none needed: Flux's state lives in git".into(),
+            vec![
+                "the FluxInstance Ready on the new version".into(),
+                "every Kustomization and HelmRelease that was Ready before is Ready".into(),
+            ],
+        ),
+        _ => (
+            vec!["the component's HelmRelease is Ready".into()],
+            "none".into(),
+            vec!["the HelmRelease Ready on the new version".into()],
+        ),
+    };
+    let name = component;
+    let on_failure = match downgrade {
+        Downgrade::Never => format!(
+            "{name} cannot be downgraded: a failure halts the rollout (no further nodes), reverts versions.yaml in git and asks for attention with the facts."
+        ),
+        Downgrade::WithinMinor => format!(
+            "a failure halts, reverts versions.yaml in git and rolls {name} back where it can (patch downgrades work; a lower minor does not)."
+        ),
+        Downgrade::Allowed => {
+            format!("a failure halts, reverts versions.yaml in git and rolls {name} back.")
+        }
+    };
+    AfterMerge {
+        window,
+        preflight,
+        backup,
+        validation,
+        on_failure,
+    }
+}
+
+fn humantime(d: chrono::Duration) -> String {
+    let m = d.num_minutes();
+    match (m / 60, m % 60) {
+        (0, m) => format!("{m}m"),
+        (h, 0) => format!("{h}h"),
+        (h, m) => format!("{h}h{m}m"),
+    }
+}
+
+/// The markdown of a release's notes, made inert: quoted, HTML brackets escaped, and cut.
+fn notes_block(notes: &str, url: Option<&str>) -> String {
+    let mut text = notes.trim().to_string();
+    let cut = crate::sources::truncate_utf8(&mut text, MAX_NOTES);
+    let mut out = String::new();
+    for line in text.lines() {
+        let line = line.replace('<', "&lt;").replace('>', "&gt;");
+        let _ = writeln!(out, "> {line}");
+    }
+    if cut {
+        let _ = writeln!(out, ">\n> *(cut; the full notes are at the link below)*");
+    }
+    if let Some(u) = url {
+        let _ = writeln!(out, "\n[Full release notes]({})", u.replace(')', "%29"));
+    }
+    out
+}
+
+fn compare_url(source: Option<&str>, from: &str, to: &str) -> Option<String> {
+    let repo = source?.strip_prefix("github:")?;
+    let e = |v: &str| v.replace('+', "%2B");
+    Some(format!(
+        "https://github.com/{repo}/compare/{}...{}",
+        e(from),
+        e(to)
+    ))
+}
+
+/// The PR report: what changes, why now, the path, the notes, and what happens after merge.
+pub fn pr_body(row: &ComponentReport, after: &AfterMerge) -> String {
+    let Some(next) = &row.next else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "<!-- upkeep:component={} to={} -->",
+        row.name, next.version
+    );
+    let _ = writeln!(
+        out,
+        "## {}: {} → {}\n",
+        md_escape(&row.name),
+        md_escape(&row.current),
+        md_escape(&next.version)
+    );
+    let _ = writeln!(out, "| Component | From | To | Kind | Released | Age |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let released = next
+        .published_at
+        .map_or("unknown".to_string(), |t| t.format("%Y-%m-%d").to_string());
+    let age = next
+        .age_days
+        .map_or("-".to_string(), |d| format!("{d} days"));
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {released} | {age} |\n",
+        md_escape(&row.name),
+        md_escape(&row.current),
+        md_escape(&next.version),
+        next.level
+    );
+    if row.path.len() > 1 {
+        let hops: Vec<String> = row
+            .path
+            .iter()
+            .map(|v| format!("`{}`", v.replace('`', "'")))
+            .collect();
+        let _ = writeln!(
+            out,
+            "**Upgrade path.** This is hop 1 of {}: {} → {}. Each hop is its own pull request, applied and validated before the next is proposed.\n",
+            row.path.len(),
+            md_escape(&row.current),
+            hops.join(" → ")
+        );
+    }
+    if let Some(h) = &row.held {
+        let _ = writeln!(
+            out,
+            "**Why not further now.** {}\n",
+            md_escape(&crate::report::reason_text(h))
+        );
+    }
+    if let Some(u) = compare_url(row.source.as_deref(), &row.current, &next.version) {
+        let _ = writeln!(
+            out,
+            "[Compare {} ... {}]({u})\n",
+            md_escape(&row.current),
+            md_escape(&next.version)
+        );
+    }
+    let _ = writeln!(out, "### Release notes\n");
+    match &next.notes {
+        Some(n) if !n.trim().is_empty() => out.push_str(&notes_block(n, next.url.as_deref())),
+        _ => {
+            let _ = writeln!(
+                out,
+                "No release notes were published.{}",
+                next.url.as_ref().map_or(String::new(), |u| format!(
+                    " [Release]({})",
+                    u.replace(')', "%29")
+                ))
+            );
+        }
+    }
+    let _ = writeln!(out, "\n### What happens after merge\n");
+    match &after.window {
+        None => {
+            let _ = writeln!(
+                out,
+                "- **When**: no maintenance window covers {}; it is applied on the next cycle after merge.",
+                md_escape(&row.name)
+            );
+        }
+        Some(w) => {
+            let _ = writeln!(
+                out,
+                "- **When**: in the next window `{}`: {} ({}), for {}{}.",
+                w.name.replace('`', "'"),
+                w.starts,
+                w.time_zone,
+                w.duration,
+                w.note
+                    .as_ref()
+                    .map_or(String::new(), |n| format!("; {}", md_escape(n)))
+            );
+        }
+    }
+    let _ = writeln!(out, "- **Preflight**: {}.", after.preflight.join("; "));
+    let _ = writeln!(out, "- **Backup**: {}.", after.backup);
+    let _ = writeln!(
+        out,
+        "- **Validation** against the pre-upgrade baseline: {}.",
+        after.validation.join("; ")
+    );
+    let _ = writeln!(out, "- **If it fails**: {}", after.on_failure);
+    let _ = writeln!(
+        out,
+        "\nClosing this pull request without merging means \"not this version\": upkeep will not propose {} again, and proposes a newer version when one appears.",
+        md_escape(&next.version)
+    );
+    out
+}
+
+/// Proposals for every row with a next step.
+pub fn proposals(
+    rows: &[ComponentReport],
+    repo: &ConfigRepo,
+    style: &Style,
+    now: DateTime<Utc>,
+) -> Vec<Proposal> {
+    rows.iter()
+        .filter_map(|r| {
+            let next = r.next.as_ref()?;
+            let mut labels = style.labels.clone();
+            labels.push(format!("upkeep/{}", next.level));
+            Some(Proposal {
+                component: r.name.clone(),
+                from: r.current.clone(),
+                to: next.version.clone(),
+                level: next.level,
+                branch: branch_name(&r.name, &next.version),
+                title: format!("{}: {} -> {}", r.name, r.current, next.version),
+                commit_message: format!(
+                    "{}({}): update to {}",
+                    style.commit_prefix, r.name, next.version
+                ),
+                labels,
+                body: pr_body(r, &after_merge(repo, &r.name, now)),
+            })
+        })
+        .collect()
+}
+
+/// What to do about one proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Push the branch and open a pull request.
+    Open(Proposal),
+    /// An open PR exists for this component (at `branch`): bring its branch, title, body and
+    /// labels to the proposal (a newer version supersedes in place with one PR per component).
+    Refresh {
+        number: u64,
+        branch: String,
+        proposal: Proposal,
+    },
+    /// Open the new PR, then close `old` with a comment linking it.
+    Supersede { old: u64, proposal: Proposal },
+    /// Limits hold it until a later cycle.
+    Wait { proposal: Proposal, why: String },
+    /// Not proposed: `why`.
+    Skip { proposal: Proposal, why: String },
+}
+
+/// Weigh proposals against the PRs that exist (any state, upkeep's branches) and the limits.
+pub fn plan(
+    proposals: &[Proposal],
+    existing: &[PullRequest],
+    limits: &PullRequestLimits,
+    now: DateTime<Utc>,
+) -> Vec<Action> {
+    let mut open = existing.iter().filter(|p| p.is_open()).count() as u32;
+    let mut last_hour = existing
+        .iter()
+        .filter(|p| {
+            p.created_at
+                .is_some_and(|t| now - t < chrono::Duration::hours(1))
+        })
+        .count() as u32;
+    let mut out = Vec::new();
+    for p in proposals {
+        let same = |x: &&PullRequest| x.head == p.branch;
+        if let Some(r) = existing.iter().find(|x| same(x) && x.is_rejected()) {
+            out.push(Action::Skip {
+                proposal: p.clone(),
+                why: format!("#{} was closed without merging: not this version", r.number),
+            });
+            continue;
+        }
+        if let Some(r) = existing.iter().find(|x| same(x) && x.merged) {
+            out.push(Action::Skip {
+                proposal: p.clone(),
+                why: format!(
+                    "#{} was merged; waiting for versions.yaml on the base branch to show it",
+                    r.number
+                ),
+            });
+            continue;
+        }
+        if let Some(r) = existing.iter().find(|x| same(x) && x.is_open()) {
+            out.push(Action::Refresh {
+                number: r.number,
+                branch: r.head.clone(),
+                proposal: p.clone(),
+            });
+            continue;
+        }
+        let older = existing
+            .iter()
+            .filter(|x| x.is_open() && is_branch_of(&x.head, &p.component))
+            .min_by_key(|x| x.number);
+        if let Some(old) = older {
+            if limits.one_per_component {
+                out.push(Action::Refresh {
+                    number: old.number,
+                    branch: old.head.clone(),
+                    proposal: p.clone(),
+                });
+            } else if last_hour >= limits.hourly {
+                out.push(Action::Wait {
+                    proposal: p.clone(),
+                    why: format!(
+                        "the hourly limit of {} new pull requests is reached",
+                        limits.hourly
+                    ),
+                });
+            } else {
+                last_hour += 1;
+                out.push(Action::Supersede {
+                    old: old.number,
+                    proposal: p.clone(),
+                });
+            }
+            continue;
+        }
+        if open >= limits.concurrent {
+            out.push(Action::Wait {
+                proposal: p.clone(),
+                why: format!(
+                    "{open} upkeep pull requests are open (limit {})",
+                    limits.concurrent
+                ),
+            });
+        } else if last_hour >= limits.hourly {
+            out.push(Action::Wait {
+                proposal: p.clone(),
+                why: format!(
+                    "the hourly limit of {} new pull requests is reached",
+                    limits.hourly
+                ),
+            });
+        } else {
+            open += 1;
+            last_hour += 1;
+            out.push(Action::Open(p.clone()));
+        }
+    }
+    out
+}
+
+/// What the dashboard shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DashboardInput {
+    pub rows: Vec<ComponentReport>,
+    pub actions: Vec<Action>,
+    /// Open PRs by component: (number, title).
+    pub open: Vec<(String, u64, String)>,
+    /// Per component, when work may next start (text).
+    pub windows: Vec<(String, String)>,
+    /// Problems worth a human's eye: invalid config, failed sources, failed pushes.
+    pub errors: Vec<String>,
+}
+
+/// The dependency dashboard's body.
+pub fn dashboard(d: &DashboardInput) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "<!-- upkeep:dashboard -->");
+    let _ = writeln!(
+        out,
+        "This issue lists what upkeep tracks and what it is doing about it. upkeep edits it; your edits are overwritten.\n"
+    );
+    if !d.errors.is_empty() {
+        let _ = writeln!(out, "### Errors\n");
+        for e in &d.errors {
+            let _ = writeln!(out, "- {}", md_escape(e));
+        }
+        out.push('\n');
+    }
+    if !d.rows.is_empty() {
+        let _ = writeln!(out, "### Components\n");
+        let _ = writeln!(
+            out,
+            "| Component | Desired | Newest | Status | Pull request | Next window |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for r in &d.rows {
+            let pr = d
+                .open
+                .iter()
+                .find(|(c, _, _)| *c == r.name)
+                .map_or("-".to_string(), |(_, n, _)| format!("#{n}"));
+            let win = d
+                .windows
+                .iter()
+                .find(|(c, _)| *c == r.name)
+                .map_or("-".to_string(), |(_, w)| md_escape(w));
+            let status = match (&r.next, &r.reason) {
+                (Some(n), _) => format!("update to {}", n.version),
+                (None, Some(reason)) => crate::report::reason_text(reason),
+                (None, None) => "up to date".into(),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {pr} | {win} |",
+                md_escape(&r.name),
+                md_escape(&r.current),
+                md_escape(r.newest.as_deref().unwrap_or("-")),
+                md_escape(&status),
+            );
+        }
+        out.push('\n');
+    }
+    let waiting: Vec<String> = d
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Wait { proposal, why } => Some(format!(
+                "- {} → {}: waits ({})",
+                md_escape(&proposal.component),
+                md_escape(&proposal.to),
+                md_escape(why)
+            )),
+            Action::Skip { proposal, why } => Some(format!(
+                "- {} → {}: not proposed ({})",
+                md_escape(&proposal.component),
+                md_escape(&proposal.to),
+                md_escape(why)
+            )),
+            _ => None,
+        })
+        .collect();
+    if !waiting.is_empty() {
+        let _ = writeln!(out, "### Waiting\n\n{}\n", waiting.join("\n"));
+    }
+    out
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub opened: Vec<u64>,
+    pub updated: Vec<u64>,
+    pub closed: Vec<u64>,
+    pub pushed: Vec<String>,
+    pub waiting: Vec<String>,
+    pub skipped: Vec<String>,
+    pub errors: Vec<String>,
+    pub dashboard: Option<u64>,
+    pub invalid: bool,
+}
+
+/// Where the cycle works.
+pub struct Cycle<'a, F: Forge> {
+    pub git: &'a crate::gitrepo::GitRepo,
+    pub forge: &'a F,
+    pub base: String,
+    /// The cluster directory inside the repository ("" for its root).
+    pub subdir: String,
+    /// A scratch directory to check the config repo out into.
+    pub scratch: std::path::PathBuf,
+    pub style: Style,
+    pub author: crate::gitrepo::Author,
+    pub dashboard: bool,
+    pub dry_run: bool,
+}
+
+fn rel(subdir: &str, file: &str) -> String {
+    let s = subdir.trim_matches('/');
+    if s.is_empty() {
+        file.to_string()
+    } else {
+        format!("{s}/{file}")
+    }
+}
+
+impl<F: Forge> Cycle<'_, F> {
+    /// One detection + proposal cycle. `check` turns the loaded config repo into report rows
+    /// (live sources, a catalog, or a test's fixture). Errors that stop the cycle are returned;
+    /// per-PR failures are collected in the outcome and retried next cycle.
+    pub async fn run<C, Fut>(
+        &self,
+        now: DateTime<Utc>,
+        check: C,
+    ) -> Result<(Outcome, Vec<Action>), String>
+    where
+        C: FnOnce(ConfigRepo) -> Fut,
+        Fut: std::future::Future<Output = (ConfigRepo, Vec<ComponentReport>)>,
+    {
+        let mut out = Outcome::default();
+        self.git.fetch().map_err(|e| e.to_string())?;
+        let tip = self.git.tip(&self.base).map_err(|e| e.to_string())?;
+        self.git
+            .extract(tip, &self.subdir, &self.scratch)
+            .map_err(|e| e.to_string())?;
+        let loaded = crate::model::load_repo(&self.scratch, now).map_err(|e| e.to_string())?;
+        let Some(repo) = loaded.repo else {
+            out.invalid = true;
+            out.errors = loaded
+                .diagnostics
+                .iter()
+                .filter(|d| d.is_error())
+                .map(|d| {
+                    format!(
+                        "{} on {} is invalid: {}:{}:{}: {}",
+                        rel(&self.subdir, "versions.yaml"),
+                        self.base,
+                        rel(&self.subdir, &d.file),
+                        d.line,
+                        d.column,
+                        d.message
+                    )
+                })
+                .collect();
+            if self.dashboard && !self.dry_run {
+                self.update_dashboard(
+                    &DashboardInput {
+                        errors: out.errors.clone(),
+                        ..Default::default()
+                    },
+                    &mut out,
+                )
+                .await;
+            }
+            return Ok((out, Vec::new()));
+        };
+        let limits = repo.pull_requests;
+        let (repo, rows) = check(repo).await;
+        for r in &rows {
+            if let Some(crate::select::Reason::SourceFailed { message, .. }) = &r.reason {
+                out.errors
+                    .push(format!("{}: the release source failed: {message}", r.name));
+            }
+        }
+        let props = proposals(&rows, &repo, &self.style, now);
+        let existing = self
+            .forge
+            .pulls(BRANCH_PREFIX)
+            .await
+            .map_err(|e| e.to_string())?;
+        let actions = plan(&props, &existing, &limits, now);
+        if self.dry_run {
+            return Ok((out, actions));
+        }
+        let versions_path = rel(&self.subdir, "versions.yaml");
+        let base_text = self
+            .git
+            .read_file(tip, &versions_path)
+            .map_err(|e| e.to_string())?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        for a in &actions {
+            let r = self
+                .act(a, tip, &versions_path, &base_text, &existing, &mut out)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "a proposal failed; it is retried next cycle");
+                out.errors.push(e);
+            }
+        }
+        if self.dashboard {
+            let mut windows_text = Vec::new();
+            for r in &rows {
+                let a = after_merge(&repo, &r.name, now);
+                if let Some(w) = a.window {
+                    windows_text.push((
+                        r.name.clone(),
+                        format!("{} {} ({})", w.name, w.starts, w.time_zone),
+                    ));
+                }
+            }
+            let open = self
+                .forge
+                .pulls(BRANCH_PREFIX)
+                .await
+                .map(|ps| {
+                    ps.into_iter()
+                        .filter(|p| p.is_open())
+                        .map(|p| {
+                            (
+                                p.head
+                                    .trim_start_matches(BRANCH_PREFIX)
+                                    .rsplit_once('-')
+                                    .map_or(String::new(), |(c, _)| c.to_string()),
+                                p.number,
+                                p.title,
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let input = DashboardInput {
+                open: fix_components(open, &rows),
+                rows,
+                actions: actions.clone(),
+                windows: windows_text,
+                errors: out.errors.clone(),
+            };
+            self.update_dashboard(&input, &mut out).await;
+        }
+        Ok((out, actions))
+    }
+
+    /// The commit a proposal needs on top of `tip`: reuse `existing` when it already is that.
+    fn commit_for(
+        &self,
+        p: &Proposal,
+        tip: git2::Oid,
+        versions_path: &str,
+        base_text: &str,
+        existing: Option<git2::Oid>,
+    ) -> Result<Option<git2::Oid>, String> {
+        let edited =
+            crate::gitrepo::set_version(versions_path, base_text, &p.component, &p.from, &p.to)
+                .map_err(|e| e.to_string())?;
+        if let Some(cur) = existing
+            && self.git.parent(cur) == Some(tip)
+            && self
+                .git
+                .read_file(cur, versions_path)
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some(edited.as_bytes())
+        {
+            return Ok(None);
+        }
+        self.git
+            .commit_file(
+                tip,
+                versions_path,
+                edited.as_bytes(),
+                &p.commit_message,
+                &self.author,
+            )
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn ensure_branch(
+        &self,
+        p: &Proposal,
+        branch: &str,
+        tip: git2::Oid,
+        versions_path: &str,
+        base_text: &str,
+        out: &mut Outcome,
+    ) -> Result<(), String> {
+        let cur = self.git.remote_branch(branch);
+        if let Some(c) = self.commit_for(p, tip, versions_path, base_text, cur)? {
+            self.git.push(c, branch, true).map_err(|e| e.to_string())?;
+            out.pushed.push(branch.to_string());
+        }
+        Ok(())
+    }
+
+    async fn open(
+        &self,
+        p: &Proposal,
+        tip: git2::Oid,
+        versions_path: &str,
+        base_text: &str,
+        out: &mut Outcome,
+    ) -> Result<u64, String> {
+        self.ensure_branch(p, &p.branch, tip, versions_path, base_text, out)
+            .await?;
+        let pr = match self
+            .forge
+            .create_pull(&p.title, &p.branch, &self.base, &p.body)
+            .await
+        {
+            Ok(pr) => pr,
+            Err(e) => {
+                // Created by a call whose answer was lost? Then it is there now.
+                let again = self
+                    .forge
+                    .pulls(BRANCH_PREFIX)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                again
+                    .into_iter()
+                    .find(|x| x.head == p.branch && x.is_open())
+                    .ok_or_else(|| format!("{}: {e}", p.title))?
+            }
+        };
+        self.forge
+            .add_labels(pr.number, &p.labels)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.opened.push(pr.number);
+        Ok(pr.number)
+    }
+
+    async fn act(
+        &self,
+        a: &Action,
+        tip: git2::Oid,
+        versions_path: &str,
+        base_text: &str,
+        existing: &[PullRequest],
+        out: &mut Outcome,
+    ) -> Result<(), String> {
+        match a {
+            Action::Open(p) => {
+                self.open(p, tip, versions_path, base_text, out).await?;
+            }
+            Action::Refresh {
+                number,
+                branch,
+                proposal: p,
+            } => {
+                self.ensure_branch(p, branch, tip, versions_path, base_text, out)
+                    .await?;
+                let cur = existing.iter().find(|x| x.number == *number);
+                let title = (cur.map(|c| c.title.as_str()) != Some(p.title.as_str()))
+                    .then_some(p.title.as_str());
+                let body = (cur.map(|c| c.body.as_str()) != Some(p.body.as_str()))
+                    .then_some(p.body.as_str());
+                if title.is_some() || body.is_some() {
+                    self.forge
+                        .update_pull(*number, title, body, None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    out.updated.push(*number);
+                }
+                let missing: Vec<String> = p
+                    .labels
+                    .iter()
+                    .filter(|l| cur.is_none_or(|c| !c.labels.contains(l)))
+                    .cloned()
+                    .collect();
+                if !missing.is_empty() {
+                    self.forge
+                        .add_labels(*number, &missing)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Action::Supersede { old, proposal: p } => {
+                let new = self.open(p, tip, versions_path, base_text, out).await?;
+                let note = format!("Superseded by #{new} ({} → {}).", p.from, p.to);
+                let said = self.forge.comments(*old).await.map_err(|e| e.to_string())?;
+                if !said.contains(&note) {
+                    self.forge
+                        .comment(*old, &note)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                self.forge
+                    .update_pull(*old, None, None, Some("closed"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                out.closed.push(*old);
+            }
+            Action::Wait { proposal, why } => {
+                out.waiting.push(format!("{}: {why}", proposal.title))
+            }
+            Action::Skip { proposal, why } => {
+                out.skipped.push(format!("{}: {why}", proposal.title))
+            }
+        }
+        Ok(())
+    }
+
+    async fn update_dashboard(&self, input: &DashboardInput, out: &mut Outcome) {
+        let body = dashboard(input);
+        let r = async {
+            match self.forge.find_issue(DASHBOARD_LABEL).await? {
+                Some(i) if i.body == body => Ok(i.number),
+                Some(i) => self
+                    .forge
+                    .update_issue(i.number, &body)
+                    .await
+                    .map(|_| i.number),
+                None => self
+                    .forge
+                    .create_issue(DASHBOARD_TITLE, &body, &[DASHBOARD_LABEL.to_string()])
+                    .await
+                    .map(|i| i.number),
+            }
+        }
+        .await;
+        match r {
+            Ok(n) => out.dashboard = Some(n),
+            Err(e) => out.errors.push(format!("the dashboard: {e}")),
+        }
+    }
+}
+
+/// Component names for open PRs, by matching their branch to the rows (names may contain '-').
+fn fix_components(
+    open: Vec<(String, u64, String)>,
+    rows: &[ComponentReport],
+) -> Vec<(String, u64, String)> {
+    open.into_iter()
+        .map(|(c, n, t)| {
+            let name = rows
+                .iter()
+                .map(|r| r.name.as_str())
+                .find(|name| t.starts_with(&format!("{name}: ")))
+                .map_or(c, str::to_string);
+            (name, n, t)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ReleaseReport, Status};
+
+    fn row(name: &str, current: &str, next: Option<&str>) -> ComponentReport {
+        ComponentReport {
+            name: name.into(),
+            current: current.into(),
+            track: "newest".into(),
+            status: if next.is_some() {
+                Status::UpdateAvailable
+            } else {
+                Status::UpToDate
+            },
+            next: next.map(|v| ReleaseReport {
+                version: v.into(),
+                level: Level::Patch,
+                published_at: DateTime::parse_from_rfc3339("2026-11-01T10:00:00Z")
+                    .ok()
+                    .map(|t| t.with_timezone(&Utc)),
+                age_days: Some(20),
+                prerelease: false,
+                url: Some(format!("https://github.com/k3s-io/k3s/releases/tag/{v}")),
+                notes: Some(
+                    "## Changes\n- Fixes <b>everything</b> | really\n# Not a heading here".into(),
+                ),
+            }),
+            newest: next.map(str::to_string),
+            path: next.map(|v| vec![v.to_string()]).unwrap_or_default(),
+            path_length: usize::from(next.is_some()),
+            reason: None,
+            held: None,
+            source: Some("github:k3s-io/k3s".into()),
+            channel_latest: None,
+            releases_seen: 10,
+            rules: vec![],
+        }
+    }
+
+    fn prop(c: &str, v: &str) -> Proposal {
+        Proposal {
+            component: c.into(),
+            from: "v1".into(),
+            to: v.into(),
+            level: Level::Patch,
+            branch: branch_name(c, v),
+            title: format!("{c}: v1 -> {v}"),
+            commit_message: String::new(),
+            labels: vec!["upkeep".into()],
+            body: String::new(),
+        }
+    }
+
+    fn pr(n: u64, head: &str, state: &str, merged: bool) -> PullRequest {
+        PullRequest {
+            number: n,
+            title: String::new(),
+            body: String::new(),
+            state: state.into(),
+            merged,
+            head: head.into(),
+            base: "main".into(),
+            labels: vec![],
+            url: String::new(),
+            created_at: DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+                .ok()
+                .map(|t| t.with_timezone(&Utc)),
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn branch_names_are_git_safe() {
+        assert_eq!(
+            branch_name("k3s", "v1.33.5+k3s1"),
+            "upkeep/k3s-v1.33.5-k3s1"
+        );
+    }
+
+    #[test]
+    fn plan_opens_refreshes_supersedes_and_respects_rejections() {
+        let limits = PullRequestLimits::default();
+        let a = plan(&[prop("k3s", "v2")], &[], &limits, now());
+        assert!(matches!(&a[..], [Action::Open(_)]));
+        // Rerun: the PR exists.
+        let a = plan(
+            &[prop("k3s", "v2")],
+            &[pr(1, "upkeep/k3s-v2", "open", false)],
+            &limits,
+            now(),
+        );
+        assert!(matches!(&a[..], [Action::Refresh { number: 1, .. }]));
+        // A newer version: in place with one PR per component, else a new PR closing the old.
+        let a = plan(
+            &[prop("k3s", "v3")],
+            &[pr(1, "upkeep/k3s-v2", "open", false)],
+            &limits,
+            now(),
+        );
+        assert!(
+            matches!(&a[..], [Action::Refresh { number: 1, branch, .. }] if branch == "upkeep/k3s-v2")
+        );
+        let two = PullRequestLimits {
+            one_per_component: false,
+            ..limits
+        };
+        let a = plan(
+            &[prop("k3s", "v3")],
+            &[pr(1, "upkeep/k3s-v2", "open", false)],
+            &two,
+            now(),
+        );
+        assert!(matches!(&a[..], [Action::Supersede { old: 1, .. }]));
+        // Closed without merging: never again.
+        let a = plan(
+            &[prop("k3s", "v2")],
+            &[pr(1, "upkeep/k3s-v2", "closed", false)],
+            &limits,
+            now(),
+        );
+        assert!(matches!(&a[..], [Action::Skip { why, .. }] if why.contains("not this version")));
+        // ... but a newer version is proposed.
+        let a = plan(
+            &[prop("k3s", "v3")],
+            &[pr(1, "upkeep/k3s-v2", "closed", false)],
+            &limits,
+            now(),
+        );
+        assert!(matches!(&a[..], [Action::Open(_)]));
+        // k3s-extra is not k3s.
+        let a = plan(
+            &[prop("k3s", "v3")],
+            &[pr(1, "upkeep/k3s-extra-v2", "open", false)],
+            &limits,
+            now(),
+        );
+        assert!(matches!(&a[..], [Action::Open(_)]), "{a:?}");
+    }
+
+    #[test]
+    fn plan_respects_limits() {
+        let limits = PullRequestLimits {
+            concurrent: 3,
+            hourly: 2,
+            one_per_component: true,
+        };
+        let props: Vec<Proposal> = (0..4).map(|i| prop(&format!("c{i}"), "v2")).collect();
+        let a = plan(&props, &[], &limits, now());
+        let opened = a.iter().filter(|x| matches!(x, Action::Open(_))).count();
+        assert_eq!(opened, 2, "two per hour");
+        let mut recent = pr(9, "upkeep/other-v1", "open", false);
+        recent.created_at = Some(now() - chrono::Duration::minutes(10));
+        let existing = vec![
+            recent,
+            pr(10, "upkeep/x-v1", "open", false),
+            pr(11, "upkeep/y-v1", "open", false),
+        ];
+        let a = plan(&props, &existing, &limits, now());
+        assert!(a.iter().all(|x| matches!(x, Action::Wait { .. })), "{a:?}");
+    }
+
+    #[test]
+    fn the_pr_report() {
+        let repo = crate::model::load_repo(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo"),
+            now(),
+        )
+        .ok()
+        .and_then(|l| l.repo);
+        let Some(repo) = repo else {
+            panic!("the example repo loads")
+        };
+        let mut r = row("k3s", "v1.33.4+k3s1", Some("v1.33.5+k3s1"));
+        r.path = vec!["v1.33.5+k3s1".into(), "v1.34.1+k3s1".into()];
+        r.path_length = 2;
+        let body = pr_body(&r, &after_merge(&repo, "k3s", now()));
+        insta::assert_snapshot!(body);
+        assert!(!body.contains("<b>"), "HTML in notes is made inert");
+    }
+
+    #[test]
+    fn the_dashboard() {
+        let rows = vec![
+            row("k3s", "v1.33.4+k3s1", Some("v1.33.5+k3s1")),
+            row("flux", "v2.6.4", None),
+        ];
+        let d = DashboardInput {
+            rows,
+            actions: vec![Action::Wait {
+                proposal: prop("longhorn", "v1.10.2"),
+                why: "the hourly limit of 2 new pull requests is reached".into(),
+            }],
+            open: vec![("k3s".into(), 3, "k3s: v1.33.4+k3s1 -> v1.33.5+k3s1".into())],
+            windows: vec![(
+                "k3s".into(),
+                "saturday-night Sat 2026-11-21 22:00 (Europe/Amsterdam)".into(),
+            )],
+            errors: vec!["cert-manager: the release source failed: 503".into()],
+        };
+        insta::assert_snapshot!(dashboard(&d));
+    }
+}
