@@ -74,12 +74,68 @@ pub enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
+    /// One detection + proposal cycle: open or update one pull request per legal update, and the
+    /// dependency dashboard. Exit 0: done; 1: something failed (it is retried next cycle) or
+    /// versions.yaml on the base branch is invalid; 2: usage errors.
+    Propose(ProposeArgs),
     /// Offline release catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
     /// Simulators of the outside world, on 127.0.0.1, for trying upkeep without a network.
     #[command(subcommand)]
     Sim(SimCommand),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProposeArgs {
+    /// The config repository's git URL (http(s):// or file://).
+    #[arg(long, value_name = "URL", conflicts_with = "repo")]
+    pub repo_url: Option<String>,
+    /// The config repository as a local git repository (path).
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The forge hosting the repository.
+    #[arg(long, value_enum, default_value_t = ForgeKind::Github)]
+    pub forge: ForgeKind,
+    /// The repository's owner on the forge.
+    #[arg(long)]
+    pub owner: String,
+    /// The repository's name on the forge.
+    #[arg(long)]
+    pub name: String,
+    /// The branch pull requests go to.
+    #[arg(long, default_value = "main")]
+    pub base: String,
+    /// The cluster directory inside the repository (holding versions.yaml and policies/).
+    #[arg(long, default_value = "")]
+    pub subdir: String,
+    /// Where the git mirror lives (default: $XDG_STATE_HOME/upkeep or ~/.local/state/upkeep).
+    #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print what would be done (branches, titles, bodies) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not create or update the dependency-dashboard issue.
+    #[arg(long)]
+    pub no_dashboard: bool,
+    /// Read releases from the signed offline catalog instead of the network.
+    #[arg(long)]
+    pub offline: bool,
+    /// A signed catalog file (implies --offline).
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
+    pub catalog_public_key: Option<String>,
+    /// Judge ages, gates and windows as of this time (RFC 3339) instead of now.
+    #[arg(long, value_parser = parse_now)]
+    pub now: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ForgeKind {
+    Github,
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +322,7 @@ pub fn run() -> i32 {
             catalog_export(&repo, &out, &net)
         }
         Command::Sim(SimCommand::Serve(args)) => sim_serve(&args),
+        Command::Propose(args) => propose(&args),
         Command::Catalog(CatalogCommand::Verify {
             catalog,
             public_key,
@@ -509,6 +566,157 @@ fn check(a: CheckArgs) -> i32 {
     };
     let _ = out.write_all(text.as_bytes());
     report.exit_code()
+}
+
+fn state_dir(explicit: Option<&Path>) -> PathBuf {
+    explicit.map(Path::to_path_buf).unwrap_or_else(|| {
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("upkeep")
+    })
+}
+
+fn propose(a: &ProposeArgs) -> i32 {
+    use crate::propose::{Action, Cycle};
+    let now = a.now.unwrap_or_else(Utc::now);
+    let url = match (&a.repo_url, &a.repo) {
+        (Some(u), _) => u.clone(),
+        (None, Some(p)) => match std::fs::canonicalize(p) {
+            Ok(p) => format!("file://{}", p.display()),
+            Err(e) => {
+                eprintln!("upkeep: --repo {}: {e}", p.display());
+                return 2;
+            }
+        },
+        (None, None) => {
+            eprintln!("upkeep: say where the config repository is: --repo-url URL or --repo PATH");
+            return 2;
+        }
+    };
+    let cfg = match a.net.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
+    let state = state_dir(a.state_dir.as_deref()).join(format!("{}-{}", a.owner, a.name));
+    let git = match crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let _guard = rt.enter();
+    let forge = match crate::forge::GitHub::new(&cfg.github_api_url, &format!("{}/{}", a.owner, a.name), token.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let cycle = Cycle {
+        git: &git,
+        forge: &forge,
+        base: a.base.clone(),
+        subdir: a.subdir.clone(),
+        scratch: state.join("checkout"),
+        style: crate::propose::Style::default(),
+        author: crate::gitrepo::Author::default(),
+        dashboard: !a.no_dashboard,
+        dry_run: a.dry_run,
+    };
+    let offline = a.offline || a.catalog.is_some();
+    let result = rt.block_on(async {
+        if offline {
+            let cat = match &a.catalog {
+                Some(path) => Catalog::load(path, a.catalog_public_key.as_deref()),
+                None => Catalog::builtin(),
+            }
+            .map_err(|e| e.to_string())?;
+            let cat = Arc::new(cat);
+            let origin = format!("catalog:{}", cat.origin);
+            cycle
+                .run(now, |repo| async move {
+                    let report = crate::check::run(cat, &repo, now, 16, &origin).await;
+                    (repo, report.components)
+                })
+                .await
+        } else {
+            let live = Arc::new(sources::Live::new(&cfg).map_err(|e| e.to_string())?);
+            let concurrency = cfg.concurrency;
+            cycle
+                .run(now, |repo| async move {
+                    let report = crate::check::run(live, &repo, now, concurrency, "live").await;
+                    (repo, report.components)
+                })
+                .await
+        }
+    });
+    let (outcome, actions) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if a.dry_run {
+        for act in &actions {
+            let (what, p) = match act {
+                Action::Open(p) => ("open".to_string(), p),
+                Action::Refresh { number, branch, proposal } => (format!("update #{number} (branch {branch})"), proposal),
+                Action::Supersede { old, proposal } => (format!("open, and close #{old} as superseded"), proposal),
+                Action::Wait { proposal, why } => (format!("wait: {why}"), proposal),
+                Action::Skip { proposal, why } => (format!("skip: {why}"), proposal),
+            };
+            let _ = writeln!(out, "# {what}
+branch: {}
+title:  {}
+commit: {}
+labels: {}
+
+{}
+", p.branch, p.title, p.commit_message, p.labels.join(", "), p.body);
+        }
+        if actions.is_empty() {
+            let _ = writeln!(out, "nothing to propose");
+        }
+        return 0;
+    }
+    for n in &outcome.opened {
+        let _ = writeln!(out, "opened #{n}");
+    }
+    for n in &outcome.updated {
+        let _ = writeln!(out, "updated #{n}");
+    }
+    for n in &outcome.closed {
+        let _ = writeln!(out, "closed #{n} (superseded)");
+    }
+    for w in outcome.waiting.iter().chain(&outcome.skipped) {
+        let _ = writeln!(out, "{w}");
+    }
+    if let Some(d) = outcome.dashboard {
+        let _ = writeln!(out, "dashboard: #{d}");
+    }
+    for e in &outcome.errors {
+        eprintln!("upkeep: {e}");
+    }
+    let c = &forge.counters;
+    tracing::info!(
+        requests = c.requests.load(std::sync::atomic::Ordering::Relaxed),
+        writes = c.writes.load(std::sync::atomic::Ordering::Relaxed),
+        "forge requests"
+    );
+    if outcome.invalid || !outcome.errors.is_empty() { 1 } else { 0 }
 }
 
 fn catalog_export(repo_dir: &Path, out: &Path, net: &NetArgs) -> i32 {
