@@ -616,7 +616,11 @@ fn propose(a: &ProposeArgs) -> i32 {
         Err(code) => return code,
     };
     let _guard = rt.enter();
-    let forge = match crate::forge::GitHub::new(&cfg.github_api_url, &format!("{}/{}", a.owner, a.name), token.as_deref()) {
+    let forge = match crate::forge::GitHub::new(
+        &cfg.github_api_url,
+        &format!("{}/{}", a.owner, a.name),
+        token.as_deref(),
+    ) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("upkeep: {e}");
@@ -673,19 +677,33 @@ fn propose(a: &ProposeArgs) -> i32 {
         for act in &actions {
             let (what, p) = match act {
                 Action::Open(p) => ("open".to_string(), p),
-                Action::Refresh { number, branch, proposal } => (format!("update #{number} (branch {branch})"), proposal),
-                Action::Supersede { old, proposal } => (format!("open, and close #{old} as superseded"), proposal),
+                Action::Refresh {
+                    number,
+                    branch,
+                    proposal,
+                } => (format!("update #{number} (branch {branch})"), proposal),
+                Action::Supersede { old, proposal } => {
+                    (format!("open, and close #{old} as superseded"), proposal)
+                }
                 Action::Wait { proposal, why } => (format!("wait: {why}"), proposal),
                 Action::Skip { proposal, why } => (format!("skip: {why}"), proposal),
             };
-            let _ = writeln!(out, "# {what}
+            let _ = writeln!(
+                out,
+                "# {what}
 branch: {}
 title:  {}
 commit: {}
 labels: {}
 
 {}
-", p.branch, p.title, p.commit_message, p.labels.join(", "), p.body);
+",
+                p.branch,
+                p.title,
+                p.commit_message,
+                p.labels.join(", "),
+                p.body
+            );
         }
         if actions.is_empty() {
             let _ = writeln!(out, "nothing to propose");
@@ -716,7 +734,11 @@ labels: {}
         writes = c.writes.load(std::sync::atomic::Ordering::Relaxed),
         "forge requests"
     );
-    if outcome.invalid || !outcome.errors.is_empty() { 1 } else { 0 }
+    if outcome.invalid || !outcome.errors.is_empty() {
+        1
+    } else {
+        0
+    }
 }
 
 fn catalog_export(repo_dir: &Path, out: &Path, net: &NetArgs) -> i32 {
