@@ -12,10 +12,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use upkeep::sim::upstream::{SimRelease, UpstreamSim};
+
+mod common;
+use common::get;
 
 const COMPONENTS: usize = 1_000;
 const RELEASES: usize = 50;
@@ -60,18 +63,6 @@ struct Counters {
     bytes_sent: u64,
 }
 
-/// A plain HTTP/1.0 GET over loopback; the body.
-fn get(url: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let addr = url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to the simulator");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string())
-}
-
 fn counters(url: &str) -> Counters {
     serde_json::from_str(&get(url, "/_sim/counters")).expect("counters")
 }
@@ -85,13 +76,10 @@ struct Run {
     exit: i32,
 }
 
-// The child is reaped by wait4 (which also returns its rusage), not by Child::wait.
-#[allow(clippy::zombie_processes)]
 fn run(url: &str, repo: &std::path::Path, cache: &std::path::Path) -> Run {
     let before = counters(url);
-    let t = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args(["check", "--output", "json", "--now", "2026-11-21T12:00:00Z"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+    cmd.args(["check", "--output", "json", "--now", "2026-11-21T12:00:00Z"])
         .arg("--repo")
         .arg(repo)
         .arg("--cache-dir")
@@ -99,29 +87,16 @@ fn run(url: &str, repo: &std::path::Path, cache: &std::path::Path) -> Run {
         .env("UPKEEP_GITHUB_API_URL", url)
         .env_remove("GITHUB_TOKEN")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start upkeep");
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4 failed");
-    let wall = t.elapsed();
+        .stderr(Stdio::inherit());
+    let m = common::measure(cmd);
     let after = counters(url);
     Run {
-        wall,
+        wall: m.wall,
         requests: after.requests - before.requests,
         not_modified: after.not_modified - before.not_modified,
         bytes: after.bytes_sent - before.bytes_sent,
-        max_rss_kib: usage.ru_maxrss,
-        exit: if libc::WIFEXITED(status) {
-            libc::WEXITSTATUS(status)
-        } else {
-            -1
-        },
+        max_rss_kib: m.max_rss_kib,
+        exit: m.exit,
     }
 }
 

@@ -1,0 +1,49 @@
+//! What the benches share: a plain GET to a simulator, and running a process while measuring its
+//! wall time and peak RSS.
+
+#![allow(dead_code)]
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A plain HTTP/1.0 GET over loopback; the body.
+pub fn get(url: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the simulator");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("write");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("read");
+    resp.split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string())
+}
+
+pub struct Measured {
+    pub wall: Duration,
+    pub max_rss_kib: i64,
+    pub exit: i32,
+}
+
+/// Run `cmd` to its end; its wall time, peak RSS (from wait4's rusage) and exit code.
+// The child is reaped by wait4 (which also returns its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
+pub fn measure(mut cmd: Command) -> Measured {
+    let t = Instant::now();
+    let child = cmd.spawn().expect("start upkeep");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child; `status` and `usage` are valid for writes.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 failed");
+    Measured {
+        wall: t.elapsed(),
+        max_rss_kib: usage.ru_maxrss,
+        exit: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            -1
+        },
+    }
+}
