@@ -118,6 +118,22 @@ pub struct ProposeArgs {
     /// Do not create or update the dependency-dashboard issue.
     #[arg(long)]
     pub no_dashboard: bool,
+    /// The SSH private key for an SSH repository URL (default: your SSH agent and config).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
+    /// Who upkeep's commits are by, as `Name <email>`.
+    #[arg(
+        long,
+        value_name = "AUTHOR",
+        default_value = "upkeep <upkeep@users.noreply.github.com>"
+    )]
+    pub git_author: String,
+    /// The conventional-commit type of upkeep's commits (`chore(k3s): update to ...`).
+    #[arg(long, default_value = "chore")]
+    pub commit_prefix: String,
+    /// Labels on every pull request (repeat; `upkeep/<kind>` is always added).
+    #[arg(long = "label", value_name = "LABEL", default_values_t = vec!["upkeep".to_string()])]
+    pub labels: Vec<String>,
     /// Read releases from the signed offline catalog instead of the network.
     #[arg(long)]
     pub offline: bool,
@@ -604,13 +620,30 @@ fn propose(a: &ProposeArgs) -> i32 {
     };
     let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
     let state = state_dir(a.state_dir.as_deref()).join(format!("{}-{}", a.owner, a.name));
-    let git = match crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone()) {
-        Ok(g) => g,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 1;
+    let author = match a.git_author.rsplit_once('<') {
+        Some((name, email)) if email.ends_with('>') && !name.trim().is_empty() => {
+            crate::gitrepo::Author {
+                name: name.trim().to_string(),
+                email: email.trim_end_matches('>').trim().to_string(),
+            }
+        }
+        _ => {
+            eprintln!(
+                "upkeep: --git-author {:?} is not `Name <email>`",
+                a.git_author
+            );
+            return 2;
         }
     };
+    let mut git =
+        match crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone()) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("upkeep: {e}");
+                return 1;
+            }
+        };
+    git.ssh_key = a.ssh_key.clone();
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -633,8 +666,11 @@ fn propose(a: &ProposeArgs) -> i32 {
         base: a.base.clone(),
         subdir: a.subdir.clone(),
         scratch: state.join("checkout"),
-        style: crate::propose::Style::default(),
-        author: crate::gitrepo::Author::default(),
+        style: crate::propose::Style {
+            commit_prefix: a.commit_prefix.clone(),
+            labels: a.labels.clone(),
+        },
+        author,
         dashboard: !a.no_dashboard,
         dry_run: a.dry_run,
     };

@@ -49,12 +49,40 @@ impl Default for Author {
     }
 }
 
+/// How the mirror talks to the remote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// libgit2 (paths, `file://`, `http://`): this build of git2 has no TLS or SSH.
+    Libgit2,
+    /// The `git` command (`https://` and SSH remotes): the token goes in an HTTP header set
+    /// through the environment (never on the command line), SSH uses the user's agent or
+    /// `GIT_SSH_COMMAND`.
+    GitCli,
+}
+
+impl Transport {
+    /// libgit2 where it can, the git command for https and SSH.
+    pub fn for_url(url: &str) -> Transport {
+        if url.starts_with("https://")
+            || url.starts_with("ssh://")
+            || (url.contains('@') && url.contains(':') && !url.contains("://"))
+        {
+            Transport::GitCli
+        } else {
+            Transport::Libgit2
+        }
+    }
+}
+
 /// A bare mirror of the config repository.
 pub struct GitRepo {
     repo: Repository,
     path: PathBuf,
     url: String,
     token: Option<String>,
+    pub transport: Transport,
+    /// The SSH private key for SSH remotes (else the user's agent and ssh config).
+    pub ssh_key: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for GitRepo {
@@ -108,6 +136,60 @@ impl GitRepo {
             path: dir.to_path_buf(),
             url: url.to_string(),
             token,
+            transport: Transport::for_url(url),
+            ssh_key: None,
+        })
+    }
+
+    /// Run `git` on the mirror, the token (if any) as an `Authorization` header from the
+    /// environment, so that it shows neither in process lists nor in errors.
+    fn cli(&self, op: &'static str, args: &[&str]) -> Result<std::process::Output> {
+        use base64::Engine;
+        let mut c = std::process::Command::new("git");
+        c.arg("--git-dir")
+            .arg(&self.path)
+            .args(args)
+            .env("GIT_TERMINAL_PROMPT", "0");
+        if let Some(k) = &self.ssh_key {
+            c.env(
+                "GIT_SSH_COMMAND",
+                format!(
+                    "ssh -i '{}' -o IdentitiesOnly=yes -o BatchMode=yes",
+                    k.display().to_string().replace('\'', "")
+                ),
+            );
+        }
+        if let Some(t) = &self.token {
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
+            c.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env(
+                    "GIT_CONFIG_VALUE_0",
+                    format!("Authorization: Basic {basic}"),
+                );
+        }
+        let out = c.output().map_err(|e| Error::Git {
+            op,
+            path: self.path.clone(),
+            message: format!("cannot run git: {e}"),
+        })?;
+        Ok(out)
+    }
+
+    fn cli_ok(&self, op: &'static str, args: &[&str]) -> Result<()> {
+        let out = self.cli(op, args)?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if let Some(t) = &self.token {
+            message = message.replace(t.as_str(), "***");
+        }
+        Err(Error::Git {
+            op,
+            path: self.path.clone(),
+            message,
         })
     }
 
@@ -125,6 +207,18 @@ impl GitRepo {
 
     /// Fetch every branch (`refs/remotes/origin/*`), pruning deleted ones.
     pub fn fetch(&self) -> Result<()> {
+        if self.transport == Transport::GitCli {
+            return self.cli_ok(
+                "fetch",
+                &[
+                    "fetch",
+                    "--prune",
+                    "--quiet",
+                    "origin",
+                    "+refs/heads/*:refs/remotes/origin/*",
+                ],
+            );
+        }
         let mut remote = self
             .repo
             .find_remote("origin")
@@ -278,6 +372,35 @@ impl GitRepo {
             .reference(&local, commit, true, "upkeep: branch to push")
             .map_err(&e)?;
         let spec = format!("{}{local}:{local}", if force { "+" } else { "" });
+        if self.transport == Transport::GitCli {
+            // --porcelain: one line per ref; `!` marks a refused one.
+            let out = self.cli("push", &["push", "--porcelain", "origin", spec.as_str()])?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            if let Some(line) = text.lines().find(|l| l.starts_with('!')) {
+                let reason = line.split('\t').nth(2).unwrap_or(line).to_string();
+                return Err(Error::PushRefused {
+                    refname: local,
+                    reason,
+                });
+            }
+            if !out.status.success() {
+                let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                if let Some(t) = &self.token {
+                    message = message.replace(t.as_str(), "***");
+                }
+                return Err(Error::PushRefused {
+                    refname: local,
+                    reason: message,
+                });
+            }
+            let _ = self.repo.reference(
+                &format!("refs/remotes/origin/{branch}"),
+                commit,
+                true,
+                "upkeep: pushed",
+            );
+            return Ok(());
+        }
         let mut remote = self.repo.find_remote("origin").map_err(&e)?;
         let refused: std::cell::RefCell<Option<(String, String)>> = std::cell::RefCell::new(None);
         {
@@ -320,6 +443,24 @@ impl GitRepo {
             });
         }
         let e = git("delete a branch", &self.path);
+        if self.transport == Transport::GitCli {
+            self.cli_ok(
+                "delete a branch",
+                &[
+                    "push",
+                    "--quiet",
+                    "origin",
+                    &format!(":refs/heads/{branch}"),
+                ],
+            )?;
+            if let Ok(mut r) = self
+                .repo
+                .find_reference(&format!("refs/remotes/origin/{branch}"))
+            {
+                let _ = r.delete();
+            }
+            return Ok(());
+        }
         let mut remote = self.repo.find_remote("origin").map_err(&e)?;
         let mut opts = PushOptions::new();
         opts.remote_callbacks(self.callbacks());

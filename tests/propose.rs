@@ -485,3 +485,54 @@ fn the_cli_proposes_and_prints_what_it_did() {
         "the token never shows"
     );
 }
+
+/// Both transports over the emulator's smart HTTP with a token: libgit2 (http) and the git
+/// command (what https and SSH remotes use). A refused push is an error with the reason, and a
+/// force push outside upkeep/ is refused before anything is sent.
+#[test]
+fn pushes_are_checked_per_ref_on_both_transports() {
+    use upkeep::gitrepo::Transport;
+    for transport in [Transport::Libgit2, Transport::GitCli] {
+        let w = World::new(ROOMY);
+        let url = format!("{}/git/{REPO}.git", w.sim.url());
+        let dir = w.dir.path().join(format!("m-{transport:?}"));
+        let mut git = GitRepo::open(&dir, &url, Some(TOKEN.into())).expect("open");
+        git.transport = transport;
+        git.fetch().expect("fetch with the token");
+        let tip = git.tip("main").expect("main");
+        let c = git
+            .commit_file(tip, "NOTE.md", b"hello\n", "docs: note", &Author::default())
+            .expect("commit");
+        git.push(c, "upkeep/note", true)
+            .expect("push an own branch");
+        assert!(
+            w.git_cli(&["branch"]).contains("upkeep/note"),
+            "{transport:?}"
+        );
+        assert!(matches!(
+            git.push(c, "main", true),
+            Err(upkeep::gitrepo::Error::ForceOutsideOwnBranches { .. })
+        ));
+        w.sim
+            .with_forge(|f| f.protect(REPO, "main"))
+            .expect("forge")
+            .expect("protect");
+        let refused = git.push(c, "main", false);
+        assert!(
+            matches!(&refused, Err(upkeep::gitrepo::Error::PushRefused { .. })),
+            "{transport:?}: {refused:?}"
+        );
+        let text = format!("{refused:?}");
+        assert!(!text.contains(TOKEN), "the token never shows: {text}");
+        assert_ne!(
+            w.git_cli(&["rev-parse", "main"]).trim(),
+            c.to_string(),
+            "main did not move"
+        );
+        // Without the token the fetch fails with a clear error.
+        let mut anon = GitRepo::open(&w.dir.path().join(format!("a-{transport:?}")), &url, None)
+            .expect("open");
+        anon.transport = transport;
+        assert!(anon.fetch().is_err());
+    }
+}

@@ -501,12 +501,10 @@ async fn git_http(
             None => return error(StatusCode::NOT_FOUND, "Not Found"),
         }
     };
-    let token = inner
-        .data
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .token
-        .clone();
+    let token = {
+        let d = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        d.forge_token.clone().or(d.token.clone())
+    };
     if let Some(t) = token {
         use base64::Engine;
         let ok = headers
