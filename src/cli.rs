@@ -77,7 +77,7 @@ pub enum Command {
     /// One detection + proposal cycle: open or update one pull request per legal update, and the
     /// dependency dashboard. Exit 0: done; 1: something failed (it is retried next cycle) or
     /// versions.yaml on the base branch is invalid; 2: usage errors.
-    Propose(ProposeArgs),
+    Propose(Box<ProposeArgs>),
     /// Offline release catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
