@@ -536,3 +536,67 @@ fn pushes_are_checked_per_ref_on_both_transports() {
         assert!(anon.fetch().is_err());
     }
 }
+
+/// Real kills: the `upkeep propose` process is SIGKILLed while it waits on the forge right after
+/// a step (push, PR creation), and the next run finishes the work without duplicates.
+#[test]
+fn killing_the_process_at_each_step_leaves_nothing_the_next_run_cannot_heal() {
+    for (method, path, done) in [("POST", "/pulls", "pushed"), ("POST", "/labels", "opened")] {
+        let w = World::new(ROOMY);
+        let cmd = || {
+            let mut c = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+            c.args([
+                "propose",
+                "--repo-url",
+                &w.clone_url,
+                "--owner",
+                "homelab",
+                "--name",
+                "cluster",
+                "--github-api-url",
+                &w.sim.url(),
+                "--no-cache",
+                "--now",
+                "2026-11-21T12:00:00Z",
+                "--state-dir",
+            ])
+            .arg(w.dir.path().join("state"))
+            .env("GITHUB_TOKEN", TOKEN)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+            c
+        };
+        // The request after the step hangs; the process is killed while it waits.
+        w.sim.inject_method(
+            method,
+            path,
+            Fault::Delay(std::time::Duration::from_secs(30)),
+            1,
+        );
+        let mut child = cmd().spawn().expect("upkeep");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let reached = |w: &World| match done {
+            "pushed" => w.git_cli(&["branch"]).contains("upkeep/"),
+            _ => !w.pulls().is_empty(),
+        };
+        while !reached(&w) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(reached(&w), "the step before the kill happened");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let _ = child.kill();
+        let _ = child.wait();
+        let st = cmd().status().expect("rerun");
+        assert!(st.success(), "{method} {path}");
+        let pulls = w.pulls();
+        assert_eq!(pulls.len(), 2, "{method} {path}: {pulls:?}");
+        for (n, _, _) in pulls {
+            let pr = w.forge_call("GET", &format!("/pulls/{n}"), serde_json::json!({}));
+            assert_eq!(
+                pr["labels"].as_array().map(Vec::len),
+                Some(2),
+                "{method} {path}: #{n} labelled"
+            );
+        }
+    }
+}
