@@ -285,6 +285,11 @@ impl GitHub {
         })
     }
 
+    /// A write whose answer is not needed.
+    async fn write(&self, method: Method, path: &str, body: &Value) -> Result<()> {
+        self.send(method, path, Some(body)).await.map(|_| ())
+    }
+
     /// Every page of a list.
     async fn list(&self, path: &str) -> Result<Vec<Value>> {
         let mut out = Vec::new();
@@ -416,29 +421,26 @@ impl Forge for GitHub {
         if let Some(s) = state {
             b["state"] = json!(s);
         }
-        self.send(Method::PATCH, &format!("/pulls/{number}"), Some(&b))
+        self.write(Method::PATCH, &format!("/pulls/{number}"), &b)
             .await
-            .map(|_| ())
     }
 
     async fn add_labels(&self, number: u64, labels: &[String]) -> Result<()> {
-        self.send(
+        self.write(
             Method::POST,
             &format!("/issues/{number}/labels"),
-            Some(&json!({"labels": labels})),
+            &json!({"labels": labels}),
         )
         .await
-        .map(|_| ())
     }
 
     async fn comment(&self, number: u64, body: &str) -> Result<()> {
-        self.send(
+        self.write(
             Method::POST,
             &format!("/issues/{number}/comments"),
-            Some(&json!({"body": body})),
+            &json!({"body": body}),
         )
         .await
-        .map(|_| ())
     }
 
     async fn comments(&self, number: u64) -> Result<Vec<String>> {
@@ -472,12 +474,11 @@ impl Forge for GitHub {
     }
 
     async fn update_issue(&self, number: u64, body: &str) -> Result<()> {
-        self.send(
+        self.write(
             Method::PATCH,
             &format!("/issues/{number}"),
-            Some(&json!({"body": body})),
+            &json!({"body": body}),
         )
         .await
-        .map(|_| ())
     }
 }

@@ -341,7 +341,8 @@ impl GitRepo {
         let e = git("commit", &self.path);
         let parent = self.repo.find_commit(parent).map_err(&e)?;
         let blob = self.repo.blob(bytes).map_err(&e)?;
-        let tree = replace(&self.repo, &parent.tree().map_err(&e)?, path, blob).map_err(&e)?;
+        let tree =
+            replace_in_tree(&self.repo, &parent.tree().map_err(&e)?, path, blob).map_err(&e)?;
         let tree = self.repo.find_tree(tree).map_err(&e)?;
         let sig = Signature::now(&author.name, &author.email).map_err(&e)?;
         self.repo
@@ -477,7 +478,8 @@ impl GitRepo {
     }
 }
 
-fn replace(
+/// A copy of `tree` with the file at `path` (slash-separated) set to `blob`, keeping its mode.
+pub fn replace_in_tree(
     repo: &Repository,
     tree: &git2::Tree<'_>,
     path: &str,
@@ -498,7 +500,7 @@ fn replace(
                 Some(e) => repo.find_tree(e.id())?,
                 None => repo.find_tree(repo.treebuilder(None)?.write()?)?,
             };
-            let oid = replace(repo, &sub, rest, blob)?;
+            let oid = replace_in_tree(repo, &sub, rest, blob)?;
             tb.insert(first, oid, 0o040000)?;
         }
     }

@@ -173,6 +173,33 @@ impl World {
     }
 }
 
+impl World {
+    /// `upkeep propose` against this world, with its own state directory.
+    fn propose_cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+        c.args([
+            "propose",
+            "--repo-url",
+            &self.clone_url,
+            "--owner",
+            "homelab",
+            "--name",
+            "cluster",
+        ])
+        .args([
+            "--github-api-url",
+            &self.sim.url(),
+            "--no-cache",
+            "--now",
+            "2026-11-21T12:00:00Z",
+        ])
+        .arg("--state-dir")
+        .arg(self.dir.path().join("state"))
+        .env("GITHUB_TOKEN", TOKEN);
+        c
+    }
+}
+
 fn ok(r: Result<(Outcome, Vec<Action>), String>) -> Outcome {
     let (o, _) = r.expect("the cycle runs");
     assert!(o.errors.is_empty(), "{:?}", o.errors);
@@ -440,27 +467,7 @@ fn dry_run_touches_nothing() {
 fn the_cli_proposes_and_prints_what_it_did() {
     let w = World::new(ROOMY);
     let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-            .args([
-                "propose",
-                "--repo-url",
-                &w.clone_url,
-                "--owner",
-                "homelab",
-                "--name",
-                "cluster",
-                "--github-api-url",
-                &w.sim.url(),
-                "--no-cache",
-                "--now",
-                "2026-11-21T12:00:00Z",
-                "--state-dir",
-            ])
-            .arg(w.dir.path().join("state"))
-            .args(extra)
-            .env("GITHUB_TOKEN", TOKEN)
-            .output()
-            .expect("upkeep");
+        let out = w.propose_cmd().args(extra).output().expect("upkeep");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -544,26 +551,9 @@ fn killing_the_process_at_each_step_leaves_nothing_the_next_run_cannot_heal() {
     for (method, path, done) in [("POST", "/pulls", "pushed"), ("POST", "/labels", "opened")] {
         let w = World::new(ROOMY);
         let cmd = || {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_upkeep"));
-            c.args([
-                "propose",
-                "--repo-url",
-                &w.clone_url,
-                "--owner",
-                "homelab",
-                "--name",
-                "cluster",
-                "--github-api-url",
-                &w.sim.url(),
-                "--no-cache",
-                "--now",
-                "2026-11-21T12:00:00Z",
-                "--state-dir",
-            ])
-            .arg(w.dir.path().join("state"))
-            .env("GITHUB_TOKEN", TOKEN)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            let mut c = w.propose_cmd();
+            c.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
             c
         };
         // The request after the step hangs; the process is killed while it waits.

@@ -321,7 +321,7 @@ impl Forge {
         let refname = format!("refs/heads/{branch}");
         let parent = repo.find_reference(&refname)?.peel_to_commit()?;
         let blob = repo.blob(content.as_bytes())?;
-        let tree = replace_in_tree(&repo, &parent.tree()?, file, blob)?;
+        let tree = crate::gitrepo::replace_in_tree(&repo, &parent.tree()?, file, blob)?;
         let tree = repo.find_tree(tree)?;
         let s = sig("octocat")?;
         let oid = repo.commit(Some(&refname), &s, &s, message, &tree, &[&parent])?;
@@ -1436,29 +1436,6 @@ fn build_tree(repo: &Repository, dir: &Path, tb: &mut git2::TreeBuilder<'_>) -> 
                 .map_err(|e| ForgeError::new(500, format!("{}: {e}", p.display())))?;
             let oid = repo.blob(&bytes)?;
             tb.insert(&name, oid, 0o100644)?;
-        }
-    }
-    Ok(tb.write()?)
-}
-
-/// A copy of `tree` with `path` (slash-separated) set to `blob`.
-fn replace_in_tree(repo: &Repository, tree: &git2::Tree<'_>, path: &str, blob: Oid) -> Result<Oid> {
-    let (first, rest) = match path.split_once('/') {
-        Some((a, b)) => (a, Some(b)),
-        None => (path, None),
-    };
-    let mut tb = repo.treebuilder(Some(tree))?;
-    match rest {
-        None => {
-            tb.insert(first, blob, 0o100644)?;
-        }
-        Some(rest) => {
-            let sub = match tree.get_name(first) {
-                Some(e) => repo.find_tree(e.id())?,
-                None => repo.find_tree(repo.treebuilder(None)?.write()?)?,
-            };
-            let oid = replace_in_tree(repo, &sub, rest, blob)?;
-            tb.insert(first, oid, 0o040000)?;
         }
     }
     Ok(tb.write()?)
