@@ -78,6 +78,11 @@ pub enum Command {
     /// dependency dashboard. Exit 0: done; 1: something failed (it is retried next cycle) or
     /// versions.yaml on the base branch is invalid; 2: usage errors.
     Propose(Box<ProposeArgs>),
+    /// What would be applied to the cluster: for every component what runs, what versions.yaml
+    /// asks for, the path, when (the next window), and the preflight verdict right now. Exit 0:
+    /// nothing to apply; 10: something to apply and its preflight passes; 1: a preflight fails
+    /// or the cluster cannot be read.
+    Plan(Box<PlanArgs>),
     /// Offline release catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -143,6 +148,26 @@ pub struct ProposeArgs {
     #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
     pub catalog_public_key: Option<String>,
     /// Judge ages, gates and windows as of this time (RFC 3339) instead of now.
+    #[arg(long, value_parser = parse_now)]
+    pub now: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    /// The cluster directory holding versions.yaml and policies/.
+    #[arg(long, default_value = ".")]
+    pub repo: PathBuf,
+    /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// Read releases (for multi-hop paths) from the signed offline catalog.
+    #[arg(long)]
+    pub offline: bool,
+    /// Judge windows as of this time (RFC 3339) instead of now.
     #[arg(long, value_parser = parse_now)]
     pub now: Option<DateTime<Utc>>,
     #[command(flatten)]
@@ -339,6 +364,7 @@ pub fn run() -> i32 {
         }
         Command::Sim(SimCommand::Serve(args)) => sim_serve(&args),
         Command::Propose(args) => propose(&args),
+        Command::Plan(args) => plan(&args),
         Command::Catalog(CatalogCommand::Verify {
             catalog,
             public_key,
@@ -582,6 +608,215 @@ fn check(a: CheckArgs) -> i32 {
     };
     let _ = out.write_all(text.as_bytes());
     report.exit_code()
+}
+
+/// One component in `upkeep plan`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PlanRow {
+    component: String,
+    running: crate::cluster::Running,
+    desired: String,
+    /// The hops from what runs to the desired version (empty when in step).
+    path: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_error: Option<String>,
+    when: crate::windows::Decision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preflight: Option<crate::validate::Verdict>,
+}
+
+fn plan(a: &PlanArgs) -> i32 {
+    use crate::windows::{Decision, Override};
+    let now = a.now.unwrap_or_else(Utc::now);
+    let repo = match load_valid(&a.repo, now) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let observed = match rt.block_on(async {
+        let c = crate::cluster::client(a.kubeconfig.as_deref()).await?;
+        crate::cluster::observe(&c).await
+    }) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let cat = if a.offline {
+        Catalog::builtin().ok()
+    } else {
+        None
+    };
+    let mut rows = Vec::new();
+    for c in &repo.components {
+        let running = observed.running(&c.name);
+        let from = running.lowest(c.scheme);
+        let mut row = PlanRow {
+            component: c.name.clone(),
+            running: running.clone(),
+            desired: c.version.to_string(),
+            path: Vec::new(),
+            path_error: None,
+            when: crate::windows::decide(
+                now,
+                &c.name,
+                &repo.windows,
+                &repo.freezes,
+                Override::default(),
+            ),
+            preflight: None,
+        };
+        let in_step = matches!(&running, crate::cluster::Running::At { version } if crate::versions::parse(version, c.scheme).ok().as_ref() == Some(&c.version));
+        if !in_step {
+            match &from {
+                None => row.path_error = Some(format!("cannot tell which {} version runs", c.name)),
+                Some(from) => match crate::versions::check_hop(from, &c.version, &c.path_rule) {
+                    Ok(()) => row.path = vec![c.version.to_string()],
+                    Err(hop_err) => {
+                        // A longer way may exist through the releases in between.
+                        let available: Vec<crate::versions::Version> = match &cat {
+                            Some(cat) => rt
+                                .block_on(crate::sources::Upstream::fetch(cat, c))
+                                .map(|f| {
+                                    f.releases_as(c.scheme)
+                                        .0
+                                        .into_iter()
+                                        .map(|r| r.version)
+                                        .collect()
+                                })
+                                .unwrap_or_default(),
+                            None => Vec::new(),
+                        };
+                        match crate::versions::plan_path(from, &c.version, &available, &c.path_rule)
+                        {
+                            Ok(p) if !p.is_empty() => {
+                                row.path = p.iter().map(ToString::to_string).collect()
+                            }
+                            _ => row.path_error = Some(hop_err.to_string()),
+                        }
+                    }
+                },
+            }
+            if let Some(first) = row
+                .path
+                .first()
+                .and_then(|v| crate::versions::parse(v, c.scheme).ok())
+            {
+                row.preflight = Some(crate::validate::preflight(
+                    c,
+                    &first,
+                    &observed,
+                    crate::validate::PreflightPolicy::default(),
+                ));
+            }
+        }
+        rows.push(row);
+    }
+    let failing = rows
+        .iter()
+        .any(|r| r.path_error.is_some() || r.preflight.as_ref().is_some_and(|v| !v.ok));
+    let pending = rows.iter().any(|r| !r.path.is_empty());
+    let mut out = std::io::stdout().lock();
+    match a.output {
+        Output::Json => {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&rows).unwrap_or_default()
+            );
+        }
+        Output::Text => {
+            for r in &rows {
+                let running = match &r.running {
+                    crate::cluster::Running::At { version } => version.clone(),
+                    crate::cluster::Running::Mixed { nodes } => format!(
+                        "mixed ({})",
+                        nodes
+                            .iter()
+                            .map(|(n, v)| format!("{n} {v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    crate::cluster::Running::Unknown => "unknown".into(),
+                };
+                if r.path.is_empty() && r.path_error.is_none() {
+                    let _ = writeln!(out, "{}: {running}, as versions.yaml asks", r.component);
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "{}: {running} -> {} ({})",
+                    r.component,
+                    r.desired,
+                    if r.path.len() > 1 {
+                        format!("{} hops: {}", r.path.len(), r.path.join(" -> "))
+                    } else {
+                        "1 hop".into()
+                    }
+                );
+                if let Some(e) = &r.path_error {
+                    let _ = writeln!(out, "  path: {e}");
+                }
+                let when = match &r.when {
+                    Decision::AnyTime => "any time (no window covers it)".to_string(),
+                    Decision::InWindow { window, closes } => format!(
+                        "now: window {window} is open until {}",
+                        closes.format("%Y-%m-%d %H:%M UTC")
+                    ),
+                    Decision::Emergency => "now (emergency)".into(),
+                    Decision::Wait { next: Some(n) } => {
+                        match crate::propose::after_merge(&repo, &r.component, now).window {
+                            Some(w) => format!(
+                                "in the next window, {} {} ({}), for {}",
+                                w.name, w.starts, w.time_zone, w.duration
+                            ),
+                            None => {
+                                format!("in the next window, {}", n.format("%Y-%m-%d %H:%M UTC"))
+                            }
+                        }
+                    }
+                    Decision::Wait { next: None } => "no window opens within a year".into(),
+                    Decision::Denied { window, until } => format!(
+                        "after deny window {window}, {}",
+                        until.format("%Y-%m-%d %H:%M UTC")
+                    ),
+                    Decision::Frozen { freeze, until } => format!(
+                        "after freeze {freeze}, {}",
+                        until.format("%Y-%m-%d %H:%M UTC")
+                    ),
+                };
+                let _ = writeln!(out, "  when: {when}");
+                if let Some(v) = &r.preflight {
+                    let _ = writeln!(
+                        out,
+                        "  preflight: {}",
+                        if v.ok { "passes" } else { "FAILS" }
+                    );
+                    for f in &v.findings {
+                        let _ = writeln!(
+                            out,
+                            "    {} {}: {}",
+                            if f.ok { "ok  " } else { "FAIL" },
+                            f.check,
+                            f.detail
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if failing {
+        1
+    } else if pending {
+        10
+    } else {
+        0
+    }
 }
 
 fn state_dir(explicit: Option<&Path>) -> PathBuf {

@@ -9,6 +9,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod diag;
 pub mod forge;
 pub mod gitrepo;
@@ -19,6 +20,7 @@ pub mod report;
 pub mod select;
 pub mod sim;
 pub mod sources;
+pub mod validate;
 pub mod versions;
 pub mod windows;
 

@@ -1,0 +1,378 @@
+//! Checks over what runs: the preflight before a rollout may start, as a pure function over
+//! [`Observed`]. (Validation against the pre-upgrade baseline builds on the same findings.)
+
+use serde::Serialize;
+
+use crate::cluster::{Observed, Running};
+use crate::model::Component;
+use crate::versions::{self, Version};
+
+/// One check and what it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The preflight verdict: every check, and whether all passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    pub ok: bool,
+    pub findings: Vec<Finding>,
+}
+
+/// What policy lets through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PreflightPolicy {
+    /// Start a Longhorn upgrade with degraded (not faulted) volumes.
+    pub allow_degraded_volumes: bool,
+}
+
+fn finding(check: &str, ok: bool, detail: impl Into<String>) -> Finding {
+    Finding {
+        check: check.to_string(),
+        ok,
+        detail: detail.into(),
+    }
+}
+
+/// Whether `component` may go from what runs to `target` now. A failed preflight changes
+/// nothing; its findings say what to fix.
+pub fn preflight(
+    component: &Component,
+    target: &Version,
+    observed: &Observed,
+    policy: PreflightPolicy,
+) -> Verdict {
+    let mut f = Vec::new();
+    let running = observed.running(&component.name);
+    match running.lowest(component.scheme) {
+        None => f.push(finding(
+            "path",
+            false,
+            format!("cannot tell which {} version runs", component.name),
+        )),
+        Some(from) => match versions::check_hop(&from, target, &component.path_rule) {
+            Ok(()) => f.push(finding(
+                "path",
+                true,
+                format!("{from} -> {target} is a legal step"),
+            )),
+            Err(e) => f.push(finding("path", false, e.to_string())),
+        },
+    }
+    if let Running::Mixed { nodes } = &running {
+        let list: Vec<String> = nodes.iter().map(|(n, v)| format!("{n} {v}")).collect();
+        f.push(finding(
+            "mixed",
+            true,
+            format!("the cluster is mixed: {}", list.join(", ")),
+        ));
+    }
+    match component.name.as_str() {
+        "k3s" => {
+            let not_ready: Vec<&str> = observed
+                .nodes
+                .iter()
+                .filter(|n| !n.ready)
+                .map(|n| n.name.as_str())
+                .collect();
+            f.push(finding(
+                "nodes ready",
+                not_ready.is_empty() && !observed.nodes.is_empty(),
+                if observed.nodes.is_empty() {
+                    "no nodes".into()
+                } else if not_ready.is_empty() {
+                    format!("all {} nodes Ready", observed.nodes.len())
+                } else {
+                    format!("not Ready: {}", not_ready.join(", "))
+                },
+            ));
+            let cordoned: Vec<&str> = observed
+                .nodes
+                .iter()
+                .filter(|n| n.unschedulable)
+                .map(|n| n.name.as_str())
+                .collect();
+            f.push(finding(
+                "nodes schedulable",
+                cordoned.is_empty(),
+                if cordoned.is_empty() {
+                    "no node is cordoned".into()
+                } else {
+                    format!(
+                        "cordoned by someone else: {} (uncordon them, or finish that work first)",
+                        cordoned.join(", ")
+                    )
+                },
+            ));
+            f.push(finding(
+                "system-upgrade-controller",
+                observed.suc_installed,
+                if observed.suc_installed { "the Plan CRD is served".to_string() } else { "the Plan CRD (plans.upgrade.cattle.io) is not served: install the system-upgrade-controller".to_string() },
+            ));
+            let blocking: Vec<String> = observed
+                .blocking_pdbs
+                .iter()
+                .filter(|p| !p.nodes.is_empty())
+                .map(|p| {
+                    format!(
+                        "{}/{} (pods on {})",
+                        p.namespace,
+                        p.name,
+                        p.nodes.join(", ")
+                    )
+                })
+                .collect();
+            f.push(finding(
+                "drains",
+                blocking.is_empty(),
+                if blocking.is_empty() {
+                    "no PodDisruptionBudget blocks a drain".into()
+                } else {
+                    format!(
+                        "PodDisruptionBudgets with 0 allowed disruptions would block a drain: {}",
+                        blocking.join("; ")
+                    )
+                },
+            ));
+        }
+        "longhorn" => {
+            let faulted: Vec<&str> = observed
+                .volumes
+                .iter()
+                .filter(|v| v.robustness == "faulted")
+                .map(|v| v.name.as_str())
+                .collect();
+            let degraded: Vec<&str> = observed
+                .volumes
+                .iter()
+                .filter(|v| v.robustness == "degraded")
+                .map(|v| v.name.as_str())
+                .collect();
+            f.push(finding(
+                "volumes not faulted",
+                faulted.is_empty(),
+                if faulted.is_empty() {
+                    format!("{} volumes, none faulted", observed.volumes.len())
+                } else {
+                    format!("faulted: {}", faulted.join(", "))
+                },
+            ));
+            f.push(finding(
+                "volumes not degraded",
+                degraded.is_empty() || policy.allow_degraded_volumes,
+                if degraded.is_empty() {
+                    "none degraded".to_string()
+                } else {
+                    format!(
+                        "degraded: {}{}",
+                        degraded.join(", "),
+                        if policy.allow_degraded_volumes {
+                            " (allowed by policy)"
+                        } else {
+                            ""
+                        }
+                    )
+                },
+            ));
+            helm_ready(observed, "longhorn", &mut f);
+        }
+        "flux" => match observed.flux_instances.first() {
+            Some(fi) => f.push(finding(
+                "FluxInstance ready",
+                fi.ready,
+                format!(
+                    "{}/{}: {}",
+                    fi.namespace,
+                    fi.name,
+                    if fi.ready {
+                        "Ready".to_string()
+                    } else {
+                        format!("{} {}", fi.reason, fi.message)
+                    }
+                ),
+            )),
+            None => f.push(finding(
+                "FluxInstance ready",
+                false,
+                "no FluxInstance: upkeep upgrades Flux through flux-operator",
+            )),
+        },
+        other => helm_ready(observed, other, &mut f),
+    }
+    Verdict {
+        ok: f.iter().all(|x| x.ok),
+        findings: f,
+    }
+}
+
+fn helm_ready(observed: &Observed, component: &str, f: &mut Vec<Finding>) {
+    match observed.helm_release_of(component) {
+        Some(h) => f.push(finding(
+            "HelmRelease ready",
+            h.ready,
+            format!(
+                "{}/{}: {}",
+                h.namespace,
+                h.name,
+                if h.ready {
+                    "Ready".to_string()
+                } else {
+                    format!("{} {}", h.reason, h.message)
+                }
+            ),
+        )),
+        None => f.push(finding(
+            "HelmRelease ready",
+            false,
+            format!("no HelmRelease for {component}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{BlockingPdb, Health, NodeState, VolumeState};
+    use crate::model::{Sources, Track};
+    use crate::versions::{Downgrade, PathRule, Scheme};
+
+    fn k3s() -> Component {
+        Component {
+            name: "k3s".into(),
+            version: versions::parse("v1.33.4+k3s1", Scheme::K3s).unwrap_or_else(|_| panic!()),
+            scheme: Scheme::K3s,
+            track: Track::Newest,
+            sources: Sources::default(),
+            allowed: None,
+            path_rule: PathRule {
+                max_minor_step: Some(1),
+                downgrade: Downgrade::Never,
+            },
+        }
+    }
+
+    fn node(name: &str, v: &str) -> NodeState {
+        NodeState {
+            name: name.into(),
+            server: name.starts_with('s'),
+            etcd: false,
+            version: v.into(),
+            ready: true,
+            unschedulable: false,
+        }
+    }
+
+    fn cluster() -> Observed {
+        Observed {
+            nodes: vec![
+                node("server-1", "v1.33.4+k3s1"),
+                node("agent-1", "v1.33.4+k3s1"),
+            ],
+            suc_installed: true,
+            ..Observed::default()
+        }
+    }
+
+    fn v(s: &str) -> Version {
+        versions::parse(s, Scheme::K3s).unwrap_or_else(|_| panic!())
+    }
+
+    #[test]
+    fn a_healthy_cluster_passes() {
+        let verdict = preflight(
+            &k3s(),
+            &v("v1.33.5+k3s1"),
+            &cluster(),
+            PreflightPolicy::default(),
+        );
+        assert!(verdict.ok, "{verdict:?}");
+    }
+
+    #[test]
+    fn each_problem_fails_with_the_facts() {
+        let target = v("v1.33.5+k3s1");
+        let fails = |o: &Observed, t: &Version| {
+            let verdict = preflight(&k3s(), t, o, PreflightPolicy::default());
+            assert!(!verdict.ok);
+            verdict
+                .findings
+                .into_iter()
+                .filter(|f| !f.ok)
+                .map(|f| f.detail)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        let mut o = cluster();
+        o.nodes[1].ready = false;
+        assert!(fails(&o, &target).contains("not Ready: agent-1"));
+        let mut o = cluster();
+        o.nodes[0].unschedulable = true;
+        assert!(fails(&o, &target).contains("cordoned by someone else: server-1"));
+        let mut o = cluster();
+        o.suc_installed = false;
+        assert!(fails(&o, &target).contains("install the system-upgrade-controller"));
+        let mut o = cluster();
+        o.blocking_pdbs = vec![BlockingPdb {
+            namespace: "default".into(),
+            name: "db".into(),
+            nodes: vec!["agent-1".into()],
+        }];
+        assert!(fails(&o, &target).contains("default/db (pods on agent-1)"));
+        assert!(fails(&cluster(), &v("v1.35.0+k3s1")).contains("skips a minor"));
+        assert!(fails(&cluster(), &v("v1.33.3+k3s1")).contains("downgrade"));
+    }
+
+    #[test]
+    fn longhorn_volumes_and_release() {
+        let mut lh = k3s();
+        lh.name = "longhorn".into();
+        lh.scheme = Scheme::Semver;
+        let target = versions::parse("v1.10.2", Scheme::Semver).unwrap_or_else(|_| panic!());
+        let mut o = Observed::default();
+        o.helm_releases.push(Health {
+            kind: "HelmRelease".into(),
+            namespace: "longhorn-system".into(),
+            name: "longhorn".into(),
+            ready: true,
+            reason: String::new(),
+            message: String::new(),
+            running: Some("1.9.1".into()),
+            desired: Some("1.9.1".into()),
+            chart: Some("longhorn".into()),
+        });
+        o.volumes.push(VolumeState {
+            name: "pvc-1".into(),
+            robustness: "degraded".into(),
+            state: "attached".into(),
+        });
+        assert!(!preflight(&lh, &target, &o, PreflightPolicy::default()).ok);
+        assert!(
+            preflight(
+                &lh,
+                &target,
+                &o,
+                PreflightPolicy {
+                    allow_degraded_volumes: true
+                }
+            )
+            .ok
+        );
+        o.volumes[0].robustness = "faulted".into();
+        assert!(
+            !preflight(
+                &lh,
+                &target,
+                &o,
+                PreflightPolicy {
+                    allow_degraded_volumes: true
+                }
+            )
+            .ok
+        );
+    }
+}
