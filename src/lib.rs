@@ -17,6 +17,7 @@ pub mod knowledge;
 pub mod model;
 pub mod propose;
 pub mod report;
+pub mod rollout;
 pub mod select;
 pub mod sim;
 pub mod sources;

@@ -1,14 +1,15 @@
 //! Checks over what runs: the preflight before a rollout may start, as a pure function over
 //! [`Observed`]. (Validation against the pre-upgrade baseline builds on the same findings.)
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Observed, Running};
 use crate::model::Component;
 use crate::versions::{self, Version};
 
 /// One check and what it found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub check: String,

@@ -1,0 +1,928 @@
+//! The rollout of one component from what runs to what versions.yaml asks, as a persisted state
+//! machine:
+//!
+//! `Pending -> WaitingForWindow -> Preflight -> Backup -> Applying -> Validating -> Succeeded`, or
+//! `-> Failed -> Reverting -> Reverted`, or `RequiresAttention` where a machine must not decide.
+//!
+//! [`decide`] is pure: the rollout's spec and status and what the cluster shows now in, the next
+//! status and the effects to carry out out. Every effect is idempotent (server-side apply, named
+//! objects, keyed comments, a revert that checks the base branch first), so a controller killed
+//! at any point and started again never applies twice, never takes two backups and never posts a
+//! comment twice.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{Observed, Running};
+use crate::model::Component;
+use crate::validate::{Finding, PreflightPolicy, preflight};
+use crate::versions::{self, Downgrade, Version};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+pub enum Phase {
+    #[default]
+    Pending,
+    WaitingForWindow,
+    Preflight,
+    Backup,
+    Applying,
+    Validating,
+    Succeeded,
+    Failed,
+    Reverting,
+    Reverted,
+    RequiresAttention,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Succeeded | Phase::Reverted | Phase::RequiresAttention
+        )
+    }
+}
+
+/// What a Rollout is asked to do (the custom resource's spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    pub component: String,
+    /// What ran when the rollout was created.
+    pub from: String,
+    /// What versions.yaml asks for.
+    pub to: String,
+    /// The legal hops from `from` to `to`, ending with `to`.
+    pub hops: Vec<String>,
+    /// The merged pull request that asked for it, for reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<u64>,
+    /// Apply outside windows (an emergency label on the merged PR).
+    #[serde(default)]
+    pub emergency: bool,
+}
+
+/// One node's result, for the report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeResult {
+    pub name: String,
+    pub version: String,
+    pub ready: bool,
+}
+
+/// What the cluster looked like before the first change: validation compares with it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Baseline {
+    pub ready_nodes: Vec<String>,
+    /// `Kind/namespace/name` of the Flux objects that were Ready.
+    pub ready_objects: Vec<String>,
+    /// Volume name -> robustness.
+    pub volumes: Vec<(String, String)>,
+}
+
+/// Where the rollout stands (the custom resource's status).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    pub phase: Phase,
+    /// The hop being applied (index into `spec.hops`).
+    #[serde(default)]
+    pub hop: usize,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Baseline>,
+    /// The backup's name (an etcd snapshot, a Longhorn backup), once taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+    /// The checks of the last preflight or validation.
+    #[serde(default)]
+    pub checks: Vec<Finding>,
+    #[serde(default)]
+    pub nodes: Vec<NodeResult>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// The revert commit (or revert PR) made after a failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert: Option<String>,
+    /// Comments already posted, by key.
+    #[serde(default)]
+    pub posted: Vec<String>,
+}
+
+/// Something to do in the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Take the backup named `name` (k3s: an etcd snapshot Job; Longhorn: a SystemBackup).
+    Backup { name: String },
+    /// Apply `version` of the component (SUC Plans, the HelmRelease's chart version, the
+    /// FluxInstance's distribution version), server-side, as field manager `upkeep`.
+    Apply { version: String },
+    /// Stop the rollout where it is: no further nodes; uncordon what upkeep cordoned.
+    Halt,
+    /// Commit versions.yaml back to `version` on the base branch (a PR if the push is refused).
+    Revert { version: String, message: String },
+    /// Post a comment on the merged PR, once per key.
+    Comment { key: String, body: String },
+}
+
+/// What [`decide`] knows besides the rollout.
+pub struct Ctx<'a> {
+    pub now: DateTime<Utc>,
+    pub component: &'a Component,
+    pub observed: &'a Observed,
+    /// Whether work may start now (a window is open, or no window covers the component).
+    pub may_start: bool,
+    /// What to say while waiting (the next window).
+    pub waiting: String,
+    /// Take backups before applying.
+    pub backup: bool,
+    /// The backup that is ready, if the named one exists and is usable.
+    pub backup_ready: Option<String>,
+    /// How long one hop may take before it counts as failed.
+    pub timeout: chrono::Duration,
+    pub preflight: PreflightPolicy,
+}
+
+/// The name of a rollout's backup.
+pub fn backup_name(rollout: &str) -> String {
+    format!("upkeep-{rollout}")
+}
+
+/// A Kubernetes-safe name for the rollout of `component` to `version`.
+pub fn rollout_name(component: &str, version: &str) -> String {
+    let v: String = version
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{component}-{}", v.trim_matches('-'))
+}
+
+fn set(status: &mut RolloutStatus, phase: Phase, message: impl Into<String>, now: DateTime<Utc>) {
+    if status.phase != phase {
+        status.phase_since = Some(now);
+    }
+    status.phase = phase;
+    status.message = message.into();
+}
+
+/// Whether the component runs `version` everywhere, healthy.
+fn reached(c: &Component, version: &Version, o: &Observed) -> Result<bool, String> {
+    match c.name.as_str() {
+        "k3s" => {
+            let failed = o.plans.iter().find_map(|p| p.failed.clone());
+            let all = !o.nodes.is_empty()
+                && o.nodes
+                    .iter()
+                    .all(|n| versions::parse(&n.version, c.scheme).ok().as_ref() == Some(version));
+            if all {
+                let not_ready: Vec<&str> = o
+                    .nodes
+                    .iter()
+                    .filter(|n| !n.ready)
+                    .map(|n| n.name.as_str())
+                    .collect();
+                if !not_ready.is_empty() {
+                    return Err(format!("upgraded but not Ready: {}", not_ready.join(", ")));
+                }
+                return Ok(true);
+            }
+            match failed {
+                Some(f) => Err(format!("an upgrade Job failed: {f}")),
+                None => Ok(false),
+            }
+        }
+        name => {
+            let h = if name == "flux" {
+                o.flux_instances.first()
+            } else {
+                o.helm_release_of(name)
+            };
+            let Some(h) = h else {
+                return Err(format!("no {name} release object"));
+            };
+            let running = h
+                .running
+                .as_deref()
+                .and_then(|v| versions::parse(v, c.scheme).ok());
+            if running.as_ref() == Some(version) && h.ready {
+                return Ok(true);
+            }
+            let desired_now = h
+                .desired
+                .as_deref()
+                .map(|d| d.trim_start_matches('v') == version.to_string().trim_start_matches('v'))
+                .unwrap_or(false);
+            if !h.ready
+                && desired_now
+                && matches!(
+                    h.reason.as_str(),
+                    "UpgradeFailed"
+                        | "InstallFailed"
+                        | "BuildFailed"
+                        | "HealthCheckFailed"
+                        | "RollbackSucceeded"
+                )
+            {
+                return Err(format!("{} {}: {}", h.kind, h.reason, h.message));
+            }
+            Ok(false)
+        }
+    }
+}
+
+/// Validation against the baseline, once the component reports the hop: nodes, Flux objects and
+/// volumes that were healthy are healthy.
+fn validate(b: &Baseline, o: &Observed) -> Vec<Finding> {
+    let mut f = Vec::new();
+    let lost: Vec<&String> = b
+        .ready_nodes
+        .iter()
+        .filter(|n| !o.nodes.iter().any(|x| &&x.name == n && x.ready))
+        .collect();
+    f.push(Finding {
+        check: "nodes Ready".into(),
+        ok: lost.is_empty(),
+        detail: if lost.is_empty() {
+            "every node that was Ready is Ready".into()
+        } else {
+            format!("no longer Ready: {}", join(&lost))
+        },
+    });
+    let objects: Vec<String> = o
+        .helm_releases
+        .iter()
+        .chain(&o.kustomizations)
+        .chain(&o.flux_instances)
+        .filter(|h| h.ready)
+        .map(|h| format!("{}/{}/{}", h.kind, h.namespace, h.name))
+        .collect();
+    let lost: Vec<&String> = b
+        .ready_objects
+        .iter()
+        .filter(|x| !objects.contains(x))
+        .collect();
+    f.push(Finding {
+        check: "Flux objects Ready".into(),
+        ok: lost.is_empty(),
+        detail: if lost.is_empty() {
+            format!(
+                "{} Kustomizations, HelmReleases and FluxInstances Ready as before",
+                b.ready_objects.len()
+            )
+        } else {
+            format!("no longer Ready: {}", join(&lost))
+        },
+    });
+    let rank = |r: &str| match r {
+        "healthy" => 3,
+        "degraded" => 2,
+        "unknown" => 1,
+        _ => 0,
+    };
+    let worse: Vec<String> = b
+        .volumes
+        .iter()
+        .filter_map(|(name, was)| {
+            let now = o
+                .volumes
+                .iter()
+                .find(|v| &v.name == name)
+                .map_or("missing", |v| v.robustness.as_str());
+            (rank(now) < rank(was)).then(|| format!("{name} {was} -> {now}"))
+        })
+        .collect();
+    f.push(Finding {
+        check: "volumes".into(),
+        ok: worse.is_empty(),
+        detail: if worse.is_empty() {
+            format!("{} Longhorn volumes as robust as before", b.volumes.len())
+        } else {
+            format!("less robust: {}", worse.join(", "))
+        },
+    });
+    f
+}
+
+fn join(v: &[&String]) -> String {
+    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+pub fn baseline(o: &Observed) -> Baseline {
+    Baseline {
+        ready_nodes: o
+            .nodes
+            .iter()
+            .filter(|n| n.ready)
+            .map(|n| n.name.clone())
+            .collect(),
+        ready_objects: o
+            .helm_releases
+            .iter()
+            .chain(&o.kustomizations)
+            .chain(&o.flux_instances)
+            .filter(|h| h.ready)
+            .map(|h| format!("{}/{}/{}", h.kind, h.namespace, h.name))
+            .collect(),
+        volumes: o
+            .volumes
+            .iter()
+            .map(|v| (v.name.clone(), v.robustness.clone()))
+            .collect(),
+    }
+}
+
+fn marker(rollout: &str, key: &str) -> String {
+    format!("<!-- upkeep:rollout={rollout} key={key} -->")
+}
+
+/// The next status and the effects to carry out. `name` is the rollout's name.
+pub fn decide(
+    name: &str,
+    spec: &RolloutSpec,
+    st: &RolloutStatus,
+    ctx: &Ctx,
+) -> (RolloutStatus, Vec<Effect>) {
+    let mut s = st.clone();
+    let mut fx = Vec::new();
+    let now = ctx.now;
+    let c = ctx.component;
+    let hop_version = spec
+        .hops
+        .get(s.hop)
+        .cloned()
+        .unwrap_or_else(|| spec.to.clone());
+    let hop = versions::parse(&hop_version, c.scheme);
+    let comment = |s: &mut RolloutStatus, fx: &mut Vec<Effect>, key: &str, body: String| {
+        if spec.pull_request.is_some() && !s.posted.iter().any(|k| k == key) {
+            fx.push(Effect::Comment {
+                key: key.to_string(),
+                body: format!("{}\n{body}", marker(name, key)),
+            });
+            s.posted.push(key.to_string());
+        }
+    };
+    s.nodes = ctx
+        .observed
+        .nodes
+        .iter()
+        .map(|n| NodeResult {
+            name: n.name.clone(),
+            version: n.version.clone(),
+            ready: n.ready,
+        })
+        .collect();
+    match st.phase {
+        Phase::Pending => {
+            s.started_at = Some(now);
+            set(&mut s, Phase::WaitingForWindow, "waiting for a window", now);
+        }
+        Phase::WaitingForWindow => {
+            if ctx.may_start || spec.emergency {
+                set(
+                    &mut s,
+                    Phase::Preflight,
+                    "running the preflight checks",
+                    now,
+                );
+            } else {
+                s.message = ctx.waiting.clone();
+            }
+        }
+        Phase::Preflight => {
+            let Ok(target) = hop else {
+                set(
+                    &mut s,
+                    Phase::RequiresAttention,
+                    format!("{hop_version} is not a {} version", c.scheme),
+                    now,
+                );
+                return (s, fx);
+            };
+            if !(ctx.may_start || spec.emergency) {
+                set(&mut s, Phase::WaitingForWindow, ctx.waiting.clone(), now);
+                return (s, fx);
+            }
+            let verdict = preflight(c, &target, ctx.observed, ctx.preflight);
+            s.checks = verdict.findings.clone();
+            if verdict.ok {
+                if s.baseline.is_none() {
+                    s.baseline = Some(baseline(ctx.observed));
+                }
+                let needs_backup =
+                    ctx.backup && s.backup.is_none() && backup_applies(c, ctx.observed);
+                if needs_backup {
+                    set(&mut s, Phase::Backup, "taking a backup", now);
+                    fx.push(Effect::Backup {
+                        name: backup_name(name),
+                    });
+                } else {
+                    set(
+                        &mut s,
+                        Phase::Applying,
+                        format!("applying {hop_version}"),
+                        now,
+                    );
+                    fx.push(Effect::Apply {
+                        version: hop_version.clone(),
+                    });
+                }
+            } else {
+                // A failed preflight changes nothing; it is reported once and retried.
+                let failed: Vec<String> = verdict
+                    .findings
+                    .iter()
+                    .filter(|f| !f.ok)
+                    .map(|f| format!("{}: {}", f.check, f.detail))
+                    .collect();
+                s.message = format!("preflight failed: {}", failed.join("; "));
+                comment(
+                    &mut s,
+                    &mut fx,
+                    "preflight",
+                    format!(
+                        "**Preflight failed** for {} {}; nothing was changed. upkeep retries in the window.\n\n- {}",
+                        c.name,
+                        hop_version,
+                        failed.join("\n- ")
+                    ),
+                );
+            }
+        }
+        Phase::Backup => match &ctx.backup_ready {
+            Some(b) => {
+                s.backup = Some(b.clone());
+                set(
+                    &mut s,
+                    Phase::Applying,
+                    format!("applying {hop_version}"),
+                    now,
+                );
+                fx.push(Effect::Apply {
+                    version: hop_version.clone(),
+                });
+            }
+            None => {
+                if s.phase_since.is_some_and(|t| now - t > ctx.timeout) {
+                    fail(
+                        &mut s,
+                        &mut fx,
+                        spec,
+                        c,
+                        "the backup did not become ready in time",
+                        now,
+                    );
+                } else {
+                    // Re-issuing is harmless: the backup is a named object.
+                    fx.push(Effect::Backup {
+                        name: backup_name(name),
+                    });
+                }
+            }
+        },
+        Phase::Applying => {
+            let Ok(target) = hop else {
+                fail(
+                    &mut s,
+                    &mut fx,
+                    spec,
+                    c,
+                    format!("{hop_version} is not a version"),
+                    now,
+                );
+                return (s, fx);
+            };
+            match reached(c, &target, ctx.observed) {
+                Ok(true) => set(
+                    &mut s,
+                    Phase::Validating,
+                    format!("validating {hop_version}"),
+                    now,
+                ),
+                Ok(false) if s.phase_since.is_some_and(|t| now - t > ctx.timeout) => {
+                    fail(
+                        &mut s,
+                        &mut fx,
+                        spec,
+                        c,
+                        format!(
+                            "{hop_version} was not reached within {} minutes",
+                            ctx.timeout.num_minutes()
+                        ),
+                        now,
+                    );
+                }
+                Ok(false) => {
+                    // Keep the desired state asserted (idempotent): a restart never applies twice,
+                    // it asserts the same version again.
+                    fx.push(Effect::Apply {
+                        version: hop_version.clone(),
+                    });
+                    s.message = format!("applying {hop_version}");
+                }
+                Err(why) => fail(&mut s, &mut fx, spec, c, why, now),
+            }
+        }
+        Phase::Validating => {
+            let checks = validate(
+                s.baseline.as_ref().unwrap_or(&Baseline::default()),
+                ctx.observed,
+            );
+            s.checks = checks.clone();
+            if let Some(bad) = checks.iter().find(|f| !f.ok) {
+                fail(
+                    &mut s,
+                    &mut fx,
+                    spec,
+                    c,
+                    format!("{hop_version} failed validation: {}", bad.detail),
+                    now,
+                );
+            } else if s.hop + 1 < spec.hops.len() {
+                s.hop += 1;
+                let next = spec.hops[s.hop].clone();
+                let msg = format!("applying {next} (hop {} of {})", s.hop + 1, spec.hops.len());
+                set(&mut s, Phase::Applying, msg, now);
+                fx.push(Effect::Apply { version: next });
+            } else {
+                set(
+                    &mut s,
+                    Phase::Succeeded,
+                    format!("{} runs {}", c.name, spec.to),
+                    now,
+                );
+                let took = s.started_at.map_or(String::new(), |t| {
+                    format!(" in {} min", (now - t).num_minutes())
+                });
+                let backup = s
+                    .backup
+                    .as_ref()
+                    .map_or(String::new(), |b| format!(", after backup `{b}`"));
+                let nodes: Vec<String> = s
+                    .nodes
+                    .iter()
+                    .map(|n| {
+                        format!(
+                            "| {} | {} | {} |",
+                            n.name,
+                            n.version,
+                            if n.ready { "Ready" } else { "NotReady" }
+                        )
+                    })
+                    .collect();
+                let checks: Vec<String> = checks
+                    .iter()
+                    .map(|f| format!("- ✓ {}: {}", f.check, f.detail))
+                    .collect();
+                comment(
+                    &mut s,
+                    &mut fx,
+                    "succeeded",
+                    format!(
+                        "**Applied**: {} {} → {}{took}{}.\n\n{}\n\n{}",
+                        c.name,
+                        spec.from,
+                        spec.to,
+                        backup,
+                        checks.join("\n"),
+                        if c.name == "k3s" {
+                            format!(
+                                "| Node | Version | State |\n|---|---|---|\n{}",
+                                nodes.join("\n")
+                            )
+                        } else {
+                            String::new()
+                        }
+                    ),
+                );
+            }
+        }
+        Phase::Failed => {
+            fx.push(Effect::Halt);
+            set(
+                &mut s,
+                Phase::Reverting,
+                "halted; reverting versions.yaml",
+                now,
+            );
+        }
+        Phase::Reverting => {
+            let back_to = last_good(spec, &s);
+            let why = s.failure.clone().unwrap_or_default();
+            fx.push(Effect::Revert {
+                version: back_to.clone(),
+                message: format!("revert({}): {} failed: {why}", c.name, hop_version),
+            });
+            let irreversible = moved(c, ctx.observed, &back_to);
+            let facts = s
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{} runs {}{}",
+                        n.name,
+                        n.version,
+                        if n.ready { "" } else { " (NotReady)" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            if irreversible {
+                let advice = match c.name.as_str() {
+                    "k3s" => format!("k3s cannot be downgraded in place: the nodes are within the skew rules but mixed ({facts}). Fix the failing node (or restore the etcd snapshot `{}` with `k3s server --cluster-reset --cluster-reset-restore-path=...`), then set versions.yaml to what runs. See docs/runbook.md.", s.backup.clone().unwrap_or_else(|| "none taken".into())),
+                    "longhorn" => "Longhorn cannot be downgraded: check the volumes (`kubectl -n longhorn-system get volumes`), let replicas rebuild, and see docs/runbook.md.".to_string(),
+                    _ => "see docs/runbook.md.".to_string(),
+                };
+                set(
+                    &mut s,
+                    Phase::RequiresAttention,
+                    format!("{why}; {advice}"),
+                    now,
+                );
+                comment(
+                    &mut s,
+                    &mut fx,
+                    "attention",
+                    format!(
+                        "**Failed, and needs a human.** {} {}: {why}\n\nversions.yaml was reverted to {back_to}. {advice}",
+                        c.name, hop_version
+                    ),
+                );
+            } else {
+                set(
+                    &mut s,
+                    Phase::Reverted,
+                    format!("{why}; reverted to {back_to}"),
+                    now,
+                );
+                comment(
+                    &mut s,
+                    &mut fx,
+                    "reverted",
+                    format!(
+                        "**Failed and reverted.** {} {}: {why}\n\nNothing had moved; versions.yaml is back at {back_to}.",
+                        c.name, hop_version
+                    ),
+                );
+            }
+        }
+        Phase::Succeeded | Phase::Reverted | Phase::RequiresAttention => {}
+    }
+    (s, fx)
+}
+
+fn fail(
+    s: &mut RolloutStatus,
+    _fx: &mut [Effect],
+    _spec: &RolloutSpec,
+    _c: &Component,
+    why: impl Into<String>,
+    now: DateTime<Utc>,
+) {
+    let why = why.into();
+    s.failure = Some(why.clone());
+    set(s, Phase::Failed, why, now);
+}
+
+/// The version to go back to: the last hop validated, else `from`.
+fn last_good(spec: &RolloutSpec, s: &RolloutStatus) -> String {
+    if s.hop == 0 {
+        spec.from.clone()
+    } else {
+        spec.hops[s.hop - 1].clone()
+    }
+}
+
+/// Whether what runs has moved past `back_to` in a way the component cannot undo.
+fn moved(c: &Component, o: &Observed, back_to: &str) -> bool {
+    let Ok(back) = versions::parse(back_to, c.scheme) else {
+        return true;
+    };
+    let running = o.running(&c.name);
+    let highest = match &running {
+        Running::At { version } => versions::parse(version, c.scheme).ok(),
+        Running::Mixed { nodes } => nodes
+            .iter()
+            .filter_map(|(_, v)| versions::parse(v, c.scheme).ok())
+            .max(),
+        Running::Unknown => None,
+    };
+    match (highest, c.path_rule.downgrade) {
+        (Some(h), Downgrade::Never) => h > back,
+        (Some(h), Downgrade::WithinMinor) => h.line() != back.line(),
+        _ => false,
+    }
+}
+
+fn backup_applies(c: &Component, o: &Observed) -> bool {
+    match c.name.as_str() {
+        "k3s" => o.nodes.iter().any(|n| n.etcd),
+        _ => false,
+    }
+}
+
+/// The Rollout CRD (`upkeep.dev/v1alpha1`), generated from the types above.
+pub fn crd() -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "rollouts.upkeep.dev"},
+        "spec": {
+            "group": "upkeep.dev",
+            "scope": "Namespaced",
+            "names": {"kind": "Rollout", "listKind": "RolloutList", "plural": "rollouts", "singular": "rollout", "shortNames": ["uro"]},
+            "versions": [{
+                "name": "v1alpha1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": [
+                    {"name": "Component", "type": "string", "jsonPath": ".spec.component"},
+                    {"name": "From", "type": "string", "jsonPath": ".spec.from"},
+                    {"name": "To", "type": "string", "jsonPath": ".spec.to"},
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+                ],
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+                }}}
+            }]
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::NodeState;
+    use crate::model::{Sources, Track};
+    use crate::versions::{PathRule, Scheme};
+
+    fn k3s() -> Component {
+        Component {
+            name: "k3s".into(),
+            version: versions::parse("v1.33.5+k3s1", Scheme::K3s).unwrap_or_else(|_| panic!()),
+            scheme: Scheme::K3s,
+            track: Track::Newest,
+            sources: Sources::default(),
+            allowed: None,
+            path_rule: PathRule {
+                max_minor_step: Some(1),
+                downgrade: Downgrade::Never,
+            },
+        }
+    }
+
+    fn cluster(versions: &[&str]) -> Observed {
+        Observed {
+            nodes: versions
+                .iter()
+                .enumerate()
+                .map(|(i, v)| NodeState {
+                    name: format!("n{i}"),
+                    server: i == 0,
+                    etcd: i == 0,
+                    version: v.to_string(),
+                    ready: true,
+                    unschedulable: false,
+                })
+                .collect(),
+            suc_installed: true,
+            ..Observed::default()
+        }
+    }
+
+    fn spec() -> RolloutSpec {
+        RolloutSpec {
+            component: "k3s".into(),
+            from: "v1.33.4+k3s1".into(),
+            to: "v1.33.5+k3s1".into(),
+            hops: vec!["v1.33.5+k3s1".into()],
+            pull_request: Some(7),
+            emergency: false,
+        }
+    }
+
+    fn step(
+        st: &RolloutStatus,
+        o: &Observed,
+        may_start: bool,
+        backup_ready: Option<&str>,
+    ) -> (RolloutStatus, Vec<Effect>) {
+        let c = k3s();
+        let ctx = Ctx {
+            now: Utc::now(),
+            component: &c,
+            observed: o,
+            may_start,
+            waiting: "next window Sat 22:00".into(),
+            backup: true,
+            backup_ready: backup_ready.map(str::to_string),
+            timeout: chrono::Duration::minutes(60),
+            preflight: PreflightPolicy::default(),
+        };
+        decide("k3s-v1.33.5-k3s1", &spec(), st, &ctx)
+    }
+
+    #[test]
+    fn the_happy_path_with_a_backup() {
+        let before = cluster(&["v1.33.4+k3s1", "v1.33.4+k3s1"]);
+        let (s, fx) = step(&RolloutStatus::default(), &before, false, None);
+        assert_eq!((s.phase, fx.len()), (Phase::WaitingForWindow, 0));
+        let (s, _) = step(&s, &before, false, None);
+        assert_eq!(s.phase, Phase::WaitingForWindow, "no window: no start");
+        let (s, _) = step(&s, &before, true, None);
+        assert_eq!(s.phase, Phase::Preflight);
+        let (s, fx) = step(&s, &before, true, None);
+        assert_eq!(s.phase, Phase::Backup);
+        assert_eq!(
+            fx,
+            vec![Effect::Backup {
+                name: "upkeep-k3s-v1.33.5-k3s1".into()
+            }]
+        );
+        let (s, fx) = step(&s, &before, true, Some("upkeep-k3s-v1.33.5-k3s1-n0-1"));
+        assert_eq!(s.phase, Phase::Applying);
+        assert_eq!(
+            fx,
+            vec![Effect::Apply {
+                version: "v1.33.5+k3s1".into()
+            }]
+        );
+        let mid = cluster(&["v1.33.5+k3s1", "v1.33.4+k3s1"]);
+        let (s, _) = step(&s, &mid, false, None);
+        assert_eq!(
+            s.phase,
+            Phase::Applying,
+            "a closing window does not abandon a rollout in flight"
+        );
+        let after = cluster(&["v1.33.5+k3s1", "v1.33.5+k3s1"]);
+        let (s, _) = step(&s, &after, true, None);
+        assert_eq!(s.phase, Phase::Validating);
+        let (s, fx) = step(&s, &after, true, None);
+        assert_eq!(s.phase, Phase::Succeeded);
+        assert!(matches!(&fx[..], [Effect::Comment { key, .. }] if key == "succeeded"));
+        // Terminal: nothing more, ever; the comment is not posted twice.
+        let (s2, fx) = step(&s, &after, true, None);
+        assert_eq!((s2.phase, fx.len()), (Phase::Succeeded, 0));
+    }
+
+    #[test]
+    fn a_node_that_never_comes_back_needs_attention() {
+        let before = cluster(&["v1.33.4+k3s1", "v1.33.4+k3s1"]);
+        let mut s = RolloutStatus {
+            phase: Phase::Applying,
+            baseline: Some(baseline(&before)),
+            phase_since: Some(Utc::now()),
+            ..Default::default()
+        };
+        let mut bad = cluster(&["v1.33.5+k3s1", "v1.33.5+k3s1"]);
+        bad.nodes[1].ready = false;
+        let fx;
+        (s, fx) = step(&s, &bad, true, None);
+        assert_eq!(s.phase, Phase::Failed, "{s:?}");
+        assert!(fx.is_empty());
+        let (s, fx) = step(&s, &bad, true, None);
+        assert_eq!((s.phase, fx), (Phase::Reverting, vec![Effect::Halt]));
+        let (s, fx) = step(&s, &bad, true, None);
+        assert_eq!(s.phase, Phase::RequiresAttention);
+        assert!(
+            matches!(&fx[0], Effect::Revert { version, message } if version == "v1.33.4+k3s1" && message.starts_with("revert(k3s): v1.33.5+k3s1 failed: upgraded but not Ready: n1"))
+        );
+        assert!(s.message.contains("cannot be downgraded"), "{}", s.message);
+    }
+
+    #[test]
+    fn a_failed_preflight_changes_nothing_and_reports_once() {
+        let mut o = cluster(&["v1.33.4+k3s1"]);
+        o.suc_installed = false;
+        let s = RolloutStatus {
+            phase: Phase::Preflight,
+            ..Default::default()
+        };
+        let (s, fx) = step(&s, &o, true, None);
+        assert_eq!(s.phase, Phase::Preflight);
+        assert!(matches!(&fx[..], [Effect::Comment { key, .. }] if key == "preflight"));
+        let (_, fx) = step(&s, &o, true, None);
+        assert!(fx.is_empty(), "once");
+    }
+
+    #[test]
+    fn names_are_kubernetes_safe() {
+        assert_eq!(rollout_name("k3s", "v1.33.5+k3s1"), "k3s-v1.33.5-k3s1");
+    }
+}
