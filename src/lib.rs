@@ -7,6 +7,7 @@
 //! the config are reported as [`diag::Diagnostic`]s. [`sim`] simulates the outside world over
 //! real HTTP for tests, benchmarks and the demo.
 
+pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod cluster;

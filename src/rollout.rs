@@ -390,7 +390,12 @@ pub fn decide(
     match st.phase {
         Phase::Pending => {
             s.started_at = Some(now);
-            set(&mut s, Phase::WaitingForWindow, "waiting for a window", now);
+            let msg = if ctx.may_start || spec.emergency {
+                "a window is open".to_string()
+            } else {
+                ctx.waiting.clone()
+            };
+            set(&mut s, Phase::WaitingForWindow, msg, now);
         }
         Phase::WaitingForWindow => {
             if ctx.may_start || spec.emergency {

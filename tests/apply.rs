@@ -1,0 +1,363 @@
+//! Applying merged versions against the Kubernetes and GitHub emulators: a k3s patch rollout of
+//! 1 server + 2 agents with an etcd snapshot and a report on the merged PR; a node that never
+//! comes back (halt, uncordon, revert commit, attention); a window that is not open; and a
+//! controller stopped mid-rollout that resumes without applying or backing up twice.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use upkeep::apply::{Options, Repo};
+use upkeep::forge::GitHub;
+use upkeep::gitrepo::{Author, GitRepo};
+use upkeep::rollout::Phase;
+use upkeep::sim::clock::SimClock;
+use upkeep::sim::kube::{ClusterFault, KubeOptions, KubeSim};
+use upkeep::sim::upstream::UpstreamSim;
+
+const REPO: &str = "homelab/cluster";
+const TOKEN: &str = "ghp_apply";
+
+/// Saturday 2026-11-21 22:30 in Amsterdam: inside the example's saturday-night window.
+fn in_window() -> DateTime<Utc> {
+    "2026-11-21T21:30:00Z".parse().unwrap_or_default()
+}
+
+struct World {
+    kube: KubeSim,
+    gh: UpstreamSim,
+    dir: tempfile::TempDir,
+    clone_url: String,
+}
+
+impl World {
+    fn new(start: DateTime<Utc>) -> World {
+        upkeep::sources::install_crypto_provider();
+        let kube = KubeSim::start_in_thread(KubeOptions {
+            clock: SimClock::new(start, 600.0),
+            ..KubeOptions::default()
+        })
+        .expect("kube");
+        let gh = UpstreamSim::start_in_thread().expect("github");
+        let dir = tempfile::tempdir().expect("tempdir");
+        gh.enable_forge(&dir.path().join("forge"));
+        gh.require_forge_token(TOKEN);
+        let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo");
+        let path = gh
+            .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
+            .expect("forge")
+            .expect("repo");
+        let w = World {
+            kube,
+            gh,
+            dir,
+            clone_url: format!("file://{}", path.display()),
+        };
+        w.merge_update();
+        w
+    }
+
+    /// The user merges upkeep's PR for k3s v1.33.5+k3s1.
+    fn merge_update(&self) {
+        let git = self.git();
+        git.fetch().expect("fetch");
+        let tip = git.tip("main").expect("tip");
+        let text = String::from_utf8(
+            git.read_file(tip, "versions.yaml")
+                .expect("read")
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        let edited = upkeep::gitrepo::set_version(
+            "versions.yaml",
+            &text,
+            "k3s",
+            "v1.33.4+k3s1",
+            "v1.33.5+k3s1",
+        )
+        .expect("edit");
+        let c = git
+            .commit_file(
+                tip,
+                "versions.yaml",
+                edited.as_bytes(),
+                "chore(k3s): update to v1.33.5+k3s1",
+                &Author::default(),
+            )
+            .expect("commit");
+        git.push(c, "upkeep/k3s-v1.33.5-k3s1", true).expect("push");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let f = self.forge();
+            use upkeep::forge::Forge;
+            let pr = f
+                .create_pull(
+                    "k3s: v1.33.4+k3s1 -> v1.33.5+k3s1",
+                    "upkeep/k3s-v1.33.5-k3s1",
+                    "main",
+                    "report",
+                )
+                .await
+                .expect("pr");
+            let c = reqwest::Client::new();
+            let r = c
+                .put(format!(
+                    "{}/repos/{REPO}/pulls/{}/merge",
+                    self.gh.url(),
+                    pr.number
+                ))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(json!({"merge_method": "squash"}).to_string())
+                .send()
+                .await
+                .expect("merge");
+            assert_eq!(r.status().as_u16(), 200);
+        });
+    }
+
+    fn git(&self) -> GitRepo {
+        GitRepo::open(&self.dir.path().join("mirror.git"), &self.clone_url, None).expect("mirror")
+    }
+
+    fn forge(&self) -> GitHub {
+        GitHub::new(&self.gh.url(), REPO, Some(TOKEN)).expect("forge")
+    }
+
+    /// One apply cycle with at most `budget` of real time.
+    fn apply(&self, budget: Duration) -> Vec<(String, Phase, String)> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let git = self.git();
+            git.fetch().expect("fetch");
+            let tip = git.tip("main").expect("tip");
+            let checkout = self.dir.path().join("checkout");
+            git.extract(tip, "", &checkout).expect("extract");
+            let config = upkeep::model::load_repo(&checkout, in_window())
+                .expect("load")
+                .repo
+                .expect("valid");
+            let kc = self.dir.path().join("kubeconfig");
+            self.kube.write_kubeconfig(&kc).expect("kubeconfig");
+            let client = upkeep::cluster::client(Some(&kc)).await.expect("client");
+            let forge = self.forge();
+            let repo = Repo {
+                git: &git,
+                forge: Some(&forge),
+                base: "main".into(),
+                subdir: String::new(),
+                author: Author::default(),
+            };
+            let opts = Options {
+                namespace: "upkeep-system".into(),
+                only: None,
+                emergency: false,
+                timeout: chrono::Duration::minutes(60),
+                budget,
+                poll: Duration::from_millis(20),
+                backup: true,
+            };
+            let clock = self.kube.clock().clone();
+            upkeep::apply::run(&client, &repo, &config, &opts, &move || clock.now())
+                .await
+                .expect("apply")
+        })
+    }
+
+    fn node_versions(&self) -> Vec<(String, String)> {
+        self.kube
+            .list("", "nodes")
+            .iter()
+            .map(|n| {
+                (
+                    n["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                    n["status"]["nodeInfo"]["kubeletVersion"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn comments(&self) -> Vec<String> {
+        self.gh
+            .with_forge(|f| f.comments(REPO, 1))
+            .unwrap_or_default()
+    }
+
+    fn main_log(&self) -> String {
+        let bare = self
+            .gh
+            .with_forge(|f| f.repo_path(REPO))
+            .flatten()
+            .expect("path");
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&bare)
+            .args(["log", "--format=%s", "main"])
+            .output()
+            .expect("git");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn main_file(&self) -> String {
+        let bare = self
+            .gh
+            .with_forge(|f| f.repo_path(REPO))
+            .flatten()
+            .expect("path");
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&bare)
+            .args(["show", "main:versions.yaml"])
+            .output()
+            .expect("git");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn phase_of(s: &[(String, Phase, String)], name: &str) -> Option<Phase> {
+    s.iter().find(|(n, _, _)| n == name).map(|(_, p, _)| *p)
+}
+
+const K3S: &str = "k3s-v1.33.5-k3s1";
+
+#[test]
+fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
+    let w = World::new(in_window());
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    assert!(
+        w.node_versions().iter().all(|(_, v)| v == "v1.33.5+k3s1"),
+        "{:?}",
+        w.node_versions()
+    );
+    let snaps = w.kube.list("k3s.cattle.io", "etcdsnapshotfiles");
+    assert_eq!(snaps.len(), 1, "one backup");
+    assert!(
+        snaps[0]["spec"]["snapshotName"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("upkeep-k3s-v1.33.5-k3s1")
+    );
+    let comments = w.comments();
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(
+        comments[0].contains("**Applied**: k3s v1.33.4+k3s1 → v1.33.5+k3s1")
+            && comments[0].contains("| agent-2 | v1.33.5+k3s1 | Ready |"),
+        "{}",
+        comments[0]
+    );
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    assert_eq!(r["status"]["phase"], "Succeeded");
+    assert!(r["status"]["backup"].is_string());
+    // Another cycle: nothing to do, nothing posted again.
+    let s = w.apply(Duration::from_secs(5));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded));
+    assert_eq!(w.comments().len(), 1);
+}
+
+#[test]
+fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::NodeNeverReady {
+        node: "agent-1".into(),
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
+    let log = w.main_log();
+    assert!(
+        log.lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("revert(k3s): v1.33.5+k3s1 failed: upgraded but not Ready: agent-1"),
+        "{log}"
+    );
+    assert!(
+        w.main_file().contains("version: v1.33.4+k3s1"),
+        "versions.yaml reverted"
+    );
+    let comments = w.comments();
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.contains("Failed, and needs a human") && c.contains("cannot be downgraded")),
+        "{comments:?}"
+    );
+    // Halted: the Plans match no node any more; nothing is left cordoned.
+    let plan = w
+        .kube
+        .get(
+            "upgrade.cattle.io",
+            "plans",
+            "system-upgrade",
+            "upkeep-agent",
+        )
+        .expect("plan");
+    assert_eq!(
+        plan["spec"]["nodeSelector"]["matchLabels"]["upkeep.dev/halted"],
+        "true"
+    );
+    assert!(
+        w.kube
+            .list("", "nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"].is_null())
+    );
+    // Restarting changes nothing: no second revert, no second comment.
+    let before = (w.main_log(), w.comments().len());
+    w.apply(Duration::from_secs(2));
+    assert_eq!((w.main_log(), w.comments().len()), before);
+}
+
+#[test]
+fn outside_a_window_nothing_starts() {
+    // Saturday noon in Amsterdam: the window opens at 22:00.
+    let w = World::new("2026-11-21T11:00:00Z".parse().unwrap_or_default());
+    let s = w.apply(Duration::from_secs(5));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::WaitingForWindow), "{s:?}");
+    assert!(s[0].2.contains("next window"), "{s:?}");
+    assert!(w.node_versions().iter().all(|(_, v)| v == "v1.33.4+k3s1"));
+    assert!(w.kube.list("upgrade.cattle.io", "plans").is_empty());
+    // The window opens: the rollout goes.
+    w.kube.clock().advance_to(in_window());
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+}
+
+#[test]
+fn a_controller_stopped_mid_rollout_resumes_without_doing_anything_twice() {
+    let w = World::new(in_window());
+    let s = w.apply(Duration::from_millis(150));
+    let p = phase_of(&s, K3S);
+    assert!(
+        matches!(p, Some(Phase::Backup | Phase::Applying | Phase::Preflight)),
+        "{s:?}"
+    );
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    let jobs: Vec<_> = w
+        .kube
+        .list("batch", "jobs")
+        .into_iter()
+        .filter(|j| j["metadata"]["namespace"] == "kube-system")
+        .collect();
+    assert_eq!(jobs.len(), 1, "one snapshot Job");
+    assert_eq!(
+        w.kube.list("k3s.cattle.io", "etcdsnapshotfiles").len(),
+        1,
+        "one backup"
+    );
+    assert_eq!(w.comments().len(), 1, "one report");
+}
