@@ -33,6 +33,10 @@ struct World {
 
 impl World {
     fn new(start: DateTime<Utc>) -> World {
+        World::with_update(start, "k3s", "v1.33.4+k3s1", "v1.33.5+k3s1")
+    }
+
+    fn with_update(start: DateTime<Utc>, component: &str, from: &str, to: &str) -> World {
         upkeep::sources::install_crypto_provider();
         let kube = KubeSim::start_in_thread(KubeOptions {
             clock: SimClock::new(start, 600.0),
@@ -54,12 +58,13 @@ impl World {
             dir,
             clone_url: format!("file://{}", path.display()),
         };
-        w.merge_update();
+        w.merge_update(component, from, to);
         w
     }
 
-    /// The user merges upkeep's PR for k3s v1.33.5+k3s1.
-    fn merge_update(&self) {
+    /// The user merges upkeep's PR for `component` `from` -> `to`.
+    fn merge_update(&self, component: &str, from: &str, to: &str) {
+        let branch = upkeep::propose::branch_name(component, to);
         let git = self.git();
         git.fetch().expect("fetch");
         let tip = git.tip("main").expect("tip");
@@ -69,24 +74,18 @@ impl World {
                 .unwrap_or_default(),
         )
         .unwrap_or_default();
-        let edited = upkeep::gitrepo::set_version(
-            "versions.yaml",
-            &text,
-            "k3s",
-            "v1.33.4+k3s1",
-            "v1.33.5+k3s1",
-        )
-        .expect("edit");
+        let edited = upkeep::gitrepo::set_version("versions.yaml", &text, component, from, to)
+            .expect("edit");
         let c = git
             .commit_file(
                 tip,
                 "versions.yaml",
                 edited.as_bytes(),
-                "chore(k3s): update to v1.33.5+k3s1",
+                &format!("chore({component}): update to {to}"),
                 &Author::default(),
             )
             .expect("commit");
-        git.push(c, "upkeep/k3s-v1.33.5-k3s1", true).expect("push");
+        git.push(c, &branch, true).expect("push");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -96,8 +95,8 @@ impl World {
             use upkeep::forge::Forge;
             let pr = f
                 .create_pull(
-                    "k3s: v1.33.4+k3s1 -> v1.33.5+k3s1",
-                    "upkeep/k3s-v1.33.5-k3s1",
+                    &format!("{component}: {from} -> {to}"),
+                    &branch,
                     "main",
                     "report",
                 )
@@ -360,4 +359,93 @@ fn a_controller_stopped_mid_rollout_resumes_without_doing_anything_twice() {
         "one backup"
     );
     assert_eq!(w.comments().len(), 1, "one report");
+}
+
+#[test]
+fn a_longhorn_minor_upgrade_and_a_flux_upgrade() {
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
+    let hr = w
+        .kube
+        .get(
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "longhorn-system",
+            "longhorn",
+        )
+        .expect("hr");
+    assert_eq!(hr["status"]["history"][0]["chartVersion"], "1.10.2");
+    assert!(w.comments()[0].contains("**Applied**: longhorn v1.9.1 → v1.10.2"));
+
+    let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.7.0");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, "flux-v2.7.0"), Some(Phase::Succeeded), "{s:?}");
+    let fi = w
+        .kube
+        .get(
+            "fluxcd.controlplane.io",
+            "fluxinstances",
+            "flux-system",
+            "flux",
+        )
+        .expect("fi");
+    assert!(
+        fi["status"]["lastAppliedRevision"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("v2.7.0@")
+    );
+}
+
+#[test]
+fn a_longhorn_upgrade_that_degrades_a_volume_needs_attention_and_one_that_fails_is_reverted() {
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    w.kube.inject(ClusterFault::VolumeDegradesAfterUpgrade {
+        volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::RequiresAttention),
+        "{s:?}"
+    );
+    assert!(
+        s[0].2
+            .contains("less robust: pvc-00003dde-0000-4000-8000-000000000002 healthy -> degraded"),
+        "{s:?}"
+    );
+    assert!(
+        w.main_log()
+            .lines()
+            .next()
+            .unwrap_or("")
+            .starts_with("revert(longhorn): v1.10.2 failed"),
+        "{}",
+        w.main_log()
+    );
+
+    // The chart refuses the upgrade: nothing moved, so a plain revert is enough.
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    w.kube.inject(ClusterFault::HelmUpgradeFails {
+        release: "longhorn-system/longhorn".into(),
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Reverted),
+        "{s:?}"
+    );
+    assert!(w.main_file().contains("version: v1.9.1"));
+    assert!(
+        w.comments()
+            .iter()
+            .any(|c| c.contains("Failed and reverted") && c.contains("UpgradeFailed")),
+        "{:?}",
+        w.comments()
+    );
 }
