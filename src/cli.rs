@@ -83,6 +83,10 @@ pub enum Command {
     /// nothing to apply; 10: something to apply and its preflight passes; 1: a preflight fails
     /// or the cluster cannot be read.
     Plan(Box<PlanArgs>),
+    /// One apply cycle now: for every component whose running version differs from versions.yaml
+    /// on the base branch, create or resume its Rollout and drive it (respecting windows unless
+    /// --emergency). Exit 0: nothing failed; 1: a rollout failed or needs attention.
+    Apply(Box<ApplyArgs>),
     /// Offline release catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -150,6 +154,55 @@ pub struct ProposeArgs {
     /// Judge ages, gates and windows as of this time (RFC 3339) instead of now.
     #[arg(long, value_parser = parse_now)]
     pub now: Option<DateTime<Utc>>,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    /// The config repository's git URL.
+    #[arg(long, value_name = "URL", conflicts_with = "repo")]
+    pub repo_url: Option<String>,
+    /// The config repository as a local git repository (path).
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The repository's owner and name on the forge (for PR comments and revert PRs).
+    #[arg(long, requires = "name")]
+    pub owner: Option<String>,
+    #[arg(long, requires = "owner")]
+    pub name: Option<String>,
+    #[arg(long, default_value = "main")]
+    pub base: String,
+    #[arg(long, default_value = "")]
+    pub subdir: String,
+    #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Only this component.
+    #[arg(long)]
+    pub component: Option<String>,
+    /// Start outside windows (freezes still hold).
+    #[arg(long)]
+    pub emergency: bool,
+    /// Take no backup before applying.
+    #[arg(long)]
+    pub no_backup: bool,
+    /// The namespace of the Rollout objects.
+    #[arg(long, default_value = "upkeep-system")]
+    pub namespace: String,
+    /// Minutes one hop may take before it counts as failed.
+    #[arg(long, default_value_t = 60)]
+    pub hop_timeout: i64,
+    /// Seconds to drive rollouts in this cycle before returning (they resume next cycle).
+    #[arg(long, default_value_t = 3600)]
+    pub wait: u64,
+    #[arg(
+        long,
+        value_name = "AUTHOR",
+        default_value = "upkeep <upkeep@users.noreply.github.com>"
+    )]
+    pub git_author: String,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -365,6 +418,7 @@ pub fn run() -> i32 {
         Command::Sim(SimCommand::Serve(args)) => sim_serve(&args),
         Command::Propose(args) => propose(&args),
         Command::Plan(args) => plan(&args),
+        Command::Apply(args) => apply(&args),
         Command::Catalog(CatalogCommand::Verify {
             catalog,
             public_key,
@@ -819,6 +873,149 @@ fn plan(a: &PlanArgs) -> i32 {
     }
 }
 
+fn parse_author(s: &str) -> Option<crate::gitrepo::Author> {
+    match s.rsplit_once('<') {
+        Some((name, email)) if email.ends_with('>') && !name.trim().is_empty() => {
+            Some(crate::gitrepo::Author {
+                name: name.trim().to_string(),
+                email: email.trim_end_matches('>').trim().to_string(),
+            })
+        }
+        _ => None,
+    }
+}
+
+fn repo_url(url: &Option<String>, path: &Option<PathBuf>) -> Result<String, String> {
+    match (url, path) {
+        (Some(u), _) => Ok(u.clone()),
+        (None, Some(p)) => std::fs::canonicalize(p)
+            .map(|p| format!("file://{}", p.display()))
+            .map_err(|e| format!("--repo {}: {e}", p.display())),
+        (None, None) => {
+            Err("say where the config repository is: --repo-url URL or --repo PATH".into())
+        }
+    }
+}
+
+fn apply(a: &ApplyArgs) -> i32 {
+    let url = match repo_url(&a.repo_url, &a.repo) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let Some(author) = parse_author(&a.git_author) else {
+        eprintln!(
+            "upkeep: --git-author {:?} is not `Name <email>`",
+            a.git_author
+        );
+        return 2;
+    };
+    let cfg = match a.net.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
+    let slug = match (&a.owner, &a.name) {
+        (Some(o), Some(n)) => format!("{o}-{n}"),
+        _ => "local".into(),
+    };
+    let state = state_dir(a.state_dir.as_deref()).join(slug);
+    let git = match crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let now = Utc::now();
+    let config = match git
+        .fetch()
+        .and_then(|()| git.tip(&a.base))
+        .and_then(|tip| git.extract(tip, &a.subdir, &state.join("checkout")))
+    {
+        Ok(()) => match load_valid(&state.join("checkout"), now) {
+            Ok(r) => r,
+            Err(code) => return code,
+        },
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let _guard = rt.enter();
+    let forge = match (&a.owner, &a.name) {
+        (Some(o), Some(n)) => match crate::forge::GitHub::new(
+            &cfg.github_api_url,
+            &format!("{o}/{n}"),
+            token.as_deref(),
+        ) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!("upkeep: {e}");
+                return 2;
+            }
+        },
+        _ => None,
+    };
+    let repo = crate::apply::Repo {
+        git: &git,
+        forge: forge.as_ref(),
+        base: a.base.clone(),
+        subdir: a.subdir.clone(),
+        author,
+    };
+    let opts = crate::apply::Options {
+        namespace: a.namespace.clone(),
+        only: a.component.clone(),
+        emergency: a.emergency,
+        timeout: chrono::Duration::minutes(a.hop_timeout.max(1)),
+        budget: Duration::from_secs(a.wait),
+        poll: Duration::from_secs(2),
+        backup: !a.no_backup,
+    };
+    let result = rt.block_on(async {
+        let client = crate::cluster::client(a.kubeconfig.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        crate::apply::run(&client, &repo, &config, &opts, &Utc::now).await
+    });
+    match result {
+        Ok(summary) => {
+            let mut out = std::io::stdout().lock();
+            if summary.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "nothing to apply: the cluster runs what versions.yaml asks"
+                );
+            }
+            let mut bad = false;
+            for (name, phase, message) in &summary {
+                let _ = writeln!(out, "{name}: {phase:?}: {message}");
+                bad |= matches!(
+                    phase,
+                    crate::rollout::Phase::RequiresAttention
+                        | crate::rollout::Phase::Reverted
+                        | crate::rollout::Phase::Failed
+                );
+            }
+            i32::from(bad)
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
+}
+
 fn state_dir(explicit: Option<&Path>) -> PathBuf {
     explicit.map(Path::to_path_buf).unwrap_or_else(|| {
         std::env::var_os("XDG_STATE_HOME")
@@ -832,17 +1029,10 @@ fn state_dir(explicit: Option<&Path>) -> PathBuf {
 fn propose(a: &ProposeArgs) -> i32 {
     use crate::propose::{Action, Cycle};
     let now = a.now.unwrap_or_else(Utc::now);
-    let url = match (&a.repo_url, &a.repo) {
-        (Some(u), _) => u.clone(),
-        (None, Some(p)) => match std::fs::canonicalize(p) {
-            Ok(p) => format!("file://{}", p.display()),
-            Err(e) => {
-                eprintln!("upkeep: --repo {}: {e}", p.display());
-                return 2;
-            }
-        },
-        (None, None) => {
-            eprintln!("upkeep: say where the config repository is: --repo-url URL or --repo PATH");
+    let url = match repo_url(&a.repo_url, &a.repo) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
             return 2;
         }
     };
@@ -855,20 +1045,12 @@ fn propose(a: &ProposeArgs) -> i32 {
     };
     let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
     let state = state_dir(a.state_dir.as_deref()).join(format!("{}-{}", a.owner, a.name));
-    let author = match a.git_author.rsplit_once('<') {
-        Some((name, email)) if email.ends_with('>') && !name.trim().is_empty() => {
-            crate::gitrepo::Author {
-                name: name.trim().to_string(),
-                email: email.trim_end_matches('>').trim().to_string(),
-            }
-        }
-        _ => {
-            eprintln!(
-                "upkeep: --git-author {:?} is not `Name <email>`",
-                a.git_author
-            );
-            return 2;
-        }
+    let Some(author) = parse_author(&a.git_author) else {
+        eprintln!(
+            "upkeep: --git-author {:?} is not `Name <email>`",
+            a.git_author
+        );
+        return 2;
     };
     let mut git =
         match crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone()) {
