@@ -255,7 +255,9 @@ pub async fn run<F: Forge>(
             }
             if !next.phase.is_terminal() {
                 active = true;
-                if next.phase != Phase::WaitingForWindow || ctx.may_start || spec.emergency {
+                let waits = next.phase == Phase::WaitingForWindow
+                    || (next.phase == Phase::Applying && next.paused);
+                if !waits || ctx.may_start {
                     waiting_only = false;
                 }
             }
@@ -428,6 +430,30 @@ async fn effect<F: Forge>(
                     .map_err(api_err("setting the HelmRelease chart version"))
             }
         },
+        Effect::Pause => {
+            if c.name == "k3s" {
+                let plans: Api<DynamicObject> = Api::namespaced_with(
+                    client.clone(),
+                    SUC_NAMESPACE,
+                    &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
+                );
+                let hop = spec
+                    .hops
+                    .get(next.hop)
+                    .cloned()
+                    .unwrap_or_else(|| spec.to.clone());
+                for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
+                    let obj: DynamicObject =
+                        serde_json::from_value(plan_json(plan, &hop, server, true))
+                            .map_err(|e| e.to_string())?;
+                    plans
+                        .patch(plan, &pp, &Patch::Apply(&obj))
+                        .await
+                        .map_err(api_err("pausing a Plan"))?;
+                }
+            }
+            Ok(())
+        }
         Effect::Halt => {
             if c.name == "k3s" {
                 let plans: Api<DynamicObject> = Api::namespaced_with(

@@ -116,6 +116,12 @@ pub struct RolloutStatus {
     /// Comments already posted, by key.
     #[serde(default)]
     pub posted: Vec<String>,
+    /// The window closed mid-rollout: nodes in progress finish, no new node starts.
+    #[serde(default)]
+    pub paused: bool,
+    /// How many times the rollout was paused by a closing window.
+    #[serde(default)]
+    pub pauses: u32,
 }
 
 /// Something to do in the world.
@@ -128,6 +134,8 @@ pub enum Effect {
     Apply { version: String },
     /// Stop the rollout where it is: no further nodes; uncordon what upkeep cordoned.
     Halt,
+    /// The window closed: start no new node (nodes in progress finish); resumed by `Apply`.
+    Pause,
     /// Commit versions.yaml back to `version` on the base branch (a PR if the push is refused).
     Revert { version: String, message: String },
     /// Post a comment on the merged PR, once per key.
@@ -139,7 +147,8 @@ pub struct Ctx<'a> {
     pub now: DateTime<Utc>,
     pub component: &'a Component,
     pub observed: &'a Observed,
-    /// Whether work may start now (a window is open, or no window covers the component).
+    /// Whether work may start now: a window is open, no window covers the component, or an
+    /// emergency goes outside windows (never through a freeze unless policy says so).
     pub may_start: bool,
     /// What to say while waiting (the next window).
     pub waiting: String,
@@ -390,7 +399,7 @@ pub fn decide(
     match st.phase {
         Phase::Pending => {
             s.started_at = Some(now);
-            let msg = if ctx.may_start || spec.emergency {
+            let msg = if ctx.may_start {
                 "a window is open".to_string()
             } else {
                 ctx.waiting.clone()
@@ -398,7 +407,7 @@ pub fn decide(
             set(&mut s, Phase::WaitingForWindow, msg, now);
         }
         Phase::WaitingForWindow => {
-            if ctx.may_start || spec.emergency {
+            if ctx.may_start {
                 set(
                     &mut s,
                     Phase::Preflight,
@@ -419,7 +428,7 @@ pub fn decide(
                 );
                 return (s, fx);
             };
-            if !(ctx.may_start || spec.emergency) {
+            if !(ctx.may_start) {
                 set(&mut s, Phase::WaitingForWindow, ctx.waiting.clone(), now);
                 return (s, fx);
             }
@@ -519,7 +528,36 @@ pub fn decide(
                     format!("validating {hop_version}"),
                     now,
                 ),
-                Ok(false) if s.phase_since.is_some_and(|t| now - t > ctx.timeout) => {
+                Ok(false) if c.name == "k3s" && !(ctx.may_start) => {
+                    // The window closed mid-rollout: finish the nodes in progress, start no new
+                    // node, resume in the next window.
+                    if !s.paused {
+                        s.paused = true;
+                        s.pauses += 1;
+                        fx.push(Effect::Pause);
+                        let key = format!("paused-{}", s.pauses);
+                        let upgraded: Vec<String> = s
+                            .nodes
+                            .iter()
+                            .filter(|n| {
+                                versions::parse(&n.version, c.scheme).ok().as_ref() == Some(&target)
+                            })
+                            .map(|n| n.name.clone())
+                            .collect();
+                        let body = format!(
+                            "**The window closed mid-rollout.** Nodes in progress finish; no new node starts. On {hop_version} so far: {}. upkeep resumes in the next window ({}).",
+                            if upgraded.is_empty() {
+                                "none".to_string()
+                            } else {
+                                upgraded.join(", ")
+                            },
+                            ctx.waiting
+                        );
+                        comment(&mut s, &mut fx, &key, body);
+                    }
+                    s.message = format!("paused: the window closed; {}", ctx.waiting);
+                }
+                Ok(false) if !s.paused && s.phase_since.is_some_and(|t| now - t > ctx.timeout) => {
                     fail(
                         &mut s,
                         &mut fx,
@@ -533,6 +571,11 @@ pub fn decide(
                     );
                 }
                 Ok(false) => {
+                    if s.paused {
+                        // Resumed in a window: the hop's time starts again.
+                        s.paused = false;
+                        s.phase_since = Some(now);
+                    }
                     // Keep the desired state asserted (idempotent): a restart never applies twice,
                     // it asserts the same version again.
                     fx.push(Effect::Apply {

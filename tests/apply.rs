@@ -39,7 +39,8 @@ impl World {
     fn with_update(start: DateTime<Utc>, component: &str, from: &str, to: &str) -> World {
         upkeep::sources::install_crypto_provider();
         let kube = KubeSim::start_in_thread(KubeOptions {
-            clock: SimClock::new(start, 600.0),
+            // Real time while the world is set up; fast once it is (see `apply`).
+            clock: SimClock::new(start, 1.0),
             ..KubeOptions::default()
         })
         .expect("kube");
@@ -128,6 +129,7 @@ impl World {
 
     /// One apply cycle with at most `budget` of real time.
     fn apply(&self, budget: Duration) -> Vec<(String, Phase, String)> {
+        self.kube.clock().set_speed(600.0);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -447,5 +449,175 @@ fn a_longhorn_upgrade_that_degrades_a_volume_needs_attention_and_one_that_fails_
             .any(|c| c.contains("Failed and reverted") && c.contains("UpgradeFailed")),
         "{:?}",
         w.comments()
+    );
+}
+
+impl World {
+    fn label_pr(&self, label: &str) {
+        let c = reqwest::blocking::Client::new();
+        let r = c
+            .post(format!("{}/repos/{REPO}/issues/1/labels", self.gh.url()))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(json!({"labels": [label]}).to_string())
+            .send()
+            .expect("label");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
+    fn version_of(&self, node: &str) -> String {
+        self.node_versions()
+            .into_iter()
+            .find(|(n, _)| n == node)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+}
+
+#[test]
+fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the_next() {
+    // Sunday 01:45 in Amsterdam: the Saturday-night window closes at 02:00. Nodes take 10
+    // minutes each, so the server is done by about 01:56 and the first agent is in progress when
+    // the window closes.
+    let w = World::new("2026-11-22T00:45:00Z".parse().unwrap_or_default());
+    w.kube.set_timings(upkeep::sim::kube::Timings {
+        node_upgrade: Duration::from_secs(600),
+        ..Default::default()
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Applying), "{s:?}");
+    assert!(s[0].2.starts_with("paused: the window closed"), "{s:?}");
+    // Nodes in progress finish (uncordoned, no upgrade under way); then nothing new starts.
+    let settled = |w: &World| {
+        w.kube.list("", "nodes").iter().all(|n| {
+            n["spec"]["unschedulable"].is_null()
+                && n["metadata"]["annotations"]
+                    .as_object()
+                    .is_none_or(|a| !a.keys().any(|k| k.starts_with("sim.upkeep.dev/plan-")))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !settled(&w) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        settled(&w),
+        "the nodes in progress finished and were uncordoned"
+    );
+    let at_pause = w.node_versions();
+    assert!(
+        at_pause.iter().any(|(_, v)| v == "v1.33.4+k3s1"),
+        "the window closed before the end: {at_pause:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500)); // five simulated minutes
+    assert_eq!(w.node_versions(), at_pause, "no new node started");
+    assert!(
+        w.comments()
+            .iter()
+            .any(|c| c.contains("The window closed mid-rollout")),
+        "{:?}",
+        w.comments()
+    );
+    // Next Saturday night it resumes and finishes.
+    w.kube
+        .clock()
+        .advance_to("2026-11-28T21:30:00Z".parse().unwrap_or_default());
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    assert_eq!(w.version_of("agent-2"), "v1.33.5+k3s1");
+}
+
+#[test]
+fn an_emergency_label_bypasses_windows_but_not_freezes() {
+    let w = World::new("2026-11-21T11:00:00Z".parse().unwrap_or_default());
+    w.label_pr("upkeep/emergency");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    assert_eq!(r["spec"]["emergency"], true);
+
+    // Saturday night in the year-end freeze: even an emergency waits.
+    let w = World::new("2026-12-26T21:30:00Z".parse().unwrap_or_default());
+    w.label_pr("upkeep/emergency");
+    let s = w.apply(Duration::from_secs(5));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::WaitingForWindow), "{s:?}");
+    assert!(s[0].2.contains("frozen by year-end"), "{s:?}");
+    assert!(w.node_versions().iter().all(|(_, v)| v == "v1.33.4+k3s1"));
+}
+
+/// The controller stopped after every single look (a zero budget: each cycle observes, decides
+/// once, carries out the effects, saves, and exits), through a success and through a failure:
+/// every transition is a restart point, and nothing happens twice.
+#[test]
+fn a_restart_at_every_transition_never_applies_backs_up_or_comments_twice() {
+    let mut transitions = 0;
+    for fault in [
+        None,
+        Some(ClusterFault::NodeNeverReady {
+            node: "agent-2".into(),
+        }),
+    ] {
+        let w = World::new(in_window());
+        if let Some(f) = fault.clone() {
+            w.kube.inject(f);
+        }
+        let mut phases = Vec::new();
+        let mut cycles = 0;
+        loop {
+            cycles += 1;
+            let s = w.apply(Duration::ZERO);
+            let p = phase_of(&s, K3S).expect("a rollout");
+            if phases.last() != Some(&p) {
+                phases.push(p);
+            }
+            if p.is_terminal() || cycles > 2000 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Each phase seen was entered by one transition (the first from Pending), each in a
+        // cycle of its own.
+        transitions += phases.len();
+        let jobs = w
+            .kube
+            .list("batch", "jobs")
+            .into_iter()
+            .filter(|j| j["metadata"]["namespace"] == "kube-system")
+            .count();
+        assert_eq!(jobs, 1, "one snapshot Job");
+        assert_eq!(
+            w.kube.list("k3s.cattle.io", "etcdsnapshotfiles").len(),
+            1,
+            "one backup"
+        );
+        assert_eq!(w.comments().len(), 1, "one report: {:?}", w.comments());
+        match fault {
+            None => assert_eq!(phases.last(), Some(&Phase::Succeeded), "{phases:?}"),
+            Some(_) => {
+                assert_eq!(phases.last(), Some(&Phase::RequiresAttention), "{phases:?}");
+                assert_eq!(
+                    w.main_log()
+                        .lines()
+                        .filter(|l| l.starts_with("revert("))
+                        .count(),
+                    1,
+                    "one revert commit"
+                );
+            }
+        }
+        for p in [
+            Phase::WaitingForWindow,
+            Phase::Preflight,
+            Phase::Backup,
+            Phase::Applying,
+        ] {
+            assert!(phases.contains(&p), "{p:?} in {phases:?}");
+        }
+    }
+    assert!(
+        transitions >= 12,
+        "every one of {transitions} transitions was a restart point"
     );
 }

@@ -363,11 +363,25 @@ impl World<'_> {
         // When slots freed up during this pass (nodes that finished), earliest first.
         let mut freed: Vec<DateTime<Utc>> = Vec::new();
         let mut freed_all: Vec<DateTime<Utc>> = Vec::new();
-        // Nodes in flight first (also those of an older spec: a node in progress is finished).
-        for n in &nodes {
+        // Nodes in flight first (also those of an older spec, and those the Plan no longer
+        // selects: a node whose upgrade Job runs is finished, as with the real SUC).
+        let selected: std::collections::HashSet<String> = nodes
+            .iter()
+            .map(|n| s(n, "/metadata/name").to_string())
+            .collect();
+        let in_flight: Vec<Value> = self
+            .store
+            .list(&gr("", "nodes"), None)
+            .into_iter()
+            .filter(|n| !selected.contains(s(n, "/metadata/name")) && annotation(n, &key).is_some())
+            .map(|n| slim(n, &label, &key))
+            .collect();
+        for n in nodes.iter().chain(&in_flight) {
             let node = s(n, "/metadata/name").to_string();
             if s(n, &format!("/metadata/labels/{}", label.replace('/', "~1"))) == hash {
-                done += 1;
+                if selected.contains(&node) {
+                    done += 1;
+                }
                 continue;
             }
             let Some(p) = annotation(n, &key).and_then(Progress::parse) else {
@@ -1369,6 +1383,51 @@ mod tests {
 
     fn blocking(st: &mut Store, now: DateTime<Utc>) {
         seed::blocking_pdb(st, "agent-1", now);
+    }
+
+    #[test]
+    fn a_node_in_progress_finishes_when_its_plan_stops_selecting_it() {
+        let (mut st, now) = cluster();
+        let plans = gr("upgrade.cattle.io", "plans");
+        let ctx = Ctx::new(now, "upkeep");
+        let mut p = plan("agent-plan", "v1.33.5+k3s1", false);
+        if let Some(m) = p["spec"].as_object_mut() {
+            m.remove("prepare");
+        }
+        let _ = st.create(&plans, "system-upgrade", p, &ctx);
+        let t = Timings::default();
+        step(&mut st, now, &[], &t);
+        let a1 = st.get(&gr("", "nodes"), "", "agent-1").unwrap_or_default();
+        assert_eq!(
+            a1.pointer("/spec/unschedulable"),
+            Some(&json!(true)),
+            "agent-1 started"
+        );
+        // The Plan now selects no node (a paused or halted rollout).
+        let _ = st.patch(
+            &plans,
+            "system-upgrade",
+            "agent-plan",
+            crate::sim::kube::store::PatchKind::Merge,
+            &json!({"spec": {"nodeSelector": {"matchLabels": {"upkeep.dev/halted": "true"}}}}),
+            None,
+            &ctx,
+        );
+        run_until(&mut st, now, &[], |st| {
+            st.get(&gr("", "nodes"), "", "agent-1")
+                .is_ok_and(|n| s(&n, "/status/nodeInfo/kubeletVersion") == "v1.33.5+k3s1")
+        });
+        let a2 = st.get(&gr("", "nodes"), "", "agent-2").unwrap_or_default();
+        assert_eq!(
+            s(&a2, "/status/nodeInfo/kubeletVersion"),
+            "v1.33.4+k3s1",
+            "no new node"
+        );
+        let a1 = st.get(&gr("", "nodes"), "", "agent-1").unwrap_or_default();
+        assert!(
+            a1.pointer("/spec/unschedulable").is_none(),
+            "uncordoned when done"
+        );
     }
 
     #[test]
