@@ -90,6 +90,8 @@ pub struct Options {
     /// How often the cluster is looked at while driving.
     pub poll: Duration,
     pub backup: bool,
+    /// How many agent nodes upgrade at once (servers go one at a time).
+    pub agent_concurrency: u64,
 }
 
 /// What a cycle did, per rollout: (name, phase, message).
@@ -230,7 +232,18 @@ pub async fn run<F: Forge>(
             let (next, effects) = rollout::decide(name, &spec, &status, &ctx);
             let mut next = next;
             for fx in &effects {
-                if let Err(e) = effect(client, repo, c, name, &spec, &observed, fx, &mut next).await
+                if let Err(e) = effect(
+                    client,
+                    repo,
+                    c,
+                    name,
+                    &spec,
+                    &observed,
+                    fx,
+                    &mut next,
+                    opts.agent_concurrency,
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "an effect failed; retried next look");
                     next = status.clone();
@@ -322,8 +335,13 @@ async fn backup_ready(client: &kube::Client, rollout_name: &str) -> Option<Strin
     })
 }
 
-fn plan_json(name: &str, version: &str, server: bool, halted: bool) -> Value {
-    let mut p = crate::sim::kube::seed::example_plan(name, version, server, 1);
+fn plan_json(name: &str, version: &str, server: bool, halted: bool, concurrency: u64) -> Value {
+    let mut p = crate::sim::kube::seed::example_plan(
+        name,
+        version,
+        server,
+        if server { 1 } else { concurrency.max(1) },
+    );
     p["metadata"]["namespace"] = json!(SUC_NAMESPACE);
     if !server {
         p["spec"]["prepare"]["args"] = json!(["prepare", SERVER_PLAN]);
@@ -345,6 +363,7 @@ async fn effect<F: Forge>(
     observed: &Observed,
     fx: &Effect,
     next: &mut RolloutStatus,
+    concurrency: u64,
 ) -> Result<(), String> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     match fx {
@@ -383,9 +402,14 @@ async fn effect<F: Forge>(
                     &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
                 );
                 for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
-                    let obj: DynamicObject =
-                        serde_json::from_value(plan_json(plan, version, server, false))
-                            .map_err(|e| e.to_string())?;
+                    let obj: DynamicObject = serde_json::from_value(plan_json(
+                        plan,
+                        version,
+                        server,
+                        false,
+                        concurrency,
+                    ))
+                    .map_err(|e| e.to_string())?;
                     plans
                         .patch(plan, &pp, &Patch::Apply(&obj))
                         .await
@@ -444,7 +468,7 @@ async fn effect<F: Forge>(
                     .unwrap_or_else(|| spec.to.clone());
                 for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
                     let obj: DynamicObject =
-                        serde_json::from_value(plan_json(plan, &hop, server, true))
+                        serde_json::from_value(plan_json(plan, &hop, server, true, concurrency))
                             .map_err(|e| e.to_string())?;
                     plans
                         .patch(plan, &pp, &Patch::Apply(&obj))
@@ -468,7 +492,7 @@ async fn effect<F: Forge>(
                     .unwrap_or_else(|| spec.to.clone());
                 for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
                     let obj: DynamicObject =
-                        serde_json::from_value(plan_json(plan, &hop, server, true))
+                        serde_json::from_value(plan_json(plan, &hop, server, true, concurrency))
                             .map_err(|e| e.to_string())?;
                     plans
                         .patch(plan, &pp, &Patch::Apply(&obj))

@@ -197,6 +197,9 @@ pub struct ApplyArgs {
     /// Seconds to drive rollouts in this cycle before returning (they resume next cycle).
     #[arg(long, default_value_t = 3600)]
     pub wait: u64,
+    /// How many agent nodes upgrade at once (servers always go one at a time).
+    #[arg(long, default_value_t = 1)]
+    pub agent_concurrency: u64,
     #[arg(
         long,
         value_name = "AUTHOR",
@@ -981,6 +984,7 @@ fn apply(a: &ApplyArgs) -> i32 {
         budget: Duration::from_secs(a.wait),
         poll: Duration::from_secs(2),
         backup: !a.no_backup,
+        agent_concurrency: a.agent_concurrency,
     };
     let result = rt.block_on(async {
         let client = crate::cluster::client(a.kubeconfig.as_deref())

@@ -120,7 +120,12 @@ impl World {
     }
 
     fn git(&self) -> GitRepo {
-        GitRepo::open(&self.dir.path().join("mirror.git"), &self.clone_url, None).expect("mirror")
+        GitRepo::open(
+            &self.dir.path().join("mirror.git"),
+            &self.clone_url,
+            Some(TOKEN.into()),
+        )
+        .expect("mirror")
     }
 
     fn forge(&self) -> GitHub {
@@ -164,6 +169,7 @@ impl World {
                 budget,
                 poll: Duration::from_millis(20),
                 backup: true,
+                agent_concurrency: 1,
             };
             let clock = self.kube.clock().clone();
             upkeep::apply::run(&client, &repo, &config, &opts, &move || clock.now())
@@ -619,5 +625,40 @@ fn a_restart_at_every_transition_never_applies_backs_up_or_comments_twice() {
     assert!(
         transitions >= 12,
         "every one of {transitions} transitions was a restart point"
+    );
+}
+
+#[test]
+fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
+    let mut w = World::new(in_window());
+    // Over smart HTTP, where the protected branch's hook runs.
+    w.clone_url = format!("{}/git/{REPO}.git", w.gh.url());
+    w.gh.with_forge(|f| f.protect(REPO, "main"))
+        .expect("forge")
+        .expect("protect");
+    w.kube.inject(ClusterFault::NodeNeverReady {
+        node: "agent-1".into(),
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
+    assert!(!w.main_log().contains("revert("), "main was not pushed to");
+    let pulls = w.gh.with_forge(|f| f.pulls(REPO)).unwrap_or_default();
+    assert!(
+        pulls
+            .iter()
+            .any(|(_, state, head)| state == "open" && head == "upkeep/revert-k3s-v1.33.5-k3s1"),
+        "{pulls:?}"
+    );
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    assert!(
+        r["status"]["revert"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with('#'),
+        "{}",
+        r["status"]
     );
 }

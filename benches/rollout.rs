@@ -1,0 +1,134 @@
+//! A simulated 200-node k3s rollout driven by the real controller code (`apply::run`): 1 server
+//! and 199 agents, per-node time T = 90 s, agents c = 10 at a time, on the simulated clock at
+//! 60x. Reports the simulated duration against the ideal, the controller's CPU time and the peak
+//! RSS.
+//!
+//! The emulator runs in this process on a runtime of its own (two worker threads); the controller
+//! runs on the main thread in a current-thread runtime, so the main thread's CPU time
+//! (RUSAGE_THREAD) is the controller's alone. Peak RSS is the whole process (controller and
+//! emulator): see docs/benchmarks.md.
+//!
+//! Run with `cargo bench --bench rollout`.
+
+use std::time::{Duration, Instant};
+
+use upkeep::apply::{Options, Repo};
+use upkeep::gitrepo::{Author, GitRepo};
+use upkeep::rollout::Phase;
+use upkeep::sim::clock::SimClock;
+use upkeep::sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
+
+const AGENTS: usize = 199;
+const CONCURRENCY: u64 = 10;
+const T: u64 = 90;
+const SPEED: f64 = 60.0;
+
+fn thread_cpu() -> Duration {
+    // SAFETY: a zeroed rusage is valid for getrusage to fill in.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD on the calling thread with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
+    Duration::from_secs(u.ru_utime.tv_sec as u64 + u.ru_stime.tv_sec as u64)
+        + Duration::from_micros(u.ru_utime.tv_usec as u64 + u.ru_stime.tv_usec as u64)
+}
+
+fn peak_rss_mib() -> f64 {
+    // SAFETY: as above, for the whole process.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    u.ru_maxrss as f64 / 1024.0
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    upkeep::sources::install_crypto_provider();
+    let start: chrono::DateTime<chrono::Utc> = "2026-11-21T12:00:00Z".parse().expect("date");
+    let kube = KubeSim::start_in_thread(KubeOptions {
+        clock: SimClock::new(start, 1.0),
+        cluster: ClusterSpec {
+            servers: 1,
+            agents: AGENTS,
+            volumes: 0,
+            longhorn_version: None,
+            flux_version: None,
+            ..ClusterSpec::default()
+        },
+        timings: Timings {
+            node_upgrade: Duration::from_secs(T),
+            drain: Duration::ZERO,
+            ..Timings::default()
+        },
+        ..KubeOptions::default()
+    })
+    .expect("emulator");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let repo_dir = dir.path().join("repo");
+    std::fs::create_dir_all(&repo_dir).expect("mkdir");
+    std::fs::write(
+        repo_dir.join("versions.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.5+k3s1\n",
+    )
+    .expect("write");
+    let config = upkeep::model::load_repo(&repo_dir, start)
+        .expect("load")
+        .repo
+        .expect("valid");
+    let git =
+        GitRepo::open(&dir.path().join("mirror.git"), "file:///nonexistent", None).expect("mirror");
+    let kc = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kc).expect("kubeconfig");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let clock = kube.clock().clone();
+    let opts = Options {
+        namespace: "upkeep-system".into(),
+        only: None,
+        emergency: false,
+        timeout: chrono::Duration::hours(24),
+        budget: Duration::from_secs(300),
+        poll: Duration::from_millis(100),
+        backup: false,
+        agent_concurrency: CONCURRENCY,
+    };
+    let cpu0 = thread_cpu();
+    let wall = Instant::now();
+    kube.clock().set_speed(SPEED);
+    let sim0 = clock.now();
+    let summary = rt.block_on(async {
+        let client = upkeep::cluster::client(Some(&kc)).await.expect("client");
+        let repo: Repo<'_, upkeep::forge::GitHub> = Repo {
+            git: &git,
+            forge: None,
+            base: "main".into(),
+            subdir: String::new(),
+            author: Author::default(),
+        };
+        let c = clock.clone();
+        upkeep::apply::run(&client, &repo, &config, &opts, &move || c.now())
+            .await
+            .expect("apply")
+    });
+    let wall = wall.elapsed();
+    let cpu = thread_cpu() - cpu0;
+    let sim = (clock.now() - sim0).num_seconds();
+    assert_eq!(
+        summary.first().map(|s| s.1),
+        Some(Phase::Succeeded),
+        "{summary:?}"
+    );
+    let waves = 1 + (AGENTS as u64).div_ceil(CONCURRENCY);
+    let ideal = waves * T;
+    let formula = 200u64.div_ceil(CONCURRENCY) * T;
+    println!(
+        "200-node k3s rollout (1 server, {AGENTS} agents, c = {CONCURRENCY}, T = {T} s) at {SPEED}x: {sim} s simulated from the Rollout's creation to Succeeded; ideal {ideal} s (1 server wave + {} agent waves; ceil(200/c)*T = {formula} s): {:+.1}% controller overhead; {:.2} s wall; controller CPU {:.2} s; peak RSS {:.1} MiB (controller and emulator)",
+        waves - 1,
+        (sim as f64 / ideal as f64 - 1.0) * 100.0,
+        wall.as_secs_f64(),
+        cpu.as_secs_f64(),
+        peak_rss_mib()
+    );
+}
