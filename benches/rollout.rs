@@ -93,6 +93,7 @@ fn main() {
         poll: Duration::from_millis(100),
         backup: false,
         agent_concurrency: CONCURRENCY,
+        releases: Default::default(),
     };
     let cpu0 = thread_cpu();
     let wall = Instant::now();

@@ -92,6 +92,9 @@ pub struct Options {
     pub backup: bool,
     /// How many agent nodes upgrade at once (servers go one at a time).
     pub agent_concurrency: u64,
+    /// Known releases per component, for paths of several hops (a minor between what runs and
+    /// what is asked); without them only a single legal hop is applied.
+    pub releases: std::collections::HashMap<String, Vec<versions::Version>>,
 }
 
 /// What a cycle did, per rollout: (name, phase, message).
@@ -147,9 +150,16 @@ pub async fn run<F: Forge>(
         if existing.is_none() {
             let hops = match versions::check_hop(&from, &c.version, &c.path_rule) {
                 Ok(()) => vec![c.version.to_string()],
+                // A longer way through the releases in between, hop by hop.
                 Err(e) => {
-                    tracing::warn!(component = c.name, error = %e, "no legal path; nothing applied");
-                    continue;
+                    let available = opts.releases.get(&c.name).map(Vec::as_slice).unwrap_or(&[]);
+                    match versions::plan_path(&from, &c.version, available, &c.path_rule) {
+                        Ok(p) if !p.is_empty() => p.iter().map(ToString::to_string).collect(),
+                        _ => {
+                            tracing::warn!(component = c.name, error = %e, "no legal path; nothing applied");
+                            continue;
+                        }
+                    }
                 }
             };
             let branch = crate::propose::branch_name(&c.name, &c.version.to_string());

@@ -950,6 +950,7 @@ fn apply(a: &ApplyArgs) -> i32 {
             return 1;
         }
     };
+    let releases = offline_releases(&config);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -985,6 +986,7 @@ fn apply(a: &ApplyArgs) -> i32 {
         poll: Duration::from_secs(2),
         backup: !a.no_backup,
         agent_concurrency: a.agent_concurrency,
+        releases,
     };
     let result = rt.block_on(async {
         let client = crate::cluster::client(a.kubeconfig.as_deref())
@@ -1018,6 +1020,34 @@ fn apply(a: &ApplyArgs) -> i32 {
             1
         }
     }
+}
+
+/// Every component's releases from the shipped catalog, for multi-hop paths.
+fn offline_releases(
+    config: &ConfigRepo,
+) -> std::collections::HashMap<String, Vec<crate::versions::Version>> {
+    let Ok(cat) = Catalog::builtin() else {
+        return Default::default();
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(_) => return Default::default(),
+    };
+    config
+        .components
+        .iter()
+        .filter_map(|c| {
+            let f = rt.block_on(crate::sources::Upstream::fetch(&cat, c)).ok()?;
+            Some((
+                c.name.clone(),
+                f.releases_as(c.scheme)
+                    .0
+                    .into_iter()
+                    .map(|r| r.version)
+                    .collect(),
+            ))
+        })
+        .collect()
 }
 
 fn state_dir(explicit: Option<&Path>) -> PathBuf {

@@ -25,6 +25,7 @@ fn in_window() -> DateTime<Utc> {
 }
 
 struct World {
+    releases: std::collections::HashMap<String, Vec<upkeep::versions::Version>>,
     kube: KubeSim,
     gh: UpstreamSim,
     dir: tempfile::TempDir,
@@ -54,6 +55,7 @@ impl World {
             .expect("forge")
             .expect("repo");
         let w = World {
+            releases: Default::default(),
             kube,
             gh,
             dir,
@@ -170,6 +172,7 @@ impl World {
                 poll: Duration::from_millis(20),
                 backup: true,
                 agent_concurrency: 1,
+                releases: self.releases.clone(),
             };
             let clock = self.kube.clock().clone();
             upkeep::apply::run(&client, &repo, &config, &opts, &move || clock.now())
@@ -660,5 +663,51 @@ fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
             .starts_with('#'),
         "{}",
         r["status"]
+    );
+}
+
+#[test]
+fn a_two_hop_minor_path_is_applied_and_validated_hop_by_hop() {
+    let mut w = World::with_update(in_window(), "k3s", "v1.33.4+k3s1", "v1.35.5+k3s1");
+    let v = |s: &str| upkeep::versions::parse(s, upkeep::versions::Scheme::K3s).expect("version");
+    w.releases.insert(
+        "k3s".into(),
+        vec![v("v1.34.7+k3s1"), v("v1.34.8+k3s1"), v("v1.35.5+k3s1")],
+    );
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "k3s-v1.35.5-k3s1"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
+    let r = w
+        .kube
+        .get(
+            "upkeep.dev",
+            "rollouts",
+            "upkeep-system",
+            "k3s-v1.35.5-k3s1",
+        )
+        .expect("rollout");
+    assert_eq!(
+        r["spec"]["hops"],
+        json!(["v1.34.8+k3s1", "v1.35.5+k3s1"]),
+        "never a minor skip"
+    );
+    assert!(w.node_versions().iter().all(|(_, v)| v == "v1.35.5+k3s1"));
+    // Both hops ran through the Plans: the upgrade Jobs name both versions.
+    let jobs: Vec<String> = w
+        .kube
+        .list("batch", "jobs")
+        .iter()
+        .filter_map(|j| {
+            j["metadata"]["labels"]["upgrade.cattle.io/version"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(
+        jobs.iter().any(|v| v == "v1.34.8-k3s1") && jobs.iter().any(|v| v == "v1.35.5-k3s1"),
+        "{jobs:?}"
     );
 }
