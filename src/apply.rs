@@ -224,7 +224,7 @@ pub async fn run<F: Forge>(
                 },
             );
             let backup_ready = if status.phase == Phase::Backup {
-                backup_ready(client, name).await
+                backup_ready(client, &c.name, name, &observed).await
             } else {
                 None
             };
@@ -325,25 +325,68 @@ fn waiting_text(d: &Decision) -> String {
     }
 }
 
-/// The etcd snapshot taken for `rollout`, once ready.
-async fn backup_ready(client: &kube::Client, rollout_name: &str) -> Option<String> {
+/// The backup taken for `rollout`, once ready: k3s' etcd snapshot; Longhorn's SystemBackup, or
+/// every volume's Snapshot.
+async fn backup_ready(
+    client: &kube::Client,
+    component: &str,
+    rollout_name: &str,
+    o: &Observed,
+) -> Option<String> {
     let prefix = rollout::backup_name(rollout_name);
-    let api: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ar(
-            "k3s.cattle.io",
-            "v1",
-            "ETCDSnapshotFile",
-            "etcdsnapshotfiles",
-        ),
-    );
-    let list = api.list(&Default::default()).await.ok()?;
-    list.items.iter().find_map(|o| {
-        let name = o.data["spec"]["snapshotName"].as_str()?;
-        (name.starts_with(&prefix) && o.data["status"]["readyToUse"] == json!(true))
-            .then(|| name.to_string())
-    })
+    match component {
+        "k3s" => {
+            let api: Api<DynamicObject> = Api::all_with(
+                client.clone(),
+                &ar(
+                    "k3s.cattle.io",
+                    "v1",
+                    "ETCDSnapshotFile",
+                    "etcdsnapshotfiles",
+                ),
+            );
+            let list = api.list(&Default::default()).await.ok()?;
+            list.items.iter().find_map(|o| {
+                let name = o.data["spec"]["snapshotName"].as_str()?;
+                (name.starts_with(&prefix) && o.data["status"]["readyToUse"] == json!(true))
+                    .then(|| name.to_string())
+            })
+        }
+        "longhorn" if o.longhorn_backup_target.is_some() => {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client.clone(),
+                LONGHORN_NAMESPACE,
+                &ar("longhorn.io", "v1beta2", "SystemBackup", "systembackups"),
+            );
+            let b = api.get_opt(&prefix).await.ok()??;
+            (b.data["status"]["state"] == "Ready").then(|| format!("SystemBackup {prefix}"))
+        }
+        "longhorn" => {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                client.clone(),
+                LONGHORN_NAMESPACE,
+                &ar("longhorn.io", "v1beta2", "Snapshot", "snapshots"),
+            );
+            let list = api
+                .list(
+                    &kube::api::ListParams::default()
+                        .labels(&format!("upkeep.dev/rollout={rollout_name}")),
+                )
+                .await
+                .ok()?;
+            let ready = list
+                .items
+                .iter()
+                .filter(|s| s.data["status"]["readyToUse"] == json!(true))
+                .count();
+            (ready == o.volumes.len() && ready > 0)
+                .then(|| format!("{ready} Longhorn snapshots {prefix}-*"))
+        }
+        _ => None,
+    }
 }
+
+pub const LONGHORN_NAMESPACE: &str = "longhorn-system";
 
 fn plan_json(name: &str, version: &str, server: bool, halted: bool, concurrency: u64) -> Value {
     let mut p = crate::sim::kube::seed::example_plan(
@@ -377,6 +420,40 @@ async fn effect<F: Forge>(
 ) -> Result<(), String> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     match fx {
+        Effect::Backup { name: backup } if c.name == "longhorn" => {
+            let create = |api: Api<DynamicObject>, obj: Value| async move {
+                let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+                match api.create(&PostParams::default(), &obj).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) => Err(format!("creating a Longhorn backup: {e}")),
+                }
+            };
+            if observed.longhorn_backup_target.is_some() {
+                let api = Api::namespaced_with(
+                    client.clone(),
+                    LONGHORN_NAMESPACE,
+                    &ar("longhorn.io", "v1beta2", "SystemBackup", "systembackups"),
+                );
+                create(api, json!({"apiVersion": "longhorn.io/v1beta2", "kind": "SystemBackup",
+                    "metadata": {"name": backup, "namespace": LONGHORN_NAMESPACE, "labels": {"upkeep.dev/rollout": name}},
+                    "spec": {"volumeBackupPolicy": "if-not-present"}}))
+                    .await
+            } else {
+                for v in &observed.volumes {
+                    let api = Api::namespaced_with(
+                        client.clone(),
+                        LONGHORN_NAMESPACE,
+                        &ar("longhorn.io", "v1beta2", "Snapshot", "snapshots"),
+                    );
+                    create(api, json!({"apiVersion": "longhorn.io/v1beta2", "kind": "Snapshot",
+                        "metadata": {"name": format!("{backup}-{}", v.name), "namespace": LONGHORN_NAMESPACE, "labels": {"upkeep.dev/rollout": name}},
+                        "spec": {"volume": v.name, "createSnapshot": true}}))
+                        .await?;
+                }
+                Ok(())
+            }
+        }
         Effect::Backup { name: backup } => {
             let server = observed
                 .nodes

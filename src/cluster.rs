@@ -121,6 +121,8 @@ pub struct Observed {
     pub volumes: Vec<VolumeState>,
     /// `settings.longhorn.io/current-longhorn-version`.
     pub longhorn_version: Option<String>,
+    /// `settings.longhorn.io/backup-target`, when set.
+    pub longhorn_backup_target: Option<String>,
     /// The `app.kubernetes.io/version` label of the GitRepository CRD (Flux's version).
     pub flux_crd_version: Option<String>,
 }
@@ -420,6 +422,11 @@ pub async fn observe(client: &kube::Client) -> Result<Observed> {
     o.longhorn_version = settings
         .iter()
         .find(|st| s(st, "/metadata/name") == "current-longhorn-version")
+        .map(|st| s(st, "/value"))
+        .filter(|v| !v.is_empty());
+    o.longhorn_backup_target = settings
+        .iter()
+        .find(|st| s(st, "/metadata/name") == "backup-target")
         .map(|st| s(st, "/value"))
         .filter(|v| !v.is_empty());
     let (_, crds) = list(

@@ -780,6 +780,7 @@ fn moved(c: &Component, o: &Observed, back_to: &str) -> bool {
 fn backup_applies(c: &Component, o: &Observed) -> bool {
     match c.name.as_str() {
         "k3s" => o.nodes.iter().any(|n| n.etcd),
+        "longhorn" => !o.volumes.is_empty(),
         _ => false,
     }
 }

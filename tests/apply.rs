@@ -711,3 +711,36 @@ fn a_two_hop_minor_path_is_applied_and_validated_hop_by_hop() {
         "{jobs:?}"
     );
 }
+
+#[test]
+fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    {
+        let mut s = w.kube.store();
+        let ctx = upkeep::sim::kube::store::Ctx::new(Utc::now(), "test");
+        s.create_with_status(
+            &("longhorn.io".into(), "settings".into()),
+            "longhorn-system",
+            json!({"metadata": {"name": "backup-target"}, "value": "s3://backups@eu-west-1/", "status": {"applied": true}}),
+            &ctx,
+        )
+        .expect("setting");
+    }
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
+    let b = w
+        .kube
+        .get(
+            "longhorn.io",
+            "systembackups",
+            "longhorn-system",
+            "upkeep-longhorn-v1.10.2",
+        )
+        .expect("system backup");
+    assert_eq!(b["status"]["state"], "Ready");
+    assert!(w.kube.list("longhorn.io", "snapshots").is_empty());
+}
