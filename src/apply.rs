@@ -274,6 +274,9 @@ pub async fn run<F: Forge>(
                 .map_err(api_err("saving a rollout's status"))?;
                 if next.phase != status.phase {
                     tracing::info!(from = ?status.phase, to = ?next.phase, message = %next.message, "rollout phase");
+                    if let Err(e) = event(client, &opts.namespace, &obj, &next, t).await {
+                        tracing::warn!(error = %e, "cannot record an event");
+                    }
                 }
             }
             if !next.phase.is_terminal() {
@@ -304,6 +307,48 @@ pub async fn run<F: Forge>(
         }
     }
     Ok(out)
+}
+
+/// A Kubernetes Event for a transition, named after it so that a restart never records it twice.
+async fn event(
+    client: &kube::Client,
+    ns: &str,
+    rollout: &DynamicObject,
+    st: &RolloutStatus,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let name = rollout.metadata.name.clone().unwrap_or_default();
+    let phase = format!("{:?}", st.phase);
+    let warning = matches!(
+        st.phase,
+        Phase::Failed | Phase::Reverting | Phase::Reverted | Phase::RequiresAttention
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ar("events.k8s.io", "v1", "Event", "events"),
+    );
+    let mut note = st.message.clone();
+    crate::sources::truncate_utf8(&mut note, 1000);
+    let ev: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": format!("{name}.{}.{}.{}", phase.to_lowercase(), st.hop, st.pauses), "namespace": ns},
+        "eventTime": now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "reportingController": "upkeep.dev/controller",
+        "reportingInstance": "upkeep",
+        "action": "Transition",
+        "reason": phase,
+        "type": if warning { "Warning" } else { "Normal" },
+        "note": note,
+        "regarding": {"apiVersion": "upkeep.dev/v1alpha1", "kind": "Rollout", "name": name, "namespace": ns,
+            "uid": rollout.metadata.uid.clone().unwrap_or_default()},
+    }))
+    .map_err(|e| e.to_string())?;
+    match api.create(&PostParams::default(), &ev).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn waiting_text(d: &Decision) -> String {

@@ -662,6 +662,20 @@ pub fn decide(
         }
         Phase::Failed => {
             fx.push(Effect::Halt);
+            // Roll back where the component supports it (Flux: a patch within the same minor).
+            let back = last_good(spec, &s);
+            if let (Ok(b), Ok(h)) = (versions::parse(&back, c.scheme), &hop)
+                && match c.path_rule.downgrade {
+                    Downgrade::Allowed => true,
+                    Downgrade::WithinMinor => b.line() == h.line(),
+                    Downgrade::Never => false,
+                }
+            {
+                fx.push(Effect::Apply {
+                    version: back.clone(),
+                });
+                s.message = format!("halted; rolling {} back to {back}", c.name);
+            }
             set(
                 &mut s,
                 Phase::Reverting,
@@ -968,6 +982,64 @@ mod tests {
         assert!(matches!(&fx[..], [Effect::Comment { key, .. }] if key == "preflight"));
         let (_, fx) = step(&s, &o, true, None);
         assert!(fx.is_empty(), "once");
+    }
+
+    #[test]
+    fn flux_rolls_back_a_failed_patch_but_not_a_minor() {
+        let mut flux = k3s();
+        flux.name = "flux".into();
+        flux.scheme = Scheme::Semver;
+        flux.path_rule = PathRule {
+            max_minor_step: Some(1),
+            downgrade: Downgrade::WithinMinor,
+        };
+        let o = Observed::default();
+        fn ctx<'a>(c: &'a Component, o: &'a Observed) -> Ctx<'a> {
+            Ctx {
+                now: Utc::now(),
+                component: c,
+                observed: o,
+                may_start: true,
+                waiting: String::new(),
+                backup: false,
+                backup_ready: None,
+                timeout: chrono::Duration::minutes(60),
+                preflight: PreflightPolicy::default(),
+            }
+        }
+        let failed = RolloutStatus {
+            phase: Phase::Failed,
+            ..Default::default()
+        };
+        let patch = RolloutSpec {
+            component: "flux".into(),
+            from: "v2.6.4".into(),
+            to: "v2.6.5".into(),
+            hops: vec!["v2.6.5".into()],
+            pull_request: None,
+            emergency: false,
+        };
+        let (_, fx) = decide("flux-v2.6.5", &patch, &failed, &ctx(&flux, &o));
+        assert_eq!(
+            fx,
+            vec![
+                Effect::Halt,
+                Effect::Apply {
+                    version: "v2.6.4".into()
+                }
+            ]
+        );
+        let minor = RolloutSpec {
+            to: "v2.7.0".into(),
+            hops: vec!["v2.7.0".into()],
+            ..patch
+        };
+        let (_, fx) = decide("flux-v2.7.0", &minor, &failed, &ctx(&flux, &o));
+        assert_eq!(
+            fx,
+            vec![Effect::Halt],
+            "a lower minor is refused by flux-operator"
+        );
     }
 
     #[test]

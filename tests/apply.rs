@@ -272,6 +272,24 @@ fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
         .expect("rollout");
     assert_eq!(r["status"]["phase"], "Succeeded");
     assert!(r["status"]["backup"].is_string());
+    // An Event per transition, regarding the Rollout.
+    let reasons: Vec<String> = w
+        .kube
+        .list("events.k8s.io", "events")
+        .iter()
+        .filter(|e| e["regarding"]["name"] == K3S)
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect();
+    for r in [
+        "WaitingForWindow",
+        "Preflight",
+        "Backup",
+        "Applying",
+        "Validating",
+        "Succeeded",
+    ] {
+        assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
+    }
     // Another cycle: nothing to do, nothing posted again.
     let s = w.apply(Duration::from_secs(5));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded));
