@@ -238,6 +238,11 @@ pub async fn run<F: Forge>(
                 backup_ready,
                 timeout: opts.timeout,
                 preflight: Default::default(),
+                extra_checks: if status.phase == Phase::Validating {
+                    run_checks(&config.checks, &c.name).await
+                } else {
+                    Vec::new()
+                },
             };
             let (next, effects) = rollout::decide(name, &spec, &status, &ctx);
             let mut next = next;
@@ -349,6 +354,107 @@ async fn event(
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn encode(q: &str) -> String {
+    q.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Run the policy's checks that cover `component`; each result says what was seen and how long
+/// it took.
+pub async fn run_checks(
+    checks: &[crate::model::Check],
+    component: &str,
+) -> Vec<crate::validate::Finding> {
+    use crate::model::CheckKind;
+    use crate::validate::Finding;
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return vec![Finding {
+                check: "policy checks".into(),
+                ok: false,
+                detail: format!("cannot make an HTTP client: {e}"),
+            }];
+        }
+    };
+    let mut out = Vec::new();
+    for c in checks.iter().filter(|c| c.components.covers(component)) {
+        let t = std::time::Instant::now();
+        let (ok, what) = match &c.kind {
+            CheckKind::Http { url, expect_status } => match client.get(url).send().await {
+                Ok(r) if r.status().as_u16() == *expect_status => {
+                    (true, format!("GET {url}: {}", r.status().as_u16()))
+                }
+                Ok(r) => (
+                    false,
+                    format!(
+                        "GET {url}: {} (expected {expect_status})",
+                        r.status().as_u16()
+                    ),
+                ),
+                Err(e) => (
+                    false,
+                    format!("GET {url}: {}", crate::sources::http::error_chain(&e)),
+                ),
+            },
+            CheckKind::Prometheus {
+                url,
+                query,
+                max,
+                min,
+            } => {
+                let q = format!("{url}/api/v1/query?query={}", encode(query));
+                let value = async {
+                    let r = client
+                        .get(&q)
+                        .send()
+                        .await
+                        .map_err(|e| crate::sources::http::error_chain(&e))?;
+                    let body: Value =
+                        serde_json::from_slice(&r.bytes().await.map_err(|e| e.to_string())?)
+                            .map_err(|e| format!("not JSON: {e}"))?;
+                    body.pointer("/data/result/0/value/1")
+                        .and_then(Value::as_str)
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .ok_or_else(|| "the query returned no value".to_string())
+                }
+                .await;
+                match value {
+                    Ok(v) => {
+                        let over = max.is_some_and(|m| v > m);
+                        let under = min.is_some_and(|m| v < m);
+                        let bounds = [
+                            min.map(|m| format!(">= {m}")),
+                            max.map(|m| format!("<= {m}")),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                        (!over && !under, format!("{query} = {v} (wanted {bounds})"))
+                    }
+                    Err(e) => (false, format!("{query}: {e}")),
+                }
+            }
+        };
+        out.push(Finding {
+            check: c.name.clone(),
+            ok,
+            detail: format!("{what}, in {} ms", t.elapsed().as_millis()),
+        });
+    }
+    out
 }
 
 fn waiting_text(d: &Decision) -> String {

@@ -159,6 +159,8 @@ pub struct Ctx<'a> {
     /// How long one hop may take before it counts as failed.
     pub timeout: chrono::Duration,
     pub preflight: PreflightPolicy,
+    /// The results of the policy's checks (HTTP, Prometheus), run by the caller in Validating.
+    pub extra_checks: Vec<Finding>,
 }
 
 /// The name of a rollout's backup.
@@ -587,10 +589,11 @@ pub fn decide(
             }
         }
         Phase::Validating => {
-            let checks = validate(
+            let mut checks = validate(
                 s.baseline.as_ref().unwrap_or(&Baseline::default()),
                 ctx.observed,
             );
+            checks.extend(ctx.extra_checks.iter().cloned());
             s.checks = checks.clone();
             if let Some(bad) = checks.iter().find(|f| !f.ok) {
                 fail(
@@ -897,6 +900,7 @@ mod tests {
             backup_ready: backup_ready.map(str::to_string),
             timeout: chrono::Duration::minutes(60),
             preflight: PreflightPolicy::default(),
+            extra_checks: Vec::new(),
         };
         decide("k3s-v1.33.5-k3s1", &spec(), st, &ctx)
     }
@@ -1005,6 +1009,7 @@ mod tests {
                 backup_ready: None,
                 timeout: chrono::Duration::minutes(60),
                 preflight: PreflightPolicy::default(),
+                extra_checks: Vec::new(),
             }
         }
         let failed = RolloutStatus {

@@ -762,3 +762,96 @@ fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
     assert_eq!(b["status"]["state"], "Ready");
     assert!(w.kube.list("longhorn.io", "snapshots").is_empty());
 }
+
+/// A tiny HTTP server on 127.0.0.1: `/healthz` answers `status`, `/api/v1/query` a Prometheus
+/// vector holding `value`.
+fn endpoints(status: u16, value: &'static str) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let req = String::from_utf8_lossy(&buf[..n]);
+            let (code, body) = if req.starts_with("GET /api/v1/query") {
+                (
+                    200,
+                    format!(
+                        r#"{{"status":"success","data":{{"resultType":"vector","result":[{{"metric":{{}},"value":[1700000000,"{value}"]}}]}}}}"#
+                    ),
+                )
+            } else {
+                (status, "ok".to_string())
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    format!("http://{addr}")
+}
+
+impl World {
+    fn add_checks(&self, base: &str) {
+        let text = format!(
+            "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nchecks:\n  - name: home\n    http: {{url: \"{base}/healthz\"}}\n  - name: errors\n    components: [k3s]\n    prometheus: {{url: \"{base}\", query: 'sum(rate(http_requests_total{{code=~\"5..\"}}[5m]))', max: 0.01}}\n"
+        );
+        self.gh
+            .with_forge(|f| {
+                f.commit_file(REPO, "main", "policies/checks.yaml", &text, "Add checks")
+            })
+            .expect("forge")
+            .expect("commit");
+    }
+}
+
+#[test]
+fn http_and_prometheus_checks_from_policy_run_after_each_hop() {
+    let w = World::new(in_window());
+    w.add_checks(&endpoints(200, "0.001"));
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    let checks = r["status"]["checks"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let home = checks
+        .iter()
+        .find(|c| c["check"] == "home")
+        .expect("home check");
+    assert!(
+        home["ok"] == true && home["detail"].as_str().unwrap_or("").contains(": 200, in "),
+        "{home}"
+    );
+    let errors = checks
+        .iter()
+        .find(|c| c["check"] == "errors")
+        .expect("errors check");
+    assert!(
+        errors["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("= 0.001 (wanted <= 0.01)"),
+        "{errors}"
+    );
+
+    // An endpoint that fails after the upgrade fails the validation.
+    let w = World::new(in_window());
+    w.add_checks(&endpoints(503, "0.001"));
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
+    assert!(s[0].2.contains("/healthz: 503 (expected 200)"), "{s:?}");
+    // And an error rate over the threshold too.
+    let w = World::new(in_window());
+    w.add_checks(&endpoints(200, "0.2"));
+    let s = w.apply(Duration::from_secs(60));
+    assert!(s[0].2.contains("= 0.2 (wanted <= 0.01)"), "{s:?}");
+}

@@ -200,6 +200,47 @@ pub struct PolicyFile {
     /// The signed offline release catalog; at most one file may set it.
     #[serde(default)]
     pub catalog: Option<Sp<CatalogEntry>>,
+    /// Checks run after every hop of a rollout, besides the built-in ones: an HTTP endpoint
+    /// that must answer a status, or a Prometheus query that must stay within bounds.
+    #[serde(default)]
+    pub checks: Vec<CheckEntry>,
+}
+
+/// One validation check (exactly one of `http` and `prometheus`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CheckEntry {
+    pub name: Sp<String>,
+    /// Components whose rollouts run it; `["*"]` (the default) for all.
+    #[serde(default)]
+    pub components: Option<Vec<Sp<String>>>,
+    #[serde(default)]
+    pub http: Option<Sp<HttpCheckEntry>>,
+    #[serde(default)]
+    pub prometheus: Option<Sp<PrometheusCheckEntry>>,
+}
+
+/// `GET url` must answer `expectStatus` (default 200).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpCheckEntry {
+    pub url: Sp<String>,
+    #[serde(default)]
+    pub expect_status: Option<Sp<u16>>,
+}
+
+/// A Prometheus instant query (`GET <url>/api/v1/query?query=...`) whose first value must be at
+/// most `max` and at least `min` (at least one of them).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusCheckEntry {
+    /// The Prometheus server, e.g. `http://prometheus.monitoring:9090`.
+    pub url: Sp<String>,
+    pub query: Sp<String>,
+    #[serde(default)]
+    pub max: Option<Sp<f64>>,
+    #[serde(default)]
+    pub min: Option<Sp<f64>>,
 }
 
 /// How offline release catalogs are verified.

@@ -36,6 +36,30 @@ pub struct ConfigRepo {
     pub pull_requests: PullRequestLimits,
     /// The minisign public key offline catalogs must be signed with.
     pub catalog_public_key: Option<String>,
+    /// Validation checks from the policies.
+    pub checks: Vec<Check>,
+}
+
+/// A validation check run after every hop of the rollouts of the components it covers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub name: String,
+    pub components: crate::windows::Selector,
+    pub kind: CheckKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    Http {
+        url: String,
+        expect_status: u16,
+    },
+    Prometheus {
+        url: String,
+        query: String,
+        max: Option<f64>,
+        min: Option<f64>,
+    },
 }
 
 impl ConfigRepo {

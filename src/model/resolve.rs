@@ -149,6 +149,7 @@ pub(super) fn resolve(
     let mut rules_out = Vec::new();
     let mut limits: Option<(String, Pos, PullRequestLimits)> = None;
     let mut catalog_key: Option<(String, Pos, String)> = None;
+    let mut checks_out: Vec<crate::model::Check> = Vec::new();
     for (file, p) in policies {
         for w in &p.windows {
             let sel = names.entry(
@@ -216,6 +217,19 @@ pub(super) fn resolve(
                     );
                 }
                 limits = Some((file.clone(), pr.pos, l));
+            }
+        }
+        for c in &p.checks {
+            let sel = names.entry(
+                &mut cx,
+                "check",
+                file,
+                &c.name,
+                c.components.as_deref(),
+                known.as_ref(),
+            );
+            if let Some(chk) = check(&mut cx, file, c, sel) {
+                checks_out.push(chk);
             }
         }
         if let Some(c) = &p.catalog {
@@ -287,6 +301,94 @@ pub(super) fn resolve(
         rules: rules_out,
         pull_requests: limits.map(|(_, _, l)| l).unwrap_or_default(),
         catalog_public_key: catalog_key.map(|(_, _, k)| k),
+        checks: checks_out,
+    })
+}
+
+fn check(
+    cx: &mut Ctx,
+    file: &str,
+    c: &crate::model::files::CheckEntry,
+    sel: Option<Selector>,
+) -> Option<crate::model::Check> {
+    use crate::model::CheckKind;
+    let urls = ["http://", "https://"];
+    let kind = match (&c.http, &c.prometheus) {
+        (Some(h), None) => {
+            if !url_ok(&h.url.value, &urls) {
+                cx.error(
+                    file,
+                    h.url.pos,
+                    format!("`{}` is not an http(s) URL", h.url.value),
+                    "e.g. https://home.example/healthz",
+                );
+                return None;
+            }
+            let expect = h.expect_status.as_ref().map_or(200, |s| s.value);
+            if !(100..=599).contains(&expect) {
+                let pos = h.expect_status.as_ref().map_or(h.pos, |s| s.pos);
+                cx.error(
+                    file,
+                    pos,
+                    format!("{expect} is not an HTTP status"),
+                    "use 100 to 599, e.g. 200",
+                );
+                return None;
+            }
+            CheckKind::Http {
+                url: h.url.value.clone(),
+                expect_status: expect,
+            }
+        }
+        (None, Some(p)) => {
+            if !url_ok(&p.url.value, &urls) {
+                cx.error(
+                    file,
+                    p.url.pos,
+                    format!("`{}` is not an http(s) URL", p.url.value),
+                    "e.g. http://prometheus.monitoring:9090",
+                );
+                return None;
+            }
+            if p.max.is_none() && p.min.is_none() {
+                cx.error(
+                    file,
+                    p.pos,
+                    "a Prometheus check needs `max` or `min`",
+                    "e.g. `max: 0.01` for an error rate",
+                );
+                return None;
+            }
+            CheckKind::Prometheus {
+                url: p.url.value.trim_end_matches('/').to_string(),
+                query: p.query.value.clone(),
+                max: p.max.as_ref().map(|m| m.value),
+                min: p.min.as_ref().map(|m| m.value),
+            }
+        }
+        (Some(_), Some(_)) => {
+            cx.error(
+                file,
+                c.name.pos,
+                format!("check `{}` sets both `http` and `prometheus`", c.name.value),
+                "split it into two checks",
+            );
+            return None;
+        }
+        (None, None) => {
+            cx.error(
+                file,
+                c.name.pos,
+                format!("check `{}` says nothing to check", c.name.value),
+                "add `http: {url: ...}` or `prometheus: {url: ..., query: ..., max: ...}`",
+            );
+            return None;
+        }
+    };
+    Some(crate::model::Check {
+        name: c.name.value.clone(),
+        components: sel?,
+        kind,
     })
 }
 
