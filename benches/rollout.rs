@@ -94,6 +94,8 @@ fn main() {
         backup: false,
         agent_concurrency: CONCURRENCY,
         releases: Default::default(),
+        drain: false,
+        allow_degraded_volumes: false,
     };
     let cpu0 = thread_cpu();
     let wall = Instant::now();

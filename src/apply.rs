@@ -95,6 +95,29 @@ pub struct Options {
     /// Known releases per component, for paths of several hops (a minor between what runs and
     /// what is asked); without them only a single legal hop is applied.
     pub releases: std::collections::HashMap<String, Vec<versions::Version>>,
+    /// Drain agents before upgrading them.
+    pub drain: bool,
+    /// Start a Longhorn upgrade with degraded (not faulted) volumes.
+    pub allow_degraded_volumes: bool,
+}
+
+impl Options {
+    /// Options as the config repo's `rollouts:` policy says (callers may override fields).
+    pub fn from_policy(p: &crate::model::RolloutPolicy, namespace: &str) -> Options {
+        Options {
+            namespace: namespace.to_string(),
+            only: None,
+            emergency: false,
+            timeout: p.hop_timeout,
+            budget: Duration::from_secs(3600),
+            poll: Duration::from_secs(2),
+            backup: p.backup,
+            agent_concurrency: p.agent_concurrency,
+            releases: Default::default(),
+            drain: p.drain,
+            allow_degraded_volumes: p.allow_degraded_volumes,
+        }
+    }
 }
 
 /// What a cycle did, per rollout: (name, phase, message).
@@ -237,7 +260,9 @@ pub async fn run<F: Forge>(
                 backup: opts.backup,
                 backup_ready,
                 timeout: opts.timeout,
-                preflight: Default::default(),
+                preflight: crate::validate::PreflightPolicy {
+                    allow_degraded_volumes: opts.allow_degraded_volumes,
+                },
                 extra_checks: if status.phase == Phase::Validating {
                     run_checks(&config.checks, &c.name).await
                 } else {
@@ -257,6 +282,7 @@ pub async fn run<F: Forge>(
                     fx,
                     &mut next,
                     opts.agent_concurrency,
+                    opts.drain,
                 )
                 .await
                 {
@@ -539,7 +565,14 @@ async fn backup_ready(
 
 pub const LONGHORN_NAMESPACE: &str = "longhorn-system";
 
-fn plan_json(name: &str, version: &str, server: bool, halted: bool, concurrency: u64) -> Value {
+fn plan_json(
+    name: &str,
+    version: &str,
+    server: bool,
+    halted: bool,
+    concurrency: u64,
+    drain: bool,
+) -> Value {
     let mut p = crate::sim::kube::seed::example_plan(
         name,
         version,
@@ -549,6 +582,9 @@ fn plan_json(name: &str, version: &str, server: bool, halted: bool, concurrency:
     p["metadata"]["namespace"] = json!(SUC_NAMESPACE);
     if !server {
         p["spec"]["prepare"]["args"] = json!(["prepare", SERVER_PLAN]);
+    }
+    if !drain && let Some(spec) = p["spec"].as_object_mut() {
+        spec.remove("drain");
     }
     if halted {
         // Match no node: the SUC starts nothing new.
@@ -568,6 +604,7 @@ async fn effect<F: Forge>(
     fx: &Effect,
     next: &mut RolloutStatus,
     concurrency: u64,
+    drain: bool,
 ) -> Result<(), String> {
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     match fx {
@@ -646,6 +683,7 @@ async fn effect<F: Forge>(
                         server,
                         false,
                         concurrency,
+                        drain,
                     ))
                     .map_err(|e| e.to_string())?;
                     plans
@@ -705,9 +743,15 @@ async fn effect<F: Forge>(
                     .cloned()
                     .unwrap_or_else(|| spec.to.clone());
                 for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
-                    let obj: DynamicObject =
-                        serde_json::from_value(plan_json(plan, &hop, server, true, concurrency))
-                            .map_err(|e| e.to_string())?;
+                    let obj: DynamicObject = serde_json::from_value(plan_json(
+                        plan,
+                        &hop,
+                        server,
+                        true,
+                        concurrency,
+                        drain,
+                    ))
+                    .map_err(|e| e.to_string())?;
                     plans
                         .patch(plan, &pp, &Patch::Apply(&obj))
                         .await
@@ -729,9 +773,15 @@ async fn effect<F: Forge>(
                     .cloned()
                     .unwrap_or_else(|| spec.to.clone());
                 for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
-                    let obj: DynamicObject =
-                        serde_json::from_value(plan_json(plan, &hop, server, true, concurrency))
-                            .map_err(|e| e.to_string())?;
+                    let obj: DynamicObject = serde_json::from_value(plan_json(
+                        plan,
+                        &hop,
+                        server,
+                        true,
+                        concurrency,
+                        drain,
+                    ))
+                    .map_err(|e| e.to_string())?;
                     plans
                         .patch(plan, &pp, &Patch::Apply(&obj))
                         .await

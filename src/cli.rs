@@ -191,15 +191,17 @@ pub struct ApplyArgs {
     /// The namespace of the Rollout objects.
     #[arg(long, default_value = "upkeep-system")]
     pub namespace: String,
-    /// Minutes one hop may take before it counts as failed.
-    #[arg(long, default_value_t = 60)]
-    pub hop_timeout: i64,
+    /// Minutes one hop may take before it counts as failed (default: the policy's
+    /// `rollouts.hopTimeout`, else 60).
+    #[arg(long)]
+    pub hop_timeout: Option<i64>,
     /// Seconds to drive rollouts in this cycle before returning (they resume next cycle).
     #[arg(long, default_value_t = 3600)]
     pub wait: u64,
-    /// How many agent nodes upgrade at once (servers always go one at a time).
-    #[arg(long, default_value_t = 1)]
-    pub agent_concurrency: u64,
+    /// How many agent nodes upgrade at once (servers always go one at a time); default: the
+    /// policy's `rollouts.agentConcurrency`, else 1.
+    #[arg(long)]
+    pub agent_concurrency: Option<u64>,
     #[arg(
         long,
         value_name = "AUTHOR",
@@ -977,17 +979,18 @@ fn apply(a: &ApplyArgs) -> i32 {
         subdir: a.subdir.clone(),
         author,
     };
-    let opts = crate::apply::Options {
-        namespace: a.namespace.clone(),
-        only: a.component.clone(),
-        emergency: a.emergency,
-        timeout: chrono::Duration::minutes(a.hop_timeout.max(1)),
-        budget: Duration::from_secs(a.wait),
-        poll: Duration::from_secs(2),
-        backup: !a.no_backup,
-        agent_concurrency: a.agent_concurrency,
-        releases,
-    };
+    let mut opts = crate::apply::Options::from_policy(&config.rollouts, &a.namespace);
+    opts.only = a.component.clone();
+    opts.emergency = a.emergency;
+    opts.budget = Duration::from_secs(a.wait);
+    opts.backup &= !a.no_backup;
+    opts.releases = releases;
+    if let Some(c) = a.agent_concurrency {
+        opts.agent_concurrency = c.max(1);
+    }
+    if let Some(m) = a.hop_timeout {
+        opts.timeout = chrono::Duration::minutes(m.max(1));
+    }
     let result = rt.block_on(async {
         let client = crate::cluster::client(a.kubeconfig.as_deref())
             .await

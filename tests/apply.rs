@@ -173,6 +173,8 @@ impl World {
                 backup: true,
                 agent_concurrency: 1,
                 releases: self.releases.clone(),
+                drain: true,
+                allow_degraded_volumes: false,
             };
             let clock = self.kube.clock().clone();
             upkeep::apply::run(&client, &repo, &config, &opts, &move || clock.now())

@@ -204,6 +204,30 @@ pub struct PolicyFile {
     /// that must answer a status, or a Prometheus query that must stay within bounds.
     #[serde(default)]
     pub checks: Vec<CheckEntry>,
+    /// How rollouts run; at most one file may set it.
+    #[serde(default)]
+    pub rollouts: Option<Sp<RolloutsEntry>>,
+}
+
+/// How rollouts run.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RolloutsEntry {
+    /// How many k3s agents upgrade at once (servers always go one at a time). Default 1.
+    #[serde(default)]
+    pub agent_concurrency: Option<Sp<u64>>,
+    /// Drain agents before upgrading them (servers are cordoned). Default true.
+    #[serde(default)]
+    pub drain: Option<Sp<bool>>,
+    /// Take a backup (etcd snapshot, Longhorn backup) before applying. Default true.
+    #[serde(default)]
+    pub backup: Option<Sp<bool>>,
+    /// Start a Longhorn upgrade with degraded (not faulted) volumes. Default false.
+    #[serde(default)]
+    pub allow_degraded_volumes: Option<Sp<bool>>,
+    /// How long one hop may take before it counts as failed, e.g. `60m`. Default 60m.
+    #[serde(default)]
+    pub hop_timeout: Option<Sp<String>>,
 }
 
 /// One validation check (exactly one of `http` and `prometheus`).

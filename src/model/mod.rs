@@ -38,6 +38,29 @@ pub struct ConfigRepo {
     pub catalog_public_key: Option<String>,
     /// Validation checks from the policies.
     pub checks: Vec<Check>,
+    pub rollouts: RolloutPolicy,
+}
+
+/// How rollouts run (policy `rollouts:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RolloutPolicy {
+    pub agent_concurrency: u64,
+    pub drain: bool,
+    pub backup: bool,
+    pub allow_degraded_volumes: bool,
+    pub hop_timeout: Duration,
+}
+
+impl Default for RolloutPolicy {
+    fn default() -> Self {
+        RolloutPolicy {
+            agent_concurrency: 1,
+            drain: true,
+            backup: true,
+            allow_degraded_volumes: false,
+            hop_timeout: Duration::minutes(60),
+        }
+    }
 }
 
 /// A validation check run after every hop of the rollouts of the components it covers.

@@ -150,6 +150,7 @@ pub(super) fn resolve(
     let mut limits: Option<(String, Pos, PullRequestLimits)> = None;
     let mut catalog_key: Option<(String, Pos, String)> = None;
     let mut checks_out: Vec<crate::model::Check> = Vec::new();
+    let mut rollouts: Option<(String, Pos, crate::model::RolloutPolicy)> = None;
     for (file, p) in policies {
         for w in &p.windows {
             let sel = names.entry(
@@ -217,6 +218,58 @@ pub(super) fn resolve(
                     );
                 }
                 limits = Some((file.clone(), pr.pos, l));
+            }
+        }
+        if let Some(r) = &p.rollouts {
+            if let Some((first, at, _)) = &rollouts {
+                cx.error(
+                    file,
+                    r.pos,
+                    format!(
+                        "rollouts is already set in {first}:{}:{}",
+                        at.line, at.column
+                    ),
+                    "set how rollouts run in one file only",
+                );
+            } else {
+                let d = crate::model::RolloutPolicy::default();
+                let mut out = crate::model::RolloutPolicy {
+                    agent_concurrency: r
+                        .agent_concurrency
+                        .as_ref()
+                        .map_or(d.agent_concurrency, |c| c.value),
+                    drain: r.drain.as_ref().map_or(d.drain, |v| v.value),
+                    backup: r.backup.as_ref().map_or(d.backup, |v| v.value),
+                    allow_degraded_volumes: r
+                        .allow_degraded_volumes
+                        .as_ref()
+                        .map_or(d.allow_degraded_volumes, |v| v.value),
+                    hop_timeout: d.hop_timeout,
+                };
+                if out.agent_concurrency == 0 {
+                    let pos = r.agent_concurrency.as_ref().map_or(r.pos, |c| c.pos);
+                    cx.error(
+                        file,
+                        pos,
+                        "an agent concurrency of 0 would never upgrade an agent",
+                        "use 1 or more",
+                    );
+                }
+                if let Some(t) = &r.hop_timeout {
+                    match crate::model::parse_duration(&t.value) {
+                        Ok(d) if d > chrono::Duration::zero() => out.hop_timeout = d,
+                        Ok(_) => cx.error(
+                            file,
+                            t.pos,
+                            "the hop timeout must be longer than 0",
+                            "e.g. 60m",
+                        ),
+                        Err(e) => {
+                            cx.error(file, t.pos, format!("hopTimeout: {e}"), "e.g. 60m or 2h")
+                        }
+                    }
+                }
+                rollouts = Some((file.clone(), r.pos, out));
             }
         }
         for c in &p.checks {
@@ -302,6 +355,7 @@ pub(super) fn resolve(
         pull_requests: limits.map(|(_, _, l)| l).unwrap_or_default(),
         catalog_public_key: catalog_key.map(|(_, _, k)| k),
         checks: checks_out,
+        rollouts: rollouts.map(|(_, _, r)| r).unwrap_or_default(),
     })
 }
 
