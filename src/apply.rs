@@ -340,6 +340,22 @@ pub async fn run<F: Forge>(
     Ok(out)
 }
 
+/// Uncordon every cordoned node (preflight saw none cordoned before the rollout began).
+async fn uncordon(client: &kube::Client, observed: &Observed) -> Result<(), String> {
+    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &ar("", "v1", "Node", "nodes"));
+    for n in observed.nodes.iter().filter(|n| n.unschedulable) {
+        nodes
+            .patch(
+                &n.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"unschedulable": null}})),
+            )
+            .await
+            .map_err(api_err("uncordoning a node"))?;
+    }
+    Ok(())
+}
+
 /// A Kubernetes Event for a transition, named after it so that a restart never records it twice.
 async fn event(
     client: &kube::Client,
@@ -760,6 +776,7 @@ async fn effect<F: Forge>(
             }
             Ok(())
         }
+        Effect::Uncordon => uncordon(client, observed).await,
         Effect::Halt => {
             if c.name == "k3s" {
                 let plans: Api<DynamicObject> = Api::namespaced_with(
@@ -788,18 +805,7 @@ async fn effect<F: Forge>(
                         .map_err(api_err("halting a Plan"))?;
                 }
                 // Uncordon what the rollout cordoned (preflight saw none cordoned before).
-                let nodes: Api<DynamicObject> =
-                    Api::all_with(client.clone(), &ar("", "v1", "Node", "nodes"));
-                for n in observed.nodes.iter().filter(|n| n.unschedulable) {
-                    nodes
-                        .patch(
-                            &n.name,
-                            &PatchParams::default(),
-                            &Patch::Merge(json!({"spec": {"unschedulable": null}})),
-                        )
-                        .await
-                        .map_err(api_err("uncordoning a node"))?;
-                }
+                uncordon(client, observed).await?;
             }
             Ok(())
         }

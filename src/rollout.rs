@@ -136,6 +136,8 @@ pub enum Effect {
     Halt,
     /// The window closed: start no new node (nodes in progress finish); resumed by `Apply`.
     Pause,
+    /// Uncordon the nodes the rollout left cordoned.
+    Uncordon,
     /// Commit versions.yaml back to `version` on the base branch (a PR if the push is refused).
     Revert { version: String, message: String },
     /// Post a comment on the merged PR, once per key.
@@ -617,6 +619,10 @@ pub fn decide(
                     format!("{} runs {}", c.name, spec.to),
                     now,
                 );
+                // A Job that failed although its node upgraded leaves the node cordoned.
+                if ctx.observed.nodes.iter().any(|n| n.unschedulable) && c.name == "k3s" {
+                    fx.push(Effect::Uncordon);
+                }
                 let took = s.started_at.map_or(String::new(), |t| {
                     format!(" in {} min", (now - t).num_minutes())
                 });

@@ -857,3 +857,72 @@ fn http_and_prometheus_checks_from_policy_run_after_each_hop() {
     let s = w.apply(Duration::from_secs(60));
     assert!(s[0].2.contains("= 0.2 (wanted <= 0.01)"), "{s:?}");
 }
+
+#[test]
+fn the_other_cluster_faults_lead_to_the_right_outcome() {
+    // A Job that fails although its node upgraded: judged by the nodes, it succeeded, and the
+    // node the failed Job left cordoned is uncordoned.
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::JobFailsButUpgraded {
+        node: "agent-2".into(),
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    assert!(
+        w.kube
+            .list("", "nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"].is_null())
+    );
+
+    // An upgrade slower than the Job deadline: the Job fails, nothing moved, reverted.
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::SlowUpgrade {
+        node: Some("server-1".into()),
+        seconds: 3600,
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Reverted), "{s:?}");
+    assert!(s[0].2.contains("an upgrade Job failed"), "{s:?}");
+    assert!(w.main_file().contains("version: v1.33.4+k3s1"));
+    assert!(
+        w.kube
+            .list("", "nodes")
+            .iter()
+            .all(|n| n["spec"]["unschedulable"].is_null()),
+        "uncordoned"
+    );
+
+    // A PodDisruptionBudget that would block a drain: the preflight fails, nothing changes, and
+    // the PR hears it once.
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::PdbBlocksDrain {
+        node: "agent-1".into(),
+    });
+    let s = w.apply(Duration::from_secs(3));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Preflight), "{s:?}");
+    assert!(
+        s[0].2
+            .contains("default/critical-agent-1 (pods on agent-1)"),
+        "{s:?}"
+    );
+    assert!(
+        w.kube.list("upgrade.cattle.io", "plans").is_empty(),
+        "nothing applied"
+    );
+    w.apply(Duration::from_secs(1));
+    let c = w.comments();
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert!(c[0].contains("Preflight failed"));
+
+    // API 500s on the Plans: retried on the next look.
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::ApiError {
+        path_contains: "/plans/upkeep-server".into(),
+        method: Some("PATCH".into()),
+        status: 500,
+        times: 2,
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+}
