@@ -100,6 +100,18 @@ pub struct Health {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
+pub struct UpgradeJob {
+    pub plan: String,
+    pub node: String,
+    /// The version in the dash form the SUC writes.
+    pub version: String,
+    pub started: Option<chrono::DateTime<chrono::Utc>>,
+    pub completed: Option<chrono::DateTime<chrono::Utc>>,
+    pub failed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VolumeState {
     pub name: String,
     pub robustness: String,
@@ -123,6 +135,8 @@ pub struct Observed {
     pub longhorn_version: Option<String>,
     /// `settings.longhorn.io/backup-target`, when set.
     pub longhorn_backup_target: Option<String>,
+    /// The system-upgrade-controller's upgrade Jobs: node, version, start and end.
+    pub upgrade_jobs: Vec<UpgradeJob>,
     /// The `app.kubernetes.io/version` label of the GitRepository CRD (Flux's version).
     pub flux_crd_version: Option<String>,
 }
@@ -321,6 +335,34 @@ pub async fn observe(client: &kube::Client) -> Result<Observed> {
                 .filter_map(|x| x.as_str().map(str::to_string))
                 .collect(),
         });
+    }
+    if served {
+        let (_, jobs) = list(client, "batch", "v1", "Job", "jobs").await?;
+        let time = |j: &Value, p: &str| {
+            j.pointer(p)
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        o.upgrade_jobs = jobs
+            .iter()
+            .filter(|j| {
+                j.pointer("/metadata/labels/upgrade.cattle.io~1plan")
+                    .is_some()
+            })
+            .map(|j| UpgradeJob {
+                plan: s(j, "/metadata/labels/upgrade.cattle.io~1plan"),
+                node: s(j, "/metadata/labels/upgrade.cattle.io~1node"),
+                version: s(j, "/metadata/labels/upgrade.cattle.io~1version"),
+                started: time(j, "/status/startTime"),
+                completed: time(j, "/status/completionTime"),
+                failed: j
+                    .pointer("/status/failed")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+                    > 0,
+            })
+            .collect();
     }
     let (_, pdbs) = list(
         client,

@@ -630,12 +630,20 @@ pub fn decide(
                     .backup
                     .as_ref()
                     .map_or(String::new(), |b| format!(", after backup `{b}`"));
+                let dash = spec.to.replace('+', "-");
                 let nodes: Vec<String> = s
                     .nodes
                     .iter()
                     .map(|n| {
+                        let took = ctx
+                            .observed
+                            .upgrade_jobs
+                            .iter()
+                            .filter(|j| j.node == n.name && j.version == dash)
+                            .find_map(|j| Some((j.completed? - j.started?).num_seconds()))
+                            .map_or("-".to_string(), |t| format!("{}m{:02}s", t / 60, t % 60));
                         format!(
-                            "| {} | {} | {} |",
+                            "| {} | {} | {} | {took} |",
                             n.name,
                             n.version,
                             if n.ready { "Ready" } else { "NotReady" }
@@ -659,7 +667,7 @@ pub fn decide(
                         checks.join("\n"),
                         if c.name == "k3s" {
                             format!(
-                                "| Node | Version | State |\n|---|---|---|\n{}",
+                                "| Node | Version | State | Upgrade took |\n|---|---|---|---|\n{}",
                                 nodes.join("\n")
                             )
                         } else {

@@ -264,7 +264,7 @@ fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
     assert_eq!(comments.len(), 1, "{comments:?}");
     assert!(
         comments[0].contains("**Applied**: k3s v1.33.4+k3s1 → v1.33.5+k3s1")
-            && comments[0].contains("| agent-2 | v1.33.5+k3s1 | Ready |"),
+            && comments[0].contains("| agent-2 | v1.33.5+k3s1 | Ready | 1m40s |"),
         "{}",
         comments[0]
     );
