@@ -721,7 +721,11 @@ async fn effect<F: Forge>(
                         "fluxinstances",
                     ),
                 );
-                api.patch(&fi.name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"distribution": {"version": version.trim_start_matches('v')}}})))
+                // Server-side apply of the one field upkeep owns (taken over from whoever set it).
+                let obj = json!({"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
+                    "metadata": {"name": fi.name, "namespace": fi.namespace},
+                    "spec": {"distribution": {"version": version.trim_start_matches('v')}}});
+                api.patch(&fi.name, &pp, &Patch::Apply(&obj))
                     .await
                     .map(|_| ())
                     .map_err(api_err("setting the FluxInstance version"))
@@ -740,7 +744,10 @@ async fn effect<F: Forge>(
                         "helmreleases",
                     ),
                 );
-                api.patch(&h.name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"chart": {"spec": {"version": version.trim_start_matches('v')}}}})))
+                let obj = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+                    "metadata": {"name": h.name, "namespace": h.namespace},
+                    "spec": {"chart": {"spec": {"version": version.trim_start_matches('v')}}}});
+                api.patch(&h.name, &pp, &Patch::Apply(&obj))
                     .await
                     .map(|_| ())
                     .map_err(api_err("setting the HelmRelease chart version"))
