@@ -25,6 +25,8 @@ fn in_window() -> DateTime<Utc> {
 }
 
 struct World {
+    /// How fast the simulated clock runs while applying.
+    speed: f64,
     releases: std::collections::HashMap<String, Vec<upkeep::versions::Version>>,
     kube: KubeSim,
     gh: UpstreamSim,
@@ -55,6 +57,7 @@ impl World {
             .expect("forge")
             .expect("repo");
         let w = World {
+            speed: 600.0,
             releases: Default::default(),
             kube,
             gh,
@@ -136,7 +139,7 @@ impl World {
 
     /// One apply cycle with at most `budget` of real time.
     fn apply(&self, budget: Duration) -> Vec<(String, Phase, String)> {
-        self.kube.clock().set_speed(600.0);
+        self.kube.clock().set_speed(self.speed);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -507,7 +510,9 @@ fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the
     // Sunday 01:45 in Amsterdam: the Saturday-night window closes at 02:00. Nodes take 10
     // minutes each, so the server is done by about 01:56 and the first agent is in progress when
     // the window closes.
-    let w = World::new("2026-11-22T00:45:00Z".parse().unwrap_or_default());
+    let mut w = World::new("2026-11-22T00:45:00Z".parse().unwrap_or_default());
+    // A slower clock, so that a busy machine still reaches the window's end mid-rollout.
+    w.speed = 150.0;
     w.kube.set_timings(upkeep::sim::kube::Timings {
         node_upgrade: Duration::from_secs(600),
         ..Default::default()
