@@ -340,6 +340,37 @@ pub async fn run<F: Forge>(
     Ok(out)
 }
 
+/// Change upkeep's Plans to match no node: nothing new starts; a node in progress finishes.
+async fn halt_plans(
+    client: &kube::Client,
+    spec: &RolloutSpec,
+    st: &RolloutStatus,
+    concurrency: u64,
+    drain: bool,
+) -> Result<(), String> {
+    let plans: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        SUC_NAMESPACE,
+        &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
+    );
+    let hop = spec
+        .hops
+        .get(st.hop)
+        .cloned()
+        .unwrap_or_else(|| spec.to.clone());
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
+        let obj: DynamicObject =
+            serde_json::from_value(plan_json(plan, &hop, server, true, concurrency, drain))
+                .map_err(|e| e.to_string())?;
+        plans
+            .patch(plan, &pp, &Patch::Apply(&obj))
+            .await
+            .map_err(api_err("halting a Plan"))?;
+    }
+    Ok(())
+}
+
 /// Uncordon every cordoned node (preflight saw none cordoned before the rollout began).
 async fn uncordon(client: &kube::Client, observed: &Observed) -> Result<(), String> {
     let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &ar("", "v1", "Node", "nodes"));
@@ -755,62 +786,14 @@ async fn effect<F: Forge>(
         },
         Effect::Pause => {
             if c.name == "k3s" {
-                let plans: Api<DynamicObject> = Api::namespaced_with(
-                    client.clone(),
-                    SUC_NAMESPACE,
-                    &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
-                );
-                let hop = spec
-                    .hops
-                    .get(next.hop)
-                    .cloned()
-                    .unwrap_or_else(|| spec.to.clone());
-                for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
-                    let obj: DynamicObject = serde_json::from_value(plan_json(
-                        plan,
-                        &hop,
-                        server,
-                        true,
-                        concurrency,
-                        drain,
-                    ))
-                    .map_err(|e| e.to_string())?;
-                    plans
-                        .patch(plan, &pp, &Patch::Apply(&obj))
-                        .await
-                        .map_err(api_err("pausing a Plan"))?;
-                }
+                halt_plans(client, spec, next, concurrency, drain).await?;
             }
             Ok(())
         }
         Effect::Uncordon => uncordon(client, observed).await,
         Effect::Halt => {
             if c.name == "k3s" {
-                let plans: Api<DynamicObject> = Api::namespaced_with(
-                    client.clone(),
-                    SUC_NAMESPACE,
-                    &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
-                );
-                let hop = spec
-                    .hops
-                    .get(next.hop)
-                    .cloned()
-                    .unwrap_or_else(|| spec.to.clone());
-                for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
-                    let obj: DynamicObject = serde_json::from_value(plan_json(
-                        plan,
-                        &hop,
-                        server,
-                        true,
-                        concurrency,
-                        drain,
-                    ))
-                    .map_err(|e| e.to_string())?;
-                    plans
-                        .patch(plan, &pp, &Patch::Apply(&obj))
-                        .await
-                        .map_err(api_err("halting a Plan"))?;
-                }
+                halt_plans(client, spec, next, concurrency, drain).await?;
                 // Uncordon what the rollout cordoned (preflight saw none cordoned before).
                 uncordon(client, observed).await?;
             }

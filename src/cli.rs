@@ -902,40 +902,73 @@ fn repo_url(url: &Option<String>, path: &Option<PathBuf>) -> Result<String, Stri
     }
 }
 
-fn apply(a: &ApplyArgs) -> i32 {
-    let url = match repo_url(&a.repo_url, &a.repo) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 2;
-        }
+/// What `propose` and `apply` share: the repository's URL, the commit author, the network
+/// settings with the token, and the git mirror in the state directory (`slug` names it).
+struct GitSetup {
+    author: crate::gitrepo::Author,
+    cfg: NetConfig,
+    token: Option<String>,
+    state: PathBuf,
+    git: crate::gitrepo::GitRepo,
+}
+
+fn git_setup(
+    url: &Option<String>,
+    path: &Option<PathBuf>,
+    author: &str,
+    net: &NetArgs,
+    state_dir_arg: Option<&Path>,
+    slug: &str,
+) -> Result<GitSetup, i32> {
+    let url = repo_url(url, path).map_err(|e| {
+        eprintln!("upkeep: {e}");
+        2
+    })?;
+    let Some(author) = parse_author(author) else {
+        eprintln!("upkeep: --git-author {author:?} is not `Name <email>`");
+        return Err(2);
     };
-    let Some(author) = parse_author(&a.git_author) else {
-        eprintln!(
-            "upkeep: --git-author {:?} is not `Name <email>`",
-            a.git_author
-        );
-        return 2;
-    };
-    let cfg = match a.net.config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 2;
-        }
-    };
+    let cfg = net.config().map_err(|e| {
+        eprintln!("upkeep: {e}");
+        2
+    })?;
     let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
+    let state = state_dir(state_dir_arg).join(slug);
+    let git = crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone())
+        .map_err(|e| {
+            eprintln!("upkeep: {e}");
+            1
+        })?;
+    Ok(GitSetup {
+        author,
+        cfg,
+        token,
+        state,
+        git,
+    })
+}
+
+fn apply(a: &ApplyArgs) -> i32 {
     let slug = match (&a.owner, &a.name) {
         (Some(o), Some(n)) => format!("{o}-{n}"),
         _ => "local".into(),
     };
-    let state = state_dir(a.state_dir.as_deref()).join(slug);
-    let git = match crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone()) {
+    let GitSetup {
+        author,
+        cfg,
+        token,
+        state,
+        git,
+    } = match git_setup(
+        &a.repo_url,
+        &a.repo,
+        &a.git_author,
+        &a.net,
+        a.state_dir.as_deref(),
+        &slug,
+    ) {
         Ok(g) => g,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 1;
-        }
+        Err(code) => return code,
     };
     let now = Utc::now();
     let config = match git
@@ -1066,37 +1099,23 @@ fn state_dir(explicit: Option<&Path>) -> PathBuf {
 fn propose(a: &ProposeArgs) -> i32 {
     use crate::propose::{Action, Cycle};
     let now = a.now.unwrap_or_else(Utc::now);
-    let url = match repo_url(&a.repo_url, &a.repo) {
-        Ok(u) => u,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 2;
-        }
+    let GitSetup {
+        author,
+        cfg,
+        token,
+        state,
+        mut git,
+    } = match git_setup(
+        &a.repo_url,
+        &a.repo,
+        &a.git_author,
+        &a.net,
+        a.state_dir.as_deref(),
+        &format!("{}-{}", a.owner, a.name),
+    ) {
+        Ok(g) => g,
+        Err(code) => return code,
     };
-    let cfg = match a.net.config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 2;
-        }
-    };
-    let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
-    let state = state_dir(a.state_dir.as_deref()).join(format!("{}-{}", a.owner, a.name));
-    let Some(author) = parse_author(&a.git_author) else {
-        eprintln!(
-            "upkeep: --git-author {:?} is not `Name <email>`",
-            a.git_author
-        );
-        return 2;
-    };
-    let mut git =
-        match crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone()) {
-            Ok(g) => g,
-            Err(e) => {
-                eprintln!("upkeep: {e}");
-                return 1;
-            }
-        };
     git.ssh_key = a.ssh_key.clone();
     let rt = match runtime() {
         Ok(rt) => rt,

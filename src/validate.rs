@@ -183,20 +183,7 @@ pub fn preflight(
             helm_ready(observed, "longhorn", &mut f);
         }
         "flux" => match observed.flux_instances.first() {
-            Some(fi) => f.push(finding(
-                "FluxInstance ready",
-                fi.ready,
-                format!(
-                    "{}/{}: {}",
-                    fi.namespace,
-                    fi.name,
-                    if fi.ready {
-                        "Ready".to_string()
-                    } else {
-                        format!("{} {}", fi.reason, fi.message)
-                    }
-                ),
-            )),
+            Some(fi) => f.push(ready_finding("FluxInstance ready", fi)),
             None => f.push(finding(
                 "FluxInstance ready",
                 false,
@@ -211,22 +198,23 @@ pub fn preflight(
     }
 }
 
+/// Whether a Flux object is Ready, with its reason when not.
+fn ready_finding(check: &str, h: &crate::cluster::Health) -> Finding {
+    let state = if h.ready {
+        "Ready".to_string()
+    } else {
+        format!("{} {}", h.reason, h.message)
+    };
+    finding(
+        check,
+        h.ready,
+        format!("{}/{}: {state}", h.namespace, h.name),
+    )
+}
+
 fn helm_ready(observed: &Observed, component: &str, f: &mut Vec<Finding>) {
     match observed.helm_release_of(component) {
-        Some(h) => f.push(finding(
-            "HelmRelease ready",
-            h.ready,
-            format!(
-                "{}/{}: {}",
-                h.namespace,
-                h.name,
-                if h.ready {
-                    "Ready".to_string()
-                } else {
-                    format!("{} {}", h.reason, h.message)
-                }
-            ),
-        )),
+        Some(h) => f.push(ready_finding("HelmRelease ready", h)),
         None => f.push(finding(
             "HelmRelease ready",
             false,
