@@ -31,6 +31,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The whole loop in under a minute, with no cluster and no network: simulated k3s, Flux and
+    /// Longhorn, a simulated GitHub with the example config repository, the shipped catalog of
+    /// real releases, and upkeep's own propose and apply cycles on a simulated clock. Exit 0 when
+    /// every step of the story happened.
+    Demo {
+        /// Keep the demo's state here (default: a new temporary directory).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Keep the simulators serving after the story, until interrupted (for kubectl).
+        #[arg(long)]
+        keep_serving: bool,
+    },
     /// Check a config repo (versions.yaml and policies/) and print every problem found.
     Validate {
         /// The cluster directory holding versions.yaml and policies/.
@@ -423,6 +435,7 @@ pub fn run() -> i32 {
         Command::Sim(SimCommand::Serve(args)) => sim_serve(&args),
         Command::Propose(args) => propose(&args),
         Command::Plan(args) => plan(&args),
+        Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
         Command::Apply(args) => apply(&args),
         Command::Catalog(CatalogCommand::Verify {
             catalog,

@@ -11,6 +11,7 @@ pub mod apply;
 pub mod check;
 pub mod cli;
 pub mod cluster;
+pub mod demo;
 pub mod diag;
 pub mod forge;
 pub mod gitrepo;
