@@ -99,6 +99,10 @@ pub enum Command {
     /// on the base branch, create or resume its Rollout and drive it (respecting windows unless
     /// --emergency). Exit 0: nothing failed; 1: a rollout failed or needs attention.
     Apply(Box<ApplyArgs>),
+    /// The controller: one level-triggered loop (fetch, detect and propose on its own interval,
+    /// apply what was merged) with /healthz, /readyz, /metrics and a status page on --listen.
+    /// Stops on SIGTERM or SIGINT after the step in progress.
+    Run(Box<RunArgs>),
     /// Offline release catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
@@ -214,6 +218,45 @@ pub struct ApplyArgs {
     /// policy's `rollouts.agentConcurrency`, else 1.
     #[arg(long)]
     pub agent_concurrency: Option<u64>,
+    #[arg(
+        long,
+        value_name = "AUTHOR",
+        default_value = "upkeep <upkeep@users.noreply.github.com>"
+    )]
+    pub git_author: String,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[arg(long, value_name = "URL", conflicts_with = "repo")]
+    pub repo_url: Option<String>,
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    #[arg(long)]
+    pub owner: String,
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "main")]
+    pub base: String,
+    #[arg(long, default_value = "")]
+    pub subdir: String,
+    #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    #[arg(long, default_value = "upkeep-system")]
+    pub namespace: String,
+    /// Where /healthz, /readyz, /metrics and the status page are served.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Seconds between reconciles.
+    #[arg(long, default_value_t = 60)]
+    pub poll: u64,
+    /// Seconds between release detections (and proposals).
+    #[arg(long, default_value_t = 3600)]
+    pub detect_every: u64,
     #[arg(
         long,
         value_name = "AUTHOR",
@@ -435,6 +478,7 @@ pub fn run() -> i32 {
         Command::Sim(SimCommand::Serve(args)) => sim_serve(&args),
         Command::Propose(args) => propose(&args),
         Command::Plan(args) => plan(&args),
+        Command::Run(args) => run_controller(&args),
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
         Command::Apply(args) => apply(&args),
         Command::Catalog(CatalogCommand::Verify {
@@ -1069,6 +1113,89 @@ fn apply(a: &ApplyArgs) -> i32 {
             1
         }
     }
+}
+
+fn run_controller(a: &RunArgs) -> i32 {
+    let GitSetup {
+        author,
+        cfg,
+        token,
+        state,
+        git,
+    } = match git_setup(
+        &a.repo_url,
+        &a.repo,
+        &a.git_author,
+        &a.net,
+        a.state_dir.as_deref(),
+        &format!("{}-{}", a.owner, a.name),
+    ) {
+        Ok(g) => g,
+        Err(code) => return code,
+    };
+    let catalog = match Catalog::builtin() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let _guard = rt.enter();
+    let forge = match crate::forge::GitHub::new(
+        &cfg.github_api_url,
+        &format!("{}/{}", a.owner, a.name),
+        token.as_deref(),
+    ) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let config = crate::reconcile::Config {
+        git,
+        forge,
+        base: a.base.clone(),
+        subdir: a.subdir.clone(),
+        state,
+        kubeconfig: a.kubeconfig.clone(),
+        namespace: a.namespace.clone(),
+        author,
+        style: crate::propose::Style::default(),
+        poll: Duration::from_secs(a.poll.max(1)),
+        detect_every: Duration::from_secs(a.detect_every.max(1)),
+        catalog,
+    };
+    let shared = Arc::new(crate::reconcile::Shared {
+        metrics: crate::telemetry::Metrics::new(),
+        status: Default::default(),
+    });
+    rt.block_on(async {
+        let listener = match tokio::net::TcpListener::bind(a.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("upkeep: cannot listen on {}: {e}", a.listen);
+                return 1;
+            }
+        };
+        let app = crate::server::router(shared.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the HTTP server stopped");
+            }
+        });
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = tx.send(true);
+        });
+        crate::reconcile::run(config, shared, rx).await;
+        0
+    })
 }
 
 /// Every component's releases from the shipped catalog, for multi-hop paths.
