@@ -111,24 +111,22 @@ pub enum Command {
     Sim(SimCommand),
 }
 
+/// Where the config repository is, on git and on the forge.
 #[derive(Debug, Clone, clap::Args)]
-pub struct ProposeArgs {
-    /// The config repository's git URL (http(s):// or file://).
+pub struct RepoArgs {
+    /// The config repository's git URL (http(s)://, ssh or file://).
     #[arg(long, value_name = "URL", conflicts_with = "repo")]
     pub repo_url: Option<String>,
     /// The config repository as a local git repository (path).
     #[arg(long, value_name = "PATH")]
     pub repo: Option<PathBuf>,
-    /// The forge hosting the repository.
-    #[arg(long, value_enum, default_value_t = ForgeKind::Github)]
-    pub forge: ForgeKind,
     /// The repository's owner on the forge.
     #[arg(long)]
     pub owner: String,
     /// The repository's name on the forge.
     #[arg(long)]
     pub name: String,
-    /// The branch pull requests go to.
+    /// The branch pull requests go to and versions are read from.
     #[arg(long, default_value = "main")]
     pub base: String,
     /// The cluster directory inside the repository (holding versions.yaml and policies/).
@@ -137,6 +135,22 @@ pub struct ProposeArgs {
     /// Where the git mirror lives (default: $XDG_STATE_HOME/upkeep or ~/.local/state/upkeep).
     #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Who upkeep's commits are by, as `Name <email>`.
+    #[arg(
+        long,
+        value_name = "AUTHOR",
+        default_value = "upkeep <upkeep@users.noreply.github.com>"
+    )]
+    pub git_author: String,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProposeArgs {
+    #[command(flatten)]
+    pub at: RepoArgs,
+    /// The forge hosting the repository.
+    #[arg(long, value_enum, default_value_t = ForgeKind::Github)]
+    pub forge: ForgeKind,
     /// Print what would be done (branches, titles, bodies) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -146,13 +160,6 @@ pub struct ProposeArgs {
     /// The SSH private key for an SSH repository URL (default: your SSH agent and config).
     #[arg(long, value_name = "FILE")]
     pub ssh_key: Option<PathBuf>,
-    /// Who upkeep's commits are by, as `Name <email>`.
-    #[arg(
-        long,
-        value_name = "AUTHOR",
-        default_value = "upkeep <upkeep@users.noreply.github.com>"
-    )]
-    pub git_author: String,
     /// The conventional-commit type of upkeep's commits (`chore(k3s): update to ...`).
     #[arg(long, default_value = "chore")]
     pub commit_prefix: String,
@@ -230,20 +237,8 @@ pub struct ApplyArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    #[arg(long, value_name = "URL", conflicts_with = "repo")]
-    pub repo_url: Option<String>,
-    #[arg(long, value_name = "PATH")]
-    pub repo: Option<PathBuf>,
-    #[arg(long)]
-    pub owner: String,
-    #[arg(long)]
-    pub name: String,
-    #[arg(long, default_value = "main")]
-    pub base: String,
-    #[arg(long, default_value = "")]
-    pub subdir: String,
-    #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub at: RepoArgs,
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     #[arg(long, default_value = "upkeep-system")]
@@ -257,12 +252,6 @@ pub struct RunArgs {
     /// Seconds between release detections (and proposals).
     #[arg(long, default_value_t = 3600)]
     pub detect_every: u64,
-    #[arg(
-        long,
-        value_name = "AUTHOR",
-        default_value = "upkeep <upkeep@users.noreply.github.com>"
-    )]
-    pub git_author: String,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -1123,12 +1112,12 @@ fn run_controller(a: &RunArgs) -> i32 {
         state,
         git,
     } = match git_setup(
-        &a.repo_url,
-        &a.repo,
-        &a.git_author,
+        &a.at.repo_url,
+        &a.at.repo,
+        &a.at.git_author,
         &a.net,
-        a.state_dir.as_deref(),
-        &format!("{}-{}", a.owner, a.name),
+        a.at.state_dir.as_deref(),
+        &format!("{}-{}", a.at.owner, a.at.name),
     ) {
         Ok(g) => g,
         Err(code) => return code,
@@ -1147,7 +1136,7 @@ fn run_controller(a: &RunArgs) -> i32 {
     let _guard = rt.enter();
     let forge = match crate::forge::GitHub::new(
         &cfg.github_api_url,
-        &format!("{}/{}", a.owner, a.name),
+        &format!("{}/{}", a.at.owner, a.at.name),
         token.as_deref(),
     ) {
         Ok(f) => f,
@@ -1159,8 +1148,8 @@ fn run_controller(a: &RunArgs) -> i32 {
     let config = crate::reconcile::Config {
         git,
         forge,
-        base: a.base.clone(),
-        subdir: a.subdir.clone(),
+        base: a.at.base.clone(),
+        subdir: a.at.subdir.clone(),
         state,
         kubeconfig: a.kubeconfig.clone(),
         namespace: a.namespace.clone(),
@@ -1246,12 +1235,12 @@ fn propose(a: &ProposeArgs) -> i32 {
         state,
         mut git,
     } = match git_setup(
-        &a.repo_url,
-        &a.repo,
-        &a.git_author,
+        &a.at.repo_url,
+        &a.at.repo,
+        &a.at.git_author,
         &a.net,
-        a.state_dir.as_deref(),
-        &format!("{}-{}", a.owner, a.name),
+        a.at.state_dir.as_deref(),
+        &format!("{}-{}", a.at.owner, a.at.name),
     ) {
         Ok(g) => g,
         Err(code) => return code,
@@ -1264,7 +1253,7 @@ fn propose(a: &ProposeArgs) -> i32 {
     let _guard = rt.enter();
     let forge = match crate::forge::GitHub::new(
         &cfg.github_api_url,
-        &format!("{}/{}", a.owner, a.name),
+        &format!("{}/{}", a.at.owner, a.at.name),
         token.as_deref(),
     ) {
         Ok(f) => f,
@@ -1276,8 +1265,8 @@ fn propose(a: &ProposeArgs) -> i32 {
     let cycle = Cycle {
         git: &git,
         forge: &forge,
-        base: a.base.clone(),
-        subdir: a.subdir.clone(),
+        base: a.at.base.clone(),
+        subdir: a.at.subdir.clone(),
         scratch: state.join("checkout"),
         style: crate::propose::Style {
             commit_prefix: a.commit_prefix.clone(),
@@ -1648,5 +1637,15 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
+    }
+}
+
+#[cfg(test)]
+mod cli_tests {
+    /// clap's own consistency checks (unique names, valid conflicts) over every subcommand.
+    #[test]
+    fn the_cli_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }
