@@ -25,6 +25,10 @@ use crate::sources::{self, NetConfig, catalog::Catalog};
     about = "Keeps a k3s cluster's platform up to date, safely, with git as the source of truth."
 )]
 pub struct Cli {
+    /// Log lines on stderr as text (for people) or JSON, one object per line (for log
+    /// collectors). Which lines: the UPKEEP_LOG filter, e.g. `info` or `upkeep=debug`.
+    #[arg(long, global = true, value_enum, env = "UPKEEP_LOG_FORMAT", default_value_t = Output::Text)]
+    pub log_format: Output,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -438,7 +442,7 @@ pub fn run() -> i32 {
             return e.exit_code();
         }
     };
-    init_tracing();
+    init_tracing(cli.log_format);
     match cli.command {
         Command::Validate { repo, output, now } => {
             validate(&repo, output, now.unwrap_or_else(Utc::now))
@@ -477,14 +481,24 @@ pub fn run() -> i32 {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: Output) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("UPKEEP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        Output::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        // One JSON object per line, event fields at the top level, the span chain (reconcile,
+        // rollout) as `spans`.
+        Output::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 #[derive(Serialize)]

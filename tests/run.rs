@@ -71,6 +71,7 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
         .arg(dir.path().join("state"))
         .env("GITHUB_TOKEN", TOKEN)
         .env("UPKEEP_LOG", "debug")
+        .env("UPKEEP_LOG_FORMAT", "json")
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
         .spawn()
@@ -151,4 +152,22 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
         "the logs tell the transitions: {logs}"
     );
     assert!(!logs.contains(TOKEN), "the token never reaches the logs");
+    // UPKEEP_LOG_FORMAT=json: every stderr line is one JSON object, with the span chain.
+    let stderr = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    assert!(
+        lines.iter().any(|l| l["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["name"] == "rollout"))),
+        "rollout lines carry their span: {stderr}"
+    );
 }
