@@ -913,3 +913,33 @@ fn upkeep_sim_serve_runs_and_kubectl_lists_its_nodes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope.yaml"));
 }
+
+/// deploy/crds/ holds the Rollout CRD that `upkeep apply` installs; the two must not drift, and
+/// the file must be what `kubectl apply` accepts.
+#[test]
+fn the_shipped_rollout_crd_is_the_one_the_code_installs_and_kubectl_applies_it() {
+    let path = root().join("deploy/crds/rollouts.upkeep.dev.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/crds/rollouts.upkeep.dev.yaml");
+    let shipped: Value = serde_saphyr::from_str(&text).expect("the CRD file is YAML");
+    let code = upkeep::rollout::crd();
+    assert!(
+        shipped == code,
+        "{} drifted from upkeep::rollout::crd(); write this (as YAML) there:\n{}",
+        path.display(),
+        serde_json::to_string_pretty(&code).unwrap_or_default()
+    );
+    let sim = cluster(1.0);
+    let k = Kubectl::new(&sim);
+    let out = k.ok(&["apply", "--server-side", "-f", &path.to_string_lossy()]);
+    assert!(out.contains("rollouts.upkeep.dev"), "{out}");
+    let r = k.write(
+        "rollout.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: upkeep-system\n---\napiVersion: upkeep.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: k3s-test\n  namespace: upkeep-system\nspec:\n  component: k3s\n  from: v1.33.4+k3s1\n  to: v1.33.5+k3s1\n",
+    );
+    k.ok(&["apply", "-f", &r.to_string_lossy()]);
+    let table = k.ok(&["get", "rollouts", "-n", "upkeep-system"]);
+    assert!(
+        table.contains("COMPONENT") && table.contains("v1.33.5+k3s1"),
+        "the printer columns show: {table}"
+    );
+}
