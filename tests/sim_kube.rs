@@ -937,6 +937,12 @@ fn the_shipped_rollout_crd_is_the_one_the_code_installs_and_kubectl_applies_it()
         "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: upkeep-system\n---\napiVersion: upkeep.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: k3s-test\n  namespace: upkeep-system\nspec:\n  component: k3s\n  from: v1.33.4+k3s1\n  to: v1.33.5+k3s1\n",
     );
     k.ok(&["apply", "-f", &r.to_string_lossy()]);
+    // Generators send protobuf, which the emulator declines clearly (docs/simulator.md).
+    let (code, _, err) = k.run(&["create", "namespace", "other"]);
+    assert!(
+        code != 0 && err.contains("UnsupportedMediaType") && err.contains("application/json"),
+        "{err}"
+    );
     let table = k.ok(&["get", "rollouts", "-n", "upkeep-system"]);
     assert!(
         table.contains("COMPONENT") && table.contains("v1.33.5+k3s1"),

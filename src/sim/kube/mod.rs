@@ -868,17 +868,30 @@ fn parse_body(body: &Bytes, headers: &HeaderMap) -> Result<Value, ApiError> {
     if let Ok(v) = serde_json::from_slice::<Value>(body) {
         return Ok(v);
     }
-    let yaml = headers
+    let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.contains("yaml"));
+        .unwrap_or("");
+    let yaml = content_type.contains("yaml");
+    if content_type.contains("protobuf") || content_type.contains("cbor") {
+        // As the API server does for a media type it does not serve.
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the emulator reads JSON and YAML bodies only (got {content_type:?}); ask the client for application/json"
+            ),
+        ));
+    }
     let text =
         std::str::from_utf8(body).map_err(|_| ApiError::bad_request("the body is not UTF-8"))?;
     if yaml {
         return serde_saphyr::from_str::<Value>(text)
             .map_err(|e| ApiError::bad_request(format!("the body is not valid YAML: {e}")));
     }
-    Err(ApiError::bad_request("the body is not valid JSON"))
+    Err(ApiError::bad_request(format!(
+        "the body is not valid JSON (content type {content_type:?})"
+    )))
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
