@@ -146,6 +146,9 @@ pub struct RepoArgs {
         default_value = "upkeep <upkeep@users.noreply.github.com>"
     )]
     pub git_author: String,
+    /// The SSH private key for an SSH repository URL (default: your SSH agent and config).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -161,9 +164,6 @@ pub struct ProposeArgs {
     /// Do not create or update the dependency-dashboard issue.
     #[arg(long)]
     pub no_dashboard: bool,
-    /// The SSH private key for an SSH repository URL (default: your SSH agent and config).
-    #[arg(long, value_name = "FILE")]
-    pub ssh_key: Option<PathBuf>,
     /// The conventional-commit type of upkeep's commits (`chore(k3s): update to ...`).
     #[arg(long, default_value = "chore")]
     pub commit_prefix: String,
@@ -235,6 +235,9 @@ pub struct ApplyArgs {
         default_value = "upkeep <upkeep@users.noreply.github.com>"
     )]
     pub git_author: String,
+    /// The SSH private key for an SSH repository URL (default: your SSH agent and config).
+    #[arg(long, value_name = "FILE")]
+    pub ssh_key: Option<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -972,6 +975,33 @@ struct GitSetup {
     git: crate::gitrepo::GitRepo,
 }
 
+impl RepoArgs {
+    fn git_setup(&self, net: &NetArgs) -> Result<GitSetup, i32> {
+        git_setup(
+            &self.repo_url,
+            &self.repo,
+            &self.git_author,
+            net,
+            self.state_dir.as_deref(),
+            &format!("{}-{}", self.owner, self.name),
+            self.ssh_key.as_deref(),
+        )
+    }
+
+    /// The GitHub forge of this repository (exit code 2 on a bad URL).
+    fn github(&self, cfg: &NetConfig, token: Option<&str>) -> Result<crate::forge::GitHub, i32> {
+        crate::forge::GitHub::new(
+            &cfg.github_api_url,
+            &format!("{}/{}", self.owner, self.name),
+            token,
+        )
+        .map_err(|e| {
+            eprintln!("upkeep: {e}");
+            2
+        })
+    }
+}
+
 fn git_setup(
     url: &Option<String>,
     path: &Option<PathBuf>,
@@ -979,6 +1009,7 @@ fn git_setup(
     net: &NetArgs,
     state_dir_arg: Option<&Path>,
     slug: &str,
+    ssh_key: Option<&Path>,
 ) -> Result<GitSetup, i32> {
     let url = repo_url(url, path).map_err(|e| {
         eprintln!("upkeep: {e}");
@@ -994,11 +1025,12 @@ fn git_setup(
     })?;
     let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
     let state = state_dir(state_dir_arg).join(slug);
-    let git = crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone())
+    let mut git = crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone())
         .map_err(|e| {
             eprintln!("upkeep: {e}");
             1
         })?;
+    git.ssh_key = ssh_key.map(Path::to_path_buf);
     Ok(GitSetup {
         author,
         cfg,
@@ -1026,6 +1058,7 @@ fn apply(a: &ApplyArgs) -> i32 {
         &a.net,
         a.state_dir.as_deref(),
         &slug,
+        a.ssh_key.as_deref(),
     ) {
         Ok(g) => g,
         Err(code) => return code,
@@ -1125,14 +1158,7 @@ fn run_controller(a: &RunArgs) -> i32 {
         token,
         state,
         git,
-    } = match git_setup(
-        &a.at.repo_url,
-        &a.at.repo,
-        &a.at.git_author,
-        &a.net,
-        a.at.state_dir.as_deref(),
-        &format!("{}-{}", a.at.owner, a.at.name),
-    ) {
+    } = match a.at.git_setup(&a.net) {
         Ok(g) => g,
         Err(code) => return code,
     };
@@ -1148,16 +1174,9 @@ fn run_controller(a: &RunArgs) -> i32 {
         Err(code) => return code,
     };
     let _guard = rt.enter();
-    let forge = match crate::forge::GitHub::new(
-        &cfg.github_api_url,
-        &format!("{}/{}", a.at.owner, a.at.name),
-        token.as_deref(),
-    ) {
+    let forge = match a.at.github(&cfg, token.as_deref()) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let config = crate::reconcile::Config {
         git,
@@ -1247,34 +1266,19 @@ fn propose(a: &ProposeArgs) -> i32 {
         cfg,
         token,
         state,
-        mut git,
-    } = match git_setup(
-        &a.at.repo_url,
-        &a.at.repo,
-        &a.at.git_author,
-        &a.net,
-        a.at.state_dir.as_deref(),
-        &format!("{}-{}", a.at.owner, a.at.name),
-    ) {
+        git,
+    } = match a.at.git_setup(&a.net) {
         Ok(g) => g,
         Err(code) => return code,
     };
-    git.ssh_key = a.ssh_key.clone();
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     let _guard = rt.enter();
-    let forge = match crate::forge::GitHub::new(
-        &cfg.github_api_url,
-        &format!("{}/{}", a.at.owner, a.at.name),
-        token.as_deref(),
-    ) {
+    let forge = match a.at.github(&cfg, token.as_deref()) {
         Ok(f) => f,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 2;
-        }
+        Err(code) => return code,
     };
     let cycle = Cycle {
         git: &git,
@@ -1661,5 +1665,34 @@ mod cli_tests {
     fn the_cli_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every command that pushes to the config repository takes an SSH key.
+    #[test]
+    fn every_pushing_command_takes_an_ssh_key() {
+        use clap::Parser;
+        let repo = [
+            "--repo-url",
+            "ssh://git@example.invalid/o/n",
+            "--ssh-key",
+            "/k",
+        ];
+        let at = ["--owner", "o", "--name", "n"];
+        for cmd in [&["run"][..], &["propose"][..], &["apply"][..]] {
+            let args: Vec<&str> = ["upkeep"]
+                .iter()
+                .chain(cmd)
+                .chain(&repo)
+                .chain(&at)
+                .copied()
+                .collect();
+            let key = match super::Cli::try_parse_from(&args).map(|c| c.command) {
+                Ok(super::Command::Run(a)) => a.at.ssh_key,
+                Ok(super::Command::Propose(a)) => a.at.ssh_key,
+                Ok(super::Command::Apply(a)) => a.ssh_key,
+                other => panic!("{args:?}: {other:?}"),
+            };
+            assert_eq!(key.as_deref(), Some(std::path::Path::new("/k")), "{cmd:?}");
+        }
     }
 }
