@@ -846,16 +846,21 @@ pub fn crd() -> serde_json::Value {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::NodeState;
     use crate::model::{Sources, Track};
     use crate::versions::{PathRule, Scheme};
 
     fn k3s() -> Component {
+        k3s_at("v1.33.5+k3s1")
+    }
+
+    /// k3s tracked at `version`, with the built-in path rule (one minor per hop, no downgrade).
+    pub(crate) fn k3s_at(version: &str) -> Component {
         Component {
             name: "k3s".into(),
-            version: versions::parse("v1.33.5+k3s1", Scheme::K3s).unwrap_or_else(|_| panic!()),
+            version: versions::parse(version, Scheme::K3s).unwrap_or_else(|_| panic!()),
             scheme: Scheme::K3s,
             track: Track::Newest,
             sources: Sources::default(),

@@ -227,22 +227,10 @@ fn helm_ready(observed: &Observed, component: &str, f: &mut Vec<Finding>) {
 mod tests {
     use super::*;
     use crate::cluster::{BlockingPdb, Health, NodeState, VolumeState};
-    use crate::model::{Sources, Track};
-    use crate::versions::{Downgrade, PathRule, Scheme};
+    use crate::versions::Scheme;
 
     fn k3s() -> Component {
-        Component {
-            name: "k3s".into(),
-            version: versions::parse("v1.33.4+k3s1", Scheme::K3s).unwrap_or_else(|_| panic!()),
-            scheme: Scheme::K3s,
-            track: Track::Newest,
-            sources: Sources::default(),
-            allowed: None,
-            path_rule: PathRule {
-                max_minor_step: Some(1),
-                downgrade: Downgrade::Never,
-            },
-        }
+        crate::rollout::tests::k3s_at("v1.33.4+k3s1")
     }
 
     fn node(name: &str, v: &str) -> NodeState {
