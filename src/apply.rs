@@ -53,12 +53,30 @@ pub async fn install(client: &kube::Client, ns: &str) -> Result<(), String> {
             "customresourcedefinitions",
         ),
     );
-    let crd: DynamicObject = serde_json::from_value(rollout::crd()).map_err(|e| e.to_string())?;
-    crds.patch("rollouts.upkeep.dev", &pp, &Patch::Apply(&crd))
+    // Installed by deploy/ (Helm or the manifests) in a cluster, where upkeep may only read
+    // them; created here when missing (a first `upkeep apply` from a laptop).
+    let have_crd = crds
+        .get_opt("rollouts.upkeep.dev")
         .await
-        .map_err(api_err("installing the Rollout CRD"))?;
+        .map_err(api_err("reading the Rollout CRD"))?
+        .is_some();
+    if !have_crd {
+        let crd: DynamicObject =
+            serde_json::from_value(rollout::crd()).map_err(|e| e.to_string())?;
+        crds.patch("rollouts.upkeep.dev", &pp, &Patch::Apply(&crd))
+            .await
+            .map_err(api_err("installing the Rollout CRD"))?;
+    }
     let nss: Api<DynamicObject> =
         Api::all_with(client.clone(), &ar("", "v1", "Namespace", "namespaces"));
+    if nss
+        .get_opt(ns)
+        .await
+        .map_err(api_err("reading the namespace"))?
+        .is_some()
+    {
+        return Ok(());
+    }
     let ns_obj: DynamicObject = serde_json::from_value(
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
     )

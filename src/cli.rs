@@ -106,6 +106,8 @@ pub enum Command {
     /// The controller: one level-triggered loop (fetch, detect and propose on its own interval,
     /// apply what was merged) with /healthz, /readyz, /metrics and a status page on --listen.
     /// Stops on SIGTERM or SIGINT after the step in progress.
+    // A later value of a flag wins, so that the command line overrides --config's file.
+    #[command(args_override_self = true)]
     Run(Box<RunArgs>),
     /// Offline release catalogs.
     #[command(subcommand)]
@@ -259,8 +261,48 @@ pub struct RunArgs {
     /// Seconds between release detections (and proposals).
     #[arg(long, default_value_t = 3600)]
     pub detect_every: u64,
+    /// Read these settings from a YAML file (kind ControllerConfig; keys are these flags in
+    /// camelCase, see docs/install.md). Flags and environment variables override the file.
+    #[arg(long, value_name = "FILE", env = "UPKEEP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Read releases from the signed offline catalog instead of the network.
+    #[arg(long)]
+    pub offline: bool,
+    /// A signed catalog file (implies --offline).
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
+    pub catalog_public_key: Option<String>,
+    /// A file holding the GitHub webhook secret (default: the UPKEEP_WEBHOOK_SECRET variable).
+    /// Without a secret, POST /webhook is off and the loop relies on --poll.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Act without taking the Lease (one replica only, e.g. outside the cluster).
+    #[arg(long)]
+    pub no_leader_election: bool,
+    /// The Lease (in --namespace) replicas elect their leader on.
+    #[arg(long, default_value = "upkeep")]
+    pub lease_name: String,
+    /// Seconds a leader's lease lasts without renewal; a standby takes over after this long.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub lease_duration: u64,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+impl RunArgs {
+    /// The webhook secret: --webhook-secret-file, else UPKEEP_WEBHOOK_SECRET; `None` turns
+    /// webhooks off.
+    fn webhook_secret(&self) -> Result<Option<Vec<u8>>, String> {
+        let secret = match &self.webhook_secret_file {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read the webhook secret file {}: {e}", f.display()))?
+                .trim()
+                .to_string(),
+            None => std::env::var("UPKEEP_WEBHOOK_SECRET").unwrap_or_default(),
+        };
+        Ok(Some(secret.into_bytes()).filter(|s| !s.is_empty()))
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -436,9 +478,44 @@ fn parse_now(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("`{s}` is not an RFC 3339 time like 2026-11-21T22:00:00Z: {e}"))
 }
 
+/// `upkeep run --config FILE` (or UPKEEP_CONFIG): the file's settings spliced in as arguments
+/// right after `run`, so that the command line overrides them.
+fn with_config_file(argv: Vec<String>) -> Result<Vec<String>, i32> {
+    let Some(run_at) = argv.iter().position(|a| a == "run") else {
+        return Ok(argv);
+    };
+    let rest = &argv[run_at + 1..];
+    let path = rest
+        .iter()
+        .position(|a| a == "--config")
+        .and_then(|i| rest.get(i + 1).cloned())
+        .or_else(|| {
+            rest.iter()
+                .find_map(|a| a.strip_prefix("--config=").map(str::to_string))
+        })
+        .or_else(|| {
+            std::env::var("UPKEEP_CONFIG")
+                .ok()
+                .filter(|v| !v.is_empty())
+        });
+    let Some(path) = path else {
+        return Ok(argv);
+    };
+    let file = crate::runconfig::load(Path::new(&path)).map_err(|d| {
+        eprintln!("upkeep: {d}");
+        2
+    })?;
+    let args = file.to_args(&|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
+    Ok(crate::runconfig::splice(&argv, args).unwrap_or(argv))
+}
+
 /// Parse the process arguments and run; returns the exit code.
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
+    let argv = match with_config_file(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -1162,11 +1239,11 @@ fn run_controller(a: &RunArgs) -> i32 {
         Ok(g) => g,
         Err(code) => return code,
     };
-    let catalog = match Catalog::builtin() {
-        Ok(c) => Arc::new(c),
+    let secret = match a.webhook_secret() {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("upkeep: {e}");
-            return 1;
+            return 2;
         }
     };
     let rt = match runtime() {
@@ -1177,6 +1254,26 @@ fn run_controller(a: &RunArgs) -> i32 {
     let forge = match a.at.github(&cfg, token.as_deref()) {
         Ok(f) => f,
         Err(code) => return code,
+    };
+    // The live sources need the runtime (octocrab builds its client on it).
+    let sources = if a.offline || a.catalog.is_some() {
+        match &a.catalog {
+            Some(path) => Catalog::load(path, a.catalog_public_key.as_deref()),
+            None => Catalog::builtin(),
+        }
+        .map(|c| crate::reconcile::Sources::Catalog(Arc::new(c)))
+        .map_err(|e| e.to_string())
+    } else {
+        sources::Live::new(&cfg)
+            .map(|l| crate::reconcile::Sources::Live(Arc::new(l)))
+            .map_err(|e| e.to_string())
+    };
+    let sources = match sources {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
     };
     let config = crate::reconcile::Config {
         git,
@@ -1190,12 +1287,22 @@ fn run_controller(a: &RunArgs) -> i32 {
         style: crate::propose::Style::default(),
         poll: Duration::from_secs(a.poll.max(1)),
         detect_every: Duration::from_secs(a.detect_every.max(1)),
-        catalog,
+        sources,
     };
-    let shared = Arc::new(crate::reconcile::Shared {
-        metrics: crate::telemetry::Metrics::new(),
-        status: Default::default(),
+    let leadership = Arc::new(if a.no_leader_election {
+        crate::leader::Leadership::always()
+    } else {
+        crate::leader::Leadership::default()
     });
+    let webhook = secret.map(|secret| crate::reconcile::WebhookConfig {
+        secret,
+        base: a.at.base.clone(),
+    });
+    let shared = Arc::new(crate::reconcile::Shared::new(
+        crate::telemetry::Metrics::new(),
+        webhook,
+        leadership.clone(),
+    ));
     rt.block_on(async {
         let listener = match tokio::net::TcpListener::bind(a.listen).await {
             Ok(l) => l,
@@ -1211,11 +1318,53 @@ fn run_controller(a: &RunArgs) -> i32 {
             }
         });
         let (tx, rx) = tokio::sync::watch::channel(false);
+        // The election stops only after the loop: the lease is held until the last step ends.
+        let (election_tx, election_rx) = tokio::sync::watch::channel(false);
+        let election = if a.no_leader_election {
+            shared.metrics.leader.set(1);
+            None
+        } else {
+            let client = match crate::cluster::client(a.kubeconfig.as_deref()).await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("upkeep: {e}");
+                    return 1;
+                }
+            };
+            // The Lease lives in the namespace; outside a cluster it may not exist yet.
+            if let Err(e) = crate::apply::install(&client, &a.namespace).await {
+                eprintln!("upkeep: {e}");
+                return 1;
+            }
+            let settings = crate::leader::Settings {
+                namespace: a.namespace.clone(),
+                name: a.lease_name.clone(),
+                identity: crate::leader::Settings::default_identity(),
+                duration: Duration::from_secs(a.lease_duration.max(1)),
+            };
+            let s = shared.clone();
+            Some(tokio::spawn(crate::leader::run(
+                client,
+                settings,
+                leadership,
+                move |leading| {
+                    s.metrics.leader.set(i64::from(leading));
+                    if leading {
+                        s.poke(false);
+                    }
+                },
+                election_rx,
+            )))
+        };
         tokio::spawn(async move {
             wait_for_signal().await;
             let _ = tx.send(true);
         });
         crate::reconcile::run(config, shared, rx).await;
+        let _ = election_tx.send(true);
+        if let Some(e) = election {
+            let _ = e.await;
+        }
         0
     })
 }

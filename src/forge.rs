@@ -125,6 +125,7 @@ pub trait Forge {
 pub struct Counters {
     pub requests: AtomicU64,
     pub writes: AtomicU64,
+    pub rate_remaining: crate::sources::RateRemaining,
 }
 
 /// GitHub's REST API for one repository.
@@ -237,6 +238,7 @@ impl GitHub {
         let (status, headers, bytes) = tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))??;
+        self.counters.rate_remaining.note(&headers);
         let json: Value = if bytes.is_empty() {
             Value::Null
         } else {

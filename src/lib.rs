@@ -16,11 +16,13 @@ pub mod diag;
 pub mod forge;
 pub mod gitrepo;
 pub mod knowledge;
+pub mod leader;
 pub mod model;
 pub mod propose;
 pub mod reconcile;
 pub mod report;
 pub mod rollout;
+pub mod runconfig;
 pub mod select;
 pub mod server;
 pub mod sim;
@@ -28,6 +30,7 @@ pub mod sources;
 pub mod telemetry;
 pub mod validate;
 pub mod versions;
+pub mod webhook;
 pub mod windows;
 
 /// Every JSON Schema upkeep publishes (docs/schema/), by file name.

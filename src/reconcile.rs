@@ -2,18 +2,28 @@
 //! fetch the config repo; detect and propose (on its own, slower interval); compare the merged
 //! desired state with what runs and drive the rollouts; record what happened.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use tracing::Instrument;
 
 use crate::apply::{Options, Repo};
 use crate::forge::GitHub;
 use crate::gitrepo::{Author, GitRepo};
+use crate::leader::Leadership;
+use crate::model::ConfigRepo;
 use crate::propose::{Cycle, Style};
 use crate::report::ComponentReport;
+use crate::rollout::Phase;
 use crate::sources::catalog::Catalog;
-use crate::telemetry::{ComponentLabel, KindLabel, Metrics, RolloutLabels};
+use crate::sources::{Fetched, Live, StatsSnapshot, Upstream};
+use crate::telemetry::{
+    ApiLabel, ComponentLabel, KindLabel, Metrics, OutcomeLabels, RolloutLabels, StatusLabel,
+    StepLabels,
+};
+use crate::versions::Version;
 
 /// What the status page shows.
 #[derive(Debug, Clone, Default)]
@@ -23,6 +33,10 @@ pub struct Status {
     pub components: Vec<ComponentReport>,
     pub open_prs: Vec<(u64, String)>,
     pub rollouts: Vec<(String, String, String)>,
+    /// Per component: when work may start (open now, next opening, frozen).
+    pub schedule: Vec<(String, String)>,
+    /// Who holds the lease, as last seen.
+    pub leader: Option<String>,
     pub errors: Vec<String>,
 }
 
@@ -30,11 +44,133 @@ pub struct Status {
 pub struct Shared {
     pub metrics: Metrics,
     pub status: Mutex<Status>,
+    /// Wakes the loop before its poll interval ends (a webhook, a file change).
+    pub wake: tokio::sync::Notify,
+    /// Set with a wake when pull requests changed: detect and propose on this reconcile.
+    pub want_propose: std::sync::atomic::AtomicBool,
+    /// The webhook's secret and the branch it cares about; `None` turns `/webhook` off.
+    pub webhook: Option<WebhookConfig>,
+    /// Whether this replica may act.
+    pub leadership: Arc<Leadership>,
+}
+
+/// The webhook endpoint's settings. The secret is never printed.
+pub struct WebhookConfig {
+    pub secret: Vec<u8>,
+    pub base: String,
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("secret", &"<redacted>")
+            .field("base", &self.base)
+            .finish()
+    }
 }
 
 impl Shared {
+    pub fn new(
+        metrics: Metrics,
+        webhook: Option<WebhookConfig>,
+        leadership: Arc<Leadership>,
+    ) -> Shared {
+        Shared {
+            metrics,
+            status: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            want_propose: Default::default(),
+            webhook,
+            leadership,
+        }
+    }
+
+    /// Ready once the lease state is known and, for the leader, the first reconcile ran; a
+    /// standby is ready as soon as it knows who leads.
+    pub fn ready(&self) -> Result<(), &'static str> {
+        if !self.leadership.known() {
+            return Err("the lease has not been read yet");
+        }
+        if self.leadership.is_leader() && !self.status().ready {
+            return Err("the first reconcile has not run yet");
+        }
+        Ok(())
+    }
+
+    /// Asks the loop to reconcile now (and to propose too when `propose`).
+    pub fn poke(&self, propose: bool) {
+        if propose {
+            self.want_propose
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        self.wake.notify_one();
+    }
+
     pub fn status(&self) -> std::sync::MutexGuard<'_, Status> {
         self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where releases come from: the live sources (with their ETag cache) or the signed catalog.
+#[derive(Clone)]
+pub enum Sources {
+    Live(Arc<Live>),
+    Catalog(Arc<Catalog>),
+}
+
+/// Remembers each component's releases as they pass, so that apply knows multi-hop paths.
+struct Recording<U> {
+    inner: Arc<U>,
+    seen: Mutex<HashMap<String, Vec<Version>>>,
+}
+
+impl<U: Upstream> Upstream for Recording<U> {
+    async fn fetch(&self, c: &crate::model::Component) -> crate::sources::Result<Fetched> {
+        let f = self.inner.fetch(c).await;
+        if let Ok(f) = &f {
+            let versions = f
+                .releases_as(c.scheme)
+                .0
+                .into_iter()
+                .map(|r| r.version)
+                .collect();
+            self.seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(c.name.clone(), versions);
+        }
+        f
+    }
+}
+
+async fn check_with<U: Upstream + 'static>(
+    up: Arc<U>,
+    repo: &ConfigRepo,
+    now: DateTime<Utc>,
+    origin: &str,
+) -> Detected {
+    let rec = Arc::new(Recording {
+        inner: up,
+        seen: Mutex::default(),
+    });
+    let report = crate::check::run(rec.clone(), repo, now, 8, origin).await;
+    let seen = std::mem::take(&mut *rec.seen.lock().unwrap_or_else(|e| e.into_inner()));
+    (report.components, seen)
+}
+
+impl Sources {
+    async fn check(&self, repo: &ConfigRepo, now: DateTime<Utc>) -> Detected {
+        match self {
+            Sources::Live(l) => check_with(l.clone(), repo, now, "live").await,
+            Sources::Catalog(c) => check_with(c.clone(), repo, now, "catalog").await,
+        }
+    }
+
+    fn stats(&self) -> Option<(StatsSnapshot, Option<u64>)> {
+        match self {
+            Sources::Live(l) => Some((l.stats.snapshot(), l.stats.rate_remaining.get())),
+            Sources::Catalog(_) => None,
+        }
     }
 }
 
@@ -53,47 +189,89 @@ pub struct Config {
     pub poll: Duration,
     /// How often upstream is asked for new releases (and proposals made).
     pub detect_every: Duration,
-    pub catalog: Arc<Catalog>,
+    pub sources: Sources,
+}
+
+/// What the loop remembers between reconciles.
+#[derive(Default)]
+struct Memory {
+    last_detect: Option<Instant>,
+    /// Releases per component from the last detection (multi-hop paths for apply).
+    releases: HashMap<String, Vec<Version>>,
+    /// The source counters as last turned into metrics.
+    stats: StatsSnapshot,
+    phases: PhaseClock,
+}
+
+/// Turns the phases seen on successive reconciles into step and rollout durations.
+#[derive(Default)]
+pub struct PhaseClock {
+    seen: HashMap<String, (Phase, DateTime<Utc>, DateTime<Utc>)>,
+}
+
+/// A duration the phase clock measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Measured {
+    /// The rollout left `step` after `seconds`.
+    Step { step: Phase, seconds: f64 },
+    /// The rollout ended (`outcome`) `seconds` after it was first seen.
+    Rollout { outcome: Phase, seconds: f64 },
+}
+
+impl PhaseClock {
+    /// Record `phase` for `rollout` at `now`; returns what ended since the last look. Rollouts
+    /// first seen already finished (as after a restart) measure nothing.
+    pub fn observe(&mut self, rollout: &str, phase: Phase, now: DateTime<Utc>) -> Vec<Measured> {
+        let secs = |from: DateTime<Utc>| (now - from).num_milliseconds().max(0) as f64 / 1000.0;
+        let mut out = Vec::new();
+        match self.seen.get(rollout).cloned() {
+            None => {
+                if !phase.is_terminal() {
+                    self.seen.insert(rollout.to_string(), (phase, now, now));
+                }
+            }
+            Some((prev, since, started)) if prev != phase => {
+                out.push(Measured::Step {
+                    step: prev,
+                    seconds: secs(since),
+                });
+                if phase.is_terminal() {
+                    out.push(Measured::Rollout {
+                        outcome: phase,
+                        seconds: secs(started),
+                    });
+                    self.seen.remove(rollout);
+                } else {
+                    self.seen.insert(rollout.to_string(), (phase, now, started));
+                }
+            }
+            Some(_) => {}
+        }
+        out
+    }
 }
 
 /// Run until `stop` turns true; the step in progress finishes first.
 pub async fn run(cfg: Config, shared: Arc<Shared>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut last_detect: Option<Instant> = None;
+    let mut mem = Memory::default();
     loop {
-        let span = tracing::info_span!("reconcile");
-        let _e = span.enter();
-        let t = Instant::now();
-        match reconcile(&cfg, &shared, &mut last_detect).await {
-            Ok(()) => {
-                shared
-                    .metrics
-                    .last_success
-                    .set(Utc::now().timestamp() as f64);
-                let mut st = shared.status();
-                st.ready = true;
-                st.last_reconcile = Some(Utc::now());
-            }
-            Err((kind, e)) => {
-                tracing::warn!(kind, error = %e, "reconcile failed");
-                shared
-                    .metrics
-                    .reconcile_errors
-                    .get_or_create(&KindLabel {
-                        kind: kind.to_string(),
-                    })
-                    .inc();
-                let mut st = shared.status();
-                st.ready = true;
-                st.errors = vec![e];
-            }
+        if shared.leadership.is_leader() {
+            let t = Instant::now();
+            let result = reconcile(&cfg, &shared, &mut mem)
+                .instrument(tracing::info_span!("reconcile"))
+                .await;
+            record(&shared, result);
+            shared
+                .metrics
+                .reconcile_duration
+                .observe(t.elapsed().as_secs_f64());
+        } else {
+            tracing::debug!(holder = ?shared.leadership.holder(), "standing by: another replica leads");
         }
-        shared
-            .metrics
-            .reconcile_duration
-            .observe(t.elapsed().as_secs_f64());
-        drop(_e);
+        shared.status().leader = shared.leadership.holder();
         tokio::select! {
             _ = tokio::time::sleep(cfg.poll) => {}
+            _ = shared.wake.notified() => tracing::debug!("woken before the poll interval"),
             _ = stop.changed() => {}
         }
         if *stop.borrow() {
@@ -103,65 +281,67 @@ pub async fn run(cfg: Config, shared: Arc<Shared>, mut stop: tokio::sync::watch:
     }
 }
 
+fn record(shared: &Shared, result: Result<(), (&'static str, String)>) {
+    match result {
+        Ok(()) => {
+            shared
+                .metrics
+                .last_success
+                .set(Utc::now().timestamp() as f64);
+            let mut st = shared.status();
+            st.ready = true;
+            st.last_reconcile = Some(Utc::now());
+        }
+        Err((kind, e)) => {
+            tracing::warn!(kind, error = %e, "reconcile failed");
+            shared
+                .metrics
+                .reconcile_errors
+                .get_or_create(&KindLabel {
+                    kind: kind.to_string(),
+                })
+                .inc();
+            let mut st = shared.status();
+            st.ready = true;
+            st.errors = vec![e];
+        }
+    }
+}
+
+/// Stops a reconcile between steps once the lease is lost.
+fn still_leader(shared: &Shared) -> Result<(), (&'static str, String)> {
+    if shared.leadership.is_leader() {
+        Ok(())
+    } else {
+        Err((
+            "lease",
+            "the lease was lost: stopped before the next step".into(),
+        ))
+    }
+}
+
 /// One reconcile, top-down. Errors carry a kind for the metric label.
 async fn reconcile(
     cfg: &Config,
     shared: &Shared,
-    last_detect: &mut Option<Instant>,
+    mem: &mut Memory,
 ) -> Result<(), (&'static str, String)> {
     let now = Utc::now();
-    let mut propose_error: Option<String> = None;
-    // Detect and propose on the slower interval.
-    if last_detect.is_none_or(|t| t.elapsed() >= cfg.detect_every) {
-        let rows: Arc<Mutex<Vec<ComponentReport>>> = Arc::default();
-        let cycle = Cycle {
-            git: &cfg.git,
-            forge: &cfg.forge,
-            base: cfg.base.clone(),
-            subdir: cfg.subdir.clone(),
-            scratch: cfg.state.join("checkout"),
-            style: cfg.style.clone(),
-            author: cfg.author.clone(),
-            dashboard: true,
-            dry_run: false,
-        };
-        let cat = cfg.catalog.clone();
-        let sink = rows.clone();
-        let proposed = cycle
-            .run(now, |repo| async move {
-                let r = crate::check::run(cat, &repo, now, 8, "catalog").await;
-                *sink.lock().unwrap_or_else(|e| e.into_inner()) = r.components.clone();
-                (repo, r.components)
-            })
-            .await;
-        // A failed proposal never holds back applying what was merged.
-        // A failed proposal never holds back applying what was merged; it is tried again on the
-        // next reconcile.
-        let (outcome, _) = match proposed {
-            Ok(x) => {
-                *last_detect = Some(Instant::now());
-                x
-            }
-            Err(e) => {
-                propose_error = Some(e);
-                Default::default()
-            }
-        };
-        let rows = rows.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for r in &rows {
-            shared
-                .metrics
-                .updates_available
-                .get_or_create(&ComponentLabel {
-                    component: r.name.clone(),
-                })
-                .set(i64::from(r.next.is_some()));
-        }
-        let mut st = shared.status();
-        st.components = rows;
-        st.errors = outcome.errors.clone();
-    }
-    // Apply what was merged.
+    let asked = shared
+        .want_propose
+        .swap(false, std::sync::atomic::Ordering::SeqCst);
+    // 1. Detect and propose, on the slower interval (or when pull requests changed).
+    let propose_error = if asked
+        || mem
+            .last_detect
+            .is_none_or(|t| t.elapsed() >= cfg.detect_every)
+    {
+        detect_and_propose(cfg, shared, mem, now).await
+    } else {
+        None
+    };
+    still_leader(shared)?;
+    // 2. Read the merged desired state.
     cfg.git.fetch().map_err(|e| ("git", e.to_string()))?;
     let tip = cfg.git.tip(&cfg.base).map_err(|e| ("git", e.to_string()))?;
     let checkout = cfg.state.join("apply-checkout");
@@ -175,6 +355,9 @@ async fn reconcile(
             "config",
             format!("versions.yaml on {} is invalid", cfg.base),
         ))?;
+    shared.status().schedule = schedule(&config, now);
+    // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
+    still_leader(shared)?;
     let client = crate::cluster::client(cfg.kubeconfig.as_deref())
         .await
         .map_err(|e| ("kube", e.to_string()))?;
@@ -186,24 +369,14 @@ async fn reconcile(
         author: cfg.author.clone(),
     };
     let mut opts = Options::from_policy(&config.rollouts, &cfg.namespace);
-    // One look per reconcile: the loop is the poll.
     opts.budget = Duration::ZERO;
+    opts.releases = mem.releases.clone();
     let summary = crate::apply::run(&client, &repo, &config, &opts, &Utc::now)
+        .instrument(tracing::info_span!("rollouts"))
         .await
         .map_err(|e| ("apply", e))?;
-    shared.metrics.rollout_phase.clear();
-    for (name, phase, _) in &summary {
-        let component = name.split('-').next().unwrap_or("").to_string();
-        shared
-            .metrics
-            .rollout_phase
-            .get_or_create(&RolloutLabels {
-                rollout: name.clone(),
-                component,
-                phase: format!("{phase:?}"),
-            })
-            .set(1);
-    }
+    // 4. Record what happened.
+    record_rollouts(shared, mem, &summary);
     let prs = {
         use crate::forge::Forge;
         cfg.forge
@@ -211,6 +384,15 @@ async fn reconcile(
             .await
             .unwrap_or_default()
     };
+    if let Some(n) = cfg.forge.counters.rate_remaining.get() {
+        shared
+            .metrics
+            .rate_limit_remaining
+            .get_or_create(&ApiLabel {
+                api: "forge".into(),
+            })
+            .set(n as i64);
+    }
     let mut st = shared.status();
     st.rollouts = summary
         .into_iter()
@@ -224,5 +406,209 @@ async fn reconcile(
     match propose_error {
         Some(e) => Err(("propose", e)),
         None => Ok(()),
+    }
+}
+
+/// What one detection found: the report rows and each component's releases.
+type Detected = (Vec<ComponentReport>, HashMap<String, Vec<Version>>);
+
+/// Detection and proposals. A failed proposal never holds back applying what was merged; it is
+/// tried again on the next reconcile.
+async fn detect_and_propose(
+    cfg: &Config,
+    shared: &Shared,
+    mem: &mut Memory,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let found: Arc<Mutex<Detected>> = Arc::default();
+    let cycle = Cycle {
+        git: &cfg.git,
+        forge: &cfg.forge,
+        base: cfg.base.clone(),
+        subdir: cfg.subdir.clone(),
+        scratch: cfg.state.join("checkout"),
+        style: cfg.style.clone(),
+        author: cfg.author.clone(),
+        dashboard: true,
+        dry_run: false,
+    };
+    let sources = cfg.sources.clone();
+    let sink = found.clone();
+    let proposed = cycle
+        .run(now, |repo| async move {
+            let (rows, releases) = sources.check(&repo, now).await;
+            *sink.lock().unwrap_or_else(|e| e.into_inner()) = (rows.clone(), releases);
+            (repo, rows)
+        })
+        .instrument(tracing::info_span!("propose"))
+        .await;
+    let (rows, releases) = std::mem::take(&mut *found.lock().unwrap_or_else(|e| e.into_inner()));
+    if !releases.is_empty() {
+        mem.releases = releases;
+    }
+    if let Some((stats, remaining)) = cfg.sources.stats() {
+        let delta = |now: u64, then: u64| now.saturating_sub(then);
+        let ok = delta(stats.requests, mem.stats.requests)
+            .saturating_sub(delta(stats.not_modified, mem.stats.not_modified))
+            .saturating_sub(delta(stats.errors, mem.stats.errors));
+        for (status, n) in [
+            ("ok", ok),
+            (
+                "not_modified",
+                delta(stats.not_modified, mem.stats.not_modified),
+            ),
+            ("error", delta(stats.errors, mem.stats.errors)),
+        ] {
+            shared
+                .metrics
+                .upstream_requests
+                .get_or_create(&StatusLabel {
+                    status: status.into(),
+                })
+                .inc_by(n);
+        }
+        mem.stats = stats;
+        if let Some(n) = remaining {
+            shared
+                .metrics
+                .rate_limit_remaining
+                .get_or_create(&ApiLabel {
+                    api: "releases".into(),
+                })
+                .set(n as i64);
+        }
+    }
+    for r in &rows {
+        shared
+            .metrics
+            .updates_available
+            .get_or_create(&ComponentLabel {
+                component: r.name.clone(),
+            })
+            .set(i64::from(r.next.is_some()));
+    }
+    match proposed {
+        Ok((outcome, _)) => {
+            mem.last_detect = Some(Instant::now());
+            let mut st = shared.status();
+            st.components = rows;
+            st.errors = outcome.errors;
+            None
+        }
+        Err(e) => {
+            shared.status().components = rows;
+            Some(e)
+        }
+    }
+}
+
+fn record_rollouts(shared: &Shared, mem: &mut Memory, summary: &crate::apply::Summary) {
+    shared.metrics.rollout_phase.clear();
+    let now = Utc::now();
+    for (name, phase, _) in summary {
+        let component = name.split('-').next().unwrap_or("").to_string();
+        shared
+            .metrics
+            .rollout_phase
+            .get_or_create(&RolloutLabels {
+                rollout: name.clone(),
+                component: component.clone(),
+                phase: format!("{phase:?}"),
+            })
+            .set(1);
+        for m in mem.phases.observe(name, *phase, now) {
+            match m {
+                Measured::Step { step, seconds } => shared
+                    .metrics
+                    .step_duration
+                    .get_or_create(&StepLabels {
+                        component: component.clone(),
+                        step: format!("{step:?}"),
+                    })
+                    .observe(seconds),
+                Measured::Rollout { outcome, seconds } => shared
+                    .metrics
+                    .rollout_duration
+                    .get_or_create(&OutcomeLabels {
+                        component: component.clone(),
+                        outcome: format!("{outcome:?}"),
+                    })
+                    .observe(seconds),
+            }
+        }
+    }
+}
+
+/// When work may start on each component, in words, for the status page.
+pub fn schedule(config: &ConfigRepo, now: DateTime<Utc>) -> Vec<(String, String)> {
+    use crate::windows::{Decision, Override, decide};
+    let fmt = |t: DateTime<Utc>| t.format("%a %Y-%m-%d %H:%M UTC").to_string();
+    config
+        .components
+        .iter()
+        .map(|c| {
+            let d = decide(
+                now,
+                &c.name,
+                &config.windows,
+                &config.freezes,
+                Override::default(),
+            );
+            let words = match d {
+                Decision::AnyTime => "any time (no window covers it)".to_string(),
+                Decision::InWindow { window, closes } => {
+                    format!("now: {window} is open until {}", fmt(closes))
+                }
+                Decision::Emergency => "now (emergency)".to_string(),
+                Decision::Wait { next: Some(t) } => format!("next window opens {}", fmt(t)),
+                Decision::Wait { next: None } => "no window opens within 400 days".to_string(),
+                Decision::Denied { window, until } => {
+                    format!("denied by {window} until {}", fmt(until))
+                }
+                Decision::Frozen { freeze, until } => {
+                    format!("frozen ({freeze}) until {}", fmt(until))
+                }
+            };
+            (c.name.clone(), words)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_phase_clock_measures_steps_and_whole_rollouts() {
+        let mut c = PhaseClock::default();
+        assert!(c.observe("k3s-a", Phase::Preflight, at(0)).is_empty());
+        assert!(c.observe("k3s-a", Phase::Preflight, at(5)).is_empty());
+        assert_eq!(
+            c.observe("k3s-a", Phase::Applying, at(10)),
+            vec![Measured::Step {
+                step: Phase::Preflight,
+                seconds: 10.0
+            }]
+        );
+        assert_eq!(
+            c.observe("k3s-a", Phase::Succeeded, at(70)),
+            vec![
+                Measured::Step {
+                    step: Phase::Applying,
+                    seconds: 60.0
+                },
+                Measured::Rollout {
+                    outcome: Phase::Succeeded,
+                    seconds: 70.0
+                }
+            ]
+        );
+        // Finished rollouts are forgotten and not measured again.
+        assert!(c.observe("k3s-a", Phase::Succeeded, at(80)).is_empty());
+        assert!(c.seen.is_empty());
     }
 }

@@ -1,5 +1,6 @@
-//! The controller's HTTP port: `/healthz`, `/readyz` (ready once the first reconcile ran),
-//! `/metrics` (Prometheus text), and `/`, a small server-rendered status page.
+//! The controller's HTTP port: `/healthz`, `/readyz` (ready once the lease state is known and,
+//! for the leader, the first reconcile ran), `/metrics` (Prometheus text), `/webhook` (GitHub
+//! deliveries, see [`crate::webhook`]) and `/`, a small server-rendered status page.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -16,20 +17,77 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route(
+            "/webhook",
+            axum::routing::post(webhook)
+                .layer(axum::extract::DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
         .route("/", get(page))
         .with_state(shared)
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
-    if s.status().ready {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the first reconcile has not run yet",
-        )
-            .into_response()
+    match s.ready() {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
+}
+
+/// GitHub's deliveries are at most 25 MB; upkeep reads only `ref`, `action` and the base branch.
+const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+/// `POST /webhook`: a GitHub delivery. 401 without a valid signature (logged without the
+/// payload), 202 when it woke the loop, 200 when it was not for upkeep.
+async fn webhook(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let Some(cfg) = &s.webhook else {
+        return (
+            StatusCode::NOT_FOUND,
+            "webhooks are off: give upkeep a secret (UPKEEP_WEBHOOK_SECRET or --webhook-secret-file)\n",
+        )
+            .into_response();
+    };
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+    let delivery = h("x-github-delivery").unwrap_or("-").to_string();
+    let event = h("x-github-event").unwrap_or("").to_string();
+    if let Err(e) = crate::webhook::verify(&cfg.secret, &body, h("x-hub-signature-256")) {
+        tracing::warn!(%delivery, %event, bytes = body.len(), error = %e, "refused a webhook delivery");
+        s.metrics
+            .webhook_deliveries
+            .get_or_create(&crate::telemetry::StatusLabel {
+                status: "refused".into(),
+            })
+            .inc();
+        return (StatusCode::UNAUTHORIZED, format!("{e}\n")).into_response();
+    }
+    let (code, outcome) = match crate::webhook::classify(&event, &body, &cfg.base) {
+        Ok(crate::webhook::Trigger::Apply) => {
+            s.poke(false);
+            (StatusCode::ACCEPTED, "reconciling now".to_string())
+        }
+        Ok(crate::webhook::Trigger::Propose) => {
+            s.poke(true);
+            (StatusCode::ACCEPTED, "reconciling now".to_string())
+        }
+        Ok(crate::webhook::Trigger::Ignore(what)) => (StatusCode::OK, format!("ignored: {what}")),
+        Err(e) => (StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    tracing::info!(%delivery, %event, status = code.as_u16(), %outcome, "webhook delivery");
+    s.metrics
+        .webhook_deliveries
+        .get_or_create(&crate::telemetry::StatusLabel {
+            status: if code.is_success() {
+                "accepted"
+            } else {
+                "bad_request"
+            }
+            .into(),
+        })
+        .inc();
+    (code, format!("{outcome}\n")).into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {
@@ -66,15 +124,26 @@ async fn page(State(s): State<Arc<Shared>>) -> Response {
         }
         h.push_str("</ul>");
     }
-    h.push_str("<h2>Components</h2><table><tr><th>Component</th><th>Desired</th><th>Next</th><th>Newest</th></tr>");
+    let _ = write!(
+        h,
+        "<p>Leader: {}</p>",
+        esc(st.leader.as_deref().unwrap_or("unknown"))
+    );
+    h.push_str("<h2>Components</h2><table><tr><th>Component</th><th>Desired</th><th>Next</th><th>Newest</th><th>Window</th></tr>");
     for c in &st.components {
+        let window = st
+            .schedule
+            .iter()
+            .find(|(n, _)| *n == c.name)
+            .map_or("-", |(_, w)| w.as_str());
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&c.name),
             esc(&c.current),
             esc(c.next.as_ref().map_or("-", |n| n.version.as_str())),
-            esc(c.newest.as_deref().unwrap_or("-"))
+            esc(c.newest.as_deref().unwrap_or("-")),
+            esc(window)
         );
     }
     h.push_str("</table><h2>Open pull requests</h2><ul>");

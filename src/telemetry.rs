@@ -31,6 +31,39 @@ pub struct CheckLabels {
     pub check: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    /// `ok`, `not_modified` (a 304: the ETag matched) or `error`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabel {
+    /// `releases` (upstream release lookups) or `forge` (pull requests, comments).
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    pub component: String,
+    pub step: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub component: String,
+    pub outcome: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn long_histogram() -> Histogram {
+    // From seconds to a long multi-node rollout.
+    Histogram::new([
+        1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    ])
+}
+
 /// Every metric upkeep exposes.
 pub struct Metrics {
     pub registry: Registry,
@@ -43,7 +76,15 @@ pub struct Metrics {
     /// 1 passed, 0 failed, by rollout and check, from the last validation.
     pub check_result: Family<CheckLabels, Gauge>,
     pub last_success: Gauge<f64, AtomicU64>,
-    pub upstream_requests: Family<KindLabel, Counter>,
+    pub upstream_requests: Family<StatusLabel, Counter>,
+    pub rate_limit_remaining: Family<ApiLabel, Gauge>,
+    /// How long each rollout took, from start to its end, by outcome.
+    pub rollout_duration: Histograms<OutcomeLabels>,
+    /// How long a rollout spent in each phase (preflight, backup, applying, validating, ...).
+    pub step_duration: Histograms<StepLabels>,
+    /// 1 while this replica holds the lease and may act.
+    pub leader: Gauge,
+    pub webhook_deliveries: Family<StatusLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -92,11 +133,42 @@ impl Metrics {
             "When the last reconcile succeeded",
             last_success.clone(),
         );
-        let upstream_requests = Family::<KindLabel, Counter>::default();
+        let upstream_requests = Family::<StatusLabel, Counter>::default();
         registry.register(
             "upstream_requests",
-            "Requests to release sources, by outcome (ok, not_modified)",
+            "Requests to release sources, by status (ok, not_modified for a 304, error)",
             upstream_requests.clone(),
+        );
+        let rate_limit_remaining = Family::<ApiLabel, Gauge>::default();
+        registry.register(
+            "github_rate_limit_remaining",
+            "What GitHub last said of the requests left this hour, by API use",
+            rate_limit_remaining.clone(),
+        );
+        let rollout_duration: Histograms<OutcomeLabels> =
+            Family::new_with_constructor(long_histogram);
+        registry.register(
+            "rollout_duration_seconds",
+            "How long rollouts took from start to end, by outcome",
+            rollout_duration.clone(),
+        );
+        let step_duration: Histograms<StepLabels> = Family::new_with_constructor(long_histogram);
+        registry.register(
+            "rollout_step_duration_seconds",
+            "How long rollouts spent in each phase",
+            step_duration.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease and may act",
+            leader.clone(),
+        );
+        let webhook_deliveries = Family::<StatusLabel, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "GitHub webhook deliveries, by outcome (accepted, refused for a bad signature, bad_request)",
+            webhook_deliveries.clone(),
         );
         Metrics {
             registry,
@@ -107,6 +179,11 @@ impl Metrics {
             check_result,
             last_success,
             upstream_requests,
+            rate_limit_remaining,
+            rollout_duration,
+            step_duration,
+            leader,
+            webhook_deliveries,
         }
     }
 

@@ -1,8 +1,11 @@
-//! The controller as a process: `upkeep run` against the emulators. Ready once the first
-//! reconcile ran; a merged PR is applied on the next reconciles; metrics say so; the token never
-//! reaches the logs; SIGTERM stops it cleanly.
+//! The controller as a process: `upkeep run` against the emulators (GitHub with releases from the
+//! shipped catalog, read live; the Kubernetes API). Ready once the lease is known and the first
+//! reconcile ran; a merged PR is applied; metrics say so; a signed webhook starts a rollout at
+//! once and a bad one is refused; two replicas share one lease; a restart mid-rollout resumes;
+//! settings come from a config file; secrets never reach the logs; SIGTERM stops it cleanly.
 
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -12,148 +15,324 @@ use upkeep::sim::upstream::UpstreamSim;
 
 const REPO: &str = "homelab/cluster";
 const TOKEN: &str = "ghp_run_secret";
+const HOOK_SECRET: &str = "whsec_do_not_log_me";
 
 fn get(url: &str) -> Option<(u16, String)> {
     let r = reqwest::blocking::get(url).ok()?;
     Some((r.status().as_u16(), r.text().unwrap_or_default()))
 }
 
-#[test]
-fn the_controller_proposes_applies_and_reports_through_metrics() {
-    upkeep::sources::install_crypto_provider();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let gh = UpstreamSim::start_in_thread().expect("github");
-    gh.enable_forge(&dir.path().join("forge"));
-    gh.require_forge_token(TOKEN);
-    // No windows: any time is fine, so the test does not depend on the day.
-    let seed = dir.path().join("seed");
-    std::fs::create_dir_all(&seed).expect("mkdir");
-    std::fs::write(
-        seed.join("versions.yaml"),
-        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.4+k3s1\n",
-    )
-    .expect("write");
-    let bare = gh
-        .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
-        .expect("forge")
-        .expect("repo");
-    let kube = KubeSim::start_in_thread(KubeOptions {
-        clock: SimClock::new(Utc::now(), 600.0),
-        ..KubeOptions::default()
-    })
-    .expect("kube");
-    let kc = dir.path().join("kubeconfig");
-    kube.write_kubeconfig(&kc).expect("kubeconfig");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .expect("port")
         .local_addr()
         .expect("addr")
-        .port();
-    let base = format!("http://127.0.0.1:{port}");
-    let child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args([
-            "run",
+        .port()
+}
+
+/// The emulators and a config repository holding k3s v1.33.4+k3s1 (and `policies`).
+struct World {
+    dir: tempfile::TempDir,
+    gh: UpstreamSim,
+    kube: KubeSim,
+    kubeconfig: PathBuf,
+    bare: PathBuf,
+}
+
+impl World {
+    fn new(speed: f64, policies: Option<&str>) -> World {
+        upkeep::sources::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let gh = UpstreamSim::start_in_thread().expect("github");
+        gh.enable_forge(&dir.path().join("forge"));
+        gh.require_forge_token(TOKEN);
+        // Upstream releases (GitHub and the k3s channel server) from the shipped catalog: the
+        // controller reads them live, with its ETag cache.
+        let catalog = upkeep::sources::catalog::Catalog::builtin().expect("catalog");
+        upkeep::sim::upstream::seed_from_catalog(&gh, &catalog.file);
+        let seed = dir.path().join("seed");
+        std::fs::create_dir_all(seed.join("policies")).expect("mkdir");
+        std::fs::write(
+            seed.join("versions.yaml"),
+            "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.4+k3s1\n",
+        )
+        .expect("write");
+        if let Some(p) = policies {
+            std::fs::write(seed.join("policies/windows.yaml"), p).expect("write");
+        }
+        let bare = gh
+            .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
+            .expect("forge")
+            .expect("repo");
+        let kube = KubeSim::start_in_thread(KubeOptions {
+            clock: SimClock::new(Utc::now(), speed),
+            ..KubeOptions::default()
+        })
+        .expect("kube");
+        let kubeconfig = dir.path().join("kubeconfig");
+        kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+        World {
+            dir,
+            gh,
+            kube,
+            kubeconfig,
+            bare,
+        }
+    }
+
+    /// The flags that say where everything is.
+    fn flags(&self, state: &str) -> Vec<String> {
+        let mut v: Vec<String> = [
             "--owner",
             "homelab",
             "--name",
             "cluster",
+            "--lease-duration",
+            "2",
             "--poll",
             "1",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .arg("--repo-url")
-        .arg(format!("file://{}", bare.display()))
-        .args(["--github-api-url", &gh.url()])
-        .arg("--kubeconfig")
-        .arg(&kc)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .env("GITHUB_TOKEN", TOKEN)
-        .env("UPKEEP_LOG", "debug")
-        .env("UPKEEP_LOG_FORMAT", "json")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
-        .spawn()
-        .expect("upkeep run");
-    let wait = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        ]
+        .map(String::from)
+        .into();
+        v.extend([
+            "--repo-url".into(),
+            format!("file://{}", self.bare.display()),
+            "--github-api-url".into(),
+            self.gh.url(),
+            "--k3s-channel-url".into(),
+            self.gh.url(),
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--state-dir".into(),
+            self.dir.path().join(state).display().to_string(),
+        ]);
+        v
+    }
+
+    /// `upkeep run` with `args` (after `run`), logging JSON at debug level to a file.
+    fn spawn(&self, name: &str, args: &[String], envs: &[(&str, &str)]) -> Proc {
+        let port = free_port();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+        cmd.arg("run")
+            .args(args)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("GITHUB_TOKEN", TOKEN)
+            .env("UPKEEP_LOG", "debug")
+            .env("UPKEEP_LOG_FORMAT", "json")
+            .env_remove("UPKEEP_WEBHOOK_SECRET")
+            .env_remove("UPKEEP_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).expect("log"));
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Proc {
+            child: Some(cmd.spawn().expect("upkeep run")),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    fn merge(&self, number: u64) {
+        let r = reqwest::blocking::Client::new()
+            .put(format!(
+                "{}/repos/{REPO}/pulls/{number}/merge",
+                self.gh.url()
+            ))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(r#"{"merge_method":"squash"}"#)
+            .send()
+            .expect("merge");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
+    fn pulls(&self) -> Vec<(u64, String, String)> {
+        self.gh.with_forge(|f| f.pulls(REPO)).unwrap_or_default()
+    }
+
+    fn rollout(&self) -> Option<serde_json::Value> {
+        self.kube.list("upkeep.dev", "rollouts").into_iter().next()
+    }
+
+    fn phase(&self) -> String {
+        self.rollout()
+            .and_then(|r| r["status"]["phase"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
+    fn lease_holder(&self) -> String {
+        self.kube
+            .get("coordination.k8s.io", "leases", "upkeep-system", "upkeep")
+            .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+}
+
+/// One `upkeep run` process.
+struct Proc {
+    child: Option<Child>,
+    base: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        get(&format!("{}{path}", self.base))
+    }
+
+    fn metrics(&self) -> String {
+        self.get("/metrics").map(|x| x.1).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The log lines above debug level, for failure messages.
+    fn tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.contains("\"level\":\"DEBUG\"") && !l.contains("\"level\":\"TRACE\""))
+            .collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    fn wait(&self, what: &str, f: &dyn Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
         while !f() {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}: {}",
-                std::fs::read_to_string(dir.path().join("log"))
-                    .unwrap_or_default()
-                    .lines()
-                    .rev()
-                    .take(15)
-                    .collect::<Vec<_>>()
-                    .join("\n")
+                self.tail()
             );
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
-    };
-    wait("ready", &|| {
-        get(&format!("{base}/readyz")).is_some_and(|(s, _)| s == 200)
-    });
-    assert_eq!(get(&format!("{base}/healthz")).map(|x| x.0), Some(200));
-    // It proposed the k3s patch.
-    wait("a pull request", &|| {
-        !gh.with_forge(|f| f.pulls(REPO))
-            .unwrap_or_default()
-            .is_empty()
-    });
-    let (_, metrics) = get(&format!("{base}/metrics")).expect("metrics");
-    assert!(
-        metrics.contains("upkeep_updates_available{component=\"k3s\"} 1"),
-        "{metrics}"
-    );
-    // Merge it: the controller applies it.
-    let c = reqwest::blocking::Client::new();
-    let r = c
-        .put(format!("{}/repos/{REPO}/pulls/1/merge", gh.url()))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .body(r#"{"merge_method":"squash"}"#)
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// SIGTERM, then the exit status and every line logged.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        self.signal(libc::SIGTERM);
+        let out = self
+            .child
+            .take()
+            .expect("running")
+            .wait_with_output()
+            .expect("wait");
+        let logs = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &std::fs::read_to_string(&self.log).unwrap_or_default();
+        (out.status, logs)
+    }
+
+    fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The value of the first sample line starting with `prefix`.
+fn sample(metrics: &str, prefix: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn the_controller_proposes_applies_and_reports_through_metrics() {
+    let w = World::new(600.0, None);
+    let p = w.spawn("run", &w.flags("state"), &[]);
+    p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
+    assert_eq!(p.get("/healthz").map(|x| x.0), Some(200));
+    // Without a secret, webhooks are off.
+    let r = reqwest::blocking::Client::new()
+        .post(format!("{}/webhook", p.base))
+        .body("{}")
         .send()
-        .expect("merge");
-    assert_eq!(r.status().as_u16(), 200);
-    wait("the rollout", &|| {
-        get(&format!("{base}/metrics")).is_some_and(|(_, m)| m.contains("phase=\"Succeeded\"} 1"))
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 404);
+    // It proposed the k3s patch, from releases read live.
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    p.wait("metrics of the detection", &|| {
+        p.metrics()
+            .contains("upkeep_updates_available{component=\"k3s\"} 1")
     });
-    let rollout = kube
-        .list("upkeep.dev", "rollouts")
-        .into_iter()
-        .next()
-        .expect("a rollout");
-    let to = rollout["spec"]["to"].as_str().unwrap_or("").to_string();
+    let m = p.metrics();
+    assert!(
+        sample(&m, "upkeep_upstream_requests_total{status=\"ok\"}").is_some_and(|n| n >= 1.0),
+        "{m}"
+    );
+    assert!(
+        sample(&m, "upkeep_github_rate_limit_remaining{api=\"releases\"}").is_some(),
+        "{m}"
+    );
+    assert_eq!(sample(&m, "upkeep_leader "), Some(1.0), "{m}");
+    // Merge it: the controller applies it.
+    w.merge(1);
+    p.wait("the rollout", &|| {
+        p.metrics().contains("phase=\"Succeeded\"} 1")
+    });
+    let to = w.rollout().expect("a rollout")["spec"]["to"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     assert_ne!(to, "v1.33.4+k3s1");
     assert!(
-        kube.list("", "nodes")
+        w.kube
+            .list("", "nodes")
             .iter()
             .all(|n| n["status"]["nodeInfo"]["kubeletVersion"] == to.as_str()),
         "every node on {to}"
     );
-    let (_, page) = get(&format!("{base}/")).expect("page");
+    let m = p.metrics();
+    for prefix in [
+        "upkeep_rollout_duration_seconds_count{component=\"k3s\",outcome=\"Succeeded\"} 1",
+        "upkeep_rollout_step_duration_seconds_count{component=\"k3s\",step=\"Applying\"}",
+        "upkeep_github_rate_limit_remaining{api=\"forge\"}",
+        "upkeep_last_successful_reconcile_timestamp_seconds",
+        "upkeep_reconcile_duration_seconds_count",
+    ] {
+        assert!(m.contains(prefix), "{prefix} in {m}");
+    }
+    let (_, page) = p.get("/").expect("page");
     assert!(
-        page.contains(&upkeep::rollout::rollout_name("k3s", &to)) && page.contains("Succeeded"),
+        page.contains(&upkeep::rollout::rollout_name("k3s", &to))
+            && page.contains("Succeeded")
+            && page.contains("any time"),
         "{page}"
     );
-    // SIGTERM: the step in progress finishes, then exit 0.
-    // SAFETY: signalling our own child.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-    let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "{out:?}");
-    let logs = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    // SIGTERM: the step in progress finishes, then exit 0, and the lease is given up.
+    let (status, logs) = p.stop();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(w.lease_holder(), "", "released on the way out");
     assert!(
         logs.contains("rollout phase"),
         "the logs tell the transitions: {logs}"
     );
     assert!(!logs.contains(TOKEN), "the token never reaches the logs");
     // UPKEEP_LOG_FORMAT=json: every stderr line is one JSON object, with the span chain.
-    let stderr = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    let stderr = std::fs::read_to_string(p_log(&w, "run")).unwrap_or_default();
     let lines: Vec<serde_json::Value> = stderr
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -170,4 +349,188 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
             .is_some_and(|s| s.iter().any(|s| s["name"] == "rollout"))),
         "rollout lines carry their span: {stderr}"
     );
+}
+
+fn p_log(w: &World, name: &str) -> PathBuf {
+    w.dir.path().join(format!("{name}.log"))
+}
+
+/// A window open at any time (it opens every hour for two hours).
+const ALWAYS_OPEN: &str = "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nwindows:\n  - name: always\n    kind: allow\n    schedule: \"0 * * * *\"\n    duration: 2h\n    timeZone: UTC\n";
+
+#[test]
+fn a_signed_webhook_starts_the_rollout_at_once_and_bad_ones_are_refused() {
+    // Real time on the simulated clock, so that "at once" is measured on it.
+    let w = World::new(1.0, Some(ALWAYS_OPEN));
+    std::fs::write(w.dir.path().join("hook-secret"), format!("{HOOK_SECRET}\n")).expect("write");
+    // Every setting from a config file; one command-line flag overrides it (--listen, given by
+    // spawn, beats the file's port 1).
+    let flags = w.flags("state");
+    let mut yaml = String::from(
+        "apiVersion: upkeep.dev/v1alpha1\nkind: ControllerConfig\nlisten: 127.0.0.1:1\npoll: 3600\ndetectEvery: 3600\n",
+    );
+    yaml.push_str(&format!(
+        "webhookSecretFile: {}\n",
+        w.dir.path().join("hook-secret").display()
+    ));
+    for pair in flags.chunks(2).filter(|p| p[0] != "--poll") {
+        let key = pair[0].trim_start_matches("--");
+        let camel: String = key
+            .split('-')
+            .enumerate()
+            .map(|(i, s)| {
+                if i == 0 {
+                    s.to_string()
+                } else {
+                    s[..1].to_uppercase() + &s[1..]
+                }
+            })
+            .collect();
+        yaml.push_str(&format!("{camel}: \"{}\"\n", pair[1]));
+    }
+    let yaml = yaml.replace("leaseDuration: \"2\"", "leaseDuration: 2");
+    let file = w.dir.path().join("upkeep.yaml");
+    std::fs::write(&file, &yaml).expect("write");
+    let p = w.spawn(
+        "hook",
+        &["--config".into(), file.display().to_string()],
+        &[],
+    );
+    p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    w.merge(1);
+    let client = reqwest::blocking::Client::new();
+    let deliver = |sig: Option<&str>, body: &str| {
+        let mut r = client
+            .post(format!("{}/webhook", p.base))
+            .header("x-github-event", "push")
+            .header("x-github-delivery", "d-1")
+            .body(body.to_string());
+        if let Some(s) = sig {
+            r = r.header("x-hub-signature-256", s);
+        }
+        r.send().expect("deliver").status().as_u16()
+    };
+    let marker = "payload-marker-7f3a";
+    let body = format!(r#"{{"ref":"refs/heads/main","after":"{marker}"}}"#);
+    // Missing, malformed and wrong signatures: 401, nothing happens.
+    assert_eq!(deliver(None, &body), 401);
+    assert_eq!(deliver(Some("sha256=nothex"), &body), 401);
+    let wrong = upkeep::webhook::sign(b"another secret", body.as_bytes());
+    assert_eq!(deliver(Some(&wrong), &body), 401);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(w.rollout().is_none(), "a refused delivery starts nothing");
+    // The real one: the rollout starts within 2 s of simulated time.
+    let sent = w.kube.clock().now();
+    let good = upkeep::webhook::sign(HOOK_SECRET.as_bytes(), body.as_bytes());
+    assert_eq!(deliver(Some(&good), &body), 202);
+    p.wait("the rollout", &|| w.rollout().is_some());
+    let created = w.rollout().expect("rollout")["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .expect("creationTimestamp")
+        .with_timezone(&Utc);
+    let took = created - sent;
+    assert!(
+        took < chrono::Duration::seconds(2),
+        "the rollout started {took} (simulated) after the webhook"
+    );
+    let m = p.metrics();
+    assert_eq!(
+        sample(&m, "upkeep_webhook_deliveries_total{status=\"refused\"}"),
+        Some(3.0),
+        "{m}"
+    );
+    let (status, logs) = p.stop();
+    assert!(status.success());
+    assert!(logs.contains("refused a webhook delivery"), "{logs}");
+    for secret in [HOOK_SECRET, TOKEN, marker] {
+        assert!(!logs.contains(secret), "{secret} reached the logs");
+    }
+}
+
+#[test]
+fn a_bad_config_file_is_refused_with_its_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("upkeep.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: upkeep.dev/v1alpha1\nkind: ControllerConfig\nowner: me\npol: 30\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upkeep.yaml:4:1")
+            && err.contains("unknown field `pol`")
+            && err.contains("poll"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_replicas_share_one_lease_and_the_standby_takes_over() {
+    let w = World::new(60.0, None);
+    let a = w.spawn("a", &w.flags("state-a"), &[]);
+    let b = w.spawn("b", &w.flags("state-b"), &[]);
+    for p in [&a, &b] {
+        p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
+    }
+    let leader_of = |p: &Proc| sample(&p.metrics(), "upkeep_leader ");
+    a.wait("one leader", &|| {
+        leader_of(&a).unwrap_or(0.0) + leader_of(&b).unwrap_or(0.0) == 1.0
+    });
+    a.wait("a pull request", &|| !w.pulls().is_empty());
+    // A few more reconciles: still one PR (the standby never proposes).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(w.pulls().len(), 1, "{:?}", w.pulls());
+    let (leader, standby) = if leader_of(&a) == Some(1.0) {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    assert!(w.lease_holder().ends_with(&format!("_{}", leader.pid())));
+    assert_eq!(leader_of(&standby), Some(0.0));
+    // The leader dies without a word (no release): the standby takes over after the lease
+    // expires and applies the merged update.
+    leader.kill();
+    w.merge(1);
+    standby.wait("the standby to lead", &|| leader_of(&standby) == Some(1.0));
+    assert!(w.lease_holder().ends_with(&format!("_{}", standby.pid())));
+    standby.wait("the rollout", &|| w.phase() == "Succeeded");
+    let (status, _) = standby.stop();
+    assert!(status.success());
+}
+
+#[test]
+fn a_controller_killed_mid_rollout_resumes_it_after_a_restart() {
+    let w = World::new(30.0, None);
+    let p = w.spawn("first", &w.flags("state"), &[]);
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    w.merge(1);
+    p.wait("the rollout to be under way", &|| {
+        matches!(w.phase().as_str(), "Backup" | "Applying")
+    });
+    p.kill();
+    let phase_at_kill = w.phase();
+    assert!(phase_at_kill != "Succeeded", "{phase_at_kill}");
+    let q = w.spawn("second", &w.flags("state"), &[]);
+    q.wait("the rollout to finish", &|| w.phase() == "Succeeded");
+    // One success report on the PR, however many lifetimes drove the rollout.
+    let comments = w.gh.with_forge(|f| f.comments(REPO, 1)).unwrap_or_default();
+    let mut unique = comments.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        comments.len(),
+        "no duplicate comment: {comments:#?}"
+    );
+    let (status, _) = q.stop();
+    assert!(status.success());
 }

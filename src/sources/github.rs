@@ -439,6 +439,7 @@ impl Client {
 
     /// A successful answer that says the quota is spent blocks further requests until the reset.
     fn note_remaining(&self, headers: &HeaderMap) {
+        self.stats.rate_remaining.note(headers);
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         if h("x-ratelimit-remaining") == Some("0")
             && let Some(reset) = h("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok())

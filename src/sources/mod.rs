@@ -157,6 +157,34 @@ pub struct Stats {
     pub not_modified: AtomicU64,
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
+    /// What GitHub last said of the rate limit left.
+    pub rate_remaining: RateRemaining,
+}
+
+/// The last `x-ratelimit-remaining` GitHub sent, for the metric; unknown until an answer has it.
+#[derive(Debug)]
+pub struct RateRemaining(AtomicU64);
+
+impl Default for RateRemaining {
+    fn default() -> Self {
+        RateRemaining(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl RateRemaining {
+    pub fn note(&self, headers: &::http::HeaderMap) {
+        if let Some(n) = headers
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            self.0.store(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn get(&self) -> Option<u64> {
+        Some(self.0.load(Ordering::Relaxed)).filter(|n| *n != u64::MAX)
+    }
 }
 
 impl Stats {
