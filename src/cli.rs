@@ -1360,6 +1360,13 @@ fn run_controller(a: &RunArgs) -> i32 {
             wait_for_signal().await;
             let _ = tx.send(true);
         });
+        // A repository on local disk is watched: a commit to the base branch wakes the loop.
+        let _watcher = a.at.repo.as_ref().and_then(|path| {
+            let s = shared.clone();
+            crate::watch::spawn(path, &a.at.base, move || s.poke(false))
+                .inspect_err(|e| tracing::warn!(error = %e, "not watching the repository"))
+                .ok()
+        });
         crate::reconcile::run(config, shared, rx).await;
         let _ = election_tx.send(true);
         if let Some(e) = election {

@@ -30,6 +30,7 @@ pub mod sources;
 pub mod telemetry;
 pub mod validate;
 pub mod versions;
+pub mod watch;
 pub mod webhook;
 pub mod windows;
 

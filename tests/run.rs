@@ -534,3 +534,43 @@ fn a_controller_killed_mid_rollout_resumes_it_after_a_restart() {
     let (status, _) = q.stop();
     assert!(status.success());
 }
+
+#[test]
+fn a_commit_to_a_local_repository_wakes_the_controller_at_once() {
+    let w = World::new(1.0, None);
+    let work = w.dir.path().join("work");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=Ops", "-c", "user.email=ops@example.com"])
+            .args(args)
+            .current_dir(&work)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    std::fs::create_dir_all(&work).expect("mkdir");
+    git(&["clone", "-q", &w.bare.display().to_string(), "."]);
+    // The local clone instead of the URL; a poll far away, so only the watch can wake it.
+    let mut flags = w.flags("state");
+    let at = flags.iter().position(|f| f == "--repo-url").expect("flag");
+    flags[at] = "--repo".into();
+    flags[at + 1] = work.display().to_string();
+    let at = flags.iter().position(|f| f == "--poll").expect("flag");
+    flags[at + 1] = "3600".into();
+    flags.extend(["--detect-every".into(), "3600".into()]);
+    let p = w.spawn("watch", &flags, &[]);
+    p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
+    assert!(w.rollout().is_none());
+    let versions = work.join("versions.yaml");
+    let text = std::fs::read_to_string(&versions).expect("read");
+    std::fs::write(&versions, text.replace("v1.33.4+k3s1", "v1.33.5+k3s1")).expect("write");
+    git(&["commit", "-qam", "k3s v1.33.5+k3s1 by hand"]);
+    p.wait("the rollout", &|| w.rollout().is_some());
+    assert_eq!(
+        w.rollout().expect("rollout")["spec"]["to"].as_str(),
+        Some("v1.33.5+k3s1")
+    );
+    let (status, logs) = p.stop();
+    assert!(status.success());
+    assert!(logs.contains("the base branch moved on disk"), "{logs}");
+}
