@@ -316,6 +316,12 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
         "an attention report on the Longhorn pull request",
     );
 
+    // What upkeep asked of the Kubernetes API, in RBAC's terms (tests/deploy.rs holds it against
+    // deploy/'s ClusterRole).
+    if let Ok(json) = serde_json::to_string_pretty(&kube.audit()) {
+        let _ = std::fs::write(dir.join("kube-audit.json"), json);
+    }
+
     // The end.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "\nWhat happened, and where to look:");

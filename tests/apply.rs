@@ -16,6 +16,8 @@ use upkeep::sim::clock::SimClock;
 use upkeep::sim::kube::{ClusterFault, KubeOptions, KubeSim};
 use upkeep::sim::upstream::UpstreamSim;
 
+mod common;
+
 const REPO: &str = "homelab/cluster";
 const TOKEN: &str = "ghp_apply";
 
@@ -32,6 +34,19 @@ struct World {
     gh: UpstreamSim,
     dir: tempfile::TempDir,
     clone_url: String,
+}
+
+/// Every scenario also checks deploy/'s RBAC: what upkeep asked of the API must be allowed.
+impl Drop for World {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let denied = common::rbac::denied(&self.kube.audit());
+            assert!(
+                denied.is_empty(),
+                "deploy/manifests/upkeep.yaml does not allow: {denied:#?}"
+            );
+        }
+    }
 }
 
 impl World {

@@ -43,3 +43,64 @@ fn the_demo_tells_the_whole_story() {
         .expect("git");
     assert!(String::from_utf8_lossy(&log.stdout).contains("revert(longhorn): v1.10.2 failed"));
 }
+
+mod common;
+
+/// What deploy/ grants that the demo's story does not use, and where each is exercised (there,
+/// tests/apply.rs and tests/run.rs hold every access against the same RBAC).
+const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 9] = [
+    // (namespace, group, resource, verb)
+    ("", "", "nodes", "patch"), // uncordon after a halt: tests/apply.rs, a node that never comes back
+    ("system-upgrade", "upgrade.cattle.io", "plans", "create"), // server-side apply creating a Plan needs create on a real API server
+    ("longhorn-system", "longhorn.io", "systembackups", "get"), // a backup target: tests/apply.rs
+    ("longhorn-system", "longhorn.io", "systembackups", "create"), // idem
+    (
+        "flux-system",
+        "fluxcd.controlplane.io",
+        "fluxinstances",
+        "patch",
+    ), // Flux upgrades: tests/apply.rs
+    ("upkeep-system", "coordination.k8s.io", "leases", "get"),  // leader election: tests/run.rs
+    ("upkeep-system", "coordination.k8s.io", "leases", "create"),
+    ("upkeep-system", "coordination.k8s.io", "leases", "update"),
+    ("", "", "pods", "list"), // PDB-covered pods: tests/apply.rs, cluster faults
+];
+
+/// The RBAC in deploy/manifests allows all the demo asked for, and grants nothing that no scenario
+/// uses.
+#[test]
+fn deploys_rbac_is_exactly_what_upkeep_uses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("upkeep demo");
+    assert!(out.status.success());
+    let audit: Vec<upkeep::sim::kube::Access> = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("kube-audit.json")).expect("the demo's audit"),
+    )
+    .expect("json");
+    let denied = common::rbac::denied(&audit);
+    assert!(denied.is_empty(), "not allowed by deploy/: {denied:#?}");
+    let unused: Vec<_> = common::rbac::grants()
+        .into_iter()
+        .filter(|g| {
+            !audit.iter().any(|a| {
+                a.group == g.group
+                    && a.resource == g.resource
+                    && a.verb == g.verb
+                    && (g.namespace.is_empty() || g.namespace == a.namespace)
+            })
+        })
+        .filter(|g| {
+            !NOT_IN_THE_DEMO.iter().any(|(ns, group, res, verb)| {
+                g.namespace == *ns && g.group == *group && g.resource == *res && g.verb == *verb
+            })
+        })
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "deploy/ grants what no scenario uses (remove it, or say where it is used): {unused:#?}"
+    );
+}

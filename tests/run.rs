@@ -13,6 +13,8 @@ use upkeep::sim::clock::SimClock;
 use upkeep::sim::kube::{KubeOptions, KubeSim};
 use upkeep::sim::upstream::UpstreamSim;
 
+mod common;
+
 const REPO: &str = "homelab/cluster";
 const TOKEN: &str = "ghp_run_secret";
 const HOOK_SECRET: &str = "whsec_do_not_log_me";
@@ -262,6 +264,24 @@ fn sample(metrics: &str, prefix: &str) -> Option<f64> {
 #[test]
 fn the_controller_proposes_applies_and_reports_through_metrics() {
     let w = World::new(600.0, None);
+    // Installed as a user would: deploy/'s CRD and manifests with kubectl.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&w.kubeconfig)
+        .args(["apply", "--server-side", "-f"])
+        .arg(format!("{root}/deploy/crds/rollouts.upkeep.dev.yaml"))
+        .arg("-f")
+        .arg(format!("{root}/deploy/manifests/upkeep.yaml"))
+        .output()
+        .expect("kubectl");
+    assert!(out.status.success(), "kubectl apply: {out:?}");
+    assert!(
+        w.kube
+            .get("apps", "deployments", "upkeep-system", "upkeep")
+            .is_some()
+    );
+    w.kube.clear_audit();
     let p = w.spawn("run", &w.flags("state"), &[]);
     p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
     assert_eq!(p.get("/healthz").map(|x| x.0), Some(200));
@@ -324,6 +344,21 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
     );
     // SIGTERM: the step in progress finishes, then exit 0, and the lease is given up.
     let (status, logs) = p.stop();
+    // Everything it asked of the API is allowed by deploy/'s RBAC, and with deploy/ installed it
+    // wrote neither the CRD nor the namespace.
+    let audit = w.kube.audit();
+    assert!(
+        common::rbac::denied(&audit).is_empty(),
+        "{:#?}",
+        common::rbac::denied(&audit)
+    );
+    assert!(
+        !audit.iter().any(|a| matches!(
+            a.resource.as_str(),
+            "customresourcedefinitions" | "namespaces"
+        ) && matches!(a.verb.as_str(), "create" | "patch" | "update")),
+        "{audit:#?}"
+    );
     assert!(status.success(), "{status:?}");
     assert_eq!(w.lease_holder(), "", "released on the way out");
     assert!(

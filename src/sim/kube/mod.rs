@@ -188,6 +188,16 @@ pub struct Counters {
     pub watches_open: AtomicU64,
 }
 
+/// One kind of access, in RBAC's terms: `resource` carries the subresource (`rollouts/status`);
+/// `namespace` is empty for cluster-wide requests.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct Access {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub namespace: String,
+}
+
 pub struct Shared {
     store: Mutex<Store>,
     pub clock: SimClock,
@@ -195,6 +205,8 @@ pub struct Shared {
     faults: Mutex<Vec<(ClusterFault, usize)>>,
     pub timings: Mutex<Timings>,
     pub counters: Counters,
+    /// Every (verb, group, resource, namespace) asked for, as RBAC would judge it.
+    audit: Mutex<std::collections::BTreeSet<Access>>,
     bookmark_interval: Duration,
     base: String,
     ca_pem: String,
@@ -314,6 +326,7 @@ impl KubeSim {
             faults: Mutex::new(Vec::new()),
             timings: Mutex::new(opts.timings.clone()),
             counters: Counters::default(),
+            audit: Mutex::default(),
             bookmark_interval: opts.bookmark_interval,
             base: format!("https://{addr}"),
             ca_pem: certs.ca_pem.clone(),
@@ -380,6 +393,26 @@ impl KubeSim {
     /// An object by group, resource, namespace and name.
     pub fn get(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
         self.store().get(&store::gr(group, plural), ns, name).ok()
+    }
+
+    /// Every kind of access clients asked for so far (what an RBAC role must allow).
+    pub fn audit(&self) -> Vec<Access> {
+        self.shared
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets the accesses so far (e.g. a setup done with kubectl).
+    pub fn clear_audit(&self) {
+        self.shared
+            .audit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn list(&self, group: &str, plural: &str) -> Vec<Value> {
@@ -702,6 +735,30 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             ),
         ));
     }
+    let verb = match (&method, &target.name) {
+        (&Method::GET, None) if watch => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::GET, Some(_)) => "get",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => "other",
+    };
+    shared
+        .audit
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(Access {
+            verb: verb.to_string(),
+            group: target.group.clone(),
+            resource: match &target.sub {
+                Some(sub) => format!("{}/{sub}", t.plural),
+                None => t.plural.clone(),
+            },
+            namespace: ns.clone(),
+        });
     let dry_run = query.get("dryRun").is_some();
     let table = wants_table(&headers);
     let result: Result<Value, ApiError> = match (&method, &target.name) {

@@ -964,6 +964,7 @@ fn builtin_group(g: &str) -> bool {
             | "coordination.k8s.io"
             | "events.k8s.io"
             | "apiextensions.k8s.io"
+            | "rbac.authorization.k8s.io"
     )
 }
 
@@ -1319,6 +1320,44 @@ pub fn builtin_types() -> Vec<ResourceType> {
             false,
             true,
             &["crd", "crds"],
+        ),
+        // Stored, not enforced: deploy/'s RBAC can be applied, and tests/deploy.rs compares it
+        // with what upkeep asked for (KubeSim::audit).
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            false,
+            &[],
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            false,
+            &[],
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "roles",
+            "Role",
+            true,
+            false,
+            &[],
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            false,
+            &[],
         ),
     ]
 }
