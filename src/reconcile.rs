@@ -486,6 +486,16 @@ async fn detect_and_propose(
                 component: r.name.clone(),
             })
             .set(i64::from(r.next.is_some()));
+        shared
+            .metrics
+            .source_failing
+            .get_or_create(&ComponentLabel {
+                component: r.name.clone(),
+            })
+            .set(i64::from(matches!(
+                r.reason,
+                Some(crate::select::Reason::SourceFailed { .. })
+            )));
     }
     match proposed {
         Ok((outcome, _)) => {

@@ -85,6 +85,8 @@ pub struct Metrics {
     /// 1 while this replica holds the lease and may act.
     pub leader: Gauge,
     pub webhook_deliveries: Family<StatusLabel, Counter>,
+    /// 1 when the component's release source failed at the last detection.
+    pub source_failing: Family<ComponentLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -170,6 +172,12 @@ impl Metrics {
             "GitHub webhook deliveries, by outcome (accepted, refused for a bad signature, bad_request)",
             webhook_deliveries.clone(),
         );
+        let source_failing = Family::<ComponentLabel, Gauge>::default();
+        registry.register(
+            "source_failing",
+            "Whether the component's release source failed at the last detection",
+            source_failing.clone(),
+        );
         Metrics {
             registry,
             updates_available,
@@ -184,6 +192,7 @@ impl Metrics {
             step_duration,
             leader,
             webhook_deliveries,
+            source_failing,
         }
     }
 
