@@ -201,6 +201,8 @@ struct Memory {
     /// The source counters as last turned into metrics.
     stats: StatsSnapshot,
     phases: PhaseClock,
+    /// The Kubernetes client, made once (its TLS connections are reused).
+    client: Option<kube::Client>,
 }
 
 /// Turns the phases seen on successive reconciles into step and rollout durations.
@@ -331,18 +333,21 @@ async fn reconcile(
         .want_propose
         .swap(false, std::sync::atomic::Ordering::SeqCst);
     // 1. Detect and propose, on the slower interval (or when pull requests changed).
-    let propose_error = if asked
+    let detect = asked
         || mem
             .last_detect
-            .is_none_or(|t| t.elapsed() >= cfg.detect_every)
-    {
+            .is_none_or(|t| t.elapsed() >= cfg.detect_every);
+    let propose_error = if detect {
         detect_and_propose(cfg, shared, mem, now).await
     } else {
         None
     };
     still_leader(shared)?;
-    // 2. Read the merged desired state.
-    cfg.git.fetch().map_err(|e| ("git", e.to_string()))?;
+    // 2. Read the merged desired state (a proposal cycle that went well has just fetched: one
+    // fetch per reconcile).
+    if !detect || propose_error.is_some() {
+        cfg.git.fetch().map_err(|e| ("git", e.to_string()))?;
+    }
     let tip = cfg.git.tip(&cfg.base).map_err(|e| ("git", e.to_string()))?;
     let checkout = cfg.state.join("apply-checkout");
     cfg.git
@@ -358,9 +363,16 @@ async fn reconcile(
     shared.status().schedule = schedule(&config, now);
     // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
     still_leader(shared)?;
-    let client = crate::cluster::client(cfg.kubeconfig.as_deref())
-        .await
-        .map_err(|e| ("kube", e.to_string()))?;
+    let client = match &mem.client {
+        Some(c) => c.clone(),
+        None => {
+            let c = crate::cluster::client(cfg.kubeconfig.as_deref())
+                .await
+                .map_err(|e| ("kube", e.to_string()))?;
+            mem.client = Some(c.clone());
+            c
+        }
+    };
     let repo = Repo {
         git: &cfg.git,
         forge: Some(&cfg.forge),

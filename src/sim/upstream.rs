@@ -60,6 +60,8 @@ pub struct Counters {
     pub bytes_sent: AtomicU64,
     /// POST, PATCH, PUT and DELETE requests to the API (git pushes are not counted).
     pub writes: AtomicU64,
+    /// Git fetches and clones over smart HTTP (ref advertisements for git-upload-pack).
+    pub git_fetches: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,6 +70,7 @@ pub struct CountersSnapshot {
     pub not_modified: u64,
     pub bytes_sent: u64,
     pub writes: u64,
+    pub git_fetches: u64,
 }
 
 #[derive(Default)]
@@ -235,6 +238,7 @@ impl UpstreamSim {
             not_modified: c.not_modified.load(Ordering::Relaxed),
             bytes_sent: c.bytes_sent.load(Ordering::Relaxed),
             writes: c.writes.load(Ordering::Relaxed),
+            git_fetches: c.git_fetches.load(Ordering::Relaxed),
         }
     }
 
@@ -273,6 +277,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
                 "notModified": c.not_modified.load(Ordering::Relaxed),
                 "bytesSent": c.bytes_sent.load(Ordering::Relaxed),
                 "writes": c.writes.load(Ordering::Relaxed),
+                "gitFetches": c.git_fetches.load(Ordering::Relaxed),
             }),
         );
     }
@@ -290,6 +295,9 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
     };
     if path.starts_with("/git/") {
+        if path.ends_with("/info/refs") && query.contains("service=git-upload-pack") {
+            inner.counters.git_fetches.fetch_add(1, Ordering::Relaxed);
+        }
         return git_http(&inner, &method, &path, &query, &headers, body).await;
     }
     if method != "GET" && method != "HEAD" {
