@@ -6,13 +6,14 @@
 //!
 //! Run with `cargo bench --bench idle`. Figures go to docs/benchmarks.md.
 
-use std::fmt::Write as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use upkeep::sim::clock::SimClock;
 use upkeep::sim::kube::{KubeOptions, KubeSim};
-use upkeep::sim::upstream::{SimRelease, UpstreamSim};
+use upkeep::sim::upstream::UpstreamSim;
+
+mod common;
 
 const COMPONENTS: usize = 50;
 const POLL: u64 = 1;
@@ -56,22 +57,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let gh = UpstreamSim::start_in_thread().expect("github");
     let seed = dir.path().join("seed");
-    std::fs::create_dir_all(&seed).expect("mkdir");
-    let mut versions =
-        String::from("apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n");
-    let old = Some("2026-01-01T00:00:00Z".parse().expect("date"));
-    for i in 0..COMPONENTS {
-        let n = format!("c{i:02}");
-        let _ = write!(
-            versions,
-            "  {n}:\n    version: v1.2.0\n    source: {{githubReleases: bench/{n}}}\n"
-        );
-        gh.set_releases(
-            &format!("bench/{n}"),
-            vec![SimRelease::new("v1.1.0", old), SimRelease::new("v1.2.0", old)],
-        );
-    }
-    std::fs::write(seed.join("versions.yaml"), versions).expect("write");
+    common::seed_components(&gh, &seed, COMPONENTS, 0);
     gh.enable_forge(&dir.path().join("forge"));
     gh.with_forge(|f| f.create_repo("bench/config", Some(&seed), chrono::Utc::now()))
         .expect("forge")
@@ -132,19 +118,21 @@ fn main() {
     }
     // Warm: the mirror, the ETag cache and the TLS connections exist.
     std::thread::sleep(Duration::from_secs(2));
-    let m0 = metrics();
-    let (g0, k0, c0) = (
-        gh.counters(),
-        kube.shared.counters.requests.load(std::sync::atomic::Ordering::Relaxed),
-        cpu_seconds(pid),
-    );
+    // The controller's metrics, the GitHub and Kubernetes emulators' counters, and its CPU.
+    let snapshot = || {
+        (
+            metrics(),
+            gh.counters(),
+            kube.shared
+                .counters
+                .requests
+                .load(std::sync::atomic::Ordering::Relaxed),
+            cpu_seconds(pid),
+        )
+    };
+    let (m0, g0, k0, c0) = snapshot();
     std::thread::sleep(WINDOW);
-    let m1 = metrics();
-    let (g1, k1, c1) = (
-        gh.counters(),
-        kube.shared.counters.requests.load(std::sync::atomic::Ordering::Relaxed),
-        cpu_seconds(pid),
-    );
+    let (m1, g1, k1, c1) = snapshot();
     let (rss, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
     // SAFETY: signalling our own child.
     unsafe {

@@ -6,11 +6,10 @@
 //! peak RSS of the `upkeep propose` process. Figures go to docs/benchmarks.md. The simulator
 //! runs in a second process (this binary with `--serve`), as in the sources bench.
 
-use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use upkeep::sim::upstream::{SimRelease, UpstreamSim};
+use upkeep::sim::upstream::UpstreamSim;
 
 mod common;
 use common::get;
@@ -24,25 +23,7 @@ fn serve() {
     let dir = tempfile::tempdir().expect("tempdir");
     let seed = dir.path().join("seed");
     std::fs::create_dir_all(seed.join("policies")).expect("mkdir");
-    let mut versions =
-        String::from("apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n");
-    let old = Some("2026-01-01T00:00:00Z".parse().expect("date"));
-    for i in 0..COMPONENTS {
-        let n = format!("c{i:02}");
-        let _ = write!(
-            versions,
-            "  {n}:\n    version: v1.2.0\n    source: {{githubReleases: bench/{n}}}\n"
-        );
-        let mut rel = vec![
-            SimRelease::new("v1.1.0", old),
-            SimRelease::new("v1.2.0", old),
-        ];
-        if i < UPDATES {
-            rel.push(SimRelease::new("v1.2.1", old));
-        }
-        sim.set_releases(&format!("bench/{n}"), rel);
-    }
-    std::fs::write(seed.join("versions.yaml"), versions).expect("write");
+    common::seed_components(&sim, &seed, COMPONENTS, UPDATES);
     std::fs::write(
         seed.join("policies/prs.yaml"),
         "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\npullRequests:\n  concurrentLimit: 20\n  hourlyLimit: 20\n",

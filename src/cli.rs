@@ -153,6 +153,35 @@ pub struct RepoArgs {
     pub ssh_key: Option<PathBuf>,
 }
 
+/// Where `propose` and `run` read releases: the network, or a signed catalog.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CatalogArgs {
+    /// Read releases from the signed offline catalog instead of the network.
+    #[arg(long)]
+    pub offline: bool,
+    /// A signed catalog file (implies --offline).
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
+    pub catalog_public_key: Option<String>,
+}
+
+impl CatalogArgs {
+    /// The catalog to read, or `None` for the live sources.
+    fn catalog(&self) -> Option<Result<Catalog, String>> {
+        if !(self.offline || self.catalog.is_some()) {
+            return None;
+        }
+        Some(
+            match &self.catalog {
+                Some(path) => Catalog::load(path, self.catalog_public_key.as_deref()),
+                None => Catalog::builtin(),
+            }
+            .map_err(|e| e.to_string()),
+        )
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProposeArgs {
     #[command(flatten)]
@@ -172,14 +201,8 @@ pub struct ProposeArgs {
     /// Labels on every pull request (repeat; `upkeep/<kind>` is always added).
     #[arg(long = "label", value_name = "LABEL", default_values_t = vec!["upkeep".to_string()])]
     pub labels: Vec<String>,
-    /// Read releases from the signed offline catalog instead of the network.
-    #[arg(long)]
-    pub offline: bool,
-    /// A signed catalog file (implies --offline).
-    #[arg(long, value_name = "FILE")]
-    pub catalog: Option<PathBuf>,
-    #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
-    pub catalog_public_key: Option<String>,
+    #[command(flatten)]
+    pub releases: CatalogArgs,
     /// Judge ages, gates and windows as of this time (RFC 3339) instead of now.
     #[arg(long, value_parser = parse_now)]
     pub now: Option<DateTime<Utc>>,
@@ -265,14 +288,8 @@ pub struct RunArgs {
     /// camelCase, see docs/install.md). Flags and environment variables override the file.
     #[arg(long, value_name = "FILE", env = "UPKEEP_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Read releases from the signed offline catalog instead of the network.
-    #[arg(long)]
-    pub offline: bool,
-    /// A signed catalog file (implies --offline).
-    #[arg(long, value_name = "FILE")]
-    pub catalog: Option<PathBuf>,
-    #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
-    pub catalog_public_key: Option<String>,
+    #[command(flatten)]
+    pub releases: CatalogArgs,
     /// A file holding the GitHub webhook secret (default: the UPKEEP_WEBHOOK_SECRET variable).
     /// Without a secret, POST /webhook is off and the loop relies on --poll.
     #[arg(long, value_name = "FILE")]
@@ -1256,17 +1273,11 @@ fn run_controller(a: &RunArgs) -> i32 {
         Err(code) => return code,
     };
     // The live sources need the runtime (octocrab builds its client on it).
-    let sources = if a.offline || a.catalog.is_some() {
-        match &a.catalog {
-            Some(path) => Catalog::load(path, a.catalog_public_key.as_deref()),
-            None => Catalog::builtin(),
-        }
-        .map(|c| crate::reconcile::Sources::Catalog(Arc::new(c)))
-        .map_err(|e| e.to_string())
-    } else {
-        sources::Live::new(&cfg)
+    let sources = match a.releases.catalog() {
+        Some(cat) => cat.map(|c| crate::reconcile::Sources::Catalog(Arc::new(c))),
+        None => sources::Live::new(&cfg)
             .map(|l| crate::reconcile::Sources::Live(Arc::new(l)))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string()),
     };
     let sources = match sources {
         Ok(s) => s,
@@ -1450,15 +1461,9 @@ fn propose(a: &ProposeArgs) -> i32 {
         dashboard: !a.no_dashboard,
         dry_run: a.dry_run,
     };
-    let offline = a.offline || a.catalog.is_some();
     let result = rt.block_on(async {
-        if offline {
-            let cat = match &a.catalog {
-                Some(path) => Catalog::load(path, a.catalog_public_key.as_deref()),
-                None => Catalog::builtin(),
-            }
-            .map_err(|e| e.to_string())?;
-            let cat = Arc::new(cat);
+        if let Some(cat) = a.releases.catalog() {
+            let cat = Arc::new(cat?);
             let origin = format!("catalog:{}", cat.origin);
             cycle
                 .run(now, |repo| async move {

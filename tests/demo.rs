@@ -2,14 +2,20 @@
 
 use std::process::Command;
 
-#[test]
-fn the_demo_tells_the_whole_story() {
+/// `upkeep demo --dir` in a new directory: the directory and the process's output.
+fn demo() -> (tempfile::TempDir, std::process::Output) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
         .args(["demo", "--dir"])
         .arg(dir.path())
         .output()
         .expect("upkeep demo");
+    (dir, out)
+}
+
+#[test]
+fn the_demo_tells_the_whole_story() {
+    let (dir, out) = demo();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -70,12 +76,7 @@ const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 9] = [
 /// uses.
 #[test]
 fn deploys_rbac_is_exactly_what_upkeep_uses() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args(["demo", "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("upkeep demo");
+    let (dir, out) = demo();
     assert!(out.status.success());
     let audit: Vec<upkeep::sim::kube::Access> = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("kube-audit.json")).expect("the demo's audit"),

@@ -32,7 +32,11 @@ fn the_chart_carries_the_same_crd_alerts_and_dashboard_as_deploy() {
             "deploy/monitoring/grafana-dashboard.json",
         ),
     ] {
-        assert_eq!(read(chart), read(plain), "{chart} differs from {plain}: copy it");
+        assert_eq!(
+            read(chart),
+            read(plain),
+            "{chart} differs from {plain}: copy it"
+        );
     }
 }
 
@@ -118,7 +122,9 @@ fn exported() -> BTreeSet<String> {
     let c = ComponentLabel {
         component: "k3s".into(),
     };
-    let s = StatusLabel { status: "ok".into() };
+    let s = StatusLabel {
+        status: "ok".into(),
+    };
     m.updates_available.get_or_create(&c).set(1);
     m.source_failing.get_or_create(&c).set(0);
     m.rollout_phase
@@ -140,7 +146,9 @@ fn exported() -> BTreeSet<String> {
     m.upstream_requests.get_or_create(&s).inc();
     m.webhook_deliveries.get_or_create(&s).inc();
     m.rate_limit_remaining
-        .get_or_create(&ApiLabel { api: "forge".into() })
+        .get_or_create(&ApiLabel {
+            api: "forge".into(),
+        })
         .set(1);
     m.rollout_duration
         .get_or_create(&OutcomeLabels {
@@ -233,6 +241,9 @@ fn alerts_and_the_dashboard_query_only_metrics_upkeep_exports() {
         let used = metric_names(text);
         assert!(!used.is_empty());
         let unknown: Vec<_> = used.difference(&have).collect();
-        assert!(unknown.is_empty(), "the {what} query unknown metrics: {unknown:?}");
+        assert!(
+            unknown.is_empty(),
+            "the {what} query unknown metrics: {unknown:?}"
+        );
     }
 }

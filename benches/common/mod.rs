@@ -47,3 +47,36 @@ pub fn measure(mut cmd: Command) -> Measured {
         },
     }
 }
+
+/// A config repository seed of `n` components `cNN` at v1.2.0, each released on GitHub as
+/// `bench/cNN` (v1.1.0, v1.2.0, and v1.2.1 for the first `updates`): writes `seed/versions.yaml`
+/// and the releases into `sim`.
+pub fn seed_components(
+    sim: &upkeep::sim::upstream::UpstreamSim,
+    seed: &std::path::Path,
+    n: usize,
+    updates: usize,
+) {
+    use std::fmt::Write as _;
+    use upkeep::sim::upstream::SimRelease;
+    std::fs::create_dir_all(seed).expect("mkdir");
+    let mut versions =
+        String::from("apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n");
+    let old = Some("2026-01-01T00:00:00Z".parse().expect("date"));
+    for i in 0..n {
+        let name = format!("c{i:02}");
+        let _ = write!(
+            versions,
+            "  {name}:\n    version: v1.2.0\n    source: {{githubReleases: bench/{name}}}\n"
+        );
+        let mut rel = vec![
+            SimRelease::new("v1.1.0", old),
+            SimRelease::new("v1.2.0", old),
+        ];
+        if i < updates {
+            rel.push(SimRelease::new("v1.2.1", old));
+        }
+        sim.set_releases(&format!("bench/{name}"), rel);
+    }
+    std::fs::write(seed.join("versions.yaml"), versions).expect("write");
+}
