@@ -498,7 +498,7 @@ fn parse_now(s: &str) -> Result<DateTime<Utc>, String> {
 /// `upkeep run --config FILE` (or UPKEEP_CONFIG): the file's settings spliced in as arguments
 /// right after `run`, so that the command line overrides them.
 fn with_config_file(argv: Vec<String>) -> Result<Vec<String>, i32> {
-    let Some(run_at) = argv.iter().position(|a| a == "run") else {
+    let Some(run_at) = subcommand_at(&argv).filter(|i| argv[*i] == "run") else {
         return Ok(argv);
     };
     let rest = &argv[run_at + 1..];
@@ -523,7 +523,20 @@ fn with_config_file(argv: Vec<String>) -> Result<Vec<String>, i32> {
         2
     })?;
     let args = file.to_args(&|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    Ok(crate::runconfig::splice(&argv, args).unwrap_or(argv))
+    Ok(crate::runconfig::splice(&argv, run_at, args))
+}
+
+/// Where the subcommand is in `argv`: the first argument after the global options.
+fn subcommand_at(argv: &[String]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(a) = argv.get(i) {
+        match a.as_str() {
+            "--log-format" => i += 2,
+            a if a.starts_with("--log-format=") => i += 1,
+            _ => return Some(i),
+        }
+    }
+    None
 }
 
 /// Parse the process arguments and run; returns the exit code.
@@ -1826,6 +1839,36 @@ mod cli_tests {
     fn the_cli_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn only_the_run_subcommand_reads_a_config_file() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(super::subcommand_at(&v(&["upkeep", "run"])), Some(1));
+        assert_eq!(
+            super::subcommand_at(&v(&["upkeep", "--log-format", "json", "run"])),
+            Some(3)
+        );
+        assert_eq!(
+            super::subcommand_at(&v(&[
+                "upkeep",
+                "--log-format=json",
+                "propose",
+                "--name",
+                "run"
+            ])),
+            Some(2)
+        );
+        // `run` as another command's value is not the run subcommand: nothing is spliced.
+        let argv = v(&[
+            "upkeep",
+            "propose",
+            "--name",
+            "run",
+            "--config",
+            "/nonexistent",
+        ]);
+        assert_eq!(super::with_config_file(argv.clone()).ok(), Some(argv));
     }
 
     /// Every command that pushes to the config repository takes an SSH key.

@@ -191,15 +191,14 @@ impl ControllerFile {
     }
 }
 
-/// `argv` with the file's arguments put right after the `run` subcommand, so that the command
-/// line (later, and clap lets a later value win) overrides the file. `None` when there is no
-/// `run` in `argv`.
-pub fn splice(argv: &[String], file_args: Vec<String>) -> Option<Vec<String>> {
-    let at = argv.iter().skip(1).position(|a| a == "run")? + 1;
+/// `argv` with the file's arguments put right after the `run` subcommand (at index `at`), so
+/// that the command line (later, and clap lets a later value win) overrides the file.
+pub fn splice(argv: &[String], at: usize, file_args: Vec<String>) -> Vec<String> {
+    let at = at.min(argv.len().saturating_sub(1));
     let mut out = argv[..=at].to_vec();
     out.extend(file_args);
     out.extend(argv[at + 1..].iter().cloned());
-    Some(out)
+    out
 }
 
 #[cfg(test)]
@@ -255,7 +254,7 @@ mod tests {
             .map(String::from)
             .into();
         assert_eq!(
-            splice(&argv, vec!["--poll".into(), "30".into()]).expect("run"),
+            splice(&argv, 3, vec!["--poll".into(), "30".into()]),
             [
                 "upkeep",
                 "--log-format",
@@ -267,6 +266,5 @@ mod tests {
                 "5"
             ]
         );
-        assert_eq!(splice(&["upkeep".to_string()], vec![]), None);
     }
 }
