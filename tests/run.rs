@@ -431,9 +431,12 @@ fn a_signed_webhook_starts_the_rollout_at_once_and_bad_ones_are_refused() {
         &["--config".into(), file.display().to_string()],
         &[],
     );
+    // The GitHub emulator delivers the repository's events to upkeep, signed, as GitHub does.
+    w.gh.with_forge(|f| {
+        f.add_webhook(REPO, &format!("{}/webhook", p.base), HOOK_SECRET.as_bytes())
+    });
     p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
     p.wait("a pull request", &|| !w.pulls().is_empty());
-    w.merge(1);
     let client = reqwest::blocking::Client::new();
     let deliver = |sig: Option<&str>, body: &str| {
         let mut r = client
@@ -453,12 +456,14 @@ fn a_signed_webhook_starts_the_rollout_at_once_and_bad_ones_are_refused() {
     assert_eq!(deliver(Some("sha256=nothex"), &body), 401);
     let wrong = upkeep::webhook::sign(b"another secret", body.as_bytes());
     assert_eq!(deliver(Some(&wrong), &body), 401);
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(w.rollout().is_none(), "a refused delivery starts nothing");
-    // The real one: the rollout starts within 2 s of simulated time.
+    // A signed delivery that is not about the base branch is acknowledged and ignored.
+    let other = r#"{"ref":"refs/heads/feature"}"#;
+    let signed = upkeep::webhook::sign(HOOK_SECRET.as_bytes(), other.as_bytes());
+    assert_eq!(deliver(Some(&signed), other), 200);
+    // The merge: GitHub (the emulator) sends the push event, and the rollout starts within 2 s of
+    // simulated time, although the next poll is an hour away.
     let sent = w.kube.clock().now();
-    let good = upkeep::webhook::sign(HOOK_SECRET.as_bytes(), body.as_bytes());
-    assert_eq!(deliver(Some(&good), &body), 202);
+    w.merge(1);
     p.wait("the rollout", &|| w.rollout().is_some());
     let created = w.rollout().expect("rollout")["metadata"]["creationTimestamp"]
         .as_str()
@@ -476,9 +481,20 @@ fn a_signed_webhook_starts_the_rollout_at_once_and_bad_ones_are_refused() {
         Some(3.0),
         "{m}"
     );
+    assert!(
+        sample(&m, "upkeep_webhook_deliveries_total{status=\"accepted\"}").unwrap_or(0.0) >= 2.0,
+        "{m}"
+    );
     let (status, logs) = p.stop();
     assert!(status.success());
     assert!(logs.contains("refused a webhook delivery"), "{logs}");
+    assert!(
+        logs.lines().any(|l| l.contains("\"webhook delivery\"")
+            && l.contains("\"event\":\"push\"")
+            && l.contains("\"status\":202")
+            && l.contains("sim-")),
+        "the emulator's push delivery was accepted: {logs}"
+    );
     for secret in [HOOK_SECRET, TOKEN, marker] {
         assert!(!logs.contains(secret), "{secret} reached the logs");
     }

@@ -151,6 +151,20 @@ pub struct Forge {
     pub login: String,
     /// Save pull requests, issues and the rest to `<root>/forge.json` after every change.
     persist: bool,
+    /// Webhooks per repository (`owner/name`): where to deliver, with which secret.
+    hooks: BTreeMap<String, Vec<(String, Vec<u8>)>>,
+    /// Deliveries waiting to be sent (see [`Forge::take_deliveries`]).
+    outbox: Vec<Delivery>,
+}
+
+/// A webhook delivery, as GitHub sends it: `X-GitHub-Event: event`, the JSON `body`, signed with
+/// `secret` in `X-Hub-Signature-256`.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub url: String,
+    pub secret: Vec<u8>,
+    pub event: String,
+    pub body: Value,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -179,6 +193,8 @@ impl Forge {
             next_id: 1,
             login: "upkeep-bot".into(),
             persist: false,
+            hooks: BTreeMap::new(),
+            outbox: Vec::new(),
         }
     }
 
@@ -424,6 +440,77 @@ impl Forge {
             .unwrap_or_default()
     }
 
+    /// Deliver `push` and `pull_request` events of `full` (`owner/name`) to `url`, signed with
+    /// `secret`, as a repository webhook on GitHub would (pushes made through the API's merges;
+    /// pushes over git are not delivered).
+    pub fn add_webhook(&mut self, full: &str, url: &str, secret: &[u8]) {
+        self.hooks
+            .entry(full.to_string())
+            .or_default()
+            .push((url.to_string(), secret.to_vec()));
+    }
+
+    /// The deliveries made since the last call, oldest first.
+    pub fn take_deliveries(&mut self) -> Vec<Delivery> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn deliver(&mut self, full: &str, event: &str, mut body: Value) {
+        body["repository"] = json!({"full_name": full});
+        body["sender"] = json!({"login": self.login});
+        for (url, secret) in self.hooks.get(full).cloned().unwrap_or_default() {
+            self.outbox.push(Delivery {
+                url,
+                secret,
+                event: event.to_string(),
+                body: body.clone(),
+            });
+        }
+    }
+
+    /// The events a successful API write makes.
+    fn events_of(&mut self, method: &str, parts: &[&str], answer: &Value) {
+        let (full, rest) = match parts {
+            ["repos", o, n, rest @ ..] => (format!("{o}/{n}"), rest),
+            _ => return,
+        };
+        if !self.hooks.contains_key(&full) {
+            return;
+        }
+        let pr_event = |action: &str, pull: &Value| {
+            json!({"action": action, "number": pull["number"], "pull_request": {
+                "number": pull["number"], "merged": pull["merged"], "state": pull["state"],
+                "base": {"ref": pull["base"]["ref"]}, "head": {"ref": pull["head"]["ref"]}}})
+        };
+        match (method, rest) {
+            ("POST", ["pulls"]) => self.deliver(&full, "pull_request", pr_event("opened", answer)),
+            ("PATCH", ["pulls", _]) => {
+                let action = match answer["state"].as_str() {
+                    Some("closed") => "closed",
+                    _ => "edited",
+                };
+                self.deliver(&full, "pull_request", pr_event(action, answer));
+            }
+            ("PUT", ["pulls", num, "merge"]) => {
+                let Some(pull) = num
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|x| self.pull_json(&full, "", x, true).ok())
+                else {
+                    return;
+                };
+                let base = pull["base"]["ref"].as_str().unwrap_or("main").to_string();
+                self.deliver(
+                    &full,
+                    "push",
+                    json!({"ref": format!("refs/heads/{base}"), "after": answer["sha"]}),
+                );
+                self.deliver(&full, "pull_request", pr_event("closed", &pull));
+            }
+            _ => {}
+        }
+    }
+
     /// Answer one API request, or `None` if the path is not the forge's.
     pub fn handle(
         &mut self,
@@ -511,7 +598,10 @@ impl Forge {
                 .map(|v| (200, v)),
             _ => return None,
         };
-        if method != "GET" && r.is_ok() {
+        if method != "GET"
+            && let Ok((_, v)) = &r
+        {
+            self.events_of(method, &parts, v);
             self.save();
         }
         Some(r)

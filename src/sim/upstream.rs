@@ -439,7 +439,9 @@ fn forge_route(
             if !authorized(&data, headers) {
                 return Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"));
             }
-            forge.handle(method, path, query, body, &inner.base, Utc::now())
+            let answer = forge.handle(method, path, query, body, &inner.base, Utc::now());
+            send_deliveries(forge.take_deliveries());
+            answer
         }
     };
     let (status, v) = match answer? {
@@ -494,6 +496,38 @@ fn forge_route(
 
 /// Git's smart HTTP protocol for the forge's repositories, through `git http-backend` (so hooks
 /// run: branch protection). Authentication: the token as the basic-auth password, as on GitHub.
+/// Sends the forge's webhook deliveries in the background, in order, as GitHub does: signed
+/// JSON with the event in `X-GitHub-Event`. A receiver that is down just misses them.
+fn send_deliveries(deliveries: Vec<super::github::Delivery>) {
+    if deliveries.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let client = reqwest::Client::new();
+        for d in deliveries {
+            let body = serde_json::to_vec(&d.body).unwrap_or_default();
+            let id = NEXT.fetch_add(1, Ordering::Relaxed);
+            let sent = client
+                .post(&d.url)
+                .header("content-type", "application/json")
+                .header("user-agent", "GitHub-Hookshot/upkeep-sim")
+                .header("x-github-event", &d.event)
+                .header("x-github-delivery", format!("sim-{id}"))
+                .header(
+                    "x-hub-signature-256",
+                    crate::webhook::sign(&d.secret, &body),
+                )
+                .body(body)
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(url = %d.url, error = %e, "a webhook delivery failed");
+            }
+        }
+    });
+}
+
 async fn git_http(
     inner: &Inner,
     method: &str,
