@@ -390,6 +390,10 @@ pub struct SimServeArgs {
     /// built-in copy of examples/cluster-repo.
     #[arg(long, value_name = "DIR")]
     pub config_repo: Option<PathBuf>,
+    /// Deliver the config repository's webhook events (push on merge, pull_request) here, e.g.
+    /// `http://127.0.0.1:8080/webhook` of an `upkeep run`, signed with UPKEEP_WEBHOOK_SECRET.
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -553,6 +557,9 @@ pub fn run() -> i32 {
         }
     };
     init_tracing(cli.log_format);
+    // One TLS crypto provider (ring) for every HTTP client the command makes (reqwest needs it
+    // installed before its first client, even for http:// URLs).
+    sources::install_crypto_provider();
     match cli.command {
         Command::Validate { repo, output, now } => {
             validate(&repo, output, now.unwrap_or_else(Utc::now))
@@ -1761,6 +1768,16 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         if let Err(e) = forge {
             eprintln!("upkeep: cannot set up the simulated forge in {}: {e}", forge_root.display());
             return 1;
+        }
+        if let Some(url) = &args.webhook_url {
+            let secret = std::env::var("UPKEEP_WEBHOOK_SECRET").unwrap_or_default();
+            if secret.is_empty() {
+                eprintln!(
+                    "upkeep: --webhook-url needs UPKEEP_WEBHOOK_SECRET (the same secret `upkeep run` gets)"
+                );
+                return 2;
+            }
+            sim.with_forge(|f| f.add_webhook(repo, url, secret.as_bytes()));
         }
         let clone = sim.with_forge(|f| f.repo_path(repo)).flatten().unwrap_or_default();
         let opts = KubeOptions {

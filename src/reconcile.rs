@@ -203,7 +203,13 @@ struct Memory {
     phases: PhaseClock,
     /// The Kubernetes client, made once (its TLS connections are reused).
     client: Option<kube::Client>,
+    /// A rollout is under way (not finished, not waiting for a window): look again soon.
+    busy: bool,
 }
+
+/// How often the loop looks while a rollout is under way, whatever `poll` says: each look moves
+/// a rollout by at most one step.
+pub const BUSY_POLL: Duration = Duration::from_secs(2);
 
 /// Turns the phases seen on successive reconciles into step and rollout durations.
 #[derive(Default)]
@@ -271,8 +277,13 @@ pub async fn run(cfg: Config, shared: Arc<Shared>, mut stop: tokio::sync::watch:
             tracing::debug!(holder = ?shared.leadership.holder(), "standing by: another replica leads");
         }
         shared.status().leader = shared.leadership.holder();
+        let wait = if mem.busy {
+            cfg.poll.min(BUSY_POLL)
+        } else {
+            cfg.poll
+        };
         tokio::select! {
-            _ = tokio::time::sleep(cfg.poll) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shared.wake.notified() => tracing::debug!("woken before the poll interval"),
             _ = stop.changed() => {}
         }
@@ -527,6 +538,9 @@ async fn detect_and_propose(
 fn record_rollouts(shared: &Shared, mem: &mut Memory, summary: &crate::apply::Summary) {
     shared.metrics.rollout_phase.clear();
     let now = Utc::now();
+    mem.busy = summary
+        .iter()
+        .any(|(_, p, _)| !p.is_terminal() && *p != Phase::WaitingForWindow);
     for (name, phase, _) in summary {
         let component = name.split('-').next().unwrap_or("").to_string();
         shared

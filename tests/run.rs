@@ -475,6 +475,14 @@ fn a_signed_webhook_starts_the_rollout_at_once_and_bad_ones_are_refused() {
         took < chrono::Duration::seconds(2),
         "the rollout started {took} (simulated) after the webhook"
     );
+    // With the next poll an hour away, the rollout still moves: while one is under way the loop
+    // looks every few seconds.
+    p.wait("the rollout to get past its preflight", &|| {
+        matches!(
+            w.phase().as_str(),
+            "Backup" | "Applying" | "Validating" | "Succeeded"
+        )
+    });
     let m = p.metrics();
     assert_eq!(
         sample(&m, "upkeep_webhook_deliveries_total{status=\"refused\"}"),

@@ -502,6 +502,8 @@ fn send_deliveries(deliveries: Vec<super::github::Delivery>) {
     if deliveries.is_empty() {
         return;
     }
+    // reqwest builds its TLS config even for http:// receivers.
+    crate::sources::install_crypto_provider();
     tokio::spawn(async move {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let client = reqwest::Client::new();
