@@ -155,7 +155,7 @@ pub async fn run(
     let renew_every = (s.duration / 3).max(Duration::from_millis(200));
     loop {
         let started = Instant::now();
-        let outcome: Result<bool> = async {
+        let attempt = async {
             let current = match api.get_opt(&s.name).await {
                 Ok(l) => l,
                 Err(e) => return Err(err("read", e)),
@@ -224,8 +224,19 @@ pub async fn run(
                     }
                 }
             }
-        }
-        .await;
+        };
+        // An API server that hangs (or a client retrying a 503) must not keep the election from
+        // noticing that the leadership ran out.
+        let outcome: Result<bool> = tokio::time::timeout(renew_every, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::Api {
+                    what: "renew",
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    message: format!("no answer within {renew_every:?}"),
+                })
+            });
         match outcome {
             Ok(true) => {
                 me.set(Some(started + s.duration * 2 / 3), Some(s.identity.clone()));

@@ -277,6 +277,11 @@ pub async fn run(cfg: Config, shared: Arc<Shared>, mut stop: tokio::sync::watch:
             tracing::debug!(holder = ?shared.leadership.holder(), "standing by: another replica leads");
         }
         shared.status().leader = shared.leadership.holder();
+        // The gauge follows the leadership itself, which also runs out without a word.
+        shared
+            .metrics
+            .leader
+            .set(i64::from(shared.leadership.is_leader()));
         let wait = if mem.busy {
             cfg.poll.min(BUSY_POLL)
         } else {

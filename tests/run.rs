@@ -633,3 +633,33 @@ fn a_commit_to_a_local_repository_wakes_the_controller_at_once() {
     assert!(status.success());
     assert!(logs.contains("the base branch moved on disk"), "{logs}");
 }
+
+#[test]
+fn a_leader_that_cannot_renew_its_lease_stops_acting() {
+    let w = World::new(60.0, None);
+    let p = w.spawn("lonely", &w.flags("state"), &[]);
+    p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
+    let leader = || sample(&p.metrics(), "upkeep_leader ");
+    let reconciles =
+        || sample(&p.metrics(), "upkeep_reconcile_duration_seconds_count").unwrap_or(0.0);
+    assert_eq!(leader(), Some(1.0));
+    // The API refuses every Lease request for a while (an apiserver or network problem).
+    w.kube.inject(upkeep::sim::kube::ClusterFault::ApiError {
+        path_contains: "/leases".into(),
+        method: None,
+        status: 503,
+        times: 1_000_000,
+    });
+    p.wait("the leader to stand down", &|| leader() == Some(0.0));
+    // No more reconciles once it stood down (one in flight may still finish).
+    std::thread::sleep(Duration::from_secs(1));
+    let stopped_at = reconciles();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(reconciles(), stopped_at, "no reconcile without the lease");
+    let (status, logs) = p.stop();
+    assert!(status.success());
+    assert!(
+        logs.contains("lost the lease") || logs.contains("leader election"),
+        "{logs}"
+    );
+}
