@@ -150,7 +150,8 @@ fn vfile(subdir: &str) -> String {
     }
 }
 
-/// One apply cycle. `now` gives the (possibly simulated) time.
+/// One apply cycle. `now` gives the (possibly simulated) time. Each rollout's name, phase and
+/// message.
 pub async fn run<F: Forge>(
     client: &kube::Client,
     repo: &Repo<'_, F>,
@@ -158,6 +159,21 @@ pub async fn run<F: Forge>(
     opts: &Options,
     now: &(dyn Fn() -> DateTime<Utc> + Sync),
 ) -> Result<Summary, String> {
+    Ok(run_detailed(client, repo, config, opts, now)
+        .await?
+        .into_iter()
+        .map(|(name, st)| (name, st.phase, st.message))
+        .collect())
+}
+
+/// [`run`], with each rollout's whole status (checks, nodes, backup) for metrics.
+pub async fn run_detailed<F: Forge>(
+    client: &kube::Client,
+    repo: &Repo<'_, F>,
+    config: &ConfigRepo,
+    opts: &Options,
+    now: &(dyn Fn() -> DateTime<Utc> + Sync),
+) -> Result<Vec<(String, RolloutStatus)>, String> {
     install(client, &opts.namespace).await?;
     let api = rollouts(client, &opts.namespace);
     let observed = cluster::observe(client).await.map_err(|e| e.to_string())?;
@@ -352,7 +368,7 @@ pub async fn run<F: Forge>(
             let st: RolloutStatus =
                 serde_json::from_value(obj.data.get("status").cloned().unwrap_or(json!({})))
                     .unwrap_or_default();
-            out.push((name.clone(), st.phase, st.message));
+            out.push((name.clone(), st));
         }
     }
     Ok(out)

@@ -399,7 +399,7 @@ async fn reconcile(
     let mut opts = Options::from_policy(&config.rollouts, &cfg.namespace);
     opts.budget = Duration::ZERO;
     opts.releases = mem.releases.clone();
-    let summary = crate::apply::run(&client, &repo, &config, &opts, &Utc::now)
+    let summary = crate::apply::run_detailed(&client, &repo, &config, &opts, &Utc::now)
         .instrument(tracing::info_span!("rollouts"))
         .await
         .map_err(|e| ("apply", e))?;
@@ -424,7 +424,7 @@ async fn reconcile(
     let mut st = shared.status();
     st.rollouts = summary
         .into_iter()
-        .map(|(n, p, m)| (n, format!("{p:?}"), m))
+        .map(|(n, r)| (n, format!("{:?}", r.phase), r.message))
         .collect();
     st.open_prs = prs
         .into_iter()
@@ -540,13 +540,29 @@ async fn detect_and_propose(
     }
 }
 
-fn record_rollouts(shared: &Shared, mem: &mut Memory, summary: &crate::apply::Summary) {
+fn record_rollouts(
+    shared: &Shared,
+    mem: &mut Memory,
+    summary: &[(String, crate::rollout::RolloutStatus)],
+) {
     shared.metrics.rollout_phase.clear();
+    shared.metrics.check_result.clear();
     let now = Utc::now();
     mem.busy = summary
         .iter()
-        .any(|(_, p, _)| !p.is_terminal() && *p != Phase::WaitingForWindow);
-    for (name, phase, _) in summary {
+        .any(|(_, r)| !r.phase.is_terminal() && r.phase != Phase::WaitingForWindow);
+    for (name, r) in summary {
+        let phase = &r.phase;
+        for f in &r.checks {
+            shared
+                .metrics
+                .check_result
+                .get_or_create(&crate::telemetry::CheckLabels {
+                    rollout: name.clone(),
+                    check: f.check.clone(),
+                })
+                .set(i64::from(f.ok));
+        }
         let component = name.split('-').next().unwrap_or("").to_string();
         shared
             .metrics

@@ -332,9 +332,16 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
         "upkeep_github_rate_limit_remaining{api=\"forge\"}",
         "upkeep_last_successful_reconcile_timestamp_seconds",
         "upkeep_reconcile_duration_seconds_count",
+        "upkeep_validation_check_result{rollout=\"k3s-",
     ] {
         assert!(m.contains(prefix), "{prefix} in {m}");
     }
+    assert!(
+        m.lines()
+            .filter(|l| l.starts_with("upkeep_validation_check_result"))
+            .all(|l| l.ends_with(" 1")),
+        "every validation check passed: {m}"
+    );
     let (_, page) = p.get("/").expect("page");
     assert!(
         page.contains(&upkeep::rollout::rollout_name("k3s", &to))
