@@ -51,8 +51,15 @@ async fn webhook(
             .into_response();
     };
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
-    let delivery = h("x-github-delivery").unwrap_or("-").to_string();
-    let event = h("x-github-event").unwrap_or("").to_string();
+    // Headers come from whoever can reach the port: only a short, plain form reaches the logs.
+    let plain = |v: &str| -> String {
+        v.chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            .take(64)
+            .collect()
+    };
+    let delivery = plain(h("x-github-delivery").unwrap_or("-"));
+    let event = plain(h("x-github-event").unwrap_or(""));
     if let Err(e) = crate::webhook::verify(&cfg.secret, &body, h("x-hub-signature-256")) {
         tracing::warn!(%delivery, %event, bytes = body.len(), error = %e, "refused a webhook delivery");
         s.metrics
