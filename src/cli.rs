@@ -104,8 +104,10 @@ pub enum Command {
     /// --emergency). Exit 0: nothing failed; 1: a rollout failed or needs attention.
     Apply(Box<ApplyArgs>),
     /// The controller: one level-triggered loop (fetch, detect and propose on its own interval,
-    /// apply what was merged) with /healthz, /readyz, /metrics and a status page on --listen.
-    /// Stops on SIGTERM or SIGINT after the step in progress.
+    /// apply what was merged), woken early by signed GitHub webhooks or, for --repo, by a commit;
+    /// replicas elect a leader on a Lease. Serves /healthz, /readyz, /metrics, /webhook and a
+    /// status page on --listen. Stops on SIGTERM or SIGINT after the step in progress. Settings
+    /// may come from a file (--config; docs/install.md lists them all).
     // A later value of a flag wins, so that the command line overrides --config's file.
     #[command(args_override_self = true)]
     Run(Box<RunArgs>),
@@ -271,18 +273,21 @@ pub struct ApplyArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub at: RepoArgs,
+    /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// Where Rollouts, Events and the Lease live.
     #[arg(long, default_value = "upkeep-system")]
     pub namespace: String,
-    /// Where /healthz, /readyz, /metrics and the status page are served.
+    /// Where /healthz, /readyz, /metrics, /webhook and the status page are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// Seconds between reconciles.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds between reconciles when nothing wakes the loop (every 2 s at most while a
+    /// rollout is under way).
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub poll: u64,
     /// Seconds between release detections (and proposals).
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = 3600, value_name = "SECONDS")]
     pub detect_every: u64,
     /// Read these settings from a YAML file (kind ControllerConfig; keys are these flags in
     /// camelCase, see docs/install.md). Flags and environment variables override the file.
