@@ -249,6 +249,25 @@ mod tests {
     }
 
     #[test]
+    fn oversized_missing_and_binary_files_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("upkeep-runconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let big = dir.join("big.yaml");
+        std::fs::write(&big, "#".repeat(10 * 1024 * 1024)).expect("write");
+        let e = load(&big).expect_err("10 MB");
+        assert!(e.message.contains("more than the 64 KiB"), "{e}");
+        let e = load(&dir.join("missing.yaml")).expect_err("missing");
+        assert!(
+            e.file.ends_with("missing.yaml") && e.message.contains("cannot read"),
+            "{e}"
+        );
+        let bin = dir.join("bin.yaml");
+        std::fs::write(&bin, [0xff, 0xfe, 0x00]).expect("write");
+        assert!(load(&bin).expect_err("binary").message.contains("UTF-8"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn file_arguments_go_right_after_run() {
         let argv: Vec<String> = ["upkeep", "--log-format", "json", "run", "--poll", "5"]
             .map(String::from)
