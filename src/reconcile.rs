@@ -345,10 +345,10 @@ async fn reconcile(
     mem: &mut Memory,
 ) -> Result<(), (&'static str, String)> {
     let now = Utc::now();
+    // 1. Detect and propose, on the slower interval (or when pull requests changed).
     let asked = shared
         .want_propose
         .swap(false, std::sync::atomic::Ordering::SeqCst);
-    // 1. Detect and propose, on the slower interval (or when pull requests changed).
     let detect = asked
         || mem
             .last_detect
@@ -359,9 +359,29 @@ async fn reconcile(
         None
     };
     still_leader(shared)?;
-    // 2. Read the merged desired state (a proposal cycle that went well has just fetched: one
-    // fetch per reconcile).
-    if !detect || propose_error.is_some() {
+    // 2. Read the merged desired state (one fetch per reconcile: a proposal cycle that went well
+    // has just fetched).
+    let config = desired(cfg, detect && propose_error.is_none(), now)?;
+    shared.status().schedule = schedule(&config, now);
+    // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
+    still_leader(shared)?;
+    let rollouts = drive(cfg, mem, &config).await?;
+    // 4. Record what happened.
+    record_rollouts(shared, mem, &rollouts);
+    record_status(cfg, shared, rollouts).await;
+    match propose_error {
+        Some(e) => Err(("propose", e)),
+        None => Ok(()),
+    }
+}
+
+/// The config repository as merged on the base branch.
+fn desired(
+    cfg: &Config,
+    fetched: bool,
+    now: DateTime<Utc>,
+) -> Result<ConfigRepo, (&'static str, String)> {
+    if !fetched {
         cfg.git.fetch().map_err(|e| ("git", e.to_string()))?;
     }
     let tip = cfg.git.tip(&cfg.base).map_err(|e| ("git", e.to_string()))?;
@@ -369,16 +389,21 @@ async fn reconcile(
     cfg.git
         .extract(tip, &cfg.subdir, &checkout)
         .map_err(|e| ("git", e.to_string()))?;
-    let config = crate::model::load_repo(&checkout, now)
+    crate::model::load_repo(&checkout, now)
         .map_err(|e| ("config", e.to_string()))?
         .repo
         .ok_or((
             "config",
             format!("versions.yaml on {} is invalid", cfg.base),
-        ))?;
-    shared.status().schedule = schedule(&config, now);
-    // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
-    still_leader(shared)?;
+        ))
+}
+
+/// One look at every rollout: create what is missing, move each by a step.
+async fn drive(
+    cfg: &Config,
+    mem: &mut Memory,
+    config: &ConfigRepo,
+) -> Result<Vec<(String, crate::rollout::RolloutStatus)>, (&'static str, String)> {
     let client = match &mem.client {
         Some(c) => c.clone(),
         None => {
@@ -399,12 +424,18 @@ async fn reconcile(
     let mut opts = Options::from_policy(&config.rollouts, &cfg.namespace);
     opts.budget = Duration::ZERO;
     opts.releases = mem.releases.clone();
-    let summary = crate::apply::run_detailed(&client, &repo, &config, &opts, &Utc::now)
+    crate::apply::run_detailed(&client, &repo, config, &opts, &Utc::now)
         .instrument(tracing::info_span!("rollouts"))
         .await
-        .map_err(|e| ("apply", e))?;
-    // 4. Record what happened.
-    record_rollouts(shared, mem, &summary);
+        .map_err(|e| ("apply", e))
+}
+
+/// The status page's rollouts and open pull requests, and the forge's rate limit.
+async fn record_status(
+    cfg: &Config,
+    shared: &Shared,
+    rollouts: Vec<(String, crate::rollout::RolloutStatus)>,
+) {
     let prs = {
         use crate::forge::Forge;
         cfg.forge
@@ -422,7 +453,7 @@ async fn reconcile(
             .set(n as i64);
     }
     let mut st = shared.status();
-    st.rollouts = summary
+    st.rollouts = rollouts
         .into_iter()
         .map(|(n, r)| (n, format!("{:?}", r.phase), r.message))
         .collect();
@@ -431,10 +462,6 @@ async fn reconcile(
         .filter(|p| p.is_open())
         .map(|p| (p.number, p.title))
         .collect();
-    match propose_error {
-        Some(e) => Err(("propose", e)),
-        None => Ok(()),
-    }
 }
 
 /// What one detection found: the report rows and each component's releases.
