@@ -393,7 +393,9 @@ async fn halt_plans(
         .cloned()
         .unwrap_or_else(|| spec.to.clone());
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
+    // Agents first: a server Plan that selects nothing may read as complete, and an agent Plan
+    // still selecting nodes would then start on them.
+    for (plan, server) in [(AGENT_PLAN, false), (SERVER_PLAN, true)] {
         let obj: DynamicObject =
             serde_json::from_value(plan_json(plan, &hop, server, true, concurrency, drain))
                 .map_err(|e| e.to_string())?;

@@ -910,7 +910,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
             .list("", "nodes")
             .iter()
             .all(|n| n["spec"]["unschedulable"].is_null()),
-        "uncordoned"
+        "uncordoned: {s:?}"
     );
 
     // A PodDisruptionBudget that would block a drain: the preflight fails, nothing changes, and

@@ -321,7 +321,18 @@ impl World<'_> {
             }
             _ => None,
         };
-        // Whether the plan it prepares on is complete at this version, and since when.
+        // Whether the plan it prepares on is complete at this version, and since when. Like
+        // k3s-upgrade's `prepare`, it also waits until every control-plane node runs the
+        // version: a server plan that selects nothing (halted) is "complete" but prepares nothing.
+        let servers_at_version = self
+            .store
+            .list(&gr("", "nodes"), None)
+            .iter()
+            .filter(|n| {
+                n.pointer("/metadata/labels/node-role.kubernetes.io~1control-plane")
+                    .is_some()
+            })
+            .all(|n| k3s(s(n, "/status/nodeInfo/kubeletVersion")).as_ref() == Some(&target));
         let prepared_at: Option<Option<DateTime<Utc>>> = match &waiting_for {
             None => Some(None),
             Some(other) => self.store.try_get(&plans, &ns, other).and_then(|o| {
@@ -330,7 +341,8 @@ impl World<'_> {
                     .and_then(Value::as_array)?
                     .iter()
                     .find(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True")?;
-                (s(o, "/spec/version") == version).then(|| since(s(c, "/lastTransitionTime")))
+                (s(o, "/spec/version") == version && servers_at_version)
+                    .then(|| since(s(c, "/lastTransitionTime")))
             }),
         };
         let prepared = prepared_at.is_some();
