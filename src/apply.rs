@@ -161,19 +161,28 @@ pub async fn run<F: Forge>(
 ) -> Result<Summary, String> {
     Ok(run_detailed(client, repo, config, opts, now)
         .await?
+        .rollouts
         .into_iter()
         .map(|(name, st)| (name, st.phase, st.message))
         .collect())
 }
 
-/// [`run`], with each rollout's whole status (checks, nodes, backup) for metrics.
+/// What [`run_detailed`] found.
+pub struct Applied {
+    /// Each rollout's name and whole status (checks, nodes, backup), for metrics.
+    pub rollouts: Vec<(String, RolloutStatus)>,
+    /// upkeep's pull requests as listed for this cycle (empty when the forge could not say).
+    pub pulls: Vec<crate::forge::PullRequest>,
+}
+
+/// [`run`], with each rollout's whole status and the pull requests it read.
 pub async fn run_detailed<F: Forge>(
     client: &kube::Client,
     repo: &Repo<'_, F>,
     config: &ConfigRepo,
     opts: &Options,
     now: &(dyn Fn() -> DateTime<Utc> + Sync),
-) -> Result<Vec<(String, RolloutStatus)>, String> {
+) -> Result<Applied, String> {
     install(client, &opts.namespace).await?;
     let api = rollouts(client, &opts.namespace);
     let observed = cluster::observe(client).await.map_err(|e| e.to_string())?;
@@ -371,7 +380,10 @@ pub async fn run_detailed<F: Forge>(
             out.push((name.clone(), st));
         }
     }
-    Ok(out)
+    Ok(Applied {
+        rollouts: out,
+        pulls: merged,
+    })
 }
 
 /// Change upkeep's Plans to match no node: nothing new starts; a node in progress finishes.

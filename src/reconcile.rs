@@ -365,10 +365,10 @@ async fn reconcile(
     shared.status().schedule = schedule(&config, now);
     // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
     still_leader(shared)?;
-    let rollouts = drive(cfg, mem, &config).await?;
+    let applied = drive(cfg, mem, &config).await?;
     // 4. Record what happened.
-    record_rollouts(shared, mem, &rollouts);
-    record_status(cfg, shared, rollouts).await;
+    record_rollouts(shared, mem, &applied.rollouts);
+    record_status(cfg, shared, applied);
     match propose_error {
         Some(e) => Err(("propose", e)),
         None => Ok(()),
@@ -403,7 +403,7 @@ async fn drive(
     cfg: &Config,
     mem: &mut Memory,
     config: &ConfigRepo,
-) -> Result<Vec<(String, crate::rollout::RolloutStatus)>, (&'static str, String)> {
+) -> Result<crate::apply::Applied, (&'static str, String)> {
     let client = match &mem.client {
         Some(c) => c.clone(),
         None => {
@@ -430,19 +430,9 @@ async fn drive(
         .map_err(|e| ("apply", e))
 }
 
-/// The status page's rollouts and open pull requests, and the forge's rate limit.
-async fn record_status(
-    cfg: &Config,
-    shared: &Shared,
-    rollouts: Vec<(String, crate::rollout::RolloutStatus)>,
-) {
-    let prs = {
-        use crate::forge::Forge;
-        cfg.forge
-            .pulls(crate::propose::BRANCH_PREFIX)
-            .await
-            .unwrap_or_default()
-    };
+/// The status page's rollouts and open pull requests (as apply listed them), and the forge's
+/// rate limit.
+fn record_status(cfg: &Config, shared: &Shared, applied: crate::apply::Applied) {
     if let Some(n) = cfg.forge.counters.rate_remaining.get() {
         shared
             .metrics
@@ -453,11 +443,13 @@ async fn record_status(
             .set(n as i64);
     }
     let mut st = shared.status();
-    st.rollouts = rollouts
+    st.rollouts = applied
+        .rollouts
         .into_iter()
         .map(|(n, r)| (n, format!("{:?}", r.phase), r.message))
         .collect();
-    st.open_prs = prs
+    st.open_prs = applied
+        .pulls
         .into_iter()
         .filter(|p| p.is_open())
         .map(|p| (p.number, p.title))
