@@ -74,7 +74,11 @@ pub fn step_since(
     w.flux();
     w.kustomizations();
     w.snapshot_jobs();
+    w.longhorn_rollout();
+    w.longhorn_pdbs();
+    w.longhorn_backup_target();
     w.longhorn_backups();
+    w.disruption_controller();
     w.used
 }
 
@@ -175,6 +179,22 @@ fn set_annotation(v: &mut Value, key: &str, value: Option<&str>) {
             meta.remove("annotations");
         }
     }
+}
+
+/// SUC's `ttlSecondsAfterFinished` for its Jobs (`pkg/upgrade/job/job.go`).
+const JOB_TTL: Duration = Duration::from_secs(900);
+
+/// What a Plan asks of each node's Job.
+struct PlanRules {
+    /// Cordon first (`cordon`, or implied by `drain`).
+    cordon: bool,
+    drain: bool,
+    /// `jobActiveDeadlineSecs` (SUC's default: 600 s).
+    deadline: Duration,
+    /// The Job waits in a `prepare` init container first.
+    prepares: bool,
+    /// Whether that prepare is satisfied, and since when (if known).
+    prepared_at: Option<Option<DateTime<Utc>>>,
 }
 
 /// A node's progress through one Plan: `hash|phase|since|target`.
@@ -296,15 +316,18 @@ impl World<'_> {
             });
             return false;
         };
-        let hash =
-            digest(&serde_json::to_string(&plan["spec"]).unwrap_or_default())[..40].to_string();
+        let hash = plan_hash(plan);
         let selector =
             label_selector_from_object(plan.pointer("/spec/nodeSelector").unwrap_or(&Value::Null));
+        // `concurrency: 0` keeps the nodes already applying and adds none (SUC's
+        // `SelectConcurrentNodes`); upkeep pauses a rollout that way.
         let concurrency = plan
             .pointer("/spec/concurrency")
             .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .max(1) as usize;
+            .unwrap_or(0) as usize;
+        // Outside `spec.window` no Job is created, but only while nothing applies: a Plan
+        // with nodes in progress goes on, and may even start the next node (`handlePlans`).
+        let in_window = window_open(plan.pointer("/spec/window"), self.now);
         let cordon = plan
             .pointer("/spec/cordon")
             .and_then(Value::as_bool)
@@ -313,7 +336,7 @@ impl World<'_> {
         let deadline = Duration::from_secs(
             plan.pointer("/spec/jobActiveDeadlineSecs")
                 .and_then(Value::as_u64)
-                .unwrap_or(900),
+                .unwrap_or(600),
         );
         let waiting_for = match plan.pointer("/spec/prepare/args").and_then(Value::as_array) {
             Some(a) if a.first().and_then(Value::as_str) == Some("prepare") => {
@@ -321,10 +344,12 @@ impl World<'_> {
             }
             _ => None,
         };
-        // Whether the plan it prepares on is complete at this version, and since when. Like
-        // k3s-upgrade's `prepare`, it also waits until every control-plane node runs the
-        // version: a server plan that selects nothing (halted) is "complete" but prepares nothing.
-        let servers_at_version = self
+        // k3s-upgrade's `prepare <plan>` (`upgrade.sh`: `prepare`, then
+        // `verify_controlplane_versions`) waits until that plan exists and applies to no node,
+        // then until every control-plane node's kubelet runs exactly this plan's version. It is
+        // the Job's first init container: the node is already applying while it waits, and
+        // the cordon (or drain) comes after it.
+        let control_plane: Vec<String> = self
             .store
             .list(&gr("", "nodes"), None)
             .iter()
@@ -332,32 +357,40 @@ impl World<'_> {
                 n.pointer("/metadata/labels/node-role.kubernetes.io~1control-plane")
                     .is_some()
             })
-            .all(|n| k3s(s(n, "/status/nodeInfo/kubeletVersion")).as_ref() == Some(&target));
+            .map(|n| s(n, "/status/nodeInfo/kubeletVersion").replace('+', "-"))
+            .collect();
+        let servers_at_version = !control_plane.is_empty()
+            && control_plane.iter().all(|v| *v == version.replace('+', "-"));
         let prepared_at: Option<Option<DateTime<Utc>>> = match &waiting_for {
             None => Some(None),
             Some(other) => self.store.try_get(&plans, &ns, other).and_then(|o| {
-                let c = o
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)?
-                    .iter()
-                    .find(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True")?;
-                (s(o, "/spec/version") == version && servers_at_version)
-                    .then(|| since(s(c, "/lastTransitionTime")))
+                let idle = o
+                    .pointer("/status/applying")
+                    .and_then(Value::as_array)
+                    .is_none_or(|a| a.is_empty());
+                (idle && servers_at_version).then(|| {
+                    o.pointer("/status/conditions")
+                        .and_then(Value::as_array)
+                        .and_then(|cs| {
+                            cs.iter().find(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True")
+                        })
+                        .and_then(|c| since(s(c, "/lastTransitionTime")))
+                })
             }),
         };
-        let prepared = prepared_at.is_some();
-        // Nothing starts before the plan existed or its prepare was satisfied; and a start with
-        // no slot freed in this step happened no earlier than the previous look.
-        let gate = [
-            since(s(plan, "/metadata/creationTimestamp")),
-            prepared_at.flatten(),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .unwrap_or(self.prev)
-        .min(self.now);
-        let floor = gate.max(self.prev).min(self.now);
+        let rules = PlanRules {
+            cordon: cordon || drain,
+            drain,
+            deadline,
+            prepares: waiting_for.is_some(),
+            prepared_at,
+        };
+        // Nothing starts before the plan existed; and a start with no slot freed in this step
+        // happened no earlier than the previous look.
+        let floor = since(s(plan, "/metadata/creationTimestamp"))
+            .unwrap_or(self.prev)
+            .max(self.prev)
+            .min(self.now);
         let label = format!("plan.upgrade.cattle.io/{name}");
         let key = progress_key(&name);
         let mut nodes: Vec<Value> = self
@@ -375,8 +408,9 @@ impl World<'_> {
         // When slots freed up during this pass (nodes that finished), earliest first.
         let mut freed: Vec<DateTime<Utc>> = Vec::new();
         let mut freed_all: Vec<DateTime<Utc>> = Vec::new();
-        // Nodes in flight first (also those of an older spec, and those the Plan no longer
-        // selects: a node whose upgrade Job runs is finished, as with the real SUC).
+        // Nodes in flight first. A node the Plan no longer selects is dropped from `applying`
+        // and its running Job deleted as out of turn; the node stays cordoned (SUC uncordons
+        // only when a Job completes).
         let selected: std::collections::HashSet<String> = nodes
             .iter()
             .map(|n| s(n, "/metadata/name").to_string())
@@ -388,7 +422,14 @@ impl World<'_> {
             .filter(|n| !selected.contains(s(n, "/metadata/name")) && annotation(n, &key).is_some())
             .map(|n| slim(n, &label, &key))
             .collect();
-        for n in nodes.iter().chain(&in_flight) {
+        for n in &in_flight {
+            let node = s(n, "/metadata/name").to_string();
+            if let Some(p) = annotation(n, &key).and_then(Progress::parse)
+            {
+                changed |= self.out_of_turn(&name, &ns, &node, &p);
+            }
+        }
+        for n in &nodes {
             let node = s(n, "/metadata/name").to_string();
             if s(n, &format!("/metadata/labels/{}", label.replace('/', "~1"))) == hash {
                 if selected.contains(&node) {
@@ -401,28 +442,48 @@ impl World<'_> {
             };
             match p.phase.as_str() {
                 "failed" if p.hash == hash => {
-                    // Why: the failed Job's condition says.
-                    let why = self
+                    // A failed node is never labelled, so it stays applying and holds its slot.
+                    // Its Job is deleted after `ttlSecondsAfterFinished` (900 s), and SUC then
+                    // creates it again: the node is retried.
+                    let job = self
                         .store
                         .try_get(&gr("batch", "jobs"), &ns, &job_name(&name, &node, &hash))
+                        .cloned();
+                    let finished = job
+                        .as_ref()
+                        .and_then(|j| since(s(j, "/status/completionTime")));
+                    if elapsed(self.now, finished) >= JOB_TTL || job.is_none() {
+                        changed = true;
+                        let at = finished.map_or(self.now, |f| {
+                            f + chrono::Duration::from_std(JOB_TTL).unwrap_or_default()
+                        });
+                        self.start_node(&name, &ns, &node, &hash, &version, &rules, at.min(self.now));
+                        applying.push(node);
+                        continue;
+                    }
+                    // Why: the failed Job's condition says.
+                    let why = job
+                        .as_ref()
                         .and_then(|j| j.pointer("/status/conditions"))
                         .and_then(Value::as_array)
                         .and_then(|cs| cs.iter().find(|c| s(c, "/type") == "Failed"))
                         .map(|c| s(c, "/message").to_string())
                         .unwrap_or_else(|| "Job has reached the specified backoff limit".into());
+                    applying.push(node.clone());
                     failed.push((node, why))
                 }
-                "draining" | "upgrading" => {
-                    if let Some((result, at)) =
-                        self.advance_node(&name, &ns, n, &p, drain, deadline)
-                    {
+                "preparing" | "draining" | "upgrading" => {
+                    if let Some((result, at)) = self.advance_node(&name, &ns, n, &p, &rules) {
                         changed = true;
                         freed.push(at);
                         freed_all.push(at);
                         if p.hash == hash {
                             match result {
                                 Ok(()) => done += 1,
-                                Err(why) => failed.push((node, why)),
+                                Err(why) => {
+                                    applying.push(node.clone());
+                                    failed.push((node, why))
+                                }
                             }
                         }
                     } else {
@@ -432,8 +493,13 @@ impl World<'_> {
                 _ => {}
             }
         }
-        // Start new nodes up to the concurrency.
-        if prepared {
+        // Start new nodes up to the concurrency; a Plan with nothing applying only inside its
+        // window.
+        let was_applying = plan
+            .pointer("/status/applying")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if was_applying || in_window {
             for n in &nodes {
                 if applying.len() >= concurrency {
                     break;
@@ -479,52 +545,12 @@ impl World<'_> {
                     freed.remove(0).max(floor)
                 };
                 changed = true;
-                self.start_node(
-                    &name,
-                    &ns,
-                    &node,
-                    &hash,
-                    &version,
-                    cordon || drain,
-                    deadline,
-                    at,
-                );
-                if running.is_some_and(|r| r > target) {
-                    // k3s-upgrade refuses to go down; the node was cordoned first and stays so.
-                    let why = format!(
-                        "refusing to downgrade from {} to {version}",
-                        s(&cur, "/status/nodeInfo/kubeletVersion")
-                    );
-                    self.finish_job(
-                        &ns,
-                        &job_name(&name, &node, &hash),
-                        false,
-                        "BackoffLimitExceeded",
-                        &why,
-                    );
-                    let p = Progress {
-                        hash: hash.clone(),
-                        phase: "failed".into(),
-                        since: Some(self.now),
-                        target: version.clone(),
-                    };
-                    let now = self.now;
-                    let _ = self.store.modify(
-                        &gr("", "nodes"),
-                        "",
-                        &node,
-                        &self.ctx("system-upgrade-controller"),
-                        |n| {
-                            set_annotation(n, &key, Some(&p.render(now)));
-                        },
-                    );
-                    failed.push((node, why));
-                    continue;
-                }
+                self.start_node(&name, &ns, &node, &hash, &version, &rules, at);
                 applying.push(node);
             }
         }
-        let complete = done == nodes.len();
+        // SUC selects nothing (all done, or `concurrency: 0` with nothing applying): Complete.
+        let complete = done == nodes.len() || (applying.is_empty() && concurrency == 0);
         let now = self.now;
         let completed_at = freed_all.iter().max().copied().unwrap_or(now);
         let dash = version.replace('+', "-");
@@ -554,7 +580,7 @@ impl World<'_> {
                     &format!("Job apply-{name} on {node} failed: {why}"),
                     now,
                 );
-            } else if !prepared {
+            } else if rules.prepared_at.is_none() && !applying.is_empty() {
                 set_condition(
                     p,
                     "Complete",
@@ -588,19 +614,20 @@ impl World<'_> {
         node: &str,
         hash: &str,
         version: &str,
-        cordon: bool,
-        deadline: Duration,
+        rules: &PlanRules,
         at: DateTime<Utc>,
     ) {
         let ctx = self.ctx("system-upgrade-controller");
         let now = at;
+        // The Job's init containers: `prepare` first, then `cordon` (or `drain`).
         let p = Progress {
             hash: hash.to_string(),
-            phase: "draining".into(),
+            phase: if rules.prepares { "preparing" } else { "draining" }.into(),
             since: Some(at),
             target: version.to_string(),
         };
         let key = progress_key(plan);
+        let cordon = rules.cordon && !rules.prepares;
         let _ = self.store.modify(&gr("", "nodes"), "", node, &ctx, |n| {
             set_annotation(n, &key, Some(&p.render(now)));
             if cordon {
@@ -609,8 +636,9 @@ impl World<'_> {
         });
         let job = json!({
             "metadata": {"name": job_name(plan, node, hash), "namespace": ns,
-                "labels": {"upgrade.cattle.io/plan": plan, "upgrade.cattle.io/node": node, "upgrade.cattle.io/version": version.replace('+', "-")}},
-            "spec": {"activeDeadlineSeconds": deadline.as_secs(), "backoffLimit": 2,
+                "labels": {"upgrade.cattle.io/plan": plan, "upgrade.cattle.io/node": node, "upgrade.cattle.io/version": version.replace('+', "-"),
+                    format!("plan.upgrade.cattle.io/{plan}"): hash}},
+            "spec": {"activeDeadlineSeconds": rules.deadline.as_secs(), "backoffLimit": 2, "ttlSecondsAfterFinished": JOB_TTL.as_secs(),
                 "template": {"spec": {"nodeName": node, "serviceAccountName": "system-upgrade", "restartPolicy": "Never",
                     "containers": [{"name": "upgrade", "image": format!("rancher/k3s-upgrade:{}", version.replace('+', "-"))}]}}},
             "status": {"active": 1, "startTime": timestamp(now)}
@@ -655,6 +683,21 @@ impl World<'_> {
         );
     }
 
+    /// A node its Plan no longer selects, while its Job runs: SUC drops it from `applying` and
+    /// deletes the Job as out of turn (`handle_upgrade.go`, `handle_batch.go`). Nothing
+    /// uncordons the node: that happens only when a Job completes.
+    fn out_of_turn(&mut self, plan: &str, ns: &str, node: &str, p: &Progress) -> bool {
+        let _ = self
+            .store
+            .delete(&gr("batch", "jobs"), ns, &job_name(plan, node, &p.hash));
+        let key = progress_key(plan);
+        let ctx = self.ctx("system-upgrade-controller");
+        let _ = self.store.modify(&gr("", "nodes"), "", node, &ctx, |n| {
+            set_annotation(n, &key, None);
+        });
+        true
+    }
+
     /// Move one node's upgrade forward. `None`: still in progress; `Some(Ok)`: upgraded and
     /// labelled; `Some(Err(why))`: the Job failed.
     fn advance_node(
@@ -663,9 +706,9 @@ impl World<'_> {
         ns: &str,
         n: &Value,
         p: &Progress,
-        drain: bool,
-        deadline: Duration,
+        rules: &PlanRules,
     ) -> Option<(Result<(), String>, DateTime<Utc>)> {
+        let (drain, deadline) = (rules.drain, rules.deadline);
         let node = s(n, "/metadata/name").to_string();
         let key = progress_key(plan);
         let job = job_name(plan, &node, &p.hash);
@@ -683,7 +726,39 @@ impl World<'_> {
             });
             Some((Err(why), now))
         };
+        if p.phase == "preparing" {
+            let Some(prepared) = rules.prepared_at else {
+                if age >= deadline {
+                    return fail(
+                        self,
+                        "DeadlineExceeded",
+                        "Job was active longer than specified deadline (waiting in prepare)".into(),
+                    );
+                }
+                return None;
+            };
+            let at = prepared
+                .unwrap_or(self.prev)
+                .max(p.since.unwrap_or(now))
+                .min(now);
+            let next = Progress {
+                phase: "draining".into(),
+                since: Some(at),
+                ..p.clone()
+            };
+            let cordon = rules.cordon;
+            let _ = self.store.modify(&gr("", "nodes"), "", &node, &ctx, |n| {
+                set_annotation(n, &key, Some(&next.render(now)));
+                if cordon {
+                    cordon_node(n, at);
+                }
+            });
+            return self.advance_node(plan, ns, n, &next, rules);
+        }
         if p.phase == "draining" {
+            if drain {
+                self.evict_workloads(&node);
+            }
             if drain && self.drain_blocked(&node) {
                 if age >= deadline {
                     return fail(
@@ -711,7 +786,18 @@ impl World<'_> {
             let _ = self.store.modify(&gr("", "nodes"), "", &node, &ctx, |n| {
                 set_annotation(n, &key, Some(&next.render(now)));
             });
-            return self.advance_node(plan, ns, n, &next, drain, deadline);
+            return self.advance_node(plan, ns, n, &next, rules);
+        }
+        // k3s-upgrade's `upgrade.sh` refuses a lower version; the node stays cordoned.
+        let running = s(n, "/status/nodeInfo/kubeletVersion");
+        if let (Some(r), Some(t)) = (k3s(running), k3s(&p.target))
+            && r > t
+        {
+            return fail(
+                self,
+                "BackoffLimitExceeded",
+                format!("refusing to downgrade from {running} to {}", p.target),
+            );
         }
         let slow = self.fault(|f| matches!(f, ClusterFault::SlowUpgrade { node: n, .. } if n.as_deref().is_none_or(|x| x == node)));
         let takes = match &slow {
@@ -761,6 +847,39 @@ impl World<'_> {
             Some((Ok(()), done_at))
         } else {
             fail(self, "BackoffLimitExceeded", "Job has reached the specified backoff limit (the node restarted k3s during the upgrade)".into())
+        }
+    }
+
+    /// A drain evicts the workloads of the node; their Longhorn volumes detach and attach
+    /// where the pods are scheduled again (another schedulable node).
+    fn evict_workloads(&mut self, node: &str) {
+        let ns = seed::LONGHORN_NAMESPACE;
+        let vols = gr("longhorn.io", "volumes");
+        let attached: Vec<String> = self
+            .store
+            .list(&vols, Some(ns))
+            .into_iter()
+            .filter(|v| s(v, "/status/currentNodeID") == node)
+            .map(|v| s(v, "/metadata/name").to_string())
+            .collect();
+        if attached.is_empty() {
+            return;
+        }
+        let other = self
+            .store
+            .list(&gr("", "nodes"), None)
+            .into_iter()
+            .find(|n| {
+                s(n, "/metadata/name") != node
+                    && n.pointer("/spec/unschedulable") != Some(&json!(true))
+            })
+            .map(|n| s(n, "/metadata/name").to_string())
+            .unwrap_or_default();
+        let ctx = self.ctx("longhorn-manager");
+        for v in attached {
+            let _ = self.store.modify(&vols, ns, &v, &ctx, |vol| {
+                vol["status"]["currentNodeID"] = json!(other);
+            });
         }
     }
 
@@ -902,18 +1021,74 @@ impl World<'_> {
         }
     }
 
+    /// Helm has upgraded the chart: the longhorn-manager DaemonSet now rolls out its new image
+    /// node by node. Longhorn's own upgrade goes on after Helm returns (`longhorn_rollout`).
     fn longhorn_upgraded(&mut self, version: &str) {
-        let ctx = self.ctx("longhorn-manager");
+        let ctx = self.ctx("helm-controller");
         let v = format!("v{}", version.trim_start_matches('v'));
+        let now = self.now;
+        let _ = self.store.modify(
+            &gr("apps", "daemonsets"),
+            seed::LONGHORN_NAMESPACE,
+            "longhorn-manager",
+            &ctx,
+            |d| {
+                d["spec"]["template"]["spec"]["containers"][0]["image"] =
+                    json!(format!("longhornio/longhorn-manager:{v}"));
+                d["metadata"]["labels"]["app.kubernetes.io/version"] = json!(v);
+                d["status"]["updatedNumberScheduled"] = json!(0);
+                set_annotation(d, "sim.upkeep.dev/rollout-started", Some(&timestamp(now)));
+            },
+        );
+    }
+
+    /// longhorn-manager after a chart upgrade (`upgrade.Upgrade` at manager start, then the
+    /// instance-manager and engine-image controllers): once every manager pod runs the new image
+    /// the DaemonSet reports it, `current-longhorn-version` is written, and the new engine
+    /// image is deployed. Until then Longhorn is still upgrading, whatever Helm said.
+    fn longhorn_rollout(&mut self) {
         let ns = seed::LONGHORN_NAMESPACE;
+        let ds = gr("apps", "daemonsets");
+        let Some(d) = self.store.try_get(&ds, ns, "longhorn-manager").cloned() else {
+            return;
+        };
+        let Some(started) = annotation(&d, "sim.upkeep.dev/rollout-started").and_then(since)
+        else {
+            return;
+        };
+        if elapsed(self.now, Some(started)) < self.t.longhorn_manager {
+            return;
+        }
+        let version = s(&d, "/metadata/labels/app.kubernetes.io~1version").to_string();
+        let ctx = self.ctx("longhorn-manager");
+        let generation = d
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let _ = self.store.modify(&ds, ns, "longhorn-manager", &ctx, |d| {
+            set_annotation(d, "sim.upkeep.dev/rollout-started", None);
+            let desired = d["status"]["desiredNumberScheduled"].clone();
+            d["status"]["updatedNumberScheduled"] = desired.clone();
+            d["status"]["numberAvailable"] = desired.clone();
+            d["status"]["numberReady"] = desired;
+            d["status"]["observedGeneration"] = json!(generation);
+        });
         let _ = self.store.modify(
             &gr("longhorn.io", "settings"),
             ns,
             "current-longhorn-version",
             &ctx,
             |st| {
-                st["value"] = json!(v);
+                st["value"] = json!(version);
             },
+        );
+        let image = format!("longhornio/longhorn-engine:{version}");
+        let _ = self.store.create_with_status(
+            &gr("longhorn.io", "engineimages"),
+            ns,
+            json!({"metadata": {"name": format!("ei-{}", &digest(&image)[..8])}, "spec": {"image": image},
+                "status": {"state": "deployed", "refCount": 0, "incompatible": false}}),
+            &ctx,
         );
         if let Some(ClusterFault::VolumeDegradesAfterUpgrade { volume }) =
             self.fault(|f| matches!(f, ClusterFault::VolumeDegradesAfterUpgrade { .. }))
@@ -934,6 +1109,114 @@ impl World<'_> {
                 });
             self.used
                 .push(ClusterFault::VolumeDegradesAfterUpgrade { volume });
+        }
+    }
+
+    /// longhorn-manager's instance-manager PodDisruptionBudgets (`syncInstanceManagerPDB`):
+    /// one `minAvailable: 1` PDB per instance manager while its node is schedulable. Once the
+    /// node is cordoned it is removed if `canDeleteInstanceManagerPDB` agrees: no volume still
+    /// attached to the node, and (unless `node-drain-policy` is `always-allow`) no replica on
+    /// it without a healthy copy elsewhere (here: a volume of one replica whose node it is).
+    fn longhorn_pdbs(&mut self) {
+        let ns = seed::LONGHORN_NAMESPACE;
+        let pdbs = gr("policy", "poddisruptionbudgets");
+        let policy = self
+            .store
+            .try_get(&gr("longhorn.io", "settings"), ns, "node-drain-policy")
+            .map(|st| s(st, "/value").to_string())
+            .unwrap_or_default();
+        let managers: Vec<(String, String)> = self
+            .store
+            .list(&gr("", "pods"), Some(ns))
+            .into_iter()
+            .filter(|p| s(p, "/metadata/labels/longhorn.io~1component") == "instance-manager")
+            .map(|p| (s(p, "/metadata/name").to_string(), s(p, "/spec/nodeName").to_string()))
+            .collect();
+        for (im, node) in managers {
+            let cordoned = self
+                .store
+                .try_get(&gr("", "nodes"), "", &node)
+                .is_some_and(|n| n.pointer("/spec/unschedulable") == Some(&json!(true)));
+            let volumes = self.store.list(&gr("longhorn.io", "volumes"), Some(ns));
+            let attached = volumes.iter().any(|v| {
+                s(v, "/status/currentNodeID") == node && s(v, "/status/state") == "attached"
+            });
+            let last_replica = policy != "always-allow"
+                && volumes.iter().any(|v| {
+                    v.pointer("/spec/numberOfReplicas").and_then(Value::as_u64) == Some(1)
+                        && s(v, "/status/currentNodeID") == node
+                });
+            let exists = self.store.try_get(&pdbs, ns, &im).is_some();
+            let ctx = self.ctx("longhorn-manager");
+            if cordoned && !attached && !last_replica && exists {
+                let _ = self.store.delete(&pdbs, ns, &im);
+            } else if !cordoned && !exists {
+                let _ = self.store.create_with_status(
+                    &pdbs,
+                    ns,
+                    seed::instance_manager_pdb(&node),
+                    &ctx,
+                );
+            }
+        }
+    }
+
+    // ----- kube-controller-manager's disruption controller ------------------------------------
+
+    /// Every PodDisruptionBudget's status from the pods it selects (`disruption.go`, `trySync`):
+    /// expected pods, healthy (Ready) pods, desired healthy from `minAvailable` or
+    /// `maxUnavailable` (a number or a percentage of the expected pods), and
+    /// `disruptionsAllowed = currentHealthy - desiredHealthy`, never below 0.
+    fn disruption_controller(&mut self) {
+        let g = gr("policy", "poddisruptionbudgets");
+        let all: Vec<Value> = self.store.list(&g, None).into_iter().cloned().collect();
+        for pdb in all {
+            let (name, ns) = name_ns(&pdb);
+            let sel = label_selector_from_object(pdb.pointer("/spec/selector").unwrap_or(&Value::Null));
+            let pods: Vec<&Value> = self
+                .store
+                .list(&gr("", "pods"), Some(&ns))
+                .into_iter()
+                .filter(|p| labels_match(&sel, p))
+                .filter(|p| !matches!(s(p, "/status/phase"), "Succeeded" | "Failed"))
+                .collect();
+            let expected = pods.len() as i64;
+            let healthy = pods
+                .iter()
+                .filter(|p| {
+                    p.pointer("/metadata/deletionTimestamp").is_none()
+                        && p.pointer("/status/conditions")
+                            .and_then(Value::as_array)
+                            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                })
+                .count() as i64;
+            let amount = |v: &Value| match v {
+                Value::Number(n) => n.as_i64(),
+                Value::String(p) => p
+                    .strip_suffix('%')
+                    .and_then(|p| p.parse::<i64>().ok())
+                    .map(|p| (p * expected + 99) / 100),
+                _ => None,
+            };
+            let desired = match (pdb.pointer("/spec/minAvailable"), pdb.pointer("/spec/maxUnavailable")) {
+                (Some(m), _) => amount(m).unwrap_or(0),
+                (None, Some(m)) => (expected - amount(m).unwrap_or(0)).max(0),
+                (None, None) => 0,
+            };
+            let allowed = (healthy - desired).max(0);
+            let generation = pdb.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let status = json!({"disruptionsAllowed": allowed, "currentHealthy": healthy, "desiredHealthy": desired,
+                "expectedPods": expected, "observedGeneration": generation});
+            let same = ["disruptionsAllowed", "currentHealthy", "desiredHealthy", "expectedPods", "observedGeneration"]
+                .iter()
+                .all(|k| pdb["status"].get(*k) == status.get(*k));
+            if !same {
+                let _ = self.store.modify(&g, &ns, &name, &self.ctx("kube-controller-manager"), |p| {
+                    for (k, v) in status.as_object().into_iter().flatten() {
+                        p["status"][k] = v.clone();
+                    }
+                });
+            }
         }
     }
 
@@ -1067,7 +1350,7 @@ impl World<'_> {
             .filter(|j| j.pointer("/status/conditions").is_none())
             .filter(|j| {
                 let cmd = job_command(j);
-                cmd.iter().any(|a| a == "etcd-snapshot") && cmd.iter().any(|a| a == "save")
+                cmd.iter().any(|a| a == "etcd-snapshot")
             })
             .cloned()
             .collect();
@@ -1077,64 +1360,103 @@ impl World<'_> {
             if elapsed(self.now, created) < self.t.snapshot {
                 continue;
             }
-            let cmd = job_command(&j);
-            let prefix = cmd
-                .iter()
-                .position(|a| a == "--name")
-                .and_then(|i| cmd.get(i + 1).cloned())
-                .or_else(|| {
-                    cmd.iter()
-                        .find_map(|a| a.strip_prefix("--name=").map(str::to_string))
-                })
-                .unwrap_or_else(|| "on-demand".into());
-            let node = s(&j, "/spec/template/spec/nodeName").to_string();
-            let servers: Vec<Value> = self
+            let nodes: Vec<Value> = self
                 .store
                 .list(&gr("", "nodes"), None)
                 .into_iter()
-                .filter(|n| seed::is_server(n))
                 .cloned()
                 .collect();
-            let node_obj = servers
-                .iter()
-                .find(|n| s(n, "/metadata/name") == node)
-                .or(servers.first());
-            let etcd = node_obj
-                .is_some_and(|n| s(n, "/metadata/labels/node-role.kubernetes.io~1etcd") == "true");
-            if !etcd {
-                self.finish_job(
-                    &ns,
-                    &name,
-                    false,
-                    "BackoffLimitExceeded",
-                    "etcd datastore disabled: snapshots need a server with embedded etcd",
-                );
-                continue;
+            match snapshot_run(&j, &nodes) {
+                Ok((node, prefix)) => {
+                    let snap = format!("{prefix}-{node}-{}", self.now.timestamp());
+                    let ctx = self.ctx("k3s");
+                    let _ = self.store.create_with_status(
+                        &gr("k3s.cattle.io", "etcdsnapshotfiles"),
+                        "",
+                        json!({"metadata": {"name": format!("local-{snap}-{}", &digest(&snap)[..6])},
+                            "spec": {"snapshotName": snap, "nodeName": node, "location": format!("file:///var/lib/rancher/k3s/server/db/snapshots/{snap}")},
+                            "status": {"readyToUse": true, "size": "24576032", "creationTime": timestamp(self.now)}}),
+                        &ctx,
+                    );
+                    self.job_pod(&j, &node, None);
+                    self.finish_job(&ns, &name, true, "", "");
+                }
+                Err((node, why)) => {
+                    self.job_pod(&j, &node, Some(&why));
+                    self.finish_job(
+                        &ns,
+                        &name,
+                        false,
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                    );
+                }
             }
-            let node = node_obj
-                .map(|n| s(n, "/metadata/name").to_string())
-                .unwrap_or_default();
-            let snap = format!("{prefix}-{node}-{}", self.now.timestamp());
-            let ctx = self.ctx("k3s");
-            let _ = self.store.create_with_status(
-                &gr("k3s.cattle.io", "etcdsnapshotfiles"),
-                "",
-                json!({"metadata": {"name": format!("local-{snap}")},
-                    "spec": {"snapshotName": snap, "nodeName": node, "location": format!("file:///var/lib/rancher/k3s/server/db/snapshots/{snap}")},
-                    "status": {"readyToUse": true, "size": "24576032", "creationTime": timestamp(self.now)}}),
-                &ctx,
-            );
-            self.finish_job(&ns, &name, true, "", "");
+        }
+    }
+
+    /// The pod a Job ran, terminated: the job-controller's labels, and the container's exit.
+    /// With `terminationMessagePolicy: FallbackToLogsOnError` the kubelet puts the end of the
+    /// log into the termination message, so a failure can be read without `kubectl logs`.
+    fn job_pod(&mut self, job: &Value, node: &str, error: Option<&str>) {
+        let (name, ns) = name_ns(job);
+        let container = job
+            .pointer("/spec/template/spec/containers/0")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let fallback = s(&container, "/terminationMessagePolicy") == "FallbackToLogsOnError";
+        let mut terminated = json!({"exitCode": if error.is_some() { 1 } else { 0 },
+            "reason": if error.is_some() { "Error" } else { "Completed" },
+            "finishedAt": timestamp(self.now)});
+        if let (Some(e), true) = (error, fallback) {
+            terminated["message"] = json!(e);
+        }
+        let pod = json!({"metadata": {"name": format!("{name}-{}", &digest(&name)[..5]),
+                "labels": {"job-name": name, "batch.kubernetes.io/job-name": name, "controller-uid": digest(&name)}},
+            "spec": {"nodeName": node, "restartPolicy": "Never", "containers": [container]},
+            "status": {"phase": if error.is_some() { "Failed" } else { "Succeeded" },
+                "containerStatuses": [{"name": s(job, "/spec/template/spec/containers/0/name"), "ready": false, "restartCount": 0,
+                    "image": s(job, "/spec/template/spec/containers/0/image"), "state": {"terminated": terminated}}]}});
+        let ctx = self.ctx("job-controller");
+        let _ = self.store.create_with_status(&gr("", "pods"), &ns, pod, &ctx);
+    }
+
+    /// Longhorn's backup target controller: the `BackupTarget` `default` (1.8 on) becomes
+    /// available once it has a URL (the simulated store is always reachable).
+    fn longhorn_backup_target(&mut self) {
+        let g = gr("longhorn.io", "backuptargets");
+        let ns = seed::LONGHORN_NAMESPACE;
+        let Some(t) = self.store.try_get(&g, ns, "default").cloned() else {
+            return;
+        };
+        let available = !s(&t, "/spec/backupTargetURL").is_empty();
+        if t.pointer("/status/available") != Some(&json!(available)) {
+            let _ = self.store.modify(&g, ns, "default", &self.ctx("longhorn-manager"), |b| {
+                b["status"]["available"] = json!(available);
+                b["status"]["conditions"] = if available {
+                    json!([])
+                } else {
+                    json!([{"type": "Unavailable", "status": "True", "reason": "", "message": "backup target URL is empty"}])
+                };
+            });
+        }
+    }
+
+    /// Whether Longhorn has a usable backup target: the `BackupTarget` `default` when that
+    /// kind holds it (1.8 on), else the `backup-target` setting.
+    fn longhorn_target(&self) -> bool {
+        let ns = seed::LONGHORN_NAMESPACE;
+        match self.store.try_get(&gr("longhorn.io", "backuptargets"), ns, "default") {
+            Some(t) => t.pointer("/status/available") == Some(&json!(true)),
+            None => self
+                .store
+                .try_get(&gr("longhorn.io", "settings"), ns, "backup-target")
+                .is_some_and(|st| !s(st, "/value").is_empty()),
         }
     }
 
     fn longhorn_backups(&mut self) {
-        let ns = seed::LONGHORN_NAMESPACE;
-        let target = self
-            .store
-            .try_get(&gr("longhorn.io", "settings"), ns, "backup-target")
-            .map(|st| s(st, "/value").to_string())
-            .unwrap_or_default();
+        let target = self.longhorn_target();
         for (plural, ready_field) in [("systembackups", "state"), ("snapshots", "readyToUse")] {
             let g = gr("longhorn.io", plural);
             let pending: Vec<(String, String)> = self
@@ -1147,7 +1469,6 @@ impl World<'_> {
                 })
                 .map(name_ns)
                 .collect();
-            let target = target.clone();
             for (name, ons) in pending {
                 let _ = self.store.modify(&g, &ons, &name, &self.ctx("longhorn-manager"), |o| {
                     if !o.get("status").is_some_and(Value::is_object) {
@@ -1155,7 +1476,7 @@ impl World<'_> {
                     }
                     if plural == "snapshots" {
                         o["status"]["readyToUse"] = json!(true);
-                    } else if target.is_empty() {
+                    } else if !target {
                         o["status"]["state"] = json!("Error");
                         o["status"]["lastSyncedAt"] = Value::Null;
                         o["status"]["conditions"] = json!([{"type": "Error", "status": "True", "message": "backup target is not set"}]);
@@ -1165,6 +1486,87 @@ impl World<'_> {
                 });
             }
         }
+    }
+}
+
+/// SUC's `latestHash`: a digest of the resolved version, the service account and the secrets
+/// (upstream `DigestStatus`), not of the whole spec, so changing `concurrency`, `nodeSelector`
+/// or `window` does not run nodes that are done again.
+fn plan_hash(plan: &Value) -> String {
+    let mut h = String::from(s(plan, "/spec/version"));
+    h.push('\n');
+    h.push_str(s(plan, "/spec/serviceAccountName"));
+    if let Some(secrets) = plan.pointer("/spec/secrets") {
+        h.push('\n');
+        h.push_str(&secrets.to_string());
+    }
+    digest(&h)[..40].to_string()
+}
+
+/// Whether a Plan's `spec.window` (`days`, `startTime`, `endTime`, `timeZone`, as SUC reads
+/// it with kured's `timewindow`) is open at `now`. No window: always. A start after the end
+/// wraps midnight; days are full or three-letter English names. A window that does not parse
+/// never opens (SUC logs an error and creates no Job).
+pub fn window_open(window: Option<&Value>, now: DateTime<Utc>) -> bool {
+    use chrono::{Datelike, NaiveTime, Timelike};
+    let Some(w) = window.filter(|w| w.is_object()) else {
+        return true;
+    };
+    let tz: chrono_tz::Tz = match s(w, "/timeZone") {
+        "" => chrono_tz::UTC,
+        z => match z.parse() {
+            Ok(tz) => tz,
+            Err(_) => return false,
+        },
+    };
+    let time = |k: &str| {
+        let v = s(w, k);
+        if v.is_empty() {
+            return Some(NaiveTime::MIN);
+        }
+        NaiveTime::parse_from_str(v, "%H:%M")
+            .or_else(|_| NaiveTime::parse_from_str(v, "%H:%M:%S"))
+            .ok()
+    };
+    let (Some(start), Some(end)) = (time("/startTime"), time("/endTime")) else {
+        return false;
+    };
+    let local = now.with_timezone(&tz);
+    let day_ok = |d: chrono::Weekday| {
+        let days: Vec<String> = w
+            .get("days")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        days.is_empty()
+            || days.iter().any(|x| {
+                let full = [
+                    "monday",
+                    "tuesday",
+                    "wednesday",
+                    "thursday",
+                    "friday",
+                    "saturday",
+                    "sunday",
+                ][d.num_days_from_monday() as usize];
+                x.len() >= 2 && full.starts_with(x.as_str())
+            })
+    };
+    let t = NaiveTime::from_hms_opt(local.hour(), local.minute(), local.second())
+        .unwrap_or(NaiveTime::MIN);
+    if start == end {
+        return day_ok(local.weekday());
+    }
+    if start < end {
+        day_ok(local.weekday()) && t >= start && t < end
+    } else if t >= start {
+        day_ok(local.weekday())
+    } else {
+        // After midnight: the window opened the day before.
+        t < end && day_ok(local.weekday().pred())
     }
 }
 
@@ -1199,6 +1601,125 @@ fn job_command(j: &Value) -> Vec<String> {
         .filter_map(|v| v.as_str().map(|s| s.to_string()))
         .flat_map(|s| s.split_whitespace().map(str::to_string).collect::<Vec<_>>())
         .collect()
+}
+
+/// The k3s data directory of a node: `--data-dir` in the `k3s.io/node-args` annotation k3s
+/// writes, else the default.
+pub fn node_data_dir(node: &Value) -> String {
+    let args: Vec<String> = serde_json::from_str(
+        node.pointer("/metadata/annotations/k3s.io~1node-args")
+            .and_then(Value::as_str)
+            .unwrap_or("[]"),
+    )
+    .unwrap_or_default();
+    flag_value(&args, &["--data-dir", "-d"]).unwrap_or_else(|| "/var/lib/rancher/k3s".into())
+}
+
+fn flag_value(args: &[String], names: &[&str]) -> Option<String> {
+    args.iter().enumerate().find_map(|(i, a)| {
+        names.iter().find_map(|n| {
+            if a == n {
+                args.get(i + 1).cloned()
+            } else {
+                a.strip_prefix(&format!("{n}=")).map(str::to_string)
+            }
+        })
+    })
+}
+
+/// What running `k3s etcd-snapshot save` in this Job's pod does, as k3s would: the node it
+/// ran on and the snapshot name prefix, or the node and the error it printed. It needs
+/// (k3s `pkg/cli/etcdsnapshot`, `pkg/etcd`): a k3s binary that exists in the container (the
+/// `rancher/k3s-upgrade` image keeps it at `/opt/k3s`, off PATH; `chroot /host` uses the
+/// node's own), the server's data dir (the host's, through a hostPath mount or the chroot),
+/// a server node with embedded etcd, and the host network (etcd listens on 127.0.0.1:2379).
+fn snapshot_run(job: &Value, nodes: &[Value]) -> Result<(String, String), (String, String)> {
+    let pod = job.pointer("/spec/template/spec").unwrap_or(&Value::Null);
+    let selector = pod
+        .get("nodeSelector")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let node = match s(pod, "/nodeName") {
+        "" => nodes.iter().find(|n| {
+            selector
+                .iter()
+                .all(|(k, v)| n.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
+        }),
+        name => nodes.iter().find(|n| s(n, "/metadata/name") == name),
+    };
+    let Some(node) = node else {
+        return Err((String::new(), "no node matches the pod".into()));
+    };
+    let node_name = s(node, "/metadata/name").to_string();
+    let err = |m: String| Err((node_name.clone(), m));
+    let argv = job_command(job);
+    let image = s(pod, "/containers/0/image");
+    let repo = image.split([':', '@']).next().unwrap_or("");
+    // hostPath mounts: container path -> host path.
+    let volumes: Vec<(String, String)> = pod
+        .pointer("/containers/0/volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| {
+            let v = pod.get("volumes")?.as_array()?.iter().find(|v| v["name"] == m["name"])?;
+            Some((s(m, "/mountPath").to_string(), s(v, "/hostPath/path").to_string()))
+        })
+        .filter(|(_, h)| !h.is_empty())
+        .collect();
+    let to_host = |p: &str| {
+        volumes.iter().find_map(|(m, h)| {
+            let rest = p.strip_prefix(m.trim_end_matches('/'))?;
+            (rest.is_empty() || rest.starts_with('/'))
+                .then(|| format!("{}{rest}", h.trim_end_matches('/')).replace("//", "/"))
+        })
+    };
+    let (binary, rest, chrooted) = match argv.first().map(String::as_str) {
+        Some("chroot") => match argv.get(1).and_then(|r| to_host(r)) {
+            Some(root) if root == "/" || root.is_empty() => {
+                (argv.get(2).cloned().unwrap_or_default(), &argv[3.min(argv.len())..], true)
+            }
+            _ => return err(format!("chroot: cannot change root directory to '{}': No such file or directory", argv.get(1).map_or("", |x| x))),
+        },
+        Some(b) => (b.to_string(), &argv[1..], false),
+        None => return err("no command".into()),
+    };
+    let found = if chrooted {
+        matches!(binary.as_str(), "k3s" | "/usr/local/bin/k3s")
+    } else {
+        match repo.rsplit('/').next().unwrap_or("") {
+            "k3s-upgrade" => binary == "/opt/k3s",
+            "k3s" => matches!(binary.as_str(), "k3s" | "/bin/k3s"),
+            _ => false,
+        }
+    };
+    if !found {
+        return err(format!("exec: \"{binary}\": executable file not found in $PATH"));
+    }
+    if !(rest.iter().any(|a| a == "etcd-snapshot")) {
+        return err("not an etcd-snapshot command".into());
+    }
+    let wanted = node_data_dir(node);
+    let data_dir = flag_value(rest, &["--data-dir", "-d"]).unwrap_or_else(|| "/var/lib/rancher/k3s".into());
+    let on_host = if chrooted { Some(data_dir.clone()) } else { to_host(&data_dir) };
+    if on_host.as_deref() != Some(wanted.as_str()) {
+        return err(format!(
+            "level=fatal msg=\"Error: open {data_dir}/server/token: no such file or directory\""
+        ));
+    }
+    if s(node, "/metadata/labels/node-role.kubernetes.io~1etcd") != "true" {
+        return err(if seed::is_server(node) {
+            "level=fatal msg=\"Error: etcd datastore disabled\"".into()
+        } else {
+            format!("level=fatal msg=\"Error: open {data_dir}/server/token: no such file or directory\"")
+        });
+    }
+    if pod.get("hostNetwork") != Some(&json!(true)) {
+        return err("level=fatal msg=\"Error: etcd datastore is not started: context deadline exceeded: dial tcp 127.0.0.1:2379: connect: connection refused\"".into());
+    }
+    let prefix = flag_value(rest, &["--name"]).unwrap_or_else(|| "on-demand".into());
+    Ok((node_name, prefix))
 }
 
 fn cordon_node(n: &mut Value, now: DateTime<Utc>) {
@@ -1397,49 +1918,109 @@ mod tests {
         seed::blocking_pdb(st, "agent-1", now);
     }
 
-    #[test]
-    fn a_node_in_progress_finishes_when_its_plan_stops_selecting_it() {
-        let (mut st, now) = cluster();
-        let plans = gr("upgrade.cattle.io", "plans");
-        let ctx = Ctx::new(now, "upkeep");
+    /// An agent Plan without `prepare`, started on agent-1 by one step.
+    fn agent_started(st: &mut Store, now: DateTime<Utc>) {
         let mut p = plan("agent-plan", "v1.33.5+k3s1", false);
         if let Some(m) = p["spec"].as_object_mut() {
             m.remove("prepare");
         }
-        let _ = st.create(&plans, "system-upgrade", p, &ctx);
-        let t = Timings::default();
-        step(&mut st, now, &[], &t);
+        let ctx = Ctx::new(now, "upkeep");
+        let _ = st.create(&gr("upgrade.cattle.io", "plans"), "system-upgrade", p, &ctx);
+        step(st, now, &[], &Timings::default());
         let a1 = st.get(&gr("", "nodes"), "", "agent-1").unwrap_or_default();
         assert_eq!(
             a1.pointer("/spec/unschedulable"),
             Some(&json!(true)),
             "agent-1 started"
         );
-        // The Plan now selects no node (a paused or halted rollout).
+    }
+
+    fn patch_plan(st: &mut Store, now: DateTime<Utc>, patch: Value) {
         let _ = st.patch(
-            &plans,
+            &gr("upgrade.cattle.io", "plans"),
             "system-upgrade",
             "agent-plan",
             crate::sim::kube::store::PatchKind::Merge,
-            &json!({"spec": {"nodeSelector": {"matchLabels": {"upkeep.dev/halted": "true"}}}}),
+            &patch,
             None,
-            &ctx,
+            &Ctx::new(now, "upkeep"),
         );
+    }
+
+    #[test]
+    fn a_node_its_plan_stops_selecting_loses_its_job_and_stays_cordoned() {
+        let (mut st, now) = cluster();
+        agent_started(&mut st, now);
+        // The Plan now selects no node (how upkeep used to pause and halt).
+        patch_plan(
+            &mut st,
+            now,
+            json!({"spec": {"nodeSelector": {"matchLabels": {"upkeep.dev/halted": "true"}}}}),
+        );
+        let later = now + chrono::Duration::seconds(600);
+        step(&mut st, later, &[], &Timings::default());
+        let a1 = st.get(&gr("", "nodes"), "", "agent-1").unwrap_or_default();
+        assert_eq!(s(&a1, "/status/nodeInfo/kubeletVersion"), "v1.33.4+k3s1");
+        assert_eq!(
+            a1.pointer("/spec/unschedulable"),
+            Some(&json!(true)),
+            "left cordoned, as the real SUC does"
+        );
+        assert!(
+            st.list(&gr("batch", "jobs"), Some("system-upgrade"))
+                .is_empty(),
+            "the out-of-turn Job is deleted"
+        );
+        let p = st
+            .get(&gr("upgrade.cattle.io", "plans"), "system-upgrade", "agent-plan")
+            .unwrap_or_default();
+        assert!(p.pointer("/status/applying").is_none());
+    }
+
+    #[test]
+    fn concurrency_zero_lets_the_node_in_progress_finish_and_starts_no_other() {
+        let (mut st, now) = cluster();
+        agent_started(&mut st, now);
+        let hash = st
+            .get(&gr("upgrade.cattle.io", "plans"), "system-upgrade", "agent-plan")
+            .map(|p| s(&p, "/status/latestHash").to_string())
+            .unwrap_or_default();
+        patch_plan(&mut st, now, json!({"spec": {"concurrency": 0}}));
         run_until(&mut st, now, &[], |st| {
             st.get(&gr("", "nodes"), "", "agent-1")
                 .is_ok_and(|n| s(&n, "/status/nodeInfo/kubeletVersion") == "v1.33.5+k3s1")
         });
+        let later = now + chrono::Duration::seconds(3600);
+        step(&mut st, later, &[], &Timings::default());
         let a2 = st.get(&gr("", "nodes"), "", "agent-2").unwrap_or_default();
-        assert_eq!(
-            s(&a2, "/status/nodeInfo/kubeletVersion"),
-            "v1.33.4+k3s1",
-            "no new node"
-        );
+        assert_eq!(s(&a2, "/status/nodeInfo/kubeletVersion"), "v1.33.4+k3s1", "no new node");
         let a1 = st.get(&gr("", "nodes"), "", "agent-1").unwrap_or_default();
-        assert!(
-            a1.pointer("/spec/unschedulable").is_none(),
-            "uncordoned when done"
-        );
+        assert!(a1.pointer("/spec/unschedulable").is_none(), "uncordoned when done");
+        let p = st
+            .get(&gr("upgrade.cattle.io", "plans"), "system-upgrade", "agent-plan")
+            .unwrap_or_default();
+        assert_eq!(s(&p, "/status/latestHash"), hash, "concurrency is not in the hash");
+        // Resumed: the next node starts.
+        patch_plan(&mut st, later, json!({"spec": {"concurrency": 1}}));
+        step(&mut st, later, &[], &Timings::default());
+        let a2 = st.get(&gr("", "nodes"), "", "agent-2").unwrap_or_default();
+        assert_eq!(a2.pointer("/spec/unschedulable"), Some(&json!(true)));
+    }
+
+    #[test]
+    fn plan_windows_gate_new_jobs_only() {
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap_or_default();
+        let w = json!({"days": ["saturday", "sun"], "startTime": "22:00", "endTime": "02:00", "timeZone": "Europe/Amsterdam"});
+        // Saturday 2026-11-21 22:30 and Sunday 01:30 in Amsterdam (UTC+1).
+        assert!(window_open(Some(&w), at("2026-11-21T21:30:00Z")));
+        assert!(window_open(Some(&w), at("2026-11-22T00:30:00Z")));
+        assert!(!window_open(Some(&w), at("2026-11-21T20:30:00Z")));
+        // Monday 01:00 belongs to Sunday night's window.
+        assert!(window_open(Some(&w), at("2026-11-23T00:00:00Z")));
+        assert!(!window_open(Some(&w), at("2026-11-24T00:00:00Z")));
+        assert!(window_open(None, at("2026-11-24T00:00:00Z")));
+        let bad = json!({"startTime": "25:99", "endTime": "02:00"});
+        assert!(!window_open(Some(&bad), at("2026-11-24T00:00:00Z")));
     }
 
     #[test]
@@ -1473,14 +2054,26 @@ mod tests {
             st.get(&hrs, "longhorn-system", "longhorn")
                 .is_ok_and(|h| s(&h, "/status/history/0/chartVersion") == "1.10.2")
         });
-        let setting = st
-            .get(
+        let setting = |st: &Store| {
+            st.get(
                 &gr("longhorn.io", "settings"),
                 "longhorn-system",
                 "current-longhorn-version",
             )
+            .map(|x| s(&x, "/value").to_string())
+            .unwrap_or_default()
+        };
+        // Helm is done, Longhorn is not: its manager DaemonSet still rolls out.
+        assert_eq!(setting(&st), "v1.9.1");
+        let ds = st
+            .get(&gr("apps", "daemonsets"), "longhorn-system", "longhorn-manager")
             .unwrap_or_default();
-        assert_eq!(s(&setting, "/value"), "v1.10.2");
+        assert_eq!(ds["status"]["updatedNumberScheduled"], 0);
+        run_until(&mut st, now, &faults, |st| setting(st) == "v1.10.2");
+        let ds = st
+            .get(&gr("apps", "daemonsets"), "longhorn-system", "longhorn-manager")
+            .unwrap_or_default();
+        assert_eq!(ds["status"]["updatedNumberScheduled"], 3);
         let _ = st.patch(
             &hrs,
             "longhorn-system",

@@ -99,6 +99,8 @@ pub struct Timings {
     pub flux_upgrade: Duration,
     /// How long an etcd snapshot Job takes.
     pub snapshot: Duration,
+    /// How long longhorn-manager's own upgrade goes on after Helm returns.
+    pub longhorn_manager: Duration,
     /// How often the controllers look at the cluster, in real time.
     pub tick: Duration,
 }
@@ -111,6 +113,7 @@ impl Default for Timings {
             helm_upgrade: Duration::from_secs(60),
             flux_upgrade: Duration::from_secs(45),
             snapshot: Duration::from_secs(20),
+            longhorn_manager: Duration::from_secs(60),
             tick: Duration::from_millis(10),
         }
     }

@@ -447,6 +447,45 @@ fn seed_longhorn(
         setting("concurrent-automatic-engine-upgrade-per-node-limit", "0"),
         ctx,
     )?;
+    // From 1.8 the backup target is the BackupTarget `default`; before, the `backup-target`
+    // setting (longhorn-manager's upgrade to v1.8 moves one into the other).
+    if longhorn_has_backup_target_cr(chart) {
+        store.create_with_status(
+            &lh("backuptargets"),
+            LONGHORN_NAMESPACE,
+            json!({"metadata": {"name": "default"},
+                "spec": {"backupTargetURL": "", "credentialSecret": "", "pollInterval": "5m0s"},
+                "status": {"available": false, "conditions": [{"type": "Unavailable", "status": "True",
+                    "reason": "", "message": "backup target URL is empty"}]}}),
+            ctx,
+        )?;
+    } else {
+        store.create_with_status(
+            &lh("settings"),
+            LONGHORN_NAMESPACE,
+            setting("backup-target", ""),
+            ctx,
+        )?;
+    }
+    let node_names: Vec<String> = (1..=spec.servers)
+        .map(|i| node_name(true, i))
+        .chain((1..=spec.agents).map(|i| node_name(false, i)))
+        .collect();
+    store.create_with_status(
+        &gr("apps", "daemonsets"),
+        LONGHORN_NAMESPACE,
+        json!({"metadata": {"name": "longhorn-manager", "labels": {"app": "longhorn-manager", "app.kubernetes.io/version": format!("v{chart}")}},
+            "spec": {"selector": {"matchLabels": {"app": "longhorn-manager"}},
+                "template": {"metadata": {"labels": {"app": "longhorn-manager"}},
+                    "spec": {"containers": [{"name": "longhorn-manager", "image": format!("longhornio/longhorn-manager:v{chart}")}]}}},
+            "status": {"desiredNumberScheduled": node_names.len(), "currentNumberScheduled": node_names.len(),
+                "updatedNumberScheduled": node_names.len(), "numberReady": node_names.len(),
+                "numberAvailable": node_names.len(), "numberMisscheduled": 0, "observedGeneration": 1}}),
+        ctx,
+    )?;
+    for n in &node_names {
+        instance_manager(store, n, chart, ctx)?;
+    }
     let image = format!("longhornio/longhorn-engine:v{chart}");
     store.create_with_status(
         &lh("engineimages"),
@@ -477,6 +516,55 @@ fn seed_longhorn(
     Ok(())
 }
 
+/// Whether Longhorn `version` keeps its backup target in a `BackupTarget` resource (1.8 on).
+pub fn longhorn_has_backup_target_cr(version: &str) -> bool {
+    crate::versions::parse(version, crate::versions::Scheme::Semver)
+        .is_ok_and(|v| (v.major, v.minor) >= (1, 8))
+}
+
+/// The labels of the instance-manager pod on `node` (longhorn-manager
+/// `types.GetInstanceManagerLabels`), which its PodDisruptionBudget selects.
+pub fn instance_manager_labels(node: &str) -> Value {
+    json!({"longhorn.io/component": "instance-manager", "longhorn.io/instance-manager-type": "aio",
+        "longhorn.io/node": node, "longhorn.io/managed-by": "longhorn-manager"})
+}
+
+/// The name of the instance manager on `node` (and of its pod and PodDisruptionBudget).
+pub fn instance_manager_name(node: &str) -> String {
+    format!("instance-manager-{}", &digest(node)[..32])
+}
+
+/// The instance manager of `node`: its Ready pod, and the `minAvailable: 1`
+/// PodDisruptionBudget longhorn-manager keeps on it while the node is schedulable.
+fn instance_manager(store: &mut Store, node: &str, version: &str, ctx: &Ctx) -> Result<(), ApiError> {
+    let name = instance_manager_name(node);
+    let t = timestamp(ctx.now);
+    store.create_with_status(
+        &gr("", "pods"),
+        LONGHORN_NAMESPACE,
+        json!({"metadata": {"name": name, "labels": instance_manager_labels(node),
+                "ownerReferences": [{"apiVersion": "longhorn.io/v1beta2", "kind": "InstanceManager", "name": name, "uid": digest(&name)}]},
+            "spec": {"nodeName": node, "containers": [{"name": "instance-manager", "image": format!("longhornio/longhorn-instance-manager:v{version}")}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": t}]}}),
+        ctx,
+    )?;
+    store.create_with_status(
+        &gr("policy", "poddisruptionbudgets"),
+        LONGHORN_NAMESPACE,
+        instance_manager_pdb(node),
+        ctx,
+    )?;
+    Ok(())
+}
+
+/// longhorn-manager's PodDisruptionBudget on the instance manager of `node`
+/// (`createInstanceManagerPDB`); its status is the disruption controller's to fill.
+pub fn instance_manager_pdb(node: &str) -> Value {
+    json!({"metadata": {"name": instance_manager_name(node), "namespace": LONGHORN_NAMESPACE},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": instance_manager_labels(node)}},
+        "status": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 1, "expectedPods": 0, "observedGeneration": 0}})
+}
+
 /// A pod on `node` guarded by a PodDisruptionBudget that allows no disruption, so that draining
 /// the node blocks (the fault `pdbBlocksDrain`).
 pub fn blocking_pdb(store: &mut Store, node: &str, now: DateTime<Utc>) {
@@ -487,7 +575,7 @@ pub fn blocking_pdb(store: &mut Store, node: &str, now: DateTime<Utc>) {
         "default",
         json!({"metadata": {"name": name, "labels": {"app": name}},
             "spec": {"nodeName": node, "containers": [{"name": "app", "image": "example/critical"}]},
-            "status": {"phase": "Running"}}),
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}),
         &ctx,
     );
     let _ = store.create_with_status(
