@@ -97,6 +97,7 @@ fn main() {
         releases: Default::default(),
         drain: false,
         allow_degraded_volumes: false,
+        namespaces: Default::default(),
     };
     let cpu0 = thread_cpu();
     let wall = Instant::now();

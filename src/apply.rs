@@ -8,11 +8,11 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
 
-use crate::cluster::{self, Observed};
+use crate::cluster::{self, AGENT_PLAN, Observed, SERVER_PLAN};
 use crate::forge::Forge;
 use crate::gitrepo::{Author, GitRepo};
 use crate::model::{Component, ConfigRepo};
@@ -21,9 +21,6 @@ use crate::versions;
 use crate::windows::{self, Decision, Override};
 
 pub const FIELD_MANAGER: &str = "upkeep";
-pub const SUC_NAMESPACE: &str = "system-upgrade";
-pub const SERVER_PLAN: &str = "upkeep-server";
-pub const AGENT_PLAN: &str = "upkeep-agent";
 
 fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
@@ -117,6 +114,8 @@ pub struct Options {
     pub drain: bool,
     /// Start a Longhorn upgrade with degraded (not faulted) volumes.
     pub allow_degraded_volumes: bool,
+    /// Where SUC, the snapshot Job and Longhorn live.
+    pub namespaces: cluster::Namespaces,
 }
 
 impl Options {
@@ -134,6 +133,7 @@ impl Options {
             releases: Default::default(),
             drain: p.drain,
             allow_degraded_volumes: p.allow_degraded_volumes,
+            namespaces: cluster::Namespaces::default(),
         }
     }
 }
@@ -184,160 +184,264 @@ pub async fn run_detailed<F: Forge>(
     now: &(dyn Fn() -> DateTime<Utc> + Sync),
 ) -> Result<Applied, String> {
     install(client, &opts.namespace).await?;
-    let api = rollouts(client, &opts.namespace);
-    let observed = cluster::observe(client).await.map_err(|e| e.to_string())?;
-    // Create the rollouts that are missing.
-    let mut names = Vec::new();
-    let merged = match repo.forge {
+    let d = Driver {
+        client,
+        repo,
+        opts,
+        api: rollouts(client, &opts.namespace),
+    };
+    let pulls = match repo.forge {
         Some(f) => f
             .pulls(crate::propose::BRANCH_PREFIX)
             .await
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    for c in config
-        .components
-        .iter()
-        .filter(|c| opts.only.as_ref().is_none_or(|o| *o == c.name))
-    {
-        let running = observed.running(&c.name);
-        let Some(from) = running.lowest(c.scheme) else {
-            continue;
-        };
-        let in_step = matches!(&running, cluster::Running::At { .. }) && from == c.version;
-        let name = rollout::rollout_name(&c.name, &c.version.to_string());
-        let existing = api
-            .get_opt(&name)
-            .await
-            .map_err(api_err("reading a rollout"))?;
-        if existing.is_none() && in_step {
-            continue;
+    let names = d.create_missing(config, &pulls).await?;
+    d.drive(config, &names, now).await?;
+    let mut out = Vec::new();
+    for (name, _) in &names {
+        if let Some(obj) = d.get(name).await? {
+            out.push((name.clone(), status_of(&obj)));
         }
-        if existing.is_none() {
-            let hops = match versions::check_hop(&from, &c.version, &c.path_rule) {
-                Ok(()) => vec![c.version.to_string()],
-                // A longer way through the releases in between, hop by hop.
-                Err(e) => {
-                    let available = opts.releases.get(&c.name).map(Vec::as_slice).unwrap_or(&[]);
-                    match versions::plan_path(&from, &c.version, available, &c.path_rule) {
-                        Ok(p) if !p.is_empty() => p.iter().map(ToString::to_string).collect(),
-                        _ => {
-                            tracing::warn!(component = c.name, error = %e, "no legal path; nothing applied");
-                            continue;
-                        }
+    }
+    Ok(Applied {
+        rollouts: out,
+        pulls,
+    })
+}
+
+fn status_of(obj: &DynamicObject) -> RolloutStatus {
+    serde_json::from_value(obj.data.get("status").cloned().unwrap_or(json!({})))
+        .unwrap_or_default()
+}
+
+/// What one cycle works with: the cluster, the config repository and the options.
+struct Driver<'a, 'r, F: Forge> {
+    client: &'a kube::Client,
+    repo: &'a Repo<'r, F>,
+    opts: &'a Options,
+    api: Api<DynamicObject>,
+}
+
+/// One rollout while it is driven: what it is and what the cluster shows.
+struct Target<'a> {
+    name: &'a str,
+    spec: &'a RolloutSpec,
+    component: &'a Component,
+    observed: &'a Observed,
+}
+
+impl<F: Forge> Driver<'_, '_, F> {
+    async fn get(&self, name: &str) -> Result<Option<DynamicObject>, String> {
+        self.api
+            .get_opt(name)
+            .await
+            .map_err(api_err("reading a rollout"))
+    }
+
+    fn ns(&self) -> &cluster::Namespaces {
+        &self.opts.namespaces
+    }
+
+    /// The Rollout of every component that must move (created when missing), with its
+    /// component.
+    async fn create_missing(
+        &self,
+        config: &ConfigRepo,
+        pulls: &[crate::forge::PullRequest],
+    ) -> Result<Vec<(String, Component)>, String> {
+        let observed = cluster::observe(self.client, self.ns())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut names = Vec::new();
+        for c in config
+            .components
+            .iter()
+            .filter(|c| self.opts.only.as_ref().is_none_or(|o| *o == c.name))
+        {
+            let running = observed.running(&c.name);
+            let Some(from) = running.lowest(c.scheme) else {
+                continue;
+            };
+            let in_step = matches!(&running, cluster::Running::At { .. }) && from == c.version;
+            let name = rollout::rollout_name(&c.name, &c.version.to_string());
+            let existing = self.get(&name).await?;
+            if existing.is_none() && in_step {
+                continue;
+            }
+            if existing.is_none() {
+                let Some(spec) = self.spec_for(c, &from, pulls) else {
+                    continue;
+                };
+                let obj: DynamicObject = serde_json::from_value(json!({
+                    "apiVersion": "upkeep.dev/v1alpha1", "kind": "Rollout",
+                    "metadata": {"name": name, "namespace": self.opts.namespace, "labels": {"upkeep.dev/component": c.name}},
+                    "spec": spec,
+                }))
+                .map_err(|e| e.to_string())?;
+                match self.api.create(&PostParams::default(), &obj).await {
+                    Ok(_) => tracing::info!(rollout = name, "created"),
+                    Err(kube::Error::Api(e)) if e.code == 409 => {}
+                    Err(e) => return Err(format!("creating rollout {name}: {e}")),
+                }
+            }
+            names.push((name, c.clone()));
+        }
+        Ok(names)
+    }
+
+    /// The spec of a new rollout of `c` from `from`: its hops (a legal path through the known
+    /// releases), and the merged pull request that asked for it. `None`: no legal path.
+    fn spec_for(
+        &self,
+        c: &Component,
+        from: &versions::Version,
+        pulls: &[crate::forge::PullRequest],
+    ) -> Option<RolloutSpec> {
+        let hops = match versions::check_hop(from, &c.version, &c.path_rule) {
+            Ok(()) => vec![c.version.to_string()],
+            // A longer way through the releases in between, hop by hop.
+            Err(e) => {
+                let available = self
+                    .opts
+                    .releases
+                    .get(&c.name)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]);
+                match versions::plan_path(from, &c.version, available, &c.path_rule) {
+                    Ok(p) if !p.is_empty() => p.iter().map(ToString::to_string).collect(),
+                    _ => {
+                        tracing::warn!(component = c.name, error = %e, "no legal path; nothing applied");
+                        return None;
                     }
                 }
-            };
-            let branch = crate::propose::branch_name(&c.name, &c.version.to_string());
-            let pr = merged.iter().find(|p| p.merged && p.head == branch);
-            let emergency = opts.emergency
-                || pr.is_some_and(|p| p.labels.iter().any(|l| l == "upkeep/emergency"));
-            let spec = RolloutSpec {
-                component: c.name.clone(),
-                from: from.to_string(),
-                to: c.version.to_string(),
-                hops,
-                pull_request: pr.map(|p| p.number),
-                emergency,
-            };
-            let obj: DynamicObject = serde_json::from_value(json!({
-                "apiVersion": "upkeep.dev/v1alpha1", "kind": "Rollout",
-                "metadata": {"name": name, "namespace": opts.namespace, "labels": {"upkeep.dev/component": c.name}},
-                "spec": spec,
-            }))
-            .map_err(|e| e.to_string())?;
-            match api.create(&PostParams::default(), &obj).await {
-                Ok(_) => tracing::info!(rollout = name, "created"),
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(format!("creating rollout {name}: {e}")),
             }
-        }
-        names.push((name, c.clone()));
+        };
+        let branch = crate::propose::branch_name(&c.name, &c.version.to_string());
+        let pr = pulls.iter().find(|p| p.merged && p.head == branch);
+        Some(RolloutSpec {
+            component: c.name.clone(),
+            from: from.to_string(),
+            to: c.version.to_string(),
+            hops,
+            pull_request: pr.map(|p| p.number),
+            emergency: self.opts.emergency
+                || pr.is_some_and(|p| p.labels.iter().any(|l| l == "upkeep/emergency")),
+        })
     }
-    // Drive them.
-    let start = std::time::Instant::now();
-    loop {
-        let observed = cluster::observe(client).await.map_err(|e| e.to_string())?;
-        let mut active = false;
-        let mut waiting_only = true;
-        for (name, c) in &names {
-            let Some(obj) = api
-                .get_opt(name)
+
+    /// Look, decide and act on every rollout until none is active, all only wait for a
+    /// window, or the cycle's budget is spent.
+    async fn drive(
+        &self,
+        config: &ConfigRepo,
+        names: &[(String, Component)],
+        now: &(dyn Fn() -> DateTime<Utc> + Sync),
+    ) -> Result<(), String> {
+        let start = std::time::Instant::now();
+        loop {
+            let observed = cluster::observe(self.client, self.ns())
                 .await
-                .map_err(api_err("reading a rollout"))?
-            else {
-                continue;
-            };
-            let spec: RolloutSpec = serde_json::from_value(obj.data["spec"].clone())
-                .map_err(|e| format!("rollout {name}: {e}"))?;
-            let status: RolloutStatus =
-                serde_json::from_value(obj.data.get("status").cloned().unwrap_or(json!({})))
-                    .unwrap_or_default();
-            if status.phase.is_terminal() {
-                continue;
-            }
-            let _span =
-                tracing::info_span!("rollout", rollout = %name, component = %c.name).entered();
-            let t = now();
-            let decision = windows::decide(
-                t,
-                &c.name,
-                &config.windows,
-                &config.freezes,
-                Override {
-                    emergency: spec.emergency,
-                    bypass_freezes: false,
-                },
-            );
-            let backup_ready = if status.phase == Phase::Backup {
-                backup_ready(client, &c.name, name, &observed).await
-            } else {
-                None
-            };
-            let ctx = Ctx {
-                now: t,
-                component: c,
-                observed: &observed,
-                may_start: decision.allows_start(),
-                waiting: waiting_text(&decision),
-                backup: opts.backup,
-                backup_ready,
-                timeout: opts.timeout,
-                preflight: crate::validate::PreflightPolicy {
-                    allow_degraded_volumes: opts.allow_degraded_volumes,
-                },
-                extra_checks: if status.phase == Phase::Validating {
-                    run_checks(&config.checks, &c.name).await
-                } else {
-                    Vec::new()
-                },
-            };
-            let (next, effects) = rollout::decide(name, &spec, &status, &ctx);
-            let mut next = next;
-            for fx in &effects {
-                if let Err(e) = effect(
-                    client,
-                    repo,
-                    c,
-                    name,
-                    &spec,
-                    &observed,
-                    fx,
-                    &mut next,
-                    opts.agent_concurrency,
-                    opts.drain,
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "an effect failed; retried next look");
-                    next = status.clone();
-                    next.message = format!("retrying: {e}");
-                    break;
+                .map_err(|e| e.to_string())?;
+            let mut active = false;
+            let mut waiting_only = true;
+            for (name, c) in names {
+                let Some(obj) = self.get(name).await? else {
+                    continue;
+                };
+                let Some((phase, may_start)) = self.step(config, &obj, c, &observed, now()).await?
+                else {
+                    continue;
+                };
+                if !phase.0.is_terminal() {
+                    active = true;
+                    let waits = phase.0 == Phase::WaitingForWindow
+                        || (phase.0 == Phase::Applying && phase.1);
+                    if !waits || may_start {
+                        waiting_only = false;
+                    }
                 }
             }
-            if next != status {
-                api.patch_status(
-                    name,
+            if !active || waiting_only || start.elapsed() >= self.opts.budget {
+                return Ok(());
+            }
+            tokio::time::sleep(self.opts.poll).await;
+        }
+    }
+
+    /// One look at one rollout: decide, carry out the effects, save the status. Its phase (and
+    /// whether it is paused) and whether work may start now; `None` when it is over.
+    async fn step(
+        &self,
+        config: &ConfigRepo,
+        obj: &DynamicObject,
+        c: &Component,
+        observed: &Observed,
+        t: DateTime<Utc>,
+    ) -> Result<Option<((Phase, bool), bool)>, String> {
+        let name = obj.metadata.name.clone().unwrap_or_default();
+        let spec: RolloutSpec = serde_json::from_value(obj.data["spec"].clone())
+            .map_err(|e| format!("rollout {name}: {e}"))?;
+        let status = status_of(obj);
+        if status.phase.is_terminal() {
+            return Ok(None);
+        }
+        let _span = tracing::info_span!("rollout", rollout = %name, component = %c.name).entered();
+        let decision = windows::decide(
+            t,
+            &c.name,
+            &config.windows,
+            &config.freezes,
+            Override {
+                emergency: spec.emergency,
+                bypass_freezes: false,
+            },
+        );
+        let target = Target {
+            name: &name,
+            spec: &spec,
+            component: c,
+            observed,
+        };
+        let backup_state = if status.phase == Phase::Backup {
+            self.backup_state(&target, status.backup_attempt.as_deref())
+                .await
+        } else {
+            rollout::BackupState::Pending
+        };
+        let ctx = Ctx {
+            now: t,
+            component: c,
+            observed,
+            may_start: decision.allows_start(),
+            waiting: waiting_text(&decision),
+            backup: self.opts.backup,
+            backup_state,
+            timeout: self.opts.timeout,
+            preflight: crate::validate::PreflightPolicy {
+                allow_degraded_volumes: self.opts.allow_degraded_volumes,
+                drain: self.opts.drain,
+            },
+            extra_checks: if status.phase == Phase::Validating {
+                run_checks(&config.checks, &c.name).await
+            } else {
+                Vec::new()
+            },
+        };
+        let (mut next, effects) = rollout::decide(&name, &spec, &status, &ctx);
+        for fx in &effects {
+            if let Err(e) = self.effect(&target, fx, &mut next).await {
+                tracing::warn!(error = %e, "an effect failed; retried next look");
+                next = status.clone();
+                next.message = format!("retrying: {e}");
+                break;
+            }
+        }
+        if next != status {
+            self.api
+                .patch_status(
+                    &name,
                     &PatchParams {
                         field_manager: Some(FIELD_MANAGER.into()),
                         ..Default::default()
@@ -346,93 +450,488 @@ pub async fn run_detailed<F: Forge>(
                 )
                 .await
                 .map_err(api_err("saving a rollout's status"))?;
-                if next.phase != status.phase {
-                    tracing::info!(from = ?status.phase, to = ?next.phase, message = %next.message, "rollout phase");
-                    if let Err(e) = event(client, &opts.namespace, &obj, &next, t).await {
-                        tracing::warn!(error = %e, "cannot record an event");
+            if next.phase != status.phase {
+                tracing::info!(from = ?status.phase, to = ?next.phase, message = %next.message, "rollout phase");
+                if let Err(e) = event(self.client, &self.opts.namespace, obj, &next, t).await {
+                    tracing::warn!(error = %e, "cannot record an event");
+                }
+            }
+        }
+        Ok(Some(((next.phase, next.paused), ctx.may_start)))
+    }
+
+    /// Carry out one effect. Each is idempotent: a restart repeats it harmlessly.
+    async fn effect(
+        &self,
+        t: &Target<'_>,
+        fx: &Effect,
+        next: &mut RolloutStatus,
+    ) -> Result<(), String> {
+        let k3s = t.component.name == "k3s";
+        match fx {
+            Effect::Backup { name } if t.component.name == "longhorn" => {
+                self.longhorn_backup(t, name).await
+            }
+            Effect::Backup { name } => self.etcd_snapshot(t, name).await,
+            Effect::Apply { version } => match t.component.name.as_str() {
+                "k3s" => self.apply_plans(t, version, PlanMode::Run).await,
+                "flux" => self.set_flux_version(t, version).await,
+                _ => self.set_chart_version(t, version).await,
+            },
+            Effect::Pause | Effect::Halt if k3s => {
+                let hop = current_hop(t.spec, next);
+                self.apply_plans(t, &hop, PlanMode::Hold).await
+            }
+            Effect::Release if k3s => {
+                let hop = current_hop(t.spec, next);
+                self.apply_plans(t, &hop, PlanMode::Release).await?;
+                self.uncordon(t.observed).await
+            }
+            Effect::Pause | Effect::Halt | Effect::Release => Ok(()),
+            Effect::Uncordon => self.uncordon(t.observed).await,
+            Effect::Revert { version, message } => {
+                if next.revert.is_none() {
+                    next.revert =
+                        Some(revert(self.repo, t.component, &t.spec.to, version, message).await?);
+                }
+                Ok(())
+            }
+            Effect::Comment { key, body } => self.comment(t, key, body).await,
+        }
+    }
+
+    // ----- backups --------------------------------------------------------------------------
+
+    /// `k3s etcd-snapshot save` in a Job that can work on a real server: on a node with the
+    /// etcd role, in the k3s-upgrade image of the version the node runs (the binary is
+    /// `/opt/k3s` there), against the node's own data dir (the host's root mounted read-only at
+    /// `/host`; the CLI reads the server token there) and the host network (it posts to the
+    /// supervisor on 127.0.0.1:6443), tolerating every taint. The Job and the snapshot are named
+    /// after the attempt.
+    async fn etcd_snapshot(&self, t: &Target<'_>, backup: &str) -> Result<(), String> {
+        let node = etcd_node(t.observed).ok_or("no node has the etcd role")?;
+        let jobs: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns().snapshots,
+            &ar("batch", "v1", "Job", "jobs"),
+        );
+        let job: DynamicObject = serde_json::from_value(snapshot_job(
+            node,
+            backup,
+            t.name,
+            &self.ns().snapshots,
+        ))
+        .map_err(|e| e.to_string())?;
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => Ok(()),
+            // Created by an earlier look at this attempt (the name is the attempt's).
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+            Err(e) => Err(format!("creating the snapshot Job: {e}")),
+        }
+    }
+
+    /// Longhorn: a SystemBackup where a backup target is available, else a Snapshot of every
+    /// volume.
+    async fn longhorn_backup(&self, t: &Target<'_>, backup: &str) -> Result<(), String> {
+        let ns = &self.ns().longhorn;
+        let create = |plural: &'static str, kind: &'static str, obj: Value| {
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                self.client.clone(),
+                ns,
+                &ar("longhorn.io", "v1beta2", kind, plural),
+            );
+            async move {
+                let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+                match api.create(&PostParams::default(), &obj).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) => Err(format!("creating a Longhorn {kind}: {e}")),
+                }
+            }
+        };
+        if t.observed.longhorn_backup_target.is_some() {
+            return create("systembackups", "SystemBackup", json!({"apiVersion": "longhorn.io/v1beta2", "kind": "SystemBackup",
+                "metadata": {"name": backup, "namespace": ns, "labels": {"upkeep.dev/rollout": t.name}},
+                "spec": {"volumeBackupPolicy": "if-not-present"}}))
+            .await;
+        }
+        for v in &t.observed.volumes {
+            create("snapshots", "Snapshot", json!({"apiVersion": "longhorn.io/v1beta2", "kind": "Snapshot",
+                "metadata": {"name": format!("{backup}-{}", v.name), "namespace": ns, "labels": {"upkeep.dev/rollout": t.name}},
+                "spec": {"volume": v.name, "createSnapshot": true}}))
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// How the backup of this attempt stands: k3s' snapshot Job and its `ETCDSnapshotFile`;
+    /// Longhorn's SystemBackup, or every volume's Snapshot.
+    async fn backup_state(&self, t: &Target<'_>, attempt: Option<&str>) -> rollout::BackupState {
+        use rollout::BackupState;
+        let Some(attempt) = attempt else {
+            return BackupState::Pending;
+        };
+        let ns = self.ns();
+        let read = |group: &str, kind: &str, plural: &str, ns: Option<&str>| {
+            let r = ar(group, if group == "longhorn.io" { "v1beta2" } else { "v1" }, kind, plural);
+            match ns {
+                Some(ns) => Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &r),
+                None => Api::all_with(self.client.clone(), &r),
+            }
+        };
+        match t.component.name.as_str() {
+            "k3s" => {
+                let job = snapshot_job_name(attempt);
+                let jobs = read("batch", "Job", "jobs", Some(&ns.snapshots));
+                if let Ok(Some(j)) = jobs.get_opt(&job).await
+                    && let Some(why) = job_failure(&j)
+                {
+                    let said = self.pod_message(&ns.snapshots, &job).await;
+                    return BackupState::Failed(format!(
+                        "the etcd snapshot Job {}/{job} failed: {}{} (kubectl -n {} logs job/{job})",
+                        ns.snapshots,
+                        why,
+                        said.map_or(String::new(), |m| format!(": {m}")),
+                        ns.snapshots
+                    ));
+                }
+                let files = read("k3s.cattle.io", "ETCDSnapshotFile", "etcdsnapshotfiles", None);
+                let Ok(list) = files.list(&ListParams::default().match_any()).await else {
+                    return BackupState::Pending;
+                };
+                snapshot_of(attempt, &list.items)
+            }
+            "longhorn" if t.observed.longhorn_backup_target.is_some() => {
+                let api = read("longhorn.io", "SystemBackup", "systembackups", Some(&ns.longhorn));
+                match api.get_opt(attempt).await {
+                    Ok(Some(b)) if b.data["status"]["state"] == "Ready" => {
+                        BackupState::Ready(format!("SystemBackup {attempt}"))
                     }
+                    Ok(Some(b)) if b.data["status"]["state"] == "Error" => BackupState::Failed(
+                        format!(
+                            "SystemBackup {attempt}: {}",
+                            b.data["status"]["conditions"][0]["message"]
+                                .as_str()
+                                .unwrap_or("Error")
+                        ),
+                    ),
+                    _ => BackupState::Pending,
                 }
             }
-            if !next.phase.is_terminal() {
-                active = true;
-                let waits = next.phase == Phase::WaitingForWindow
-                    || (next.phase == Phase::Applying && next.paused);
-                if !waits || ctx.may_start {
-                    waiting_only = false;
+            "longhorn" => {
+                let api = read("longhorn.io", "Snapshot", "snapshots", Some(&ns.longhorn));
+                let lp = ListParams::default()
+                    .match_any()
+                    .labels(&format!("upkeep.dev/rollout={}", t.name));
+                let Ok(list) = api.list(&lp).await else {
+                    return BackupState::Pending;
+                };
+                let ready = list
+                    .items
+                    .iter()
+                    .filter(|s| {
+                        s.metadata
+                            .name
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with(attempt))
+                            && s.data["status"]["readyToUse"] == json!(true)
+                    })
+                    .count();
+                if ready == t.observed.volumes.len() && ready > 0 {
+                    BackupState::Ready(format!("{ready} Longhorn snapshots {attempt}-*"))
+                } else {
+                    BackupState::Pending
                 }
             }
+            _ => BackupState::Pending,
         }
-        if !active || waiting_only || start.elapsed() >= opts.budget {
-            break;
-        }
-        tokio::time::sleep(opts.poll).await;
     }
-    let mut out = Vec::new();
-    for (name, _) in &names {
-        if let Some(obj) = api
-            .get_opt(name)
+
+    /// The termination message of the pod a Job ran (the end of its log, with
+    /// `terminationMessagePolicy: FallbackToLogsOnError`).
+    async fn pod_message(&self, ns: &str, job: &str) -> Option<String> {
+        let pods: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), ns, &ar("", "v1", "Pod", "pods"));
+        let list = pods
+            .list(
+                &ListParams::default()
+                    .match_any()
+                    .labels(&format!("job-name={job}")),
+            )
             .await
-            .map_err(api_err("reading a rollout"))?
-        {
-            let st: RolloutStatus =
-                serde_json::from_value(obj.data.get("status").cloned().unwrap_or(json!({})))
-                    .unwrap_or_default();
-            out.push((name.clone(), st));
-        }
+            .ok()?;
+        let mut m = list.items.iter().find_map(|p| {
+            p.data
+                .pointer("/status/containerStatuses/0/state/terminated/message")
+                .and_then(Value::as_str)
+                .map(|m| m.trim().to_string())
+        })?;
+        crate::sources::truncate_utf8(&mut m, 500);
+        Some(m)
     }
-    Ok(Applied {
-        rollouts: out,
-        pulls: merged,
+
+    // ----- the component's version ---------------------------------------------------------
+
+    /// upkeep's two SUC Plans at `version`. The agent Plan starts no node (`concurrency: 0`)
+    /// until every server runs the version, so no agent Job waits in `prepare` while the
+    /// servers upgrade (such a Job would count as started when a window closes).
+    async fn apply_plans(&self, t: &Target<'_>, version: &str, mode: PlanMode) -> Result<(), String> {
+        let plans: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.ns().system_upgrade,
+            &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
+        );
+        let servers_done = t
+            .observed
+            .nodes
+            .iter()
+            .filter(|n| n.server)
+            .all(|n| versions::parse(&n.version, versions::Scheme::K3s).ok() == versions::parse(version, versions::Scheme::K3s).ok());
+        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        // Agents first when holding: a server Plan with nothing applying reads as complete.
+        let order = match mode {
+            PlanMode::Run => [(SERVER_PLAN, true), (AGENT_PLAN, false)],
+            _ => [(AGENT_PLAN, false), (SERVER_PLAN, true)],
+        };
+        for (plan, server) in order {
+            let concurrency = match mode {
+                PlanMode::Run if server => 1,
+                PlanMode::Run if servers_done => self.opts.agent_concurrency.max(1),
+                _ => 0,
+            };
+            let p = plan_json(&PlanShape {
+                name: plan,
+                namespace: &self.ns().system_upgrade,
+                version,
+                server,
+                concurrency,
+                drain: self.opts.drain,
+                release: mode == PlanMode::Release,
+            });
+            let obj: DynamicObject = serde_json::from_value(p).map_err(|e| e.to_string())?;
+            plans
+                .patch(plan, &pp, &Patch::Apply(&obj))
+                .await
+                .map_err(api_err("applying a Plan"))?;
+        }
+        Ok(())
+    }
+
+    /// Server-side apply of the one field upkeep owns on the FluxInstance.
+    async fn set_flux_version(&self, t: &Target<'_>, version: &str) -> Result<(), String> {
+        let fi = t.observed.flux_instances.first().ok_or("no FluxInstance")?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &fi.namespace,
+            &ar("fluxcd.controlplane.io", "v1", "FluxInstance", "fluxinstances"),
+        );
+        let obj = json!({"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
+            "metadata": {"name": fi.name, "namespace": fi.namespace},
+            "spec": {"distribution": {"version": version.trim_start_matches('v')}}});
+        api.patch(&fi.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
+            .await
+            .map(|_| ())
+            .map_err(api_err("setting the FluxInstance version"))
+    }
+
+    /// Server-side apply of the chart version on the component's HelmRelease.
+    async fn set_chart_version(&self, t: &Target<'_>, version: &str) -> Result<(), String> {
+        let name = &t.component.name;
+        let h = t
+            .observed
+            .helm_release_of(name)
+            .ok_or_else(|| format!("no HelmRelease for {name}"))?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &h.namespace,
+            &ar("helm.toolkit.fluxcd.io", "v2", "HelmRelease", "helmreleases"),
+        );
+        let obj = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+            "metadata": {"name": h.name, "namespace": h.namespace},
+            "spec": {"chart": {"spec": {"version": version.trim_start_matches('v')}}}});
+        api.patch(&h.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
+            .await
+            .map(|_| ())
+            .map_err(api_err("setting the HelmRelease chart version"))
+    }
+
+    // ----- nodes and reports ----------------------------------------------------------------
+
+    /// Uncordon every cordoned node (preflight saw none cordoned before the rollout began),
+    /// except one a Plan is still applying to.
+    async fn uncordon(&self, observed: &Observed) -> Result<(), String> {
+        let nodes: Api<DynamicObject> =
+            Api::all_with(self.client.clone(), &ar("", "v1", "Node", "nodes"));
+        let busy: Vec<&str> = observed
+            .upgrade_jobs
+            .iter()
+            .filter(|j| j.active())
+            .map(|j| j.node.as_str())
+            .collect();
+        for n in observed
+            .nodes
+            .iter()
+            .filter(|n| n.unschedulable && !busy.contains(&n.name.as_str()))
+        {
+            nodes
+                .patch(
+                    &n.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"unschedulable": null}})),
+                )
+                .await
+                .map_err(api_err("uncordoning a node"))?;
+        }
+        Ok(())
+    }
+
+    /// A comment on the merged PR, once per key (found again by its marker after a restart).
+    async fn comment(&self, t: &Target<'_>, key: &str, body: &str) -> Result<(), String> {
+        let (Some(forge), Some(pr)) = (self.repo.forge, t.spec.pull_request) else {
+            return Ok(());
+        };
+        let marker = format!("<!-- upkeep:rollout={} key={key} -->", t.name);
+        let said = forge.comments(pr).await.map_err(|e| e.to_string())?;
+        if said.iter().any(|b| b.contains(&marker)) {
+            return Ok(());
+        }
+        forge.comment(pr, body).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The version of the hop in progress.
+fn current_hop(spec: &RolloutSpec, st: &RolloutStatus) -> String {
+    spec.hops
+        .get(st.hop)
+        .cloned()
+        .unwrap_or_else(|| spec.to.clone())
+}
+
+/// What upkeep's Plans are asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PlanMode {
+    /// Upgrade: servers one at a time, then the agents.
+    Run,
+    /// Start no new node (`concurrency: 0`, which SUC honours: nodes applying finish).
+    Hold,
+    /// Select no node: SUC drops the nodes it was retrying (their Jobs are over by now).
+    Release,
+}
+
+/// The Job name of a snapshot attempt.
+fn snapshot_job_name(attempt: &str) -> String {
+    let mut n = format!("{attempt}-snapshot");
+    if n.len() > 63 {
+        n = attempt.to_string();
+    }
+    n
+}
+
+/// A server node with embedded etcd for the snapshot: a Ready one first.
+fn etcd_node(o: &Observed) -> Option<&cluster::NodeState> {
+    o.nodes
+        .iter()
+        .filter(|n| n.etcd)
+        .max_by_key(|n| n.ready)
+}
+
+/// The snapshot Job for `attempt` on `node` (see [`Driver::etcd_snapshot`]).
+fn snapshot_job(node: &cluster::NodeState, attempt: &str, rollout: &str, ns: &str) -> Value {
+    let image = format!("rancher/k3s-upgrade:{}", node.version.replace('+', "-"));
+    let data_dir = format!("/host{}", node.data_dir);
+    json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": snapshot_job_name(attempt), "namespace": ns, "labels": {"upkeep.dev/rollout": rollout}},
+        "spec": {"backoffLimit": 0, "activeDeadlineSeconds": 600, "ttlSecondsAfterFinished": 86400,
+            "template": {"metadata": {"labels": {"upkeep.dev/rollout": rollout}},
+                "spec": {"nodeName": node.name, "restartPolicy": "Never", "hostNetwork": true, "hostPID": false,
+                    "tolerations": [{"operator": "Exists"}],
+                    "volumes": [{"name": "host-root", "hostPath": {"path": "/", "type": "Directory"}}],
+                    "containers": [{"name": "snapshot", "image": image,
+                        "command": ["/opt/k3s", "etcd-snapshot", "save", "--name", attempt, "--data-dir", data_dir],
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                        "securityContext": {"runAsUser": 0, "readOnlyRootFilesystem": true},
+                        "volumeMounts": [{"name": "host-root", "mountPath": "/host", "readOnly": true}]}]}}}
     })
 }
 
-/// Change upkeep's Plans to match no node: nothing new starts; a node in progress finishes.
-async fn halt_plans(
-    client: &kube::Client,
-    spec: &RolloutSpec,
-    st: &RolloutStatus,
-    concurrency: u64,
-    drain: bool,
-) -> Result<(), String> {
-    let plans: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        SUC_NAMESPACE,
-        &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
-    );
-    let hop = spec
-        .hops
-        .get(st.hop)
-        .cloned()
-        .unwrap_or_else(|| spec.to.clone());
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    // Agents first: a server Plan that selects nothing may read as complete, and an agent Plan
-    // still selecting nodes would then start on them.
-    for (plan, server) in [(AGENT_PLAN, false), (SERVER_PLAN, true)] {
-        let obj: DynamicObject =
-            serde_json::from_value(plan_json(plan, &hop, server, true, concurrency, drain))
-                .map_err(|e| e.to_string())?;
-        plans
-            .patch(plan, &pp, &Patch::Apply(&obj))
-            .await
-            .map_err(api_err("halting a Plan"))?;
-    }
-    Ok(())
+/// Why a Job failed, if it did.
+fn job_failure(j: &DynamicObject) -> Option<String> {
+    j.data
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == "Failed" && c["status"] == "True")
+        .map(|c| {
+            let reason = c["reason"].as_str().unwrap_or("Failed");
+            match c["message"].as_str() {
+                Some(m) if !m.is_empty() => format!("{reason}: {m}"),
+                _ => reason.to_string(),
+            }
+        })
 }
 
-/// Uncordon every cordoned node (preflight saw none cordoned before the rollout began).
-async fn uncordon(client: &kube::Client, observed: &Observed) -> Result<(), String> {
-    let nodes: Api<DynamicObject> = Api::all_with(client.clone(), &ar("", "v1", "Node", "nodes"));
-    for n in observed.nodes.iter().filter(|n| n.unschedulable) {
-        nodes
-            .patch(
-                &n.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"unschedulable": null}})),
-            )
-            .await
-            .map_err(api_err("uncordoning a node"))?;
+/// The snapshot of `attempt` among the `ETCDSnapshotFile`s: k3s names it
+/// `<attempt>-<node>-<unix time>` (so a prefix match alone would take `...k3s10`'s for
+/// `...k3s1`'s); a file with `status.error` is a failed save.
+fn snapshot_of(attempt: &str, files: &[DynamicObject]) -> rollout::BackupState {
+    use rollout::BackupState;
+    for f in files {
+        let Some(name) = f.data["spec"]["snapshotName"].as_str() else {
+            continue;
+        };
+        let node = f.data["spec"]["nodeName"].as_str().unwrap_or("");
+        let ours = name
+            .strip_prefix(attempt)
+            .and_then(|r| r.strip_prefix('-'))
+            .and_then(|r| r.strip_prefix(node))
+            .and_then(|r| r.strip_prefix('-'))
+            .is_some_and(|ts| !ts.is_empty() && ts.chars().all(|c| c.is_ascii_digit()));
+        if !ours {
+            continue;
+        }
+        if f.data["status"]["readyToUse"] == json!(true) {
+            return BackupState::Ready(name.to_string());
+        }
+        if let Some(m) = f.data["status"]["error"]["message"].as_str() {
+            return BackupState::Failed(format!("etcd snapshot {name}: {m}"));
+        }
     }
-    Ok(())
+    BackupState::Pending
+}
+
+/// What one of upkeep's Plans looks like.
+struct PlanShape<'a> {
+    name: &'a str,
+    namespace: &'a str,
+    version: &'a str,
+    server: bool,
+    concurrency: u64,
+    drain: bool,
+    /// Select no node.
+    release: bool,
+}
+
+/// The canonical k3s Plans (the server Plan cordons one server at a time; the agent Plan
+/// prepares on the server Plan, cordons and optionally drains), as upkeep owns them.
+fn plan_json(p: &PlanShape) -> Value {
+    let selector = if p.release {
+        json!({"matchLabels": {"upkeep.dev/released": "true"}})
+    } else {
+        json!({"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane",
+            "operator": if p.server { "In" } else { "DoesNotExist" }, "values": if p.server { json!(["true"]) } else { json!([]) }}]})
+    };
+    let mut plan = json!({"apiVersion": "upgrade.cattle.io/v1", "kind": "Plan",
+        "metadata": {"name": p.name, "namespace": p.namespace, "labels": {"app.kubernetes.io/managed-by": "upkeep"}},
+        "spec": {"concurrency": p.concurrency, "cordon": true, "version": p.version, "serviceAccountName": "system-upgrade",
+            "upgrade": {"image": "rancher/k3s-upgrade"}, "nodeSelector": selector}});
+    if !p.server {
+        plan["spec"]["prepare"] = json!({"image": "rancher/k3s-upgrade", "args": ["prepare", SERVER_PLAN]});
+        if p.drain {
+            plan["spec"]["drain"] = json!({"force": true, "ignoreDaemonSets": true, "deleteEmptydirData": true, "skipWaitForDeleteTimeout": 60});
+        }
+    }
+    plan
 }
 
 /// A Kubernetes Event for a transition, named after it so that a restart never records it twice.
@@ -597,276 +1096,6 @@ fn waiting_text(d: &Decision) -> String {
     }
 }
 
-/// The backup taken for `rollout`, once ready: k3s' etcd snapshot; Longhorn's SystemBackup, or
-/// every volume's Snapshot.
-async fn backup_ready(
-    client: &kube::Client,
-    component: &str,
-    rollout_name: &str,
-    o: &Observed,
-) -> Option<String> {
-    let prefix = rollout::backup_name(rollout_name);
-    match component {
-        "k3s" => {
-            let api: Api<DynamicObject> = Api::all_with(
-                client.clone(),
-                &ar(
-                    "k3s.cattle.io",
-                    "v1",
-                    "ETCDSnapshotFile",
-                    "etcdsnapshotfiles",
-                ),
-            );
-            let list = api.list(&Default::default()).await.ok()?;
-            list.items.iter().find_map(|o| {
-                let name = o.data["spec"]["snapshotName"].as_str()?;
-                (name.starts_with(&prefix) && o.data["status"]["readyToUse"] == json!(true))
-                    .then(|| name.to_string())
-            })
-        }
-        "longhorn" if o.longhorn_backup_target.is_some() => {
-            let api: Api<DynamicObject> = Api::namespaced_with(
-                client.clone(),
-                LONGHORN_NAMESPACE,
-                &ar("longhorn.io", "v1beta2", "SystemBackup", "systembackups"),
-            );
-            let b = api.get_opt(&prefix).await.ok()??;
-            (b.data["status"]["state"] == "Ready").then(|| format!("SystemBackup {prefix}"))
-        }
-        "longhorn" => {
-            let api: Api<DynamicObject> = Api::namespaced_with(
-                client.clone(),
-                LONGHORN_NAMESPACE,
-                &ar("longhorn.io", "v1beta2", "Snapshot", "snapshots"),
-            );
-            let list = api
-                .list(
-                    &kube::api::ListParams::default()
-                        .labels(&format!("upkeep.dev/rollout={rollout_name}")),
-                )
-                .await
-                .ok()?;
-            let ready = list
-                .items
-                .iter()
-                .filter(|s| s.data["status"]["readyToUse"] == json!(true))
-                .count();
-            (ready == o.volumes.len() && ready > 0)
-                .then(|| format!("{ready} Longhorn snapshots {prefix}-*"))
-        }
-        _ => None,
-    }
-}
-
-pub const LONGHORN_NAMESPACE: &str = "longhorn-system";
-
-fn plan_json(
-    name: &str,
-    version: &str,
-    server: bool,
-    halted: bool,
-    concurrency: u64,
-    drain: bool,
-) -> Value {
-    let mut p = crate::sim::kube::seed::example_plan(
-        name,
-        version,
-        server,
-        if server { 1 } else { concurrency.max(1) },
-    );
-    p["metadata"]["namespace"] = json!(SUC_NAMESPACE);
-    if !server {
-        p["spec"]["prepare"]["args"] = json!(["prepare", SERVER_PLAN]);
-    }
-    if !drain && let Some(spec) = p["spec"].as_object_mut() {
-        spec.remove("drain");
-    }
-    if halted {
-        // Match no node: the SUC starts nothing new.
-        p["spec"]["nodeSelector"]["matchLabels"] = json!({"upkeep.dev/halted": "true"});
-    }
-    p
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn effect<F: Forge>(
-    client: &kube::Client,
-    repo: &Repo<'_, F>,
-    c: &Component,
-    name: &str,
-    spec: &RolloutSpec,
-    observed: &Observed,
-    fx: &Effect,
-    next: &mut RolloutStatus,
-    concurrency: u64,
-    drain: bool,
-) -> Result<(), String> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    match fx {
-        Effect::Backup { name: backup } if c.name == "longhorn" => {
-            let create = |api: Api<DynamicObject>, obj: Value| async move {
-                let obj: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
-                match api.create(&PostParams::default(), &obj).await {
-                    Ok(_) => Ok(()),
-                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                    Err(e) => Err(format!("creating a Longhorn backup: {e}")),
-                }
-            };
-            if observed.longhorn_backup_target.is_some() {
-                let api = Api::namespaced_with(
-                    client.clone(),
-                    LONGHORN_NAMESPACE,
-                    &ar("longhorn.io", "v1beta2", "SystemBackup", "systembackups"),
-                );
-                create(api, json!({"apiVersion": "longhorn.io/v1beta2", "kind": "SystemBackup",
-                    "metadata": {"name": backup, "namespace": LONGHORN_NAMESPACE, "labels": {"upkeep.dev/rollout": name}},
-                    "spec": {"volumeBackupPolicy": "if-not-present"}}))
-                    .await
-            } else {
-                for v in &observed.volumes {
-                    let api = Api::namespaced_with(
-                        client.clone(),
-                        LONGHORN_NAMESPACE,
-                        &ar("longhorn.io", "v1beta2", "Snapshot", "snapshots"),
-                    );
-                    create(api, json!({"apiVersion": "longhorn.io/v1beta2", "kind": "Snapshot",
-                        "metadata": {"name": format!("{backup}-{}", v.name), "namespace": LONGHORN_NAMESPACE, "labels": {"upkeep.dev/rollout": name}},
-                        "spec": {"volume": v.name, "createSnapshot": true}}))
-                        .await?;
-                }
-                Ok(())
-            }
-        }
-        Effect::Backup { name: backup } => {
-            let server = observed
-                .nodes
-                .iter()
-                .find(|n| n.etcd)
-                .map(|n| n.name.clone())
-                .unwrap_or_default();
-            let jobs: Api<DynamicObject> = Api::namespaced_with(
-                client.clone(),
-                "kube-system",
-                &ar("batch", "v1", "Job", "jobs"),
-            );
-            let job: DynamicObject = serde_json::from_value(json!({
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": format!("{backup}-snapshot").chars().take(63).collect::<String>(), "namespace": "kube-system", "labels": {"upkeep.dev/rollout": name}},
-                "spec": {"backoffLimit": 0, "template": {"spec": {"nodeName": server, "restartPolicy": "Never", "hostNetwork": true,
-                    "tolerations": [{"operator": "Exists"}],
-                    "containers": [{"name": "snapshot", "image": "rancher/k3s-upgrade", "command": ["k3s", "etcd-snapshot", "save", "--name", backup],
-                        "securityContext": {"privileged": true}}]}}}
-            }))
-            .map_err(|e| e.to_string())?;
-            match jobs.create(&PostParams::default(), &job).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                Err(e) => Err(format!("creating the snapshot Job: {e}")),
-            }
-        }
-        Effect::Apply { version } => match c.name.as_str() {
-            "k3s" => {
-                let plans: Api<DynamicObject> = Api::namespaced_with(
-                    client.clone(),
-                    SUC_NAMESPACE,
-                    &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
-                );
-                for (plan, server) in [(SERVER_PLAN, true), (AGENT_PLAN, false)] {
-                    let obj: DynamicObject = serde_json::from_value(plan_json(
-                        plan,
-                        version,
-                        server,
-                        false,
-                        concurrency,
-                        drain,
-                    ))
-                    .map_err(|e| e.to_string())?;
-                    plans
-                        .patch(plan, &pp, &Patch::Apply(&obj))
-                        .await
-                        .map_err(api_err("applying a Plan"))?;
-                }
-                Ok(())
-            }
-            "flux" => {
-                let fi = observed.flux_instances.first().ok_or("no FluxInstance")?;
-                let api: Api<DynamicObject> = Api::namespaced_with(
-                    client.clone(),
-                    &fi.namespace,
-                    &ar(
-                        "fluxcd.controlplane.io",
-                        "v1",
-                        "FluxInstance",
-                        "fluxinstances",
-                    ),
-                );
-                // Server-side apply of the one field upkeep owns (taken over from whoever set it).
-                let obj = json!({"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
-                    "metadata": {"name": fi.name, "namespace": fi.namespace},
-                    "spec": {"distribution": {"version": version.trim_start_matches('v')}}});
-                api.patch(&fi.name, &pp, &Patch::Apply(&obj))
-                    .await
-                    .map(|_| ())
-                    .map_err(api_err("setting the FluxInstance version"))
-            }
-            other => {
-                let h = observed
-                    .helm_release_of(other)
-                    .ok_or_else(|| format!("no HelmRelease for {other}"))?;
-                let api: Api<DynamicObject> = Api::namespaced_with(
-                    client.clone(),
-                    &h.namespace,
-                    &ar(
-                        "helm.toolkit.fluxcd.io",
-                        "v2",
-                        "HelmRelease",
-                        "helmreleases",
-                    ),
-                );
-                let obj = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
-                    "metadata": {"name": h.name, "namespace": h.namespace},
-                    "spec": {"chart": {"spec": {"version": version.trim_start_matches('v')}}}});
-                api.patch(&h.name, &pp, &Patch::Apply(&obj))
-                    .await
-                    .map(|_| ())
-                    .map_err(api_err("setting the HelmRelease chart version"))
-            }
-        },
-        Effect::Pause => {
-            if c.name == "k3s" {
-                halt_plans(client, spec, next, concurrency, drain).await?;
-            }
-            Ok(())
-        }
-        Effect::Uncordon => uncordon(client, observed).await,
-        Effect::Halt => {
-            if c.name == "k3s" {
-                halt_plans(client, spec, next, concurrency, drain).await?;
-                // Uncordon what the rollout cordoned (preflight saw none cordoned before).
-                uncordon(client, observed).await?;
-            }
-            Ok(())
-        }
-        Effect::Revert { version, message } => {
-            if next.revert.is_some() {
-                return Ok(());
-            }
-            next.revert = Some(revert(repo, c, &spec.to, version, message).await?);
-            Ok(())
-        }
-        Effect::Comment { key, body } => {
-            let (Some(forge), Some(pr)) = (repo.forge, spec.pull_request) else {
-                return Ok(());
-            };
-            let marker = format!("<!-- upkeep:rollout={name} key={key} -->");
-            let said = forge.comments(pr).await.map_err(|e| e.to_string())?;
-            if said.iter().any(|b| b.contains(&marker)) {
-                return Ok(());
-            }
-            forge.comment(pr, body).await.map_err(|e| e.to_string())
-        }
-    }
-}
 
 /// Put versions.yaml back to `back_to` on the base branch, unless someone already changed it.
 /// A refused push (protection, a race) becomes a revert pull request instead. Never forced.
@@ -921,5 +1150,54 @@ async fn revert<F: Forge>(
                 .map_err(|e| e.to_string())?;
             Ok(format!("#{}", pr.number))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, node: &str, ready: bool) -> DynamicObject {
+        serde_json::from_value(json!({"apiVersion": "k3s.cattle.io/v1", "kind": "ETCDSnapshotFile",
+            "metadata": {"name": format!("local-{name}")},
+            "spec": {"snapshotName": name, "nodeName": node}, "status": {"readyToUse": ready}}))
+        .unwrap_or_else(|_| panic!())
+    }
+
+    #[test]
+    fn a_snapshot_is_the_attempts_own_not_a_longer_names() {
+        use rollout::BackupState;
+        let a = "upkeep-k3s-v1.33.5-k3s1-20261121213000";
+        let other = file("upkeep-k3s-v1.33.5-k3s10-20261121213000-server-1-1763760600", "server-1", true);
+        assert_eq!(snapshot_of(a, &[other.clone()]), BackupState::Pending);
+        let older = file("upkeep-k3s-v1.33.5-k3s1-20261114213000-server-1-1763155800", "server-1", true);
+        assert_eq!(snapshot_of(a, &[older]), BackupState::Pending);
+        let ours = file(&format!("{a}-server-1-1763760600"), "server-1", true);
+        assert!(matches!(snapshot_of(a, &[other, ours]), BackupState::Ready(_)));
+        let mut failed = file(&format!("{a}-server-1-1763760600"), "server-1", false);
+        failed.data["status"]["error"] = json!({"message": "etcd: request timed out"});
+        assert!(
+            matches!(snapshot_of(a, &[failed]), BackupState::Failed(m) if m.contains("timed out"))
+        );
+    }
+
+    #[test]
+    fn the_snapshot_job_runs_the_nodes_own_k3s_against_its_data_dir() {
+        let n = cluster::NodeState {
+            name: "server-1".into(),
+            server: true,
+            etcd: true,
+            version: "v1.33.4+k3s1".into(),
+            ready: true,
+            unschedulable: false,
+            data_dir: "/srv/k3s".into(),
+        };
+        let j = snapshot_job(&n, "upkeep-x-1", "x", "kube-system");
+        let c = &j["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "rancher/k3s-upgrade:v1.33.4-k3s1");
+        assert_eq!(c["command"][0], "/opt/k3s");
+        assert!(c["command"].to_string().contains("\"--data-dir\",\"/host/srv/k3s\""));
+        assert_eq!(j["spec"]["template"]["spec"]["hostNetwork"], true);
+        assert_eq!(j["spec"]["template"]["spec"]["nodeName"], "server-1");
     }
 }

@@ -212,6 +212,31 @@ pub struct ProposeArgs {
     pub net: NetArgs,
 }
 
+/// Where the platform's parts live, when not where upstream puts them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NamespaceArgs {
+    /// The system-upgrade-controller's namespace: upkeep's Plans go there (SUC reads Plans
+    /// only in its own namespace).
+    #[arg(long, default_value = "system-upgrade", value_name = "NAMESPACE")]
+    pub suc_namespace: String,
+    /// Where the etcd snapshot Job runs before a k3s upgrade.
+    #[arg(long, default_value = "kube-system", value_name = "NAMESPACE")]
+    pub snapshot_namespace: String,
+    /// Longhorn's namespace (its settings, volumes and backups).
+    #[arg(long, default_value = "longhorn-system", value_name = "NAMESPACE")]
+    pub longhorn_namespace: String,
+}
+
+impl NamespaceArgs {
+    pub fn namespaces(&self) -> crate::cluster::Namespaces {
+        crate::cluster::Namespaces {
+            system_upgrade: self.suc_namespace.clone(),
+            snapshots: self.snapshot_namespace.clone(),
+            longhorn: self.longhorn_namespace.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApplyArgs {
     /// The config repository's git URL.
@@ -245,6 +270,8 @@ pub struct ApplyArgs {
     /// The namespace of the Rollout objects.
     #[arg(long, default_value = "upkeep-system")]
     pub namespace: String,
+    #[command(flatten)]
+    pub namespaces: NamespaceArgs,
     /// Minutes one hop may take before it counts as failed (default: the policy's
     /// `rollouts.hopTimeout`, else 60).
     #[arg(long)]
@@ -279,6 +306,8 @@ pub struct RunArgs {
     /// Where Rollouts, Events and the Lease live.
     #[arg(long, default_value = "upkeep-system")]
     pub namespace: String,
+    #[command(flatten)]
+    pub namespaces: NamespaceArgs,
     /// Where /healthz, /readyz, /metrics, /webhook and the status page are served.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
@@ -332,6 +361,8 @@ pub struct PlanArgs {
     /// The cluster directory holding versions.yaml and policies/.
     #[arg(long, default_value = ".")]
     pub repo: PathBuf,
+    #[command(flatten)]
+    pub namespaces: NamespaceArgs,
     /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
@@ -880,7 +911,7 @@ fn plan(a: &PlanArgs) -> i32 {
     };
     let observed = match rt.block_on(async {
         let c = crate::cluster::client(a.kubeconfig.as_deref()).await?;
-        crate::cluster::observe(&c).await
+        crate::cluster::observe(&c, &a.namespaces.namespaces()).await
     }) {
         Ok(o) => o,
         Err(e) => {
@@ -1226,6 +1257,7 @@ fn apply(a: &ApplyArgs) -> i32 {
     };
     let mut opts = crate::apply::Options::from_policy(&config.rollouts, &a.namespace);
     opts.only = a.component.clone();
+    opts.namespaces = a.namespaces.namespaces();
     opts.emergency = a.emergency;
     opts.budget = Duration::from_secs(a.wait);
     opts.backup &= !a.no_backup;
@@ -1319,6 +1351,7 @@ fn run_controller(a: &RunArgs) -> i32 {
         state,
         kubeconfig: a.kubeconfig.clone(),
         namespace: a.namespace.clone(),
+        namespaces: a.namespaces.namespaces(),
         author,
         style: crate::propose::Style::default(),
         poll: Duration::from_secs(a.poll.max(1)),

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use kube::api::{Api, DynamicObject, ListParams};
+use serde::Deserialize;
 use kube::core::{ApiResource, GroupVersionKind};
 use serde::Serialize;
 use serde_json::Value;
@@ -46,6 +47,34 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<kube::Client> {
     kube::Client::try_from(cfg).map_err(|e| bad("(client)", e.to_string()))
 }
 
+/// Where the platform's parts live. The defaults are upstream's; a cluster that installs them
+/// elsewhere says so in the controller's configuration (and the RBAC follows, see deploy/).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Namespaces {
+    /// The system-upgrade-controller's namespace: upkeep's Plans go there (SUC watches only
+    /// its own namespace).
+    pub system_upgrade: String,
+    /// Where the etcd snapshot Job runs.
+    pub snapshots: String,
+    /// Longhorn's namespace (its settings, volumes, backups).
+    pub longhorn: String,
+}
+
+impl Default for Namespaces {
+    fn default() -> Namespaces {
+        Namespaces {
+            system_upgrade: "system-upgrade".into(),
+            snapshots: "kube-system".into(),
+            longhorn: "longhorn-system".into(),
+        }
+    }
+}
+
+/// upkeep's own Plans: the server Plan, then the agent Plan.
+pub const SERVER_PLAN: &str = "upkeep-server";
+pub const AGENT_PLAN: &str = "upkeep-agent";
+
 /// One node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -57,6 +86,8 @@ pub struct NodeState {
     pub version: String,
     pub ready: bool,
     pub unschedulable: bool,
+    /// k3s' data directory on the node (`--data-dir` in the `k3s.io/node-args` annotation).
+    pub data_dir: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,9 +96,18 @@ pub struct PlanState {
     pub namespace: String,
     pub name: String,
     pub version: String,
+    /// `spec.upgrade.image`.
+    pub image: String,
     pub complete: bool,
     pub failed: Option<String>,
     pub applying: Vec<String>,
+}
+
+impl PlanState {
+    /// One of upkeep's own Plans (not another k3s Plan in the same namespace).
+    pub fn upkeeps(&self) -> bool {
+        self.name == SERVER_PLAN || self.name == AGENT_PLAN
+    }
 }
 
 /// A PodDisruptionBudget that allows no disruption, and the nodes of the pods it guards.
@@ -77,6 +117,9 @@ pub struct BlockingPdb {
     pub namespace: String,
     pub name: String,
     pub nodes: Vec<String>,
+    /// One of Longhorn's instance-manager PDBs, which Longhorn removes itself once the node is
+    /// cordoned and its volumes are detached (`syncInstanceManagerPDB`).
+    pub longhorn_instance_manager: bool,
 }
 
 /// A Flux object's health (HelmRelease, Kustomization, FluxInstance).
@@ -110,12 +153,23 @@ pub struct UpgradeJob {
     pub failed: bool,
 }
 
+impl UpgradeJob {
+    /// Still running (neither completed nor failed).
+    pub fn active(&self) -> bool {
+        self.completed.is_none() && !self.failed
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeState {
     pub name: String,
     pub robustness: String,
     pub state: String,
+    /// `spec.numberOfReplicas`.
+    pub replicas: u64,
+    /// The node it is attached to (`status.currentNodeID`).
+    pub node: String,
 }
 
 /// Everything upkeep reads from the cluster, as plain data.
@@ -133,8 +187,12 @@ pub struct Observed {
     pub volumes: Vec<VolumeState>,
     /// `settings.longhorn.io/current-longhorn-version`.
     pub longhorn_version: Option<String>,
-    /// `settings.longhorn.io/backup-target`, when set.
+    /// Longhorn's backup target, when usable: the `BackupTarget` `default` when available
+    /// (Longhorn 1.8 on, where the `backup-target` setting is gone), else that setting.
     pub longhorn_backup_target: Option<String>,
+    /// Whether the `longhorn-manager` DaemonSet runs its current template everywhere (Longhorn's
+    /// own upgrade goes on after Helm returns).
+    pub longhorn_manager_rolled_out: Option<bool>,
     /// The system-upgrade-controller's upgrade Jobs: node, version, start and end.
     pub upgrade_jobs: Vec<UpgradeJob>,
     /// The `app.kubernetes.io/version` label of the GitRepository CRD (Flux's version).
@@ -262,18 +320,65 @@ fn health(kind: &str, v: &Value) -> Health {
     }
 }
 
-/// Read a list of any kind as JSON; a kind that is not served is an empty list and `false`.
-async fn list(
-    client: &kube::Client,
-    group: &str,
-    version: &str,
-    kind: &str,
-    plural: &str,
-) -> Result<(bool, Vec<Value>)> {
-    let gvk = GroupVersionKind::gvk(group, version, kind);
-    let ar = ApiResource::from_gvk_with_plural(&gvk, plural);
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    match api.list(&ListParams::default()).await {
+/// Where and what to read: a kind, in one namespace or all, filtered by labels.
+struct Query<'a> {
+    group: &'a str,
+    version: &'a str,
+    kind: &'a str,
+    plural: &'a str,
+    namespace: Option<&'a str>,
+    labels: Option<String>,
+}
+
+impl<'a> Query<'a> {
+    fn new(group: &'a str, version: &'a str, kind: &'a str, plural: &'a str) -> Query<'a> {
+        Query {
+            group,
+            version,
+            kind,
+            plural,
+            namespace: None,
+            labels: None,
+        }
+    }
+    fn ns(mut self, ns: &'a str) -> Query<'a> {
+        self.namespace = Some(ns);
+        self
+    }
+    fn labels(mut self, selector: String) -> Query<'a> {
+        self.labels = Some(selector);
+        self
+    }
+    fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk(self.group, self.version, self.kind);
+        let ar = ApiResource::from_gvk_with_plural(&gvk, self.plural);
+        match self.namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        }
+    }
+    fn refused(&self, e: kube::Error) -> Error {
+        Error::Api {
+            what: format!(
+                "reading {}.{}{}",
+                self.plural,
+                self.group,
+                self.namespace
+                    .map_or(String::new(), |n| format!(" in namespace {n}"))
+            ),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Read a list as JSON; a kind that is not served is an empty list and `false`. Lists are
+/// served from the API server's cache (`resourceVersion=0`): upkeep needs no quorum read.
+async fn list(client: &kube::Client, q: Query<'_>) -> Result<(bool, Vec<Value>)> {
+    let mut lp = ListParams::default().match_any();
+    if let Some(l) = &q.labels {
+        lp = lp.labels(l);
+    }
+    match q.api(client).list(&lp).await {
         Ok(l) => Ok((
             true,
             l.items
@@ -282,135 +387,214 @@ async fn list(
                 .collect(),
         )),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok((false, Vec::new())),
-        Err(e) => Err(Error::Api {
-            what: format!("listing {plural}.{group}"),
-            message: e.to_string(),
-        }),
+        Err(e) => Err(q.refused(e)),
     }
 }
 
-/// Read what runs.
-pub async fn observe(client: &kube::Client) -> Result<Observed> {
-    let mut o = Observed::default();
-    let (_, nodes) = list(client, "", "v1", "Node", "nodes").await?;
-    for n in &nodes {
-        let labels = n
-            .pointer("/metadata/labels")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let ready = condition(n, "Ready").is_some_and(|c| c["status"] == "True");
-        o.nodes.push(NodeState {
-            name: s(n, "/metadata/name"),
-            server: labels
-                .get("node-role.kubernetes.io/control-plane")
-                .and_then(Value::as_str)
-                == Some("true"),
-            etcd: labels
-                .get("node-role.kubernetes.io/etcd")
-                .and_then(Value::as_str)
-                == Some("true"),
-            version: s(n, "/status/nodeInfo/kubeletVersion"),
-            ready,
-            unschedulable: n.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
-        });
+/// Read one object; missing (or its kind not served) is `None`.
+async fn get(client: &kube::Client, q: Query<'_>, name: &str) -> Result<Option<Value>> {
+    match q.api(client).get_opt(name).await {
+        Ok(o) => Ok(o.and_then(|o| serde_json::to_value(o).ok())),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(q.refused(e)),
     }
-    o.nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    let (served, plans) = list(client, "upgrade.cattle.io", "v1", "Plan", "plans").await?;
-    o.suc_installed = served;
-    for p in &plans {
-        let complete = condition(p, "Complete");
-        o.plans.push(PlanState {
-            namespace: s(p, "/metadata/namespace"),
-            name: s(p, "/metadata/name"),
-            version: s(p, "/spec/version"),
-            complete: complete.is_some_and(|c| c["status"] == "True"),
-            failed: complete
-                .filter(|c| c["reason"] == "JobFailed")
-                .map(|c| s(c, "/message")),
-            applying: p
-                .pointer("/status/applying")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-        });
+}
+
+/// A label selector object (`matchLabels`, `matchExpressions`) in the query-string form the API
+/// takes; `None` for one that selects nothing (`null`) or cannot be written that way.
+pub fn selector_string(sel: &Value) -> Option<String> {
+    if !sel.is_object() {
+        return None;
     }
-    if served {
-        let (_, jobs) = list(client, "batch", "v1", "Job", "jobs").await?;
-        let time = |j: &Value, p: &str| {
-            j.pointer(p)
-                .and_then(Value::as_str)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&chrono::Utc))
-        };
-        o.upgrade_jobs = jobs
-            .iter()
-            .filter(|j| {
-                j.pointer("/metadata/labels/upgrade.cattle.io~1plan")
-                    .is_some()
-            })
-            .map(|j| UpgradeJob {
-                plan: s(j, "/metadata/labels/upgrade.cattle.io~1plan"),
-                node: s(j, "/metadata/labels/upgrade.cattle.io~1node"),
-                version: s(j, "/metadata/labels/upgrade.cattle.io~1version"),
-                started: time(j, "/status/startTime"),
-                completed: time(j, "/status/completionTime"),
-                failed: j
-                    .pointer("/status/failed")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-                    > 0,
-            })
+    let mut parts = Vec::new();
+    for (k, v) in sel.get("matchLabels").and_then(Value::as_object).into_iter().flatten() {
+        parts.push(format!("{k}={}", v.as_str()?));
+    }
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e.get("key")?.as_str()?;
+        let values: Vec<&str> = e
+            .get("values")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
             .collect();
+        parts.push(match e.get("operator")?.as_str()? {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_string(),
+            "DoesNotExist" => format!("!{key}"),
+            _ => return None,
+        });
     }
+    Some(parts.join(","))
+}
+
+fn node_state(n: &Value) -> NodeState {
+    let labels = n
+        .pointer("/metadata/labels")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let label = |k: &str| labels.get(k).and_then(Value::as_str) == Some("true");
+    let args: Vec<String> = serde_json::from_str(
+        n.pointer("/metadata/annotations/k3s.io~1node-args")
+            .and_then(Value::as_str)
+            .unwrap_or("[]"),
+    )
+    .unwrap_or_default();
+    let data_dir = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| match a.as_str() {
+            "--data-dir" | "-d" => args.get(i + 1).cloned(),
+            _ => a.strip_prefix("--data-dir=").map(str::to_string),
+        })
+        .unwrap_or_else(|| "/var/lib/rancher/k3s".into());
+    NodeState {
+        name: s(n, "/metadata/name"),
+        server: label("node-role.kubernetes.io/control-plane"),
+        etcd: label("node-role.kubernetes.io/etcd"),
+        version: s(n, "/status/nodeInfo/kubeletVersion"),
+        ready: condition(n, "Ready").is_some_and(|c| c["status"] == "True"),
+        unschedulable: n.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true),
+        data_dir,
+    }
+}
+
+fn plan_state(p: &Value) -> PlanState {
+    let complete = condition(p, "Complete");
+    PlanState {
+        namespace: s(p, "/metadata/namespace"),
+        name: s(p, "/metadata/name"),
+        version: s(p, "/spec/version"),
+        image: s(p, "/spec/upgrade/image"),
+        complete: complete.is_some_and(|c| c["status"] == "True"),
+        failed: complete
+            .filter(|c| c["reason"] == "JobFailed")
+            .map(|c| s(c, "/message")),
+        applying: p
+            .pointer("/status/applying")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(str::to_string))
+            .collect(),
+    }
+}
+
+fn upgrade_job(j: &Value) -> UpgradeJob {
+    let time = |p: &str| {
+        j.pointer(p)
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    // A failed Job has no completionTime: it ended when its Failed condition turned true.
+    let failed_at = condition(j, "Failed")
+        .filter(|c| c["status"] == "True")
+        .and_then(|c| c.get("lastTransitionTime"))
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc));
+    UpgradeJob {
+        plan: s(j, "/metadata/labels/upgrade.cattle.io~1plan"),
+        node: s(j, "/metadata/labels/upgrade.cattle.io~1node"),
+        version: s(j, "/metadata/labels/upgrade.cattle.io~1version"),
+        started: time("/status/startTime"),
+        completed: time("/status/completionTime").or(failed_at),
+        failed: j
+            .pointer("/status/failed")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            > 0,
+    }
+}
+
+/// The PodDisruptionBudgets that allow no disruption, with the nodes of the pods they guard.
+/// A Longhorn instance-manager PDB names its node in its selector; for the others the pods it
+/// selects are read, and only those.
+async fn blocking_pdbs(client: &kube::Client) -> Result<Vec<BlockingPdb>> {
     let (_, pdbs) = list(
         client,
-        "policy",
-        "v1",
-        "PodDisruptionBudget",
-        "poddisruptionbudgets",
+        Query::new("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
     )
     .await?;
-    let blocking: Vec<&Value> = pdbs
-        .iter()
-        .filter(|p| {
-            p.pointer("/status/disruptionsAllowed")
-                .and_then(Value::as_i64)
-                == Some(0)
-        })
-        .collect();
-    if !blocking.is_empty() {
-        let (_, pods) = list(client, "", "v1", "Pod", "pods").await?;
-        for pdb in blocking {
-            let sel = crate::sim::kube::patch::label_selector_from_object(
-                pdb.pointer("/spec/selector").unwrap_or(&Value::Null),
-            );
-            let ns = s(pdb, "/metadata/namespace");
-            let mut nodes: Vec<String> = pods
-                .iter()
-                .filter(|p| {
-                    s(p, "/metadata/namespace") == ns
-                        && crate::sim::kube::patch::labels_match(&sel, p)
-                })
-                .map(|p| s(p, "/spec/nodeName"))
-                .filter(|n| !n.is_empty())
-                .collect();
-            nodes.sort();
-            nodes.dedup();
-            o.blocking_pdbs.push(BlockingPdb {
-                namespace: ns,
-                name: s(pdb, "/metadata/name"),
-                nodes,
-            });
+    let mut out = Vec::new();
+    for pdb in &pdbs {
+        if pdb
+            .pointer("/status/disruptionsAllowed")
+            .and_then(Value::as_i64)
+            != Some(0)
+        {
+            continue;
         }
+        let ns = s(pdb, "/metadata/namespace");
+        let sel = pdb.pointer("/spec/selector").unwrap_or(&Value::Null);
+        let im_node = sel
+            .pointer("/matchLabels/longhorn.io~1component")
+            .filter(|c| *c == "instance-manager")
+            .and(sel.pointer("/matchLabels/longhorn.io~1node"))
+            .and_then(Value::as_str);
+        let mut nodes: Vec<String> = match (im_node, selector_string(sel)) {
+            (Some(node), _) => vec![node.to_string()],
+            (None, Some(labels)) => {
+                list(client, Query::new("", "v1", "Pod", "pods").ns(&ns).labels(labels))
+                    .await?
+                    .1
+                    .iter()
+                    .map(|p| s(p, "/spec/nodeName"))
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            }
+            (None, None) => Vec::new(),
+        };
+        nodes.sort();
+        nodes.dedup();
+        out.push(BlockingPdb {
+            namespace: ns,
+            name: s(pdb, "/metadata/name"),
+            nodes,
+            longhorn_instance_manager: im_node.is_some(),
+        });
     }
+    Ok(out)
+}
+
+/// Read what runs: a list per kind upkeep judges, narrowed by namespace and labels, and single
+/// objects by name; no CustomResourceDefinition list, no Pod list beyond what a blocking PDB
+/// selects.
+pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed> {
+    let mut o = Observed::default();
+    let (_, nodes) = list(client, Query::new("", "v1", "Node", "nodes")).await?;
+    o.nodes = nodes.iter().map(node_state).collect();
+    o.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    // SUC reads Plans only in its own namespace.
+    let (served, plans) = list(
+        client,
+        Query::new("upgrade.cattle.io", "v1", "Plan", "plans").ns(&ns.system_upgrade),
+    )
+    .await?;
+    o.suc_installed = served;
+    o.plans = plans.iter().map(plan_state).collect();
+    if served {
+        let (_, jobs) = list(
+            client,
+            Query::new("batch", "v1", "Job", "jobs")
+                .ns(&ns.system_upgrade)
+                .labels(format!("upgrade.cattle.io/plan in ({SERVER_PLAN},{AGENT_PLAN})")),
+        )
+        .await?;
+        o.upgrade_jobs = jobs.iter().map(upgrade_job).collect();
+    }
+    o.blocking_pdbs = blocking_pdbs(client).await?;
     let (_, hrs) = list(
         client,
-        "helm.toolkit.fluxcd.io",
-        "v2",
-        "HelmRelease",
-        "helmreleases",
+        Query::new("helm.toolkit.fluxcd.io", "v2", "HelmRelease", "helmreleases"),
     )
     .await?;
     for h in &hrs {
@@ -425,10 +609,7 @@ pub async fn observe(client: &kube::Client) -> Result<Observed> {
     }
     let (_, fis) = list(
         client,
-        "fluxcd.controlplane.io",
-        "v1",
-        "FluxInstance",
-        "fluxinstances",
+        Query::new("fluxcd.controlplane.io", "v1", "FluxInstance", "fluxinstances"),
     )
     .await?;
     for f in &fis {
@@ -444,45 +625,121 @@ pub async fn observe(client: &kube::Client) -> Result<Observed> {
     }
     let (_, ks) = list(
         client,
-        "kustomize.toolkit.fluxcd.io",
-        "v1",
-        "Kustomization",
-        "kustomizations",
+        Query::new("kustomize.toolkit.fluxcd.io", "v1", "Kustomization", "kustomizations"),
     )
     .await?;
     o.kustomizations = ks.iter().map(|k| health("Kustomization", k)).collect();
-    let (_, vols) = list(client, "longhorn.io", "v1beta2", "Volume", "volumes").await?;
+    longhorn(client, &ns.longhorn, &mut o).await?;
+    o.flux_crd_version = get(
+        client,
+        Query::new(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+        ),
+        "gitrepositories.source.toolkit.fluxcd.io",
+    )
+    .await?
+    .map(|c| s(&c, "/metadata/labels/app.kubernetes.io~1version"))
+    .filter(|v| !v.is_empty());
+    Ok(o)
+}
+
+/// Longhorn: volumes, the installed version, the backup target, the manager's rollout.
+async fn longhorn(client: &kube::Client, ns: &str, o: &mut Observed) -> Result<()> {
+    let (served, vols) = list(
+        client,
+        Query::new("longhorn.io", "v1beta2", "Volume", "volumes").ns(ns),
+    )
+    .await?;
+    if !served {
+        return Ok(());
+    }
     o.volumes = vols
         .iter()
         .map(|v| VolumeState {
             name: s(v, "/metadata/name"),
             robustness: s(v, "/status/robustness"),
             state: s(v, "/status/state"),
+            replicas: v
+                .pointer("/spec/numberOfReplicas")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            node: s(v, "/status/currentNodeID"),
         })
         .collect();
-    let (_, settings) = list(client, "longhorn.io", "v1beta2", "Setting", "settings").await?;
-    o.longhorn_version = settings
-        .iter()
-        .find(|st| s(st, "/metadata/name") == "current-longhorn-version")
-        .map(|st| s(st, "/value"))
-        .filter(|v| !v.is_empty());
-    o.longhorn_backup_target = settings
-        .iter()
-        .find(|st| s(st, "/metadata/name") == "backup-target")
-        .map(|st| s(st, "/value"))
-        .filter(|v| !v.is_empty());
-    let (_, crds) = list(
+    let setting = |name: &'static str| async move {
+        get(
+            client,
+            Query::new("longhorn.io", "v1beta2", "Setting", "settings").ns(ns),
+            name,
+        )
+        .await
+        .map(|st| st.map(|st| s(&st, "/value")).filter(|v| !v.is_empty()))
+    };
+    o.longhorn_version = setting("current-longhorn-version").await?;
+    let target = get(
         client,
-        "apiextensions.k8s.io",
-        "v1",
-        "CustomResourceDefinition",
-        "customresourcedefinitions",
+        Query::new("longhorn.io", "v1beta2", "BackupTarget", "backuptargets").ns(ns),
+        "default",
     )
     .await?;
-    o.flux_crd_version = crds
-        .iter()
-        .find(|c| s(c, "/metadata/name") == "gitrepositories.source.toolkit.fluxcd.io")
-        .map(|c| s(c, "/metadata/labels/app.kubernetes.io~1version"))
-        .filter(|v| !v.is_empty());
-    Ok(o)
+    o.longhorn_backup_target = match target {
+        Some(t) => (t.pointer("/status/available") == Some(&Value::Bool(true)))
+            .then(|| s(&t, "/spec/backupTargetURL"))
+            .filter(|u| !u.is_empty()),
+        None => setting("backup-target").await?,
+    };
+    o.longhorn_manager_rolled_out = get(
+        client,
+        Query::new("apps", "v1", "DaemonSet", "daemonsets").ns(ns),
+        "longhorn-manager",
+    )
+    .await?
+    .map(|d| daemonset_rolled_out(&d));
+    Ok(())
+}
+
+/// `kubectl rollout status` for a DaemonSet: the controller saw the current generation and
+/// every scheduled pod is updated and available.
+fn daemonset_rolled_out(d: &Value) -> bool {
+    let n = |p: &str| d.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    n("/status/observedGeneration") >= n("/metadata/generation")
+        && n("/status/updatedNumberScheduled") >= n("/status/desiredNumberScheduled")
+        && n("/status/numberAvailable") >= n("/status/desiredNumberScheduled")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn selectors_in_query_form() {
+        assert_eq!(
+            selector_string(&json!({"matchLabels": {"app": "x"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["a", "b"]},
+                    {"key": "gone", "operator": "DoesNotExist"}]})),
+            Some("app=x,tier in (a,b),!gone".into())
+        );
+        assert_eq!(selector_string(&Value::Null), None);
+        assert_eq!(selector_string(&json!({})), Some(String::new()));
+    }
+
+    #[test]
+    fn the_data_dir_comes_from_the_node_args() {
+        let n = json!({"metadata": {"name": "s1", "annotations":
+            {"k3s.io/node-args": "[\"server\",\"--data-dir\",\"/srv/k3s\"]"}}});
+        assert_eq!(node_state(&n).data_dir, "/srv/k3s");
+        assert_eq!(node_state(&json!({})).data_dir, "/var/lib/rancher/k3s");
+    }
+
+    #[test]
+    fn a_daemonset_mid_rollout_is_not_rolled_out() {
+        let d = |updated: i64| json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
+            "desiredNumberScheduled": 3, "updatedNumberScheduled": updated, "numberAvailable": 3}});
+        assert!(!daemonset_rolled_out(&d(1)));
+        assert!(daemonset_rolled_out(&d(3)));
+    }
 }

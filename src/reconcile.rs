@@ -183,6 +183,8 @@ pub struct Config {
     pub state: std::path::PathBuf,
     pub kubeconfig: Option<std::path::PathBuf>,
     pub namespace: String,
+    /// Where SUC, the snapshot Job and Longhorn live.
+    pub namespaces: crate::cluster::Namespaces,
     pub author: Author,
     pub style: Style,
     /// How often the loop runs.
@@ -423,6 +425,7 @@ async fn drive(
     };
     let mut opts = Options::from_policy(&config.rollouts, &cfg.namespace);
     opts.budget = Duration::ZERO;
+    opts.namespaces = cfg.namespaces.clone();
     opts.releases = mem.releases.clone();
     crate::apply::run_detailed(&client, &repo, config, &opts, &Utc::now)
         .instrument(tracing::info_span!("rollouts"))

@@ -102,6 +102,10 @@ pub struct RolloutStatus {
     /// The backup's name (an etcd snapshot, a Longhorn backup), once taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<String>,
+    /// The backup being taken: a name unique to this attempt, so that a retried rollout never
+    /// counts an older snapshot as its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_attempt: Option<String>,
     /// The checks of the last preflight or validation.
     #[serde(default)]
     pub checks: Vec<Finding>,
@@ -132,8 +136,12 @@ pub enum Effect {
     /// Apply `version` of the component (SUC Plans, the HelmRelease's chart version, the
     /// FluxInstance's distribution version), server-side, as field manager `upkeep`.
     Apply { version: String },
-    /// Stop the rollout where it is: no further nodes; uncordon what upkeep cordoned.
+    /// After a failure: start no further node (SUC Plans at `concurrency: 0`); nodes in
+    /// progress finish.
     Halt,
+    /// Once nothing is in progress after a halt: drop the failed nodes from upkeep's Plans (so
+    /// SUC stops retrying them) and uncordon what the rollout cordoned.
+    Release,
     /// The window closed: start no new node (nodes in progress finish); resumed by `Apply`.
     Pause,
     /// Uncordon the nodes the rollout left cordoned.
@@ -156,8 +164,8 @@ pub struct Ctx<'a> {
     pub waiting: String,
     /// Take backups before applying.
     pub backup: bool,
-    /// The backup that is ready, if the named one exists and is usable.
-    pub backup_ready: Option<String>,
+    /// How the backup of this attempt stands (looked up only in the Backup phase).
+    pub backup_state: BackupState,
     /// How long one hop may take before it counts as failed.
     pub timeout: chrono::Duration,
     pub preflight: PreflightPolicy,
@@ -165,9 +173,26 @@ pub struct Ctx<'a> {
     pub extra_checks: Vec<Finding>,
 }
 
-/// The name of a rollout's backup.
-pub fn backup_name(rollout: &str) -> String {
-    format!("upkeep-{rollout}")
+/// How a backup stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BackupState {
+    /// Not taken yet, or still being taken.
+    #[default]
+    Pending,
+    /// Ready: what to call it in reports.
+    Ready(String),
+    /// It failed (the snapshot Job failed, the backup reports an error): why.
+    Failed(String),
+}
+
+/// The name of a rollout's backup for the attempt started at `now`: unique per attempt (a
+/// rollout deleted and created again takes a new snapshot), at most 63 characters, and
+/// ending in the time so that a truncated rollout name stays unique.
+pub fn backup_name(rollout: &str, now: DateTime<Utc>) -> String {
+    let stamp = now.format("%Y%m%d%H%M%S").to_string();
+    let mut head = format!("upkeep-{rollout}");
+    head.truncate(63 - stamp.len() - 1);
+    format!("{}-{stamp}", head.trim_end_matches(['-', '.']))
 }
 
 /// A Kubernetes-safe name for the rollout of `component` to `version`.
@@ -195,10 +220,42 @@ fn set(status: &mut RolloutStatus, phase: Phase, message: impl Into<String>, now
 }
 
 /// Whether the component runs `version` everywhere, healthy.
-fn reached(c: &Component, version: &Version, o: &Observed) -> Result<bool, String> {
+/// How long after its upgrade Job failed a node may still come back at the new version: the
+/// Job often fails as k3s restarts under it, before the kubelet reports the new version.
+const JOB_FAILURE_GRACE: i64 = 120;
+
+/// Whether the component runs `version` everywhere, healthy (`Ok(false)`: not yet).
+fn reached(
+    c: &Component,
+    version: &Version,
+    o: &Observed,
+    now: DateTime<Utc>,
+) -> Result<bool, String> {
     match c.name.as_str() {
         "k3s" => {
-            let failed = o.plans.iter().find_map(|p| p.failed.clone());
+            // A failed upgrade Job counts only for a node that did not reach the version after
+            // the grace: judge by the node, not by the Job.
+            let dash = version.to_string().replace('+', "-");
+            let failed = o
+                .upgrade_jobs
+                .iter()
+                .filter(|j| j.failed && j.version == dash)
+                .filter(|j| j.completed.is_none_or(|t| (now - t).num_seconds() >= JOB_FAILURE_GRACE))
+                .find(|j| {
+                    !o.nodes.iter().any(|n| {
+                        n.name == j.node
+                            && versions::parse(&n.version, c.scheme).ok().as_ref() == Some(version)
+                    })
+                })
+                .map(|j| {
+                    let why = o
+                        .plans
+                        .iter()
+                        .filter(|p| p.upkeeps() && p.name == j.plan)
+                        .find_map(|p| p.failed.clone())
+                        .unwrap_or_else(|| "Job failed".into());
+                    format!("{} on {}: {why}", j.plan, j.node)
+                });
             let all = !o.nodes.is_empty()
                 && o.nodes
                     .iter()
@@ -234,6 +291,13 @@ fn reached(c: &Component, version: &Version, o: &Observed) -> Result<bool, Strin
                 .as_deref()
                 .and_then(|v| versions::parse(v, c.scheme).ok());
             if running.as_ref() == Some(version) && h.ready {
+                // Helm is done; Longhorn's own upgrade goes on: its manager rolls out, then
+                // writes current-longhorn-version.
+                if name == "longhorn" {
+                    let manager = o.longhorn_version.as_deref().and_then(|v| versions::parse(v, c.scheme).ok());
+                    return Ok(manager.as_ref() == Some(version)
+                        && o.longhorn_manager_rolled_out != Some(false));
+                }
                 return Ok(true);
             }
             let desired_now = h
@@ -444,11 +508,20 @@ pub fn decide(
                 }
                 let needs_backup =
                     ctx.backup && s.backup.is_none() && backup_applies(c, ctx.observed);
-                if needs_backup {
-                    set(&mut s, Phase::Backup, "taking a backup", now);
-                    fx.push(Effect::Backup {
-                        name: backup_name(name),
+                if ctx.backup && c.name == "k3s" && !backup_applies(c, ctx.observed) {
+                    s.checks.push(Finding {
+                        check: "backup".into(),
+                        ok: true,
+                        detail: NO_DATASTORE_BACKUP.into(),
                     });
+                }
+                if needs_backup {
+                    let attempt = backup_name(name, now);
+                    set(&mut s, Phase::Backup, format!("taking the backup {attempt}"), now);
+                    fx.push(Effect::Backup {
+                        name: attempt.clone(),
+                    });
+                    s.backup_attempt = Some(attempt);
                 } else {
                     set(
                         &mut s,
@@ -482,8 +555,8 @@ pub fn decide(
                 );
             }
         }
-        Phase::Backup => match &ctx.backup_ready {
-            Some(b) => {
+        Phase::Backup => match &ctx.backup_state {
+            BackupState::Ready(b) => {
                 s.backup = Some(b.clone());
                 set(
                     &mut s,
@@ -495,7 +568,15 @@ pub fn decide(
                     version: hop_version.clone(),
                 });
             }
-            None => {
+            BackupState::Failed(why) => fail(
+                &mut s,
+                &mut fx,
+                spec,
+                c,
+                format!("the backup failed: {why}"),
+                now,
+            ),
+            BackupState::Pending => {
                 if s.phase_since.is_some_and(|t| now - t > ctx.timeout) {
                     fail(
                         &mut s,
@@ -506,10 +587,15 @@ pub fn decide(
                         now,
                     );
                 } else {
-                    // Re-issuing is harmless: the backup is a named object.
+                    // Re-issuing is harmless: the backup is a named object, unique to the attempt.
+                    let attempt = s
+                        .backup_attempt
+                        .clone()
+                        .unwrap_or_else(|| backup_name(name, now));
                     fx.push(Effect::Backup {
-                        name: backup_name(name),
+                        name: attempt.clone(),
                     });
+                    s.backup_attempt = Some(attempt);
                 }
             }
         },
@@ -525,7 +611,7 @@ pub fn decide(
                 );
                 return (s, fx);
             };
-            match reached(c, &target, ctx.observed) {
+            match reached(c, &target, ctx.observed, now) {
                 Ok(true) => set(
                     &mut s,
                     Phase::Validating,
@@ -626,10 +712,13 @@ pub fn decide(
                 let took = s.started_at.map_or(String::new(), |t| {
                     format!(" in {} min", (now - t).num_minutes())
                 });
-                let backup = s
-                    .backup
-                    .as_ref()
-                    .map_or(String::new(), |b| format!(", after backup `{b}`"));
+                let backup = match &s.backup {
+                    Some(b) => format!(", after backup `{b}`"),
+                    None if c.name == "k3s" && ctx.backup && !backup_applies(c, ctx.observed) => {
+                        ", with no datastore backup (no embedded etcd)".to_string()
+                    }
+                    None => String::new(),
+                };
                 let dash = spec.to.replace('+', "-");
                 let nodes: Vec<String> = s
                     .nodes
@@ -679,6 +768,26 @@ pub fn decide(
         }
         Phase::Failed => {
             fx.push(Effect::Halt);
+            if c.name == "k3s" {
+                // Nodes in progress finish (killing a running upgrade Job would leave its node
+                // half-done and cordoned); then the failed ones leave upkeep's Plans.
+                let busy: Vec<&str> = ctx
+                    .observed
+                    .upgrade_jobs
+                    .iter()
+                    .filter(|j| j.active())
+                    .map(|j| j.node.as_str())
+                    .collect();
+                let waited = s.phase_since.is_some_and(|t| now - t > ctx.timeout);
+                if !busy.is_empty() && !waited {
+                    s.message = format!(
+                        "halted: no new node starts; waiting for {} to finish",
+                        busy.join(", ")
+                    );
+                    return (s, fx);
+                }
+                fx.push(Effect::Release);
+            }
             // Roll back where the component supports it (Flux: a patch within the same minor).
             let back = last_good(spec, &s);
             if let (Ok(b), Ok(h)) = (versions::parse(&back, c.scheme), &hop)
@@ -808,6 +917,9 @@ fn moved(c: &Component, o: &Observed, back_to: &str) -> bool {
     }
 }
 
+/// What the report says of a k3s rollout on a cluster without embedded etcd.
+pub const NO_DATASTORE_BACKUP: &str = "no datastore backup: k3s runs without embedded etcd (SQLite or an external datastore), which upkeep cannot snapshot; back up server/db/state.db (SQLite) or the external database yourself (docs/runbook.md)";
+
 fn backup_applies(c: &Component, o: &Observed) -> bool {
     match c.name.as_str() {
         "k3s" => o.nodes.iter().any(|n| n.etcd),
@@ -884,6 +996,7 @@ pub(crate) mod tests {
                     version: v.to_string(),
                     ready: true,
                     unschedulable: false,
+                    data_dir: "/var/lib/rancher/k3s".into(),
                 })
                 .collect(),
             suc_installed: true,
@@ -916,7 +1029,7 @@ pub(crate) mod tests {
             may_start,
             waiting: "next window Sat 22:00".into(),
             backup: true,
-            backup_ready: backup_ready.map(str::to_string),
+            backup_state: backup_ready.map_or(BackupState::Pending, |b| BackupState::Ready(b.into())),
             timeout: chrono::Duration::minutes(60),
             preflight: PreflightPolicy::default(),
             extra_checks: Vec::new(),
@@ -935,12 +1048,13 @@ pub(crate) mod tests {
         assert_eq!(s.phase, Phase::Preflight);
         let (s, fx) = step(&s, &before, true, None);
         assert_eq!(s.phase, Phase::Backup);
-        assert_eq!(
-            fx,
-            vec![Effect::Backup {
-                name: "upkeep-k3s-v1.33.5-k3s1".into()
-            }]
+        assert!(
+            matches!(&fx[..], [Effect::Backup { name }] if name.starts_with("upkeep-k3s-v1.33.5-k3s1-2")),
+            "{fx:?}"
         );
+        // Looked at again, the same attempt is asked for, not a new one.
+        let (_, again) = step(&s, &before, true, None);
+        assert_eq!(again, fx);
         let (s, fx) = step(&s, &before, true, Some("upkeep-k3s-v1.33.5-k3s1-n0-1"));
         assert_eq!(s.phase, Phase::Applying);
         assert_eq!(
@@ -983,7 +1097,10 @@ pub(crate) mod tests {
         assert_eq!(s.phase, Phase::Failed, "{s:?}");
         assert!(fx.is_empty());
         let (s, fx) = step(&s, &bad, true, None);
-        assert_eq!((s.phase, fx), (Phase::Reverting, vec![Effect::Halt]));
+        assert_eq!(
+            (s.phase, fx),
+            (Phase::Reverting, vec![Effect::Halt, Effect::Release])
+        );
         let (s, fx) = step(&s, &bad, true, None);
         assert_eq!(s.phase, Phase::RequiresAttention);
         assert!(
@@ -1025,7 +1142,7 @@ pub(crate) mod tests {
                 may_start: true,
                 waiting: String::new(),
                 backup: false,
-                backup_ready: None,
+                backup_state: BackupState::Pending,
                 timeout: chrono::Duration::minutes(60),
                 preflight: PreflightPolicy::default(),
                 extra_checks: Vec::new(),
@@ -1063,6 +1180,71 @@ pub(crate) mod tests {
             fx,
             vec![Effect::Halt],
             "a lower minor is refused by flux-operator"
+        );
+    }
+
+    #[test]
+    fn a_backup_is_named_per_attempt_and_fits_a_kubernetes_name() {
+        let t0: DateTime<Utc> = "2026-11-21T21:30:00Z".parse().unwrap_or_default();
+        let a = backup_name("k3s-v1.33.5-k3s1", t0);
+        assert_eq!(a, "upkeep-k3s-v1.33.5-k3s1-20261121213000");
+        assert_ne!(a, backup_name("k3s-v1.33.5-k3s1", t0 + chrono::Duration::seconds(1)));
+        let long = backup_name(&"x".repeat(80), t0);
+        assert!(long.len() <= 63 && long.ends_with("-20261121213000"), "{long}");
+    }
+
+    #[test]
+    fn a_failed_backup_fails_the_rollout_at_once() {
+        let before = cluster(&["v1.33.4+k3s1"]);
+        let s = RolloutStatus {
+            phase: Phase::Backup,
+            phase_since: Some(Utc::now()),
+            backup_attempt: Some("upkeep-k3s-x-1".into()),
+            ..Default::default()
+        };
+        let c = k3s();
+        let ctx = Ctx {
+            now: Utc::now(),
+            component: &c,
+            observed: &before,
+            may_start: true,
+            waiting: String::new(),
+            backup: true,
+            backup_state: BackupState::Failed("exec: \"k3s\": not found".into()),
+            timeout: chrono::Duration::minutes(60),
+            preflight: PreflightPolicy::default(),
+            extra_checks: Vec::new(),
+        };
+        let (s, fx) = decide("k3s-v1.33.5-k3s1", &spec(), &s, &ctx);
+        assert_eq!(s.phase, Phase::Failed);
+        assert!(s.message.contains("the backup failed: exec"), "{}", s.message);
+        assert!(fx.is_empty());
+    }
+
+    #[test]
+    fn a_halt_lets_the_node_in_progress_finish_before_releasing() {
+        let mut o = cluster(&["v1.33.5+k3s1", "v1.33.4+k3s1"]);
+        o.upgrade_jobs.push(crate::cluster::UpgradeJob {
+            plan: "upkeep-agent".into(),
+            node: "n1".into(),
+            version: "v1.33.5-k3s1".into(),
+            started: Some(Utc::now()),
+            completed: None,
+            failed: false,
+        });
+        let failed = RolloutStatus {
+            phase: Phase::Failed,
+            phase_since: Some(Utc::now()),
+            ..Default::default()
+        };
+        let (s, fx) = step(&failed, &o, true, None);
+        assert_eq!((s.phase, fx), (Phase::Failed, vec![Effect::Halt]));
+        assert!(s.message.contains("waiting for n1"), "{}", s.message);
+        o.upgrade_jobs[0].completed = Some(Utc::now());
+        let (s, fx) = step(&s, &o, true, None);
+        assert_eq!(
+            (s.phase, fx),
+            (Phase::Reverting, vec![Effect::Halt, Effect::Release])
         );
     }
 

@@ -34,6 +34,9 @@ pub struct ControllerFile {
     pub ssh_key: Option<PathBuf>,
     pub kubeconfig: Option<PathBuf>,
     pub namespace: Option<String>,
+    pub suc_namespace: Option<String>,
+    pub snapshot_namespace: Option<String>,
+    pub longhorn_namespace: Option<String>,
     pub listen: Option<String>,
     pub poll: Option<u64>,
     pub detect_every: Option<u64>,
@@ -152,6 +155,9 @@ impl ControllerFile {
         opt("ssh-key", None, p(&self.ssh_key));
         opt("kubeconfig", None, p(&self.kubeconfig));
         opt("namespace", None, self.namespace.clone());
+        opt("suc-namespace", None, self.suc_namespace.clone());
+        opt("snapshot-namespace", None, self.snapshot_namespace.clone());
+        opt("longhorn-namespace", None, self.longhorn_namespace.clone());
         opt("listen", None, self.listen.clone());
         opt("poll", None, n(self.poll));
         opt("detect-every", None, n(self.detect_every));

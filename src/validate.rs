@@ -30,6 +30,8 @@ pub struct Verdict {
 pub struct PreflightPolicy {
     /// Start a Longhorn upgrade with degraded (not faulted) volumes.
     pub allow_degraded_volumes: bool,
+    /// The agent Plan drains its nodes (servers are only cordoned).
+    pub drain: bool,
 }
 
 fn finding(check: &str, ok: bool, detail: impl Into<String>) -> Finding {
@@ -38,6 +40,66 @@ fn finding(check: &str, ok: bool, detail: impl Into<String>) -> Finding {
         ok,
         detail: detail.into(),
     }
+}
+
+/// Whether draining the agents (what the agent Plan does; servers are only cordoned) can get
+/// past the PodDisruptionBudgets. Longhorn's instance-manager PDBs do not count: Longhorn
+/// removes each once its node is cordoned and its volumes are detached, unless the node holds
+/// a volume's only replica.
+fn drain_finding(observed: &Observed) -> Finding {
+    let agents: Vec<&str> = observed
+        .nodes
+        .iter()
+        .filter(|n| !n.server)
+        .map(|n| n.name.as_str())
+        .collect();
+    let mut blocking: Vec<String> = observed
+        .blocking_pdbs
+        .iter()
+        .filter(|p| !p.longhorn_instance_manager)
+        .filter_map(|p| {
+            let on: Vec<&str> = p
+                .nodes
+                .iter()
+                .map(String::as_str)
+                .filter(|n| agents.contains(n))
+                .collect();
+            (!on.is_empty()).then(|| format!("{}/{} (pods on {})", p.namespace, p.name, on.join(", ")))
+        })
+        .collect();
+    blocking.extend(
+        observed
+            .volumes
+            .iter()
+            .filter(|v| v.replicas == 1 && agents.contains(&v.node.as_str()))
+            .map(|v| {
+                format!(
+                    "Longhorn volume {} has one replica on {}: Longhorn keeps that node's instance-manager PodDisruptionBudget (give it more replicas, or set node-drain-policy)",
+                    v.name, v.node
+                )
+            }),
+    );
+    let longhorn = observed
+        .blocking_pdbs
+        .iter()
+        .filter(|p| p.longhorn_instance_manager)
+        .count();
+    finding(
+        "drains",
+        blocking.is_empty(),
+        if !blocking.is_empty() {
+            format!(
+                "PodDisruptionBudgets with 0 allowed disruptions would block draining the agents: {}",
+                blocking.join("; ")
+            )
+        } else if longhorn > 0 {
+            format!(
+                "no PodDisruptionBudget blocks a drain ({longhorn} Longhorn instance-manager PDBs, which Longhorn lifts once a node is cordoned)"
+            )
+        } else {
+            "no PodDisruptionBudget blocks a drain".into()
+        },
+    )
 }
 
 /// Whether `component` may go from what runs to `target` now. A failed preflight changes
@@ -115,31 +177,29 @@ pub fn preflight(
                 observed.suc_installed,
                 if observed.suc_installed { "the Plan CRD is served".to_string() } else { "the Plan CRD (plans.upgrade.cattle.io) is not served: install the system-upgrade-controller".to_string() },
             ));
-            let blocking: Vec<String> = observed
-                .blocking_pdbs
+            let others: Vec<String> = observed
+                .plans
                 .iter()
-                .filter(|p| !p.nodes.is_empty())
-                .map(|p| {
-                    format!(
-                        "{}/{} (pods on {})",
-                        p.namespace,
-                        p.name,
-                        p.nodes.join(", ")
-                    )
-                })
+                .filter(|p| !p.upkeeps() && p.image.contains("k3s-upgrade"))
+                .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
             f.push(finding(
-                "drains",
-                blocking.is_empty(),
-                if blocking.is_empty() {
-                    "no PodDisruptionBudget blocks a drain".into()
+                "other k3s Plans",
+                others.is_empty(),
+                if others.is_empty() {
+                    "no other Plan upgrades k3s".to_string()
                 } else {
                     format!(
-                        "PodDisruptionBudgets with 0 allowed disruptions would block a drain: {}",
-                        blocking.join("; ")
+                        "another Plan upgrades k3s on these nodes and would fight upkeep's: {} (delete it: kubectl -n {} delete plan {}; upkeep's Plans are upkeep-server and upkeep-agent)",
+                        others.join(", "),
+                        observed.plans.iter().find(|p| !p.upkeeps() && p.image.contains("k3s-upgrade")).map_or("", |p| p.namespace.as_str()),
+                        others.iter().map(|o| o.rsplit('/').next().unwrap_or(o)).collect::<Vec<_>>().join(" ")
                     )
                 },
             ));
+            if policy.drain {
+                f.push(drain_finding(observed));
+            }
         }
         "longhorn" => {
             let faulted: Vec<&str> = observed
@@ -241,8 +301,14 @@ mod tests {
             version: v.into(),
             ready: true,
             unschedulable: false,
+            data_dir: "/var/lib/rancher/k3s".into(),
         }
     }
+
+    const DRAIN: PreflightPolicy = PreflightPolicy {
+        allow_degraded_volumes: false,
+        drain: true,
+    };
 
     fn cluster() -> Observed {
         Observed {
@@ -274,7 +340,7 @@ mod tests {
     fn each_problem_fails_with_the_facts() {
         let target = v("v1.33.5+k3s1");
         let fails = |o: &Observed, t: &Version| {
-            let verdict = preflight(&k3s(), t, o, PreflightPolicy::default());
+            let verdict = preflight(&k3s(), t, o, DRAIN);
             assert!(!verdict.ok);
             verdict
                 .findings
@@ -298,10 +364,71 @@ mod tests {
             namespace: "default".into(),
             name: "db".into(),
             nodes: vec!["agent-1".into()],
+            longhorn_instance_manager: false,
         }];
         assert!(fails(&o, &target).contains("default/db (pods on agent-1)"));
+        let mut o = cluster();
+        o.plans.push(crate::cluster::PlanState {
+            namespace: "system-upgrade".into(),
+            name: "server-plan".into(),
+            version: String::new(),
+            image: "rancher/k3s-upgrade".into(),
+            complete: true,
+            failed: None,
+            applying: Vec::new(),
+        });
+        assert!(
+            fails(&o, &target).contains(
+                "another Plan upgrades k3s on these nodes and would fight upkeep's: system-upgrade/server-plan"
+            )
+        );
         assert!(fails(&cluster(), &v("v1.35.0+k3s1")).contains("skips a minor"));
         assert!(fails(&cluster(), &v("v1.33.3+k3s1")).contains("downgrade"));
+    }
+
+    #[test]
+    fn only_drained_nodes_and_pdbs_longhorn_does_not_lift_block_a_drain() {
+        let target = v("v1.33.5+k3s1");
+        let pdb = |name: &str, node: &str, longhorn: bool| BlockingPdb {
+            namespace: "longhorn-system".into(),
+            name: name.into(),
+            nodes: vec![node.into()],
+            longhorn_instance_manager: longhorn,
+        };
+        let mut o = cluster();
+        // Longhorn keeps one on every node; it lifts it once the node is cordoned.
+        o.blocking_pdbs = vec![
+            pdb("instance-manager-a", "agent-1", true),
+            pdb("instance-manager-s", "server-1", true),
+        ];
+        let verdict = preflight(&k3s(), &target, &o, DRAIN);
+        assert!(verdict.ok, "{verdict:?}");
+        assert!(
+            verdict
+                .findings
+                .iter()
+                .any(|f| f.detail.contains("2 Longhorn instance-manager PDBs")),
+            "{verdict:?}"
+        );
+        // Servers are only cordoned, never drained.
+        o.blocking_pdbs = vec![pdb("db", "server-1", false)];
+        assert!(preflight(&k3s(), &target, &o, DRAIN).ok);
+        // Without drain, no PDB matters.
+        o.blocking_pdbs = vec![pdb("db", "agent-1", false)];
+        assert!(!preflight(&k3s(), &target, &o, DRAIN).ok);
+        assert!(preflight(&k3s(), &target, &o, PreflightPolicy::default()).ok);
+        // A volume whose only replica is on an agent keeps that node's PDB.
+        let mut o = cluster();
+        o.volumes.push(VolumeState {
+            name: "pvc-1".into(),
+            robustness: "healthy".into(),
+            state: "attached".into(),
+            replicas: 1,
+            node: "agent-1".into(),
+        });
+        let verdict = preflight(&k3s(), &target, &o, DRAIN);
+        assert!(!verdict.ok);
+        assert!(format!("{verdict:?}").contains("pvc-1 has one replica on agent-1"));
     }
 
     #[test]
@@ -326,6 +453,8 @@ mod tests {
             name: "pvc-1".into(),
             robustness: "degraded".into(),
             state: "attached".into(),
+            replicas: 3,
+            node: "agent-1".into(),
         });
         assert!(!preflight(&lh, &target, &o, PreflightPolicy::default()).ok);
         assert!(
@@ -334,7 +463,8 @@ mod tests {
                 &target,
                 &o,
                 PreflightPolicy {
-                    allow_degraded_volumes: true
+                    allow_degraded_volumes: true,
+                    drain: false,
                 }
             )
             .ok
@@ -346,7 +476,8 @@ mod tests {
                 &target,
                 &o,
                 PreflightPolicy {
-                    allow_degraded_volumes: true
+                    allow_degraded_volumes: true,
+                    drain: false,
                 }
             )
             .ok

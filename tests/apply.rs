@@ -193,6 +193,7 @@ impl World {
                 releases: self.releases.clone(),
                 drain: true,
                 allow_degraded_volumes: false,
+                namespaces: Default::default(),
             };
             let clock = self.kube.clock().clone();
             upkeep::apply::run(&client, &repo, &config, &opts, &move || clock.now())
@@ -343,7 +344,9 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
             .any(|c| c.contains("Failed, and needs a human") && c.contains("cannot be downgraded")),
         "{comments:?}"
     );
-    // Halted: the Plans match no node any more; nothing is left cordoned.
+    // Halted (concurrency 0, so the node in progress finished), then released: the Plans
+    // match no node any more, so SUC retries nothing; no other node started; nothing is left
+    // cordoned.
     let plan = w
         .kube
         .get(
@@ -354,9 +357,10 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
         )
         .expect("plan");
     assert_eq!(
-        plan["spec"]["nodeSelector"]["matchLabels"]["upkeep.dev/halted"],
+        plan["spec"]["nodeSelector"]["matchLabels"]["upkeep.dev/released"],
         "true"
     );
+    assert_eq!(plan["spec"]["concurrency"], 0);
     assert!(
         w.kube
             .list("", "nodes")
@@ -430,6 +434,33 @@ fn a_longhorn_minor_upgrade_and_a_flux_upgrade() {
         .expect("hr");
     assert_eq!(hr["status"]["history"][0]["chartVersion"], "1.10.2");
     assert!(w.comments()[0].contains("**Applied**: longhorn v1.9.1 → v1.10.2"));
+    // Validated only once Longhorn's own upgrade was done: its manager rolls out for a simulated
+    // minute after Helm returns, then writes current-longhorn-version.
+    let at = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+            .unwrap_or_default()
+    };
+    let helm_done = at(&hr["status"]["conditions"][0]["lastTransitionTime"]);
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", "longhorn-v1.10.2")
+        .expect("rollout");
+    let validated = at(&r["status"]["phaseSince"]);
+    assert!(
+        validated >= helm_done + chrono::Duration::seconds(60),
+        "validated at {validated}, Helm done at {helm_done}"
+    );
+    let setting = w
+        .kube
+        .get(
+            "longhorn.io",
+            "settings",
+            "longhorn-system",
+            "current-longhorn-version",
+        )
+        .expect("setting");
+    assert_eq!(setting["value"], "v1.10.2");
 
     let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.7.0");
     let s = w.apply(Duration::from_secs(60));
@@ -752,8 +783,18 @@ fn a_two_hop_minor_path_is_applied_and_validated_hop_by_hop() {
     );
 }
 
+/// Longhorn 1.8 on keeps its backup target in the `BackupTarget` `default`; the
+/// `backup-target` setting is gone and means nothing.
 #[test]
 fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
+    let backups = |w: &World| {
+        w.kube
+            .list("longhorn.io", "systembackups")
+            .into_iter()
+            .filter(|b| b["metadata"]["labels"]["upkeep.dev/rollout"] == "longhorn-v1.10.2")
+            .collect::<Vec<_>>()
+    };
+    // An old-style setting on 1.9: no SystemBackup (Longhorn would refuse it), volume snapshots.
     let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
     {
         let mut s = w.kube.store();
@@ -767,21 +808,32 @@ fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
         .expect("setting");
     }
     let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, "longhorn-v1.10.2"), Some(Phase::Succeeded), "{s:?}");
+    assert!(backups(&w).is_empty());
+    assert_eq!(w.kube.list("longhorn.io", "snapshots").len(), 3);
+
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    {
+        let mut s = w.kube.store();
+        let ctx = upkeep::sim::kube::store::Ctx::new(Utc::now(), "test");
+        s.modify(
+            &("longhorn.io".into(), "backuptargets".into()),
+            "longhorn-system",
+            "default",
+            &ctx,
+            |t| t["spec"]["backupTargetURL"] = json!("s3://backups@eu-west-1/"),
+        )
+        .expect("backup target");
+    }
+    let s = w.apply(Duration::from_secs(60));
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::Succeeded),
         "{s:?}"
     );
-    let b = w
-        .kube
-        .get(
-            "longhorn.io",
-            "systembackups",
-            "longhorn-system",
-            "upkeep-longhorn-v1.10.2",
-        )
-        .expect("system backup");
-    assert_eq!(b["status"]["state"], "Ready");
+    let b = backups(&w);
+    assert_eq!(b.len(), 1, "{b:?}");
+    assert_eq!(b[0]["status"]["state"], "Ready");
     assert!(w.kube.list("longhorn.io", "snapshots").is_empty());
 }
 
@@ -912,6 +964,32 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
             .all(|n| n["spec"]["unschedulable"].is_null()),
         "uncordoned: {s:?}"
     );
+
+    // An agent whose upgrade outlasts the Job deadline: the rollout halts. No other node starts,
+    // the node the failed Job left cordoned is uncordoned, and it leaves upkeep's Plans so that
+    // SUC does not retry it when the failed Job's TTL runs out.
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::SlowUpgrade {
+        node: Some("agent-1".into()),
+        seconds: 3600,
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
+    assert_eq!(w.version_of("agent-2"), "v1.33.4+k3s1", "no node after the failure");
+    let cordoned = || {
+        w.kube
+            .list("", "nodes")
+            .iter()
+            .filter(|n| !n["spec"]["unschedulable"].is_null())
+            .count()
+    };
+    assert_eq!(cordoned(), 0, "{s:?}");
+    let jobs = || w.kube.list("batch", "jobs").len();
+    let before = jobs();
+    w.kube.clock().set_speed(600.0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!((jobs(), cordoned()), (before, 0), "no retry after the TTL");
+    assert_eq!(w.version_of("agent-2"), "v1.33.4+k3s1");
 
     // A PodDisruptionBudget that would block a drain: the preflight fails, nothing changes, and
     // the PR hears it once.

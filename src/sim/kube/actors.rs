@@ -451,7 +451,10 @@ impl World<'_> {
                         .cloned();
                     let finished = job
                         .as_ref()
-                        .and_then(|j| since(s(j, "/status/completionTime")));
+                        .and_then(|j| j.pointer("/status/conditions"))
+                        .and_then(Value::as_array)
+                        .and_then(|cs| cs.iter().find(|c| s(c, "/type") == "Failed"))
+                        .and_then(|c| since(s(c, "/lastTransitionTime")));
                     if elapsed(self.now, finished) >= JOB_TTL || job.is_none() {
                         changed = true;
                         let at = finished.map_or(self.now, |f| {
@@ -671,8 +674,9 @@ impl World<'_> {
                 if let Some(m) = j["status"].as_object_mut() {
                     m.remove("active");
                 }
-                j["status"]["completionTime"] = json!(timestamp(now));
+                // Only a Job that succeeded gets a completionTime (the job-controller's rule).
                 if ok {
+                    j["status"]["completionTime"] = json!(timestamp(now));
                     j["status"]["succeeded"] = json!(1);
                     set_condition(j, "Complete", "True", "", "", now);
                 } else {
