@@ -40,7 +40,9 @@ fn api_err(what: &str) -> impl Fn(kube::Error) -> String + '_ {
 
 /// Install the Rollout CRD and the namespace (idempotent).
 pub async fn install(client: &kube::Client, ns: &str) -> Result<(), String> {
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    let pp = PatchParams::apply(FIELD_MANAGER)
+        .force()
+        .validation_strict();
     let crds: Api<DynamicObject> = Api::all_with(
         client.clone(),
         &ar(
@@ -212,8 +214,7 @@ pub async fn run_detailed<F: Forge>(
 }
 
 fn status_of(obj: &DynamicObject) -> RolloutStatus {
-    serde_json::from_value(obj.data.get("status").cloned().unwrap_or(json!({})))
-        .unwrap_or_default()
+    serde_json::from_value(obj.data.get("status").cloned().unwrap_or(json!({}))).unwrap_or_default()
 }
 
 /// What one cycle works with: the cluster, the config repository and the options.
@@ -467,7 +468,8 @@ impl<F: Forge> Driver<'_, '_, F> {
         fx: &Effect,
         next: &mut RolloutStatus,
     ) -> Result<(), String> {
-        let k3s = t.component.name == "k3s";
+        // Holding and releasing concern Plans upkeep made; none made, nothing to hold.
+        let k3s = t.component.name == "k3s" && t.observed.plans.iter().any(|p| p.upkeeps());
         match fx {
             Effect::Backup { name } if t.component.name == "longhorn" => {
                 self.longhorn_backup(t, name).await
@@ -487,6 +489,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                 self.apply_plans(t, &hop, PlanMode::Release).await?;
                 self.uncordon(t.observed).await
             }
+            Effect::Release if t.component.name == "k3s" => self.uncordon(t.observed).await,
             Effect::Pause | Effect::Halt | Effect::Release => Ok(()),
             Effect::Uncordon => self.uncordon(t.observed).await,
             Effect::Revert { version, message } => {
@@ -515,13 +518,9 @@ impl<F: Forge> Driver<'_, '_, F> {
             &self.ns().snapshots,
             &ar("batch", "v1", "Job", "jobs"),
         );
-        let job: DynamicObject = serde_json::from_value(snapshot_job(
-            node,
-            backup,
-            t.name,
-            &self.ns().snapshots,
-        ))
-        .map_err(|e| e.to_string())?;
+        let job: DynamicObject =
+            serde_json::from_value(snapshot_job(node, backup, t.name, &self.ns().snapshots))
+                .map_err(|e| e.to_string())?;
         match jobs.create(&PostParams::default(), &job).await {
             Ok(_) => Ok(()),
             // Created by an earlier look at this attempt (the name is the attempt's).
@@ -573,7 +572,16 @@ impl<F: Forge> Driver<'_, '_, F> {
         };
         let ns = self.ns();
         let read = |group: &str, kind: &str, plural: &str, ns: Option<&str>| {
-            let r = ar(group, if group == "longhorn.io" { "v1beta2" } else { "v1" }, kind, plural);
+            let r = ar(
+                group,
+                if group == "longhorn.io" {
+                    "v1beta2"
+                } else {
+                    "v1"
+                },
+                kind,
+                plural,
+            );
             match ns {
                 Some(ns) => Api::<DynamicObject>::namespaced_with(self.client.clone(), ns, &r),
                 None => Api::all_with(self.client.clone(), &r),
@@ -595,26 +603,36 @@ impl<F: Forge> Driver<'_, '_, F> {
                         ns.snapshots
                     ));
                 }
-                let files = read("k3s.cattle.io", "ETCDSnapshotFile", "etcdsnapshotfiles", None);
+                let files = read(
+                    "k3s.cattle.io",
+                    "ETCDSnapshotFile",
+                    "etcdsnapshotfiles",
+                    None,
+                );
                 let Ok(list) = files.list(&ListParams::default().match_any()).await else {
                     return BackupState::Pending;
                 };
                 snapshot_of(attempt, &list.items)
             }
             "longhorn" if t.observed.longhorn_backup_target.is_some() => {
-                let api = read("longhorn.io", "SystemBackup", "systembackups", Some(&ns.longhorn));
+                let api = read(
+                    "longhorn.io",
+                    "SystemBackup",
+                    "systembackups",
+                    Some(&ns.longhorn),
+                );
                 match api.get_opt(attempt).await {
                     Ok(Some(b)) if b.data["status"]["state"] == "Ready" => {
                         BackupState::Ready(format!("SystemBackup {attempt}"))
                     }
-                    Ok(Some(b)) if b.data["status"]["state"] == "Error" => BackupState::Failed(
-                        format!(
+                    Ok(Some(b)) if b.data["status"]["state"] == "Error" => {
+                        BackupState::Failed(format!(
                             "SystemBackup {attempt}: {}",
                             b.data["status"]["conditions"][0]["message"]
                                 .as_str()
                                 .unwrap_or("Error")
-                        ),
-                    ),
+                        ))
+                    }
                     _ => BackupState::Pending,
                 }
             }
@@ -675,19 +693,24 @@ impl<F: Forge> Driver<'_, '_, F> {
     /// upkeep's two SUC Plans at `version`. The agent Plan starts no node (`concurrency: 0`)
     /// until every server runs the version, so no agent Job waits in `prepare` while the
     /// servers upgrade (such a Job would count as started when a window closes).
-    async fn apply_plans(&self, t: &Target<'_>, version: &str, mode: PlanMode) -> Result<(), String> {
+    async fn apply_plans(
+        &self,
+        t: &Target<'_>,
+        version: &str,
+        mode: PlanMode,
+    ) -> Result<(), String> {
         let plans: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &self.ns().system_upgrade,
             &ar("upgrade.cattle.io", "v1", "Plan", "plans"),
         );
-        let servers_done = t
-            .observed
-            .nodes
-            .iter()
-            .filter(|n| n.server)
-            .all(|n| versions::parse(&n.version, versions::Scheme::K3s).ok() == versions::parse(version, versions::Scheme::K3s).ok());
-        let pp = PatchParams::apply(FIELD_MANAGER).force();
+        let servers_done = t.observed.nodes.iter().filter(|n| n.server).all(|n| {
+            versions::parse(&n.version, versions::Scheme::K3s).ok()
+                == versions::parse(version, versions::Scheme::K3s).ok()
+        });
+        let pp = PatchParams::apply(FIELD_MANAGER)
+            .force()
+            .validation_strict();
         // Agents first when holding: a server Plan with nothing applying reads as complete.
         let order = match mode {
             PlanMode::Run => [(SERVER_PLAN, true), (AGENT_PLAN, false)],
@@ -723,15 +746,26 @@ impl<F: Forge> Driver<'_, '_, F> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &fi.namespace,
-            &ar("fluxcd.controlplane.io", "v1", "FluxInstance", "fluxinstances"),
+            &ar(
+                "fluxcd.controlplane.io",
+                "v1",
+                "FluxInstance",
+                "fluxinstances",
+            ),
         );
         let obj = json!({"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
             "metadata": {"name": fi.name, "namespace": fi.namespace},
             "spec": {"distribution": {"version": version.trim_start_matches('v')}}});
-        api.patch(&fi.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
-            .await
-            .map(|_| ())
-            .map_err(api_err("setting the FluxInstance version"))
+        api.patch(
+            &fi.name,
+            &PatchParams::apply(FIELD_MANAGER)
+                .force()
+                .validation_strict(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .map(|_| ())
+        .map_err(api_err("setting the FluxInstance version"))
     }
 
     /// Server-side apply of the chart version on the component's HelmRelease.
@@ -744,15 +778,26 @@ impl<F: Forge> Driver<'_, '_, F> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
             &h.namespace,
-            &ar("helm.toolkit.fluxcd.io", "v2", "HelmRelease", "helmreleases"),
+            &ar(
+                "helm.toolkit.fluxcd.io",
+                "v2",
+                "HelmRelease",
+                "helmreleases",
+            ),
         );
         let obj = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
             "metadata": {"name": h.name, "namespace": h.namespace},
             "spec": {"chart": {"spec": {"version": version.trim_start_matches('v')}}}});
-        api.patch(&h.name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&obj))
-            .await
-            .map(|_| ())
-            .map_err(api_err("setting the HelmRelease chart version"))
+        api.patch(
+            &h.name,
+            &PatchParams::apply(FIELD_MANAGER)
+                .force()
+                .validation_strict(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .map(|_| ())
+        .map_err(api_err("setting the HelmRelease chart version"))
     }
 
     // ----- nodes and reports ----------------------------------------------------------------
@@ -829,10 +874,7 @@ fn snapshot_job_name(attempt: &str) -> String {
 
 /// A server node with embedded etcd for the snapshot: a Ready one first.
 fn etcd_node(o: &Observed) -> Option<&cluster::NodeState> {
-    o.nodes
-        .iter()
-        .filter(|n| n.etcd)
-        .max_by_key(|n| n.ready)
+    o.nodes.iter().filter(|n| n.etcd).max_by_key(|n| n.ready)
 }
 
 /// The snapshot Job for `attempt` on `node` (see [`Driver::etcd_snapshot`]).
@@ -926,7 +968,8 @@ fn plan_json(p: &PlanShape) -> Value {
         "spec": {"concurrency": p.concurrency, "cordon": true, "version": p.version, "serviceAccountName": "system-upgrade",
             "upgrade": {"image": "rancher/k3s-upgrade"}, "nodeSelector": selector}});
     if !p.server {
-        plan["spec"]["prepare"] = json!({"image": "rancher/k3s-upgrade", "args": ["prepare", SERVER_PLAN]});
+        plan["spec"]["prepare"] =
+            json!({"image": "rancher/k3s-upgrade", "args": ["prepare", SERVER_PLAN]});
         if p.drain {
             plan["spec"]["drain"] = json!({"force": true, "ignoreDaemonSets": true, "deleteEmptydirData": true, "skipWaitForDeleteTimeout": 60});
         }
@@ -1096,7 +1139,6 @@ fn waiting_text(d: &Decision) -> String {
     }
 }
 
-
 /// Put versions.yaml back to `back_to` on the base branch, unless someone already changed it.
 /// A refused push (protection, a race) becomes a revert pull request instead. Never forced.
 async fn revert<F: Forge>(
@@ -1158,9 +1200,11 @@ mod tests {
     use super::*;
 
     fn file(name: &str, node: &str, ready: bool) -> DynamicObject {
-        serde_json::from_value(json!({"apiVersion": "k3s.cattle.io/v1", "kind": "ETCDSnapshotFile",
+        serde_json::from_value(
+            json!({"apiVersion": "k3s.cattle.io/v1", "kind": "ETCDSnapshotFile",
             "metadata": {"name": format!("local-{name}")},
-            "spec": {"snapshotName": name, "nodeName": node}, "status": {"readyToUse": ready}}))
+            "spec": {"snapshotName": name, "nodeName": node}, "status": {"readyToUse": ready}}),
+        )
         .unwrap_or_else(|_| panic!())
     }
 
@@ -1168,12 +1212,26 @@ mod tests {
     fn a_snapshot_is_the_attempts_own_not_a_longer_names() {
         use rollout::BackupState;
         let a = "upkeep-k3s-v1.33.5-k3s1-20261121213000";
-        let other = file("upkeep-k3s-v1.33.5-k3s10-20261121213000-server-1-1763760600", "server-1", true);
-        assert_eq!(snapshot_of(a, &[other.clone()]), BackupState::Pending);
-        let older = file("upkeep-k3s-v1.33.5-k3s1-20261114213000-server-1-1763155800", "server-1", true);
+        let other = file(
+            "upkeep-k3s-v1.33.5-k3s10-20261121213000-server-1-1763760600",
+            "server-1",
+            true,
+        );
+        assert_eq!(
+            snapshot_of(a, std::slice::from_ref(&other)),
+            BackupState::Pending
+        );
+        let older = file(
+            "upkeep-k3s-v1.33.5-k3s1-20261114213000-server-1-1763155800",
+            "server-1",
+            true,
+        );
         assert_eq!(snapshot_of(a, &[older]), BackupState::Pending);
         let ours = file(&format!("{a}-server-1-1763760600"), "server-1", true);
-        assert!(matches!(snapshot_of(a, &[other, ours]), BackupState::Ready(_)));
+        assert!(matches!(
+            snapshot_of(a, &[other, ours]),
+            BackupState::Ready(_)
+        ));
         let mut failed = file(&format!("{a}-server-1-1763760600"), "server-1", false);
         failed.data["status"]["error"] = json!({"message": "etcd: request timed out"});
         assert!(
@@ -1196,7 +1254,11 @@ mod tests {
         let c = &j["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(c["image"], "rancher/k3s-upgrade:v1.33.4-k3s1");
         assert_eq!(c["command"][0], "/opt/k3s");
-        assert!(c["command"].to_string().contains("\"--data-dir\",\"/host/srv/k3s\""));
+        assert!(
+            c["command"]
+                .to_string()
+                .contains("\"--data-dir\",\"/host/srv/k3s\"")
+        );
         assert_eq!(j["spec"]["template"]["spec"]["hostNetwork"], true);
         assert_eq!(j["spec"]["template"]["spec"]["nodeName"], "server-1");
     }

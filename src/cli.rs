@@ -983,7 +983,10 @@ fn plan(a: &PlanArgs) -> i32 {
                     c,
                     &first,
                     &observed,
-                    crate::validate::PreflightPolicy::default(),
+                    crate::validate::PreflightPolicy {
+                        allow_degraded_volumes: repo.rollouts.allow_degraded_volumes,
+                        drain: repo.rollouts.drain,
+                    },
                 ));
             }
         }

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use kube::api::{Api, DynamicObject, ListParams};
-use serde::Deserialize;
 use kube::core::{ApiResource, GroupVersionKind};
+use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -407,7 +407,12 @@ pub fn selector_string(sel: &Value) -> Option<String> {
         return None;
     }
     let mut parts = Vec::new();
-    for (k, v) in sel.get("matchLabels").and_then(Value::as_object).into_iter().flatten() {
+    for (k, v) in sel
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
         parts.push(format!("{k}={}", v.as_str()?));
     }
     for e in sel
@@ -521,7 +526,12 @@ fn upgrade_job(j: &Value) -> UpgradeJob {
 async fn blocking_pdbs(client: &kube::Client) -> Result<Vec<BlockingPdb>> {
     let (_, pdbs) = list(
         client,
-        Query::new("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets"),
+        Query::new(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+        ),
     )
     .await?;
     let mut out = Vec::new();
@@ -542,15 +552,16 @@ async fn blocking_pdbs(client: &kube::Client) -> Result<Vec<BlockingPdb>> {
             .and_then(Value::as_str);
         let mut nodes: Vec<String> = match (im_node, selector_string(sel)) {
             (Some(node), _) => vec![node.to_string()],
-            (None, Some(labels)) => {
-                list(client, Query::new("", "v1", "Pod", "pods").ns(&ns).labels(labels))
-                    .await?
-                    .1
-                    .iter()
-                    .map(|p| s(p, "/spec/nodeName"))
-                    .filter(|n| !n.is_empty())
-                    .collect()
-            }
+            (None, Some(labels)) => list(
+                client,
+                Query::new("", "v1", "Pod", "pods").ns(&ns).labels(labels),
+            )
+            .await?
+            .1
+            .iter()
+            .map(|p| s(p, "/spec/nodeName"))
+            .filter(|n| !n.is_empty())
+            .collect(),
             (None, None) => Vec::new(),
         };
         nodes.sort();
@@ -570,9 +581,8 @@ async fn blocking_pdbs(client: &kube::Client) -> Result<Vec<BlockingPdb>> {
 /// selects.
 pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed> {
     let mut o = Observed::default();
-    let (_, nodes) = list(client, Query::new("", "v1", "Node", "nodes")).await?;
-    o.nodes = nodes.iter().map(node_state).collect();
-    o.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    // Plans and Jobs before nodes: a Job seen failed is judged against nodes read after it, so a
+    // node that upgraded as its Job failed is seen upgraded, not failed.
     // SUC reads Plans only in its own namespace.
     let (served, plans) = list(
         client,
@@ -586,15 +596,25 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
             client,
             Query::new("batch", "v1", "Job", "jobs")
                 .ns(&ns.system_upgrade)
-                .labels(format!("upgrade.cattle.io/plan in ({SERVER_PLAN},{AGENT_PLAN})")),
+                .labels(format!(
+                    "upgrade.cattle.io/plan in ({SERVER_PLAN},{AGENT_PLAN})"
+                )),
         )
         .await?;
         o.upgrade_jobs = jobs.iter().map(upgrade_job).collect();
     }
+    let (_, nodes) = list(client, Query::new("", "v1", "Node", "nodes")).await?;
+    o.nodes = nodes.iter().map(node_state).collect();
+    o.nodes.sort_by(|a, b| a.name.cmp(&b.name));
     o.blocking_pdbs = blocking_pdbs(client).await?;
     let (_, hrs) = list(
         client,
-        Query::new("helm.toolkit.fluxcd.io", "v2", "HelmRelease", "helmreleases"),
+        Query::new(
+            "helm.toolkit.fluxcd.io",
+            "v2",
+            "HelmRelease",
+            "helmreleases",
+        ),
     )
     .await?;
     for h in &hrs {
@@ -609,7 +629,12 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
     }
     let (_, fis) = list(
         client,
-        Query::new("fluxcd.controlplane.io", "v1", "FluxInstance", "fluxinstances"),
+        Query::new(
+            "fluxcd.controlplane.io",
+            "v1",
+            "FluxInstance",
+            "fluxinstances",
+        ),
     )
     .await?;
     for f in &fis {
@@ -625,7 +650,12 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
     }
     let (_, ks) = list(
         client,
-        Query::new("kustomize.toolkit.fluxcd.io", "v1", "Kustomization", "kustomizations"),
+        Query::new(
+            "kustomize.toolkit.fluxcd.io",
+            "v1",
+            "Kustomization",
+            "kustomizations",
+        ),
     )
     .await?;
     o.kustomizations = ks.iter().map(|k| health("Kustomization", k)).collect();
@@ -737,8 +767,10 @@ mod tests {
 
     #[test]
     fn a_daemonset_mid_rollout_is_not_rolled_out() {
-        let d = |updated: i64| json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
-            "desiredNumberScheduled": 3, "updatedNumberScheduled": updated, "numberAvailable": 3}});
+        let d = |updated: i64| {
+            json!({"metadata": {"generation": 2}, "status": {"observedGeneration": 2,
+            "desiredNumberScheduled": 3, "updatedNumberScheduled": updated, "numberAvailable": 3}})
+        };
         assert!(!daemonset_rolled_out(&d(1)));
         assert!(daemonset_rolled_out(&d(3)));
     }

@@ -106,6 +106,9 @@ pub struct RolloutStatus {
     /// counts an older snapshot as its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_attempt: Option<String>,
+    /// Why no backup was taken although backups are on (k3s without embedded etcd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_backup: Option<String>,
     /// The checks of the last preflight or validation.
     #[serde(default)]
     pub checks: Vec<Finding>,
@@ -240,7 +243,10 @@ fn reached(
                 .upgrade_jobs
                 .iter()
                 .filter(|j| j.failed && j.version == dash)
-                .filter(|j| j.completed.is_none_or(|t| (now - t).num_seconds() >= JOB_FAILURE_GRACE))
+                .filter(|j| {
+                    j.completed
+                        .is_none_or(|t| (now - t).num_seconds() >= JOB_FAILURE_GRACE)
+                })
                 .find(|j| {
                     !o.nodes.iter().any(|n| {
                         n.name == j.node
@@ -294,7 +300,10 @@ fn reached(
                 // Helm is done; Longhorn's own upgrade goes on: its manager rolls out, then
                 // writes current-longhorn-version.
                 if name == "longhorn" {
-                    let manager = o.longhorn_version.as_deref().and_then(|v| versions::parse(v, c.scheme).ok());
+                    let manager = o
+                        .longhorn_version
+                        .as_deref()
+                        .and_then(|v| versions::parse(v, c.scheme).ok());
                     return Ok(manager.as_ref() == Some(version)
                         && o.longhorn_manager_rolled_out != Some(false));
                 }
@@ -514,10 +523,16 @@ pub fn decide(
                         ok: true,
                         detail: NO_DATASTORE_BACKUP.into(),
                     });
+                    s.no_backup = Some(NO_DATASTORE_BACKUP.into());
                 }
                 if needs_backup {
                     let attempt = backup_name(name, now);
-                    set(&mut s, Phase::Backup, format!("taking the backup {attempt}"), now);
+                    set(
+                        &mut s,
+                        Phase::Backup,
+                        format!("taking the backup {attempt}"),
+                        now,
+                    );
                     fx.push(Effect::Backup {
                         name: attempt.clone(),
                     });
@@ -712,12 +727,10 @@ pub fn decide(
                 let took = s.started_at.map_or(String::new(), |t| {
                     format!(" in {} min", (now - t).num_minutes())
                 });
-                let backup = match &s.backup {
-                    Some(b) => format!(", after backup `{b}`"),
-                    None if c.name == "k3s" && ctx.backup && !backup_applies(c, ctx.observed) => {
-                        ", with no datastore backup (no embedded etcd)".to_string()
-                    }
-                    None => String::new(),
+                let backup = match (&s.backup, &s.no_backup) {
+                    (Some(b), _) => format!(", after backup `{b}`"),
+                    (None, Some(_)) => ", with no datastore backup (no embedded etcd)".to_string(),
+                    (None, None) => String::new(),
                 };
                 let dash = spec.to.replace('+', "-");
                 let nodes: Vec<String> = s
@@ -1029,7 +1042,8 @@ pub(crate) mod tests {
             may_start,
             waiting: "next window Sat 22:00".into(),
             backup: true,
-            backup_state: backup_ready.map_or(BackupState::Pending, |b| BackupState::Ready(b.into())),
+            backup_state: backup_ready
+                .map_or(BackupState::Pending, |b| BackupState::Ready(b.into())),
             timeout: chrono::Duration::minutes(60),
             preflight: PreflightPolicy::default(),
             extra_checks: Vec::new(),
@@ -1188,9 +1202,15 @@ pub(crate) mod tests {
         let t0: DateTime<Utc> = "2026-11-21T21:30:00Z".parse().unwrap_or_default();
         let a = backup_name("k3s-v1.33.5-k3s1", t0);
         assert_eq!(a, "upkeep-k3s-v1.33.5-k3s1-20261121213000");
-        assert_ne!(a, backup_name("k3s-v1.33.5-k3s1", t0 + chrono::Duration::seconds(1)));
+        assert_ne!(
+            a,
+            backup_name("k3s-v1.33.5-k3s1", t0 + chrono::Duration::seconds(1))
+        );
         let long = backup_name(&"x".repeat(80), t0);
-        assert!(long.len() <= 63 && long.ends_with("-20261121213000"), "{long}");
+        assert!(
+            long.len() <= 63 && long.ends_with("-20261121213000"),
+            "{long}"
+        );
     }
 
     #[test]
@@ -1217,7 +1237,11 @@ pub(crate) mod tests {
         };
         let (s, fx) = decide("k3s-v1.33.5-k3s1", &spec(), &s, &ctx);
         assert_eq!(s.phase, Phase::Failed);
-        assert!(s.message.contains("the backup failed: exec"), "{}", s.message);
+        assert!(
+            s.message.contains("the backup failed: exec"),
+            "{}",
+            s.message
+        );
         assert!(fx.is_empty());
     }
 

@@ -64,7 +64,8 @@ fn drain_finding(observed: &Observed) -> Finding {
                 .map(String::as_str)
                 .filter(|n| agents.contains(n))
                 .collect();
-            (!on.is_empty()).then(|| format!("{}/{} (pods on {})", p.namespace, p.name, on.join(", ")))
+            (!on.is_empty())
+                .then(|| format!("{}/{} (pods on {})", p.namespace, p.name, on.join(", ")))
         })
         .collect();
     blocking.extend(

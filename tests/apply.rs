@@ -13,7 +13,7 @@ use upkeep::forge::GitHub;
 use upkeep::gitrepo::{Author, GitRepo};
 use upkeep::rollout::Phase;
 use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::{ClusterFault, KubeOptions, KubeSim};
+use upkeep::sim::kube::{ClusterFault, ClusterSpec, KubeOptions, KubeSim};
 use upkeep::sim::upstream::UpstreamSim;
 
 mod common;
@@ -55,10 +55,21 @@ impl World {
     }
 
     fn with_update(start: DateTime<Utc>, component: &str, from: &str, to: &str) -> World {
+        World::with_cluster(start, ClusterSpec::default(), component, from, to)
+    }
+
+    fn with_cluster(
+        start: DateTime<Utc>,
+        cluster: ClusterSpec,
+        component: &str,
+        from: &str,
+        to: &str,
+    ) -> World {
         upkeep::sources::install_crypto_provider();
         let kube = KubeSim::start_in_thread(KubeOptions {
             // Real time while the world is set up; fast once it is (see `apply`).
             clock: SimClock::new(start, 1.0),
+            cluster,
             ..KubeOptions::default()
         })
         .expect("kube");
@@ -293,12 +304,13 @@ fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
         .expect("rollout");
     assert_eq!(r["status"]["phase"], "Succeeded");
     assert!(r["status"]["backup"].is_string());
-    // An Event per transition, regarding the Rollout.
+    // An Event per transition, regarding the Rollout: written through events.k8s.io, stored in
+    // the one Event list that `kubectl get events` (core/v1) reads.
     let reasons: Vec<String> = w
         .kube
-        .list("events.k8s.io", "events")
+        .list("", "events")
         .iter()
-        .filter(|e| e["regarding"]["name"] == K3S)
+        .filter(|e| e["involvedObject"]["name"] == K3S)
         .filter_map(|e| e["reason"].as_str().map(str::to_string))
         .collect();
     for r in [
@@ -444,7 +456,12 @@ fn a_longhorn_minor_upgrade_and_a_flux_upgrade() {
     let helm_done = at(&hr["status"]["conditions"][0]["lastTransitionTime"]);
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", "longhorn-v1.10.2")
+        .get(
+            "upkeep.dev",
+            "rollouts",
+            "upkeep-system",
+            "longhorn-v1.10.2",
+        )
         .expect("rollout");
     let validated = at(&r["status"]["phaseSince"]);
     assert!(
@@ -808,7 +825,11 @@ fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
         .expect("setting");
     }
     let s = w.apply(Duration::from_secs(60));
-    assert_eq!(phase_of(&s, "longhorn-v1.10.2"), Some(Phase::Succeeded), "{s:?}");
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
     assert!(backups(&w).is_empty());
     assert_eq!(w.kube.list("longhorn.io", "snapshots").len(), 3);
 
@@ -975,7 +996,11 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
     });
     let s = w.apply(Duration::from_secs(60));
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
-    assert_eq!(w.version_of("agent-2"), "v1.33.4+k3s1", "no node after the failure");
+    assert_eq!(
+        w.version_of("agent-2"),
+        "v1.33.4+k3s1",
+        "no node after the failure"
+    );
     let cordoned = || {
         w.kube
             .list("", "nodes")
@@ -1023,4 +1048,119 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
     });
     let s = w.apply(Duration::from_secs(60));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+}
+
+/// What a real k3s server needs of a snapshot, and what upkeep does around it: a failed
+/// snapshot fails the rollout at once (nothing applied); a rollout created again takes a new
+/// snapshot of its own; a cluster on SQLite gets no backup and the report says so; another
+/// k3s Plan on the nodes is refused before anything starts.
+#[test]
+fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::EtcdSnapshotFails {
+        message: "etcdserver: request timed out".into(),
+    });
+    let s = w.apply(Duration::from_secs(30));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Reverted), "{s:?}");
+    assert!(
+        s[0].2.contains("the backup failed") && s[0].2.contains("request timed out"),
+        "{s:?}"
+    );
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    let failed_at = r["status"]["phaseSince"].as_str().unwrap_or("").to_string();
+    assert!(
+        w.kube.list("upgrade.cattle.io", "plans").is_empty(),
+        "nothing applied"
+    );
+    // Failed in minutes of simulated time, not after the hop timeout (60 min).
+    let started = r["status"]["startedAt"].as_str().unwrap_or("");
+    let took = failed_at.parse::<DateTime<Utc>>().unwrap_or_default()
+        - started.parse::<DateTime<Utc>>().unwrap_or_default();
+    assert!(took < chrono::Duration::minutes(30), "took {took}");
+
+    // Retried: the human merges the same version again after fixing etcd; the old Rollout is
+    // deleted, a new one takes a snapshot of its own.
+    w.merge_update("k3s", "v1.33.4+k3s1", "v1.33.5+k3s1");
+    w.kube
+        .store()
+        .delete(
+            &("upkeep.dev".into(), "rollouts".into()),
+            "upkeep-system",
+            K3S,
+        )
+        .expect("delete");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    let files = w.kube.list("k3s.cattle.io", "etcdsnapshotfiles");
+    assert_eq!(files.len(), 2, "{files:?}");
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    let ready: Vec<&serde_json::Value> = files
+        .iter()
+        .filter(|f| f["status"]["readyToUse"] == true)
+        .collect();
+    assert_eq!(ready.len(), 1);
+    assert_eq!(r["status"]["backup"], ready[0]["spec"]["snapshotName"]);
+    assert_eq!(
+        w.kube
+            .list("batch", "jobs")
+            .iter()
+            .filter(|j| j["metadata"]["namespace"] == "kube-system")
+            .count(),
+        2
+    );
+
+    // SQLite: no snapshot Job, and the report says there was no datastore backup.
+    let w = World::with_cluster(
+        in_window(),
+        ClusterSpec {
+            servers: 1,
+            embedded_etcd: false,
+            ..ClusterSpec::default()
+        },
+        "k3s",
+        "v1.33.4+k3s1",
+        "v1.33.5+k3s1",
+    );
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    assert!(w.kube.list("k3s.cattle.io", "etcdsnapshotfiles").is_empty());
+    let c = w.comments();
+    assert!(
+        c[0].contains("with no datastore backup (no embedded etcd)"),
+        "{c:?}"
+    );
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    assert!(
+        r["status"]["noBackup"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("no datastore backup")),
+        "{r}"
+    );
+
+    // The k3s docs' own Plans beside upkeep's: refused before anything starts.
+    let w = World::new(in_window());
+    {
+        let mut st = w.kube.store();
+        let ctx = upkeep::sim::kube::store::Ctx::new(Utc::now(), "kubectl");
+        st.create(
+            &("upgrade.cattle.io".into(), "plans".into()),
+            "system-upgrade",
+            upkeep::sim::kube::seed::example_plan("server-plan", "v1.33.4+k3s1", true, 1),
+            &ctx,
+        )
+        .expect("plan");
+    }
+    let s = w.apply(Duration::from_secs(3));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Preflight), "{s:?}");
+    assert!(s[0].2.contains("system-upgrade/server-plan"), "{s:?}");
+    assert!(w.kube.list("k3s.cattle.io", "etcdsnapshotfiles").is_empty());
 }

@@ -54,7 +54,7 @@ mod common;
 
 /// What deploy/ grants that the demo's story does not use, and where each is exercised (there,
 /// tests/apply.rs and tests/run.rs hold every access against the same RBAC).
-const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 9] = [
+const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 10] = [
     // (namespace, group, resource, verb)
     ("", "", "nodes", "patch"), // uncordon after a halt: tests/apply.rs, a node that never comes back
     ("system-upgrade", "upgrade.cattle.io", "plans", "create"), // server-side apply creating a Plan needs create on a real API server
@@ -70,6 +70,7 @@ const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 9] = [
     ("upkeep-system", "coordination.k8s.io", "leases", "create"),
     ("upkeep-system", "coordination.k8s.io", "leases", "update"),
     ("", "", "pods", "list"), // PDB-covered pods: tests/apply.rs, cluster faults
+    ("kube-system", "", "pods", "list"), // a failed snapshot Job's message: tests/apply.rs, etcd snapshots
 ];
 
 /// The RBAC in deploy/manifests allows all the demo asked for, and grants nothing that no scenario

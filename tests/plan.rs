@@ -86,7 +86,7 @@ fn what_would_be_applied_when_and_the_preflight_verdict() {
     });
     let (code, out) = plan(&sim, dir.path(), &repo, &[]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("FAIL drains: PodDisruptionBudgets with 0 allowed disruptions would block a drain: default/critical-agent-1 (pods on agent-1)"), "{out}");
+    assert!(out.contains("FAIL drains: PodDisruptionBudgets with 0 allowed disruptions would block draining the agents: default/critical-agent-1 (pods on agent-1)"), "{out}");
 
     // A mixed cluster is shown node by node; JSON carries the same.
     {

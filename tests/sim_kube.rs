@@ -270,6 +270,112 @@ fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() 
     );
 }
 
+/// Custom resources are checked against their CRD's schema as the API server does: a wrong
+/// type, a missing required field, a value outside an enum and a failed CEL rule are 422 with
+/// the API server's words; unknown fields are refused under kubectl's strict field validation
+/// and pruned without it.
+#[test]
+fn custom_resources_are_validated_against_their_crd_schemas() {
+    let sim = cluster(1.0);
+    let k = Kubectl::new(&sim);
+    let bad = k.write(
+        "bad-plan.yaml",
+        &SERVER_PLAN
+            .replace("VERSION", "v1.33.5+k3s1")
+            .replace("concurrency: 1", "concurrency: one"),
+    );
+    let (code, _, err) = k.run(&["apply", "--server-side", "-f", &bad.to_string_lossy()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(r#"Plan.upgrade.cattle.io "server-plan" is invalid: spec.concurrency: Invalid value: "string": spec.concurrency in body must be of type integer: "string""#),
+        "{err}"
+    );
+    let unknown = k.write(
+        "unknown.yaml",
+        &SERVER_PLAN
+            .replace("VERSION", "v1.33.5+k3s1")
+            .replace("  concurrency: 1", "  concurrency: 1\n  paused: true"),
+    );
+    let (code, _, err) = k.run(&["apply", "--server-side", "-f", &unknown.to_string_lossy()]);
+    assert_ne!(code, 0);
+    assert!(err.contains(r#"unknown field "spec.paused""#), "{err}");
+    // Without strict validation the field is dropped, as the API server prunes it.
+    k.ok(&[
+        "apply",
+        "--server-side",
+        "--validate=false",
+        "-f",
+        &unknown.to_string_lossy(),
+    ]);
+    let p = k.ok(&[
+        "get",
+        "plan",
+        "server-plan",
+        "-n",
+        "system-upgrade",
+        "-o",
+        "json",
+    ]);
+    assert!(!p.contains("paused"), "{p}");
+    // HelmRelease: `chart` and `chartRef` together break its CEL rule.
+    let hr = k.write(
+        "hr.yaml",
+        "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: both, namespace: default}\nspec:\n  interval: 5m\n  chart: {spec: {chart: x, sourceRef: {kind: HelmRepository, name: x}}}\n  chartRef: {kind: OCIRepository, name: x}\n",
+    );
+    let (code, _, err) = k.run(&["apply", "--server-side", "-f", &hr.to_string_lossy()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("either chart or chartRef must be set"),
+        "{err}"
+    );
+    // An enum: a Kustomization's sourceRef kind.
+    let ks = k.write(
+        "ks.yaml",
+        "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: k, namespace: default}\nspec:\n  interval: 5m\n  prune: true\n  sourceRef: {kind: Nothing, name: x}\n",
+    );
+    let (code, _, err) = k.run(&["apply", "--server-side", "-f", &ks.to_string_lossy()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(r#"spec.sourceRef.kind: Unsupported value: "Nothing""#),
+        "{err}"
+    );
+}
+
+/// One Event list, served as core/v1 and as events.k8s.io/v1: what upkeep records through
+/// events.k8s.io is what `kubectl get events` and `kubectl describe` read through core/v1.
+#[test]
+fn events_are_one_list_in_two_shapes() {
+    let sim = cluster(1.0);
+    let k = Kubectl::new(&sim);
+    let uid = k.ok(&["get", "node", "server-1", "-o", "jsonpath={.metadata.uid}"]);
+    let ev = k.write(
+        "event.yaml",
+        &format!("apiVersion: events.k8s.io/v1\nkind: Event\nmetadata: {{name: n1.transition, namespace: default}}\neventTime: 2026-11-21T21:30:00.000000Z\nreportingController: upkeep.dev/controller\nreportingInstance: upkeep\naction: Transition\nreason: Succeeded\ntype: Normal\nnote: k3s runs v1.33.5+k3s1\nregarding: {{apiVersion: v1, kind: Node, name: server-1, uid: {uid}}}\n"),
+    );
+    k.ok(&["create", "-f", &ev.to_string_lossy()]);
+    let core = k.ok(&["get", "events", "-n", "default", "-o", "json"]);
+    let core: Value = serde_json::from_str(&core).expect("json");
+    let e = &core["items"][0];
+    assert_eq!(e["apiVersion"], "v1");
+    assert_eq!(e["message"], "k3s runs v1.33.5+k3s1");
+    assert_eq!(e["involvedObject"]["name"], "server-1");
+    assert_eq!(e["reportingComponent"], "upkeep.dev/controller");
+    let v1 = k.ok(&[
+        "get",
+        "events.v1.events.k8s.io",
+        "-n",
+        "default",
+        "-o",
+        "json",
+    ]);
+    let v1: Value = serde_json::from_str(&v1).expect("json");
+    assert_eq!(v1["items"][0]["note"], "k3s runs v1.33.5+k3s1");
+    assert_eq!(v1["items"][0]["regarding"]["name"], "server-1");
+    // kubectl describe finds it by the core shape's field selector.
+    let d = k.ok(&["describe", "node", "server-1"]);
+    assert!(d.contains("k3s runs v1.33.5+k3s1"), "{d}");
+}
+
 #[test]
 fn a_wrong_token_is_refused() {
     let sim = cluster(1.0);
@@ -699,6 +805,20 @@ fn helm_upgrades_fail_when_told_and_volumes_degrade() {
         "{}",
         hr(&sim)
     );
+    // Longhorn's own upgrade goes on after Helm: the volume degrades once the manager is done.
+    let setting = || {
+        sim.get(
+            "longhorn.io",
+            "settings",
+            "longhorn-system",
+            "current-longhorn-version",
+        )
+        .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while setting()["value"] != "v1.10.2" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let vol = sim
         .get(
             "longhorn.io",

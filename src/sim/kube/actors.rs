@@ -360,7 +360,9 @@ impl World<'_> {
             .map(|n| s(n, "/status/nodeInfo/kubeletVersion").replace('+', "-"))
             .collect();
         let servers_at_version = !control_plane.is_empty()
-            && control_plane.iter().all(|v| *v == version.replace('+', "-"));
+            && control_plane
+                .iter()
+                .all(|v| *v == version.replace('+', "-"));
         let prepared_at: Option<Option<DateTime<Utc>>> = match &waiting_for {
             None => Some(None),
             Some(other) => self.store.try_get(&plans, &ns, other).and_then(|o| {
@@ -372,7 +374,8 @@ impl World<'_> {
                     o.pointer("/status/conditions")
                         .and_then(Value::as_array)
                         .and_then(|cs| {
-                            cs.iter().find(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True")
+                            cs.iter()
+                                .find(|c| s(c, "/type") == "Complete" && s(c, "/status") == "True")
                         })
                         .and_then(|c| since(s(c, "/lastTransitionTime")))
                 })
@@ -424,8 +427,7 @@ impl World<'_> {
             .collect();
         for n in &in_flight {
             let node = s(n, "/metadata/name").to_string();
-            if let Some(p) = annotation(n, &key).and_then(Progress::parse)
-            {
+            if let Some(p) = annotation(n, &key).and_then(Progress::parse) {
                 changed |= self.out_of_turn(&name, &ns, &node, &p);
             }
         }
@@ -460,7 +462,15 @@ impl World<'_> {
                         let at = finished.map_or(self.now, |f| {
                             f + chrono::Duration::from_std(JOB_TTL).unwrap_or_default()
                         });
-                        self.start_node(&name, &ns, &node, &hash, &version, &rules, at.min(self.now));
+                        self.start_node(
+                            &name,
+                            &ns,
+                            &node,
+                            &hash,
+                            &version,
+                            &rules,
+                            at.min(self.now),
+                        );
                         applying.push(node);
                         continue;
                     }
@@ -625,7 +635,12 @@ impl World<'_> {
         // The Job's init containers: `prepare` first, then `cordon` (or `drain`).
         let p = Progress {
             hash: hash.to_string(),
-            phase: if rules.prepares { "preparing" } else { "draining" }.into(),
+            phase: if rules.prepares {
+                "preparing"
+            } else {
+                "draining"
+            }
+            .into(),
             since: Some(at),
             target: version.to_string(),
         };
@@ -1056,8 +1071,7 @@ impl World<'_> {
         let Some(d) = self.store.try_get(&ds, ns, "longhorn-manager").cloned() else {
             return;
         };
-        let Some(started) = annotation(&d, "sim.upkeep.dev/rollout-started").and_then(since)
-        else {
+        let Some(started) = annotation(&d, "sim.upkeep.dev/rollout-started").and_then(since) else {
             return;
         };
         if elapsed(self.now, Some(started)) < self.t.longhorn_manager {
@@ -1134,7 +1148,12 @@ impl World<'_> {
             .list(&gr("", "pods"), Some(ns))
             .into_iter()
             .filter(|p| s(p, "/metadata/labels/longhorn.io~1component") == "instance-manager")
-            .map(|p| (s(p, "/metadata/name").to_string(), s(p, "/spec/nodeName").to_string()))
+            .map(|p| {
+                (
+                    s(p, "/metadata/name").to_string(),
+                    s(p, "/spec/nodeName").to_string(),
+                )
+            })
             .collect();
         for (im, node) in managers {
             let cordoned = self
@@ -1176,7 +1195,8 @@ impl World<'_> {
         let all: Vec<Value> = self.store.list(&g, None).into_iter().cloned().collect();
         for pdb in all {
             let (name, ns) = name_ns(&pdb);
-            let sel = label_selector_from_object(pdb.pointer("/spec/selector").unwrap_or(&Value::Null));
+            let sel =
+                label_selector_from_object(pdb.pointer("/spec/selector").unwrap_or(&Value::Null));
             let pods: Vec<&Value> = self
                 .store
                 .list(&gr("", "pods"), Some(&ns))
@@ -1191,7 +1211,10 @@ impl World<'_> {
                     p.pointer("/metadata/deletionTimestamp").is_none()
                         && p.pointer("/status/conditions")
                             .and_then(Value::as_array)
-                            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                            .is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                            })
                 })
                 .count() as i64;
             let amount = |v: &Value| match v {
@@ -1202,24 +1225,38 @@ impl World<'_> {
                     .map(|p| (p * expected + 99) / 100),
                 _ => None,
             };
-            let desired = match (pdb.pointer("/spec/minAvailable"), pdb.pointer("/spec/maxUnavailable")) {
+            let desired = match (
+                pdb.pointer("/spec/minAvailable"),
+                pdb.pointer("/spec/maxUnavailable"),
+            ) {
                 (Some(m), _) => amount(m).unwrap_or(0),
                 (None, Some(m)) => (expected - amount(m).unwrap_or(0)).max(0),
                 (None, None) => 0,
             };
             let allowed = (healthy - desired).max(0);
-            let generation = pdb.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let generation = pdb
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             let status = json!({"disruptionsAllowed": allowed, "currentHealthy": healthy, "desiredHealthy": desired,
                 "expectedPods": expected, "observedGeneration": generation});
-            let same = ["disruptionsAllowed", "currentHealthy", "desiredHealthy", "expectedPods", "observedGeneration"]
-                .iter()
-                .all(|k| pdb["status"].get(*k) == status.get(*k));
+            let same = [
+                "disruptionsAllowed",
+                "currentHealthy",
+                "desiredHealthy",
+                "expectedPods",
+                "observedGeneration",
+            ]
+            .iter()
+            .all(|k| pdb["status"].get(*k) == status.get(*k));
             if !same {
-                let _ = self.store.modify(&g, &ns, &name, &self.ctx("kube-controller-manager"), |p| {
-                    for (k, v) in status.as_object().into_iter().flatten() {
-                        p["status"][k] = v.clone();
-                    }
-                });
+                let _ =
+                    self.store
+                        .modify(&g, &ns, &name, &self.ctx("kube-controller-manager"), |p| {
+                            for (k, v) in status.as_object().into_iter().flatten() {
+                                p["status"][k] = v.clone();
+                            }
+                        });
             }
         }
     }
@@ -1370,7 +1407,39 @@ impl World<'_> {
                 .into_iter()
                 .cloned()
                 .collect();
+            let fault = self.fault(|f| matches!(f, ClusterFault::EtcdSnapshotFails { .. }));
             match snapshot_run(&j, &nodes) {
+                Ok((node, prefix)) if fault.is_some() => {
+                    let Some(ClusterFault::EtcdSnapshotFails { message }) = fault else {
+                        continue;
+                    };
+                    let snap = format!("{prefix}-{node}-{}", self.now.timestamp());
+                    let ctx = self.ctx("k3s");
+                    let _ = self.store.create_with_status(
+                        &gr("k3s.cattle.io", "etcdsnapshotfiles"),
+                        "",
+                        json!({"metadata": {"name": format!("local-{snap}-{}", &digest(&snap)[..6])},
+                            "spec": {"snapshotName": snap, "nodeName": node, "location": format!("file:///var/lib/rancher/k3s/server/db/snapshots/{snap}")},
+                            "status": {"readyToUse": false, "creationTime": timestamp(self.now),
+                                "error": {"time": timestamp(self.now), "message": message}}}),
+                        &ctx,
+                    );
+                    self.job_pod(
+                        &j,
+                        &node,
+                        Some(&format!(
+                            "level=fatal msg=\"Error: see server log for details: {message}\""
+                        )),
+                    );
+                    self.finish_job(
+                        &ns,
+                        &name,
+                        false,
+                        "BackoffLimitExceeded",
+                        "Job has reached the specified backoff limit",
+                    );
+                    self.used.push(ClusterFault::EtcdSnapshotFails { message });
+                }
                 Ok((node, prefix)) => {
                     let snap = format!("{prefix}-{node}-{}", self.now.timestamp());
                     let ctx = self.ctx("k3s");
@@ -1422,7 +1491,9 @@ impl World<'_> {
                 "containerStatuses": [{"name": s(job, "/spec/template/spec/containers/0/name"), "ready": false, "restartCount": 0,
                     "image": s(job, "/spec/template/spec/containers/0/image"), "state": {"terminated": terminated}}]}});
         let ctx = self.ctx("job-controller");
-        let _ = self.store.create_with_status(&gr("", "pods"), &ns, pod, &ctx);
+        let _ = self
+            .store
+            .create_with_status(&gr("", "pods"), &ns, pod, &ctx);
     }
 
     /// Longhorn's backup target controller: the `BackupTarget` `default` (1.8 on) becomes
@@ -1450,7 +1521,10 @@ impl World<'_> {
     /// kind holds it (1.8 on), else the `backup-target` setting.
     fn longhorn_target(&self) -> bool {
         let ns = seed::LONGHORN_NAMESPACE;
-        match self.store.try_get(&gr("longhorn.io", "backuptargets"), ns, "default") {
+        match self
+            .store
+            .try_get(&gr("longhorn.io", "backuptargets"), ns, "default")
+        {
             Some(t) => t.pointer("/status/available") == Some(&json!(true)),
             None => self
                 .store
@@ -1667,8 +1741,15 @@ fn snapshot_run(job: &Value, nodes: &[Value]) -> Result<(String, String), (Strin
         .into_iter()
         .flatten()
         .filter_map(|m| {
-            let v = pod.get("volumes")?.as_array()?.iter().find(|v| v["name"] == m["name"])?;
-            Some((s(m, "/mountPath").to_string(), s(v, "/hostPath/path").to_string()))
+            let v = pod
+                .get("volumes")?
+                .as_array()?
+                .iter()
+                .find(|v| v["name"] == m["name"])?;
+            Some((
+                s(m, "/mountPath").to_string(),
+                s(v, "/hostPath/path").to_string(),
+            ))
         })
         .filter(|(_, h)| !h.is_empty())
         .collect();
@@ -1681,10 +1762,17 @@ fn snapshot_run(job: &Value, nodes: &[Value]) -> Result<(String, String), (Strin
     };
     let (binary, rest, chrooted) = match argv.first().map(String::as_str) {
         Some("chroot") => match argv.get(1).and_then(|r| to_host(r)) {
-            Some(root) if root == "/" || root.is_empty() => {
-                (argv.get(2).cloned().unwrap_or_default(), &argv[3.min(argv.len())..], true)
+            Some(root) if root == "/" || root.is_empty() => (
+                argv.get(2).cloned().unwrap_or_default(),
+                &argv[3.min(argv.len())..],
+                true,
+            ),
+            _ => {
+                return err(format!(
+                    "chroot: cannot change root directory to '{}': No such file or directory",
+                    argv.get(1).map_or("", |x| x)
+                ));
             }
-            _ => return err(format!("chroot: cannot change root directory to '{}': No such file or directory", argv.get(1).map_or("", |x| x))),
         },
         Some(b) => (b.to_string(), &argv[1..], false),
         None => return err("no command".into()),
@@ -1699,14 +1787,21 @@ fn snapshot_run(job: &Value, nodes: &[Value]) -> Result<(String, String), (Strin
         }
     };
     if !found {
-        return err(format!("exec: \"{binary}\": executable file not found in $PATH"));
+        return err(format!(
+            "exec: \"{binary}\": executable file not found in $PATH"
+        ));
     }
     if !(rest.iter().any(|a| a == "etcd-snapshot")) {
         return err("not an etcd-snapshot command".into());
     }
     let wanted = node_data_dir(node);
-    let data_dir = flag_value(rest, &["--data-dir", "-d"]).unwrap_or_else(|| "/var/lib/rancher/k3s".into());
-    let on_host = if chrooted { Some(data_dir.clone()) } else { to_host(&data_dir) };
+    let data_dir =
+        flag_value(rest, &["--data-dir", "-d"]).unwrap_or_else(|| "/var/lib/rancher/k3s".into());
+    let on_host = if chrooted {
+        Some(data_dir.clone())
+    } else {
+        to_host(&data_dir)
+    };
     if on_host.as_deref() != Some(wanted.as_str()) {
         return err(format!(
             "level=fatal msg=\"Error: open {data_dir}/server/token: no such file or directory\""
@@ -1716,7 +1811,9 @@ fn snapshot_run(job: &Value, nodes: &[Value]) -> Result<(String, String), (Strin
         return err(if seed::is_server(node) {
             "level=fatal msg=\"Error: etcd datastore disabled\"".into()
         } else {
-            format!("level=fatal msg=\"Error: open {data_dir}/server/token: no such file or directory\"")
+            format!(
+                "level=fatal msg=\"Error: open {data_dir}/server/token: no such file or directory\""
+            )
         });
     }
     if pod.get("hostNetwork") != Some(&json!(true)) {
@@ -1976,7 +2073,11 @@ mod tests {
             "the out-of-turn Job is deleted"
         );
         let p = st
-            .get(&gr("upgrade.cattle.io", "plans"), "system-upgrade", "agent-plan")
+            .get(
+                &gr("upgrade.cattle.io", "plans"),
+                "system-upgrade",
+                "agent-plan",
+            )
             .unwrap_or_default();
         assert!(p.pointer("/status/applying").is_none());
     }
@@ -1986,7 +2087,11 @@ mod tests {
         let (mut st, now) = cluster();
         agent_started(&mut st, now);
         let hash = st
-            .get(&gr("upgrade.cattle.io", "plans"), "system-upgrade", "agent-plan")
+            .get(
+                &gr("upgrade.cattle.io", "plans"),
+                "system-upgrade",
+                "agent-plan",
+            )
             .map(|p| s(&p, "/status/latestHash").to_string())
             .unwrap_or_default();
         patch_plan(&mut st, now, json!({"spec": {"concurrency": 0}}));
@@ -1997,13 +2102,28 @@ mod tests {
         let later = now + chrono::Duration::seconds(3600);
         step(&mut st, later, &[], &Timings::default());
         let a2 = st.get(&gr("", "nodes"), "", "agent-2").unwrap_or_default();
-        assert_eq!(s(&a2, "/status/nodeInfo/kubeletVersion"), "v1.33.4+k3s1", "no new node");
+        assert_eq!(
+            s(&a2, "/status/nodeInfo/kubeletVersion"),
+            "v1.33.4+k3s1",
+            "no new node"
+        );
         let a1 = st.get(&gr("", "nodes"), "", "agent-1").unwrap_or_default();
-        assert!(a1.pointer("/spec/unschedulable").is_none(), "uncordoned when done");
+        assert!(
+            a1.pointer("/spec/unschedulable").is_none(),
+            "uncordoned when done"
+        );
         let p = st
-            .get(&gr("upgrade.cattle.io", "plans"), "system-upgrade", "agent-plan")
+            .get(
+                &gr("upgrade.cattle.io", "plans"),
+                "system-upgrade",
+                "agent-plan",
+            )
             .unwrap_or_default();
-        assert_eq!(s(&p, "/status/latestHash"), hash, "concurrency is not in the hash");
+        assert_eq!(
+            s(&p, "/status/latestHash"),
+            hash,
+            "concurrency is not in the hash"
+        );
         // Resumed: the next node starts.
         patch_plan(&mut st, later, json!({"spec": {"concurrency": 1}}));
         step(&mut st, later, &[], &Timings::default());
@@ -2025,6 +2145,166 @@ mod tests {
         assert!(window_open(None, at("2026-11-24T00:00:00Z")));
         let bad = json!({"startTime": "25:99", "endTime": "02:00"});
         assert!(!window_open(Some(&bad), at("2026-11-24T00:00:00Z")));
+    }
+
+    /// A Job as upkeep built it before it was checked against k3s: `k3s` off PATH in the
+    /// untagged k3s-upgrade image, no host mount, no host network.
+    fn naive_snapshot_job(node: &str) -> Value {
+        json!({"metadata": {"name": "snap", "namespace": "kube-system"},
+            "spec": {"template": {"spec": {"nodeName": node, "containers": [{"name": "snapshot",
+                "image": "rancher/k3s-upgrade", "command": ["k3s", "etcd-snapshot", "save", "--name", "p"]}]}}}})
+    }
+
+    fn working_snapshot_job(node: &str) -> Value {
+        json!({"metadata": {"name": "snap", "namespace": "kube-system"},
+            "spec": {"template": {"spec": {"nodeName": node, "hostNetwork": true,
+                "volumes": [{"name": "host", "hostPath": {"path": "/"}}],
+                "containers": [{"name": "snapshot", "image": "rancher/k3s-upgrade:v1.33.4-k3s1",
+                    "command": ["/opt/k3s", "etcd-snapshot", "save", "--name", "p", "--data-dir", "/host/var/lib/rancher/k3s"],
+                    "volumeMounts": [{"name": "host", "mountPath": "/host"}]}]}}}})
+    }
+
+    #[test]
+    fn an_etcd_snapshot_job_needs_what_k3s_needs() {
+        let now = Utc::now();
+        let server = seed::node("server-1", true, "v1.33.4+k3s1", true, now);
+        let agent = seed::node("agent-1", false, "v1.33.4+k3s1", false, now);
+        let sqlite = seed::node("server-1", true, "v1.33.4+k3s1", false, now);
+        let nodes = [server.clone(), agent];
+        let err = |j: &Value, nodes: &[Value]| {
+            snapshot_run(j, nodes)
+                .err()
+                .map(|e| e.1)
+                .unwrap_or_default()
+        };
+        assert!(err(&naive_snapshot_job("server-1"), &nodes).contains("executable file not found"));
+        assert_eq!(
+            snapshot_run(&working_snapshot_job("server-1"), &nodes),
+            Ok(("server-1".into(), "p".into()))
+        );
+        // Without the host's data dir there is no server token.
+        let mut j = working_snapshot_job("server-1");
+        j["spec"]["template"]["spec"]["volumes"] = json!([]);
+        assert!(err(&j, &nodes).contains("server/token: no such file"));
+        // Off the host network the supervisor on 127.0.0.1:6443 is not there.
+        let mut j = working_snapshot_job("server-1");
+        j["spec"]["template"]["spec"]["hostNetwork"] = json!(false);
+        assert!(err(&j, &nodes).contains("127.0.0.1"));
+        // On an agent there is no server token; on SQLite no etcd.
+        assert!(err(&working_snapshot_job("agent-1"), &nodes).contains("server/token"));
+        assert!(
+            err(&working_snapshot_job("server-1"), &[sqlite]).contains("etcd datastore disabled")
+        );
+        // A node with its own --data-dir.
+        let mut custom = server;
+        custom["metadata"]["annotations"]["k3s.io/node-args"] =
+            json!("[\"server\",\"--data-dir\",\"/srv/k3s\"]");
+        assert!(err(&working_snapshot_job("server-1"), &[custom.clone()]).contains("server/token"));
+        let mut j = working_snapshot_job("server-1");
+        j["spec"]["template"]["spec"]["containers"][0]["command"][6] = json!("/host/srv/k3s");
+        assert!(snapshot_run(&j, &[custom]).is_ok());
+    }
+
+    #[test]
+    fn longhorn_lifts_an_instance_manager_pdb_once_its_node_is_cordoned_and_drained() {
+        let (mut st, now) = cluster();
+        step(&mut st, now, &[], &Timings::default());
+        let pdbs = gr("policy", "poddisruptionbudgets");
+        let im = seed::instance_manager_name("agent-1");
+        let pdb = st.get(&pdbs, "longhorn-system", &im).unwrap_or_default();
+        assert_eq!(pdb["spec"]["minAvailable"], 1);
+        // The disruption controller: one Ready pod, one needed.
+        assert_eq!(
+            (
+                pdb["status"]["expectedPods"].clone(),
+                pdb["status"]["currentHealthy"].clone(),
+                pdb["status"]["disruptionsAllowed"].clone()
+            ),
+            (json!(1), json!(1), json!(0))
+        );
+        // Cordoned with a volume still attached: kept.
+        let ctx = Ctx::new(now, "test");
+        let _ = st.modify(&gr("", "nodes"), "", "agent-1", &ctx, |n| {
+            cordon_node(n, now)
+        });
+        let _ = st.modify(
+            &gr("longhorn.io", "volumes"),
+            "longhorn-system",
+            &volume_on(&st, "agent-1"),
+            &ctx,
+            |_| {},
+        );
+        step(&mut st, now, &[], &Timings::default());
+        let attached = st
+            .list(&gr("longhorn.io", "volumes"), Some("longhorn-system"))
+            .iter()
+            .any(|v| s(v, "/status/currentNodeID") == "agent-1");
+        assert_eq!(st.get(&pdbs, "longhorn-system", &im).is_ok(), attached);
+        // Drained: its volumes moved, the PDB goes; uncordoned, it comes back.
+        let mut w = World {
+            store: &mut st,
+            prev: now,
+            now,
+            faults: &[],
+            t: &Timings::default(),
+            used: Vec::new(),
+        };
+        w.evict_workloads("agent-1");
+        step(&mut st, now, &[], &Timings::default());
+        assert!(st.get(&pdbs, "longhorn-system", &im).is_err(), "lifted");
+        let _ = st.modify(&gr("", "nodes"), "", "agent-1", &ctx, uncordon_node);
+        step(&mut st, now, &[], &Timings::default());
+        assert!(st.get(&pdbs, "longhorn-system", &im).is_ok(), "back");
+    }
+
+    fn volume_on(st: &Store, node: &str) -> String {
+        st.list(&gr("longhorn.io", "volumes"), Some("longhorn-system"))
+            .iter()
+            .find(|v| s(v, "/status/currentNodeID") == node)
+            .map(|v| s(v, "/metadata/name").to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_agent_job_waits_in_prepare_applying_and_uncordoned() {
+        let (mut st, now) = cluster();
+        let plans = gr("upgrade.cattle.io", "plans");
+        let ctx = Ctx::new(now, "upkeep");
+        let _ = st.create(
+            &plans,
+            "system-upgrade",
+            plan("server-plan", "v1.33.5+k3s1", true),
+            &ctx,
+        );
+        let _ = st.create(
+            &plans,
+            "system-upgrade",
+            plan("agent-plan", "v1.33.5+k3s1", false),
+            &ctx,
+        );
+        step(&mut st, now, &[], &Timings::default());
+        let agent = st
+            .get(&plans, "system-upgrade", "agent-plan")
+            .unwrap_or_default();
+        assert_eq!(
+            agent["status"]["applying"],
+            json!(["agent-1"]),
+            "its Job exists, in prepare"
+        );
+        let a1 = st.get(&gr("", "nodes"), "", "agent-1").unwrap_or_default();
+        assert!(
+            a1.pointer("/spec/unschedulable").is_none(),
+            "the cordon comes after prepare"
+        );
+        run_until(&mut st, now, &[], |st| {
+            st.get(&gr("", "nodes"), "", "agent-1")
+                .is_ok_and(|n| n.pointer("/spec/unschedulable").is_some())
+        });
+        let server = st.get(&gr("", "nodes"), "", "server-1").unwrap_or_default();
+        assert_eq!(
+            s(&server, "/status/nodeInfo/kubeletVersion"),
+            "v1.33.5+k3s1"
+        );
     }
 
     #[test]
@@ -2070,12 +2350,20 @@ mod tests {
         // Helm is done, Longhorn is not: its manager DaemonSet still rolls out.
         assert_eq!(setting(&st), "v1.9.1");
         let ds = st
-            .get(&gr("apps", "daemonsets"), "longhorn-system", "longhorn-manager")
+            .get(
+                &gr("apps", "daemonsets"),
+                "longhorn-system",
+                "longhorn-manager",
+            )
             .unwrap_or_default();
         assert_eq!(ds["status"]["updatedNumberScheduled"], 0);
         run_until(&mut st, now, &faults, |st| setting(st) == "v1.10.2");
         let ds = st
-            .get(&gr("apps", "daemonsets"), "longhorn-system", "longhorn-manager")
+            .get(
+                &gr("apps", "daemonsets"),
+                "longhorn-system",
+                "longhorn-manager",
+            )
             .unwrap_or_default();
         assert_eq!(ds["status"]["updatedNumberScheduled"], 3);
         let _ = st.patch(

@@ -7,6 +7,7 @@
 
 pub mod actors;
 pub mod patch;
+pub mod schema;
 pub mod seed;
 pub mod store;
 
@@ -49,6 +50,9 @@ pub enum ClusterFault {
     /// A PodDisruptionBudget with no disruptions allowed guards a pod on this node, so a drain
     /// blocks.
     PdbBlocksDrain { node: String },
+    /// The next etcd snapshot fails on the server with this message (k3s records a failed
+    /// `ETCDSnapshotFile`, the CLI exits non-zero).
+    EtcdSnapshotFails { message: String },
     /// The HelmRelease (`namespace/name` or `name`) fails its next upgrade.
     HelmUpgradeFails { release: String },
     /// This Longhorn volume turns degraded after the next Longhorn upgrade.
@@ -718,7 +722,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         .get("fieldManager")
         .map(str::to_string)
         .unwrap_or_else(|| default_manager(&headers));
-    let ctx = Ctx::new(shared.clock.now(), &manager);
+    let mut ctx = Ctx::new(shared.clock.now(), &manager);
     let (t, request_version) = {
         let s = shared.store();
         match s.resolve(&target.group, &target.version, &target.plural) {
@@ -726,7 +730,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             Err(e) => return error_response(&e),
         }
     };
-    let g = t.gr();
+    let g = storage_gr(&t);
     let ns = target.namespace.clone().unwrap_or_default();
     if t.namespaced && target.name.is_some() && target.namespace.is_none() {
         return error_response(&ApiError::new(
@@ -749,6 +753,12 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         (&Method::DELETE, None) => "deletecollection",
         _ => "other",
     };
+    if matches!(verb, "create" | "update" | "patch") {
+        ctx.request = Some(store::Request {
+            strict: query.get("fieldValidation") == Some("Strict"),
+            patch: verb == "patch",
+        });
+    }
     shared
         .audit
         .lock()
@@ -799,7 +809,7 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 }
             })
         }
-        (&Method::POST, None) => match parse_body(&body, &headers) {
+        (&Method::POST, None) => match parse_body(&body, &headers).map(|b| in_core_shape(&t, b)) {
             Ok(obj) => {
                 shared.counters.writes.fetch_add(1, Ordering::Relaxed);
                 if dry_run {
@@ -812,21 +822,23 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             }
             Err(e) => Err(e),
         },
-        (&Method::PUT, Some(name)) => match parse_body(&body, &headers) {
-            Ok(obj) => {
-                shared.counters.writes.fetch_add(1, Ordering::Relaxed);
-                let mut s = shared.store();
-                s.replace(&g, &ns, name, obj, target.sub.as_deref(), &ctx)
-                    .map(|o| with_version(o, &t, &request_version))
+        (&Method::PUT, Some(name)) => {
+            match parse_body(&body, &headers).map(|b| in_core_shape(&t, b)) {
+                Ok(obj) => {
+                    shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+                    let mut s = shared.store();
+                    s.replace(&g, &ns, name, obj, target.sub.as_deref(), &ctx)
+                        .map(|o| with_version(o, &t, &request_version))
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
-        },
+        }
         (&Method::PATCH, Some(name)) => {
             let kind = match patch_kind(&headers, &query) {
                 Ok(k) => k,
                 Err(e) => return error_response(&e),
             };
-            match parse_body(&body, &headers) {
+            match parse_body(&body, &headers).map(|b| in_core_shape(&t, b)) {
                 Ok(p) => {
                     shared.counters.writes.fetch_add(1, Ordering::Relaxed);
                     let mut s = shared.store();
@@ -1141,10 +1153,79 @@ fn openapi_group(s: &Store, group: &str, version: &str) -> Response {
 }
 
 fn with_version(mut o: Value, t: &ResourceType, version: &str) -> Value {
+    if is_events_v1(t) {
+        o = events::core_to_v1(o);
+    }
     if let Some(m) = o.as_object_mut() {
         m.insert("apiVersion".into(), json!(t.api_version(version)));
     }
     o
+}
+
+/// A body written through `events.k8s.io` is stored in the core shape.
+fn in_core_shape(t: &ResourceType, body: Value) -> Value {
+    if is_events_v1(t) {
+        events::v1_to_core(body)
+    } else {
+        body
+    }
+}
+
+fn is_events_v1(t: &ResourceType) -> bool {
+    t.group == "events.k8s.io" && t.plural == "events"
+}
+
+/// Where a type's objects are stored: `events.k8s.io` Events are the core Event list seen in
+/// another shape (kubernetes `pkg/registry/events/rest/storage_events.go` serves them from the
+/// core event storage).
+fn storage_gr(t: &ResourceType) -> Gr {
+    if is_events_v1(t) {
+        (String::new(), "events".to_string())
+    } else {
+        t.gr()
+    }
+}
+
+/// The two shapes of one Event (kubernetes `pkg/apis/events/v1/conversion.go`,
+/// `Convert_v1_Event_To_core_Event`, `Convert_core_Event_To_v1_Event`).
+mod events {
+    use serde_json::Value;
+
+    /// core/v1 field, events.k8s.io/v1 field.
+    const RENAMES: [(&str, &str); 7] = [
+        ("involvedObject", "regarding"),
+        ("message", "note"),
+        ("source", "deprecatedSource"),
+        ("firstTimestamp", "deprecatedFirstTimestamp"),
+        ("lastTimestamp", "deprecatedLastTimestamp"),
+        ("count", "deprecatedCount"),
+        ("reportingComponent", "reportingController"),
+    ];
+
+    fn rename(mut o: Value, to_v1: bool) -> Value {
+        if let Some(m) = o.as_object_mut() {
+            for (core, v1) in RENAMES {
+                let (from, to) = if to_v1 { (core, v1) } else { (v1, core) };
+                if let Some(x) = m.remove(from) {
+                    m.insert(to.to_string(), x);
+                }
+            }
+            m.insert("kind".into(), Value::String("Event".into()));
+        }
+        o
+    }
+
+    pub fn core_to_v1(o: Value) -> Value {
+        rename(o, true)
+    }
+
+    pub fn v1_to_core(o: Value) -> Value {
+        let mut o = rename(o, false);
+        if let Some(m) = o.as_object_mut() {
+            m.remove("apiVersion");
+        }
+        o
+    }
 }
 
 fn select(
@@ -1157,7 +1238,7 @@ fn select(
         .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;
     let fields = parse_field_selector(query.get("fieldSelector").unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("unable to parse field selector: {e}")))?;
-    Ok(s.list(&t.gr(), ns)
+    Ok(s.list(&storage_gr(t), ns)
         .into_iter()
         .filter(|o| labels_match(&labels, o) && fields_match(&fields, o))
         .cloned()
@@ -1431,7 +1512,7 @@ fn watch_response(
         .and_then(|s| s.parse::<u64>().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800));
-    let gr: Gr = t.gr();
+    let gr: Gr = storage_gr(t);
     let ns = target.namespace.clone();
     let name = target.name.clone();
     let matches = move |e: &store::Event| {
@@ -1450,10 +1531,10 @@ fn watch_response(
         let mut initial = Vec::new();
         let rv = s.resource_version();
         if rv_param.is_empty() || rv_param == "0" {
-            for o in s.list(&t.gr(), target.namespace.as_deref()) {
+            for o in s.list(&storage_gr(t), target.namespace.as_deref()) {
                 let e = store::Event {
                     rv,
-                    gr: t.gr(),
+                    gr: storage_gr(t),
                     namespace: String::new(),
                     kind: EventType::Added,
                     object: o.clone(),

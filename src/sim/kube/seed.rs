@@ -536,7 +536,12 @@ pub fn instance_manager_name(node: &str) -> String {
 
 /// The instance manager of `node`: its Ready pod, and the `minAvailable: 1`
 /// PodDisruptionBudget longhorn-manager keeps on it while the node is schedulable.
-fn instance_manager(store: &mut Store, node: &str, version: &str, ctx: &Ctx) -> Result<(), ApiError> {
+fn instance_manager(
+    store: &mut Store,
+    node: &str,
+    version: &str,
+    ctx: &Ctx,
+) -> Result<(), ApiError> {
     let name = instance_manager_name(node);
     let t = timestamp(ctx.now);
     store.create_with_status(

@@ -146,6 +146,17 @@ pub struct Event {
 pub struct Ctx {
     pub now: DateTime<Utc>,
     pub manager: String,
+    /// An API request (checked against the CRD's schema), not a simulated controller's write.
+    pub request: Option<Request>,
+}
+
+/// What an API request asks of validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// `fieldValidation=Strict`: unknown fields are an error (else they are pruned).
+    pub strict: bool,
+    /// A PATCH (strict errors are 422 then, 400 for POST and PUT).
+    pub patch: bool,
 }
 
 impl Ctx {
@@ -153,6 +164,7 @@ impl Ctx {
         Ctx {
             now,
             manager: manager.to_string(),
+            request: None,
         }
     }
 }
@@ -174,6 +186,8 @@ type Key = (String, String);
 
 pub struct Store {
     types: BTreeMap<Gr, ResourceType>,
+    /// The storage version's `openAPIV3Schema` of each custom resource type.
+    schemas: BTreeMap<Gr, Arc<Value>>,
     objects: BTreeMap<Gr, BTreeMap<Key, Value>>,
     rv: u64,
     window: VecDeque<Arc<Event>>,
@@ -200,6 +214,7 @@ impl Store {
         let (tx, _) = broadcast::channel(WATCH_BUFFER);
         let mut s = Store {
             types: BTreeMap::new(),
+            schemas: BTreeMap::new(),
             objects: BTreeMap::new(),
             rv: 1000,
             window: VecDeque::new(),
@@ -453,6 +468,7 @@ impl Store {
         meta.remove("generateName");
         m.insert("apiVersion".into(), json!(t.api_version(&t.versions[0])));
         m.insert("kind".into(), json!(t.kind));
+        self.check_schema(t, &name, &mut obj, None, ctx)?;
         if !ctx.manager.is_empty() {
             let fields = owned_by_writer(&Value::Null, &obj, None);
             set_managed(&mut obj, &ctx.manager, "Update", None, fields, ctx);
@@ -648,6 +664,7 @@ impl Store {
         {
             return Ok(old.clone());
         }
+        self.check_schema(t, name, &mut new, Some(old), ctx)?;
         if t.has_generation() && spec_of(old) != spec_of(&new) {
             let g = old
                 .pointer("/metadata/generation")
@@ -795,7 +812,11 @@ impl Store {
         write_managed(&mut live, &managers);
         match existing {
             None => {
-                let obj = self.insert_new(t, ns, live, &Ctx::new(ctx.now, ""))?;
+                let create = Ctx {
+                    manager: String::new(),
+                    ..ctx.clone()
+                };
+                let obj = self.insert_new(t, ns, live, &create)?;
                 Ok(obj)
             }
             Some(old) => self.commit(t, ns, name, &old, live, ctx),
@@ -818,10 +839,69 @@ impl Store {
             && let Some(g2) = crd_gr(&obj)
         {
             self.types.remove(&g2);
+            self.schemas.remove(&g2);
             self.objects.remove(&g2);
         }
         self.emit(g, &key.0, EventType::Deleted, obj.clone());
         Ok(obj)
+    }
+
+    /// An API request's object against its CRD's schema: unknown fields pruned (or refused
+    /// when strict), field errors answered 422 as the API server words them.
+    fn check_schema(
+        &self,
+        t: &ResourceType,
+        name: &str,
+        obj: &mut Value,
+        old: Option<&Value>,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let (Some(req), Some(schema)) = (ctx.request, self.schemas.get(&t.gr())) else {
+            return Ok(());
+        };
+        let mut p = super::schema::check(schema, obj, old, false);
+        // What the stored object already had is not this request's doing: errors there are
+        // ratcheted (validation ratcheting, GA in Kubernetes 1.30), and unknown fields there
+        // were written by a controller, not decoded from this body.
+        if let Some(old) = old {
+            let before = super::schema::check(schema, &mut old.clone(), None, false);
+            p.invalid.retain(|e| !before.invalid.contains(e));
+            p.unknown.retain(|f| !before.unknown.contains(f));
+        }
+        if req.strict && !p.unknown.is_empty() {
+            let errs: Vec<String> = p
+                .unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            let strict = format!("strict decoding error: {}", errs.join(", "));
+            return Err(if req.patch {
+                ApiError::invalid(format!(
+                    " \"\" is invalid: patch: Invalid value: \"{{...}}\": {strict}"
+                ))
+            } else {
+                ApiError::bad_request(format!(
+                    "{} in version {:?} cannot be handled as a {}: {strict}",
+                    t.kind, t.versions[0], t.kind
+                ))
+            });
+        }
+        for f in &p.unknown {
+            super::schema::remove(obj, f);
+        }
+        match p.invalid.as_slice() {
+            [] => Ok(()),
+            [one] => Err(ApiError::invalid(format!(
+                "{}.{} {name:?} is invalid: {one}",
+                t.kind, t.group
+            ))),
+            many => Err(ApiError::invalid(format!(
+                "{}.{} {name:?} is invalid: [{}]",
+                t.kind,
+                t.group,
+                many.join(", ")
+            ))),
+        }
     }
 
     /// Keep derived state in step with a written object: CRDs register their kinds.
@@ -843,6 +923,10 @@ impl Store {
                          "message": "the initial names have been accepted", "lastTransitionTime": now},
                     ],
                 });
+                match crd_schema(obj, &rt.versions[0]) {
+                    Some(schema) => self.schemas.insert(rt.gr(), Arc::new(schema)),
+                    None => self.schemas.remove(&rt.gr()),
+                };
                 self.types.insert(rt.gr(), rt);
             }
             Err(e) => {
@@ -1145,6 +1229,16 @@ fn set_managed(
         }),
     }
     write_managed(obj, &managers);
+}
+
+/// The `openAPIV3Schema` of a CRD's `version`.
+fn crd_schema(crd: &Value, version: &str) -> Option<Value> {
+    crd.pointer("/spec/versions")?
+        .as_array()?
+        .iter()
+        .find(|v| v.get("name").and_then(Value::as_str) == Some(version))?
+        .pointer("/schema/openAPIV3Schema")
+        .cloned()
 }
 
 fn crd_gr(crd: &Value) -> Option<Gr> {
