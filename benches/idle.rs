@@ -127,12 +127,16 @@ fn main() {
                 .counters
                 .requests
                 .load(std::sync::atomic::Ordering::Relaxed),
+            kube.shared
+                .counters
+                .bytes_out
+                .load(std::sync::atomic::Ordering::Relaxed),
             cpu_seconds(pid),
         )
     };
-    let (m0, g0, k0, c0) = snapshot();
+    let (m0, g0, k0, kb0, c0) = snapshot();
     std::thread::sleep(WINDOW);
-    let (m1, g1, k1, c1) = snapshot();
+    let (m1, g1, k1, kb1, c1) = snapshot();
     let (rss, hwm) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
     // SAFETY: signalling our own child.
     unsafe {
@@ -171,8 +175,9 @@ fn main() {
         "  upstream requests:      {upstream:.0} in {detections:.1} detections ({not_modified:.0} answered 304)"
     );
     println!(
-        "  kube API requests/rec.: {:.1}",
-        (k1 - k0) as f64 / reconciles.max(1.0)
+        "  kube API requests/rec.: {:.1} ({:.1} KiB of responses)",
+        (k1 - k0) as f64 / reconciles.max(1.0),
+        (kb1 - kb0) as f64 / reconciles.max(1.0) / 1024.0
     );
     println!(
         "  RSS:                    {:.1} MiB now, {:.1} MiB peak",

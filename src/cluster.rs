@@ -303,8 +303,11 @@ fn condition<'a>(v: &'a Value, kind: &str) -> Option<&'a Value> {
 fn health(kind: &str, v: &Value) -> Health {
     let ready = condition(v, "Ready");
     let generation = v.pointer("/metadata/generation").and_then(Value::as_i64);
+    // flux-operator's FluxInstance has no `status.observedGeneration`, only its Ready
+    // condition's (controlplaneio-fluxcd/flux-operator: conditions only).
     let observed = v
         .pointer("/status/observedGeneration")
+        .or_else(|| ready?.get("observedGeneration"))
         .and_then(Value::as_i64);
     Health {
         kind: kind.to_string(),
@@ -763,6 +766,19 @@ mod tests {
             {"k3s.io/node-args": "[\"server\",\"--data-dir\",\"/srv/k3s\"]"}}});
         assert_eq!(node_state(&n).data_dir, "/srv/k3s");
         assert_eq!(node_state(&json!({})).data_dir, "/var/lib/rancher/k3s");
+    }
+
+    #[test]
+    fn a_flux_instance_is_judged_by_its_ready_conditions_generation() {
+        let fi = |cond_gen: i64| {
+            json!({"metadata": {"generation": 2}, "status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded", "observedGeneration": cond_gen}]}})
+        };
+        assert!(health("FluxInstance", &fi(2)).ready);
+        assert!(
+            !health("FluxInstance", &fi(1)).ready,
+            "not yet at the new generation"
+        );
     }
 
     #[test]

@@ -949,8 +949,16 @@ impl World<'_> {
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
+            // flux-operator keeps no `status.observedGeneration`: only its Ready condition's.
             let observed = obj
                 .pointer("/status/observedGeneration")
+                .or_else(|| {
+                    obj.pointer("/status/conditions")?
+                        .as_array()?
+                        .iter()
+                        .find(|c| s(c, "/type") == "Ready")?
+                        .get("observedGeneration")
+                })
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             let started = annotation(&obj, &key).and_then(since);
@@ -1012,15 +1020,21 @@ impl World<'_> {
                 h["status"]["lastAttemptedGeneration"] = json!(generation);
                 match &failure {
                     Some(why) => {
-                        let msg = format!("Helm upgrade failed for release {release} with chart {chart}@{desired}: pre-upgrade hooks failed: 1 error occurred:\n\t* job {chart}-pre-upgrade failed: {why}");
+                        // No `.vN` here, unlike the success message (helm-controller `upgrade.go`).
+                        let msg = format!("Helm upgrade failed for release {ns}/{name} with chart {chart}@{desired}: pre-upgrade hooks failed: 1 error occurred:\n\t* job {chart}-pre-upgrade failed: {why}");
                         set_condition(h, "Ready", "False", "UpgradeFailed", &msg, now);
                         set_condition(h, "Released", "False", "UpgradeFailed", &msg, now);
+                        // The default `upgrade.remediation.retries: 0`: no rollback, stalled.
+                        set_condition(h, "Stalled", "True", "RetriesExceeded", "Failed to upgrade after 1 attempt(s)", now);
                         h["status"]["failures"] = json!(h["status"]["failures"].as_i64().unwrap_or(0) + 1);
                     }
                     None => {
                         let msg = format!("Helm upgrade succeeded for release {release} with chart {chart}@{desired}");
                         set_condition(h, "Ready", "True", "UpgradeSucceeded", &msg, now);
                         set_condition(h, "Released", "True", "UpgradeSucceeded", &msg, now);
+                        if let Some(Value::Array(cs)) = h["status"].get_mut("conditions") {
+                            cs.retain(|c| c["type"] != "Stalled");
+                        }
                         let mut history = h["status"]["history"].as_array().cloned().unwrap_or_default();
                         history.insert(0, helm_snapshot(&chart, &desired, revision + 1, now, "deployed"));
                         for old in history.iter_mut().skip(1) {
@@ -1266,7 +1280,7 @@ impl World<'_> {
     fn flux(&mut self) {
         let fis = gr("fluxcd.controlplane.io", "fluxinstances");
         let takes = self.t.flux_upgrade;
-        for (fi, generation) in
+        for (fi, _generation) in
             self.due_reconciles(&fis, "flux-operator", "Reconciliation in progress", takes)
         {
             let (name, ns) = name_ns(&fi);
@@ -1291,7 +1305,6 @@ impl World<'_> {
             let rev = format!("{desired}@sha256:{}", digest(&desired));
             let _ = self.store.modify(&fis, &ns, &name, &ctx, |f| {
                 set_annotation(f, "sim.upkeep.dev/flux-operator-started", None);
-                f["status"]["observedGeneration"] = json!(generation);
                 f["status"]["lastAttemptedRevision"] = json!(rev);
                 match &refusal {
                     Some(why) => set_condition(f, "Ready", "False", "BuildFailed", why, now),

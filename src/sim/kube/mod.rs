@@ -191,6 +191,10 @@ impl Default for KubeOptions {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub requests: AtomicU64,
+    /// Bytes of the response bodies that have a known length (everything but watches).
+    pub bytes_out: AtomicU64,
+    /// LIST requests per resource plural, e.g. how many looks listed nodes.
+    pub lists: Mutex<std::collections::BTreeMap<String, u64>>,
     pub writes: AtomicU64,
     pub watches_open: AtomicU64,
 }
@@ -635,6 +639,14 @@ fn parse_target(segs: &[&str]) -> Option<Target> {
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let r = handle_request(shared.clone(), req).await;
+    if let Some(n) = http_body::Body::size_hint(r.body()).exact() {
+        shared.counters.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+    r
+}
+
+async fn handle_request(shared: Arc<Shared>, req: Request) -> Response {
     shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let path = req.uri().path().to_string();
     let method = req.method().clone();
@@ -753,6 +765,15 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         (&Method::DELETE, None) => "deletecollection",
         _ => "other",
     };
+    if verb == "list" {
+        *shared
+            .counters
+            .lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(t.plural.clone())
+            .or_default() += 1;
+    }
     if matches!(verb, "create" | "update" | "patch") {
         ctx.request = Some(store::Request {
             strict: query.get("fieldValidation") == Some("Strict"),

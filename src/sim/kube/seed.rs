@@ -346,7 +346,6 @@ fn seed_flux(
                 "sync": {"kind": "GitRepository", "url": "https://github.com/example/homelab", "ref": "refs/heads/main", "path": "clusters/homelab"}},
             "status": {"conditions": ready(true, "ReconciliationSucceeded", "Reconciliation finished in 2s", now, 1),
                 "lastAppliedRevision": rev, "lastAttemptedRevision": rev, "lastArtifactRevision": format!("sha256:{}", digest(bare)),
-                "observedGeneration": 1,
                 "history": [{"digest": format!("sha256:{}", digest(&rev)), "firstReconciled": timestamp(now), "lastReconciled": timestamp(now),
                     "lastReconciledDuration": "2s", "lastReconciledStatus": "ReconciliationSucceeded", "totalReconciliations": 1,
                     "metadata": {"flux": format!("v{bare}")}}]}}),
