@@ -9,9 +9,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::{KubeOptions, KubeSim};
-use upkeep::sim::upstream::UpstreamSim;
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::{KubeOptions, KubeSim};
+use upkeep_sim::upstream::UpstreamSim;
 
 mod common;
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use upkeep::apply::{Options, Repo};
 use upkeep::gitrepo::{Author, GitRepo};
-use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
 
 const IDLE_LOOKS: u64 = 20;
 const BUSY: Duration = Duration::from_secs(10);

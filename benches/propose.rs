@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use upkeep::sim::upstream::UpstreamSim;
+use upkeep_sim::upstream::UpstreamSim;
 
 mod common;
 use common::get;

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use upkeep::apply::{Options, Repo};
 use upkeep::gitrepo::{Author, GitRepo};
 use upkeep::rollout::Phase;
-use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
 
 const AGENTS: usize = 200;
 const CONCURRENCY: u64 = 10;

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::store::{Ctx, PatchKind, gr};
-use upkeep::sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::store::{Ctx, PatchKind, gr};
+use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
 
 struct Served {
     child: Child,
@@ -245,7 +245,7 @@ fn rollout() {
     };
     let sim = KubeSim::start_in_thread(opts).expect("start");
     let plan = |name: &str, server: bool, concurrency: u64| {
-        upkeep::sim::kube::seed::example_plan(name, "v1.33.5+k3s1", server, concurrency)
+        upkeep_sim::kube::seed::example_plan(name, "v1.33.5+k3s1", server, concurrency)
     };
     let start = Instant::now();
     let sim_start = sim.clock().now();

@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use upkeep::sim::upstream::{SimRelease, UpstreamSim};
+use upkeep_sim::upstream::{SimRelease, UpstreamSim};
 
 mod common;
 use common::get;

@@ -13,10 +13,10 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::diag::{Diagnostic, Severity};
-use crate::model::{self, ConfigRepo};
-use crate::report;
-use crate::sources::{self, NetConfig, catalog::Catalog};
+use upkeep::diag::{Diagnostic, Severity};
+use upkeep::model::{self, ConfigRepo};
+use upkeep::report;
+use upkeep::sources::{self, NetConfig, catalog::Catalog};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -228,8 +228,8 @@ pub struct NamespaceArgs {
 }
 
 impl NamespaceArgs {
-    pub fn namespaces(&self) -> crate::cluster::Namespaces {
-        crate::cluster::Namespaces {
+    pub fn namespaces(&self) -> upkeep::cluster::Namespaces {
+        upkeep::cluster::Namespaces {
             system_upgrade: self.suc_namespace.clone(),
             snapshots: self.snapshot_namespace.clone(),
             longhorn: self.longhorn_namespace.clone(),
@@ -558,12 +558,12 @@ fn with_config_file(argv: Vec<String>) -> Result<Vec<String>, i32> {
     let Some(path) = path else {
         return Ok(argv);
     };
-    let file = crate::runconfig::load(Path::new(&path)).map_err(|d| {
+    let file = upkeep::runconfig::load(Path::new(&path)).map_err(|d| {
         eprintln!("upkeep: {d}");
         2
     })?;
     let args = file.to_args(&|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    Ok(crate::runconfig::splice(&argv, run_at, args))
+    Ok(upkeep::runconfig::splice(&argv, run_at, args))
 }
 
 /// Where the subcommand is in `argv`: the first argument after the global options.
@@ -739,7 +739,7 @@ fn count(n: usize, what: &str) -> String {
 }
 
 fn schema(out: Option<&Path>) -> i32 {
-    let schemas = crate::schemas();
+    let schemas = upkeep::schemas();
     match out {
         None => {
             for (name, text) in &schemas {
@@ -834,7 +834,7 @@ fn check(a: CheckArgs) -> i32 {
             }
         };
         let origin = format!("catalog:{}", cat.origin);
-        rt.block_on(crate::check::run(Arc::new(cat), &repo, a.now, 16, &origin))
+        rt.block_on(upkeep::check::run(Arc::new(cat), &repo, a.now, 16, &origin))
     } else {
         let cfg = match a.net.config() {
             Ok(c) => c,
@@ -853,7 +853,7 @@ fn check(a: CheckArgs) -> i32 {
             }
         };
         let live = Arc::new(live);
-        let report = rt.block_on(crate::check::run(
+        let report = rt.block_on(upkeep::check::run(
             live.clone(),
             &repo,
             a.now,
@@ -887,19 +887,19 @@ fn check(a: CheckArgs) -> i32 {
 #[serde(rename_all = "camelCase")]
 struct PlanRow {
     component: String,
-    running: crate::cluster::Running,
+    running: upkeep::cluster::Running,
     desired: String,
     /// The hops from what runs to the desired version (empty when in step).
     path: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     path_error: Option<String>,
-    when: crate::windows::Decision,
+    when: upkeep::windows::Decision,
     #[serde(skip_serializing_if = "Option::is_none")]
-    preflight: Option<crate::validate::Verdict>,
+    preflight: Option<upkeep::validate::Verdict>,
 }
 
 fn plan(a: &PlanArgs) -> i32 {
-    use crate::windows::{Decision, Override};
+    use upkeep::windows::{Decision, Override};
     let now = a.now.unwrap_or_else(Utc::now);
     let repo = match load_valid(&a.repo, now) {
         Ok(r) => r,
@@ -910,8 +910,8 @@ fn plan(a: &PlanArgs) -> i32 {
         Err(code) => return code,
     };
     let observed = match rt.block_on(async {
-        let c = crate::cluster::client(a.kubeconfig.as_deref()).await?;
-        crate::cluster::observe(&c, &a.namespaces.namespaces()).await
+        let c = upkeep::cluster::client(a.kubeconfig.as_deref()).await?;
+        upkeep::cluster::observe(&c, &a.namespaces.namespaces()).await
     }) {
         Ok(o) => o,
         Err(e) => {
@@ -934,7 +934,7 @@ fn plan(a: &PlanArgs) -> i32 {
             desired: c.version.to_string(),
             path: Vec::new(),
             path_error: None,
-            when: crate::windows::decide(
+            when: upkeep::windows::decide(
                 now,
                 &c.name,
                 &repo.windows,
@@ -943,17 +943,17 @@ fn plan(a: &PlanArgs) -> i32 {
             ),
             preflight: None,
         };
-        let in_step = matches!(&running, crate::cluster::Running::At { version } if crate::versions::parse(version, c.scheme).ok().as_ref() == Some(&c.version));
+        let in_step = matches!(&running, upkeep::cluster::Running::At { version } if upkeep::versions::parse(version, c.scheme).ok().as_ref() == Some(&c.version));
         if !in_step {
             match &from {
                 None => row.path_error = Some(format!("cannot tell which {} version runs", c.name)),
-                Some(from) => match crate::versions::check_hop(from, &c.version, &c.path_rule) {
+                Some(from) => match upkeep::versions::check_hop(from, &c.version, &c.path_rule) {
                     Ok(()) => row.path = vec![c.version.to_string()],
                     Err(hop_err) => {
                         // A longer way may exist through the releases in between.
-                        let available: Vec<crate::versions::Version> = match &cat {
+                        let available: Vec<upkeep::versions::Version> = match &cat {
                             Some(cat) => rt
-                                .block_on(crate::sources::Upstream::fetch(cat, c))
+                                .block_on(upkeep::sources::Upstream::fetch(cat, c))
                                 .map(|f| {
                                     f.releases_as(c.scheme)
                                         .0
@@ -964,8 +964,12 @@ fn plan(a: &PlanArgs) -> i32 {
                                 .unwrap_or_default(),
                             None => Vec::new(),
                         };
-                        match crate::versions::plan_path(from, &c.version, &available, &c.path_rule)
-                        {
+                        match upkeep::versions::plan_path(
+                            from,
+                            &c.version,
+                            &available,
+                            &c.path_rule,
+                        ) {
                             Ok(p) if !p.is_empty() => {
                                 row.path = p.iter().map(ToString::to_string).collect()
                             }
@@ -977,13 +981,13 @@ fn plan(a: &PlanArgs) -> i32 {
             if let Some(first) = row
                 .path
                 .first()
-                .and_then(|v| crate::versions::parse(v, c.scheme).ok())
+                .and_then(|v| upkeep::versions::parse(v, c.scheme).ok())
             {
-                row.preflight = Some(crate::validate::preflight(
+                row.preflight = Some(upkeep::validate::preflight(
                     c,
                     &first,
                     &observed,
-                    crate::validate::PreflightPolicy {
+                    upkeep::validate::PreflightPolicy {
                         allow_degraded_volumes: repo.rollouts.allow_degraded_volumes,
                         drain: repo.rollouts.drain,
                     },
@@ -1008,8 +1012,8 @@ fn plan(a: &PlanArgs) -> i32 {
         Output::Text => {
             for r in &rows {
                 let running = match &r.running {
-                    crate::cluster::Running::At { version } => version.clone(),
-                    crate::cluster::Running::Mixed { nodes } => format!(
+                    upkeep::cluster::Running::At { version } => version.clone(),
+                    upkeep::cluster::Running::Mixed { nodes } => format!(
                         "mixed ({})",
                         nodes
                             .iter()
@@ -1017,7 +1021,7 @@ fn plan(a: &PlanArgs) -> i32 {
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
-                    crate::cluster::Running::Unknown => "unknown".into(),
+                    upkeep::cluster::Running::Unknown => "unknown".into(),
                 };
                 if r.path.is_empty() && r.path_error.is_none() {
                     let _ = writeln!(out, "{}: {running}, as versions.yaml asks", r.component);
@@ -1045,7 +1049,7 @@ fn plan(a: &PlanArgs) -> i32 {
                     ),
                     Decision::Emergency => "now (emergency)".into(),
                     Decision::Wait { next: Some(n) } => {
-                        match crate::propose::after_merge(&repo, &r.component, now).window {
+                        match upkeep::propose::after_merge(&repo, &r.component, now).window {
                             Some(w) => format!(
                                 "in the next window, {} {} ({}), for {}",
                                 w.name, w.starts, w.time_zone, w.duration
@@ -1094,10 +1098,10 @@ fn plan(a: &PlanArgs) -> i32 {
     }
 }
 
-fn parse_author(s: &str) -> Option<crate::gitrepo::Author> {
+fn parse_author(s: &str) -> Option<upkeep::gitrepo::Author> {
     match s.rsplit_once('<') {
         Some((name, email)) if email.ends_with('>') && !name.trim().is_empty() => {
-            Some(crate::gitrepo::Author {
+            Some(upkeep::gitrepo::Author {
                 name: name.trim().to_string(),
                 email: email.trim_end_matches('>').trim().to_string(),
             })
@@ -1121,11 +1125,11 @@ fn repo_url(url: &Option<String>, path: &Option<PathBuf>) -> Result<String, Stri
 /// What `propose` and `apply` share: the repository's URL, the commit author, the network
 /// settings with the token, and the git mirror in the state directory (`slug` names it).
 struct GitSetup {
-    author: crate::gitrepo::Author,
+    author: upkeep::gitrepo::Author,
     cfg: NetConfig,
     token: Option<String>,
     state: PathBuf,
-    git: crate::gitrepo::GitRepo,
+    git: upkeep::gitrepo::GitRepo,
 }
 
 impl RepoArgs {
@@ -1142,8 +1146,8 @@ impl RepoArgs {
     }
 
     /// The GitHub forge of this repository (exit code 2 on a bad URL).
-    fn github(&self, cfg: &NetConfig, token: Option<&str>) -> Result<crate::forge::GitHub, i32> {
-        crate::forge::GitHub::new(
+    fn github(&self, cfg: &NetConfig, token: Option<&str>) -> Result<upkeep::forge::GitHub, i32> {
+        upkeep::forge::GitHub::new(
             &cfg.github_api_url,
             &format!("{}/{}", self.owner, self.name),
             token,
@@ -1178,7 +1182,7 @@ fn git_setup(
     })?;
     let token = cfg.github_token.as_ref().map(|t| t.expose().to_string());
     let state = state_dir(state_dir_arg).join(slug);
-    let mut git = crate::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone())
+    let mut git = upkeep::gitrepo::GitRepo::open(&state.join("mirror.git"), &url, token.clone())
         .map_err(|e| {
             eprintln!("upkeep: {e}");
             1
@@ -1238,7 +1242,7 @@ fn apply(a: &ApplyArgs) -> i32 {
     };
     let _guard = rt.enter();
     let forge = match (&a.owner, &a.name) {
-        (Some(o), Some(n)) => match crate::forge::GitHub::new(
+        (Some(o), Some(n)) => match upkeep::forge::GitHub::new(
             &cfg.github_api_url,
             &format!("{o}/{n}"),
             token.as_deref(),
@@ -1251,14 +1255,14 @@ fn apply(a: &ApplyArgs) -> i32 {
         },
         _ => None,
     };
-    let repo = crate::apply::Repo {
+    let repo = upkeep::apply::Repo {
         git: &git,
         forge: forge.as_ref(),
         base: a.base.clone(),
         subdir: a.subdir.clone(),
         author,
     };
-    let mut opts = crate::apply::Options::from_policy(&config.rollouts, &a.namespace);
+    let mut opts = upkeep::apply::Options::from_policy(&config.rollouts, &a.namespace);
     opts.only = a.component.clone();
     opts.namespaces = a.namespaces.namespaces();
     opts.emergency = a.emergency;
@@ -1272,10 +1276,10 @@ fn apply(a: &ApplyArgs) -> i32 {
         opts.timeout = chrono::Duration::minutes(m.max(1));
     }
     let result = rt.block_on(async {
-        let client = crate::cluster::client(a.kubeconfig.as_deref())
+        let client = upkeep::cluster::client(a.kubeconfig.as_deref())
             .await
             .map_err(|e| e.to_string())?;
-        crate::apply::run(&client, &repo, &config, &opts, &Utc::now).await
+        upkeep::apply::run(&client, &repo, &config, &opts, &Utc::now).await
     });
     match result {
         Ok(summary) => {
@@ -1291,9 +1295,9 @@ fn apply(a: &ApplyArgs) -> i32 {
                 let _ = writeln!(out, "{name}: {phase:?}: {message}");
                 bad |= matches!(
                     phase,
-                    crate::rollout::Phase::RequiresAttention
-                        | crate::rollout::Phase::Reverted
-                        | crate::rollout::Phase::Failed
+                    upkeep::rollout::Phase::RequiresAttention
+                        | upkeep::rollout::Phase::Reverted
+                        | upkeep::rollout::Phase::Failed
                 );
             }
             i32::from(bad)
@@ -1334,9 +1338,9 @@ fn run_controller(a: &RunArgs) -> i32 {
     };
     // The live sources need the runtime (octocrab builds its client on it).
     let sources = match a.releases.catalog() {
-        Some(cat) => cat.map(|c| crate::reconcile::Sources::Catalog(Arc::new(c))),
+        Some(cat) => cat.map(|c| upkeep::reconcile::Sources::Catalog(Arc::new(c))),
         None => sources::Live::new(&cfg)
-            .map(|l| crate::reconcile::Sources::Live(Arc::new(l)))
+            .map(|l| upkeep::reconcile::Sources::Live(Arc::new(l)))
             .map_err(|e| e.to_string()),
     };
     let sources = match sources {
@@ -1346,7 +1350,7 @@ fn run_controller(a: &RunArgs) -> i32 {
             return 1;
         }
     };
-    let config = crate::reconcile::Config {
+    let config = upkeep::reconcile::Config {
         git,
         forge,
         base: a.at.base.clone(),
@@ -1356,22 +1360,22 @@ fn run_controller(a: &RunArgs) -> i32 {
         namespace: a.namespace.clone(),
         namespaces: a.namespaces.namespaces(),
         author,
-        style: crate::propose::Style::default(),
+        style: upkeep::propose::Style::default(),
         poll: Duration::from_secs(a.poll.max(1)),
         detect_every: Duration::from_secs(a.detect_every.max(1)),
         sources,
     };
     let leadership = Arc::new(if a.no_leader_election {
-        crate::leader::Leadership::always()
+        upkeep::leader::Leadership::always()
     } else {
-        crate::leader::Leadership::default()
+        upkeep::leader::Leadership::default()
     });
-    let webhook = secret.map(|secret| crate::reconcile::WebhookConfig {
+    let webhook = secret.map(|secret| upkeep::reconcile::WebhookConfig {
         secret,
         base: a.at.base.clone(),
     });
-    let shared = Arc::new(crate::reconcile::Shared::new(
-        crate::telemetry::Metrics::new(),
+    let shared = Arc::new(upkeep::reconcile::Shared::new(
+        upkeep::telemetry::Metrics::new(),
         webhook,
         leadership.clone(),
     ));
@@ -1383,7 +1387,7 @@ fn run_controller(a: &RunArgs) -> i32 {
                 return 1;
             }
         };
-        let app = crate::server::router(shared.clone());
+        let app = upkeep::server::router(shared.clone());
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the HTTP server stopped");
@@ -1396,7 +1400,7 @@ fn run_controller(a: &RunArgs) -> i32 {
             shared.metrics.leader.set(1);
             None
         } else {
-            let client = match crate::cluster::client(a.kubeconfig.as_deref()).await {
+            let client = match upkeep::cluster::client(a.kubeconfig.as_deref()).await {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("upkeep: {e}");
@@ -1404,18 +1408,18 @@ fn run_controller(a: &RunArgs) -> i32 {
                 }
             };
             // The Lease lives in the namespace; outside a cluster it may not exist yet.
-            if let Err(e) = crate::apply::install(&client, &a.namespace).await {
+            if let Err(e) = upkeep::apply::install(&client, &a.namespace).await {
                 eprintln!("upkeep: {e}");
                 return 1;
             }
-            let settings = crate::leader::Settings {
+            let settings = upkeep::leader::Settings {
                 namespace: a.namespace.clone(),
                 name: a.lease_name.clone(),
-                identity: crate::leader::Settings::default_identity(),
+                identity: upkeep::leader::Settings::default_identity(),
                 duration: Duration::from_secs(a.lease_duration.max(1)),
             };
             let s = shared.clone();
-            Some(tokio::spawn(crate::leader::run(
+            Some(tokio::spawn(upkeep::leader::run(
                 client,
                 settings,
                 leadership,
@@ -1435,11 +1439,11 @@ fn run_controller(a: &RunArgs) -> i32 {
         // A repository on local disk is watched: a commit to the base branch wakes the loop.
         let _watcher = a.at.repo.as_ref().and_then(|path| {
             let s = shared.clone();
-            crate::watch::spawn(path, &a.at.base, move || s.poke(false))
+            upkeep::watch::spawn(path, &a.at.base, move || s.poke(false))
                 .inspect_err(|e| tracing::warn!(error = %e, "not watching the repository"))
                 .ok()
         });
-        crate::reconcile::run(config, shared, rx).await;
+        upkeep::reconcile::run(config, shared, rx).await;
         let _ = election_tx.send(true);
         if let Some(e) = election {
             let _ = e.await;
@@ -1451,7 +1455,7 @@ fn run_controller(a: &RunArgs) -> i32 {
 /// Every component's releases from the shipped catalog, for multi-hop paths.
 fn offline_releases(
     config: &ConfigRepo,
-) -> std::collections::HashMap<String, Vec<crate::versions::Version>> {
+) -> std::collections::HashMap<String, Vec<upkeep::versions::Version>> {
     let Ok(cat) = Catalog::builtin() else {
         return Default::default();
     };
@@ -1463,7 +1467,9 @@ fn offline_releases(
         .components
         .iter()
         .filter_map(|c| {
-            let f = rt.block_on(crate::sources::Upstream::fetch(&cat, c)).ok()?;
+            let f = rt
+                .block_on(upkeep::sources::Upstream::fetch(&cat, c))
+                .ok()?;
             Some((
                 c.name.clone(),
                 f.releases_as(c.scheme)
@@ -1487,7 +1493,7 @@ fn state_dir(explicit: Option<&Path>) -> PathBuf {
 }
 
 fn propose(a: &ProposeArgs) -> i32 {
-    use crate::propose::{Action, Cycle};
+    use upkeep::propose::{Action, Cycle};
     let now = a.now.unwrap_or_else(Utc::now);
     let GitSetup {
         author,
@@ -1514,7 +1520,7 @@ fn propose(a: &ProposeArgs) -> i32 {
         base: a.at.base.clone(),
         subdir: a.at.subdir.clone(),
         scratch: state.join("checkout"),
-        style: crate::propose::Style {
+        style: upkeep::propose::Style {
             commit_prefix: a.commit_prefix.clone(),
             labels: a.labels.clone(),
         },
@@ -1528,7 +1534,7 @@ fn propose(a: &ProposeArgs) -> i32 {
             let origin = format!("catalog:{}", cat.origin);
             cycle
                 .run(now, |repo| async move {
-                    let report = crate::check::run(cat, &repo, now, 16, &origin).await;
+                    let report = upkeep::check::run(cat, &repo, now, 16, &origin).await;
                     (repo, report.components)
                 })
                 .await
@@ -1537,7 +1543,7 @@ fn propose(a: &ProposeArgs) -> i32 {
             let concurrency = cfg.concurrency;
             cycle
                 .run(now, |repo| async move {
-                    let report = crate::check::run(live, &repo, now, concurrency, "live").await;
+                    let report = upkeep::check::run(live, &repo, now, concurrency, "live").await;
                     (repo, report.components)
                 })
                 .await
@@ -1719,7 +1725,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn sim_serve(args: &SimServeArgs) -> i32 {
-    use crate::sim::kube::{ClusterSpec, KubeOptions, KubeSim};
+    use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim};
     let cat = match Catalog::builtin() {
         Ok(c) => c,
         Err(e) => {
@@ -1731,7 +1737,7 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         None => Vec::new(),
         Some(f) => match std::fs::read_to_string(f)
             .map_err(|e| e.to_string())
-            .and_then(|t| crate::sim::kube::parse_faults(&t))
+            .and_then(|t| upkeep_sim::kube::parse_faults(&t))
         {
             Ok(v) => v,
             Err(e) => {
@@ -1743,7 +1749,7 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
             }
         },
     };
-    if crate::versions::parse(&args.k3s_version, crate::versions::Scheme::K3s).is_err() {
+    if upkeep::versions::parse(&args.k3s_version, upkeep::versions::Scheme::K3s).is_err() {
         eprintln!(
             "upkeep: --k3s-version {:?} is not a k3s version like v1.33.4+k3s1",
             args.k3s_version
@@ -1762,29 +1768,29 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         Some(d) => match std::fs::read_to_string(d.join("token")) {
             Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
             _ => {
-                let t = crate::sim::kube::random_token();
-                if let Err(e) = crate::sim::kube::write_private(&d.join("token"), t.as_bytes()) {
+                let t = upkeep_sim::kube::random_token();
+                if let Err(e) = upkeep_sim::kube::write_private(&d.join("token"), t.as_bytes()) {
                     eprintln!("upkeep: cannot write {}: {e}", d.join("token").display());
                     return 1;
                 }
                 t
             }
         },
-        None => crate::sim::kube::random_token(),
+        None => upkeep_sim::kube::random_token(),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     rt.block_on(async {
-        let sim = match crate::sim::upstream::UpstreamSim::start(args.port).await {
+        let sim = match upkeep_sim::upstream::UpstreamSim::start(args.port).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("upkeep: cannot listen on 127.0.0.1:{}: {e}", args.port);
                 return 1;
             }
         };
-        crate::sim::upstream::seed_from_catalog(&sim, &cat.file);
+        upkeep_sim::upstream::seed_from_catalog(&sim, &cat.file);
         sim.require_forge_token(&token);
         let repo = "homelab/cluster";
         let forge = sim
@@ -1798,7 +1804,7 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
                     Some(d) => d.clone(),
                     None => {
                         let d = forge_root.join(".seed");
-                        crate::sim::write_example_repo(&d).map_err(|e| e.to_string())?;
+                        upkeep_sim::write_example_repo(&d).map_err(|e| e.to_string())?;
                         d
                     }
                 };
@@ -1824,7 +1830,7 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         let opts = KubeOptions {
             port: args.kube_port,
             token: Some(token.clone()),
-            clock: crate::sim::clock::SimClock::new(Utc::now(), args.speed),
+            clock: upkeep_sim::clock::SimClock::new(Utc::now(), args.speed),
             cluster: ClusterSpec {
                 servers: args.servers,
                 agents: args.agents,

@@ -10,15 +10,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
-use crate::apply::{Options, Repo};
-use crate::forge::{Forge, GitHub};
-use crate::gitrepo::{Author, GitRepo};
-use crate::propose::{Cycle, Style};
-use crate::rollout::Phase;
-use crate::sim::clock::SimClock;
-use crate::sim::kube::{ClusterFault, KubeOptions, KubeSim};
-use crate::sim::upstream::UpstreamSim;
-use crate::sources::catalog::Catalog;
+use upkeep::apply::{Options, Repo};
+use upkeep::forge::{Forge, GitHub};
+use upkeep::gitrepo::{Author, GitRepo};
+use upkeep::propose::{Cycle, Style};
+use upkeep::rollout::Phase;
+use upkeep::sources::catalog::Catalog;
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::{ClusterFault, KubeOptions, KubeSim};
+use upkeep_sim::upstream::UpstreamSim;
 
 const REPO: &str = "homelab/cluster";
 const TOKEN: &str = "ghp_demo";
@@ -49,7 +49,7 @@ impl Story {
 
 /// Run the story; the exit code is 0 when every step happened.
 pub fn run(dir: Option<PathBuf>, keep_serving: bool) -> i32 {
-    crate::sources::install_crypto_provider();
+    upkeep::sources::install_crypto_provider();
     let dir = dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("upkeep-demo-{}", std::process::id()))
     });
@@ -86,14 +86,14 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     // The example's Saturday-night window: start half an hour before it next opens (after the
     // one that may be open now has closed).
     let seed = dir.join("seed");
-    crate::sim::write_example_repo(&seed).map_err(|e| e.to_string())?;
-    let example = crate::model::load_repo(&seed, Utc::now())
+    upkeep_sim::write_example_repo(&seed).map_err(|e| e.to_string())?;
+    let example = upkeep::model::load_repo(&seed, Utc::now())
         .map_err(|e| e.to_string())?
         .repo
         .ok_or("the example repo is invalid")?;
     let window = example.windows.first().ok_or("the example has no window")?;
     let tz = window.tz;
-    let opens = crate::windows::next_start(
+    let opens = upkeep::windows::next_start(
         Utc::now() + chrono::Duration::hours(5),
         "k3s",
         &example.windows,
@@ -111,7 +111,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
 
     // The world.
     let gh = UpstreamSim::start(0).await.map_err(|e| e.to_string())?;
-    crate::sim::upstream::seed_from_catalog(&gh, &catalog.file);
+    upkeep_sim::upstream::seed_from_catalog(&gh, &catalog.file);
     gh.enable_persistent_forge(&dir.join("forge"))
         .map_err(|e| e.to_string())?;
     gh.require_forge_token(TOKEN);
@@ -161,7 +161,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
         async move {
             cycle
                 .run(now, |repo| async move {
-                    let r = crate::check::run(cat, &repo, now, 8, "catalog:built-in").await;
+                    let r = upkeep::check::run(cat, &repo, now, 8, "catalog:built-in").await;
                     (repo, r.components)
                 })
                 .await
@@ -169,7 +169,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     };
     let (out, _) = propose(clock.now()).await?;
     let mut pulls = forge
-        .pulls(crate::propose::BRANCH_PREFIX)
+        .pulls(upkeep::propose::BRANCH_PREFIX)
         .await
         .map_err(|e| e.to_string())?;
     pulls.sort_by_key(|p| p.number);
@@ -203,11 +203,11 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
             let tip = git.tip("main").map_err(|e| e.to_string())?;
             git.extract(tip, "", &dir.join("checkout"))
                 .map_err(|e| e.to_string())?;
-            let config = crate::model::load_repo(&dir.join("checkout"), clock.now())
+            let config = upkeep::model::load_repo(&dir.join("checkout"), clock.now())
                 .map_err(|e| e.to_string())?
                 .repo
                 .ok_or("invalid config")?;
-            let client = crate::cluster::client(Some(&kubeconfig))
+            let client = upkeep::cluster::client(Some(&kubeconfig))
                 .await
                 .map_err(|e| e.to_string())?;
             let repo = Repo {
@@ -221,7 +221,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
             opts.budget = budget;
             opts.poll = Duration::from_millis(20);
             let c = clock.clone();
-            crate::apply::run(&client, &repo, &config, &opts, &move || c.now()).await
+            upkeep::apply::run(&client, &repo, &config, &opts, &move || c.now()).await
         }
     };
     let s = apply(Duration::from_secs(5)).await?;
@@ -258,7 +258,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     clock.advance(Duration::from_secs(3600));
     let (_, _) = propose(clock.now()).await?;
     let pulls = forge
-        .pulls(crate::propose::BRANCH_PREFIX)
+        .pulls(upkeep::propose::BRANCH_PREFIX)
         .await
         .map_err(|e| e.to_string())?;
     let lh = pulls

@@ -1,3 +1,9 @@
+//! The `upkeep` command: parses the command line and hands each command to the module that owns
+//! it (`cli`); `demo` runs the whole loop on the emulators.
+
+mod cli;
+mod demo;
+
 fn main() {
-    std::process::exit(upkeep::cli::run());
+    std::process::exit(cli::run());
 }

@@ -12,9 +12,9 @@ use upkeep::apply::{Options, Repo};
 use upkeep::forge::GitHub;
 use upkeep::gitrepo::{Author, GitRepo};
 use upkeep::rollout::Phase;
-use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::{ClusterFault, ClusterSpec, KubeOptions, KubeSim};
-use upkeep::sim::upstream::UpstreamSim;
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::{ClusterFault, ClusterSpec, KubeOptions, KubeSim};
+use upkeep_sim::upstream::UpstreamSim;
 
 mod common;
 
@@ -576,7 +576,7 @@ fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the
     let mut w = World::new("2026-11-22T00:45:00Z".parse().unwrap_or_default());
     // A slower clock, so that a busy machine still reaches the window's end mid-rollout.
     w.speed = 150.0;
-    w.kube.set_timings(upkeep::sim::kube::Timings {
+    w.kube.set_timings(upkeep_sim::kube::Timings {
         node_upgrade: Duration::from_secs(600),
         ..Default::default()
     });
@@ -815,7 +815,7 @@ fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
     let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
     {
         let mut s = w.kube.store();
-        let ctx = upkeep::sim::kube::store::Ctx::new(Utc::now(), "test");
+        let ctx = upkeep_sim::kube::store::Ctx::new(Utc::now(), "test");
         s.create_with_status(
             &("longhorn.io".into(), "settings".into()),
             "longhorn-system",
@@ -836,7 +836,7 @@ fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
     let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
     {
         let mut s = w.kube.store();
-        let ctx = upkeep::sim::kube::store::Ctx::new(Utc::now(), "test");
+        let ctx = upkeep_sim::kube::store::Ctx::new(Utc::now(), "test");
         s.modify(
             &("longhorn.io".into(), "backuptargets".into()),
             "longhorn-system",
@@ -1150,11 +1150,11 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
     let w = World::new(in_window());
     {
         let mut st = w.kube.store();
-        let ctx = upkeep::sim::kube::store::Ctx::new(Utc::now(), "kubectl");
+        let ctx = upkeep_sim::kube::store::Ctx::new(Utc::now(), "kubectl");
         st.create(
             &("upgrade.cattle.io".into(), "plans".into()),
             "system-upgrade",
-            upkeep::sim::kube::seed::example_plan("server-plan", "v1.33.4+k3s1", true, 1),
+            upkeep_sim::kube::seed::example_plan("server-plan", "v1.33.4+k3s1", true, 1),
             &ctx,
         )
         .expect("plan");

@@ -429,7 +429,7 @@ fn a_user_catalog_must_be_signed_with_the_configured_key() {
 
 #[test]
 fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
-    use upkeep::sim::upstream::{UpstreamSim, releases_from_list, releases_from_tsv};
+    use upkeep_sim::upstream::{UpstreamSim, releases_from_list, releases_from_tsv};
     let sim = UpstreamSim::start_in_thread().unwrap();
     sim.set_releases(
         "k3s-io/k3s",

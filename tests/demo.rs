@@ -79,7 +79,7 @@ const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 10] = [
 fn deploys_rbac_is_exactly_what_upkeep_uses() {
     let (dir, out) = demo();
     assert!(out.status.success());
-    let audit: Vec<upkeep::sim::kube::Access> = serde_json::from_str(
+    let audit: Vec<upkeep_sim::kube::Access> = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("kube-audit.json")).expect("the demo's audit"),
     )
     .expect("json");

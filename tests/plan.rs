@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use upkeep::sim::kube::{ClusterFault, KubeOptions, KubeSim};
+use upkeep_sim::kube::{ClusterFault, KubeOptions, KubeSim};
 
 fn cluster() -> KubeSim {
     upkeep::sources::install_crypto_provider();
@@ -91,7 +91,7 @@ fn what_would_be_applied_when_and_the_preflight_verdict() {
     // A mixed cluster is shown node by node; JSON carries the same.
     {
         let mut s = sim.store();
-        let ctx = upkeep::sim::kube::store::Ctx::new(chrono::Utc::now(), "test");
+        let ctx = upkeep_sim::kube::store::Ctx::new(chrono::Utc::now(), "test");
         s.modify(&("".into(), "nodes".into()), "", "agent-2", &ctx, |n| {
             n["status"]["nodeInfo"]["kubeletVersion"] = serde_json::json!("v1.33.5+k3s1");
         })

@@ -11,9 +11,9 @@ use chrono::{DateTime, Utc};
 use upkeep::forge::GitHub;
 use upkeep::gitrepo::{Author, GitRepo};
 use upkeep::propose::{Action, Cycle, Outcome, Style};
-use upkeep::sim::Fault;
-use upkeep::sim::upstream::{SimRelease, UpstreamSim};
 use upkeep::sources::{Live, NetConfig};
+use upkeep_sim::Fault;
+use upkeep_sim::upstream::{SimRelease, UpstreamSim};
 
 const REPO: &str = "homelab/cluster";
 const TOKEN: &str = "ghp_test";

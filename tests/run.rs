@@ -9,9 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::{KubeOptions, KubeSim};
-use upkeep::sim::upstream::UpstreamSim;
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::{KubeOptions, KubeSim};
+use upkeep_sim::upstream::UpstreamSim;
 
 mod common;
 
@@ -51,7 +51,7 @@ impl World {
         // Upstream releases (GitHub and the k3s channel server) from the shipped catalog: the
         // controller reads them live, with its ETag cache.
         let catalog = upkeep::sources::catalog::Catalog::builtin().expect("catalog");
-        upkeep::sim::upstream::seed_from_catalog(&gh, &catalog.file);
+        upkeep_sim::upstream::seed_from_catalog(&gh, &catalog.file);
         let seed = dir.path().join("seed");
         std::fs::create_dir_all(seed.join("policies")).expect("mkdir");
         std::fs::write(
@@ -651,7 +651,7 @@ fn a_leader_that_cannot_renew_its_lease_stops_acting() {
         || sample(&p.metrics(), "upkeep_reconcile_duration_seconds_count").unwrap_or(0.0);
     assert_eq!(leader(), Some(1.0));
     // The API refuses every Lease request for a while (an apiserver or network problem).
-    w.kube.inject(upkeep::sim::kube::ClusterFault::ApiError {
+    w.kube.inject(upkeep_sim::kube::ClusterFault::ApiError {
         path_contains: "/leases".into(),
         method: None,
         status: 503,

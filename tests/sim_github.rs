@@ -10,8 +10,8 @@ use std::process::Command;
 use common::openapi::OpenApi;
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
-use upkeep::sim::Fault;
-use upkeep::sim::upstream::{SimRelease, UpstreamSim};
+use upkeep_sim::Fault;
+use upkeep_sim::upstream::{SimRelease, UpstreamSim};
 
 const REPO: &str = "homelab/cluster";
 const TOKEN: &str = "ghp_simulated_token";

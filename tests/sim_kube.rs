@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
-use upkeep::sim::clock::SimClock;
-use upkeep::sim::kube::{ClusterFault, KubeOptions, KubeSim, Timings};
+use upkeep_sim::clock::SimClock;
+use upkeep_sim::kube::{ClusterFault, KubeOptions, KubeSim, Timings};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -137,7 +137,7 @@ fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() 
         "helm.toolkit.fluxcd.io_helmreleases.yaml",
         "longhorn-crds.yaml",
     ] {
-        let p = root().join("src/sim/crds").join(f);
+        let p = root().join("crates/upkeep-sim/src/crds").join(f);
         let out = k.ok(&["apply", "--server-side", "-f", &p.to_string_lossy()]);
         assert!(out.contains("serverside-applied"), "{out}");
     }
@@ -755,12 +755,12 @@ fn helm_upgrades_fail_when_told_and_volumes_degrade() {
             "helm.toolkit.fluxcd.io".to_string(),
             "helmreleases".to_string(),
         );
-        let ctx = upkeep::sim::kube::store::Ctx::new(sim.clock().now(), "upkeep");
+        let ctx = upkeep_sim::kube::store::Ctx::new(sim.clock().now(), "upkeep");
         s.patch(
             &g,
             "longhorn-system",
             "longhorn",
-            upkeep::sim::kube::store::PatchKind::Merge,
+            upkeep_sim::kube::store::PatchKind::Merge,
             &json!({"spec": {"chart": {"spec": {"version": v}}}}),
             None,
             &ctx,

@@ -12,11 +12,11 @@ use serde_json::Value;
 use upkeep::check;
 use upkeep::model::{self, ConfigRepo};
 use upkeep::report::Status;
-use upkeep::sim::Fault;
-use upkeep::sim::upstream::{
+use upkeep::sources::{self, Live, NetConfig, Secret, Upstream, github};
+use upkeep_sim::Fault;
+use upkeep_sim::upstream::{
     SimRelease, UpstreamSim, helm_index, releases_from_list, releases_from_tsv,
 };
-use upkeep::sources::{self, Live, NetConfig, Secret, Upstream, github};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

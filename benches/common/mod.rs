@@ -52,13 +52,13 @@ pub fn measure(mut cmd: Command) -> Measured {
 /// `bench/cNN` (v1.1.0, v1.2.0, and v1.2.1 for the first `updates`): writes `seed/versions.yaml`
 /// and the releases into `sim`.
 pub fn seed_components(
-    sim: &upkeep::sim::upstream::UpstreamSim,
+    sim: &upkeep_sim::upstream::UpstreamSim,
     seed: &std::path::Path,
     n: usize,
     updates: usize,
 ) {
     use std::fmt::Write as _;
-    use upkeep::sim::upstream::SimRelease;
+    use upkeep_sim::upstream::SimRelease;
     std::fs::create_dir_all(seed).expect("mkdir");
     let mut versions =
         String::from("apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n");

@@ -2,7 +2,7 @@
 //! emulator (`KubeSim::audit`): every access must be allowed by the ClusterRole (any namespace)
 //! or by a Role in the namespace it touched.
 
-use upkeep::sim::kube::Access;
+use upkeep_sim::kube::Access;
 
 const MANIFESTS: &str = include_str!("../../deploy/manifests/upkeep.yaml");
 

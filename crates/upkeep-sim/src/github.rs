@@ -228,7 +228,7 @@ impl Forge {
             next_id: self.next_id,
         })
         .unwrap_or_default();
-        if let Err(e) = crate::sim::kube::write_atomic(&self.root.join("forge.json"), &bytes) {
+        if let Err(e) = crate::kube::write_atomic(&self.root.join("forge.json"), &bytes) {
             tracing::warn!(error = %e, "cannot save the forge's state");
         }
     }
@@ -337,7 +337,7 @@ impl Forge {
         let refname = format!("refs/heads/{branch}");
         let parent = repo.find_reference(&refname)?.peel_to_commit()?;
         let blob = repo.blob(content.as_bytes())?;
-        let tree = crate::gitrepo::replace_in_tree(&repo, &parent.tree()?, file, blob)?;
+        let tree = upkeep::gitrepo::replace_in_tree(&repo, &parent.tree()?, file, blob)?;
         let tree = repo.find_tree(tree)?;
         let s = sig("octocat")?;
         let oid = repo.commit(Some(&refname), &s, &s, message, &tree, &[&parent])?;
@@ -1376,7 +1376,7 @@ fn comment_json(base: &str, r: &Repo, c: &Comment) -> Value {
 /// A `simple-user`.
 pub fn user(base: &str, login: &str) -> Value {
     let u = format!("{base}/users/{login}");
-    let id = crate::sim::fnv1a(login.as_bytes()) % 1_000_000;
+    let id = crate::fnv1a(login.as_bytes()) % 1_000_000;
     json!({
         "login": login, "id": id, "node_id": format!("U_{id}"), "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"),
         "gravatar_id": "", "url": u, "html_url": format!("https://github.com/{login}"), "followers_url": format!("{u}/followers"),

@@ -10,7 +10,7 @@ use crate::model::load::parse_yaml;
 
 /// The embedded built-in rules file.
 pub const BUILTIN_PATH: &str = "policies/components.yaml (built in)";
-pub const BUILTIN_YAML: &str = include_str!("../policies/components.yaml");
+pub const BUILTIN_YAML: &str = include_str!("../../../policies/components.yaml");
 
 /// The built-in component rules by name. The embedded file is checked by tests; should it ever
 /// fail to parse, no built-in rules are used and every component must then state its own.

@@ -503,7 +503,7 @@ fn send_deliveries(deliveries: Vec<super::github::Delivery>) {
         return;
     }
     // reqwest builds its TLS config even for http:// receivers.
-    crate::sources::install_crypto_provider();
+    upkeep::sources::install_crypto_provider();
     tokio::spawn(async move {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         let client = reqwest::Client::new();
@@ -518,7 +518,7 @@ fn send_deliveries(deliveries: Vec<super::github::Delivery>) {
                 .header("x-github-delivery", format!("sim-{id}"))
                 .header(
                     "x-hub-signature-256",
-                    crate::webhook::sign(&d.secret, &body),
+                    upkeep::webhook::sign(&d.secret, &body),
                 )
                 .body(body)
                 .send()
@@ -945,7 +945,7 @@ pub fn releases_from_tsv(text: &str) -> Vec<SimRelease> {
 
 /// Serve every GitHub-sourced component of a release catalog (releases and notes) and its k3s
 /// channels, so that the live sources can be exercised with real data and no network.
-pub fn seed_from_catalog(sim: &UpstreamSim, catalog: &crate::sources::catalog::CatalogFile) {
+pub fn seed_from_catalog(sim: &UpstreamSim, catalog: &upkeep::sources::catalog::CatalogFile) {
     let mut channels: Vec<(String, String)> = Vec::new();
     for comp in catalog.components.values() {
         let Some(repo) = comp.source.strip_prefix("github:") else {
@@ -976,10 +976,10 @@ pub fn seed_from_catalog(sim: &UpstreamSim, catalog: &crate::sources::catalog::C
 
 /// Undated releases from a list of tags, one per line (the k3s fixture format), ordered by version
 /// under `scheme`; lines that are not versions of it are left out.
-pub fn releases_from_list(text: &str, scheme: crate::versions::Scheme) -> Vec<SimRelease> {
-    let mut vs: Vec<crate::versions::Version> = text
+pub fn releases_from_list(text: &str, scheme: upkeep::versions::Scheme) -> Vec<SimRelease> {
+    let mut vs: Vec<upkeep::versions::Version> = text
         .lines()
-        .filter_map(|l| crate::versions::parse(l.trim(), scheme).ok())
+        .filter_map(|l| upkeep::versions::parse(l.trim(), scheme).ok())
         .collect();
     vs.sort();
     vs.iter().map(|v| SimRelease::new(v.raw(), None)).collect()

@@ -9,9 +9,7 @@
 
 pub mod apply;
 pub mod check;
-pub mod cli;
 pub mod cluster;
-pub mod demo;
 pub mod diag;
 pub mod forge;
 pub mod gitrepo;
@@ -25,7 +23,6 @@ pub mod rollout;
 pub mod runconfig;
 pub mod select;
 pub mod server;
-pub mod sim;
 pub mod sources;
 pub mod telemetry;
 pub mod validate;

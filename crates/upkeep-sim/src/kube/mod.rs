@@ -361,7 +361,7 @@ impl KubeSim {
 
     /// Start on a runtime of its own in a background thread (for synchronous tests and tools).
     pub fn start_in_thread(opts: KubeOptions) -> std::io::Result<KubeSim> {
-        crate::sim::start_in_thread(2, move || KubeSim::start(opts))
+        crate::start_in_thread(2, move || KubeSim::start(opts))
     }
 
     pub fn url(&self) -> String {
@@ -1008,15 +1008,15 @@ fn version_info(shared: &Shared) -> Value {
             n.pointer("/status/nodeInfo/kubeletVersion")
                 .and_then(Value::as_str)
         })
-        .filter_map(|v| crate::versions::parse(v, crate::versions::Scheme::K3s).ok())
+        .filter_map(|v| upkeep::versions::parse(v, upkeep::versions::Scheme::K3s).ok())
         .min()
         .map(|v| v.raw().to_string())
         .unwrap_or_else(|| "v1.33.4+k3s1".into());
-    let (major, minor) = match crate::versions::parse(&server_version, crate::versions::Scheme::K3s)
-    {
-        Ok(v) => (v.major.to_string(), v.minor.to_string()),
-        Err(_) => ("1".into(), "33".into()),
-    };
+    let (major, minor) =
+        match upkeep::versions::parse(&server_version, upkeep::versions::Scheme::K3s) {
+            Ok(v) => (v.major.to_string(), v.minor.to_string()),
+            Err(_) => ("1".into(), "33".into()),
+        };
     json!({
         "major": major, "minor": minor, "gitVersion": server_version,
         "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",

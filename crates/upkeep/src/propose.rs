@@ -1146,7 +1146,7 @@ mod tests {
     #[test]
     fn the_pr_report() {
         let repo = crate::model::load_repo(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo"),
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-repo"),
             now(),
         )
         .ok()

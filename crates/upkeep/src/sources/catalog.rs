@@ -21,9 +21,9 @@ pub const KIND: &str = "ReleaseCatalog";
 /// A catalog of every release of dozens of components is a few megabytes.
 pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
 
-const BUILTIN_JSON: &[u8] = include_bytes!("../../catalog/releases.json");
-const BUILTIN_SIG: &str = include_str!("../../catalog/releases.json.minisig");
-const BUILTIN_KEY: &str = include_str!("../../catalog/upkeep-catalog.pub");
+const BUILTIN_JSON: &[u8] = include_bytes!("../../../../catalog/releases.json");
+const BUILTIN_SIG: &str = include_str!("../../../../catalog/releases.json.minisig");
+const BUILTIN_KEY: &str = include_str!("../../../../catalog/upkeep-catalog.pub");
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -19,7 +19,7 @@ use super::patch::{label_selector_from_object, labels_match};
 use super::seed::{self, digest, helm_snapshot};
 use super::store::{Ctx, Gr, Store, gr, timestamp};
 use super::{ClusterFault, Shared, Timings};
-use crate::versions::{self, Scheme};
+use upkeep::versions::{self, Scheme};
 
 /// The simulated controllers, forever, one step per tick.
 pub async fn run(shared: Arc<Shared>) {
@@ -1296,8 +1296,9 @@ impl World<'_> {
                 versions::parse(&current, Scheme::Semver),
                 versions::parse(&desired, Scheme::Semver),
             ) {
-                (Ok(c), Ok(d)) if (d.major, d.minor) < (c.major, c.minor) => Some(format!(
-                    "downgrading from {current} to {desired} is not supported, reinstall needed"
+                // flux-operator `builder.IsCompatibleVersion`: the major or the minor alone lower.
+                (Ok(c), Ok(d)) if d.major < c.major || d.minor < c.minor => Some(format!(
+                    "build failed: downgrading from {current} to {desired} is not supported, reinstall needed"
                 )),
                 (_, Err(e)) => Some(format!("invalid distribution version: {e}")),
                 _ => None,
@@ -1307,10 +1308,16 @@ impl World<'_> {
                 set_annotation(f, "sim.upkeep.dev/flux-operator-started", None);
                 f["status"]["lastAttemptedRevision"] = json!(rev);
                 match &refusal {
-                    Some(why) => set_condition(f, "Ready", "False", "BuildFailed", why, now),
+                    Some(why) => {
+                        set_condition(f, "Ready", "False", "BuildFailed", why, now);
+                        set_condition(f, "Stalled", "True", "BuildFailed", why, now);
+                    }
                     None => {
                         f["status"]["lastAppliedRevision"] = json!(rev);
                         set_condition(f, "Ready", "True", "ReconciliationSucceeded", "Reconciliation finished in 45s", now);
+                        if let Some(Value::Array(cs)) = f["status"].get_mut("conditions") {
+                            cs.retain(|c| c["type"] != "Stalled");
+                        }
                         let mut history = f["status"]["history"].as_array().cloned().unwrap_or_default();
                         history.insert(0, json!({"digest": format!("sha256:{}", digest(&rev)), "firstReconciled": timestamp(now),
                             "lastReconciled": timestamp(now), "lastReconciledDuration": "45s", "lastReconciledStatus": "ReconciliationSucceeded",
@@ -1897,8 +1904,8 @@ fn resolve_flux_version(spec: &str, current: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::kube::ClusterSpec;
-    use crate::sim::kube::seed::seed;
+    use crate::kube::ClusterSpec;
+    use crate::kube::seed::seed;
 
     fn cluster() -> (Store, DateTime<Utc>) {
         let mut st = Store::new();
@@ -2054,7 +2061,7 @@ mod tests {
             &gr("upgrade.cattle.io", "plans"),
             "system-upgrade",
             "agent-plan",
-            crate::sim::kube::store::PatchKind::Merge,
+            crate::kube::store::PatchKind::Merge,
             &patch,
             None,
             &Ctx::new(now, "upkeep"),
@@ -2321,6 +2328,32 @@ mod tests {
     }
 
     #[test]
+    fn k3s_upgrade_refuses_a_lower_version_and_leaves_the_node_cordoned() {
+        let (mut st, now) = cluster();
+        let ctx = Ctx::new(now, "upkeep");
+        let _ = st.create(
+            &gr("upgrade.cattle.io", "plans"),
+            "system-upgrade",
+            plan("server-plan", "v1.33.3+k3s1", true),
+            &ctx,
+        );
+        run_until(&mut st, now, &[], |st| {
+            st.get(
+                &gr("upgrade.cattle.io", "plans"),
+                "system-upgrade",
+                "server-plan",
+            )
+            .is_ok_and(|p| {
+                p.to_string()
+                    .contains("refusing to downgrade from v1.33.4+k3s1")
+            })
+        });
+        let s1 = st.get(&gr("", "nodes"), "", "server-1").unwrap_or_default();
+        assert_eq!(s(&s1, "/status/nodeInfo/kubeletVersion"), "v1.33.4+k3s1");
+        assert_eq!(s1.pointer("/spec/unschedulable"), Some(&json!(true)));
+    }
+
+    #[test]
     fn longhorn_refuses_minor_skips_and_downgrades() {
         assert_eq!(longhorn_refusal("1.9.1", "1.10.2"), None);
         assert_eq!(longhorn_refusal("1.9.1", "1.9.2"), None);
@@ -2341,7 +2374,7 @@ mod tests {
             &hrs,
             "longhorn-system",
             "longhorn",
-            crate::sim::kube::store::PatchKind::Merge,
+            crate::kube::store::PatchKind::Merge,
             &json!({"spec": {"chart": {"spec": {"version": "1.10.2"}}}}),
             None,
             &ctx,
@@ -2383,7 +2416,7 @@ mod tests {
             &hrs,
             "longhorn-system",
             "longhorn",
-            crate::sim::kube::store::PatchKind::Merge,
+            crate::kube::store::PatchKind::Merge,
             &json!({"spec": {"chart": {"spec": {"version": "1.12.1"}}}}),
             None,
             &ctx,
@@ -2406,8 +2439,8 @@ mod tests {
 #[cfg(test)]
 mod timing_tests {
     use super::*;
-    use crate::sim::kube::ClusterSpec;
-    use crate::sim::kube::seed::seed;
+    use crate::kube::ClusterSpec;
+    use crate::kube::seed::seed;
 
     /// However coarse the steps, simulated durations come out exact.
     #[test]

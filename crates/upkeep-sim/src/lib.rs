@@ -17,15 +17,15 @@ use std::time::Duration;
 pub const EXAMPLE_REPO: &[(&str, &str)] = &[
     (
         "versions.yaml",
-        include_str!("../../examples/cluster-repo/versions.yaml"),
+        include_str!("../../../examples/cluster-repo/versions.yaml"),
     ),
     (
         "policies/updates.yaml",
-        include_str!("../../examples/cluster-repo/policies/updates.yaml"),
+        include_str!("../../../examples/cluster-repo/policies/updates.yaml"),
     ),
     (
         "policies/windows.yaml",
-        include_str!("../../examples/cluster-repo/policies/windows.yaml"),
+        include_str!("../../../examples/cluster-repo/policies/windows.yaml"),
     ),
 ];
 

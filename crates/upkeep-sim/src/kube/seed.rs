@@ -1,5 +1,5 @@
 //! What the simulated cluster starts with: the real CRDs of the system-upgrade-controller, Flux
-//! and Longhorn (copied into `src/sim/crds/`, see its NOTICE.md), CRDs written here for
+//! and Longhorn (copied into `crates/upkeep-sim/src/crds/`, see its NOTICE.md), CRDs written here for
 //! flux-operator's FluxInstance and k3s' ETCDSnapshotFile, nodes, and the objects of a small
 //! homelab cluster running Flux and Longhorn.
 
@@ -203,7 +203,7 @@ pub fn ready(
 }
 
 pub fn digest(s: &str) -> String {
-    let h = crate::sim::fnv1a(s.as_bytes());
+    let h = crate::fnv1a(s.as_bytes());
     format!("{h:016x}{:016x}{h:016x}{:016x}", !h, h.rotate_left(17))
 }
 
@@ -517,7 +517,7 @@ fn seed_longhorn(
 
 /// Whether Longhorn `version` keeps its backup target in a `BackupTarget` resource (1.8 on).
 pub fn longhorn_has_backup_target_cr(version: &str) -> bool {
-    crate::versions::parse(version, crate::versions::Scheme::Semver)
+    upkeep::versions::parse(version, upkeep::versions::Scheme::Semver)
         .is_ok_and(|v| (v.major, v.minor) >= (1, 8))
 }
 
