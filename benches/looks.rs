@@ -11,9 +11,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use upkeep::apply::{Options, Repo};
-use upkeep::gitrepo::{Author, GitRepo};
+use upkeep::gitrepo::Author;
 use upkeep_sim::clock::SimClock;
 use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
+
+mod common;
 
 const IDLE_LOOKS: u64 = 20;
 const BUSY: Duration = Duration::from_secs(10);
@@ -82,19 +84,7 @@ fn main() {
         (b1 - b0) as f64 / IDLE_LOOKS as f64 / 1024.0
     );
 
-    let repo_dir = dir.path().join("repo");
-    std::fs::create_dir_all(&repo_dir).expect("mkdir");
-    std::fs::write(
-        repo_dir.join("versions.yaml"),
-        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.5+k3s1\n",
-    )
-    .expect("write");
-    let config = upkeep::model::load_repo(&repo_dir, start)
-        .expect("load")
-        .repo
-        .expect("valid");
-    let git =
-        GitRepo::open(&dir.path().join("mirror.git"), "file:///nonexistent", None).expect("mirror");
+    let (config, git) = common::k3s_update(dir.path(), start);
     let opts = Options {
         namespace: "upkeep-system".into(),
         only: None,

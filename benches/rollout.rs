@@ -14,10 +14,12 @@
 use std::time::{Duration, Instant};
 
 use upkeep::apply::{Options, Repo};
-use upkeep::gitrepo::{Author, GitRepo};
+use upkeep::gitrepo::Author;
 use upkeep::rollout::Phase;
 use upkeep_sim::clock::SimClock;
 use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim, Timings};
+
+mod common;
 
 const AGENTS: usize = 200;
 const CONCURRENCY: u64 = 10;
@@ -65,19 +67,7 @@ fn main() {
     })
     .expect("emulator");
     let dir = tempfile::tempdir().expect("tempdir");
-    let repo_dir = dir.path().join("repo");
-    std::fs::create_dir_all(&repo_dir).expect("mkdir");
-    std::fs::write(
-        repo_dir.join("versions.yaml"),
-        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.5+k3s1\n",
-    )
-    .expect("write");
-    let config = upkeep::model::load_repo(&repo_dir, start)
-        .expect("load")
-        .repo
-        .expect("valid");
-    let git =
-        GitRepo::open(&dir.path().join("mirror.git"), "file:///nonexistent", None).expect("mirror");
+    let (config, git) = common::k3s_update(dir.path(), start);
     let kc = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&kc).expect("kubeconfig");
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -80,3 +80,25 @@ pub fn seed_components(
     }
     std::fs::write(seed.join("versions.yaml"), versions).expect("write");
 }
+
+/// A config repository asking for k3s v1.33.5+k3s1 (no windows, no policies) in `dir/repo`,
+/// loaded as of `now`, and a git mirror that is never fetched (for `apply::run` without a forge).
+pub fn k3s_update(
+    dir: &std::path::Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (upkeep::model::ConfigRepo, upkeep::gitrepo::GitRepo) {
+    let repo_dir = dir.join("repo");
+    std::fs::create_dir_all(&repo_dir).expect("mkdir");
+    std::fs::write(
+        repo_dir.join("versions.yaml"),
+        "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.5+k3s1\n",
+    )
+    .expect("write");
+    let config = upkeep::model::load_repo(&repo_dir, now)
+        .expect("load")
+        .repo
+        .expect("valid");
+    let git = upkeep::gitrepo::GitRepo::open(&dir.join("mirror.git"), "file:///nonexistent", None)
+        .expect("mirror");
+    (config, git)
+}

@@ -743,29 +743,18 @@ impl<F: Forge> Driver<'_, '_, F> {
     /// Server-side apply of the one field upkeep owns on the FluxInstance.
     async fn set_flux_version(&self, t: &Target<'_>, version: &str) -> Result<(), String> {
         let fi = t.observed.flux_instances.first().ok_or("no FluxInstance")?;
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &fi.namespace,
-            &ar(
+        let spec = json!({"distribution": {"version": version.trim_start_matches('v')}});
+        self.apply_spec(
+            fi,
+            (
                 "fluxcd.controlplane.io",
                 "v1",
                 "FluxInstance",
                 "fluxinstances",
             ),
-        );
-        let obj = json!({"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
-            "metadata": {"name": fi.name, "namespace": fi.namespace},
-            "spec": {"distribution": {"version": version.trim_start_matches('v')}}});
-        api.patch(
-            &fi.name,
-            &PatchParams::apply(FIELD_MANAGER)
-                .force()
-                .validation_strict(),
-            &Patch::Apply(&obj),
+            spec,
         )
         .await
-        .map(|_| ())
-        .map_err(api_err("setting the FluxInstance version"))
     }
 
     /// Server-side apply of the chart version on the component's HelmRelease.
@@ -775,29 +764,42 @@ impl<F: Forge> Driver<'_, '_, F> {
             .observed
             .helm_release_of(name)
             .ok_or_else(|| format!("no HelmRelease for {name}"))?;
-        let api: Api<DynamicObject> = Api::namespaced_with(
-            self.client.clone(),
-            &h.namespace,
-            &ar(
+        let spec = json!({"chart": {"spec": {"version": version.trim_start_matches('v')}}});
+        self.apply_spec(
+            h,
+            (
                 "helm.toolkit.fluxcd.io",
                 "v2",
                 "HelmRelease",
                 "helmreleases",
             ),
-        );
-        let obj = json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
-            "metadata": {"name": h.name, "namespace": h.namespace},
-            "spec": {"chart": {"spec": {"version": version.trim_start_matches('v')}}}});
-        api.patch(
-            &h.name,
-            &PatchParams::apply(FIELD_MANAGER)
-                .force()
-                .validation_strict(),
-            &Patch::Apply(&obj),
+            spec,
         )
         .await
-        .map(|_| ())
-        .map_err(api_err("setting the HelmRelease chart version"))
+    }
+
+    /// Server-side apply (forced, strict) of `spec` fields on the Flux object `o`, of the kind
+    /// `(group, version, kind, plural)`.
+    async fn apply_spec(
+        &self,
+        o: &cluster::Health,
+        (group, version, kind, plural): (&str, &str, &str, &str),
+        spec: Value,
+    ) -> Result<(), String> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &o.namespace,
+            &ar(group, version, kind, plural),
+        );
+        let obj = json!({"apiVersion": format!("{group}/{version}"), "kind": kind,
+            "metadata": {"name": o.name, "namespace": o.namespace}, "spec": spec});
+        let pp = PatchParams::apply(FIELD_MANAGER)
+            .force()
+            .validation_strict();
+        api.patch(&o.name, &pp, &Patch::Apply(&obj))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("setting the {kind} {}/{} version: {e}", o.namespace, o.name))
     }
 
     // ----- nodes and reports ----------------------------------------------------------------

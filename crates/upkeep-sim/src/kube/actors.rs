@@ -1935,6 +1935,19 @@ mod tests {
         panic!("the simulated cluster never got there");
     }
 
+    /// The canonical server and agent Plans (the agent's prepares on the server's) at `version`.
+    fn canonical_plans(st: &mut Store, now: DateTime<Utc>, version: &str) {
+        let ctx = Ctx::new(now, "upkeep");
+        for (name, server) in [("server-plan", true), ("agent-plan", false)] {
+            let _ = st.create(
+                &gr("upgrade.cattle.io", "plans"),
+                "system-upgrade",
+                plan(name, version, server),
+                &ctx,
+            );
+        }
+    }
+
     fn versions_of(st: &Store) -> Vec<String> {
         st.list(&gr("", "nodes"), None)
             .iter()
@@ -1946,19 +1959,7 @@ mod tests {
     fn servers_then_agents_one_at_a_time() {
         let (mut st, now) = cluster();
         let plans = gr("upgrade.cattle.io", "plans");
-        let ctx = Ctx::new(now, "upkeep");
-        let _ = st.create(
-            &plans,
-            "system-upgrade",
-            plan("server-plan", "v1.33.5+k3s1", true),
-            &ctx,
-        );
-        let _ = st.create(
-            &plans,
-            "system-upgrade",
-            plan("agent-plan", "v1.33.5+k3s1", false),
-            &ctx,
-        );
+        canonical_plans(&mut st, now, "v1.33.5+k3s1");
         let mut max_cordoned = 0;
         let t = Timings::default();
         let mut now = now;
@@ -2247,19 +2248,17 @@ mod tests {
         let _ = st.modify(&gr("", "nodes"), "", "agent-1", &ctx, |n| {
             cordon_node(n, now)
         });
-        let _ = st.modify(
-            &gr("longhorn.io", "volumes"),
-            "longhorn-system",
-            &volume_on(&st, "agent-1"),
-            &ctx,
-            |_| {},
-        );
         step(&mut st, now, &[], &Timings::default());
-        let attached = st
-            .list(&gr("longhorn.io", "volumes"), Some("longhorn-system"))
-            .iter()
-            .any(|v| s(v, "/status/currentNodeID") == "agent-1");
-        assert_eq!(st.get(&pdbs, "longhorn-system", &im).is_ok(), attached);
+        assert!(
+            st.list(&gr("longhorn.io", "volumes"), Some("longhorn-system"))
+                .iter()
+                .any(|v| s(v, "/status/currentNodeID") == "agent-1"),
+            "a volume is attached to agent-1"
+        );
+        assert!(
+            st.get(&pdbs, "longhorn-system", &im).is_ok(),
+            "kept while attached"
+        );
         // Drained: its volumes moved, the PDB goes; uncordoned, it comes back.
         let mut w = World {
             store: &mut st,
@@ -2277,31 +2276,11 @@ mod tests {
         assert!(st.get(&pdbs, "longhorn-system", &im).is_ok(), "back");
     }
 
-    fn volume_on(st: &Store, node: &str) -> String {
-        st.list(&gr("longhorn.io", "volumes"), Some("longhorn-system"))
-            .iter()
-            .find(|v| s(v, "/status/currentNodeID") == node)
-            .map(|v| s(v, "/metadata/name").to_string())
-            .unwrap_or_default()
-    }
-
     #[test]
     fn an_agent_job_waits_in_prepare_applying_and_uncordoned() {
         let (mut st, now) = cluster();
         let plans = gr("upgrade.cattle.io", "plans");
-        let ctx = Ctx::new(now, "upkeep");
-        let _ = st.create(
-            &plans,
-            "system-upgrade",
-            plan("server-plan", "v1.33.5+k3s1", true),
-            &ctx,
-        );
-        let _ = st.create(
-            &plans,
-            "system-upgrade",
-            plan("agent-plan", "v1.33.5+k3s1", false),
-            &ctx,
-        );
+        canonical_plans(&mut st, now, "v1.33.5+k3s1");
         step(&mut st, now, &[], &Timings::default());
         let agent = st
             .get(&plans, "system-upgrade", "agent-plan")
