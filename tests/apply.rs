@@ -1164,3 +1164,126 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
     assert!(s[0].2.contains("system-upgrade/server-plan"), "{s:?}");
     assert!(w.kube.list("k3s.cattle.io", "etcdsnapshotfiles").is_empty());
 }
+
+impl World {
+    /// Commit `files` to the config repository's main branch, as a human pushing.
+    fn push_files(&self, files: &[(&str, &str)], message: &str) {
+        let git = self.git();
+        git.fetch().expect("fetch");
+        let mut tip = git.tip("main").expect("tip");
+        for (path, text) in files {
+            tip = git
+                .commit_file(tip, path, text.as_bytes(), message, &Author::default())
+                .expect("commit");
+        }
+        git.push(tip, "main", false).expect("push");
+    }
+
+    /// Flux's kustomize-controller reads the config repository (the GitRepository
+    /// flux-system/flux-system), and `wait` until `done` holds of the cluster.
+    fn flux_from_repo(&self) {
+        let path = self.clone_url.trim_start_matches("file://").to_string();
+        self.kube
+            .serve_git("flux-system", "flux-system", std::path::Path::new(&path));
+    }
+
+    fn wait(&self, what: &str, done: impl Fn(&World) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            assert!(std::time::Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn longhorn_release(&self) -> serde_json::Value {
+        self.kube
+            .get(
+                "helm.toolkit.fluxcd.io",
+                "helmreleases",
+                "longhorn-system",
+                "longhorn",
+            )
+            .expect("hr")
+    }
+}
+
+/// The Longhorn HelmRelease as a Flux repository keeps it (the emulator's seeded one).
+fn longhorn_manifest(annotations: &str) -> String {
+    format!(
+        "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: longhorn\n  namespace: longhorn-system\n{annotations}spec:\n  interval: 30m\n  chart:\n    spec:\n      chart: longhorn\n      version: 1.9.1\n      sourceRef:\n        kind: HelmRepository\n        name: longhorn\n        namespace: flux-system\n  values:\n    defaultSettings:\n      nodeDrainPolicy: block-if-contains-last-replica\n"
+    )
+}
+
+/// Flux applies the Longhorn HelmRelease from git with forced ownership on every reconcile (the
+/// emulated kustomize-controller). Setting its version beside Flux would be taken back (and the
+/// "downgrade" refused by Longhorn), so the preflight refuses, naming the Kustomization, the
+/// file and the change; with `ssa: IfNotPresent` in git, Flux leaves the version to upkeep and
+/// the rollout succeeds without a flap.
+#[test]
+fn a_release_flux_applies_from_git_is_not_fought_over() {
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    w.push_files(
+        &[
+            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+            ("apps/kustomization.yaml", "resources: []\n"),
+            ("infrastructure/longhorn.yaml", &longhorn_manifest("")),
+        ],
+        "add the cluster's manifests",
+    );
+    w.flux_from_repo();
+    w.wait("Flux applied the HelmRelease", |w| {
+        w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
+            == "infrastructure"
+    });
+    let s = w.apply(Duration::from_secs(5));
+    let lh = "longhorn-v1.10.2";
+    assert_eq!(phase_of(&s, lh), Some(Phase::Preflight), "{s:?}");
+    let msg = &s[0].2;
+    assert!(
+        msg.contains("Flux applies its spec.chart.spec.version from git (Kustomization flux-system/infrastructure, defined in infrastructure/longhorn.yaml)"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("kustomize.toolkit.fluxcd.io/ssa: IfNotPresent"),
+        "{msg}"
+    );
+    assert_eq!(
+        w.longhorn_release()["spec"]["chart"]["spec"]["version"],
+        "1.9.1",
+        "nothing was changed"
+    );
+    assert!(w.comments().iter().any(|c| c.contains("Preflight failed")));
+
+    // The human makes the change the preflight named.
+    w.push_files(
+        &[(
+            "infrastructure/longhorn.yaml",
+            &longhorn_manifest(
+                "  annotations:\n    kustomize.toolkit.fluxcd.io/ssa: IfNotPresent\n",
+            ),
+        )],
+        "longhorn: leave the chart version to upkeep",
+    );
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, lh), Some(Phase::Succeeded), "{s:?}");
+    // Flux reconciled meanwhile (every 10 simulated minutes) and took nothing back.
+    let hr = w.longhorn_release();
+    assert_eq!(hr["spec"]["chart"]["spec"]["version"], "1.10.2");
+    assert_eq!(hr["status"]["history"][0]["chartVersion"], "1.10.2");
+    let ks = w
+        .kube
+        .get(
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            "infrastructure",
+        )
+        .expect("ks");
+    assert_eq!(ks["status"]["conditions"][0]["status"], "True", "{ks}");
+    assert!(
+        ks["status"]["lastAppliedRevision"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("main@sha1:")),
+        "{ks}"
+    );
+}

@@ -688,10 +688,11 @@ fn an_upgrade_that_takes_longer_than_the_job_deadline() {
         cordoned(&s1),
         "a failed Job leaves the node cordoned, as the real SUC does"
     );
+    // The server's Job (an agent's waits in its prepare container meanwhile).
     let job = sim
         .list("batch", "jobs")
         .into_iter()
-        .next()
+        .find(|j| j["metadata"]["labels"]["upgrade.cattle.io/node"] == "server-1")
         .unwrap_or_default();
     assert!(job.to_string().contains("DeadlineExceeded"), "{job}");
     assert_eq!(

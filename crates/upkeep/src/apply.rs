@@ -399,6 +399,26 @@ impl<F: Forge> Driver<'_, '_, F> {
                 bypass_freezes: false,
             },
         );
+        // A fight with Flux is refused in preflight; say which file in the config repository
+        // defines the object.
+        let located;
+        // Flux decides by the manifest in git (`ssa: IfNotPresent` there is what it honours,
+        // even where the live object lacks it), so that is read too.
+        let observed = match (status.phase, fought_by_flux(c, observed)) {
+            (Phase::Preflight | Phase::WaitingForWindow, Some(key)) => {
+                let mut o = observed.clone();
+                match self.find_manifest(&key) {
+                    Some((_, true)) => mark_if_not_present(&mut o, &key),
+                    Some((file, false)) => {
+                        o.manifests.insert(key, file);
+                    }
+                    None => {}
+                }
+                located = o;
+                &located
+            }
+            _ => observed,
+        };
         let target = Target {
             name: &name,
             spec: &spec,
@@ -459,6 +479,36 @@ impl<F: Forge> Driver<'_, '_, F> {
             }
         }
         Ok(Some(((next.phase, next.paused), ctx.may_start)))
+    }
+
+    /// The file at the base branch's tip that defines `key` (`Kind/namespace/name`), and
+    /// whether it carries `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` there.
+    fn find_manifest(&self, key: &str) -> Option<(String, bool)> {
+        let mut parts = key.splitn(3, '/');
+        let (kind, ns, name) = (parts.next()?, parts.next()?, parts.next()?);
+        let git = self.repo.git;
+        let tip = git.tip(&self.repo.base).ok()?;
+        for path in git.files(tip, &[".yaml", ".yml"]).ok()? {
+            let Ok(Some(bytes)) = git.read_file(tip, &path) else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(&bytes);
+            let found = text.split("\n---").find_map(|doc| {
+                serde_saphyr::from_str::<Value>(doc).ok().filter(|v| {
+                    v["kind"] == kind
+                        && v["metadata"]["name"] == name
+                        && v["metadata"]["namespace"].as_str().is_none_or(|n| n == ns)
+                })
+            });
+            if let Some(v) = found {
+                let if_not_present =
+                    v["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/ssa"]
+                        .as_str()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("IfNotPresent"));
+                return Some((path, if_not_present));
+            }
+        }
+        None
     }
 
     /// Carry out one effect. Each is idempotent: a restart repeats it harmlessly.
@@ -843,6 +893,33 @@ impl<F: Forge> Driver<'_, '_, F> {
             return Ok(());
         }
         forge.comment(pr, body).await.map_err(|e| e.to_string())
+    }
+}
+
+/// The object (`Kind/namespace/name`) whose version Flux sets from git and upkeep would fight
+/// over, for component `c`.
+fn fought_by_flux(c: &Component, o: &Observed) -> Option<String> {
+    let h = if c.name == "flux" {
+        o.flux_instances.first()
+    } else {
+        o.helm_release_of(&c.name)
+    }?;
+    let f = h.flux.as_ref()?;
+    (f.owns_version && !f.if_not_present).then(|| format!("{}/{}/{}", h.kind, h.namespace, h.name))
+}
+
+/// Record that git marks `key` (`Kind/namespace/name`) `ssa: IfNotPresent`.
+fn mark_if_not_present(o: &mut Observed, key: &str) {
+    for h in o
+        .helm_releases
+        .iter_mut()
+        .chain(o.flux_instances.iter_mut())
+    {
+        if format!("{}/{}/{}", h.kind, h.namespace, h.name) == key
+            && let Some(f) = h.flux.as_mut()
+        {
+            f.if_not_present = true;
+        }
     }
 }
 

@@ -139,6 +139,22 @@ pub struct Health {
     pub desired: Option<String>,
     /// A HelmRelease's chart name.
     pub chart: Option<String>,
+    /// Flux applies this object from git (kustomize-controller's labels), and how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flux: Option<FluxManaged>,
+}
+
+/// An object Flux's kustomize-controller applies from git.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FluxManaged {
+    /// The Kustomization that applies it, `namespace/name`.
+    pub kustomization: String,
+    /// kustomize-controller owns the version field (it sets it from git) and re-applies it
+    /// on every reconcile: a version set by anyone else is taken back.
+    pub owns_version: bool,
+    /// `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent`: Flux creates it and never updates it.
+    pub if_not_present: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -197,6 +213,10 @@ pub struct Observed {
     pub upgrade_jobs: Vec<UpgradeJob>,
     /// The `app.kubernetes.io/version` label of the GitRepository CRD (Flux's version).
     pub flux_crd_version: Option<String>,
+    /// Where the config repository defines Flux-managed objects (`Kind/namespace/name` -> file),
+    /// filled in by the caller when it looked (not read from the cluster).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub manifests: std::collections::BTreeMap<String, String>,
 }
 
 /// What runs of one component.
@@ -320,7 +340,45 @@ fn health(kind: &str, v: &Value) -> Health {
         running: None,
         desired: None,
         chart: None,
+        flux: None,
     }
+}
+
+/// Whether `manager` owns the field at `path` (`["spec", "chart", ...]`) per `managedFields`.
+fn owns(v: &Value, manager: &str, path: &[&str]) -> bool {
+    v.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"] == manager)
+        .any(|m| {
+            let mut cur = &m["fieldsV1"];
+            for p in path {
+                match cur.get(format!("f:{p}")) {
+                    Some(next) => cur = next,
+                    None => return false,
+                }
+            }
+            true
+        })
+}
+
+/// How Flux manages an object whose version lives at `version_path`, if it does.
+fn flux_managed(v: &Value, version_path: &[&str]) -> Option<FluxManaged> {
+    let labels = v.pointer("/metadata/labels")?;
+    let name = labels.get("kustomize.toolkit.fluxcd.io/name")?.as_str()?;
+    let ns = labels
+        .get("kustomize.toolkit.fluxcd.io/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    Some(FluxManaged {
+        kustomization: format!("{ns}/{name}"),
+        owns_version: owns(v, "kustomize-controller", version_path),
+        if_not_present: v
+            .pointer("/metadata/annotations/kustomize.toolkit.fluxcd.io~1ssa")
+            .and_then(Value::as_str)
+            .is_some_and(|x| x.eq_ignore_ascii_case("IfNotPresent")),
+    })
 }
 
 /// Where and what to read: a kind, in one namespace or all, filtered by labels.
@@ -628,6 +686,7 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
             .map(str::to_string);
         x.desired = Some(s(h, "/spec/chart/spec/version")).filter(|v| !v.is_empty());
         x.chart = Some(s(h, "/spec/chart/spec/chart")).filter(|v| !v.is_empty());
+        x.flux = flux_managed(h, &["spec", "chart", "spec", "version"]);
         o.helm_releases.push(x);
     }
     let (_, fis) = list(
@@ -649,6 +708,7 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
             .filter(|v| !v.is_empty())
             .map(str::to_string);
         x.desired = Some(s(f, "/spec/distribution/version")).filter(|v| !v.is_empty());
+        x.flux = flux_managed(f, &["spec", "distribution", "version"]);
         o.flux_instances.push(x);
     }
     let (_, ks) = list(

@@ -272,6 +272,27 @@ impl GitRepo {
         }
     }
 
+    /// The paths of every file in `commit` whose name ends with one of `suffixes`.
+    pub fn files(&self, commit: Oid, suffixes: &[&str]) -> Result<Vec<String>> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(git("read a commit", &self.path))?;
+        let mut out = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob)
+                && let Ok(name) = entry.name()
+                && suffixes.iter().any(|s| name.ends_with(s))
+            {
+                out.push(format!("{dir}{name}"));
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(git("list files", &self.path))?;
+        Ok(out)
+    }
+
     /// Write the files under `subdir` (a cluster directory, "" for the root) of `commit` into
     /// `dest`, which is emptied first.
     pub fn extract(&self, commit: Oid, subdir: &str, dest: &Path) -> Result<()> {

@@ -244,7 +244,10 @@ pub fn preflight(
             helm_ready(observed, "longhorn", &mut f);
         }
         "flux" => match observed.flux_instances.first() {
-            Some(fi) => f.push(ready_finding("FluxInstance ready", fi)),
+            Some(fi) => {
+                f.push(ready_finding("FluxInstance ready", fi));
+                f.push(flux_fight(fi, "spec.distribution.version", observed));
+            }
             None => f.push(finding(
                 "FluxInstance ready",
                 false,
@@ -273,9 +276,52 @@ fn ready_finding(check: &str, h: &crate::cluster::Health) -> Finding {
     )
 }
 
+/// Whether upkeep setting the version of `h` (at `field`) would fight Flux: kustomize-controller
+/// applies that field from git with forced ownership on every reconcile and would take the
+/// version back (and, for Longhorn, the "downgrade" would be refused). Names the Kustomization,
+/// the file in the config repository when it was found, and the change to make.
+pub fn flux_fight(h: &crate::cluster::Health, field: &str, observed: &Observed) -> Finding {
+    let Some(flux) = h
+        .flux
+        .as_ref()
+        .filter(|f| f.owns_version && !f.if_not_present)
+    else {
+        return finding(
+            "Flux ownership",
+            true,
+            match &h.flux {
+                Some(f) => format!(
+                    "{} {}/{} comes from Kustomization {} but its {field} is left to upkeep",
+                    h.kind, h.namespace, h.name, f.kustomization
+                ),
+                None => format!(
+                    "{} {}/{} is not applied by Flux",
+                    h.kind, h.namespace, h.name
+                ),
+            },
+        );
+    };
+    let key = format!("{}/{}/{}", h.kind, h.namespace, h.name);
+    let file = observed
+        .manifests
+        .get(&key)
+        .map_or(String::new(), |f| format!(", defined in {f}"));
+    finding(
+        "Flux ownership",
+        false,
+        format!(
+            "{} {}/{}: Flux applies its {field} from git (Kustomization {}{file}) on every reconcile, so a version upkeep set would be taken back and the two would fight. Add the annotation `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` to it in git (Flux then creates it and leaves its version to upkeep), or keep this component's version in git only and remove it from versions.yaml (docs/relations.md)",
+            h.kind, h.namespace, h.name, flux.kustomization
+        ),
+    )
+}
+
 fn helm_ready(observed: &Observed, component: &str, f: &mut Vec<Finding>) {
     match observed.helm_release_of(component) {
-        Some(h) => f.push(ready_finding("HelmRelease ready", h)),
+        Some(h) => {
+            f.push(ready_finding("HelmRelease ready", h));
+            f.push(flux_fight(h, "spec.chart.spec.version", observed));
+        }
         None => f.push(finding(
             "HelmRelease ready",
             false,
@@ -449,6 +495,7 @@ mod tests {
             running: Some("1.9.1".into()),
             desired: Some("1.9.1".into()),
             chart: Some("longhorn".into()),
+            flux: None,
         });
         o.volumes.push(VolumeState {
             name: "pvc-1".into(),
@@ -470,6 +517,36 @@ mod tests {
             )
             .ok
         );
+        // Flux applying the chart version from git: refused, naming the Kustomization and
+        // the file; with `ssa: IfNotPresent` Flux leaves the version alone.
+        o.volumes[0].robustness = "healthy".into();
+        o.helm_releases[0].flux = Some(crate::cluster::FluxManaged {
+            kustomization: "flux-system/infrastructure".into(),
+            owns_version: true,
+            if_not_present: false,
+        });
+        o.manifests.insert(
+            "HelmRelease/longhorn-system/longhorn".into(),
+            "infrastructure/longhorn.yaml".into(),
+        );
+        let verdict = preflight(&lh, &target, &o, PreflightPolicy::default());
+        assert!(!verdict.ok);
+        let said = format!("{verdict:?}");
+        assert!(
+            said.contains(
+                "Kustomization flux-system/infrastructure, defined in infrastructure/longhorn.yaml"
+            ),
+            "{said}"
+        );
+        assert!(
+            said.contains("kustomize.toolkit.fluxcd.io/ssa: IfNotPresent"),
+            "{said}"
+        );
+        if let Some(f) = o.helm_releases[0].flux.as_mut() {
+            f.if_not_present = true;
+        }
+        assert!(preflight(&lh, &target, &o, PreflightPolicy::default()).ok);
+        o.helm_releases[0].flux = None;
         o.volumes[0].robustness = "faulted".into();
         assert!(
             !preflight(

@@ -15,9 +15,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::flux::{self, Artifact};
 use super::patch::{label_selector_from_object, labels_match};
 use super::seed::{self, digest, helm_snapshot};
-use super::store::{Ctx, Gr, Store, gr, timestamp};
+use super::store::{Ctx, Gr, PatchKind, Store, gr, timestamp};
 use super::{ClusterFault, Shared, Timings};
 use upkeep::versions::{self, Scheme};
 
@@ -28,10 +29,11 @@ pub async fn run(shared: Arc<Shared>) {
         let timings = shared.timings();
         tokio::time::sleep(timings.tick).await;
         let faults = shared.cluster_faults();
+        let artifacts = shared.artifacts();
         let now = shared.clock.now();
         let used = {
             let mut store = shared.store();
-            step_since(&mut store, prev, now, &faults, &timings)
+            step_with_sources(&mut store, prev, now, &faults, &timings, &artifacts)
         };
         prev = now;
         for f in used {
@@ -61,6 +63,22 @@ pub fn step_since(
     faults: &[ClusterFault],
     t: &Timings,
 ) -> Vec<ClusterFault> {
+    step_with_sources(store, prev, now, faults, t, &Artifacts::new())
+}
+
+/// GitRepository artifacts by (namespace, name), as source-controller would serve them.
+pub type Artifacts = std::collections::BTreeMap<(String, String), Artifact>;
+
+/// [`step_since`], with the artifacts of the GitRepositories whose repository the emulator
+/// can read: their Kustomizations are built and applied as kustomize-controller does.
+pub fn step_with_sources(
+    store: &mut Store,
+    prev: DateTime<Utc>,
+    now: DateTime<Utc>,
+    faults: &[ClusterFault],
+    t: &Timings,
+    artifacts: &Artifacts,
+) -> Vec<ClusterFault> {
     let mut w = World {
         store,
         prev: prev.min(now),
@@ -68,8 +86,10 @@ pub fn step_since(
         faults,
         t,
         used: Vec::new(),
+        artifacts,
     };
     w.suc();
+    w.kustomize();
     w.helm();
     w.flux();
     w.kustomizations();
@@ -89,6 +109,7 @@ struct World<'a> {
     faults: &'a [ClusterFault],
     t: &'a Timings,
     used: Vec<ClusterFault>,
+    artifacts: &'a Artifacts,
 }
 
 fn s<'a>(v: &'a Value, p: &str) -> &'a str {
@@ -1356,6 +1377,19 @@ impl World<'_> {
         }
     }
 
+    /// The sourceRef of a Kustomization, as (namespace, name), when it has an artifact.
+    fn source_of(&self, k: &Value) -> Option<(String, String)> {
+        let (_, ns) = name_ns(k);
+        let src_ns = match s(k, "/spec/sourceRef/namespace") {
+            "" => ns,
+            n => n.to_string(),
+        };
+        let key = (src_ns, s(k, "/spec/sourceRef/name").to_string());
+        self.artifacts.contains_key(&key).then_some(key)
+    }
+
+    /// Flux objects the emulator cannot build (no artifact) only become Ready at their new
+    /// generation.
     fn kustomizations(&mut self) {
         for g in [
             gr("kustomize.toolkit.fluxcd.io", "kustomizations"),
@@ -1366,6 +1400,7 @@ impl World<'_> {
                 .store
                 .list(&g, None)
                 .into_iter()
+                .filter(|k| self.source_of(k).is_none())
                 .filter_map(|k| {
                     let generation = k
                         .pointer("/metadata/generation")
@@ -1398,6 +1433,237 @@ impl World<'_> {
                     });
             }
         }
+    }
+
+    // ----- Flux's source-controller and kustomize-controller ------------------------------------
+
+    /// source-controller: a GitRepository whose repository the emulator reads carries its
+    /// artifact's revision.
+    fn sources(&mut self) {
+        let g = gr("source.toolkit.fluxcd.io", "gitrepositories");
+        let now = self.now;
+        for ((ns, name), a) in self.artifacts {
+            let Some(cur) = self.store.try_get(&g, ns, name) else {
+                continue;
+            };
+            if s(cur, "/status/artifact/revision") == a.revision {
+                continue;
+            }
+            let generation = cur
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let msg = format!("stored artifact for revision '{}'", a.revision);
+            let _ = self
+                .store
+                .modify(&g, ns, name, &self.ctx("source-controller"), |r| {
+                    r["status"]["artifact"] = json!({"revision": a.revision,
+                        "lastUpdateTime": timestamp(now), "path": format!("gitrepository/{ns}/{name}/latest.tar.gz")});
+                    r["status"]["observedGeneration"] = json!(generation);
+                    set_condition(r, "Ready", "True", "Succeeded", &msg, now);
+                });
+        }
+    }
+
+    /// kustomize-controller: every Kustomization whose source has an artifact is built from its
+    /// path, substituted, and applied (server-side, forced, as `kustomize-controller`) when its
+    /// generation or revision changed, its interval passed, or a reconcile was requested;
+    /// suspended ones are left alone.
+    fn kustomize(&mut self) {
+        self.sources();
+        let g = gr("kustomize.toolkit.fluxcd.io", "kustomizations");
+        let all: Vec<Value> = self.store.list(&g, None).into_iter().cloned().collect();
+        for k in all {
+            let Some(src) = self.source_of(&k) else {
+                continue;
+            };
+            if k.pointer("/spec/suspend") == Some(&json!(true)) {
+                continue;
+            }
+            let Some(a) = self.artifacts.get(&src) else {
+                continue;
+            };
+            let (name, ns) = name_ns(&k);
+            let generation = k
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let interval = flux::duration_secs(s(&k, "/spec/interval")).unwrap_or(600);
+            let last = annotation(&k, "sim.upkeep.dev/kustomize-reconciled").and_then(since);
+            let requested = k
+                .pointer("/metadata/annotations/reconcile.fluxcd.io~1requestedAt")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let due = k
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64)
+                != Some(generation)
+                || s(&k, "/status/lastAttemptedRevision") != a.revision
+                || last.is_none_or(|t| (self.now - t).num_seconds() >= interval as i64)
+                || requested
+                    .as_deref()
+                    .is_some_and(|r| r != s(&k, "/status/lastHandledReconcileAt"));
+            if !due {
+                continue;
+            }
+            let result = self.apply_kustomization(&k, a);
+            let now = self.now;
+            let revision = a.revision.clone();
+            let _ = self
+                .store
+                .modify(&g, &ns, &name, &self.ctx("kustomize-controller"), |k| {
+                    set_annotation(
+                        k,
+                        "sim.upkeep.dev/kustomize-reconciled",
+                        Some(&timestamp(now)),
+                    );
+                    k["status"]["observedGeneration"] = json!(generation);
+                    k["status"]["lastAttemptedRevision"] = json!(revision);
+                    if let Some(r) = &requested {
+                        k["status"]["lastHandledReconcileAt"] = json!(r);
+                    }
+                    match &result {
+                        Ok(entries) => {
+                            k["status"]["lastAppliedRevision"] = json!(revision);
+                            k["status"]["inventory"] = json!({"entries": entries});
+                            set_condition(
+                                k,
+                                "Ready",
+                                "True",
+                                "ReconciliationSucceeded",
+                                &format!("Applied revision: {revision}"),
+                                now,
+                            );
+                        }
+                        Err(why) => {
+                            set_condition(k, "Ready", "False", "ReconciliationFailed", why, now);
+                        }
+                    }
+                });
+        }
+    }
+
+    /// Build, substitute and apply one Kustomization; its inventory entries, or why it failed.
+    fn apply_kustomization(&mut self, k: &Value, a: &Artifact) -> Result<Vec<Value>, String> {
+        let (kname, kns) = name_ns(k);
+        let docs = flux::build(a, s(k, "/spec/path"))
+            .map_err(|e| format!("kustomize build failed: {e}"))?;
+        let mut vars: std::collections::BTreeMap<String, String> = Default::default();
+        for from in k
+            .pointer("/spec/postBuild/substituteFrom")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let (kind, from_name) = (s(from, "/kind"), s(from, "/name"));
+            let plural = if kind == "Secret" {
+                "secrets"
+            } else {
+                "configmaps"
+            };
+            match self.store.try_get(&gr("", plural), &kns, from_name) {
+                Some(o) => {
+                    for (key, v) in o
+                        .get("data")
+                        .and_then(Value::as_object)
+                        .into_iter()
+                        .flatten()
+                    {
+                        let v = v.as_str().unwrap_or("");
+                        let v = if kind == "Secret" {
+                            use base64::Engine;
+                            base64::engine::general_purpose::STANDARD
+                                .decode(v)
+                                .ok()
+                                .and_then(|b| String::from_utf8(b).ok())
+                                .unwrap_or_default()
+                        } else {
+                            v.to_string()
+                        };
+                        vars.insert(key.clone(), v);
+                    }
+                }
+                None if from.get("optional") == Some(&json!(true)) => {}
+                None => {
+                    return Err(format!(
+                        "post build failed: substitute from '{kind}/{from_name}' error: {plural} \"{from_name}\" not found"
+                    ));
+                }
+            }
+        }
+        // `substitute` wins over `substituteFrom`.
+        for (key, v) in k
+            .pointer("/spec/postBuild/substitute")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            vars.insert(key.clone(), v.as_str().unwrap_or("").to_string());
+        }
+        let substitutes = k.pointer("/spec/postBuild").is_some();
+        let target_ns = s(k, "/spec/targetNamespace").to_string();
+        let ctx = self.ctx("kustomize-controller");
+        let mut entries = Vec::new();
+        for (file, text) in docs {
+            let raw: Value = serde_saphyr::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
+            let obj: Value =
+                if substitutes && flux::flux_annotation(&raw, "substitute") != Some("disabled") {
+                    serde_saphyr::from_str(&flux::substitute(&text, &vars))
+                        .map_err(|e| format!("{file}: after substitution: {e}"))?
+                } else {
+                    raw
+                };
+            let kind = s(&obj, "/kind").to_string();
+            let api = s(&obj, "/apiVersion").to_string();
+            let group = api.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+            let Some(t) = self
+                .store
+                .types()
+                .find(|t| t.kind == kind && t.group == group)
+                .cloned()
+            else {
+                return Err(format!(
+                    "{file}: no matches for kind \"{kind}\" in version \"{api}\""
+                ));
+            };
+            let name = s(&obj, "/metadata/name").to_string();
+            let ns = if !t.namespaced {
+                String::new()
+            } else if !target_ns.is_empty() {
+                target_ns.clone()
+            } else {
+                match s(&obj, "/metadata/namespace") {
+                    "" => kns.clone(),
+                    n => n.to_string(),
+                }
+            };
+            let mut obj = obj;
+            if t.namespaced {
+                obj["metadata"]["namespace"] = json!(ns);
+            }
+            // kustomize-controller labels what it applies with its Kustomization.
+            if !obj["metadata"]["labels"].is_object() {
+                obj["metadata"]["labels"] = json!({});
+            }
+            obj["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] = json!(kname);
+            obj["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/namespace"] = json!(kns);
+            let exists = self.store.try_get(&t.gr(), &ns, &name).is_some();
+            if !(exists && flux::flux_annotation(&obj, "ssa") == Some("IfNotPresent")) {
+                self.store
+                    .patch(
+                        &t.gr(),
+                        &ns,
+                        &name,
+                        PatchKind::Apply { force: true },
+                        &obj,
+                        None,
+                        &ctx,
+                    )
+                    .map_err(|e| format!("{kind}/{ns}/{name} dry-run failed: {}", e.message))?;
+            }
+            entries.push(flux::inventory_id(&obj, &ns));
+        }
+        Ok(entries)
     }
 
     // ----- k3s etcd snapshots and Longhorn backups --------------------------------------------
@@ -2267,6 +2533,7 @@ mod tests {
             faults: &[],
             t: &Timings::default(),
             used: Vec::new(),
+            artifacts: &Artifacts::new(),
         };
         w.evict_workloads("agent-1");
         step(&mut st, now, &[], &Timings::default());

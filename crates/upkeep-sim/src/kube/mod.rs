@@ -6,6 +6,7 @@
 //! What is served, and what is simplified, is documented in docs/simulator.md.
 
 pub mod actors;
+pub mod flux;
 pub mod patch;
 pub mod schema;
 pub mod seed;
@@ -221,9 +222,62 @@ pub struct Shared {
     bookmark_interval: Duration,
     base: String,
     ca_pem: String,
+    /// GitRepositories (namespace, name) whose repository the emulator reads: a bare repository
+    /// on disk, and the artifact last built from it.
+    git_sources: Mutex<std::collections::BTreeMap<(String, String), GitSource>>,
+}
+
+/// A GitRepository served from a bare repository on disk.
+#[derive(Debug, Clone)]
+struct GitSource {
+    path: PathBuf,
+    artifact: Option<flux::Artifact>,
 }
 
 impl Shared {
+    /// The artifacts of the GitRepositories the emulator reads, rebuilt when their branch
+    /// moved (source-controller's job; I/O, so outside the pure `actors::step`).
+    pub fn artifacts(&self) -> actors::Artifacts {
+        let branches: Vec<((String, String), String)> = {
+            let store = self.store();
+            self.git_sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .map(|(ns, name)| {
+                    let branch = store
+                        .try_get(
+                            &store::gr("source.toolkit.fluxcd.io", "gitrepositories"),
+                            ns,
+                            name,
+                        )
+                        .and_then(|r| r.pointer("/spec/ref/branch")?.as_str().map(str::to_string))
+                        .unwrap_or_else(|| "main".into());
+                    ((ns.clone(), name.clone()), branch)
+                })
+                .collect()
+        };
+        let mut sources = self.git_sources.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = actors::Artifacts::new();
+        for (key, branch) in branches {
+            let Some(src) = sources.get_mut(&key) else {
+                continue;
+            };
+            let tip = git2::Repository::open_bare(&src.path)
+                .and_then(|r| r.refname_to_id(&format!("refs/heads/{branch}")))
+                .map(|id| format!("{branch}@sha1:{id}"))
+                .ok();
+            let stale = src.artifact.as_ref().map(|a| &a.revision) != tip.as_ref();
+            if stale {
+                src.artifact = flux::artifact(&src.path, &branch).ok();
+            }
+            if let Some(a) = &src.artifact {
+                out.insert(key, a.clone());
+            }
+        }
+        out
+    }
+
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -338,6 +392,7 @@ impl KubeSim {
             timings: Mutex::new(opts.timings.clone()),
             counters: Counters::default(),
             audit: Mutex::default(),
+            git_sources: Mutex::default(),
             bookmark_interval: opts.bookmark_interval,
             base: format!("https://{addr}"),
             ca_pem: certs.ca_pem.clone(),
@@ -436,6 +491,23 @@ impl KubeSim {
 
     /// Script a fault. Cluster faults stand until they happen once; request faults are used up
     /// by `times` matching requests.
+    /// Serve the GitRepository `namespace/name` from the bare repository at `path` (the
+    /// branch its `spec.ref.branch` names): its Kustomizations are then built from that
+    /// repository and applied as kustomize-controller does.
+    pub fn serve_git(&self, namespace: &str, name: &str, path: &Path) {
+        self.shared
+            .git_sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (namespace.to_string(), name.to_string()),
+                GitSource {
+                    path: path.to_path_buf(),
+                    artifact: None,
+                },
+            );
+    }
+
     pub fn inject(&self, fault: ClusterFault) {
         if let ClusterFault::PdbBlocksDrain { node } = &fault {
             seed::blocking_pdb(&mut self.store(), node, self.shared.clock.now());

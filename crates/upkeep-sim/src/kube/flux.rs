@@ -1,0 +1,305 @@
+//! Flux's source-controller and kustomize-controller, as far as upkeep meets them: a
+//! GitRepository's artifact (the files of its branch's tip, from a bare repository on disk that
+//! a test or `sim serve` names), and each Kustomization built from its path in that artifact,
+//! substituted (`postBuild`), and applied with server-side apply and forced ownership as the
+//! field manager `kustomize-controller`, on every interval, so that drift from git is corrected.
+//!
+//! Upstream: fluxcd/kustomize-controller `internal/controller/kustomization_controller.go`
+//! (`reconcile`, `apply`: `ssa.ResourceManager.ApplyAllStaged` with `Force: true`),
+//! fluxcd/pkg `kustomize/kustomize_varsub.go` (`SubstituteVariables`, `substituteFrom`,
+//! `${var:=default}`, the `kustomize.toolkit.fluxcd.io/substitute: disabled` annotation),
+//! fluxcd/pkg `ssa` (`IfNotPresent`), fluxcd/pkg `runtime/predicates` (`reconcile.fluxcd.io/
+//! requestedAt`). See docs/fidelity.md for what is left out.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+/// A GitRepository's artifact: the commit (`<branch>@sha1:<sha>`) and its files by path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Artifact {
+    pub revision: String,
+    pub files: BTreeMap<String, String>,
+}
+
+/// source-controller's artifact of `branch` in the bare repository at `repo`, or why not.
+pub fn artifact(repo: &Path, branch: &str) -> Result<Artifact, String> {
+    let r = git2::Repository::open_bare(repo).map_err(|e| e.message().to_string())?;
+    let commit = r
+        .find_reference(&format!("refs/heads/{branch}"))
+        .and_then(|x| x.peel_to_commit())
+        .map_err(|e| format!("branch {branch}: {}", e.message()))?;
+    let mut files = BTreeMap::new();
+    let tree = commit.tree().map_err(|e| e.message().to_string())?;
+    tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+        if entry.kind() == Some(git2::ObjectType::Blob)
+            && let Ok(name) = entry.name()
+            && let Ok(obj) = entry.to_object(&r)
+            && let Some(blob) = obj.as_blob()
+            && let Ok(text) = std::str::from_utf8(blob.content())
+        {
+            files.insert(format!("{dir}{name}"), text.to_string());
+        }
+        git2::TreeWalkResult::Ok
+    })
+    .map_err(|e| e.message().to_string())?;
+    Ok(Artifact {
+        revision: format!("{branch}@sha1:{}", commit.id()),
+        files,
+    })
+}
+
+/// The YAML documents a Kustomization's `path` builds to, each with the file it came from: the
+/// `resources` of a `kustomization.yaml` there (files, or directories built the same way), else
+/// every `.yaml`/`.yml` file under the path, as kustomize-controller generates one.
+pub fn build(a: &Artifact, path: &str) -> Result<Vec<(String, String)>, String> {
+    let root = path.trim_start_matches("./").trim_matches('/');
+    build_dir(a, root, 0)
+}
+
+fn join(dir: &str, rel: &str) -> String {
+    let mut parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+    for p in rel.trim_start_matches("./").split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            x => parts.push(x),
+        }
+    }
+    parts.join("/")
+}
+
+fn build_dir(a: &Artifact, dir: &str, depth: usize) -> Result<Vec<(String, String)>, String> {
+    if depth > 16 {
+        return Err(format!("{dir}: kustomizations nested too deep"));
+    }
+    let prefix = if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    let kfile = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+        .iter()
+        .map(|k| format!("{prefix}{k}"))
+        .find(|k| a.files.contains_key(k));
+    let mut out = Vec::new();
+    match kfile {
+        Some(k) => {
+            let doc: Value =
+                serde_saphyr::from_str(&a.files[&k]).map_err(|e| format!("{k}: {e}"))?;
+            for r in doc
+                .get("resources")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                let p = join(dir, r);
+                if let Some(text) = a.files.get(&p) {
+                    out.extend(split_docs(text).into_iter().map(|d| (p.clone(), d)));
+                } else if a.files.keys().any(|f| f.starts_with(&format!("{p}/"))) {
+                    out.extend(build_dir(a, &p, depth + 1)?);
+                } else {
+                    return Err(format!("{k}: resource {r} not found"));
+                }
+            }
+        }
+        None => {
+            let mut any = false;
+            for (f, text) in a.files.range(prefix.clone()..) {
+                if !f.starts_with(&prefix) {
+                    break;
+                }
+                any = true;
+                if f.ends_with(".yaml") || f.ends_with(".yml") {
+                    out.extend(split_docs(text).into_iter().map(|d| (f.clone(), d)));
+                }
+            }
+            if !any {
+                return Err(format!("kustomization path not found: {dir}"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A YAML stream's documents (separated by `---` lines), empty ones dropped.
+fn split_docs(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for line in text.lines() {
+        if line.trim_end() == "---" || line.starts_with("--- ") {
+            docs.push(String::new());
+            continue;
+        }
+        if let Some(d) = docs.last_mut() {
+            d.push_str(line);
+            d.push('\n');
+        }
+    }
+    docs.into_iter()
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect()
+}
+
+/// Flux's variable substitution in one document: `${var}`, `${var:=default}` (and `:-`), `$$`
+/// escapes `$`. A variable with no value and no default becomes empty, as in Flux's default
+/// (non-strict) mode.
+pub fn substitute(doc: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::with_capacity(doc.len());
+    let mut rest = doc;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(a) = after.strip_prefix('$') {
+            out.push('$');
+            rest = a;
+            continue;
+        }
+        let Some(body) = after.strip_prefix('{') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let Some(end) = body.find('}') else {
+            out.push('$');
+            rest = after;
+            continue;
+        };
+        let expr = &body[..end];
+        let (name, default) = match expr.find([':']) {
+            Some(k) if expr[k..].starts_with(":=") || expr[k..].starts_with(":-") => {
+                (&expr[..k], Some(&expr[k + 2..]))
+            }
+            _ => (expr, None),
+        };
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            out.push_str("${");
+            rest = body;
+            continue;
+        }
+        match vars.get(name).filter(|v| !v.is_empty()) {
+            Some(v) => out.push_str(v),
+            None => out.push_str(default.unwrap_or("")),
+        }
+        rest = &body[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `kustomize.toolkit.fluxcd.io/<key>` on an object.
+pub fn flux_annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
+    obj.pointer("/metadata/annotations")?
+        .get(format!("kustomize.toolkit.fluxcd.io/{key}"))?
+        .as_str()
+}
+
+/// The inventory entry id of an object, as kustomize-controller writes it
+/// (`<namespace>_<name>_<group>_<kind>`).
+pub fn inventory_id(obj: &Value, namespace: &str) -> Value {
+    let api = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let (group, version) = api.rsplit_once('/').unwrap_or(("", api));
+    json!({"id": format!("{namespace}_{}_{group}_{}",
+        obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""),
+        obj.get("kind").and_then(Value::as_str).unwrap_or("")), "v": version})
+}
+
+/// A Go duration (`10m`, `1h30m`, `30s`, `5m0s`) in seconds.
+pub fn duration_secs(s: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    let mut any = false;
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'h' => 3600,
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                0
+            }
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        total += n * unit;
+        any = true;
+    }
+    (any && num.is_empty()).then_some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn art(files: &[(&str, &str)]) -> Artifact {
+        Artifact {
+            revision: "main@sha1:1".into(),
+            files: files
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn builds_a_path_with_or_without_a_kustomization() {
+        let a = art(&[
+            ("clusters/home/infra/a.yaml", "kind: A\n---\nkind: B\n"),
+            ("clusters/home/infra/notes.md", "x"),
+            (
+                "clusters/home/apps/kustomization.yaml",
+                "resources:\n  - ../infra/a.yaml\n  - web\n",
+            ),
+            ("clusters/home/apps/web/w.yaml", "kind: W\n"),
+        ]);
+        let docs: Vec<String> = build(&a, "./clusters/home/infra")
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| d.1)
+            .collect();
+        assert_eq!(docs, vec!["kind: A\n", "kind: B\n"]);
+        let docs = build(&a, "clusters/home/apps").unwrap_or_default();
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[2].0, "clusters/home/apps/web/w.yaml");
+        assert!(build(&a, "./nowhere").is_err());
+    }
+
+    #[test]
+    fn substitutes_like_flux() {
+        let vars: BTreeMap<String, String> =
+            [("longhorn_version".to_string(), "1.10.2".to_string())].into();
+        assert_eq!(
+            substitute(
+                "version: ${longhorn_version}\nx: ${missing:=7} $${kept} ${empty}",
+                &vars
+            ),
+            "version: 1.10.2\nx: 7 ${kept} "
+        );
+        assert_eq!(
+            substitute("cost: $5 ${not valid}", &vars),
+            "cost: $5 ${not valid}"
+        );
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(duration_secs("10m"), Some(600));
+        assert_eq!(duration_secs("1h30m"), Some(5400));
+        assert_eq!(duration_secs("5m0s"), Some(300));
+        assert_eq!(duration_secs("250ms"), Some(0));
+        assert_eq!(duration_secs("x"), None);
+    }
+}
