@@ -1287,3 +1287,50 @@ fn a_release_flux_applies_from_git_is_not_fought_over() {
         "{ks}"
     );
 }
+
+/// A HelmRelease whose chart comes from an OCIRepository (`spec.chartRef`) has no chart version
+/// upkeep could set (the CRD refuses `chart` beside `chartRef`): refused in preflight, saying
+/// where the version lives; nothing is written.
+#[test]
+fn a_release_with_a_chart_ref_is_refused_clearly() {
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    {
+        let mut st = w.kube.store();
+        let ctx = upkeep_sim::kube::store::Ctx::new(Utc::now(), "kustomize-controller");
+        st.modify(
+            &("helm.toolkit.fluxcd.io".into(), "helmreleases".into()),
+            "longhorn-system",
+            "longhorn",
+            &ctx,
+            |h| {
+                if let Some(spec) = h["spec"].as_object_mut() {
+                    spec.remove("chart");
+                    spec.insert(
+                        "chartRef".into(),
+                        json!({"kind": "OCIRepository", "name": "longhorn", "namespace": "flux-system"}),
+                    );
+                }
+            },
+        )
+        .expect("chartRef");
+    }
+    let s = w.apply(Duration::from_secs(3));
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Preflight),
+        "{s:?}"
+    );
+    assert!(
+        s[0].2
+            .contains("takes its chart from OCIRepository/flux-system/longhorn (spec.chartRef)"),
+        "{s:?}"
+    );
+    let hr = w.longhorn_release();
+    assert!(hr["spec"]["chart"].is_null(), "{hr}");
+    assert!(
+        !hr["metadata"]["managedFields"]
+            .to_string()
+            .contains("\"upkeep\""),
+        "upkeep wrote nothing: {hr}"
+    );
+}

@@ -142,6 +142,10 @@ pub struct Health {
     /// Flux applies this object from git (kustomize-controller's labels), and how.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flux: Option<FluxManaged>,
+    /// A HelmRelease's `spec.chartRef` (`Kind/namespace/name` of an OCIRepository or
+    /// HelmChart): its chart version is not in the HelmRelease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chart_ref: Option<String>,
 }
 
 /// An object Flux's kustomize-controller applies from git.
@@ -341,6 +345,7 @@ fn health(kind: &str, v: &Value) -> Health {
         desired: None,
         chart: None,
         flux: None,
+        chart_ref: None,
     }
 }
 
@@ -687,6 +692,13 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
         x.desired = Some(s(h, "/spec/chart/spec/version")).filter(|v| !v.is_empty());
         x.chart = Some(s(h, "/spec/chart/spec/chart")).filter(|v| !v.is_empty());
         x.flux = flux_managed(h, &["spec", "chart", "spec", "version"]);
+        x.chart_ref = h.pointer("/spec/chartRef").map(|r| {
+            let ns = match s(r, "/namespace") {
+                n if n.is_empty() => s(h, "/metadata/namespace"),
+                n => n.to_string(),
+            };
+            format!("{}/{ns}/{}", s(r, "/kind"), s(r, "/name"))
+        });
         o.helm_releases.push(x);
     }
     let (_, fis) = list(

@@ -320,7 +320,19 @@ fn helm_ready(observed: &Observed, component: &str, f: &mut Vec<Finding>) {
     match observed.helm_release_of(component) {
         Some(h) => {
             f.push(ready_finding("HelmRelease ready", h));
-            f.push(flux_fight(h, "spec.chart.spec.version", observed));
+            match &h.chart_ref {
+                // The CRD refuses `chart` beside `chartRef` (a CEL rule): the version lives in
+                // the source, which upkeep does not change (yet).
+                Some(r) => f.push(finding(
+                    "chart source",
+                    false,
+                    format!(
+                        "HelmRelease {}/{} takes its chart from {r} (spec.chartRef), so its version is that source's (an OCIRepository's spec.ref.tag, a HelmChart's spec.version); upkeep upgrades charts only through spec.chart.spec.version. Upgrade it by changing the source in git, and remove {component} from versions.yaml",
+                        h.namespace, h.name
+                    ),
+                )),
+                None => f.push(flux_fight(h, "spec.chart.spec.version", observed)),
+            }
         }
         None => f.push(finding(
             "HelmRelease ready",
@@ -496,6 +508,7 @@ mod tests {
             desired: Some("1.9.1".into()),
             chart: Some("longhorn".into()),
             flux: None,
+            chart_ref: None,
         });
         o.volumes.push(VolumeState {
             name: "pvc-1".into(),
@@ -547,6 +560,19 @@ mod tests {
         }
         assert!(preflight(&lh, &target, &o, PreflightPolicy::default()).ok);
         o.helm_releases[0].flux = None;
+        // A chart from an OCIRepository: refused, saying where the version lives.
+        o.helm_releases[0].chart_ref = Some("OCIRepository/longhorn-system/longhorn".into());
+        let said = format!(
+            "{:?}",
+            preflight(&lh, &target, &o, PreflightPolicy::default())
+        );
+        assert!(
+            said.contains(
+                "takes its chart from OCIRepository/longhorn-system/longhorn (spec.chartRef)"
+            ),
+            "{said}"
+        );
+        o.helm_releases[0].chart_ref = None;
         o.volumes[0].robustness = "faulted".into();
         assert!(
             !preflight(
