@@ -213,8 +213,22 @@ pub async fn run_detailed<F: Forge>(
     })
 }
 
+/// A Rollout's status; an empty one is `Pending`, one that cannot be read is an error (never
+/// taken for `Pending`: that would start a finished rollout again).
+fn read_status(obj: &DynamicObject) -> Result<RolloutStatus, String> {
+    match obj.data.get("status") {
+        None | Some(Value::Null) => Ok(RolloutStatus::default()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            format!(
+                "rollout {}: its status cannot be read ({e}); fix or delete it",
+                obj.metadata.name.as_deref().unwrap_or("")
+            )
+        }),
+    }
+}
+
 fn status_of(obj: &DynamicObject) -> RolloutStatus {
-    serde_json::from_value(obj.data.get("status").cloned().unwrap_or(json!({}))).unwrap_or_default()
+    read_status(obj).unwrap_or_default()
 }
 
 /// What one cycle works with: the cluster, the config repository and the options.
@@ -382,9 +396,17 @@ impl<F: Forge> Driver<'_, '_, F> {
         t: DateTime<Utc>,
     ) -> Result<Option<((Phase, bool), bool)>, String> {
         let name = obj.metadata.name.clone().unwrap_or_default();
-        let spec: RolloutSpec = serde_json::from_value(obj.data["spec"].clone())
-            .map_err(|e| format!("rollout {name}: {e}"))?;
-        let status = status_of(obj);
+        // One Rollout that cannot be read is skipped and said, not the end of the cycle.
+        let read = serde_json::from_value::<RolloutSpec>(obj.data["spec"].clone())
+            .map_err(|e| format!("rollout {name}: its spec cannot be read ({e}); fix or delete it"))
+            .and_then(|spec| Ok((spec, read_status(obj)?)));
+        let (spec, status) = match read {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "a rollout upkeep cannot read");
+                return Ok(None);
+            }
+        };
         if status.phase.is_terminal() {
             return Ok(None);
         }
@@ -407,7 +429,7 @@ impl<F: Forge> Driver<'_, '_, F> {
         let observed = match (status.phase, fought_by_flux(c, observed)) {
             (Phase::Preflight | Phase::WaitingForWindow, Some(key)) => {
                 let mut o = observed.clone();
-                match self.find_manifest(&key) {
+                match self.find_manifest(&key, kustomization_path(observed, &key)) {
                     Some((_, true)) => mark_if_not_present(&mut o, &key),
                     Some((file, false)) => {
                         o.manifests.insert(key, file);
@@ -431,8 +453,18 @@ impl<F: Forge> Driver<'_, '_, F> {
         } else {
             rollout::BackupState::Pending
         };
+        let created = obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|c| {
+                let nanos = u32::try_from(c.0.subsec_nanosecond()).unwrap_or(0);
+                DateTime::from_timestamp(c.0.as_second(), nanos)
+            })
+            .unwrap_or(t);
         let ctx = Ctx {
             now: t,
+            created,
             component: c,
             observed,
             may_start: decision.allows_start(),
@@ -452,11 +484,22 @@ impl<F: Forge> Driver<'_, '_, F> {
         };
         let (mut next, effects) = rollout::decide(&name, &spec, &status, &ctx);
         for fx in &effects {
-            if let Err(e) = self.effect(&target, fx, &mut next).await {
-                tracing::warn!(error = %e, "an effect failed; retried next look");
-                next = status.clone();
-                next.message = format!("retrying: {e}");
-                break;
+            match self.effect(&target, fx, &mut next).await {
+                Ok(()) => {}
+                // A report that cannot be posted now does not hold the rollout back (nor undo
+                // its transition); it is posted at the next look that still runs.
+                Err(e) if matches!(fx, Effect::Comment { .. }) => {
+                    tracing::warn!(error = %e, "a pull request comment failed; tried again later");
+                    if let Effect::Comment { key, .. } = fx {
+                        next.posted.retain(|k| k != key);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "an effect failed; retried next look");
+                    next = status.clone();
+                    next.message = format!("retrying: {e}");
+                    break;
+                }
             }
         }
         if next != status {
@@ -481,14 +524,26 @@ impl<F: Forge> Driver<'_, '_, F> {
         Ok(Some(((next.phase, next.paused), ctx.may_start)))
     }
 
-    /// The file at the base branch's tip that defines `key` (`Kind/namespace/name`), and
-    /// whether it carries `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` there.
-    fn find_manifest(&self, key: &str) -> Option<(String, bool)> {
+    /// The file at the base branch's tip, under the Kustomization's `path` (so another
+    /// cluster's copy in the same repository is not taken), that defines `key`
+    /// (`Kind/namespace/name`), and whether it carries `kustomize.toolkit.fluxcd.io/ssa:
+    /// IfNotPresent` there.
+    fn find_manifest(&self, key: &str, under: Option<String>) -> Option<(String, bool)> {
         let mut parts = key.splitn(3, '/');
         let (kind, ns, name) = (parts.next()?, parts.next()?, parts.next()?);
         let git = self.repo.git;
         let tip = git.tip(&self.repo.base).ok()?;
+        let prefix = under
+            .map(|p| p.trim_start_matches("./").trim_matches('/').to_string())
+            .filter(|p| !p.is_empty())
+            .map(|p| format!("{p}/"));
         for path in git.files(tip, &[".yaml", ".yml"]).ok()? {
+            if prefix
+                .as_ref()
+                .is_some_and(|p| !path.starts_with(p.as_str()))
+            {
+                continue;
+            }
             let Ok(Some(bytes)) = git.read_file(tip, &path) else {
                 continue;
             };
@@ -854,8 +909,8 @@ impl<F: Forge> Driver<'_, '_, F> {
 
     // ----- nodes and reports ----------------------------------------------------------------
 
-    /// Uncordon every cordoned node (preflight saw none cordoned before the rollout began),
-    /// except one a Plan is still applying to.
+    /// Uncordon the nodes upkeep's Plans cordoned (those with an upkeep upgrade Job; a node
+    /// someone else cordoned meanwhile is left alone), except one whose Job still runs.
     async fn uncordon(&self, observed: &Observed) -> Result<(), String> {
         let nodes: Api<DynamicObject> =
             Api::all_with(self.client.clone(), &ar("", "v1", "Node", "nodes"));
@@ -865,11 +920,14 @@ impl<F: Forge> Driver<'_, '_, F> {
             .filter(|j| j.active())
             .map(|j| j.node.as_str())
             .collect();
-        for n in observed
-            .nodes
+        let ours: Vec<&str> = observed
+            .upgrade_jobs
             .iter()
-            .filter(|n| n.unschedulable && !busy.contains(&n.name.as_str()))
-        {
+            .map(|j| j.node.as_str())
+            .collect();
+        for n in observed.nodes.iter().filter(|n| {
+            n.unschedulable && ours.contains(&n.name.as_str()) && !busy.contains(&n.name.as_str())
+        }) {
             nodes
                 .patch(
                     &n.name,
@@ -906,6 +964,21 @@ fn fought_by_flux(c: &Component, o: &Observed) -> Option<String> {
     }?;
     let f = h.flux.as_ref()?;
     (f.owns_version && !f.if_not_present).then(|| format!("{}/{}/{}", h.kind, h.namespace, h.name))
+}
+
+/// The `spec.path` of the Kustomization that applies `key` (`Kind/namespace/name`).
+fn kustomization_path(o: &Observed, key: &str) -> Option<String> {
+    let h = o
+        .helm_releases
+        .iter()
+        .chain(&o.flux_instances)
+        .find(|h| format!("{}/{}/{}", h.kind, h.namespace, h.name) == key)?;
+    let k = h.flux.as_ref()?.kustomization.clone();
+    o.kustomizations
+        .iter()
+        .find(|x| format!("{}/{}", x.namespace, x.name) == k)?
+        .path
+        .clone()
 }
 
 /// Record that git marks `key` (`Kind/namespace/name`) `ssa: IfNotPresent`.

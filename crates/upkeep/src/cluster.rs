@@ -146,6 +146,9 @@ pub struct Health {
     /// HelmChart): its chart version is not in the HelmRelease.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chart_ref: Option<String>,
+    /// A Kustomization's `spec.path` in its source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// An object Flux's kustomize-controller applies from git.
@@ -346,6 +349,7 @@ fn health(kind: &str, v: &Value) -> Health {
         chart: None,
         flux: None,
         chart_ref: None,
+        path: None,
     }
 }
 
@@ -578,11 +582,9 @@ fn upgrade_job(j: &Value) -> UpgradeJob {
         version: s(j, "/metadata/labels/upgrade.cattle.io~1version"),
         started: time("/status/startTime"),
         completed: time("/status/completionTime").or(failed_at),
-        failed: j
-            .pointer("/status/failed")
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            > 0,
+        // Failed is the Job's condition, not `status.failed` (a count of failed pods): SUC's
+        // Jobs retry (`backoffLimit: 2`), and one pod failing as k3s restarts is common.
+        failed: failed_at.is_some(),
     }
 }
 
@@ -733,7 +735,13 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
         ),
     )
     .await?;
-    o.kustomizations = ks.iter().map(|k| health("Kustomization", k)).collect();
+    o.kustomizations = ks
+        .iter()
+        .map(|k| Health {
+            path: Some(s(k, "/spec/path")).filter(|p| !p.is_empty()),
+            ..health("Kustomization", k)
+        })
+        .collect();
     longhorn(client, &ns.longhorn, &mut o).await?;
     o.flux_crd_version = get(
         client,

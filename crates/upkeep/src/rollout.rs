@@ -158,6 +158,10 @@ pub enum Effect {
 /// What [`decide`] knows besides the rollout.
 pub struct Ctx<'a> {
     pub now: DateTime<Utc>,
+    /// When the Rollout object was created: it names the backup, so that a restart between
+    /// an effect and the saving of the status names the same backup, and a Rollout created
+    /// again (a retry) takes a new one.
+    pub created: DateTime<Utc>,
     pub component: &'a Component,
     pub observed: &'a Observed,
     /// Whether work may start now: a window is open, no window covers the component, or an
@@ -274,6 +278,19 @@ fn reached(
                     .map(|n| n.name.as_str())
                     .collect();
                 if !not_ready.is_empty() {
+                    // A kubelet is NotReady for a moment as k3s restarts: wait out the grace
+                    // after that node's upgrade Job ended before calling it a failure.
+                    let fresh = not_ready.iter().any(|n| {
+                        o.upgrade_jobs.iter().any(|j| {
+                            j.node == *n
+                                && j.version == dash
+                                && j.completed
+                                    .is_some_and(|t| (now - t).num_seconds() < JOB_FAILURE_GRACE)
+                        })
+                    });
+                    if fresh {
+                        return Ok(false);
+                    }
                     return Err(format!("upgraded but not Ready: {}", not_ready.join(", ")));
                 }
                 return Ok(true);
@@ -509,6 +526,20 @@ pub fn decide(
                 set(&mut s, Phase::WaitingForWindow, ctx.waiting.clone(), now);
                 return (s, fx);
             }
+            // The hop was applied already (upkeep stopped after applying it and before saving
+            // that): carry on applying rather than judge the cluster mid-upgrade as a start.
+            if already_applied(c, &hop_version, ctx.observed) {
+                set(
+                    &mut s,
+                    Phase::Applying,
+                    format!("applying {hop_version} (resumed: it was applied before a restart)"),
+                    now,
+                );
+                fx.push(Effect::Apply {
+                    version: hop_version.clone(),
+                });
+                return (s, fx);
+            }
             let verdict = preflight(c, &target, ctx.observed, ctx.preflight);
             s.checks = verdict.findings.clone();
             if verdict.ok {
@@ -526,7 +557,7 @@ pub fn decide(
                     s.no_backup = Some(NO_DATASTORE_BACKUP.into());
                 }
                 if needs_backup {
-                    let attempt = backup_name(name, now);
+                    let attempt = backup_name(name, ctx.created);
                     set(
                         &mut s,
                         Phase::Backup,
@@ -571,6 +602,11 @@ pub fn decide(
             }
         }
         Phase::Backup => match &ctx.backup_state {
+            BackupState::Ready(b) if !ctx.may_start => {
+                // The window closed while the backup was taken: keep it, apply in the next.
+                s.backup = Some(b.clone());
+                set(&mut s, Phase::WaitingForWindow, ctx.waiting.clone(), now);
+            }
             BackupState::Ready(b) => {
                 s.backup = Some(b.clone());
                 set(
@@ -606,7 +642,7 @@ pub fn decide(
                     let attempt = s
                         .backup_attempt
                         .clone()
-                        .unwrap_or_else(|| backup_name(name, now));
+                        .unwrap_or_else(|| backup_name(name, ctx.created));
                     fx.push(Effect::Backup {
                         name: attempt.clone(),
                     });
@@ -707,6 +743,17 @@ pub fn decide(
                     format!("{hop_version} failed validation: {}", bad.detail),
                     now,
                 );
+            } else if s.hop + 1 < spec.hops.len() && !ctx.may_start {
+                // The next hop starts in the next window (after its preflight).
+                s.hop += 1;
+                let msg = format!(
+                    "{} validated; hop {} of {} waits: {}",
+                    hop_version,
+                    s.hop + 1,
+                    spec.hops.len(),
+                    ctx.waiting
+                );
+                set(&mut s, Phase::WaitingForWindow, msg, now);
             } else if s.hop + 1 < spec.hops.len() {
                 s.hop += 1;
                 let next = spec.hops[s.hop].clone();
@@ -799,7 +846,17 @@ pub fn decide(
                     );
                     return (s, fx);
                 }
-                fx.push(Effect::Release);
+                if busy.is_empty() {
+                    fx.push(Effect::Release);
+                } else {
+                    // Releasing now would make SUC delete those running Jobs: leave the Plans
+                    // holding (no new node), the nodes to finish, and a human to look.
+                    let why = s.failure.clone().unwrap_or_default();
+                    s.failure = Some(format!(
+                        "{why}; still upgrading after the halt: {} (the Plans hold; check these nodes)",
+                        busy.join(", ")
+                    ));
+                }
             }
             // Roll back where the component supports it (Flux: a patch within the same minor).
             let back = last_good(spec, &s);
@@ -889,12 +946,16 @@ pub fn decide(
 
 fn fail(
     s: &mut RolloutStatus,
-    _fx: &mut [Effect],
+    fx: &mut Vec<Effect>,
     _spec: &RolloutSpec,
-    _c: &Component,
+    c: &Component,
     why: impl Into<String>,
     now: DateTime<Utc>,
 ) {
+    // Stop SUC starting another node now, not at the next look.
+    if c.name == "k3s" {
+        fx.push(Effect::Halt);
+    }
     let why = why.into();
     s.failure = Some(why.clone());
     set(s, Phase::Failed, why, now);
@@ -902,11 +963,11 @@ fn fail(
 
 /// The version to go back to: the last hop validated, else `from`.
 fn last_good(spec: &RolloutSpec, s: &RolloutStatus) -> String {
-    if s.hop == 0 {
-        spec.from.clone()
-    } else {
-        spec.hops[s.hop - 1].clone()
-    }
+    s.hop
+        .checked_sub(1)
+        .and_then(|i| spec.hops.get(i))
+        .cloned()
+        .unwrap_or_else(|| spec.from.clone())
 }
 
 /// Whether what runs has moved past `back_to` in a way the component cannot undo.
@@ -932,6 +993,24 @@ fn moved(c: &Component, o: &Observed, back_to: &str) -> bool {
 
 /// What the report says of a k3s rollout on a cluster without embedded etcd.
 pub const NO_DATASTORE_BACKUP: &str = "no datastore backup: k3s runs without embedded etcd (SQLite or an external datastore), which upkeep cannot snapshot; back up server/db/state.db (SQLite) or the external database yourself (docs/runbook.md)";
+
+/// Whether `hop` was applied already: upkeep's Plans ask for it (k3s), or the release object
+/// asks for it (charts, Flux).
+fn already_applied(c: &Component, hop: &str, o: &Observed) -> bool {
+    let bare = |v: &str| v.trim_start_matches('v').to_string();
+    match c.name.as_str() {
+        "k3s" => o.plans.iter().any(|p| p.upkeeps() && p.version == hop),
+        "flux" => o
+            .flux_instances
+            .first()
+            .and_then(|f| f.desired.as_deref())
+            .is_some_and(|d| bare(d) == bare(hop)),
+        name => o
+            .helm_release_of(name)
+            .and_then(|h| h.desired.as_deref())
+            .is_some_and(|d| bare(d) == bare(hop)),
+    }
+}
 
 fn backup_applies(c: &Component, o: &Observed) -> bool {
     match c.name.as_str() {
@@ -1037,6 +1116,7 @@ pub(crate) mod tests {
         let c = k3s();
         let ctx = Ctx {
             now: Utc::now(),
+            created: "2026-11-21T21:30:00Z".parse().unwrap_or_default(),
             component: &c,
             observed: o,
             may_start,
@@ -1109,7 +1189,11 @@ pub(crate) mod tests {
         let fx;
         (s, fx) = step(&s, &bad, true, None);
         assert_eq!(s.phase, Phase::Failed, "{s:?}");
-        assert!(fx.is_empty());
+        assert_eq!(
+            fx,
+            vec![Effect::Halt],
+            "SUC starts no further node from now on"
+        );
         let (s, fx) = step(&s, &bad, true, None);
         assert_eq!(
             (s.phase, fx),
@@ -1151,6 +1235,7 @@ pub(crate) mod tests {
         fn ctx<'a>(c: &'a Component, o: &'a Observed) -> Ctx<'a> {
             Ctx {
                 now: Utc::now(),
+                created: Utc::now(),
                 component: c,
                 observed: o,
                 may_start: true,
@@ -1225,6 +1310,7 @@ pub(crate) mod tests {
         let c = k3s();
         let ctx = Ctx {
             now: Utc::now(),
+            created: "2026-11-21T21:30:00Z".parse().unwrap_or_default(),
             component: &c,
             observed: &before,
             may_start: true,
@@ -1242,7 +1328,7 @@ pub(crate) mod tests {
             "{}",
             s.message
         );
-        assert!(fx.is_empty());
+        assert_eq!(fx, vec![Effect::Halt]);
     }
 
     #[test]
@@ -1270,6 +1356,75 @@ pub(crate) mod tests {
             (s.phase, fx),
             (Phase::Reverting, vec![Effect::Halt, Effect::Release])
         );
+    }
+
+    #[test]
+    fn nothing_starts_outside_a_window_after_a_backup_or_between_hops() {
+        let before = cluster(&["v1.33.4+k3s1", "v1.33.4+k3s1"]);
+        // The backup became ready after the window closed: kept, applied in the next window.
+        let s = RolloutStatus {
+            phase: Phase::Backup,
+            phase_since: Some(Utc::now()),
+            backup_attempt: Some("upkeep-x".into()),
+            ..Default::default()
+        };
+        let (s, fx) = step(&s, &before, false, Some("upkeep-x-n0-1"));
+        assert_eq!((s.phase, fx.len()), (Phase::WaitingForWindow, 0));
+        assert_eq!(s.backup.as_deref(), Some("upkeep-x-n0-1"));
+        let (s, _) = step(&s, &before, true, None);
+        let (s, fx) = step(&s, &before, true, None);
+        assert_eq!(s.phase, Phase::Applying, "no second backup: {s:?}");
+        assert!(matches!(&fx[..], [Effect::Apply { .. }]));
+        // A validated hop with another to go, the window closed: the next hop waits.
+        let c = k3s();
+        let two = RolloutSpec {
+            hops: vec!["v1.33.5+k3s1".into(), "v1.34.1+k3s1".into()],
+            to: "v1.34.1+k3s1".into(),
+            ..spec()
+        };
+        let after = cluster(&["v1.33.5+k3s1", "v1.33.5+k3s1"]);
+        let validating = RolloutStatus {
+            phase: Phase::Validating,
+            baseline: Some(baseline(&after)),
+            ..Default::default()
+        };
+        let ctx = Ctx {
+            now: Utc::now(),
+            created: Utc::now(),
+            component: &c,
+            observed: &after,
+            may_start: false,
+            waiting: "next window Sat 22:00".into(),
+            backup: true,
+            backup_state: BackupState::Pending,
+            timeout: chrono::Duration::minutes(60),
+            preflight: PreflightPolicy::default(),
+            extra_checks: Vec::new(),
+        };
+        let (s, fx) = decide("k3s-v1.34.1-k3s1", &two, &validating, &ctx);
+        assert_eq!((s.phase, s.hop, fx.len()), (Phase::WaitingForWindow, 1, 0));
+    }
+
+    #[test]
+    fn a_hop_applied_before_a_restart_is_resumed_not_preflighted() {
+        let mut mid = cluster(&["v1.33.5+k3s1", "v1.33.4+k3s1"]);
+        mid.nodes[1].unschedulable = true;
+        mid.plans.push(crate::cluster::PlanState {
+            namespace: "system-upgrade".into(),
+            name: "upkeep-agent".into(),
+            version: "v1.33.5+k3s1".into(),
+            image: "rancher/k3s-upgrade".into(),
+            complete: false,
+            failed: None,
+            applying: vec!["n1".into()],
+        });
+        let s = RolloutStatus {
+            phase: Phase::Preflight,
+            ..Default::default()
+        };
+        let (s, fx) = step(&s, &mid, true, None);
+        assert_eq!(s.phase, Phase::Applying, "{s:?}");
+        assert!(matches!(&fx[..], [Effect::Apply { .. }]));
     }
 
     #[test]

@@ -509,6 +509,7 @@ mod tests {
             chart: Some("longhorn".into()),
             flux: None,
             chart_ref: None,
+            path: None,
         });
         o.volumes.push(VolumeState {
             name: "pvc-1".into(),

@@ -727,9 +727,12 @@ impl World<'_> {
     /// deletes the Job as out of turn (`handle_upgrade.go`, `handle_batch.go`). Nothing
     /// uncordons the node: that happens only when a Job completes.
     fn out_of_turn(&mut self, plan: &str, ns: &str, node: &str, p: &Progress) -> bool {
-        let _ = self
-            .store
-            .delete(&gr("batch", "jobs"), ns, &job_name(plan, node, &p.hash));
+        // Only a running Job is out of turn; a failed one stays until its TTL.
+        if p.phase != "failed" {
+            let _ = self
+                .store
+                .delete(&gr("batch", "jobs"), ns, &job_name(plan, node, &p.hash));
+        }
         let key = progress_key(plan);
         let ctx = self.ctx("system-upgrade-controller");
         let _ = self.store.modify(&gr("", "nodes"), "", node, &ctx, |n| {
@@ -883,6 +886,17 @@ impl World<'_> {
             self.used.push(f);
         }
         if ok {
+            // The first pod dies as k3s restarts under it; the Job's retry finds the new binary
+            // in place and succeeds (`backoffLimit: 2`): `status.failed` counts that pod.
+            let _ = self.store.modify(
+                &gr("batch", "jobs"),
+                ns,
+                &job,
+                &self.ctx("job-controller"),
+                |j| {
+                    j["status"]["failed"] = json!(1);
+                },
+            );
             self.finish_job_at(ns, &job, true, "", "", done_at);
             Some((Ok(()), done_at))
         } else {
@@ -1868,9 +1882,10 @@ fn plan_hash(plan: &Value) -> String {
 }
 
 /// Whether a Plan's `spec.window` (`days`, `startTime`, `endTime`, `timeZone`, as SUC reads
-/// it with kured's `timewindow`) is open at `now`. No window: always. A start after the end
-/// wraps midnight; days are full or three-letter English names. A window that does not parse
-/// never opens (SUC logs an error and creates no Job).
+/// it with kured's `timewindow`) is open at `now`. No window: always. The day is today's (in the
+/// window's zone), also after midnight in a window that wraps; no days, or a window that does not
+/// parse, never opens (SUC logs an error and creates no Job). Days are English names or their
+/// first two or three letters.
 pub fn window_open(window: Option<&Value>, now: DateTime<Utc>) -> bool {
     use chrono::{Datelike, NaiveTime, Timelike};
     let Some(w) = window.filter(|w| w.is_object()) else {
@@ -1885,9 +1900,6 @@ pub fn window_open(window: Option<&Value>, now: DateTime<Utc>) -> bool {
     };
     let time = |k: &str| {
         let v = s(w, k);
-        if v.is_empty() {
-            return Some(NaiveTime::MIN);
-        }
         NaiveTime::parse_from_str(v, "%H:%M")
             .or_else(|_| NaiveTime::parse_from_str(v, "%H:%M:%S"))
             .ok()
@@ -1905,32 +1917,30 @@ pub fn window_open(window: Option<&Value>, now: DateTime<Utc>) -> bool {
             .filter_map(Value::as_str)
             .map(|d| d.to_ascii_lowercase())
             .collect();
-        days.is_empty()
-            || days.iter().any(|x| {
-                let full = [
-                    "monday",
-                    "tuesday",
-                    "wednesday",
-                    "thursday",
-                    "friday",
-                    "saturday",
-                    "sunday",
-                ][d.num_days_from_monday() as usize];
-                x.len() >= 2 && full.starts_with(x.as_str())
-            })
+        days.iter().any(|x| {
+            let full = [
+                "monday",
+                "tuesday",
+                "wednesday",
+                "thursday",
+                "friday",
+                "saturday",
+                "sunday",
+            ][d.num_days_from_monday() as usize];
+            (x.len() == 2 || x.len() == 3 || x.len() == full.len()) && full.starts_with(x.as_str())
+        })
     };
     let t = NaiveTime::from_hms_opt(local.hour(), local.minute(), local.second())
         .unwrap_or(NaiveTime::MIN);
-    if start == end {
-        return day_ok(local.weekday());
+    if !day_ok(local.weekday()) {
+        return false;
     }
-    if start < end {
-        day_ok(local.weekday()) && t >= start && t < end
-    } else if t >= start {
-        day_ok(local.weekday())
+    if start == end {
+        t == start
+    } else if start < end {
+        t >= start && t < end
     } else {
-        // After midnight: the window opened the day before.
-        t < end && day_ok(local.weekday().pred())
+        t >= start || t < end
     }
 }
 
@@ -2426,12 +2436,13 @@ mod tests {
         assert!(window_open(Some(&w), at("2026-11-21T21:30:00Z")));
         assert!(window_open(Some(&w), at("2026-11-22T00:30:00Z")));
         assert!(!window_open(Some(&w), at("2026-11-21T20:30:00Z")));
-        // Monday 01:00 belongs to Sunday night's window.
-        assert!(window_open(Some(&w), at("2026-11-23T00:00:00Z")));
-        assert!(!window_open(Some(&w), at("2026-11-24T00:00:00Z")));
+        // As kured reads it, the day is today's: Monday 01:00 is not in a Saturday/Sunday window.
+        assert!(!window_open(Some(&w), at("2026-11-23T00:00:00Z")));
         assert!(window_open(None, at("2026-11-24T00:00:00Z")));
-        let bad = json!({"startTime": "25:99", "endTime": "02:00"});
+        let bad = json!({"days": ["monday"], "startTime": "25:99", "endTime": "02:00"});
         assert!(!window_open(Some(&bad), at("2026-11-24T00:00:00Z")));
+        let no_days = json!({"startTime": "00:00", "endTime": "23:59"});
+        assert!(!window_open(Some(&no_days), at("2026-11-24T12:00:00Z")));
     }
 
     /// A Job as upkeep built it before it was checked against k3s: `k3s` off PATH in the
