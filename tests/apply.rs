@@ -1208,25 +1208,30 @@ impl World {
 }
 
 /// The Longhorn HelmRelease as a Flux repository keeps it (the emulator's seeded one).
-fn longhorn_manifest(annotations: &str) -> String {
+fn longhorn_manifest(annotations: &str, version: &str) -> String {
     format!(
-        "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: longhorn\n  namespace: longhorn-system\n{annotations}spec:\n  interval: 30m\n  chart:\n    spec:\n      chart: longhorn\n      version: 1.9.1\n      sourceRef:\n        kind: HelmRepository\n        name: longhorn\n        namespace: flux-system\n  values:\n    defaultSettings:\n      nodeDrainPolicy: block-if-contains-last-replica\n"
+        "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: longhorn\n  namespace: longhorn-system\n{annotations}spec:\n  interval: 30m\n  chart:\n    spec:\n      chart: longhorn\n      version: {version}\n      sourceRef:\n        kind: HelmRepository\n        name: longhorn\n        namespace: flux-system\n  values:\n    defaultSettings:\n      nodeDrainPolicy: block-if-contains-last-replica\n"
     )
 }
 
 /// Flux applies the Longhorn HelmRelease from git with forced ownership on every reconcile (the
-/// emulated kustomize-controller). Setting its version beside Flux would be taken back (and the
-/// "downgrade" refused by Longhorn), so the preflight refuses, naming the Kustomization, the
-/// file and the change; with `ssa: IfNotPresent` in git, Flux leaves the version to upkeep and
-/// the rollout succeeds without a flap.
+/// emulated kustomize-controller), so setting its version in the cluster would be taken back
+/// (and the "downgrade" refused by Longhorn). upkeep applies it through Flux instead: in the
+/// window, after preflight and backup, it commits the version to the manifest in git and asks
+/// Flux to reconcile. Before the window nothing moves, in git or in the cluster; afterwards git
+/// says what runs. A version git does not hold as a plain value is refused, naming the file.
 #[test]
-fn a_release_flux_applies_from_git_is_not_fought_over() {
-    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+fn a_release_flux_applies_from_git_is_upgraded_through_git_in_the_window() {
+    let saturday_noon: DateTime<Utc> = "2026-11-21T11:00:00Z".parse().unwrap_or_default();
+    let w = World::with_update(saturday_noon, "longhorn", "v1.9.1", "v1.10.2");
     w.push_files(
         &[
             ("clusters/homelab/kustomization.yaml", "resources: []\n"),
             ("apps/kustomization.yaml", "resources: []\n"),
-            ("infrastructure/longhorn.yaml", &longhorn_manifest("")),
+            (
+                "infrastructure/longhorn.yaml",
+                &longhorn_manifest("", "1.9.1"),
+            ),
         ],
         "add the cluster's manifests",
     );
@@ -1235,41 +1240,51 @@ fn a_release_flux_applies_from_git_is_not_fought_over() {
         w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
             == "infrastructure"
     });
-    let s = w.apply(Duration::from_secs(5));
     let lh = "longhorn-v1.10.2";
-    assert_eq!(phase_of(&s, lh), Some(Phase::Preflight), "{s:?}");
-    let msg = &s[0].2;
+    let s = w.apply(Duration::from_secs(5));
+    assert_eq!(phase_of(&s, lh), Some(Phase::WaitingForWindow), "{s:?}");
+    let git_version = |w: &World| {
+        let git = w.git();
+        git.fetch().expect("fetch");
+        let tip = git.tip("main").expect("tip");
+        String::from_utf8(
+            git.read_file(tip, "infrastructure/longhorn.yaml")
+                .expect("read")
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default()
+    };
     assert!(
-        msg.contains("Flux applies its spec.chart.spec.version from git (Kustomization flux-system/infrastructure, defined in infrastructure/longhorn.yaml)"),
-        "{msg}"
-    );
-    assert!(
-        msg.contains("kustomize.toolkit.fluxcd.io/ssa: IfNotPresent"),
-        "{msg}"
+        git_version(&w).contains("version: 1.9.1"),
+        "nothing committed before the window"
     );
     assert_eq!(
         w.longhorn_release()["spec"]["chart"]["spec"]["version"],
         "1.9.1",
-        "nothing was changed"
+        "nothing applied before the window"
     );
-    assert!(w.comments().iter().any(|c| c.contains("Preflight failed")));
 
-    // The human makes the change the preflight named.
-    w.push_files(
-        &[(
-            "infrastructure/longhorn.yaml",
-            &longhorn_manifest(
-                "  annotations:\n    kustomize.toolkit.fluxcd.io/ssa: IfNotPresent\n",
-            ),
-        )],
-        "longhorn: leave the chart version to upkeep",
-    );
+    w.kube.clock().advance_to(in_window());
     let s = w.apply(Duration::from_secs(60));
     assert_eq!(phase_of(&s, lh), Some(Phase::Succeeded), "{s:?}");
-    // Flux reconciled meanwhile (every 10 simulated minutes) and took nothing back.
+    assert!(
+        git_version(&w).contains("version: 1.10.2"),
+        "git says what runs"
+    );
+    assert!(
+        w.main_log()
+            .contains("chore(longhorn): apply v1.10.2 through Flux"),
+        "{}",
+        w.main_log()
+    );
     let hr = w.longhorn_release();
     assert_eq!(hr["spec"]["chart"]["spec"]["version"], "1.10.2");
     assert_eq!(hr["status"]["history"][0]["chartVersion"], "1.10.2");
+    let managers = hr["metadata"]["managedFields"].to_string();
+    assert!(
+        !managers.contains("\"manager\":\"upkeep\""),
+        "upkeep never wrote the release: {managers}"
+    );
     let ks = w
         .kube
         .get(
@@ -1280,11 +1295,60 @@ fn a_release_flux_applies_from_git_is_not_fought_over() {
         )
         .expect("ks");
     assert_eq!(ks["status"]["conditions"][0]["status"], "True", "{ks}");
+    let tip = {
+        let git = w.git();
+        git.tip("main").expect("tip").to_string()
+    };
+    assert_eq!(
+        ks["status"]["lastAppliedRevision"],
+        format!("main@sha1:{tip}")
+    );
+
+    // A version Flux substitutes (`${longhorn_version}`) is no plain value upkeep could change.
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    w.push_files(
+        &[
+            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+            ("apps/kustomization.yaml", "resources: []\n"),
+            (
+                "infrastructure/longhorn.yaml",
+                &longhorn_manifest("", "${longhorn_version}"),
+            ),
+        ],
+        "longhorn's version from a variable",
+    );
+    {
+        let mut st = w.kube.store();
+        let ctx = upkeep_sim::kube::store::Ctx::new(Utc::now(), "kubectl");
+        st.modify(
+            &(
+                "kustomize.toolkit.fluxcd.io".into(),
+                "kustomizations".into(),
+            ),
+            "flux-system",
+            "infrastructure",
+            &ctx,
+            |k| k["spec"]["postBuild"] = json!({"substitute": {"longhorn_version": "1.9.1"}}),
+        )
+        .expect("postBuild");
+    }
+    w.flux_from_repo();
+    w.wait("Flux applied the HelmRelease", |w| {
+        w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
+            == "infrastructure"
+    });
+    let s = w.apply(Duration::from_secs(5));
+    assert_eq!(phase_of(&s, lh), Some(Phase::Preflight), "{s:?}");
+    let msg = &s[0].2;
     assert!(
-        ks["status"]["lastAppliedRevision"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("main@sha1:")),
-        "{ks}"
+        msg.contains(
+            "(Kustomization flux-system/infrastructure, defined in infrastructure/longhorn.yaml"
+        ) && msg.contains("not a plain version"),
+        "{msg}"
+    );
+    assert_eq!(
+        w.longhorn_release()["spec"]["chart"]["spec"]["version"],
+        "1.9.1"
     );
 }
 

@@ -426,20 +426,27 @@ impl<F: Forge> Driver<'_, '_, F> {
         let located;
         // Flux decides by the manifest in git (`ssa: IfNotPresent` there is what it honours,
         // even where the live object lacks it), so that is read too.
-        let observed = match (status.phase, fought_by_flux(c, observed)) {
-            (Phase::Preflight | Phase::WaitingForWindow, Some(key)) => {
+        // When upkeep can change the version in that file, it applies through Flux.
+        let observed = match fought_by_flux(c, observed) {
+            Some(key) => {
                 let mut o = observed.clone();
                 match self.find_manifest(&key, kustomization_path(observed, &key)) {
                     Some((_, true)) => mark_if_not_present(&mut o, &key),
                     Some((file, false)) => {
-                        o.manifests.insert(key, file);
+                        let hop = current_hop(&spec, &status);
+                        match self.edit_manifest(&key, &file, &hop) {
+                            Ok(_) => mark_through_git(&mut o, &key, &file),
+                            Err(e) => {
+                                o.manifests.insert(key, format!("{file} ({e})"));
+                            }
+                        }
                     }
                     None => {}
                 }
                 located = o;
                 &located
             }
-            _ => observed,
+            None => observed,
         };
         let target = Target {
             name: &name,
@@ -566,6 +573,121 @@ impl<F: Forge> Driver<'_, '_, F> {
         None
     }
 
+    /// The manifest `file` at the base branch's tip with the version of `key`
+    /// (`Kind/namespace/name`) set to `version` (`None`: it is that already).
+    fn edit_manifest(
+        &self,
+        key: &str,
+        file: &str,
+        version: &str,
+    ) -> Result<Option<String>, String> {
+        let mut parts = key.splitn(3, '/');
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(format!("{key} is not Kind/namespace/name"));
+        };
+        let field = if kind == "FluxInstance" {
+            crate::gitrepo::VersionField::FluxDistribution
+        } else {
+            crate::gitrepo::VersionField::HelmChart
+        };
+        let git = self.repo.git;
+        let tip = git.tip(&self.repo.base).map_err(|e| e.to_string())?;
+        let text = git
+            .read_file(tip, file)
+            .map_err(|e| e.to_string())?
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .ok_or_else(|| format!("{file} is not on {}", self.repo.base))?;
+        crate::gitrepo::set_manifest_version(file, &text, (kind, ns, name), field, version)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Apply `version` through Flux: change it in the manifest `file` on the base branch (a
+    /// commit of upkeep's, never forced; nothing when git says it already), then ask Flux to
+    /// reconcile the source and the Kustomization now (`reconcile.fluxcd.io/requestedAt`,
+    /// as `flux reconcile` does), instead of at their next interval.
+    async fn apply_through_flux(
+        &self,
+        t: &Target<'_>,
+        h: &cluster::Health,
+        file: &str,
+        version: &str,
+    ) -> Result<(), String> {
+        let key = format!("{}/{}/{}", h.kind, h.namespace, h.name);
+        let git = self.repo.git;
+        git.fetch().map_err(|e| e.to_string())?;
+        let mut tip = git.tip(&self.repo.base).map_err(|e| e.to_string())?;
+        if let Some(edited) = self.edit_manifest(&key, file, version)? {
+            let message = format!(
+                "chore({}): apply {version} through Flux\n\nupkeep's rollout {} changes {} {}/{} in the maintenance window.",
+                t.component.name, t.name, h.kind, h.namespace, h.name
+            );
+            let commit = git
+                .commit_file(tip, file, edited.as_bytes(), &message, &self.repo.author)
+                .map_err(|e| e.to_string())?;
+            git.push(commit, &self.repo.base, false).map_err(|e| {
+                format!(
+                    "cannot push {version} of {key} to {}: {e} (upkeep applies versions Flux takes from git by committing them; allow it to push, or see docs/relations.md)",
+                    self.repo.base
+                )
+            })?;
+            tip = commit;
+        }
+        let Some(ks) = h.flux.as_ref().map(|f| f.kustomization.clone()) else {
+            return Ok(());
+        };
+        let token = tip.to_string();
+        let mut requests: Vec<(String, String)> =
+            vec![(format!("Kustomization/{ks}"), token.clone())];
+        if let Some(src) = t
+            .observed
+            .kustomizations
+            .iter()
+            .find(|k| format!("{}/{}", k.namespace, k.name) == ks)
+            .and_then(|k| k.source.clone())
+        {
+            requests.insert(0, (src, token));
+        }
+        for (object, token) in requests {
+            self.request_reconcile(&object, &token).await?;
+        }
+        Ok(())
+    }
+
+    /// `reconcile.fluxcd.io/requestedAt: <token>` on a Flux object (`Kind/namespace/name`);
+    /// the same token asks nothing new.
+    async fn request_reconcile(&self, object: &str, token: &str) -> Result<(), String> {
+        let mut parts = object.splitn(3, '/');
+        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Ok(());
+        };
+        let r = match kind {
+            "Kustomization" => ar(
+                "kustomize.toolkit.fluxcd.io",
+                "v1",
+                "Kustomization",
+                "kustomizations",
+            ),
+            "GitRepository" => ar(
+                "source.toolkit.fluxcd.io",
+                "v1",
+                "GitRepository",
+                "gitrepositories",
+            ),
+            _ => return Ok(()),
+        };
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &r);
+        let patch =
+            json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}});
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        api.patch(name, &pp, &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("asking Flux to reconcile {object}: {e}"))
+    }
+
     /// Carry out one effect. Each is idempotent: a restart repeats it harmlessly.
     async fn effect(
         &self,
@@ -580,10 +702,11 @@ impl<F: Forge> Driver<'_, '_, F> {
                 self.longhorn_backup(t, name).await
             }
             Effect::Backup { name } => self.etcd_snapshot(t, name).await,
-            Effect::Apply { version } => match t.component.name.as_str() {
-                "k3s" => self.apply_plans(t, version, PlanMode::Run).await,
-                "flux" => self.set_flux_version(t, version).await,
-                _ => self.set_chart_version(t, version).await,
+            Effect::Apply { version } => match (t.component.name.as_str(), through_git(t)) {
+                ("k3s", _) => self.apply_plans(t, version, PlanMode::Run).await,
+                (_, Some((h, file))) => self.apply_through_flux(t, h, &file, version).await,
+                ("flux", None) => self.set_flux_version(t, version).await,
+                (_, None) => self.set_chart_version(t, version).await,
             },
             Effect::Pause | Effect::Halt if k3s => {
                 let hop = current_hop(t.spec, next);
@@ -979,6 +1102,33 @@ fn kustomization_path(o: &Observed, key: &str) -> Option<String> {
         .find(|x| format!("{}/{}", x.namespace, x.name) == k)?
         .path
         .clone()
+}
+
+/// The release object of the rollout's component and the manifest upkeep changes its version
+/// in, when the version goes through Flux.
+fn through_git<'a>(t: &'a Target<'_>) -> Option<(&'a cluster::Health, String)> {
+    let h = if t.component.name == "flux" {
+        t.observed.flux_instances.first()
+    } else {
+        t.observed.helm_release_of(&t.component.name)
+    }?;
+    let file = h.flux.as_ref()?.through_git.clone()?;
+    Some((h, file))
+}
+
+/// Record that upkeep applies `key`'s version through `file` in git.
+fn mark_through_git(o: &mut Observed, key: &str, file: &str) {
+    for h in o
+        .helm_releases
+        .iter_mut()
+        .chain(o.flux_instances.iter_mut())
+    {
+        if format!("{}/{}/{}", h.kind, h.namespace, h.name) == key
+            && let Some(f) = h.flux.as_mut()
+        {
+            f.through_git = Some(file.to_string());
+        }
+    }
 }
 
 /// Record that git marks `key` (`Kind/namespace/name`) `ssa: IfNotPresent`.

@@ -149,6 +149,9 @@ pub struct Health {
     /// A Kustomization's `spec.path` in its source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// A Kustomization's `spec.sourceRef`, `Kind/namespace/name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// An object Flux's kustomize-controller applies from git.
@@ -162,6 +165,10 @@ pub struct FluxManaged {
     pub owns_version: bool,
     /// `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent`: Flux creates it and never updates it.
     pub if_not_present: bool,
+    /// The file in the config repository whose version upkeep can change (in place) so that
+    /// Flux applies it: set by the caller once it looked there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub through_git: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -350,6 +357,7 @@ fn health(kind: &str, v: &Value) -> Health {
         flux: None,
         chart_ref: None,
         path: None,
+        source: None,
     }
 }
 
@@ -387,6 +395,7 @@ fn flux_managed(v: &Value, version_path: &[&str]) -> Option<FluxManaged> {
             .pointer("/metadata/annotations/kustomize.toolkit.fluxcd.io~1ssa")
             .and_then(Value::as_str)
             .is_some_and(|x| x.eq_ignore_ascii_case("IfNotPresent")),
+        through_git: None,
     })
 }
 
@@ -739,6 +748,15 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
         .iter()
         .map(|k| Health {
             path: Some(s(k, "/spec/path")).filter(|p| !p.is_empty()),
+            source: Some(format!(
+                "{}/{}/{}",
+                s(k, "/spec/sourceRef/kind"),
+                match s(k, "/spec/sourceRef/namespace") {
+                    n if n.is_empty() => s(k, "/metadata/namespace"),
+                    n => n,
+                },
+                s(k, "/spec/sourceRef/name")
+            )),
             ..health("Kustomization", k)
         })
         .collect();

@@ -557,28 +557,162 @@ pub fn set_version(
             entry.version.value
         )));
     }
-    // (line, column) are 1-based, the column in characters.
+    replace_scalar(text, pos, from, to).ok_or_else(|| {
+        fail(format!(
+            "the version of {component} at {}:{} is not written as plain text ({from}); edit it by hand",
+            pos.line, pos.column
+        ))
+    })
+}
+
+/// `text` with the scalar `from` that starts at `pos` (1-based line and column, in
+/// characters; a quote is stepped over) replaced by `to`; `None` when `from` is not written
+/// there as plain text.
+fn replace_scalar(text: &str, pos: crate::diag::Pos, from: &str, to: &str) -> Option<String> {
     let line_start: usize = text
         .split_inclusive('\n')
         .take(usize::try_from(pos.line.saturating_sub(1)).unwrap_or(usize::MAX))
         .map(str::len)
         .sum();
-    let line = &text[line_start..];
+    let line = text.get(line_start..)?;
     let col = line
         .char_indices()
         .nth(usize::try_from(pos.column.saturating_sub(1)).unwrap_or(usize::MAX))
         .map_or(line.len(), |(i, _)| i);
     let mut at = line_start + col;
-    if matches!(text[at..].chars().next(), Some('"' | '\'')) {
+    if matches!(text.get(at..)?.chars().next(), Some('"' | '\'')) {
         at += 1;
     }
-    if !text[at..].starts_with(from) {
-        return Err(fail(format!(
-            "the version of {component} at {}:{} is not written as plain text ({from}); edit it by hand",
-            pos.line, pos.column
-        )));
+    text.get(at..)?
+        .starts_with(from)
+        .then(|| format!("{}{to}{}", &text[..at], &text[at + from.len()..]))
+}
+
+/// Where a Flux object keeps the version upkeep sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionField {
+    /// A HelmRelease's `spec.chart.spec.version`.
+    HelmChart,
+    /// A FluxInstance's `spec.distribution.version`.
+    FluxDistribution,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ManifestDoc {
+    kind: String,
+    metadata: ManifestMeta,
+    spec: ManifestSpec,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ManifestMeta {
+    name: String,
+    namespace: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ManifestSpec {
+    chart: Option<ManifestChart>,
+    distribution: Option<ManifestVersion>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ManifestChart {
+    spec: Option<ManifestVersion>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct ManifestVersion {
+    version: Option<crate::model::files::Sp<String>>,
+}
+
+/// In a multi-document YAML manifest, set the version of the `kind` named `name` (in
+/// `namespace`, or with no namespace written) to `to`, in place: only the scalar's text
+/// changes. `Ok(None)`: it is `to` already. An error says why it cannot be done safely (the
+/// object is not in the file, the version is not a plain value such as a `${var}`).
+pub fn set_manifest_version(
+    file: &str,
+    text: &str,
+    (kind, namespace, name): (&str, &str, &str),
+    field: VersionField,
+    to: &str,
+) -> Result<Option<String>> {
+    let fail = |message: String| Error::Edit {
+        file: file.to_string(),
+        message,
+    };
+    let mut line_offset = 0u64;
+    for doc in text
+        .split_inclusive('\n')
+        .fold(vec![String::new()], |mut docs, l| {
+            if l.trim_end() == "---" {
+                docs.push(l.to_string());
+            } else if let Some(d) = docs.last_mut() {
+                d.push_str(l);
+            }
+            docs
+        })
+    {
+        let lines = doc.matches('\n').count() as u64;
+        let parsed: Option<ManifestDoc> =
+            serde_saphyr::from_str(doc.trim_start_matches("---")).ok();
+        let here = line_offset;
+        line_offset += lines;
+        let Some(d) = parsed else { continue };
+        if d.kind != kind
+            || d.metadata.name != name
+            || d.metadata
+                .namespace
+                .as_deref()
+                .is_some_and(|n| n != namespace)
+        {
+            continue;
+        }
+        let version = match field {
+            VersionField::HelmChart => d.spec.chart.and_then(|c| c.spec).and_then(|s| s.version),
+            VersionField::FluxDistribution => d.spec.distribution.and_then(|s| s.version),
+        }
+        .ok_or_else(|| {
+            fail(format!(
+                "{kind} {namespace}/{name} has no version to set here"
+            ))
+        })?;
+        let bare = to.trim_start_matches('v');
+        if version.value.trim_start_matches('v') == bare {
+            return Ok(None);
+        }
+        let plain = !version.value.is_empty()
+            && version
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+        if !plain {
+            return Err(fail(format!(
+                "the version of {kind} {namespace}/{name} is {:?}, not a plain version upkeep could change",
+                version.value
+            )));
+        }
+        // Keep the file's style: with or without the leading `v`.
+        let new = if version.value.starts_with('v') {
+            format!("v{bare}")
+        } else {
+            bare.to_string()
+        };
+        // Lines count from the document's first line (its `---` line, emptied, is line 1).
+        let pos = crate::diag::Pos {
+            line: version.pos.line + here,
+            column: version.pos.column,
+        };
+        return replace_scalar(text, pos, &version.value, &new)
+            .map(Some)
+            .ok_or_else(|| fail(format!("the version of {kind} {namespace}/{name} is not written as plain text; edit it by hand")));
     }
-    Ok(format!("{}{to}{}", &text[..at], &text[at + from.len()..]))
+    Err(fail(format!("no {kind} {namespace}/{name} in it")))
 }
 
 #[cfg(test)]
@@ -608,6 +742,35 @@ components:
         let out =
             set_version("versions.yaml", FILE, "longhorn", "v1.9.1", "v1.10.2").unwrap_or_default();
         assert_eq!(out, FILE.replace("v1.9.1", "v1.10.2"));
+    }
+
+    #[test]
+    fn a_manifest_version_changes_in_place() {
+        let text = "# infra\napiVersion: v1\nkind: Namespace\nmetadata: {name: longhorn-system}\n---\napiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata:\n  name: longhorn\n  namespace: longhorn-system\nspec:\n  chart:\n    spec:\n      chart: longhorn\n      version: \"1.9.1\"   # pinned by upkeep\n";
+        let id = ("HelmRelease", "longhorn-system", "longhorn");
+        let out = set_manifest_version("f.yaml", text, id, VersionField::HelmChart, "v1.10.2");
+        assert_eq!(
+            out.ok().flatten(),
+            Some(text.replace("\"1.9.1\"", "\"1.10.2\""))
+        );
+        assert!(matches!(
+            set_manifest_version("f.yaml", text, id, VersionField::HelmChart, "1.9.1"),
+            Ok(None)
+        ));
+        let var = text.replace("\"1.9.1\"", "${longhorn_version}");
+        let err = set_manifest_version("f.yaml", &var, id, VersionField::HelmChart, "1.10.2");
+        assert!(err.is_err_and(|e| e.to_string().contains("not a plain version")));
+        let other = ("HelmRelease", "longhorn-system", "nope");
+        assert!(set_manifest_version("f.yaml", text, other, VersionField::HelmChart, "1").is_err());
+        let fi = "apiVersion: fluxcd.controlplane.io/v1\nkind: FluxInstance\nmetadata:\n  name: flux\n  namespace: flux-system\nspec:\n  distribution:\n    version: 2.6.4\n    registry: ghcr.io/fluxcd\n";
+        let out = set_manifest_version(
+            "fi.yaml",
+            fi,
+            ("FluxInstance", "flux-system", "flux"),
+            VersionField::FluxDistribution,
+            "v2.7.0",
+        );
+        assert_eq!(out.ok().flatten(), Some(fi.replace("2.6.4", "2.7.0")));
     }
 
     #[test]

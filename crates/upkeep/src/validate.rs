@@ -281,6 +281,16 @@ fn ready_finding(check: &str, h: &crate::cluster::Health) -> Finding {
 /// version back (and, for Longhorn, the "downgrade" would be refused). Names the Kustomization,
 /// the file in the config repository when it was found, and the change to make.
 pub fn flux_fight(h: &crate::cluster::Health, field: &str, observed: &Observed) -> Finding {
+    if let Some(file) = h.flux.as_ref().and_then(|f| f.through_git.as_ref()) {
+        return finding(
+            "Flux ownership",
+            true,
+            format!(
+                "Flux applies the {field} of {} {}/{} from git: upkeep changes it in {file} in the window and asks Flux to reconcile",
+                h.kind, h.namespace, h.name
+            ),
+        );
+    }
     let Some(flux) = h
         .flux
         .as_ref()
@@ -310,7 +320,7 @@ pub fn flux_fight(h: &crate::cluster::Health, field: &str, observed: &Observed) 
         "Flux ownership",
         false,
         format!(
-            "{} {}/{}: Flux applies its {field} from git (Kustomization {}{file}) on every reconcile, so a version upkeep set would be taken back and the two would fight. Add the annotation `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` to it in git (Flux then creates it and leaves its version to upkeep), or keep this component's version in git only and remove it from versions.yaml (docs/relations.md)",
+            "{} {}/{}: Flux applies its {field} from git (Kustomization {}{file}) on every reconcile, and upkeep cannot change it there (the file is not in the config repository under the Kustomization's path, or the version in it is not a plain value), so a version upkeep set in the cluster would be taken back. Write the version as a plain value in that file in the config repository, or add the annotation `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` to the object in git (Flux then creates it and leaves its version to upkeep), or keep this component's version in git only and remove it from versions.yaml (docs/relations.md)",
             h.kind, h.namespace, h.name, flux.kustomization
         ),
     )
@@ -510,6 +520,7 @@ mod tests {
             flux: None,
             chart_ref: None,
             path: None,
+            source: None,
         });
         o.volumes.push(VolumeState {
             name: "pvc-1".into(),
@@ -538,6 +549,7 @@ mod tests {
             kustomization: "flux-system/infrastructure".into(),
             owns_version: true,
             if_not_present: false,
+            through_git: None,
         });
         o.manifests.insert(
             "HelmRelease/longhorn-system/longhorn".into(),
