@@ -1241,7 +1241,35 @@ fn a_release_flux_applies_from_git_is_upgraded_through_git_in_the_window() {
             == "infrastructure"
     });
     let lh = "longhorn-v1.10.2";
+    // Watched all along, not only afterwards: outside the window the release never asks for
+    // anything but 1.9.1 (Flux reconciles it every 10 simulated minutes meanwhile).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = {
+        let (kube, stop) = (w.kube.shared.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v = kube
+                    .store()
+                    .try_get(
+                        &("helm.toolkit.fluxcd.io".into(), "helmreleases".into()),
+                        "longhorn-system",
+                        "longhorn",
+                    )
+                    .map(|h| h["spec"]["chart"]["spec"]["version"].to_string());
+                seen.extend(v);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        })
+    };
     let s = w.apply(Duration::from_secs(5));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = seen.join().unwrap_or_default();
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        vec!["\"1.9.1\"".to_string()]
+    );
     assert_eq!(phase_of(&s, lh), Some(Phase::WaitingForWindow), "{s:?}");
     let git_version = |w: &World| {
         let git = w.git();
@@ -1397,4 +1425,122 @@ fn a_release_with_a_chart_ref_is_refused_clearly() {
             .contains("\"upkeep\""),
         "upkeep wrote nothing: {hr}"
     );
+}
+
+/// The FluxInstance as a Flux repository keeps it (the emulator's seeded one).
+fn flux_instance_manifest(version: &str) -> String {
+    format!(
+        "apiVersion: fluxcd.controlplane.io/v1\nkind: FluxInstance\nmetadata:\n  name: flux\n  namespace: flux-system\nspec:\n  distribution:\n    version: \"{version}\"\n    registry: ghcr.io/fluxcd\n    artifact: oci://ghcr.io/controlplaneio-fluxcd/flux-operator-manifests\n  components:\n    - source-controller\n    - kustomize-controller\n    - helm-controller\n    - notification-controller\n  cluster:\n    type: kubernetes\n    networkPolicy: true\n    domain: cluster.local\n  sync:\n    kind: GitRepository\n    url: https://github.com/example/homelab\n    ref: refs/heads/main\n    path: clusters/homelab\n"
+    )
+}
+
+/// Flux upgrades itself through git too, and a failed patch upgrade is rolled back the same
+/// way (another commit); a cluster rebuilt from the repository alone runs what git says.
+#[test]
+fn flux_is_upgraded_and_rolled_back_through_git_and_a_rebuild_runs_what_git_says() {
+    let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.6.5");
+    w.push_files(
+        &[
+            (
+                "clusters/homelab/kustomization.yaml",
+                "resources:\n  - flux-instance.yaml\n",
+            ),
+            (
+                "clusters/homelab/flux-instance.yaml",
+                &flux_instance_manifest("2.6.4"),
+            ),
+            ("apps/kustomization.yaml", "resources: []\n"),
+            (
+                "infrastructure/longhorn.yaml",
+                &longhorn_manifest("", "1.9.1"),
+            ),
+        ],
+        "add the cluster's manifests",
+    );
+    w.flux_from_repo();
+    let fi = |w: &World| {
+        w.kube
+            .get(
+                "fluxcd.controlplane.io",
+                "fluxinstances",
+                "flux-system",
+                "flux",
+            )
+            .expect("fi")
+    };
+    w.wait("Flux applied the FluxInstance", |w| {
+        fi(w)["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] == "flux-system"
+    });
+    w.kube.inject(ClusterFault::FluxUpgradeFails);
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Reverted), "{s:?}");
+    let log = w.main_log();
+    assert!(
+        log.contains("chore(flux): apply v2.6.5 through Flux"),
+        "{log}"
+    );
+    assert!(
+        log.contains("chore(flux): apply v2.6.4 through Flux"),
+        "rolled back through git: {log}"
+    );
+    assert!(
+        w.main_file().contains("version: v2.6.4"),
+        "versions.yaml reverted"
+    );
+    w.wait("flux-operator runs 2.6.4 again, Ready", |w| {
+        let f = fi(w);
+        f["spec"]["distribution"]["version"] == "2.6.4"
+            && f["status"]["conditions"]
+                .to_string()
+                .contains("ReconciliationSucceeded")
+    });
+
+    // Merged again (the fault is gone): it goes through.
+    w.merge_update("flux", "v2.6.4", "v2.6.5");
+    w.kube
+        .store()
+        .delete(
+            &("upkeep.dev".into(), "rollouts".into()),
+            "upkeep-system",
+            "flux-v2.6.5",
+        )
+        .expect("delete");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Succeeded), "{s:?}");
+    assert!(
+        fi(&w)["status"]["lastAppliedRevision"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("v2.6.5@"))
+    );
+
+    // A new cluster from the repository alone: Flux applies what git says.
+    let rebuilt = KubeSim::start_in_thread(KubeOptions {
+        clock: SimClock::new(in_window(), 600.0),
+        ..KubeOptions::default()
+    })
+    .expect("kube");
+    let path = w.clone_url.trim_start_matches("file://").to_string();
+    rebuilt.serve_git("flux-system", "flux-system", std::path::Path::new(&path));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let f = rebuilt
+            .get(
+                "fluxcd.controlplane.io",
+                "fluxinstances",
+                "flux-system",
+                "flux",
+            )
+            .unwrap_or_default();
+        if f["status"]["lastAppliedRevision"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("v2.6.5@"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuilt cluster never ran git's version: {f}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -338,6 +338,7 @@ fn reached(
                     "UpgradeFailed"
                         | "InstallFailed"
                         | "BuildFailed"
+                        | "ReconciliationFailed"
                         | "HealthCheckFailed"
                         | "RollbackSucceeded"
                 )

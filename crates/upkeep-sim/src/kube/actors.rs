@@ -1338,6 +1338,23 @@ impl World<'_> {
                 (_, Err(e)) => Some(format!("invalid distribution version: {e}")),
                 _ => None,
             };
+            let changes = desired != current;
+            let failure = if refusal.is_none() && changes {
+                self.fault(|f| matches!(f, ClusterFault::FluxUpgradeFails))
+            } else {
+                None
+            };
+            if let Some(f) = failure {
+                self.used.push(f);
+                let now = self.now;
+                let _ = self.store.modify(&fis, &ns, &name, &ctx, |f| {
+                    set_annotation(f, "sim.upkeep.dev/flux-operator-started", None);
+                    f["status"]["lastAttemptedRevision"] = json!(format!("{desired}@sha256:{}", digest(&desired)));
+                    set_condition(f, "Ready", "False", "ReconciliationFailed",
+                        "reconciliation failed: Deployment/flux-system/source-controller status: 'InProgress': timeout waiting for health check", now);
+                });
+                continue;
+            }
             let rev = format!("{desired}@sha256:{}", digest(&desired));
             let _ = self.store.modify(&fis, &ns, &name, &ctx, |f| {
                 set_annotation(f, "sim.upkeep.dev/flux-operator-started", None);

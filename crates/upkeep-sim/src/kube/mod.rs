@@ -54,6 +54,8 @@ pub enum ClusterFault {
     /// The next etcd snapshot fails on the server with this message (k3s records a failed
     /// `ETCDSnapshotFile`, the CLI exits non-zero).
     EtcdSnapshotFails { message: String },
+    /// flux-operator's next change of Flux's version fails (a controller never becomes healthy).
+    FluxUpgradeFails,
     /// The HelmRelease (`namespace/name` or `name`) fails its next upgrade.
     HelmUpgradeFails { release: String },
     /// This Longhorn volume turns degraded after the next Longhorn upgrade.
