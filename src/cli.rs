@@ -663,13 +663,18 @@ struct ValidateReport<'a> {
 }
 
 fn validate(repo: &Path, output: Output, now: DateTime<Utc>) -> i32 {
-    let loaded = match model::load_repo(repo, now) {
+    let mut loaded = match model::load_repo(repo, now) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("upkeep: {e}");
             return 2;
         }
     };
+    // How the components are wired to Flux, as far as the repository shows.
+    if let Some(r) = &loaded.repo {
+        let wiring = model::wiring::check(repo, r);
+        loaded.diagnostics.extend(wiring);
+    }
     let (errors, warnings) = (loaded.errors(), loaded.warnings());
     let mut out = std::io::stdout().lock();
     match output {
@@ -1849,6 +1854,11 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         };
         for f in faults {
             kube.inject(f);
+        }
+        // Flux's GitRepository `flux-system` is the config repository: what Flux applies
+        // comes from it, as in a real cluster.
+        if !clone.as_os_str().is_empty() {
+            kube.serve_git("flux-system", "flux-system", &clone);
         }
         if let Err(e) = kube.write_kubeconfig(&kubeconfig) {
             eprintln!("upkeep: cannot write {}: {e}", kubeconfig.display());

@@ -126,6 +126,8 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     })
     .await
     .map_err(|e| e.to_string())?;
+    // Flux reads the config repository (the emulated source- and kustomize-controller).
+    kube.serve_git("flux-system", "flux-system", &bare);
     let kubeconfig = dir.join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig)
         .map_err(|e| e.to_string())?;

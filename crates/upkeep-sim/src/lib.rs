@@ -27,6 +27,30 @@ pub const EXAMPLE_REPO: &[(&str, &str)] = &[
         "policies/windows.yaml",
         include_str!("../../../examples/cluster-repo/policies/windows.yaml"),
     ),
+    (
+        "clusters/homelab/kustomization.yaml",
+        include_str!("../../../examples/cluster-repo/clusters/homelab/kustomization.yaml"),
+    ),
+    (
+        "clusters/homelab/flux-instance.yaml",
+        include_str!("../../../examples/cluster-repo/clusters/homelab/flux-instance.yaml"),
+    ),
+    (
+        "clusters/homelab/infrastructure.yaml",
+        include_str!("../../../examples/cluster-repo/clusters/homelab/infrastructure.yaml"),
+    ),
+    (
+        "infrastructure/kustomization.yaml",
+        include_str!("../../../examples/cluster-repo/infrastructure/kustomization.yaml"),
+    ),
+    (
+        "infrastructure/longhorn.yaml",
+        include_str!("../../../examples/cluster-repo/infrastructure/longhorn.yaml"),
+    ),
+    (
+        "apps/kustomization.yaml",
+        include_str!("../../../examples/cluster-repo/apps/kustomization.yaml"),
+    ),
 ];
 
 /// Write the embedded example config repository into `dir`.

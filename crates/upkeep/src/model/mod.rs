@@ -9,6 +9,7 @@
 pub mod files;
 pub mod load;
 pub mod resolve;
+pub mod wiring;
 
 use std::collections::BTreeSet;
 
