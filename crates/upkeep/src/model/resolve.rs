@@ -730,6 +730,16 @@ fn sources(cx: &mut Ctx, file: &str, s: &Sp<SourceEntry>) -> Option<Sources> {
                 format!("`{}` is not a Helm repository URL", h.repository.value),
                 "like https://charts.longhorn.io",
             );
+        } else if h.repository.value.starts_with("oci://") {
+            cx.warn(
+                file,
+                h.repository.pos,
+                format!(
+                    "`{}` is an OCI registry, which upkeep does not read yet: `upkeep check` will say it cannot list the chart's versions",
+                    h.repository.value
+                ),
+                "give the chart's releases another way: `github: owner/repo`, or the chart's HTTP repository",
+            );
         }
         if !name_ok(&h.chart) {
             cx.error(

@@ -14,6 +14,10 @@ pub const MAX_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "Helm repository {url} is an OCI registry, which upkeep does not read yet (hint: give the chart's releases another way in versions.yaml: `github: owner/repo`, or the chart's HTTP repository)"
+    )]
+    Oci { url: String },
     #[error("Helm repository {url}: {source}")]
     Fetch {
         url: String,
@@ -102,6 +106,17 @@ pub struct Client {
     get: Getter,
 }
 
+/// Where a Helm repository's index is; an OCI registry has none (its tags would have to be
+/// listed through the registry API), which is said rather than fetched.
+fn index_url(repository: &str) -> Result<String> {
+    if repository.starts_with("oci://") {
+        return Err(Error::Oci {
+            url: repository.to_string(),
+        });
+    }
+    Ok(format!("{}/index.yaml", repository.trim_end_matches('/')))
+}
+
 impl Client {
     pub(crate) fn new(get: Getter) -> Client {
         Client { get }
@@ -112,7 +127,7 @@ impl Client {
         repository: &str,
         chart: &str,
     ) -> Result<Vec<UpstreamRelease>> {
-        let url = format!("{}/index.yaml", repository.trim_end_matches('/'));
+        let url = index_url(repository)?;
         let body = self
             .get
             .get(&url, MAX_BYTES)
@@ -131,6 +146,22 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_oci_registry_is_said_not_fetched() {
+        assert!(
+            index_url("https://charts.longhorn.io/")
+                .is_ok_and(|u| u == "https://charts.longhorn.io/index.yaml")
+        );
+        let e = index_url("oci://ghcr.io/stefanprodan/charts")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("is an OCI registry, which upkeep does not read yet"),
+            "{e}"
+        );
+    }
+
     use super::*;
 
     const INDEX: &str = r#"apiVersion: v1
