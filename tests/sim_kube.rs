@@ -1072,3 +1072,173 @@ fn the_shipped_rollout_crd_is_the_one_the_code_installs_and_kubectl_applies_it()
         "the printer columns show: {table}"
     );
 }
+
+/// A bare git repository holding the example Flux repository, committed with the git CLI; the
+/// working copy's path, to commit more.
+fn flux_repo(dir: &Path) -> (PathBuf, PathBuf) {
+    let work = dir.join("work");
+    upkeep_sim::write_example_repo(&work).expect("example");
+    let git = |args: &[&str], at: &Path| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(args)
+            .current_dir(at)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    git(&["init", "-q", "-b", "main"], &work);
+    git(&["add", "-A"], &work);
+    git(&["commit", "-q", "-m", "cluster"], &work);
+    let bare = dir.join("repo.git");
+    git(
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            &bare.to_string_lossy(),
+        ],
+        dir,
+    );
+    git(&["remote", "add", "origin", &bare.to_string_lossy()], &work);
+    (bare, work)
+}
+
+/// kustomize-controller, as Flux's: what git says is applied with forced ownership on every
+/// interval, so a version set beside it is taken back (why upkeep never does); a suspended
+/// Kustomization is left alone; `reconcile.fluxcd.io/requestedAt` applies a new commit now.
+#[test]
+fn flux_applies_git_and_takes_drift_back() {
+    let sim = cluster(600.0);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bare, work) = flux_repo(dir.path());
+    sim.serve_git("flux-system", "flux-system", &bare);
+    let version = |sim: &KubeSim| {
+        sim.get(
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "longhorn-system",
+            "longhorn",
+        )
+        .map(|h| h["spec"]["chart"]["spec"]["version"].clone())
+        .unwrap_or_default()
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait("Flux applies the HelmRelease", &|| {
+        sim.get(
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "longhorn-system",
+            "longhorn",
+        )
+        .is_some_and(|h| {
+            h["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] == "infrastructure"
+        })
+    });
+    let set = |sim: &KubeSim, v: &str| {
+        let mut st = sim.store();
+        let ctx = upkeep_sim::kube::store::Ctx::new(sim.clock().now(), "someone");
+        st.patch(
+            &("helm.toolkit.fluxcd.io".into(), "helmreleases".into()),
+            "longhorn-system",
+            "longhorn",
+            upkeep_sim::kube::store::PatchKind::Apply { force: true },
+            &json!({"apiVersion": "helm.toolkit.fluxcd.io/v2", "kind": "HelmRelease",
+                "metadata": {"name": "longhorn", "namespace": "longhorn-system"},
+                "spec": {"chart": {"spec": {"version": v}}}}),
+            None,
+            &ctx,
+        )
+        .expect("apply");
+    };
+    set(&sim, "1.10.2");
+    assert_eq!(version(&sim), "1.10.2");
+    wait("the drift is taken back at the next interval", &|| {
+        version(&sim) == "1.9.1"
+    });
+
+    // Suspended: Flux leaves the object alone.
+    let patch_ks = |sim: &KubeSim, p: Value| {
+        let mut st = sim.store();
+        let ctx = upkeep_sim::kube::store::Ctx::new(sim.clock().now(), "flux");
+        st.patch(
+            &(
+                "kustomize.toolkit.fluxcd.io".into(),
+                "kustomizations".into(),
+            ),
+            "flux-system",
+            "infrastructure",
+            upkeep_sim::kube::store::PatchKind::Merge,
+            &p,
+            None,
+            &ctx,
+        )
+        .expect("patch");
+    };
+    patch_ks(&sim, json!({"spec": {"suspend": true}}));
+    set(&sim, "1.10.2");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        version(&sim),
+        "1.10.2",
+        "a suspended Kustomization corrects nothing"
+    );
+
+    // A day-long interval: a new commit waits for it, unless a reconcile is requested.
+    patch_ks(&sim, json!({"spec": {"suspend": false, "interval": "24h"}}));
+    let file = work.join("infrastructure/longhorn.yaml");
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    std::fs::write(&file, text.replace("version: 1.9.1", "version: 1.10.2")).expect("write");
+    for args in [
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@example.com",
+            "commit",
+            "-q",
+            "-am",
+            "longhorn 1.10.2",
+        ],
+        vec!["push", "-q", "origin", "main"],
+    ] {
+        let out = Command::new("git")
+            .args(&args)
+            .current_dir(&work)
+            .output()
+            .expect("git");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    set(&sim, "1.9.1");
+    patch_ks(
+        &sim,
+        json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "now"}}}),
+    );
+    wait("the requested reconcile applies the new commit", &|| {
+        version(&sim) == "1.10.2"
+    });
+    let ks = sim
+        .get(
+            "kustomize.toolkit.fluxcd.io",
+            "kustomizations",
+            "flux-system",
+            "infrastructure",
+        )
+        .unwrap_or_default();
+    assert_eq!(ks["status"]["lastHandledReconcileAt"], "now");
+}
