@@ -431,11 +431,13 @@ impl<F: Forge> Driver<'_, '_, F> {
             Some(key) => {
                 let mut o = observed.clone();
                 match self.find_manifest(&key, kustomization_path(observed, &key)) {
-                    Some((_, true)) => mark_if_not_present(&mut o, &key),
+                    Some((_, true)) => mark_flux(&mut o, &key, |f| f.if_not_present = true),
                     Some((file, false)) => {
                         let hop = current_hop(&spec, &status);
                         match self.edit_manifest(&key, &file, &hop) {
-                            Ok(_) => mark_through_git(&mut o, &key, &file),
+                            Ok(_) => {
+                                mark_flux(&mut o, &key, |f| f.through_git = Some(file.clone()))
+                            }
                             Err(e) => {
                                 o.manifests.insert(key, format!("{file} ({e})"));
                             }
@@ -1116,32 +1118,17 @@ fn through_git<'a>(t: &'a Target<'_>) -> Option<(&'a cluster::Health, String)> {
     Some((h, file))
 }
 
-/// Record that upkeep applies `key`'s version through `file` in git.
-fn mark_through_git(o: &mut Observed, key: &str, file: &str) {
+/// Change how Flux manages `key` (`Kind/namespace/name`) in what was observed, as git says.
+fn mark_flux(o: &mut Observed, key: &str, f: impl Fn(&mut cluster::FluxManaged)) {
     for h in o
         .helm_releases
         .iter_mut()
         .chain(o.flux_instances.iter_mut())
     {
         if format!("{}/{}/{}", h.kind, h.namespace, h.name) == key
-            && let Some(f) = h.flux.as_mut()
+            && let Some(flux) = h.flux.as_mut()
         {
-            f.through_git = Some(file.to_string());
-        }
-    }
-}
-
-/// Record that git marks `key` (`Kind/namespace/name`) `ssa: IfNotPresent`.
-fn mark_if_not_present(o: &mut Observed, key: &str) {
-    for h in o
-        .helm_releases
-        .iter_mut()
-        .chain(o.flux_instances.iter_mut())
-    {
-        if format!("{}/{}/{}", h.kind, h.namespace, h.name) == key
-            && let Some(f) = h.flux.as_mut()
-        {
-            f.if_not_present = true;
+            f(flux);
         }
     }
 }
