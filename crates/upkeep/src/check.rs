@@ -50,7 +50,9 @@ pub fn assess(
         }
     };
     row.source = Some(f.source.clone());
-    let (releases, skipped) = f.releases_as(c.scheme);
+    let (mut releases, skipped) = f.releases_as(c.scheme);
+    // As of `now` (`--now`), a release published later does not exist yet.
+    releases.retain(|r| r.published_at.is_none_or(|t| t <= now));
     if skipped > 0 {
         tracing::debug!(
             component = c.name,
@@ -158,4 +160,39 @@ pub async fn run<U: Upstream + 'static>(
         })
         .collect();
     CheckReport::new(now, origin, repo.cluster.clone(), components)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::UpstreamRelease;
+
+    #[test]
+    fn releases_after_now_do_not_exist_yet() {
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap_or_default();
+        let release = |tag: &str, t: &str| UpstreamRelease {
+            tag: tag.into(),
+            published_at: Some(at(t)),
+            prerelease: false,
+            notes: None,
+            url: None,
+        };
+        let f = Fetched {
+            source: "test".into(),
+            releases: vec![
+                release("v1.33.5+k3s1", "2026-09-01T00:00:00Z"),
+                release("v1.33.6+k3s1", "2026-10-01T00:00:00Z"),
+            ],
+            channel_latest: None,
+        };
+        let c = crate::rollout::tests::k3s_at("v1.33.4+k3s1");
+        let row = assess(&c, &Policy::default(), Ok(&f), at("2026-09-15T00:00:00Z"));
+        assert_eq!(
+            row.next.as_ref().map(|n| n.version.as_str()),
+            Some("v1.33.5+k3s1")
+        );
+        assert_eq!(row.newest.as_deref(), Some("v1.33.5+k3s1"));
+        assert_eq!(row.releases_seen, 1);
+        assert!(row.next.is_some_and(|n| n.age_days.is_some_and(|d| d >= 0)));
+    }
 }

@@ -107,7 +107,11 @@ impl Cache {
 
 fn write_atomic(path: &Path, page: &Page) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(page).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // A name of this write's own: two writers of one URL (threads, or processes sharing the
+    // cache) never share a temporary file; the last rename wins, whole.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     // No fsync: after a crash a torn entry fails to parse and is discarded, which costs one
     // unconditional request; syncing every entry would cost more than that on every run.
     let mut f = fs::File::create(&tmp)?;
@@ -150,6 +154,26 @@ mod tests {
         fs::write(&file, b"{not json").unwrap();
         assert_eq!(c.get("http://x/1"), None);
         assert!(!file.exists(), "a corrupt entry is removed");
+    }
+
+    #[test]
+    fn two_writers_of_one_url_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = std::sync::Arc::new(Cache::open(Some(dir.path().join("c"))));
+        let path = c.path("http://x/same").unwrap();
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let p = Page::new("http://x/same", &format!("\"{i}\""), None, vec![]);
+                    (0..50).all(|_| write_atomic(&path, &p).is_ok())
+                })
+            })
+            .collect();
+        for w in writers {
+            assert!(w.join().unwrap(), "a write failed");
+        }
+        assert!(c.get("http://x/same").is_some(), "one whole entry is left");
     }
 
     #[test]
