@@ -124,12 +124,14 @@ pub fn select(
         return sel;
     }
     // Legal single hops up from current, highest first.
+    let known: Vec<&Version> = cands.iter().map(|r| &r.version).collect();
     let hops: Vec<&Release> = cands
         .iter()
         .rev()
         .filter(|r| {
             r.version > current
-                && versions::check_hop(&current, &r.version, &component.path_rule).is_ok()
+                && versions::check_hop_among(&current, &r.version, &component.path_rule, &known)
+                    .is_ok()
         })
         .collect();
     let mut first_refusal = None;
@@ -292,6 +294,74 @@ mod tests {
         .iter()
         .map(|(v, at)| rel(v, Scheme::K3s, Some(at)))
         .collect()
+    }
+
+    #[test]
+    fn a_component_without_rules_walks_one_minor_at_a_time_and_enters_a_major_from_its_last_minor()
+    {
+        let semver = |vs: &[&str]| -> Vec<Release> {
+            vs.iter()
+                .map(|v| rel(v, Scheme::Semver, Some("2026-01-01T00:00:00Z")))
+                .collect()
+        };
+        // cert-manager: v1.12.0 -> v1.13.x, not v1.21.1.
+        let c = comp(
+            "cert-manager",
+            "v1.12.0",
+            Scheme::Semver,
+            Track::Newest,
+            PathRule::DEFAULT,
+        );
+        let s = select(
+            &c,
+            &Policy::default(),
+            &semver(&["v1.12.0", "v1.13.0", "v1.13.6", "v1.14.5", "v1.21.1"]),
+            None,
+            t(NOW),
+        );
+        assert_eq!(
+            s.next.map(|r| r.version.to_string()),
+            Some("v1.13.6".into())
+        );
+        // traefik: v2.10.0 -> v2.11.x, then v3.0.x; never v2.10 -> v3.0.
+        let mut p = Policy::default();
+        p.propose.insert(versions::Level::Major);
+        let c = comp(
+            "traefik",
+            "v2.10.0",
+            Scheme::Semver,
+            Track::Newest,
+            PathRule::DEFAULT,
+        );
+        let s = select(
+            &c,
+            &p,
+            &semver(&["v2.10.0", "v2.11.3", "v3.0.4"]),
+            None,
+            t(NOW),
+        );
+        assert_eq!(
+            s.next.map(|r| r.version.to_string()),
+            Some("v2.11.3".into())
+        );
+        let path: Vec<String> = s.path.iter().map(ToString::to_string).collect();
+        assert_eq!(path, vec!["v2.11.3", "v3.0.4"]);
+        // From the last minor, the major is one step.
+        let c = comp(
+            "traefik",
+            "v2.11.3",
+            Scheme::Semver,
+            Track::Newest,
+            PathRule::DEFAULT,
+        );
+        let s = select(
+            &c,
+            &p,
+            &semver(&["v2.10.0", "v2.11.3", "v3.0.4"]),
+            None,
+            t(NOW),
+        );
+        assert_eq!(s.next.map(|r| r.version.to_string()), Some("v3.0.4".into()));
     }
 
     #[test]

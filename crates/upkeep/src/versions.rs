@@ -419,8 +419,14 @@ pub enum Downgrade {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PathRule {
-    /// The most minors one hop may advance (1: never skip a minor). Absent: no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The most minors one hop may advance: 1 (the default) never skips a minor; 0 means no
+    /// limit (for a project whose upgrades may skip minors).
+    #[serde(
+        default = "one_minor",
+        deserialize_with = "minor_step",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<u64>")]
     pub max_minor_step: Option<u64>,
     /// Which downgrades are possible.
     pub downgrade: Downgrade,
@@ -431,6 +437,24 @@ impl PathRule {
         max_minor_step: None,
         downgrade: Downgrade::Allowed,
     };
+    /// A component without rules of its own: never skip a minor (most projects' upgrade guides
+    /// say so; a rule opts out with `maxMinorStep: 0`), downgrades allowed.
+    pub const DEFAULT: PathRule = PathRule {
+        max_minor_step: Some(1),
+        downgrade: Downgrade::Allowed,
+    };
+}
+
+fn one_minor() -> Option<u64> {
+    Some(1)
+}
+
+/// `maxMinorStep: 0` is "no limit".
+fn minor_step<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<u64>, D::Error> {
+    let n = u64::deserialize(d)?;
+    Ok((n > 0).then_some(n))
 }
 
 /// Why a hop is not legal.
@@ -509,6 +533,37 @@ pub fn check_hop(
     })
 }
 
+/// [`check_hop`], knowing the releases that exist: with a minor-step limit, a major is entered
+/// only from the newest minor of the major before (`v2.10 -> v3.0` skips `v2.11` when it
+/// exists).
+pub fn check_hop_among(
+    from: &Version,
+    to: &Version,
+    rule: &PathRule,
+    available: &[&Version],
+) -> std::result::Result<(), PathError> {
+    check_hop(from, to, rule)?;
+    let Some(step) = rule.max_minor_step else {
+        return Ok(());
+    };
+    if to.major > from.major
+        && let Some(last) = available
+            .iter()
+            .filter(|v| v.major == from.major && !v.is_prerelease())
+            .map(|v| v.minor)
+            .max()
+        && last > from.minor
+    {
+        return Err(PathError::MissingLine {
+            from: from.to_string(),
+            to: to.to_string(),
+            major: from.major,
+            minor: from.minor.saturating_add(step.min(last - from.minor)),
+        });
+    }
+    Ok(())
+}
+
 /// The sequence of hops from `from` to `to` (excluding `from`, ending with `to`), using the
 /// newest release of each intermediate line found in `available`. Callers pass only versions
 /// that are candidates (no drafts, no dev builds, pre-releases only if allowed).
@@ -528,11 +583,12 @@ pub fn plan_path<'a>(
             *e = v;
         }
     }
+    let lines: Vec<&Version> = newest.values().copied().collect();
     let mut hops = Vec::new();
     let mut at = from.clone();
     // Each iteration advances at least one minor, so this terminates; the bound guards bad rules.
     for _ in 0..=1024 {
-        match check_hop(&at, to, rule) {
+        match check_hop_among(&at, to, rule, &lines) {
             Ok(()) => {
                 if at != *to {
                     hops.push(to.clone());

@@ -577,7 +577,7 @@ fn component(
             None
         }
     }?;
-    let path_rule = rule.path.unwrap_or(PathRule::ANY);
+    let path_rule = rule.path.unwrap_or(PathRule::DEFAULT);
     let track_text = e
         .track
         .as_ref()
