@@ -25,7 +25,8 @@ pub fn assess(
 ) -> ComponentReport {
     let mut row = ComponentReport {
         name: c.name.clone(),
-        current: c.version.to_string(),
+        current: c.version.raw().to_string(),
+        current_tag: None,
         track: track_label(&c.track),
         status: Status::Failed,
         next: None,
@@ -50,6 +51,10 @@ pub fn assess(
         }
     };
     row.source = Some(f.source.clone());
+    row.current_tag = f
+        .find(c.scheme, &c.version)
+        .map(|u| u.tag.clone())
+        .filter(|t| *t != row.current);
     let (mut releases, skipped) = f.releases_as(c.scheme);
     // As of `now` (`--now`), a release published later does not exist yet.
     releases.retain(|r| r.published_at.is_none_or(|t| t <= now));
@@ -82,7 +87,7 @@ pub fn assess(
     row.next = sel.next.as_ref().map(|r| {
         let up = f.find(c.scheme, &r.version);
         ReleaseReport {
-            version: r.version.to_string(),
+            version: r.version.raw().to_string(),
             level: sel.level.unwrap_or(versions::Level::Patch),
             published_at: r.published_at,
             age_days: r.published_at.map(|t| (now - t).num_days()),

@@ -56,9 +56,10 @@ pub struct Proposal {
     pub body: String,
 }
 
-/// The branch of an update: `upkeep/<component>-<version>` with `+` written `-`.
+/// The branch of an update: `upkeep/<component>-v<version>` with `+` written `-`, the same
+/// however the version is spelled (`1.10.2`, `v1.10.2`), so apply finds the PR of a merge.
 pub fn branch_name(component: &str, version: &str) -> String {
-    let v: String = version
+    let v: String = format!("v{}", version.trim_start_matches('v'))
         .chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
@@ -249,6 +250,16 @@ fn notes_block(notes: &str, url: Option<&str>) -> String {
     out
 }
 
+/// `version` with a leading `v` exactly when `style` has one (versions.yaml's way of writing).
+pub fn like(style: &str, version: &str) -> String {
+    let bare = version.trim_start_matches('v');
+    if style.starts_with('v') {
+        format!("v{bare}")
+    } else {
+        bare.to_string()
+    }
+}
+
 fn compare_url(source: Option<&str>, from: &str, to: &str) -> Option<String> {
     let repo = source?.strip_prefix("github:")?;
     let e = |v: &str| v.replace('+', "%2B");
@@ -314,7 +325,8 @@ pub fn pr_body(row: &ComponentReport, after: &AfterMerge) -> String {
             md_escape(&crate::report::reason_text(h))
         );
     }
-    if let Some(u) = compare_url(row.source.as_deref(), &row.current, &next.version) {
+    let from_tag = row.current_tag.as_deref().unwrap_or(&row.current);
+    if let Some(u) = compare_url(row.source.as_deref(), from_tag, &next.version) {
         let _ = writeln!(
             out,
             "[Compare {} ... {}]({u})\n",
@@ -387,17 +399,16 @@ pub fn proposals(
             let next = r.next.as_ref()?;
             let mut labels = style.labels.clone();
             labels.push(format!("upkeep/{}", next.level));
+            // Upstream's tag (build suffixes and all), in versions.yaml's style for the `v`.
+            let to = like(&r.current, &next.version);
             Some(Proposal {
                 component: r.name.clone(),
                 from: r.current.clone(),
-                to: next.version.clone(),
+                to: to.clone(),
                 level: next.level,
-                branch: branch_name(&r.name, &next.version),
-                title: format!("{}: {} -> {}", r.name, r.current, next.version),
-                commit_message: format!(
-                    "{}({}): update to {}",
-                    style.commit_prefix, r.name, next.version
-                ),
+                branch: branch_name(&r.name, &to),
+                title: format!("{}: {} -> {to}", r.name, r.current),
+                commit_message: format!("{}({}): update to {to}", style.commit_prefix, r.name),
                 labels,
                 body: pr_body(r, &after_merge(repo, &r.name, now)),
             })
@@ -985,6 +996,7 @@ mod tests {
         ComponentReport {
             name: name.into(),
             current: current.into(),
+            current_tag: None,
             track: "newest".into(),
             status: if next.is_some() {
                 Status::UpdateAvailable
@@ -1141,6 +1153,75 @@ mod tests {
         ];
         let a = plan(&props, &existing, &limits, now());
         assert!(a.iter().all(|x| matches!(x, Action::Wait { .. })), "{a:?}");
+    }
+
+    #[test]
+    fn versions_are_proposed_as_upstream_tags_them_in_versions_yamls_style() {
+        let repo = crate::model::load_repo(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-repo"),
+            now(),
+        )
+        .ok()
+        .and_then(|l| l.repo);
+        let Some(repo) = repo else {
+            panic!("the example repo loads")
+        };
+        let mut longhorn = row("longhorn", "1.9.1", Some("v1.10.2"));
+        longhorn.current_tag = Some("v1.9.1".into());
+        longhorn.source = Some("github:longhorn/longhorn".into());
+        let kured = row("kured", "1.23.0", Some("1.24.0"));
+        let from_k3s = row("kubernetes", "v1.36.0+k3s1", Some("v1.36.1+k3s1"));
+        let p = proposals(
+            &[longhorn.clone(), kured, from_k3s],
+            &repo,
+            &Style::default(),
+            now(),
+        );
+        let got: Vec<(&str, &str, &str, &str)> = p
+            .iter()
+            .map(|p| {
+                (
+                    p.from.as_str(),
+                    p.to.as_str(),
+                    p.title.as_str(),
+                    p.branch.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "1.9.1",
+                    "1.10.2",
+                    "longhorn: 1.9.1 -> 1.10.2",
+                    "upkeep/longhorn-v1.10.2"
+                ),
+                (
+                    "1.23.0",
+                    "1.24.0",
+                    "kured: 1.23.0 -> 1.24.0",
+                    "upkeep/kured-v1.24.0"
+                ),
+                (
+                    "v1.36.0+k3s1",
+                    "v1.36.1+k3s1",
+                    "kubernetes: v1.36.0+k3s1 -> v1.36.1+k3s1",
+                    "upkeep/kubernetes-v1.36.1-k3s1"
+                ),
+            ]
+        );
+        // The one-line edit keeps the file's style; the compare link uses upstream's tags.
+        let text = "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  longhorn:\n    version: 1.9.1\n";
+        let edited =
+            crate::gitrepo::set_version("versions.yaml", text, "longhorn", &p[0].from, &p[0].to);
+        assert_eq!(edited.ok(), Some(text.replace("1.9.1", "1.10.2")));
+        assert!(
+            p[0].body
+                .contains("https://github.com/longhorn/longhorn/compare/v1.9.1...v1.10.2"),
+            "{}",
+            p[0].body
+        );
     }
 
     #[test]

@@ -77,7 +77,11 @@ impl Status {
 #[serde(rename_all = "camelCase")]
 pub struct ComponentReport {
     pub name: String,
+    /// The desired version as versions.yaml writes it.
     pub current: String,
+    /// Upstream's spelling of `current` (its tag), when upstream has it and writes it otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_tag: Option<String>,
     /// `newest`, `channel stable`, or `line v1.33`.
     pub track: String,
     pub status: Status,
@@ -111,6 +115,7 @@ pub struct ComponentReport {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseReport {
+    /// As upstream spells it (its tag: `1.23.0`, `v1.36.1+k3s1`).
     pub version: String,
     /// revision, patch, minor or major, from the current version.
     pub level: Level,
@@ -459,6 +464,7 @@ mod tests {
         ComponentReport {
             name: name.into(),
             current: "v1.33.4+k3s1".into(),
+            current_tag: None,
             track: "newest".into(),
             status,
             next: None,
