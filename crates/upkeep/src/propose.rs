@@ -304,16 +304,23 @@ pub fn pr_body(row: &ComponentReport, after: &AfterMerge) -> String {
         md_escape(&next.version),
         next.level
     );
-    if row.path.len() > 1 {
-        let hops: Vec<String> = row
-            .path
-            .iter()
-            .map(|v| format!("`{}`", v.replace('`', "'")))
-            .collect();
+    // The path runs from what versions.yaml says to the newest; this PR's version is its first
+    // hop, or a step before it (a patch of the current line while a minor waits).
+    let same = |a: &str, b: &str| a.trim_start_matches('v') == b.trim_start_matches('v');
+    let on_path = row.path.first().is_some_and(|f| same(f, &next.version));
+    let mut hops: Vec<String> = row
+        .path
+        .iter()
+        .map(|v| format!("`{}`", v.replace('`', "'")))
+        .collect();
+    if !on_path && !row.path.is_empty() {
+        hops.insert(0, format!("`{}`", next.version.replace('`', "'")));
+    }
+    if hops.len() > 1 {
         let _ = writeln!(
             out,
             "**Upgrade path.** This is hop 1 of {}: {} → {}. Each hop is its own pull request, applied and validated before the next is proposed.\n",
-            row.path.len(),
+            hops.len(),
             md_escape(&row.current),
             hops.join(" → ")
         );
@@ -1221,6 +1228,34 @@ mod tests {
                 .contains("https://github.com/longhorn/longhorn/compare/v1.9.1...v1.10.2"),
             "{}",
             p[0].body
+        );
+    }
+
+    #[test]
+    fn the_path_in_a_pr_starts_with_the_prs_own_version() {
+        let repo = crate::model::load_repo(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-repo"),
+            now(),
+        )
+        .ok()
+        .and_then(|l| l.repo);
+        let Some(repo) = repo else {
+            panic!("the example repo loads")
+        };
+        // A patch of the current line first, while the minors wait.
+        let mut r = row("k3s", "v1.33.4+k3s1", Some("v1.33.12+k3s1"));
+        r.path = vec!["v1.34.8+k3s1".into(), "v1.35.5+k3s1".into()];
+        let body = pr_body(&r, &after_merge(&repo, "k3s", now()));
+        assert!(
+            body.contains("This is hop 1 of 3: v1.33.4+k3s1 → `v1.33.12+k3s1` → `v1.34.8+k3s1` → `v1.35.5+k3s1`"),
+            "{body}"
+        );
+        // The PR's version is the path's first hop.
+        r.next = row("k3s", "v1.33.4+k3s1", Some("v1.34.8+k3s1")).next;
+        let body = pr_body(&r, &after_merge(&repo, "k3s", now()));
+        assert!(
+            body.contains("This is hop 1 of 2: v1.33.4+k3s1 → `v1.34.8+k3s1` → `v1.35.5+k3s1`"),
+            "{body}"
         );
     }
 
