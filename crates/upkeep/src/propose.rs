@@ -999,6 +999,19 @@ mod tests {
     use super::*;
     use crate::report::{ReleaseReport, Status};
 
+    fn example_repo() -> ConfigRepo {
+        let repo = crate::model::load_repo(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-repo"),
+            now(),
+        )
+        .ok()
+        .and_then(|l| l.repo);
+        let Some(repo) = repo else {
+            panic!("the example repo loads")
+        };
+        repo
+    }
+
     fn row(name: &str, current: &str, next: Option<&str>) -> ComponentReport {
         ComponentReport {
             name: name.into(),
@@ -1164,15 +1177,7 @@ mod tests {
 
     #[test]
     fn versions_are_proposed_as_upstream_tags_them_in_versions_yamls_style() {
-        let repo = crate::model::load_repo(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-repo"),
-            now(),
-        )
-        .ok()
-        .and_then(|l| l.repo);
-        let Some(repo) = repo else {
-            panic!("the example repo loads")
-        };
+        let repo = example_repo();
         let mut longhorn = row("longhorn", "1.9.1", Some("v1.10.2"));
         longhorn.current_tag = Some("v1.9.1".into());
         longhorn.source = Some("github:longhorn/longhorn".into());
@@ -1233,15 +1238,7 @@ mod tests {
 
     #[test]
     fn the_path_in_a_pr_starts_with_the_prs_own_version() {
-        let repo = crate::model::load_repo(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-repo"),
-            now(),
-        )
-        .ok()
-        .and_then(|l| l.repo);
-        let Some(repo) = repo else {
-            panic!("the example repo loads")
-        };
+        let repo = example_repo();
         // A patch of the current line first, while the minors wait.
         let mut r = row("k3s", "v1.33.4+k3s1", Some("v1.33.12+k3s1"));
         r.path = vec!["v1.34.8+k3s1".into(), "v1.35.5+k3s1".into()];
@@ -1261,15 +1258,7 @@ mod tests {
 
     #[test]
     fn the_pr_report() {
-        let repo = crate::model::load_repo(
-            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/cluster-repo"),
-            now(),
-        )
-        .ok()
-        .and_then(|l| l.repo);
-        let Some(repo) = repo else {
-            panic!("the example repo loads")
-        };
+        let repo = example_repo();
         let mut r = row("k3s", "v1.33.4+k3s1", Some("v1.33.5+k3s1"));
         r.path = vec!["v1.33.5+k3s1".into(), "v1.34.1+k3s1".into()];
         r.path_length = 2;
