@@ -191,6 +191,7 @@ fn short_reason(r: &ComponentReport) -> String {
         None | Some(Reason::UpToDate) => r.status.label().to_string(),
         Some(Reason::Paused) => "paused".into(),
         Some(Reason::Pinned { .. }) => "pinned".into(),
+        Some(Reason::NoSuchLine { what, .. }) => format!("{what} matches nothing"),
         Some(Reason::LevelNotProposed { level, .. }) => format!("{level} not proposed"),
         Some(Reason::TooYoung { .. }) => "too young".into(),
         Some(Reason::NoTimestamp { .. }) => "no release date".into(),
@@ -241,6 +242,12 @@ fn explain_reason(reason: &Reason) -> Option<String> {
         Reason::Pinned { pin, newest } => {
             format!("pinned to {pin}; {newest} exists beyond the pin")
         }
+        Reason::NoSuchLine { what, line, newest } => format!(
+            "the {what} {line} matches no release{}",
+            newest
+                .as_ref()
+                .map_or(String::new(), |n| format!(" (the newest is {n})"))
+        ),
         Reason::LevelNotProposed { version, level } => format!(
             "the next legal step {version} is a {level} update, which the policy does not propose"
         ),

@@ -36,6 +36,14 @@ pub enum Reason {
     /// A pin holds the component; `newest` is what exists beyond it.
     #[serde(rename_all = "camelCase")]
     Pinned { pin: String, newest: String },
+    /// A pin or a tracked line that no release matches (`what`: `pin` or `track`).
+    #[serde(rename_all = "camelCase")]
+    NoSuchLine {
+        what: String,
+        line: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        newest: Option<String>,
+    },
     /// The next legal step is a level the policy does not propose.
     #[serde(rename_all = "camelCase")]
     LevelNotProposed { version: String, level: Level },
@@ -102,8 +110,11 @@ pub fn select(
         held: None,
     };
     let Some(newest) = newest.filter(|n| *n > current) else {
-        sel.reason =
-            Some(pinned(component, policy, releases, channel_latest).unwrap_or(Reason::UpToDate));
+        sel.reason = Some(
+            no_such_line(component, policy, releases)
+                .or_else(|| pinned(component, policy, releases, channel_latest))
+                .unwrap_or(Reason::UpToDate),
+        );
         return sel;
     };
     match versions::plan_path(
@@ -183,6 +194,35 @@ fn age_gate(r: &Release, min_age: Duration, now: DateTime<Utc>) -> Result<(), Re
     }
 }
 
+/// A pinned or tracked line that no release belongs to: said, not taken for "up to date".
+fn no_such_line(c: &Component, p: &Policy, releases: &[Release]) -> Option<Reason> {
+    let newest = releases
+        .iter()
+        .filter(|r| !r.draft && !r.version.is_dev() && !r.prerelease && !r.version.is_prerelease())
+        .map(|r| &r.version)
+        .max()
+        .map(ToString::to_string);
+    let exists =
+        |major: u64, minor: u64| releases.iter().any(|r| r.version.line() == (major, minor));
+    let (what, major, minor) = match (&c.track, &p.pin) {
+        (Track::Line { major, minor }, _) if !exists(*major, *minor) => ("track", *major, *minor),
+        (_, Some(Pin::Line { major, minor })) if !exists(*major, *minor) => ("pin", *major, *minor),
+        (_, Some(Pin::Exact(v))) if !releases.iter().any(|r| r.version == *v) => {
+            return Some(Reason::NoSuchLine {
+                what: "pin".into(),
+                line: v.to_string(),
+                newest,
+            });
+        }
+        _ => return None,
+    };
+    Some(Reason::NoSuchLine {
+        what: what.into(),
+        line: format!("v{major}.{minor}"),
+        newest,
+    })
+}
+
 /// When a pin is what keeps the component where it is: the pin and the newest version beyond it.
 fn pinned(
     c: &Component,
@@ -194,6 +234,13 @@ fn pinned(
     let newest = candidates(c, p, releases, channel_latest, false)
         .pop()
         .filter(|r| r.version > c.version)?;
+    let beyond = match pin {
+        Pin::Exact(v) => newest.version > *v,
+        Pin::Line { major, minor } => newest.version.line() > (*major, *minor),
+    };
+    if !beyond {
+        return None;
+    }
     Some(Reason::Pinned {
         pin: match pin {
             Pin::Exact(v) => v.to_string(),
@@ -230,7 +277,8 @@ fn candidates(
             _ if !apply_pin => true,
             None => true,
             Some(Pin::Exact(v)) => r.version <= *v,
-            Some(pin @ Pin::Line { .. }) => pin.allows(&r.version),
+            // Up to the end of the pinned line: a pin ahead is reached through the lines between.
+            Some(Pin::Line { major, minor }) => r.version.line() <= (*major, *minor),
         })
         .cloned()
         .collect();
@@ -362,6 +410,74 @@ mod tests {
             t(NOW),
         );
         assert_eq!(s.next.map(|r| r.version.to_string()), Some("v3.0.4".into()));
+    }
+
+    #[test]
+    fn pins_and_tracks_that_match_nothing_are_said_and_a_pin_ahead_is_walked_to() {
+        let line = |major, minor| Some(Pin::Line { major, minor });
+        let policy = |pin| Policy {
+            pin,
+            ..Policy::default()
+        };
+        let c = comp("k3s", "v1.31.4+k3s1", Scheme::K3s, Track::Newest, STEP1);
+        // A line no release belongs to: not "up to date", not "exists beyond the pin".
+        let s = select(&c, &policy(line(1, 36)), &k3s_releases(), None, t(NOW));
+        assert_eq!(
+            s.next.map(|r| r.version.to_string()),
+            Some("v1.32.4+k3s1".into())
+        );
+        let c5 = comp("k3s", "v1.33.2+k3s1", Scheme::K3s, Track::Newest, STEP1);
+        let s = select(&c5, &policy(line(1, 36)), &k3s_releases(), None, t(NOW));
+        assert_eq!(
+            s.reason,
+            Some(Reason::NoSuchLine {
+                what: "pin".into(),
+                line: "v1.36".into(),
+                newest: Some("v1.33.2+k3s1".into())
+            })
+        );
+        let t90 = comp(
+            "k3s",
+            "v1.33.2+k3s1",
+            Scheme::K3s,
+            Track::Line { major: 9, minor: 0 },
+            STEP1,
+        );
+        let s = select(&t90, &Policy::default(), &k3s_releases(), None, t(NOW));
+        assert!(
+            matches!(s.reason, Some(Reason::NoSuchLine { ref what, .. }) if what == "track"),
+            "{:?}",
+            s.reason
+        );
+        // A pin two minors ahead: the way there goes through the line between.
+        let c = comp("k3s", "v1.31.5+k3s1", Scheme::K3s, Track::Newest, STEP1);
+        let s = select(&c, &policy(line(1, 33)), &k3s_releases(), None, t(NOW));
+        assert_eq!(
+            s.next.map(|r| r.version.to_string()),
+            Some("v1.32.4+k3s1".into())
+        );
+        let path: Vec<String> = s.path.iter().map(ToString::to_string).collect();
+        assert_eq!(path, vec!["v1.32.4+k3s1", "v1.33.2+k3s1"]);
+    }
+
+    #[test]
+    fn a_pin_ahead_of_the_desired_version_is_accepted() {
+        let dir = tempfile::tempdir().unwrap_or_else(|_| panic!());
+        let _ = std::fs::create_dir_all(dir.path().join("policies"));
+        let _ = std::fs::write(
+            dir.path().join("versions.yaml"),
+            "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.4+k3s1\n",
+        );
+        let _ = std::fs::write(
+            dir.path().join("policies/pins.yaml"),
+            "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nupdates:\n  - name: go-to\n    components: [k3s]\n    pin: v1.35.5+k3s1\n",
+        );
+        let loaded = crate::model::load_repo(dir.path(), t(NOW));
+        let errors: Vec<String> = loaded
+            .iter()
+            .flat_map(|l| l.diagnostics.iter().map(ToString::to_string))
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     #[test]

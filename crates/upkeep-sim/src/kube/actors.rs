@@ -1027,6 +1027,26 @@ impl World<'_> {
             let ctx = self.ctx("helm-controller");
             let now = self.now;
             let chart = s(&hr, "/spec/chart/spec/chart").to_string();
+            // A chart from a source object (`spec.chartRef`): the emulator serves no
+            // OCIRepository or HelmChart artifacts, so helm-controller cannot get the chart
+            // (its `SourceNotReady`); what runs stays as it is.
+            if chart.is_empty() && hr.pointer("/spec/chartRef").is_some() {
+                let msg = format!(
+                    "could not get Source object: {} '{}/{}' not ready",
+                    s(&hr, "/spec/chartRef/kind"),
+                    match s(&hr, "/spec/chartRef/namespace") {
+                        "" => ns.as_str(),
+                        n => n,
+                    },
+                    s(&hr, "/spec/chartRef/name")
+                );
+                let _ = self.store.modify(&hrs, &ns, &name, &ctx, |h| {
+                    set_annotation(h, "sim.upkeep.dev/helm-controller-started", None);
+                    h["status"]["observedGeneration"] = json!(generation);
+                    set_condition(h, "Ready", "False", "SourceNotReady", &msg, now);
+                });
+                continue;
+            }
             let desired = s(&hr, "/spec/chart/spec/version").to_string();
             let current = s(&hr, "/status/history/0/chartVersion").to_string();
             let revision = hr

@@ -1090,10 +1090,12 @@ fn pin(
                 return None;
             }
         };
+        // A pin ahead is fine (the path to it goes through the lines between); one below is
+        // refused only where the component cannot go down.
         let below = match &pin {
-            Pin::Exact(v) => versions::check_hop(&c.version, v, &c.path_rule)
-                .err()
-                .map(|_| v.to_string()),
+            Pin::Exact(v) => (*v < c.version
+                && versions::check_hop(&c.version, v, &c.path_rule).is_err())
+            .then(|| v.to_string()),
             Pin::Line { major, minor } => {
                 let lower = (*major, *minor) < c.version.line();
                 (lower && c.path_rule.downgrade != Downgrade::Allowed)
