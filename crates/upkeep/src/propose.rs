@@ -124,7 +124,15 @@ pub fn after_merge(repo: &ConfigRepo, component: &str, now: DateTime<Utc>) -> Af
         d => {
             let next = match d {
                 Decision::Wait { next } => *next,
-                Decision::InWindow { .. } => Some(now),
+                // The start of the occurrence that is open (stable while it lasts, so a PR body
+                // does not change every minute of a window).
+                Decision::InWindow { window, .. } => repo
+                    .windows
+                    .iter()
+                    .find(|w| w.name == *window)
+                    .and_then(|w| w.starts_after(now - w.duration).next())
+                    .filter(|s| *s <= now)
+                    .or(Some(now)),
                 Decision::Frozen { until, .. } | Decision::Denied { until, .. } => {
                     windows::next_start(
                         *until,
@@ -1254,6 +1262,18 @@ mod tests {
             body.contains("This is hop 1 of 2: v1.33.4+k3s1 → `v1.34.8+k3s1` → `v1.35.5+k3s1`"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn a_pr_body_is_the_same_all_through_an_open_window() {
+        let repo = example_repo();
+        let at = |t: &str| t.parse::<DateTime<Utc>>().unwrap_or_default();
+        // Saturday 2026-11-21, 22:30 and 23:45 in Amsterdam: the same window occurrence.
+        let a = after_merge(&repo, "k3s", at("2026-11-21T21:30:00Z"));
+        let b = after_merge(&repo, "k3s", at("2026-11-21T22:45:00Z"));
+        assert_eq!(a, b);
+        let r = row("k3s", "v1.33.4+k3s1", Some("v1.33.5+k3s1"));
+        assert_eq!(pr_body(&r, &a), pr_body(&r, &b));
     }
 
     #[test]
