@@ -958,7 +958,11 @@ fn plan(a: &PlanArgs) -> i32 {
                         // A longer way may exist through the releases in between.
                         let available: Vec<upkeep::versions::Version> = match &cat {
                             Some(cat) => rt
-                                .block_on(upkeep::sources::Upstream::fetch(cat, c))
+                                .block_on(upkeep::sources::Upstream::fetch(
+                                    cat,
+                                    c,
+                                    &Default::default(),
+                                ))
                                 .map(|f| {
                                     f.releases_as(c.scheme)
                                         .0
@@ -1473,7 +1477,11 @@ fn offline_releases(
         .iter()
         .filter_map(|c| {
             let f = rt
-                .block_on(upkeep::sources::Upstream::fetch(&cat, c))
+                .block_on(upkeep::sources::Upstream::fetch(
+                    &cat,
+                    c,
+                    &Default::default(),
+                ))
                 .ok()?;
             Some((
                 c.name.clone(),
@@ -1532,6 +1540,7 @@ fn propose(a: &ProposeArgs) -> i32 {
         author,
         dashboard: !a.no_dashboard,
         dry_run: a.dry_run,
+        running: None,
     };
     let result = rt.block_on(async {
         if let Some(cat) = a.releases.catalog() {

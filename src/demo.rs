@@ -159,6 +159,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
             author: Author::default(),
             dashboard: true,
             dry_run: false,
+            running: None,
         };
         async move {
             cycle

@@ -96,6 +96,21 @@ impl World {
 
     /// The user merges upkeep's PR for `component` `from` -> `to`.
     fn merge_update(&self, component: &str, from: &str, to: &str) {
+        let number = self.open_update(component, from, to);
+        let r = reqwest::blocking::Client::new()
+            .put(format!(
+                "{}/repos/{REPO}/pulls/{number}/merge",
+                self.gh.url()
+            ))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(json!({"merge_method": "squash"}).to_string())
+            .send()
+            .expect("merge");
+        assert_eq!(r.status().as_u16(), 200);
+    }
+
+    /// upkeep's PR for `component` `from` -> `to`, as `upkeep propose` opens it; its number.
+    fn open_update(&self, component: &str, from: &str, to: &str) -> u64 {
         let branch = upkeep::propose::branch_name(component, to);
         let git = self.git();
         git.fetch().expect("fetch");
@@ -123,9 +138,8 @@ impl World {
             .build()
             .expect("rt");
         rt.block_on(async {
-            let f = self.forge();
             use upkeep::forge::Forge;
-            let pr = f
+            self.forge()
                 .create_pull(
                     &format!("{component}: {from} -> {to}"),
                     &branch,
@@ -133,21 +147,9 @@ impl World {
                     "report",
                 )
                 .await
-                .expect("pr");
-            let c = reqwest::Client::new();
-            let r = c
-                .put(format!(
-                    "{}/repos/{REPO}/pulls/{}/merge",
-                    self.gh.url(),
-                    pr.number
-                ))
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .body(json!({"merge_method": "squash"}).to_string())
-                .send()
-                .await
-                .expect("merge");
-            assert_eq!(r.status().as_u16(), 200);
-        });
+                .expect("pr")
+                .number
+        })
     }
 
     fn git(&self) -> GitRepo {
@@ -335,6 +337,10 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
     w.kube.inject(ClusterFault::NodeNeverReady {
         node: "agent-1".into(),
     });
+    // The next hop's PR, built on the version about to fail (as `upkeep propose` run alone,
+    // without a view of the cluster, may open it), and an unrelated one.
+    let next = w.open_update("k3s", "v1.33.5+k3s1", "v1.34.1+k3s1");
+    let other = w.open_update("longhorn", "v1.9.1", "v1.9.2");
     let s = w.apply(Duration::from_secs(60));
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
     let log = w.main_log();
@@ -379,10 +385,37 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
             .iter()
             .all(|n| n["spec"]["unschedulable"].is_null())
     );
+    // The PR built on the reverted version is closed, saying why; the other stays open.
+    let state = |n: u64| {
+        w.gh.with_forge(|f| f.pulls(REPO))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.0 == n)
+            .map(|p| p.1)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (state(next), state(other)),
+        ("closed".into(), "open".into())
+    );
+    let said =
+        w.gh.with_forge(|f| f.comments(REPO, next))
+            .unwrap_or_default();
+    assert!(
+        said.iter()
+            .any(|c| c.contains("built on k3s v1.33.5+k3s1, which failed and was reverted")),
+        "{said:?}"
+    );
     // Restarting changes nothing: no second revert, no second comment.
     let before = (w.main_log(), w.comments().len());
     w.apply(Duration::from_secs(2));
     assert_eq!((w.main_log(), w.comments().len()), before);
+    assert_eq!(
+        w.gh.with_forge(|f| f.comments(REPO, next))
+            .unwrap_or_default()
+            .len(),
+        1
+    );
 }
 
 #[test]

@@ -118,6 +118,7 @@ impl World {
                 author: Author::default(),
                 dashboard: true,
                 dry_run,
+                running: None,
             };
             c.run(now(), |repo| async move {
                 let r = upkeep::check::run(live, &repo, now(), 4, "live").await;

@@ -670,3 +670,81 @@ fn a_leader_that_cannot_renew_its_lease_stops_acting() {
         "{logs}"
     );
 }
+
+/// The next hop's pull request opens once the current hop runs in the cluster, not as soon as
+/// its PR is merged: a PR built on a version still rolling out may be built on one that fails
+/// and is reverted.
+#[test]
+fn the_next_hop_is_proposed_once_the_current_one_runs() {
+    let w = World::new(60.0, None);
+    let mut flags = w.flags("state");
+    flags.extend(["--detect-every".into(), "1".into()]);
+    let p = w.spawn("run", &flags, &[]);
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    let first = w.pulls();
+    assert_eq!(first.len(), 1, "{first:?}");
+    w.merge(1);
+    let dashboard = || -> String {
+        let text = reqwest::blocking::Client::new()
+            .get(format!("{}/repos/{REPO}/issues?state=open", w.gh.url()))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|i| i["body"].as_str().map(str::to_string))
+            .collect()
+    };
+    let pulls = || -> Vec<(String, String)> {
+        let text = reqwest::blocking::Client::new()
+            .get(format!("{}/repos/{REPO}/pulls?state=all", w.gh.url()))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|p| {
+                let s = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                (s("state"), s("title"))
+            })
+            .collect()
+    };
+    // While the rollout runs, detections keep happening, and the next hop waits (the dashboard
+    // says why).
+    let said_why = std::cell::Cell::new(false);
+    p.wait("the rollout to succeed", &|| {
+        let open: Vec<_> = pulls().into_iter().filter(|(s, _)| s == "open").collect();
+        assert!(
+            open.is_empty(),
+            "no next hop while the rollout runs: {open:?}"
+        );
+        said_why.set(said_why.get() || dashboard().contains("does not run in the cluster yet"));
+        w.phase() == "Succeeded"
+    });
+    assert!(
+        said_why.get(),
+        "the dashboard said why the next hop waited: {}",
+        dashboard()
+    );
+    // Then the next hop: from the version that now runs.
+    p.wait("the next hop", &|| pulls().iter().any(|(s, _)| s == "open"));
+    let to = w.rollout().expect("a rollout")["spec"]["to"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let next = pulls();
+    assert!(
+        next.iter()
+            .any(|(s, t)| s == "open" && t.starts_with(&format!("k3s: {to} -> "))),
+        "{next:?}"
+    );
+    p.kill();
+}

@@ -140,7 +140,7 @@ async fn all_pages_are_read_and_an_unchanged_repo_costs_one_304() {
     let r = repo(dir.path(), "  longhorn:\n    version: v1.6.2\n");
     let c = &r.components[0];
 
-    let cold = live.fetch(c).await.unwrap();
+    let cold = live.fetch(c, &sources::Run::default()).await.unwrap();
     assert_eq!(cold.source, "github:longhorn/longhorn");
     assert_eq!(cold.releases.len(), 416, "five pages of 100");
     assert_eq!(sim.counters().requests, 5);
@@ -155,7 +155,7 @@ async fn all_pages_are_read_and_an_unchanged_repo_costs_one_304() {
 
     // Warm: one conditional request, answered 304; the same releases from the cache.
     let before = sim.counters();
-    let warm = live.fetch(c).await.unwrap();
+    let warm = live.fetch(c, &sources::Run::default()).await.unwrap();
     assert_eq!(warm, cold);
     let after = sim.counters();
     assert_eq!(after.requests - before.requests, 1);
@@ -167,7 +167,7 @@ async fn all_pages_are_read_and_an_unchanged_repo_costs_one_304() {
         SimRelease::new("v1.12.2", Some("2026-11-01T00:00:00Z".parse().unwrap())),
     );
     let before = sim.counters();
-    let fresh = live.fetch(c).await.unwrap();
+    let fresh = live.fetch(c, &sources::Run::default()).await.unwrap();
     assert_eq!(fresh.releases.len(), 417);
     assert_eq!(fresh.releases[0].tag, "v1.12.2");
     assert_eq!(sim.counters().requests - before.requests, 5);
@@ -175,7 +175,10 @@ async fn all_pages_are_read_and_an_unchanged_repo_costs_one_304() {
     // A new process with the same cache directory starts warm.
     let live2 = Live::new(&net(&sim, Some(cache.path()))).unwrap();
     let before = sim.counters();
-    assert_eq!(live2.fetch(c).await.unwrap(), fresh);
+    assert_eq!(
+        live2.fetch(c, &sources::Run::default()).await.unwrap(),
+        fresh
+    );
     assert_eq!(sim.counters().requests - before.requests, 1);
 
     // A corrupt cache is discarded with a warning and costs a cold read, never a failure.
@@ -183,7 +186,10 @@ async fn all_pages_are_read_and_an_unchanged_repo_costs_one_304() {
         fs::write(e.unwrap().path(), b"\x00garbage").unwrap();
     }
     let live3 = Live::new(&net(&sim, Some(cache.path()))).unwrap();
-    assert_eq!(live3.fetch(c).await.unwrap(), fresh);
+    assert_eq!(
+        live3.fetch(c, &sources::Run::default()).await.unwrap(),
+        fresh
+    );
 }
 
 #[tokio::test]
@@ -197,13 +203,17 @@ async fn server_errors_and_broken_answers_are_retried_then_reported() {
     // One 500 and one truncated body: retried, then fine.
     sim.inject("/repos/fluxcd/flux2", Fault::Status(500), 1);
     sim.inject("/repos/fluxcd/flux2", Fault::Truncate, 1);
-    let f = live.fetch(c).await.unwrap();
+    let f = live.fetch(c, &sources::Run::default()).await.unwrap();
     assert_eq!(f.releases.len(), 214);
 
     // 500 on every try: the error names the status and the repository, after 1 + 2 retries.
     sim.inject("/repos/fluxcd/flux2", Fault::Status(502), 10);
     let before = sim.counters().requests;
-    let e = live.fetch(c).await.unwrap_err().to_string();
+    let e = live
+        .fetch(c, &sources::Run::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("502") && e.contains("fluxcd/flux2"), "{e}");
     assert_eq!(sim.counters().requests - before, 3);
 }
@@ -225,7 +235,10 @@ async fn a_slow_answer_times_out_with_a_clear_error() {
         1,
     );
     let t = Instant::now();
-    let e = live.fetch(&r.components[0]).await.unwrap_err();
+    let e = live
+        .fetch(&r.components[0], &sources::Run::default())
+        .await
+        .unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(3));
     assert!(
         matches!(e, sources::Error::Github(github::Error::Timeout { .. })),
@@ -250,7 +263,9 @@ async fn rate_limits_are_waited_out_when_short_and_skip_every_github_source_when
         1,
     );
     let t = Instant::now();
-    live.fetch(&r.components[0]).await.unwrap();
+    live.fetch(&r.components[0], &sources::Run::default())
+        .await
+        .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(900));
 
     // A primary limit that resets in an hour: this source fails at once with the reset time, and
@@ -260,13 +275,21 @@ async fn rate_limits_are_waited_out_when_short_and_skip_every_github_source_when
         Fault::RateLimit { reset_in: 3600 },
         1,
     );
-    let e = live.fetch(&r.components[0]).await.unwrap_err().to_string();
+    let e = live
+        .fetch(&r.components[0], &sources::Run::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("rate limit") && e.contains("GITHUB_TOKEN"),
         "{e}"
     );
     let before = sim.counters().requests;
-    let e2 = live.fetch(&r.components[1]).await.unwrap_err().to_string();
+    let e2 = live
+        .fetch(&r.components[1], &sources::Run::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e2.contains("rate limit") && e2.contains("longhorn"), "{e2}");
     assert_eq!(sim.counters().requests, before, "no request while limited");
 
@@ -274,7 +297,11 @@ async fn rate_limits_are_waited_out_when_short_and_skip_every_github_source_when
     let live = Live::new(&net(&sim, None)).unwrap();
     sim.inject("/repos/fluxcd/flux2", Fault::SecondaryRateLimit, 5);
     let before = sim.counters().requests;
-    let e = live.fetch(&r.components[0]).await.unwrap_err().to_string();
+    let e = live
+        .fetch(&r.components[0], &sources::Run::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("rate limit"), "{e}");
     assert_eq!(sim.counters().requests - before, 1);
 }
@@ -286,14 +313,21 @@ async fn a_token_is_sent_when_given_and_its_absence_is_explained() {
     let dir = tempfile::tempdir().unwrap();
     let r = repo(dir.path(), "  flux:\n    version: v2.3.0\n");
     let anon = Live::new(&net(&sim, None)).unwrap();
-    let e = anon.fetch(&r.components[0]).await.unwrap_err().to_string();
+    let e = anon
+        .fetch(&r.components[0], &sources::Run::default())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("401") && e.contains("GITHUB_TOKEN"), "{e}");
     let cfg = NetConfig {
         github_token: Some(Secret::new("ghp_test_token_123")),
         ..net(&sim, None)
     };
     let authed = Live::new(&cfg).unwrap();
-    authed.fetch(&r.components[0]).await.unwrap();
+    authed
+        .fetch(&r.components[0], &sources::Run::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -460,5 +494,90 @@ fn the_cli_reads_github_through_the_flags_and_env() {
     assert!(
         !stderr.contains("ghp_cli_secret_987") && !stdout.contains("ghp_cli_secret_987"),
         "the token never reaches the logs"
+    );
+}
+
+/// Components that share a repository, a chart index or a channel server fetch it once per run,
+/// however many there are (as Renovate looks each package source up once); the next run fetches
+/// again, so a channel that moved between runs is seen by a long-lived controller.
+#[tokio::test]
+async fn a_shared_source_is_fetched_once_per_run() {
+    let sim = sim().await;
+    sim.set_chart_index(
+        "charts",
+        &helm_index(
+            "app",
+            &[
+                ("1.0.0", "2025-07-01T00:00:00Z"),
+                ("1.0.1", "2025-08-01T00:00:00Z"),
+            ],
+        ),
+    );
+    sim.set_releases(
+        "acme/tools",
+        vec![
+            SimRelease::new("v2.0.0", Some("2025-01-01T00:00:00Z".parse().unwrap())),
+            SimRelease::new("v2.0.1", Some("2025-02-01T00:00:00Z".parse().unwrap())),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let helm = format!("{}/helm/charts", sim.url());
+    let r = repo(
+        dir.path(),
+        &format!(
+            "  a:\n    version: 1.0.0\n    source: {{helmChart: {{repository: {helm}, chart: app}}}}\n  b:\n    version: 1.0.0\n    source: {{helmChart: {{repository: {helm}/, chart: app}}}}\n  c:\n    version: v2.0.0\n    source: {{githubReleases: acme/tools}}\n  d:\n    version: v2.0.0\n    source: {{githubReleases: acme/tools}}\n  k3s:\n    version: v1.33.4+k3s1\n    track: stable\n  k3s-b:\n    version: v1.33.4+k3s1\n    track: latest\n    scheme: k3s\n    source: {{githubReleases: k3s-io/k3s, channelServer: https://update.k3s.io}}\n"
+        ),
+    );
+    let live = Arc::new(Live::new(&net(&sim, None)).unwrap());
+    let before = sim.counters().requests;
+    let report = check::run(live.clone(), &r, now(), 4, "live").await;
+    for row in &report.components {
+        assert!(
+            row.reason
+                .as_ref()
+                .is_none_or(|r| !matches!(r, upkeep::select::Reason::SourceFailed { .. })),
+            "{row:?}"
+        );
+    }
+    let pages = |repo: &str| -> u64 {
+        // k3s' real history is more than one page of 100.
+        let n = releases_from_list(
+            &fixture("releases/k3s-versions.txt"),
+            upkeep::versions::Scheme::K3s,
+        )
+        .len();
+        if repo == "k3s" {
+            n.div_ceil(100) as u64
+        } else {
+            1
+        }
+    };
+    // One index, one repository, one channel collection, and k3s' release pages once.
+    assert_eq!(sim.counters().requests - before, 3 + pages("k3s"));
+    assert_eq!(
+        report.components[1]
+            .next
+            .as_ref()
+            .map(|n| n.version.as_str()),
+        Some("1.0.1")
+    );
+    assert_eq!(
+        report.components[3]
+            .next
+            .as_ref()
+            .map(|n| n.version.as_str()),
+        Some("v2.0.1")
+    );
+    assert_eq!(
+        report.components[4].channel_latest.as_deref(),
+        Some("v1.33.12+k3s1")
+    );
+
+    // The next run on the same sources reads the channel server again.
+    sim.set_channels(&[("stable", "v1.34.8+k3s1"), ("latest", "v1.35.5+k3s1")]);
+    let report = check::run(live, &r, now(), 4, "live").await;
+    assert_eq!(
+        report.components[4].channel_latest.as_deref(),
+        Some("v1.34.8+k3s1")
     );
 }

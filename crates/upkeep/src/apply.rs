@@ -175,6 +175,8 @@ pub struct Applied {
     pub rollouts: Vec<(String, RolloutStatus)>,
     /// upkeep's pull requests as listed for this cycle (empty when the forge could not say).
     pub pulls: Vec<crate::forge::PullRequest>,
+    /// What the cluster runs, per component it says something of.
+    pub running: crate::propose::Running,
 }
 
 /// [`run`], with each rollout's whole status and the pull requests it read.
@@ -199,17 +201,24 @@ pub async fn run_detailed<F: Forge>(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let names = d.create_missing(config, &pulls).await?;
+    let (names, mut running) = d.create_missing(config, &pulls).await?;
     d.drive(config, &names, now).await?;
     let mut out = Vec::new();
-    for (name, _) in &names {
+    for (name, c) in &names {
         if let Some(obj) = d.get(name).await? {
-            out.push((name.clone(), status_of(&obj)));
+            let status = status_of(&obj);
+            if status.phase != Phase::Succeeded
+                && let Some(r) = running.get_mut(&c.name)
+            {
+                r.unfinished = Some(format!("rollout {name} is {:?}", status.phase));
+            }
+            out.push((name.clone(), status));
         }
     }
     Ok(Applied {
         rollouts: out,
         pulls,
+        running,
     })
 }
 
@@ -260,16 +269,17 @@ impl<F: Forge> Driver<'_, '_, F> {
     }
 
     /// The Rollout of every component that must move (created when missing), with its
-    /// component.
+    /// component; and what the cluster runs of each component.
     async fn create_missing(
         &self,
         config: &ConfigRepo,
         pulls: &[crate::forge::PullRequest],
-    ) -> Result<Vec<(String, Component)>, String> {
+    ) -> Result<(Vec<(String, Component)>, crate::propose::Running), String> {
         let observed = cluster::observe(self.client, self.ns())
             .await
             .map_err(|e| e.to_string())?;
         let mut names = Vec::new();
+        let mut runs = crate::propose::Running::new();
         for c in config
             .components
             .iter()
@@ -279,6 +289,13 @@ impl<F: Forge> Driver<'_, '_, F> {
             let Some(from) = running.lowest(c.scheme) else {
                 continue;
             };
+            runs.insert(
+                c.name.clone(),
+                crate::propose::Runs {
+                    version: from.clone(),
+                    unfinished: None,
+                },
+            );
             let in_step = matches!(&running, cluster::Running::At { .. }) && from == c.version;
             let name = rollout::rollout_name(&c.name, &c.version.to_string());
             let existing = self.get(&name).await?;
@@ -303,7 +320,7 @@ impl<F: Forge> Driver<'_, '_, F> {
             }
             names.push((name, c.clone()));
         }
-        Ok(names)
+        Ok((names, runs))
     }
 
     /// The spec of a new rollout of `c` from `from`: its hops (a legal path through the known
@@ -724,8 +741,9 @@ impl<F: Forge> Driver<'_, '_, F> {
             Effect::Uncordon => self.uncordon(t.observed).await,
             Effect::Revert { version, message } => {
                 if next.revert.is_none() {
-                    next.revert =
-                        Some(revert(self.repo, t.component, &t.spec.to, version, message).await?);
+                    let done = revert(self.repo, t.component, &t.spec.to, version, message).await?;
+                    close_built_on(self.repo, t, &done).await;
+                    next.revert = Some(done);
                 }
                 Ok(())
             }
@@ -1425,6 +1443,45 @@ fn waiting_text(d: &Decision) -> String {
             until.format("%Y-%m-%d %H:%M UTC")
         ),
         _ => String::new(),
+    }
+}
+
+/// Close, with a comment, the open pull requests built on the version just reverted (the next hop,
+/// opened by a `upkeep propose` that could not see the cluster): they would move versions.yaml
+/// from a version it no longer holds. upkeep proposes again from what runs. Best effort: a
+/// failure is logged, never fails the rollout; a marker keeps a repeat from commenting twice.
+async fn close_built_on<F: Forge>(repo: &Repo<'_, F>, t: &Target<'_>, reverted: &str) {
+    let Some(forge) = repo.forge else {
+        return;
+    };
+    let pulls = match forge.pulls(crate::propose::BRANCH_PREFIX).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the pull requests built on the reverted version");
+            return;
+        }
+    };
+    let marker = format!("<!-- upkeep:built-on-reverted rollout={} -->", t.name);
+    for number in crate::propose::built_on(&pulls, t.component, &t.spec.to) {
+        let body = format!(
+            "{marker}\nupkeep closed this pull request: it is built on {} {}, which failed and was reverted ({reverted}). versions.yaml no longer holds that version, so this update would not apply as written. upkeep proposes the next update again once the version in versions.yaml runs in the cluster.",
+            t.component.name,
+            crate::report::md_escape(&t.spec.to),
+        );
+        let said = forge.comments(number).await.unwrap_or_default();
+        let r = async {
+            if !said.iter().any(|b| b.contains(&marker)) {
+                forge.comment(number, &body).await?;
+            }
+            forge.update_pull(number, None, None, Some("closed")).await
+        }
+        .await;
+        match r {
+            Ok(()) => tracing::info!(pull = number, "closed: built on the reverted version"),
+            Err(e) => {
+                tracing::warn!(pull = number, error = %e, "cannot close a pull request built on the reverted version")
+            }
+        }
     }
 }
 

@@ -74,7 +74,7 @@ pub fn branch_name(component: &str, version: &str) -> String {
 
 /// Whether `branch` is upkeep's branch for some version of `component` (and not of a component
 /// whose name merely starts the same, like `k3s-extra`).
-fn is_branch_of(branch: &str, component: &str) -> bool {
+pub(crate) fn is_branch_of(branch: &str, component: &str) -> bool {
     branch
         .strip_prefix(BRANCH_PREFIX)
         .and_then(|b| b.strip_prefix(component))
@@ -431,6 +431,87 @@ pub fn proposals(
         .collect()
 }
 
+/// The open pull requests of `component` whose update starts from `version` (read from the title
+/// upkeep gave them, `<component>: <from> -> <to>`): they are built on it, and go stale when it is
+/// reverted.
+pub fn built_on(
+    pulls: &[PullRequest],
+    component: &crate::model::Component,
+    version: &str,
+) -> Vec<u64> {
+    let parse = |v: &str| crate::versions::parse(v.trim(), component.scheme).ok();
+    let Some(version) = parse(version) else {
+        return Vec::new();
+    };
+    pulls
+        .iter()
+        .filter(|p| p.is_open() && is_branch_of(&p.head, &component.name))
+        .filter(|p| {
+            p.title
+                .strip_prefix(&format!("{}: ", component.name))
+                .and_then(|t| t.split_once(" -> "))
+                .and_then(|(from, _)| parse(from))
+                .is_some_and(|from| from == version)
+        })
+        .map(|p| p.number)
+        .collect()
+}
+
+/// What the cluster runs of one component, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runs {
+    /// The lowest version running (for k3s, the version every node has reached).
+    pub version: crate::versions::Version,
+    /// The rollout to the desired version, while it has not succeeded: `rollout NAME is PHASE`.
+    pub unfinished: Option<String>,
+}
+
+/// What the cluster runs, per component it says something of.
+pub type Running = std::collections::HashMap<String, Runs>;
+
+/// Hold back the proposals of components whose desired version is not applied yet (it does not
+/// run, or its rollout has not succeeded): the next hop is proposed once the current one is
+/// applied, since a PR opened while the previous hop is still rolling out would be built on a
+/// version that may yet fail and be reverted. `running: None` knows nothing of the cluster
+/// (`upkeep propose` alone), and holds nothing.
+pub fn hold_until_applied(
+    proposals: Vec<Proposal>,
+    repo: &ConfigRepo,
+    running: Option<&Running>,
+) -> (Vec<Proposal>, Vec<Action>) {
+    let Some(running) = running else {
+        return (proposals, Vec::new());
+    };
+    let mut go = Vec::new();
+    let mut held = Vec::new();
+    for p in proposals {
+        let why = repo.component(&p.component).and_then(|c| {
+            let runs = running.get(&c.name)?;
+            if runs.version < c.version {
+                Some(format!(
+                    "{} {} does not run in the cluster yet (it runs {}): the next update is proposed once it is applied",
+                    c.name,
+                    c.version.raw(),
+                    runs.version.raw()
+                ))
+            } else {
+                runs.unfinished.as_ref().map(|r| {
+                    format!(
+                        "{} {} is not applied yet ({r}): the next update is proposed once it is",
+                        c.name,
+                        c.version.raw()
+                    )
+                })
+            }
+        });
+        match why {
+            Some(why) => held.push(Action::Wait { why, proposal: p }),
+            None => go.push(p),
+        }
+    }
+    (go, held)
+}
+
 /// What to do about one proposal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -661,6 +742,8 @@ pub struct Cycle<'a, F: Forge> {
     pub author: crate::gitrepo::Author,
     pub dashboard: bool,
     pub dry_run: bool,
+    /// What the cluster runs (see [`hold_until_applied`]); `None` when upkeep cannot see it.
+    pub running: Option<Running>,
 }
 
 fn rel(subdir: &str, file: &str) -> String {
@@ -731,12 +814,14 @@ impl<F: Forge> Cycle<'_, F> {
             }
         }
         let props = proposals(&rows, &repo, &self.style, now);
+        let (props, held) = hold_until_applied(props, &repo, self.running.as_ref());
         let existing = self
             .forge
             .pulls(BRANCH_PREFIX)
             .await
             .map_err(|e| e.to_string())?;
-        let actions = plan(&props, &existing, &limits, now);
+        let mut actions = plan(&props, &existing, &limits, now);
+        actions.extend(held);
         if self.dry_run {
             return Ok((out, actions));
         }
@@ -1159,6 +1244,84 @@ mod tests {
             now(),
         );
         assert!(matches!(&a[..], [Action::Open(_)]), "{a:?}");
+    }
+
+    #[test]
+    fn a_pr_is_built_on_the_version_its_title_starts_from() {
+        let repo = example_repo();
+        let Some(k3s) = repo.component("k3s") else {
+            panic!()
+        };
+        let mut a = pr(1, "upkeep/k3s-v1.34.1-k3s1", "open", false);
+        a.title = "k3s: v1.33.5+k3s1 -> v1.34.1+k3s1".into();
+        let mut closed = a.clone();
+        closed.number = 2;
+        closed.state = "closed".into();
+        let mut other = a.clone();
+        other.number = 3;
+        other.title = "k3s: v1.33.4+k3s1 -> v1.33.5+k3s1".into();
+        let mut extra = a.clone();
+        extra.number = 4;
+        extra.head = "upkeep/k3s-extra-v1.34.1".into();
+        let pulls = [a, closed, other, extra];
+        assert_eq!(built_on(&pulls, k3s, "v1.33.5+k3s1"), [1]);
+        assert_eq!(built_on(&pulls, k3s, "nonsense"), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_next_hop_waits_until_the_current_one_runs() {
+        let repo = example_repo();
+        let v = |s: &str, scheme| crate::versions::parse(s, scheme).unwrap_or_else(|_| panic!());
+        use crate::versions::Scheme;
+        let props = vec![prop("longhorn", "v1.10.2"), prop("k3s", "v1.33.5+k3s1")];
+        // Nothing known of the cluster (`upkeep propose` alone): nothing waits.
+        let (go, held) = hold_until_applied(props.clone(), &repo, None);
+        assert_eq!((go.len(), held.len()), (2, 0));
+        // versions.yaml asks for longhorn v1.9.1, the cluster still runs v1.8.2: it waits;
+        // k3s runs what is asked, and one the cluster says nothing of is not held either.
+        let runs = |version, unfinished: Option<&str>| Runs {
+            version,
+            unfinished: unfinished.map(str::to_string),
+        };
+        let mut running = Running::new();
+        running.insert("longhorn".into(), runs(v("v1.8.2", Scheme::Semver), None));
+        running.insert("k3s".into(), runs(v("v1.33.4+k3s1", Scheme::K3s), None));
+        let (go, held) = hold_until_applied(props.clone(), &repo, Some(&running));
+        assert_eq!(
+            go.iter().map(|p| p.component.as_str()).collect::<Vec<_>>(),
+            ["k3s"]
+        );
+        assert!(
+            matches!(&held[..], [Action::Wait { proposal, why }]
+                if proposal.component == "longhorn"
+                && why.contains("longhorn v1.9.1 does not run in the cluster yet (it runs v1.8.2)")),
+            "{held:?}"
+        );
+        // Running, but its rollout is still validating: it waits.
+        running.insert(
+            "longhorn".into(),
+            runs(
+                v("v1.9.1", Scheme::Semver),
+                Some("rollout longhorn-v1.9.1 is Validating"),
+            ),
+        );
+        let (_, held) = hold_until_applied(props.clone(), &repo, Some(&running));
+        assert!(
+            matches!(&held[..], [Action::Wait { why, .. }]
+                if why.contains("longhorn v1.9.1 is not applied yet (rollout longhorn-v1.9.1 is Validating)")),
+            "{held:?}"
+        );
+        // Once it runs and its rollout is done (or it runs something newer, which upkeep cannot
+        // take back), it is proposed.
+        running.insert("longhorn".into(), runs(v("v1.9.1", Scheme::Semver), None));
+        assert_eq!(
+            hold_until_applied(props.clone(), &repo, Some(&running))
+                .0
+                .len(),
+            2
+        );
+        running.insert("longhorn".into(), runs(v("v1.10.2", Scheme::Semver), None));
+        assert_eq!(hold_until_applied(props, &repo, Some(&running)).0.len(), 2);
     }
 
     #[test]

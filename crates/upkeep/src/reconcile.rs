@@ -125,8 +125,12 @@ struct Recording<U> {
 }
 
 impl<U: Upstream> Upstream for Recording<U> {
-    async fn fetch(&self, c: &crate::model::Component) -> crate::sources::Result<Fetched> {
-        let f = self.inner.fetch(c).await;
+    async fn fetch(
+        &self,
+        c: &crate::model::Component,
+        run: &crate::sources::Run,
+    ) -> crate::sources::Result<Fetched> {
+        let f = self.inner.fetch(c, run).await;
         if let Ok(f) = &f {
             let versions = f
                 .releases_as(c.scheme)
@@ -207,6 +211,8 @@ struct Memory {
     client: Option<kube::Client>,
     /// A rollout is under way (not finished, not waiting for a window): look again soon.
     busy: bool,
+    /// What the cluster ran at the last look; `None` before the first. Proposals wait for it.
+    running: Option<crate::propose::Running>,
 }
 
 /// How often the loop looks while a rollout is under way, whatever `poll` says: each look moves
@@ -351,10 +357,17 @@ async fn reconcile(
     let asked = shared
         .want_propose
         .swap(false, std::sync::atomic::Ordering::SeqCst);
-    let detect = asked
+    let due = asked
         || mem
             .last_detect
             .is_none_or(|t| t.elapsed() >= cfg.detect_every);
+    // A proposal waits for what the cluster runs, so the first detection follows the first look.
+    let detect = due && mem.running.is_some();
+    if due && !detect {
+        shared
+            .want_propose
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let propose_error = if detect {
         detect_and_propose(cfg, shared, mem, now).await
     } else {
@@ -368,6 +381,9 @@ async fn reconcile(
     // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
     still_leader(shared)?;
     let applied = drive(cfg, mem, &config).await?;
+    if mem.running.replace(applied.running.clone()).is_none() && due {
+        shared.wake.notify_one();
+    }
     // 4. Record what happened.
     record_rollouts(shared, mem, &applied.rollouts);
     record_status(cfg, shared, applied);
@@ -481,6 +497,7 @@ async fn detect_and_propose(
         author: cfg.author.clone(),
         dashboard: true,
         dry_run: false,
+        running: mem.running.clone(),
     };
     let sources = cfg.sources.clone();
     let sink = found.clone();

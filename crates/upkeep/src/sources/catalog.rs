@@ -222,7 +222,7 @@ pub fn sig_path(path: &Path) -> PathBuf {
 }
 
 impl Upstream for Catalog {
-    async fn fetch(&self, c: &Component) -> super::Result<Fetched> {
+    async fn fetch(&self, c: &Component, _run: &super::Run) -> super::Result<Fetched> {
         let entry = self
             .file
             .components

@@ -41,13 +41,15 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-#[derive(Deserialize)]
-struct Index {
+/// A Helm repository's index: every chart's versions. Read once per run however many components
+/// take charts from it.
+#[derive(Debug, Deserialize)]
+pub struct Index {
     #[serde(default)]
     entries: BTreeMap<String, Vec<ChartVersion>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ChartVersion {
     version: String,
@@ -72,34 +74,45 @@ fn options() -> serde_saphyr::Options {
 /// The versions of `chart` in an index document, newest entries as the index lists them.
 /// Deprecated chart versions are skipped.
 pub fn parse(url: &str, body: &str, chart: &str) -> Result<Vec<UpstreamRelease>> {
-    let idx: Index =
-        serde_saphyr::from_str_with_options(body, options()).map_err(|e| Error::Parse {
-            url: url.to_string(),
-            detail: e.to_string(),
-        })?;
-    let Some(versions) = idx.entries.get(chart) else {
-        return Err(Error::NoChart {
-            url: url.to_string(),
-            chart: chart.to_string(),
-            suggestion: crate::model::suggest(chart, idx.entries.keys().map(String::as_str))
-                .map(str::to_string),
-        });
-    };
-    Ok(versions
-        .iter()
-        .filter(|v| !v.deprecated)
-        .map(|v| UpstreamRelease {
-            tag: v.version.clone(),
-            published_at: v
-                .created
-                .as_deref()
-                .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
-                .map(|d| d.with_timezone(&Utc)),
-            prerelease: false,
-            notes: None,
-            url: None,
-        })
-        .collect())
+    parse_index(url, body)?.chart(url, chart)
+}
+
+/// Read an index document.
+pub fn parse_index(url: &str, body: &str) -> Result<Index> {
+    serde_saphyr::from_str_with_options(body, options()).map_err(|e| Error::Parse {
+        url: url.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+impl Index {
+    /// The versions of `chart` (read from `url`), newest entries as the index lists them.
+    /// Deprecated chart versions are skipped.
+    pub fn chart(&self, url: &str, chart: &str) -> Result<Vec<UpstreamRelease>> {
+        let Some(versions) = self.entries.get(chart) else {
+            return Err(Error::NoChart {
+                url: url.to_string(),
+                chart: chart.to_string(),
+                suggestion: crate::model::suggest(chart, self.entries.keys().map(String::as_str))
+                    .map(str::to_string),
+            });
+        };
+        Ok(versions
+            .iter()
+            .filter(|v| !v.deprecated)
+            .map(|v| UpstreamRelease {
+                tag: v.version.clone(),
+                published_at: v
+                    .created
+                    .as_deref()
+                    .and_then(|c| DateTime::parse_from_rfc3339(c).ok())
+                    .map(|d| d.with_timezone(&Utc)),
+                prerelease: false,
+                notes: None,
+                url: None,
+            })
+            .collect())
+    }
 }
 
 pub struct Client {
@@ -108,7 +121,7 @@ pub struct Client {
 
 /// Where a Helm repository's index is; an OCI registry has none (its tags would have to be
 /// listed through the registry API), which is said rather than fetched.
-fn index_url(repository: &str) -> Result<String> {
+pub fn index_url(repository: &str) -> Result<String> {
     if repository.starts_with("oci://") {
         return Err(Error::Oci {
             url: repository.to_string(),
@@ -122,25 +135,21 @@ impl Client {
         Client { get }
     }
 
-    pub async fn chart_versions(
-        &self,
-        repository: &str,
-        chart: &str,
-    ) -> Result<Vec<UpstreamRelease>> {
-        let url = index_url(repository)?;
+    /// Fetch and read the index at `url` (see [`index_url`]).
+    pub async fn index(&self, url: &str) -> Result<Index> {
         let body = self
             .get
-            .get(&url, MAX_BYTES)
+            .get(url, MAX_BYTES)
             .await
             .map_err(|source| Error::Fetch {
-                url: url.clone(),
+                url: url.to_string(),
                 source,
             })?;
         let text = String::from_utf8(body).map_err(|_| Error::Parse {
-            url: url.clone(),
+            url: url.to_string(),
             detail: "it is not UTF-8".into(),
         })?;
-        parse(&url, &text, chart)
+        parse_index(url, &text)
     }
 }
 

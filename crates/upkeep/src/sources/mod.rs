@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Mutex;
 
 use crate::model::{Component, Track};
 use crate::select::Release;
@@ -112,6 +111,9 @@ pub enum Error {
     NoSource { component: String },
     #[error("cannot set up the HTTP client: {0}")]
     Client(http::FetchError),
+    /// The one failure of a source that several components share (see [`Run`]).
+    #[error(transparent)]
+    Shared(Arc<Error>),
     #[error(
         "component `{component}` tracks channel `{channel}` but has no channel server (hint: set `source: {{channelServer: URL}}`)"
     )]
@@ -138,6 +140,7 @@ impl Error {
             Error::Catalog(_) => "catalog",
             Error::NoSource { .. } => "config",
             Error::Client(_) => "http",
+            Error::Shared(e) => e.kind(),
         }
     }
 }
@@ -145,9 +148,98 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where a component's releases come from. Sends and `Sync` so that many components are fetched
-/// at once.
+/// at once. `run` remembers what this run has fetched, so that a source several components share
+/// is fetched once ([`Run::default`] when fetching one component alone).
 pub trait Upstream: Send + Sync {
-    fn fetch(&self, component: &Component) -> impl Future<Output = Result<Fetched>> + Send;
+    fn fetch(
+        &self,
+        component: &Component,
+        run: &Run,
+    ) -> impl Future<Output = Result<Fetched>> + Send;
+}
+
+/// What one run (one `check`, one detection cycle, one export) shares between its components:
+/// each GitHub repository, Helm index and channel server that more than one component reads is
+/// fetched once, and the others wait for that one fetch (as Renovate looks each package source up
+/// once per run). A source is held only until the last component that reads it has it, so a run
+/// of many distinct sources keeps no more in memory than before; the next run fetches again
+/// (cheaply: the ETag cache makes an unchanged GitHub source a 304).
+#[derive(Default)]
+pub struct Run {
+    releases: Memo<Vec<UpstreamRelease>>,
+    indexes: Memo<helm::Index>,
+    channels: Memo<channel::Channels>,
+}
+
+impl Run {
+    /// A run over `components`: counts how many read each source.
+    pub fn new(components: &[Component]) -> Run {
+        let run = Run::default();
+        for c in components {
+            if let Some(h) = &c.sources.helm_chart {
+                if let Ok(url) = helm::index_url(&h.repository) {
+                    run.indexes.expect(&url);
+                }
+            } else if let Some(repo) = &c.sources.github_releases {
+                run.releases.expect(repo);
+            }
+            if matches!(c.track, Track::Channel(_)) {
+                run.channels
+                    .expect(c.sources.channel_server.as_deref().unwrap_or_default());
+            }
+        }
+        run
+    }
+}
+
+type Shared<T> = Arc<tokio::sync::OnceCell<std::result::Result<Arc<T>, Arc<Error>>>>;
+
+/// Single-flight results by source key, each kept until its last expected reader has it.
+struct Memo<T> {
+    entries: std::sync::Mutex<HashMap<String, (usize, Shared<T>)>>,
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Memo {
+            entries: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> Memo<T> {
+    fn expect(&self, key: &str) {
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(key.to_string()).or_default().0 += 1;
+    }
+
+    /// The value for `key`: fetched by the first reader, shared with the others. A key no
+    /// component was counted for (or counted once) is fetched without being kept.
+    async fn get<F, Fut>(&self, key: &str, fetch: F) -> Result<Arc<T>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        let cell = {
+            let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            match m.get_mut(key) {
+                Some((readers, cell)) if *readers > 1 => {
+                    *readers -= 1;
+                    Some(cell.clone())
+                }
+                Some(_) => m.remove(key).map(|(_, cell)| cell),
+                None => None,
+            }
+        };
+        match cell {
+            None => fetch().await.map(Arc::new),
+            Some(cell) => cell
+                .get_or_init(|| async { fetch().await.map(Arc::new).map_err(Arc::new) })
+                .await
+                .clone()
+                .map_err(Error::Shared),
+        }
+    }
 }
 
 /// Counters of the network side of a run (for the report, the benchmark and metrics).
@@ -274,8 +366,6 @@ pub struct Live {
     channels: channel::Client,
     helm: helm::Client,
     k3s_channel_url: Option<String>,
-    /// Channel collections, fetched once per base URL per run.
-    channel_memo: Mutex<HashMap<String, Arc<channel::Channels>>>,
     pub stats: Arc<Stats>,
 }
 
@@ -290,12 +380,11 @@ impl Live {
             channels: channel::Client::new(get.clone()),
             helm: helm::Client::new(get),
             k3s_channel_url: cfg.k3s_channel_url.clone(),
-            channel_memo: Mutex::new(HashMap::new()),
             stats,
         })
     }
 
-    async fn channel_latest(&self, c: &Component, name: &str) -> Result<String> {
+    async fn channel_latest(&self, c: &Component, name: &str, run: &Run) -> Result<String> {
         let base = self
             .k3s_channel_url
             .clone()
@@ -304,16 +393,11 @@ impl Live {
                 component: c.name.clone(),
                 channel: name.to_string(),
             })?;
-        let mut memo = self.channel_memo.lock().await;
-        let channels = match memo.get(&base) {
-            Some(ch) => ch.clone(),
-            None => {
-                let ch = Arc::new(self.channels.channels(&base).await?);
-                memo.insert(base.clone(), ch.clone());
-                ch
-            }
-        };
-        drop(memo);
+        let key = c.sources.channel_server.as_deref().unwrap_or_default();
+        let channels = run
+            .channels
+            .get(key, || async { Ok(self.channels.channels(&base).await?) })
+            .await?;
         channels
             .latest(name)
             .map(str::to_string)
@@ -326,18 +410,27 @@ impl Live {
 }
 
 impl Upstream for Live {
-    async fn fetch(&self, c: &Component) -> Result<Fetched> {
+    async fn fetch(&self, c: &Component, run: &Run) -> Result<Fetched> {
         let channel_latest = match &c.track {
-            Track::Channel(name) => Some(self.channel_latest(c, name).await?),
+            Track::Channel(name) => Some(self.channel_latest(c, name, run).await?),
             _ => None,
         };
         let (source, releases) = if let Some(h) = &c.sources.helm_chart {
+            let url = helm::index_url(&h.repository)?;
+            let index = run
+                .indexes
+                .get(&url, || async { Ok(self.helm.index(&url).await?) })
+                .await?;
             (
                 format!("helm:{}#{}", h.repository, h.chart),
-                self.helm.chart_versions(&h.repository, &h.chart).await?,
+                index.chart(&url, &h.chart)?,
             )
         } else if let Some(repo) = &c.sources.github_releases {
-            (format!("github:{repo}"), self.github.releases(repo).await?)
+            let releases = run
+                .releases
+                .get(repo, || async { Ok(self.github.releases(repo).await?) })
+                .await?;
+            (format!("github:{repo}"), Arc::unwrap_or_clone(releases))
         } else {
             return Err(Error::NoSource {
                 component: c.name.clone(),
@@ -367,15 +460,22 @@ where
 {
     use tracing::Instrument;
     let f = Arc::new(f);
+    let run = Arc::new(Run::new(components));
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in components.iter().enumerate() {
-        let (c, up, f, permits) = (c.clone(), up.clone(), f.clone(), permits.clone());
+        let (c, up, f, permits, run) = (
+            c.clone(),
+            up.clone(),
+            f.clone(),
+            permits.clone(),
+            run.clone(),
+        );
         let span = tracing::info_span!("fetch", component = %c.name);
         tasks.spawn(
             async move {
                 let _permit = permits.acquire_owned().await;
-                let fetched = up.fetch(&c).await;
+                let fetched = up.fetch(&c, &run).await;
                 if let Err(e) = &fetched {
                     tracing::info!(error = %e, "source failed");
                 }
