@@ -100,17 +100,27 @@ impl World {
 
     /// One cycle; returns what it did and planned (or the error that stopped it).
     fn cycle(&self, dry_run: bool) -> Result<(Outcome, Vec<Action>), String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
+        let rt = runtime();
+        let forge = {
+            let _in = rt.enter();
+            self.forge()
+        };
+        self.cycle_on(&rt, &forge, dry_run)
+    }
+
+    /// One cycle through `forge`, made on `rt` (a controller keeps one for its life).
+    fn cycle_on(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        forge: &GitHub,
+        dry_run: bool,
+    ) -> Result<(Outcome, Vec<Action>), String> {
         rt.block_on(async {
             let git = self.git();
-            let forge = self.forge();
             let live = Arc::new(Live::new(&self.net()).expect("live"));
             let c = Cycle {
                 git: &git,
-                forge: &forge,
+                forge,
                 base: "main".into(),
                 subdir: String::new(),
                 scratch: self.dir.path().join("checkout"),
@@ -201,6 +211,13 @@ impl World {
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+}
+
 fn ok(r: Result<(Outcome, Vec<Action>), String>) -> Outcome {
     let (o, _) = r.expect("the cycle runs");
     assert!(o.errors.is_empty(), "{:?}", o.errors);
@@ -254,6 +271,34 @@ fn first_proposal_then_a_rerun_changes_nothing() {
     assert_eq!(o2.dashboard, Some(dash));
     assert_eq!(w.writes(), before, "a warm cycle makes no write requests");
     assert_eq!(w.pulls().len(), 2);
+}
+
+/// A controller keeps its forge client: a cycle in which nothing changed reads the pull-request
+/// list once, conditionally, and GitHub answers every read 304 (free of the rate limit).
+#[test]
+fn an_unchanged_cycle_reads_the_pr_list_once_and_only_conditionally() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let w = World::new(ROOMY);
+    let rt = runtime();
+    let forge = {
+        let _in = rt.enter();
+        w.forge()
+    };
+    // The first cycle opens the PRs and the dashboard; the second reads them once as they are.
+    ok(w.cycle_on(&rt, &forge, false));
+    ok(w.cycle_on(&rt, &forge, false));
+    let (requests, not_modified) = (
+        forge.counters.requests.load(Relaxed),
+        forge.counters.not_modified.load(Relaxed),
+    );
+    let sim_before = w.sim.counters();
+    let o = ok(w.cycle_on(&rt, &forge, false));
+    assert!(o.opened.is_empty() && o.updated.is_empty(), "{o:?}");
+    let reads = forge.counters.requests.load(Relaxed) - requests;
+    let unchanged = forge.counters.not_modified.load(Relaxed) - not_modified;
+    // One page of pull requests, one of the dashboard issue: both unchanged.
+    assert_eq!((reads, unchanged), (2, 2));
+    assert_eq!(w.sim.counters().not_modified - sim_before.not_modified, 2);
 }
 
 #[test]

@@ -36,6 +36,11 @@ pub enum Error {
     },
     #[error("the forge answered something unreadable for {path}: {detail}")]
     Parse { path: String, detail: String },
+    #[error(
+        "{path} has more than {} items ({MAX_PAGES} pages of 100); upkeep reads no further and does not act on part of a list (hint: close or delete old `upkeep/` branches' pull requests, or ask for a bigger bound)",
+        MAX_PAGES * 100
+    )]
+    TooMany { path: String },
     #[error("{0}")]
     Config(String),
 }
@@ -49,7 +54,7 @@ impl Error {
             Error::RateLimited { .. } => "rate_limited",
             Error::Status { .. } => "status",
             Error::Transport { .. } => "transport",
-            Error::Parse { .. } => "parse",
+            Error::Parse { .. } | Error::TooMany { .. } => "parse",
             Error::Config(_) => "config",
         }
     }
@@ -125,6 +130,8 @@ pub trait Forge {
 pub struct Counters {
     pub requests: AtomicU64,
     pub writes: AtomicU64,
+    /// Conditional list reads answered 304 (free of GitHub's rate limit).
+    pub not_modified: AtomicU64,
     pub rate_remaining: crate::sources::RateRemaining,
 }
 
@@ -138,7 +145,17 @@ pub struct GitHub {
     pub max_wait: Duration,
     pub timeout: Duration,
     pub counters: Counters,
+    /// The last answer to each list page with its ETag, so that a page read again is a
+    /// conditional request: an unchanged one costs a 304, which GitHub does not count against the
+    /// rate limit.
+    pages: std::sync::Mutex<std::collections::HashMap<String, (String, Value)>>,
 }
+
+/// Lists are read to the end, up to this many pages of 100; a longer one is an error, never cut
+/// silently.
+pub const MAX_PAGES: usize = 100;
+/// Pages remembered for conditional reads; beyond this the memory starts over.
+const MAX_REMEMBERED_PAGES: usize = 1_000;
 
 impl GitHub {
     /// `api` like `https://api.github.com`; `repo` as `owner/name`.
@@ -175,6 +192,7 @@ impl GitHub {
             max_wait: Duration::from_secs(10),
             timeout: Duration::from_secs(30),
             counters: Counters::default(),
+            pages: Default::default(),
         })
     }
 
@@ -184,9 +202,23 @@ impl GitHub {
 
     /// One request with retries. Returns the status and the JSON body (Null when empty).
     async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+        self.send_if(method, path, body, None)
+            .await
+            .map(|(s, v, _)| (s, v))
+    }
+
+    /// [`send`](Self::send), conditional on `etag` when given (a 304 comes back as such, with a
+    /// null body); also returns the answer's ETag.
+    async fn send_if(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<(u16, Value, Option<String>)> {
         let mut attempt = 0u32;
         loop {
-            let r = self.once(method.clone(), path, body).await;
+            let r = self.once(method.clone(), path, body, etag).await;
             let retry = match &r {
                 Err(Error::Transport { .. }) => true,
                 Err(Error::Status { status, .. }) => *status >= 500,
@@ -202,7 +234,13 @@ impl GitHub {
         }
     }
 
-    async fn once(&self, method: Method, path: &str, body: Option<&Value>) -> Result<(u16, Value)> {
+    async fn once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        etag: Option<&str>,
+    ) -> Result<(u16, Value, Option<String>)> {
         let url = self.url(path);
         let m = method.to_string();
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +257,13 @@ impl GitHub {
                 Method::POST => self.octo._post(url.as_str(), body).await,
                 Method::PATCH => self.octo._patch(url.as_str(), body).await,
                 Method::PUT => self.octo._put(url.as_str(), body).await,
-                _ => self.octo._get(url.as_str()).await,
+                _ => {
+                    let mut h = HeaderMap::new();
+                    if let Some(v) = etag.and_then(|e| http::HeaderValue::from_str(e).ok()) {
+                        h.insert(http::header::IF_NONE_MATCH, v);
+                    }
+                    self.octo._get_with_headers(url.as_str(), Some(h)).await
+                }
             }
             .map_err(|e| transport(crate::sources::http::error_chain(&e)))?;
             let (parts, b) = resp.into_parts();
@@ -239,13 +283,21 @@ impl GitHub {
             .await
             .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))??;
         self.counters.rate_remaining.note(&headers);
+        if status == StatusCode::NOT_MODIFIED && etag.is_some() {
+            self.counters.not_modified.fetch_add(1, Ordering::Relaxed);
+            return Ok((304, Value::Null, None));
+        }
         let json: Value = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
         if status.is_success() {
-            return Ok((status.as_u16(), json));
+            let tag = headers
+                .get(http::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            return Ok((status.as_u16(), json, tag));
         }
         let message = json["message"].as_str().unwrap_or("").to_string();
         if let Some(until) = rate_limited(status, &headers, &message) {
@@ -253,7 +305,7 @@ impl GitHub {
             if wait <= self.max_wait {
                 tracing::info!(?wait, "waiting for the GitHub rate limit");
                 tokio::time::sleep(wait).await;
-                return Box::pin(self.once(method, path, body)).await;
+                return Box::pin(self.once(method, path, body, etag)).await;
             }
             return Err(Error::RateLimited { until });
         }
@@ -292,18 +344,34 @@ impl GitHub {
         self.send(method, path, Some(body)).await.map(|_| ())
     }
 
-    /// Every page of a list.
+    /// Every page of a list, each read conditionally on what it was last time; more than
+    /// [`MAX_PAGES`] is an error.
     async fn list(&self, path: &str) -> Result<Vec<Value>> {
         let mut out = Vec::new();
-        for page in 1..=50 {
+        for page in 1..=MAX_PAGES {
             let sep = if path.contains('?') { '&' } else { '?' };
-            let (_, v) = self
-                .send(
-                    Method::GET,
-                    &format!("{path}{sep}per_page=100&page={page}"),
-                    None,
-                )
+            let p = format!("{path}{sep}per_page=100&page={page}");
+            let known = self
+                .pages
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&p)
+                .cloned();
+            let (status, v, etag) = self
+                .send_if(Method::GET, &p, None, known.as_ref().map(|k| k.0.as_str()))
                 .await?;
+            let v = match (status, known, etag) {
+                (304, Some((_, v)), _) => v,
+                (_, _, Some(etag)) => {
+                    let mut pages = self.pages.lock().unwrap_or_else(|e| e.into_inner());
+                    if pages.len() >= MAX_REMEMBERED_PAGES {
+                        pages.clear();
+                    }
+                    pages.insert(p, (etag, v.clone()));
+                    v
+                }
+                _ => v,
+            };
             let items = v.as_array().cloned().ok_or_else(|| Error::Parse {
                 path: path.into(),
                 detail: "not a list".into(),
@@ -311,10 +379,10 @@ impl GitHub {
             let n = items.len();
             out.extend(items);
             if n < 100 {
-                break;
+                return Ok(out);
             }
         }
-        Ok(out)
+        Err(Error::TooMany { path: path.into() })
     }
 }
 

@@ -852,10 +852,14 @@ impl<F: Forge> Cycle<'_, F> {
                     ));
                 }
             }
-            let open = self
-                .forge
-                .pulls(BRANCH_PREFIX)
-                .await
+            // The list read above, unless this cycle opened, closed or changed a PR.
+            let wrote = !(out.opened.is_empty() && out.closed.is_empty() && out.updated.is_empty());
+            let listed = if wrote {
+                self.forge.pulls(BRANCH_PREFIX).await
+            } else {
+                Ok(existing)
+            };
+            let open = listed
                 .map(|ps| {
                     ps.into_iter()
                         .filter(|p| p.is_open())
