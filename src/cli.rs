@@ -111,12 +111,42 @@ pub enum Command {
     // A later value of a flag wins, so that the command line overrides --config's file.
     #[command(args_override_self = true)]
     Run(Box<RunArgs>),
+    /// List the rollouts in the cluster with their phase and message, newest change first (as
+    /// `flux get` does for Flux objects). Exit 0: none failed unacknowledged; 1: one did, or the
+    /// cluster cannot be read.
+    Get(ClusterArgs),
+    /// Mark a failed rollout (Failed, Reverted, RequiresAttention) as looked at: it leaves the
+    /// status page and the metrics, so its alert resolves; `upkeep get` still lists it. Records
+    /// who and when in the `upkeep.dev/acknowledged` annotation (docs/runbook.md).
+    Acknowledge {
+        /// The rollout's name (`upkeep get` lists them).
+        rollout: String,
+        /// Who looked (default: $USER).
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+        #[command(flatten)]
+        at: ClusterArgs,
+    },
     /// Offline release catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
     /// Simulators of the outside world, on 127.0.0.1, for trying upkeep without a network.
     #[command(subcommand)]
     Sim(SimCommand),
+}
+
+/// Where the Rollout objects are.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClusterArgs {
+    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace of the Rollout objects.
+    #[arg(long, default_value = "upkeep-system")]
+    pub namespace: String,
+    /// How to print the result.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
 }
 
 /// Where the config repository is, on git and on the forge.
@@ -627,6 +657,8 @@ pub fn run() -> i32 {
         Command::Run(args) => run_controller(&args),
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
         Command::Apply(args) => apply(&args),
+        Command::Get(at) => get(&at),
+        Command::Acknowledge { rollout, by, at } => acknowledge(&rollout, by, &at),
         Command::Catalog(CatalogCommand::Verify {
             catalog,
             public_key,
@@ -788,6 +820,84 @@ fn load_valid(repo: &Path, now: DateTime<Utc>) -> Result<ConfigRepo, i32> {
                 repo.display()
             );
             Err(1)
+        }
+    }
+}
+
+/// `upkeep get`.
+fn get(at: &ClusterArgs) -> i32 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let rows = rt.block_on(async {
+        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        upkeep::operate::list(&client, &at.namespace)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match rows {
+        Ok(rows) => {
+            match at.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                ),
+                Output::Text if rows.is_empty() => {
+                    println!("no rollouts in {}", at.namespace)
+                }
+                Output::Text => print!("{}", upkeep::operate::table(&rows)),
+            }
+            let failed = rows
+                .iter()
+                .any(|r| upkeep::operate::is_failure(r.phase) && r.acknowledged.is_none());
+            i32::from(failed)
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
+}
+
+/// `upkeep acknowledge`.
+fn acknowledge(rollout: &str, by: Option<String>, at: &ClusterArgs) -> i32 {
+    let who = by
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|w| !w.trim().is_empty())
+        .unwrap_or_else(|| "someone".into());
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let row = rt.block_on(async {
+        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        upkeep::operate::acknowledge(&client, &at.namespace, rollout, &who, Utc::now())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match row {
+        Ok(r) => {
+            match at.output {
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default())
+                }
+                Output::Text => println!(
+                    "rollout {} ({:?}) acknowledged by {}",
+                    r.name,
+                    r.phase,
+                    r.acknowledged.as_deref().unwrap_or(&who)
+                ),
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
         }
     }
 }
@@ -1050,33 +1160,30 @@ fn plan(a: &PlanArgs) -> i32 {
                 if let Some(e) = &r.path_error {
                     let _ = writeln!(out, "  path: {e}");
                 }
+                let tz = upkeep::windows::zone_for(&r.component, &repo.windows);
+                let show = |t| upkeep::windows::show(t, tz);
                 let when = match &r.when {
                     Decision::AnyTime => "any time (no window covers it)".to_string(),
-                    Decision::InWindow { window, closes } => format!(
-                        "now: window {window} is open until {}",
-                        closes.format("%Y-%m-%d %H:%M UTC")
-                    ),
+                    Decision::InWindow { window, closes } => {
+                        format!("now: window {window} is open until {}", show(*closes))
+                    }
                     Decision::Emergency => "now (emergency)".into(),
                     Decision::Wait { next: Some(n) } => {
                         match upkeep::propose::after_merge(&repo, &r.component, now).window {
                             Some(w) => format!(
-                                "in the next window, {} {} ({}), for {}",
-                                w.name, w.starts, w.time_zone, w.duration
+                                "in the next window, {} {}, for {}",
+                                w.name, w.starts, w.duration
                             ),
-                            None => {
-                                format!("in the next window, {}", n.format("%Y-%m-%d %H:%M UTC"))
-                            }
+                            None => format!("in the next window, {}", show(*n)),
                         }
                     }
                     Decision::Wait { next: None } => "no window opens within a year".into(),
-                    Decision::Denied { window, until } => format!(
-                        "after deny window {window}, {}",
-                        until.format("%Y-%m-%d %H:%M UTC")
-                    ),
-                    Decision::Frozen { freeze, until } => format!(
-                        "after freeze {freeze}, {}",
-                        until.format("%Y-%m-%d %H:%M UTC")
-                    ),
+                    Decision::Denied { window, until } => {
+                        format!("after deny window {window}, {}", show(*until))
+                    }
+                    Decision::Frozen { freeze, until } => {
+                        format!("after freeze {freeze}, {}", show(*until))
+                    }
                 };
                 let _ = writeln!(out, "  when: {when}");
                 if let Some(v) = &r.preflight {

@@ -70,7 +70,7 @@ fn what_would_be_applied_when_and_the_preflight_verdict() {
     );
     assert!(
         out.contains(
-            "in the next window, saturday-night Sat 2026-11-21 22:00 (Europe/Amsterdam), for 4h"
+            "in the next window, saturday-night Sat 2026-11-21 22:00 CET (UTC+01:00), for 4h"
         ),
         "{out}"
     );

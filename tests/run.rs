@@ -748,3 +748,221 @@ fn the_next_hop_is_proposed_once_the_current_one_runs() {
     );
     p.kill();
 }
+
+/// `upkeep` with `args` against the world's cluster; (exit code, stdout, stderr).
+fn upkeep_cli(w: &World, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&w.kubeconfig)
+        .output()
+        .expect("upkeep");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Run `promtool test rules` with deploy/monitoring's rules on series taken from `metrics`
+/// (every `upkeep_rollout_phase` sample, held for 5 hours) and the expected alerts; promtool's
+/// output when it fails.
+fn promtool_rule_test(dir: &std::path::Path, metrics: &str, expect: &[(&str, &str, &str)]) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let rule: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/monitoring/prometheusrule.yaml"))
+            .expect("rules"),
+    )
+    .expect("yaml");
+    let groups = &rule["spec"]["groups"];
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_json::json!({ "groups": groups }).to_string(),
+    )
+    .expect("write");
+    let series: Vec<serde_json::Value> = metrics
+        .lines()
+        .filter(|l| l.starts_with("upkeep_rollout_phase{"))
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(s, v)| serde_json::json!({"series": s, "values": format!("{v}x300")}))
+        .collect();
+    // The annotations as Prometheus renders them for these labels.
+    let rule_of = |alert: &str| {
+        groups[0]["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["alert"] == alert)
+            .cloned()
+            .expect("the alert exists")
+    };
+    let tests: Vec<serde_json::Value> = expect
+        .iter()
+        .map(|(alert, eval_time, rollout)| {
+            let r = rule_of(alert);
+            let line = metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("upkeep_rollout_phase{")
+                        && l.contains(&format!("rollout=\"{rollout}\""))
+                })
+                .unwrap_or_else(|| panic!("{rollout} in {metrics}"));
+            let label = |k: &str| {
+                line.split(&format!("{k}=\""))
+                    .nth(1)
+                    .and_then(|x| x.split('"').next())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let (component, phase) = (label("component"), label("phase"));
+            let render = |t: &serde_json::Value| {
+                t.as_str()
+                    .unwrap_or_default()
+                    .replace("{{ $labels.rollout }}", rollout)
+                    .replace("{{ $labels.component }}", &component)
+                    .replace("{{ $labels.phase }}", &phase)
+            };
+            serde_json::json!({
+                "eval_time": eval_time,
+                "alertname": alert,
+                "exp_alerts": [{
+                    "exp_labels": {"rollout": rollout, "component": component, "phase": phase,
+                        "severity": r["labels"]["severity"]},
+                    "exp_annotations": {"summary": render(&r["annotations"]["summary"]),
+                        "description": render(&r["annotations"]["description"])},
+                }],
+            })
+        })
+        .collect();
+    let test = serde_json::json!({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "alert_rule_test": tests}],
+    });
+    std::fs::write(dir.join("test.yaml"), test.to_string()).expect("write");
+    let out = Command::new("promtool")
+        .args(["test", "rules", "test.yaml"])
+        .current_dir(dir)
+        .output()
+        .expect("promtool is installed (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "promtool test rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A failed rollout stays on the page, in the metrics (so UpkeepRolloutFailed fires) and in
+/// `upkeep get` after the revert moved versions.yaml on, until a human acknowledges it; one left
+/// unfinished by a newer merge stays too (UpkeepRolloutStuck).
+#[test]
+fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fires() {
+    // The controller times hops in real time: a node that never comes back fails in 5 s.
+    let w = World::new(
+        600.0,
+        Some("apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nrollouts:\n  hopTimeout: 5s\n"),
+    );
+    w.kube
+        .inject(upkeep_sim::kube::ClusterFault::NodeNeverReady {
+            node: "agent-1".into(),
+        });
+    let p = w.spawn("run", &w.flags("state"), &[]);
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    w.merge(1);
+    p.wait("the rollout to need attention and be reverted", &|| {
+        w.phase() == "RequiresAttention"
+            && w.rollout()
+                .is_some_and(|r| !r["status"]["revert"].is_null())
+    });
+    let failed = w.rollout().expect("rollout")["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    // A rollout left in Backup when a newer version was merged (nothing drives it any more).
+    let leftover = w.dir.path().join("leftover.yaml");
+    std::fs::write(
+        &leftover,
+        "apiVersion: upkeep.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: longhorn-v1.10.2\n  namespace: upkeep-system\nspec:\n  component: longhorn\n  from: v1.9.1\n  to: v1.10.2\n  hops: [v1.10.2]\n",
+    )
+    .expect("write");
+    let kubectl = |args: &[&str]| {
+        let out = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&w.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+    };
+    kubectl(&["apply", "-f", &leftover.display().to_string()]);
+    kubectl(&[
+        "patch",
+        "rollout.upkeep.dev",
+        "longhorn-v1.10.2",
+        "-n",
+        "upkeep-system",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Backup","message":"taking a Longhorn system backup"}}"#,
+    ]);
+    // Well after the revert, both are still reported.
+    p.wait("both rollouts in the metrics", &|| {
+        let m = p.metrics();
+        m.contains(&format!(
+            "rollout=\"{failed}\",component=\"k3s\",phase=\"RequiresAttention\"}} 1"
+        )) && m.contains("rollout=\"longhorn-v1.10.2\",component=\"longhorn\",phase=\"Backup\"} 1")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let m = p.metrics();
+    assert!(m.contains(&format!("rollout=\"{failed}\"")), "{m}");
+    let (_, page) = p.get("/").expect("page");
+    assert!(
+        page.contains(&failed) && page.contains("RequiresAttention"),
+        "{page}"
+    );
+    assert!(page.contains("longhorn-v1.10.2"), "{page}");
+    // The alerts select them, as Prometheus evaluates the shipped rules.
+    promtool_rule_test(
+        w.dir.path(),
+        &m,
+        &[
+            ("UpkeepRolloutFailed", "2m", &failed),
+            ("UpkeepRolloutStuck", "3h5m", "longhorn-v1.10.2"),
+        ],
+    );
+    // `upkeep get` lists them and exits 1 while a failure is unacknowledged.
+    let (code, out, err) = upkeep_cli(&w, &["get"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains(&failed) && out.contains("RequiresAttention"),
+        "{out}"
+    );
+    assert!(
+        out.contains("longhorn-v1.10.2") && out.contains("Backup"),
+        "{out}"
+    );
+    // Only a failure is acknowledged; a typo is named with what exists.
+    let (code, _, err) = upkeep_cli(&w, &["acknowledge", "longhorn-v1.10.2"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is Backup, not failed"), "{err}");
+    let (code, _, err) = upkeep_cli(&w, &["acknowledge", "k3s-nope"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("there is no rollout `k3s-nope`") && err.contains(&failed),
+        "{err}"
+    );
+    let (code, out, err) = upkeep_cli(&w, &["acknowledge", &failed, "--by", "ana"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("acknowledged by ana at"), "{out}");
+    p.wait("the acknowledged failure to leave the metrics", &|| {
+        !p.metrics().contains(&format!("rollout=\"{failed}\""))
+    });
+    let (_, page) = p.get("/").expect("page");
+    assert!(!page.contains(&failed), "{page}");
+    let (code, out, _) = upkeep_cli(&w, &["get", "--output", "json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"acknowledged\": \"ana at"), "{out}");
+    p.kill();
+}

@@ -26,7 +26,8 @@ fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
-fn rollouts(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
+/// The Rollout objects of namespace `ns`.
+pub fn rollouts(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(
         client.clone(),
         ns,
@@ -177,6 +178,8 @@ pub struct Applied {
     pub pulls: Vec<crate::forge::PullRequest>,
     /// What the cluster runs, per component it says something of.
     pub running: crate::propose::Running,
+    /// The rollouts this look drove (the others in `rollouts` are shown, not driven).
+    pub driven: Vec<String>,
 }
 
 /// [`run`], with each rollout's whole status and the pull requests it read.
@@ -212,6 +215,30 @@ pub async fn run_detailed<F: Forge>(
             {
                 r.unfinished = Some(format!("rollout {name} is {:?}", status.phase));
             }
+            let acked = crate::operate::acknowledgement(&obj).is_some();
+            if crate::operate::shown(status.phase, acked, true) {
+                out.push((name.clone(), status));
+            }
+        }
+    }
+    // The others stay in sight while a human should look: a failure nobody acknowledged (after
+    // a revert, versions.yaml no longer names it), or one left unfinished (stuck: a newer version
+    // was merged while it ran).
+    let all = d
+        .api
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("listing rollouts"))?;
+    for obj in &all.items {
+        let Some(name) = obj.metadata.name.as_ref() else {
+            continue;
+        };
+        if names.iter().any(|(n, _)| n == name) {
+            continue;
+        }
+        let status = status_of(obj);
+        let acked = crate::operate::acknowledgement(obj).is_some();
+        if crate::operate::shown(status.phase, acked, false) {
             out.push((name.clone(), status));
         }
     }
@@ -219,6 +246,7 @@ pub async fn run_detailed<F: Forge>(
         rollouts: out,
         pulls,
         running,
+        driven: names.into_iter().map(|(n, _)| n).collect(),
     })
 }
 
@@ -494,7 +522,7 @@ impl<F: Forge> Driver<'_, '_, F> {
             component: c,
             observed,
             may_start: decision.allows_start(),
-            waiting: waiting_text(&decision),
+            waiting: waiting_text(&decision, windows::zone_for(&c.name, &config.windows)),
             backup: self.opts.backup,
             backup_state,
             timeout: self.opts.timeout,
@@ -1427,21 +1455,18 @@ pub async fn run_checks(
     out
 }
 
-fn waiting_text(d: &Decision) -> String {
+/// Why a rollout waits, with times in `tz` (its window's zone).
+fn waiting_text(d: &Decision, tz: chrono_tz::Tz) -> String {
+    let show = |t: &DateTime<Utc>| crate::windows::show(*t, tz);
     match d {
-        Decision::Wait { next: Some(n) } => format!(
-            "waiting for the next window, {}",
-            n.format("%Y-%m-%d %H:%M UTC")
-        ),
+        Decision::Wait { next: Some(n) } => format!("waiting for the next window, {}", show(n)),
         Decision::Wait { next: None } => "no window opens within a year".into(),
-        Decision::Frozen { freeze, until } => format!(
-            "frozen by {freeze} until {}",
-            until.format("%Y-%m-%d %H:%M UTC")
-        ),
-        Decision::Denied { window, until } => format!(
-            "deny window {window} until {}",
-            until.format("%Y-%m-%d %H:%M UTC")
-        ),
+        Decision::Frozen { freeze, until } => {
+            format!("frozen by {freeze} until {}", show(until))
+        }
+        Decision::Denied { window, until } => {
+            format!("deny window {window} until {}", show(until))
+        }
         _ => String::new(),
     }
 }

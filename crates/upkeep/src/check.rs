@@ -39,6 +39,14 @@ pub fn assess(
         channel_latest: None,
         releases_seen: 0,
         rules: policy.rules.clone(),
+        time_zone: None,
+        minor_steps: match c.path_rule.max_minor_step {
+            Some(1) => None,
+            None => Some("this component's rule lets a hop skip minors (maxMinorStep: 0)".into()),
+            Some(n) => Some(format!(
+                "this component's rule lets a hop cross up to {n} minors (maxMinorStep: {n})"
+            )),
+        },
     };
     let f = match fetched {
         Ok(f) => f,
@@ -143,7 +151,7 @@ pub async fn run<U: Upstream + 'static>(
         )
         .await
     };
-    let components = rows
+    let components: Vec<ComponentReport> = rows
         .into_iter()
         .zip(&repo.components)
         .map(|(row, c)| {
@@ -164,6 +172,16 @@ pub async fn run<U: Upstream + 'static>(
             })
         })
         .collect();
+    let components = components
+        .into_iter()
+        .map(|mut row: ComponentReport| {
+            let tz = crate::windows::zone_for(&row.name, &repo.windows);
+            if tz != chrono_tz::Tz::UTC {
+                row.time_zone = Some(tz.name().to_string());
+            }
+            row
+        })
+        .collect();
     CheckReport::new(now, origin, repo.cluster.clone(), components)
 }
 
@@ -171,6 +189,57 @@ pub async fn run<U: Upstream + 'static>(
 mod tests {
     use super::*;
     use crate::sources::UpstreamRelease;
+
+    #[test]
+    fn a_rule_that_lets_hops_skip_minors_is_said() {
+        let release = |tag: &str| UpstreamRelease {
+            tag: tag.into(),
+            published_at: "2026-01-01T00:00:00Z".parse().ok(),
+            prerelease: false,
+            notes: None,
+            url: None,
+        };
+        let f = Fetched {
+            source: "test".into(),
+            releases: ["v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0"]
+                .map(release)
+                .to_vec(),
+            channel_latest: None,
+        };
+        let mut c = crate::rollout::tests::k3s_at("v1.33.4+k3s1");
+        c.name = "tool".into();
+        c.scheme = crate::versions::Scheme::Semver;
+        c.version = crate::versions::parse("v1.0.0", c.scheme).unwrap_or_else(|_| panic!());
+        let now = "2026-06-01T00:00:00Z".parse().unwrap_or_default();
+        c.path_rule = crate::versions::PathRule::DEFAULT;
+        let row = assess(&c, &Policy::default(), Ok(&f), now);
+        assert_eq!(
+            row.next.as_ref().map(|n| n.version.as_str()),
+            Some("v1.1.0")
+        );
+        assert_eq!(row.minor_steps, None);
+        c.path_rule.max_minor_step = None;
+        let row = assess(&c, &Policy::default(), Ok(&f), now);
+        assert_eq!(
+            row.next.as_ref().map(|n| n.version.as_str()),
+            Some("v1.3.0")
+        );
+        let said = crate::report::explain(&row).unwrap_or_default();
+        assert!(
+            said.ends_with("this component's rule lets a hop skip minors (maxMinorStep: 0)"),
+            "{said}"
+        );
+        c.path_rule.max_minor_step = Some(2);
+        let row = assess(&c, &Policy::default(), Ok(&f), now);
+        assert_eq!(
+            row.next.as_ref().map(|n| n.version.as_str()),
+            Some("v1.2.0")
+        );
+        assert!(
+            row.minor_steps
+                .is_some_and(|m| m.contains("up to 2 minors"))
+        );
+    }
 
     #[test]
     fn releases_after_now_do_not_exist_yet() {

@@ -16,6 +16,7 @@ pub mod gitrepo;
 pub mod knowledge;
 pub mod leader;
 pub mod model;
+pub mod operate;
 pub mod propose;
 pub mod reconcile;
 pub mod report;

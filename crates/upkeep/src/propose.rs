@@ -152,17 +152,13 @@ pub fn after_merge(repo: &ConfigRepo, component: &str, now: DateTime<Utc>) -> Af
                 .or_else(|| repo.windows.iter().find(|w| w.components.covers(component)));
             w.map(|w| WindowInfo {
                 name: w.name.clone(),
-                starts: next.map_or("not within a year".into(), |n| {
-                    n.with_timezone(&w.tz)
-                        .format("%a %Y-%m-%d %H:%M")
-                        .to_string()
-                }),
+                starts: next.map_or("not within a year".into(), |n| windows::show(n, w.tz)),
                 duration: humantime(w.duration),
                 time_zone: w.tz.to_string(),
                 note: match d {
                     Decision::Frozen { freeze, until } => Some(format!(
                         "frozen by {freeze} until {}",
-                        until.format("%Y-%m-%d %H:%M UTC")
+                        windows::show(*until, w.tz)
                     )),
                     _ => None,
                 },
@@ -333,11 +329,18 @@ pub fn pr_body(row: &ComponentReport, after: &AfterMerge) -> String {
             hops.join(" → ")
         );
     }
+    if let Some(m) = &row.minor_steps {
+        let _ = writeln!(
+            out,
+            "**Minor steps.** Unlike upkeep's default of one minor per hop, {}.\n",
+            md_escape(m)
+        );
+    }
     if let Some(h) = &row.held {
         let _ = writeln!(
             out,
             "**Why not further now.** {}\n",
-            md_escape(&crate::report::reason_text(h))
+            md_escape(&crate::report::reason_text(h, row.time_zone.as_deref()))
         );
     }
     let from_tag = row.current_tag.as_deref().unwrap_or(&row.current);
@@ -375,10 +378,9 @@ pub fn pr_body(row: &ComponentReport, after: &AfterMerge) -> String {
         Some(w) => {
             let _ = writeln!(
                 out,
-                "- **When**: in the next window `{}`: {} ({}), for {}{}.",
+                "- **When**: in the next window `{}`: {}, for {}{}.",
                 w.name.replace('`', "'"),
                 w.starts,
-                w.time_zone,
                 w.duration,
                 w.note
                     .as_ref()
@@ -676,7 +678,7 @@ pub fn dashboard(d: &DashboardInput) -> String {
                 .map_or("-".to_string(), |(_, w)| md_escape(w));
             let status = match (&r.next, &r.reason) {
                 (Some(n), _) => format!("update to {}", n.version),
-                (None, Some(reason)) => crate::report::reason_text(reason),
+                (None, Some(reason)) => crate::report::reason_text(reason, r.time_zone.as_deref()),
                 (None, None) => "up to date".into(),
             };
             let _ = writeln!(
@@ -846,10 +848,7 @@ impl<F: Forge> Cycle<'_, F> {
             for r in &rows {
                 let a = after_merge(&repo, &r.name, now);
                 if let Some(w) = a.window {
-                    windows_text.push((
-                        r.name.clone(),
-                        format!("{} {} ({})", w.name, w.starts, w.time_zone),
-                    ));
+                    windows_text.push((r.name.clone(), format!("{} {}", w.name, w.starts)));
                 }
             }
             // The list read above, unless this cycle opened, closed or changed a PR.
@@ -1142,6 +1141,8 @@ mod tests {
             channel_latest: None,
             releases_seen: 10,
             rules: vec![],
+            time_zone: None,
+            minor_steps: None,
         }
     }
 

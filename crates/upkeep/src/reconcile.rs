@@ -385,7 +385,7 @@ async fn reconcile(
         shared.wake.notify_one();
     }
     // 4. Record what happened.
-    record_rollouts(shared, mem, &applied.rollouts);
+    record_rollouts(shared, mem, &applied.rollouts, &applied.driven);
     record_status(cfg, shared, applied);
     match propose_error {
         Some(e) => Err(("propose", e)),
@@ -583,13 +583,24 @@ fn record_rollouts(
     shared: &Shared,
     mem: &mut Memory,
     summary: &[(String, crate::rollout::RolloutStatus)],
+    driven: &[String],
 ) {
     shared.metrics.rollout_phase.clear();
     shared.metrics.check_result.clear();
     let now = Utc::now();
-    mem.busy = summary
-        .iter()
-        .any(|(_, r)| !r.phase.is_terminal() && r.phase != Phase::WaitingForWindow);
+    // Under way, or just moved into waiting (a rollout that starts in an open window passes
+    // through WaitingForWindow for one look): look again soon.
+    mem.busy = summary.iter().any(|(name, r)| {
+        if !driven.contains(name) {
+            return false;
+        }
+        let moved = mem
+            .phases
+            .seen
+            .get(name)
+            .is_none_or(|(p, ..)| *p != r.phase);
+        !r.phase.is_terminal() && (r.phase != Phase::WaitingForWindow || moved)
+    });
     for (name, r) in summary {
         let phase = &r.phase;
         for f in &r.checks {
@@ -638,11 +649,12 @@ fn record_rollouts(
 /// When work may start on each component, in words, for the status page.
 pub fn schedule(config: &ConfigRepo, now: DateTime<Utc>) -> Vec<(String, String)> {
     use crate::windows::{Decision, Override, decide};
-    let fmt = |t: DateTime<Utc>| t.format("%a %Y-%m-%d %H:%M UTC").to_string();
     config
         .components
         .iter()
         .map(|c| {
+            let tz = crate::windows::zone_for(&c.name, &config.windows);
+            let fmt = |t: DateTime<Utc>| crate::windows::show(t, tz);
             let d = decide(
                 now,
                 &c.name,
@@ -676,6 +688,44 @@ mod tests {
 
     fn at(s: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_status_page_shows_each_components_times_in_its_windows_zone() {
+        let dir = std::env::temp_dir().join(format!("upkeep-schedule-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let write = |p: &str, t: &str| {
+            let _ = std::fs::create_dir_all(dir.join("policies"));
+            let _ = std::fs::write(dir.join(p), t);
+        };
+        write(
+            "versions.yaml",
+            "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.4+k3s1\n  flux:\n    version: v2.6.4\n",
+        );
+        write(
+            "policies/windows.yaml",
+            "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nwindows:\n  - name: sat\n    kind: allow\n    schedule: \"0 22 * * 6\"\n    duration: 4h\n    timeZone: Europe/Amsterdam\n    components: [k3s]\n",
+        );
+        let now = "2026-11-20T12:00:00Z".parse().unwrap_or_default();
+        let repo = crate::model::load_repo(&dir, now).ok().and_then(|l| l.repo);
+        let _ = std::fs::remove_dir_all(&dir);
+        let Some(repo) = repo else {
+            panic!("the repo loads")
+        };
+        let s = schedule(&repo, now);
+        assert_eq!(
+            s,
+            [
+                (
+                    "k3s".to_string(),
+                    "next window opens Sat 2026-11-21 22:00 CET (UTC+01:00)".to_string()
+                ),
+                (
+                    "flux".to_string(),
+                    "any time (no window covers it)".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -109,6 +109,13 @@ pub struct ComponentReport {
     pub releases_seen: usize,
     /// The update rules that shaped this component's policy.
     pub rules: Vec<String>,
+    /// The time zone its times are shown in (its window's; UTC when none covers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// When the component's rule lets a hop cross more than one minor, in words (the default,
+    /// one minor at a time, says nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minor_steps: Option<String>,
 }
 
 /// A release proposed as the next step.
@@ -207,7 +214,7 @@ pub fn explain(r: &ComponentReport) -> Option<String> {
             let n = r.next.as_ref()?;
             let mut s = format!("{} -> {} ({})", r.current, n.version, n.level);
             if let Some(h) = &r.held {
-                let why = explain_reason(h).unwrap_or_default();
+                let why = explain_reason(h, r.time_zone.as_deref()).unwrap_or_default();
                 let _ = write!(s, "; the bigger step waits: {why}");
             }
             if r.path_length > 1 || r.newest.as_deref() != Some(n.version.as_str()) {
@@ -225,17 +232,21 @@ pub fn explain(r: &ComponentReport) -> Option<String> {
             }
             s
         }
-        Some(reason) => return explain_reason(reason),
+        Some(reason) => return explain_reason(reason, r.time_zone.as_deref()),
     };
-    Some(text)
+    Some(match &r.minor_steps {
+        Some(m) => format!("{text}; {m}"),
+        None => text,
+    })
 }
 
-/// A reason in words ("" when up to date), for PR reports and the dashboard.
-pub fn reason_text(reason: &Reason) -> String {
-    explain_reason(reason).unwrap_or_else(|| "up to date".into())
+/// A reason in words ("" when up to date), for PR reports and the dashboard; times in `tz`
+/// (an IANA name; UTC when absent).
+pub fn reason_text(reason: &Reason, tz: Option<&str>) -> String {
+    explain_reason(reason, tz).unwrap_or_else(|| "up to date".into())
 }
 
-fn explain_reason(reason: &Reason) -> Option<String> {
+fn explain_reason(reason: &Reason, tz: Option<&str>) -> Option<String> {
     let text = match reason {
         Reason::UpToDate => return None,
         Reason::Paused => "updates are paused by policy".into(),
@@ -257,7 +268,7 @@ fn explain_reason(reason: &Reason) -> Option<String> {
             ..
         } => format!(
             "{version} is younger than the minimum release age; eligible at {}",
-            eligible_at.format("%Y-%m-%d %H:%M UTC")
+            crate::windows::show_in(*eligible_at, tz)
         ),
         Reason::NoTimestamp { version } => {
             format!("{version} has no publication date, so it cannot pass the minimum release age")
@@ -484,6 +495,8 @@ mod tests {
             channel_latest: None,
             releases_seen: 0,
             rules: vec![],
+            time_zone: None,
+            minor_steps: None,
         }
     }
 
@@ -532,7 +545,7 @@ mod tests {
         }
         assert!(!plain.contains('\x1b'));
         assert!(plain.contains("a-component-w… v1.33.4+k3s1"), "{plain}");
-        assert!(plain.contains("longhorn: v1.10.0 is younger than the minimum release age; eligible at 2026-12-04 00:00 UTC"), "{plain}");
+        assert!(plain.contains("longhorn: v1.10.0 is younger than the minimum release age; eligible at Fri 2026-12-04 00:00 UTC"), "{plain}");
         let colored = table(&r, true);
         assert!(
             colored.contains("\x1b[31;1msource failed\x1b[0m"),

@@ -90,6 +90,32 @@ impl Freeze {
     }
 }
 
+/// The zone a component's times are shown in: that of the first allow window covering it (the
+/// one its work waits for), else of any window covering it, else UTC.
+pub fn zone_for(component: &str, windows: &[Window]) -> Tz {
+    let covering = || windows.iter().filter(|w| w.components.covers(component));
+    covering()
+        .find(|w| w.kind == Kind::Allow)
+        .or_else(|| covering().next())
+        .map_or(Tz::UTC, |w| w.tz)
+}
+
+/// A time as people read it, in `tz` with its offset: `Sat 2026-11-28 22:00 CET (UTC+01:00)`;
+/// in UTC, `Sat 2026-11-28 22:00 UTC`.
+pub fn show(t: DateTime<Utc>, tz: Tz) -> String {
+    let local = t.with_timezone(&tz);
+    if tz == Tz::UTC {
+        local.format("%a %Y-%m-%d %H:%M UTC").to_string()
+    } else {
+        local.format("%a %Y-%m-%d %H:%M %Z (UTC%:z)").to_string()
+    }
+}
+
+/// [`show`] in the zone named `tz` (an IANA name; UTC when absent or unknown).
+pub fn show_in(t: DateTime<Utc>, tz: Option<&str>) -> String {
+    show(t, tz.and_then(|n| Tz::from_str(n).ok()).unwrap_or(Tz::UTC))
+}
+
 pub fn parse_tz(name: &str) -> Result<Tz> {
     Tz::from_str(name).map_err(|_| Error::TimeZone(name.to_string()))
 }
@@ -514,6 +540,26 @@ pub fn blocked_by<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_show_in_the_components_window_zone_with_the_offset() {
+        let t: DateTime<Utc> = "2026-11-28T21:00:00Z".parse().unwrap_or_default();
+        let berlin = win(Kind::Allow, "0 22 * * 6", 4, "Europe/Berlin");
+        let tokyo = win(Kind::Deny, "0 1 * * *", 1, "Asia/Tokyo");
+        assert_eq!(
+            show(t, zone_for("k3s", &[tokyo.clone(), berlin])),
+            "Sat 2026-11-28 22:00 CET (UTC+01:00)"
+        );
+        assert_eq!(
+            show(t, zone_for("k3s", &[tokyo])),
+            "Sun 2026-11-29 06:00 JST (UTC+09:00)"
+        );
+        assert_eq!(show(t, zone_for("k3s", &[])), "Sat 2026-11-28 21:00 UTC");
+        assert_eq!(
+            show_in(t, Some("nowhere/atall")),
+            "Sat 2026-11-28 21:00 UTC"
+        );
+    }
     use chrono::TimeZone;
 
     fn utc(s: &str) -> DateTime<Utc> {

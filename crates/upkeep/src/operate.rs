@@ -1,0 +1,281 @@
+//! What a human does to rollouts, the way `flux get` and `kubectl` users expect: list them with
+//! their status and message, and acknowledge a failure once it was looked at.
+//!
+//! A rollout that failed, needs attention or was reverted stays on the status page, in
+//! `upkeep_rollout_phase` (so `UpkeepRolloutFailed` fires) and in `upkeep get` until a human
+//! acknowledges it, even after versions.yaml moved on; one that is not finished stays too, even
+//! when nothing drives it any more (`UpkeepRolloutStuck`). Acknowledging writes the annotation
+//! [`ACKNOWLEDGED`] on the Rollout (who and when), which `kubectl annotate` can do as well.
+
+use chrono::{DateTime, Utc};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
+
+use crate::rollout::{Phase, RolloutStatus};
+
+/// The annotation that records an acknowledgement: `<who> at <RFC 3339 time>`.
+pub const ACKNOWLEDGED: &str = "upkeep.dev/acknowledged";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "there is no rollout `{name}` in namespace {namespace} (it has: {known}) (hint: `upkeep get` lists them)"
+    )]
+    NotFound {
+        name: String,
+        namespace: String,
+        known: String,
+    },
+    #[error(
+        "rollout {name} is {phase:?}, not failed: only a rollout that failed, needs attention or was reverted is acknowledged (hint: wait for it to end, or see docs/runbook.md)"
+    )]
+    NotFailed { name: String, phase: Phase },
+    #[error("{what}: {source} (hint: check --kubeconfig and that upkeep's CRD is installed)")]
+    Api {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// For metrics and logs: one label per variant.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::NotFailed { .. } => "not_failed",
+            Error::Api { .. } => "kube",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A failure a human should look at: it failed, needs attention, or was reverted.
+pub fn is_failure(phase: Phase) -> bool {
+    matches!(
+        phase,
+        Phase::Failed | Phase::Reverted | Phase::RequiresAttention
+    )
+}
+
+/// Whether a rollout is shown (page, metrics, `upkeep get`): not finished, or a failure nobody
+/// acknowledged. `current`: it is the rollout of what versions.yaml asks for now, which is shown
+/// whatever its phase until acknowledged.
+pub fn shown(phase: Phase, acknowledged: bool, current: bool) -> bool {
+    if is_failure(phase) {
+        return !acknowledged;
+    }
+    current || !phase.is_terminal()
+}
+
+/// One rollout as `upkeep get` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub name: String,
+    pub component: String,
+    pub from: String,
+    pub to: String,
+    pub phase: Phase,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledged: Option<String>,
+}
+
+/// The acknowledgement of `obj`, if any.
+pub fn acknowledgement(obj: &DynamicObject) -> Option<String> {
+    obj.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ACKNOWLEDGED))
+        .cloned()
+}
+
+fn row_of(obj: &DynamicObject) -> Row {
+    let status: RolloutStatus = obj
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default();
+    let spec = |k: &str| obj.data["spec"][k].as_str().unwrap_or_default().to_string();
+    Row {
+        name: obj.metadata.name.clone().unwrap_or_default(),
+        component: spec("component"),
+        from: spec("from"),
+        to: spec("to"),
+        phase: status.phase,
+        message: status.message,
+        phase_since: status.phase_since,
+        acknowledged: acknowledgement(obj),
+    }
+}
+
+/// Every Rollout in `namespace`, newest phase change first.
+pub async fn list(client: &kube::Client, namespace: &str) -> Result<Vec<Row>> {
+    let api = crate::apply::rollouts(client, namespace);
+    let all = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("listing the rollouts in {namespace}"),
+            source,
+        })?;
+    let mut rows: Vec<Row> = all.items.iter().map(row_of).collect();
+    rows.sort_by(|a, b| b.phase_since.cmp(&a.phase_since).then(a.name.cmp(&b.name)));
+    Ok(rows)
+}
+
+/// Mark the failed rollout `name` as looked at, by `who`: it leaves the page, the metrics (its
+/// alert resolves) and the default `upkeep get`. Acknowledging twice keeps the first record.
+pub async fn acknowledge(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    who: &str,
+    now: DateTime<Utc>,
+) -> Result<Row> {
+    let api = crate::apply::rollouts(client, namespace);
+    let obj = api.get_opt(name).await.map_err(|source| Error::Api {
+        what: format!("reading rollout {name}"),
+        source,
+    })?;
+    let Some(obj) = obj else {
+        let known = list(client, namespace)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        return Err(Error::NotFound {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known
+            },
+        });
+    };
+    let row = row_of(&obj);
+    if !is_failure(row.phase) {
+        return Err(Error::NotFailed {
+            name: name.to_string(),
+            phase: row.phase,
+        });
+    }
+    if row.acknowledged.is_some() {
+        return Ok(row);
+    }
+    let record = format!("{who} at {}", now.to_rfc3339());
+    let patch = serde_json::json!({"metadata": {"annotations": {ACKNOWLEDGED: record}}});
+    let obj = api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("annotating rollout {name}"),
+            source,
+        })?;
+    Ok(row_of(&obj))
+}
+
+/// Rows as a table for a terminal (`upkeep get`).
+pub fn table(rows: &[Row]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("NAME\tCOMPONENT\tFROM\tTO\tPHASE\tMESSAGE\n");
+    for r in rows {
+        let mut message = r.message.replace(['\n', '\t'], " ");
+        if let Some(a) = &r.acknowledged {
+            let _ = write!(message, " (acknowledged by {a})");
+        }
+        let _ = writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{:?}\t{}",
+            r.name, r.component, r.from, r.to, r.phase, message
+        );
+    }
+    align(&out)
+}
+
+/// Tab-separated columns padded to their widest cell (the last column is left as is).
+fn align(text: &str) -> String {
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split('\t').collect()).collect();
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let last = r.len().saturating_sub(1);
+        for (i, c) in r.iter().enumerate() {
+            out.push_str(c);
+            if i < last {
+                let pad = widths[i] + 3 - c.chars().count();
+                out.push_str(&" ".repeat(pad));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_shown_until_acknowledged_and_an_unfinished_rollout_always() {
+        for p in [Phase::Failed, Phase::Reverted, Phase::RequiresAttention] {
+            assert!(shown(p, false, false), "{p:?}");
+            assert!(!shown(p, true, true), "{p:?} acknowledged");
+        }
+        // Left behind in Backup when a newer version was merged: still shown (stuck).
+        assert!(shown(Phase::Backup, false, false));
+        assert!(shown(Phase::WaitingForWindow, false, false));
+        // A success is shown while it is the current rollout, not after.
+        assert!(shown(Phase::Succeeded, false, true));
+        assert!(!shown(Phase::Succeeded, false, false));
+    }
+
+    #[test]
+    fn the_table_lines_up_and_says_who_acknowledged() {
+        let row = |name: &str, phase, ack: Option<&str>| Row {
+            name: name.into(),
+            component: "k3s".into(),
+            from: "v1.33.4+k3s1".into(),
+            to: "v1.33.5+k3s1".into(),
+            phase,
+            message: "upgraded but\tnot Ready".into(),
+            phase_since: None,
+            acknowledged: ack.map(str::to_string),
+        };
+        let t = table(&[
+            row(
+                "k3s-v1.33.5-k3s1",
+                Phase::RequiresAttention,
+                Some("ana at x"),
+            ),
+            row("k3s-v1.33.6-k3s1", Phase::Backup, None),
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NAME"));
+        let col = |l: &str| {
+            l.find("PHASE")
+                .or_else(|| l.find("Requires"))
+                .or_else(|| l.find("Backup"))
+        };
+        assert_eq!(col(lines[0]), col(lines[1]));
+        assert_eq!(col(lines[1]), col(lines[2]));
+        assert!(lines[1].ends_with("upgraded but not Ready (acknowledged by ana at x)"));
+    }
+}
