@@ -1409,6 +1409,13 @@ fn apply(a: &ApplyArgs) -> i32 {
             let mut bad = false;
             for (name, phase, message) in &summary {
                 let _ = writeln!(out, "{name}: {phase:?}: {message}");
+                if let Some(note) = a
+                    .emergency
+                    .then(|| upkeep::apply::emergency_note(*phase, message))
+                    .flatten()
+                {
+                    let _ = writeln!(out, "  {note}");
+                }
                 bad |= matches!(
                     phase,
                     upkeep::rollout::Phase::RequiresAttention

@@ -167,6 +167,11 @@ impl World {
 
     /// One apply cycle with at most `budget` of real time.
     fn apply(&self, budget: Duration) -> Vec<(String, Phase, String)> {
+        self.apply_with(budget, false)
+    }
+
+    /// [`apply`](Self::apply), as `upkeep apply --emergency` when `emergency`.
+    fn apply_with(&self, budget: Duration, emergency: bool) -> Vec<(String, Phase, String)> {
         self.kube.clock().set_speed(self.speed);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -197,7 +202,7 @@ impl World {
             let opts = Options {
                 namespace: "upkeep-system".into(),
                 only: None,
-                emergency: false,
+                emergency,
                 timeout: chrono::Duration::minutes(60),
                 budget,
                 poll: Duration::from_millis(20),
@@ -661,6 +666,18 @@ fn an_emergency_label_bypasses_windows_but_not_freezes() {
     let w = World::new("2026-11-21T11:00:00Z".parse().unwrap_or_default());
     w.label_pr("upkeep/emergency");
     let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    let r = w
+        .kube
+        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    assert_eq!(r["spec"]["emergency"], true);
+
+    // A rollout already waiting for its window: `--emergency` on it starts it now.
+    let w = World::new("2026-11-21T11:00:00Z".parse().unwrap_or_default());
+    let s = w.apply(Duration::from_secs(2));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::WaitingForWindow), "{s:?}");
+    let s = w.apply_with(Duration::from_secs(60), true);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let r = w
         .kube

@@ -330,6 +330,11 @@ impl<F: Forge> Driver<'_, '_, F> {
             if existing.is_none() && in_step {
                 continue;
             }
+            if let Some(obj) = &existing
+                && self.opts.emergency
+            {
+                self.mark_emergency(obj, &name).await?;
+            }
             if existing.is_none() {
                 let Some(spec) = self.spec_for(c, &from, pulls) else {
                     continue;
@@ -349,6 +354,28 @@ impl<F: Forge> Driver<'_, '_, F> {
             names.push((name, c.clone()));
         }
         Ok((names, runs))
+    }
+
+    /// `upkeep apply --emergency` on a rollout that exists: it may start outside windows from now
+    /// on (freezes still hold). A finished rollout is left as it is ([`emergency_note`] says so).
+    async fn mark_emergency(&self, obj: &DynamicObject, name: &str) -> Result<(), String> {
+        let finished = read_status(obj).is_ok_and(|s| s.phase.is_terminal());
+        if finished || obj.data["spec"]["emergency"] == json!(true) {
+            return Ok(());
+        }
+        self.api
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"spec": {"emergency": true}})),
+            )
+            .await
+            .map_err(api_err("marking a rollout as an emergency"))?;
+        tracing::info!(
+            rollout = name,
+            "marked as an emergency: it may start outside windows (freezes still hold)"
+        );
+        Ok(())
     }
 
     /// The spec of a new rollout of `c` from `from`: its hops (a legal path through the known
@@ -1455,6 +1482,19 @@ pub async fn run_checks(
     out
 }
 
+/// What `--emergency` could not do for a rollout in `phase` (with its `message`), in words; `None`
+/// when it took effect.
+pub fn emergency_note(phase: Phase, message: &str) -> Option<String> {
+    if phase.is_terminal() {
+        return Some(format!(
+            "--emergency changed nothing: this rollout already ended ({phase:?}); a new version in versions.yaml makes a new rollout"
+        ));
+    }
+    (phase == Phase::WaitingForWindow && message.starts_with("frozen by")).then(|| {
+        "--emergency starts work outside maintenance windows, not during a freeze: it waits for the freeze to end (or shorten the freeze in policies/)".to_string()
+    })
+}
+
 /// Why a rollout waits, with times in `tz` (its window's zone).
 fn waiting_text(d: &Decision, tz: chrono_tz::Tz) -> String {
     let show = |t: &DateTime<Utc>| crate::windows::show(*t, tz);
@@ -1569,6 +1609,23 @@ async fn revert<F: Forge>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emergency_says_why_it_could_not() {
+        assert!(
+            emergency_note(Phase::Succeeded, "")
+                .is_some_and(|n| n.contains("already ended (Succeeded)"))
+        );
+        assert!(
+            emergency_note(Phase::WaitingForWindow, "frozen by year-end until x")
+                .is_some_and(|n| n.contains("not during a freeze"))
+        );
+        assert_eq!(emergency_note(Phase::Applying, "applying"), None);
+        assert_eq!(
+            emergency_note(Phase::WaitingForWindow, "waiting for the next window"),
+            None
+        );
+    }
 
     fn file(name: &str, node: &str, ready: bool) -> DynamicObject {
         serde_json::from_value(
