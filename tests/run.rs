@@ -308,6 +308,47 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
         "{m}"
     );
     assert_eq!(sample(&m, "upkeep_leader "), Some(1.0), "{m}");
+    // The Prometheus text format unless OpenMetrics is asked for, as promtool reads it; the
+    // error counters exist from the start.
+    assert_eq!(
+        sample(&m, "upkeep_reconcile_errors_total{kind=\"git\"}"),
+        Some(0.0),
+        "{m}"
+    );
+    let mut check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (.ci/run installs it)");
+    {
+        use std::io::Write as _;
+        let mut stdin = check.stdin.take().expect("stdin");
+        stdin.write_all(m.as_bytes()).expect("write");
+    }
+    let checked = check.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{m}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let open = reqwest::blocking::Client::new()
+        .get(format!("{}/metrics", p.base))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .expect("scrape");
+    assert!(
+        open.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(open.text().unwrap_or_default().ends_with("# EOF\n"));
     // Merge it: the controller applies it.
     w.merge(1);
     p.wait("the rollout", &|| {

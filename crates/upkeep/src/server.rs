@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -40,7 +40,7 @@ const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
 /// payload), 202 when it woke the loop, 200 when it was not for upkeep.
 async fn webhook(
     State(s): State<Arc<Shared>>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let Some(cfg) = &s.webhook else {
@@ -97,11 +97,12 @@ async fn webhook(
     (code, format!("{outcome}\n")).into_response()
 }
 
-async fn metrics(State(s): State<Arc<Shared>>) -> Response {
-    let mut r = s.metrics.encode().into_response();
-    if let Ok(v) = "application/openmetrics-text; version=1.0.0; charset=utf-8".parse() {
-        r.headers_mut().insert(header::CONTENT_TYPE, v);
-    }
+async fn metrics(State(s): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (body, content_type) = s.metrics.negotiate(accept);
+    let mut r = body.into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

@@ -178,6 +178,23 @@ impl Metrics {
             "Whether the component's release source failed at the last detection",
             source_failing.clone(),
         );
+        // Every known label set starts at 0, so that rate() and absent() work from the first
+        // scrape, before the first error.
+        for kind in RECONCILE_ERROR_KINDS {
+            drop(reconcile_errors.get_or_create(&KindLabel {
+                kind: (*kind).into(),
+            }));
+        }
+        for status in ["ok", "not_modified", "error"] {
+            drop(upstream_requests.get_or_create(&StatusLabel {
+                status: status.into(),
+            }));
+        }
+        for status in ["accepted", "refused", "bad_request"] {
+            drop(webhook_deliveries.get_or_create(&StatusLabel {
+                status: status.into(),
+            }));
+        }
         Metrics {
             registry,
             updates_available,
@@ -196,10 +213,108 @@ impl Metrics {
         }
     }
 
-    /// The text exposition.
+    /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// The exposition in the format `accept` asks for (a request's `Accept` header): OpenMetrics
+    /// when it names `application/openmetrics-text` (as Prometheus does), else the Prometheus
+    /// text format 0.0.4 (curl, promtool, older scrapers). Returns the body and its content type.
+    pub fn negotiate(&self, accept: Option<&str>) -> (String, &'static str) {
+        let open = self.encode();
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            (open, OPENMETRICS)
+        } else {
+            (to_text_format(&open), TEXT_FORMAT)
+        }
+    }
+}
+
+/// The `kind` labels of `upkeep_reconcile_errors_total` (the reconcile's error kinds).
+pub const RECONCILE_ERROR_KINDS: &[&str] = &["propose", "git", "config", "kube", "apply", "lease"];
+
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: no `# EOF` or `# UNIT`; a counter's
+/// `# TYPE` and `# HELP` name its `_total` samples; `info` and `stateset` become gauges.
+pub fn to_text_format(open: &str) -> String {
+    let mut out = String::with_capacity(open.len());
+    let mut counters = std::collections::HashSet::new();
+    for line in open.lines() {
+        if line.starts_with("# TYPE ")
+            && let Some(name) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|l| l.strip_suffix(" counter"))
+        {
+            counters.insert(name.to_string());
+        }
+    }
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# TYPE ", "# HELP "]
+            .iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (*p, rest)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) && !name.ends_with("_total") {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                let tail = match tail {
+                    "info" | "stateset" | "gaugehistogram" | "unknown" if p == "# TYPE " => {
+                        "untyped"
+                    }
+                    t => t,
+                };
+                out.push_str(p);
+                out.push_str(&name);
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_format_names_counters_by_their_samples_and_has_no_eof() {
+        let m = Metrics::new();
+        let (open, ct) = m.negotiate(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ));
+        assert_eq!(ct, OPENMETRICS);
+        assert!(open.ends_with("# EOF\n"));
+        assert!(open.contains("# TYPE upkeep_reconcile_errors counter"));
+        let (text, ct) = m.negotiate(None);
+        assert_eq!(ct, TEXT_FORMAT);
+        assert!(!text.contains("# EOF"));
+        assert!(
+            text.contains("# TYPE upkeep_reconcile_errors_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains("upkeep_reconcile_errors_total{kind=\"git\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("upkeep_webhook_deliveries_total{status=\"refused\"} 0"),
+            "{text}"
+        );
     }
 }
