@@ -26,7 +26,9 @@ use upkeep::sources::{self, NetConfig, catalog::Catalog};
 )]
 pub struct Cli {
     /// Log lines on stderr as text (for people) or JSON, one object per line (for log
-    /// collectors). Which lines: the UPKEEP_LOG filter, e.g. `info` or `upkeep=debug`.
+    /// collectors). Which lines: the UPKEEP_LOG filter, e.g. `info` or `upkeep=debug` (default:
+    /// upkeep's progress for `apply` and `run`, warnings only for the other commands). Text is
+    /// colored on a terminal unless NO_COLOR is set.
     #[arg(long, global = true, value_enum, env = "UPKEEP_LOG_FORMAT", default_value_t = Output::Text)]
     pub log_format: Output,
     #[command(subcommand)]
@@ -622,7 +624,10 @@ pub fn run() -> i32 {
             return e.exit_code();
         }
     };
-    init_tracing(cli.log_format);
+    // Work that takes a while says what it does (rollout phases, per node and hop); the quick
+    // commands only warn.
+    let busy = matches!(cli.command, Command::Apply(_) | Command::Run(_));
+    init_tracing(cli.log_format, if busy { "warn,upkeep=info" } else { "warn" });
     // One TLS crypto provider (ring) for every HTTP client the command makes (reqwest needs it
     // installed before its first client, even for http:// URLs).
     sources::install_crypto_provider();
@@ -666,16 +671,20 @@ pub fn run() -> i32 {
     }
 }
 
-fn init_tracing(format: Output) {
+/// Whether colors are welcome on stderr: a terminal, and no NO_COLOR (https://no-color.org).
+fn colors() -> bool {
+    use std::io::IsTerminal as _;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn init_tracing(format: Output, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("UPKEEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        Output::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
+        Output::Text => builder.with_ansi(colors()).try_init(),
         // One JSON object per line, event fields at the top level, the span chain (reconcile,
         // rollout) as `spans`.
         Output::Json => builder
@@ -1268,6 +1277,7 @@ impl RepoArgs {
             &format!("{}/{}", self.owner, self.name),
             token,
         )
+        .map(|f| f.with_net(cfg))
         .map_err(|e| {
             eprintln!("upkeep: {e}");
             2
@@ -1363,7 +1373,7 @@ fn apply(a: &ApplyArgs) -> i32 {
             &format!("{o}/{n}"),
             token.as_deref(),
         ) {
-            Ok(f) => Some(f),
+            Ok(f) => Some(f.with_net(&cfg)),
             Err(e) => {
                 eprintln!("upkeep: {e}");
                 return 2;
@@ -1395,12 +1405,20 @@ fn apply(a: &ApplyArgs) -> i32 {
         let client = upkeep::cluster::client(a.kubeconfig.as_deref())
             .await
             .map_err(|e| e.to_string())?;
-        upkeep::apply::run(&client, &repo, &config, &opts, &Utc::now).await
+        upkeep::apply::run_detailed(&client, &repo, &config, &opts, &Utc::now).await
     });
     match result {
-        Ok(summary) => {
+        Ok(applied) => {
+            let summary: Vec<_> = applied
+                .rollouts
+                .into_iter()
+                .map(|(name, st)| (name, st.phase, st.message))
+                .collect();
             let mut out = std::io::stdout().lock();
-            if summary.is_empty() {
+            for (component, why) in &applied.blocked {
+                let _ = writeln!(out, "{component}: not applied: {why}");
+            }
+            if summary.is_empty() && applied.blocked.is_empty() {
                 let _ = writeln!(
                     out,
                     "nothing to apply: the cluster runs what versions.yaml asks"

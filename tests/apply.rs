@@ -802,6 +802,23 @@ fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
         "{}",
         r["status"]
     );
+    // The PR is told the truth: versions.yaml still holds the failed version until the revert
+    // pull request is merged.
+    let revert_pr = r["status"]["revert"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let said = w.comments();
+    let attention = said
+        .iter()
+        .find(|c| c.contains("Failed, and needs a human"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        attention.contains(&format!("opened the revert pull request {revert_pr}"))
+            && !attention.contains("versions.yaml was reverted"),
+        "{said:?}"
+    );
 }
 
 #[test]

@@ -537,6 +537,21 @@ fn the_cli_proposes_and_prints_what_it_did() {
         !err.contains(TOKEN) && !out.contains(TOKEN),
         "the token never shows"
     );
+    // The forge is held to --timeout (and the retries), like the release sources.
+    w.sim.inject(
+        "/pulls",
+        upkeep_sim::Fault::Delay(std::time::Duration::from_secs(30)),
+        10,
+    );
+    let t = std::time::Instant::now();
+    let (code, _, err) = run(&["--timeout", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no answer within 1s"), "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t.elapsed()
+    );
 }
 
 /// Both transports over the emulator's smart HTTP with a token: libgit2 (http) and the git
@@ -549,6 +564,24 @@ fn pushes_are_checked_per_ref_on_both_transports() {
         let w = World::new(ROOMY);
         let url = format!("{}/git/{REPO}.git", w.sim.url());
         let dir = w.dir.path().join(format!("m-{transport:?}"));
+        // A wrong token is said as such on both transports (libgit2 words it "too many
+        // redirects or authentication replays").
+        let mut wrong = GitRepo::open(
+            &w.dir.path().join(format!("w-{transport:?}")),
+            &url,
+            Some("ghp_wrong".into()),
+        )
+        .expect("open");
+        wrong.transport = transport;
+        let e = wrong
+            .fetch()
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap_or_default();
+        assert!(
+            e.contains("the git server refused the credentials") && !e.contains("ghp_wrong"),
+            "{transport:?}: {e}"
+        );
         let mut git = GitRepo::open(&dir, &url, Some(TOKEN.into())).expect("open");
         git.transport = transport;
         git.fetch().expect("fetch with the token");

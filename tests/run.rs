@@ -1005,5 +1005,62 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
     let (code, out, _) = upkeep_cli(&w, &["get", "--output", "json"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"acknowledged\": \"ana at"), "{out}");
+    // k3s cannot follow the revert (a downgrade): said once, not on every reconcile.
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    let said = log
+        .lines()
+        .filter(|l| l.contains("no rollout can start"))
+        .collect::<Vec<_>>();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0].contains("is a downgrade"), "{}", said[0]);
     p.kill();
+}
+
+/// What a wrong kubeconfig gets: an unreachable API and a refused token are named as such, with
+/// the likely cause, never as RBAC and never as kube's debug structures.
+#[test]
+fn an_unreachable_api_and_a_bad_token_are_said_as_such() {
+    let w = World::new(60.0, None);
+    let good = std::fs::read_to_string(&w.kubeconfig).expect("kubeconfig");
+    let server = good
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("a server line")
+        .to_string();
+    let token = good
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: "))
+        .expect("a token line")
+        .to_string();
+    let run = |kubeconfig: &str| {
+        let path = w.dir.path().join("other-kubeconfig");
+        std::fs::write(&path, kubeconfig).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(["get", "--kubeconfig"])
+            .arg(&path)
+            .output()
+            .expect("upkeep");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let closed = free_port();
+    let (code, err) = run(&good.replace(&server, &format!("https://127.0.0.1:{closed}")));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach the Kubernetes API"), "{err}");
+    assert!(
+        !err.contains("RBAC") && !err.contains("ErrorResponse"),
+        "{err}"
+    );
+    let (code, err) = run(&good.replace(&token, "not-the-token"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("did not accept upkeep's credentials (401"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("RBAC") && !err.contains("ErrorResponse"),
+        "{err}"
+    );
 }

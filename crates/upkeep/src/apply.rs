@@ -36,7 +36,7 @@ pub fn rollouts(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
 }
 
 fn api_err(what: &str) -> impl Fn(kube::Error) -> String + '_ {
-    move |e| format!("{what}: {e}")
+    move |e| format!("{what}: {}", cluster::describe(&e))
 }
 
 /// Install the Rollout CRD and the namespace (idempotent).
@@ -180,6 +180,29 @@ pub struct Applied {
     pub running: crate::propose::Running,
     /// The rollouts this look drove (the others in `rollouts` are shown, not driven).
     pub driven: Vec<String>,
+    /// Components that differ from versions.yaml but get no rollout, and why (no legal path:
+    /// after a revert a component cannot follow, say). The same every look until something
+    /// changes, so the caller says it once ([`Blocked`] compares).
+    pub blocked: Blocked,
+}
+
+/// Component -> why it gets no rollout.
+pub type Blocked = std::collections::BTreeMap<String, String>;
+
+/// What changed between two looks' [`Blocked`]: (component, why) newly blocked, and the
+/// components no longer blocked. A situation that lasts is said once, not every reconcile.
+pub fn blocked_changes(before: &Blocked, now: &Blocked) -> (Vec<(String, String)>, Vec<String>) {
+    let new = now
+        .iter()
+        .filter(|(c, why)| before.get(*c) != Some(*why))
+        .map(|(c, why)| (c.clone(), why.clone()))
+        .collect();
+    let gone = before
+        .keys()
+        .filter(|c| !now.contains_key(*c))
+        .cloned()
+        .collect();
+    (new, gone)
 }
 
 /// [`run`], with each rollout's whole status and the pull requests it read.
@@ -204,7 +227,7 @@ pub async fn run_detailed<F: Forge>(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let (names, mut running) = d.create_missing(config, &pulls).await?;
+    let (names, mut running, blocked) = d.create_missing(config, &pulls).await?;
     d.drive(config, &names, now).await?;
     let mut out = Vec::new();
     for (name, c) in &names {
@@ -247,6 +270,7 @@ pub async fn run_detailed<F: Forge>(
         pulls,
         running,
         driven: names.into_iter().map(|(n, _)| n).collect(),
+        blocked,
     })
 }
 
@@ -302,12 +326,13 @@ impl<F: Forge> Driver<'_, '_, F> {
         &self,
         config: &ConfigRepo,
         pulls: &[crate::forge::PullRequest],
-    ) -> Result<(Vec<(String, Component)>, crate::propose::Running), String> {
+    ) -> Result<(Vec<(String, Component)>, crate::propose::Running, Blocked), String> {
         let observed = cluster::observe(self.client, self.ns())
             .await
             .map_err(|e| e.to_string())?;
         let mut names = Vec::new();
         let mut runs = crate::propose::Running::new();
+        let mut blocked = Blocked::new();
         for c in config
             .components
             .iter()
@@ -336,8 +361,12 @@ impl<F: Forge> Driver<'_, '_, F> {
                 self.mark_emergency(obj, &name).await?;
             }
             if existing.is_none() {
-                let Some(spec) = self.spec_for(c, &from, pulls) else {
-                    continue;
+                let spec = match self.spec_for(c, &from, pulls) {
+                    Ok(spec) => spec,
+                    Err(why) => {
+                        blocked.insert(c.name.clone(), why);
+                        continue;
+                    }
                 };
                 let obj: DynamicObject = serde_json::from_value(json!({
                     "apiVersion": "upkeep.dev/v1alpha1", "kind": "Rollout",
@@ -348,12 +377,17 @@ impl<F: Forge> Driver<'_, '_, F> {
                 match self.api.create(&PostParams::default(), &obj).await {
                     Ok(_) => tracing::info!(rollout = name, "created"),
                     Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => return Err(format!("creating rollout {name}: {e}")),
+                    Err(e) => {
+                        return Err(format!(
+                            "creating rollout {name}: {}",
+                            cluster::describe(&e)
+                        ));
+                    }
                 }
             }
             names.push((name, c.clone()));
         }
-        Ok((names, runs))
+        Ok((names, runs, blocked))
     }
 
     /// `upkeep apply --emergency` on a rollout that exists: it may start outside windows from now
@@ -385,7 +419,7 @@ impl<F: Forge> Driver<'_, '_, F> {
         c: &Component,
         from: &versions::Version,
         pulls: &[crate::forge::PullRequest],
-    ) -> Option<RolloutSpec> {
+    ) -> Result<RolloutSpec, String> {
         let hops = match versions::check_hop(from, &c.version, &c.path_rule) {
             Ok(()) => vec![c.version.to_string()],
             // A longer way through the releases in between, hop by hop.
@@ -398,16 +432,13 @@ impl<F: Forge> Driver<'_, '_, F> {
                     .unwrap_or(&[]);
                 match versions::plan_path(from, &c.version, available, &c.path_rule) {
                     Ok(p) if !p.is_empty() => p.iter().map(ToString::to_string).collect(),
-                    _ => {
-                        tracing::warn!(component = c.name, error = %e, "no legal path; nothing applied");
-                        return None;
-                    }
+                    _ => return Err(format!("no legal path; nothing applied: {e}")),
                 }
             }
         };
         let branch = crate::propose::branch_name(&c.name, &c.version.to_string());
         let pr = pulls.iter().find(|p| p.merged && p.head == branch);
-        Some(RolloutSpec {
+        Ok(RolloutSpec {
             component: c.name.clone(),
             from: from.to_string(),
             to: c.version.to_string(),
@@ -596,7 +627,19 @@ impl<F: Forge> Driver<'_, '_, F> {
                 .await
                 .map_err(api_err("saving a rollout's status"))?;
             if next.phase != status.phase {
-                tracing::info!(from = ?status.phase, to = ?next.phase, message = %next.message, "rollout phase");
+                // A failure is a warning (and an error once a human must step in), so that a
+                // log alert or `UPKEEP_LOG=warn` catches it.
+                match next.phase {
+                    Phase::RequiresAttention => {
+                        tracing::error!(from = ?status.phase, to = ?next.phase, message = %next.message, "rollout phase")
+                    }
+                    Phase::Failed | Phase::Reverting | Phase::Reverted => {
+                        tracing::warn!(from = ?status.phase, to = ?next.phase, message = %next.message, "rollout phase")
+                    }
+                    _ => {
+                        tracing::info!(from = ?status.phase, to = ?next.phase, message = %next.message, "rollout phase")
+                    }
+                }
                 if let Err(e) = event(self.client, &self.opts.namespace, obj, &next, t).await {
                     tracing::warn!(error = %e, "cannot record an event");
                 }
@@ -802,7 +845,16 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
                 Ok(())
             }
-            Effect::Comment { key, body } => self.comment(t, key, body).await,
+            Effect::Comment { key, body } => {
+                let body = body.replace(
+                    rollout::REVERT_SENTENCE,
+                    &rollout::revert_sentence(
+                        next.revert.as_deref(),
+                        &rollout::last_good(t.spec, next),
+                    ),
+                );
+                self.comment(t, key, &body).await
+            }
         }
     }
 
@@ -828,7 +880,10 @@ impl<F: Forge> Driver<'_, '_, F> {
             Ok(_) => Ok(()),
             // Created by an earlier look at this attempt (the name is the attempt's).
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(e) => Err(format!("creating the snapshot Job: {e}")),
+            Err(e) => Err(format!(
+                "creating the snapshot Job: {}",
+                cluster::describe(&e)
+            )),
         }
     }
 
@@ -847,7 +902,10 @@ impl<F: Forge> Driver<'_, '_, F> {
                 match api.create(&PostParams::default(), &obj).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-                    Err(e) => Err(format!("creating a Longhorn {kind}: {e}")),
+                    Err(e) => Err(format!(
+                        "creating a Longhorn {kind}: {}",
+                        crate::cluster::describe(&e)
+                    )),
                 }
             }
         };
@@ -1609,6 +1667,17 @@ async fn revert<F: Forge>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lasting_block_is_said_once() {
+        let mut a = Blocked::new();
+        a.insert("k3s".into(), "no legal path".into());
+        let (new, gone) = blocked_changes(&Blocked::new(), &a);
+        assert_eq!((new.len(), gone.len()), (1, 0));
+        assert_eq!(blocked_changes(&a, &a), (vec![], vec![]));
+        let (new, gone) = blocked_changes(&a, &Blocked::new());
+        assert_eq!((new.len(), gone), (0, vec!["k3s".to_string()]));
+    }
 
     #[test]
     fn emergency_says_why_it_could_not() {

@@ -18,10 +18,56 @@ use crate::versions::{self, Scheme, Version};
 pub enum Error {
     #[error("cannot read the kubeconfig {path}: {message} (pass --kubeconfig or set KUBECONFIG)")]
     Kubeconfig { path: String, message: String },
-    #[error(
-        "the Kubernetes API refused {what}: {message} (check RBAC: docs/architecture.md lists what upkeep reads)"
-    )]
-    Api { what: String, message: String },
+    #[error("{what}: {}", describe_parts(*.code, message))]
+    Api {
+        what: String,
+        /// The HTTP status, when the API server answered.
+        code: Option<u16>,
+        message: String,
+    },
+}
+
+impl Error {
+    /// The error of `what` (`reading nodes`, ...) from kube's error, in words.
+    pub fn from_kube(what: impl Into<String>, e: &kube::Error) -> Error {
+        let (code, message) = parts(e);
+        Error::Api {
+            what: what.into(),
+            code,
+            message,
+        }
+    }
+}
+
+/// A kube error as the status the API server answered (if it did) and its message, without
+/// kube's debug structures.
+fn parts(e: &kube::Error) -> (Option<u16>, String) {
+    match e {
+        kube::Error::Api(r) => (Some(r.code), r.message.clone()),
+        other => (None, crate::sources::http::error_chain(other)),
+    }
+}
+
+fn describe_parts(code: Option<u16>, message: &str) -> String {
+    match code {
+        None => format!(
+            "cannot reach the Kubernetes API: {message} (hint: is the cluster up, and does --kubeconfig or KUBECONFIG point at it?)"
+        ),
+        Some(401) => format!(
+            "the Kubernetes API did not accept upkeep's credentials (401 {message}) (hint: the token in the kubeconfig, or the pod's service account token, is invalid or expired)"
+        ),
+        Some(403) => format!(
+            "the Kubernetes API refused it (403): {message} (hint: check RBAC: deploy/manifests/upkeep.yaml grants what upkeep needs)"
+        ),
+        Some(c) => format!("the Kubernetes API answered {c}: {message}"),
+    }
+}
+
+/// A kube error in words: what the API server said, or that it could not be reached, with the
+/// likely cause (never kube's debug structures).
+pub fn describe(e: &kube::Error) -> String {
+    let (code, message) = parts(e);
+    describe_parts(code, &message)
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -437,16 +483,16 @@ impl<'a> Query<'a> {
         }
     }
     fn refused(&self, e: kube::Error) -> Error {
-        Error::Api {
-            what: format!(
+        Error::from_kube(
+            format!(
                 "reading {}.{}{}",
                 self.plural,
                 self.group,
                 self.namespace
                     .map_or(String::new(), |n| format!(" in namespace {n}"))
             ),
-            message: e.to_string(),
-        }
+            &e,
+        )
     }
 }
 

@@ -196,6 +196,16 @@ impl GitHub {
         })
     }
 
+    /// The network settings of `--timeout`, `--max-rate-limit-wait` and the retries, as the
+    /// release sources use them.
+    pub fn with_net(mut self, net: &crate::sources::NetConfig) -> GitHub {
+        self.timeout = net.timeout;
+        self.max_wait = net.max_wait;
+        self.retries = net.retries;
+        self.backoff = net.backoff;
+        self
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/repos/{}{path}", self.api, self.repo)
     }

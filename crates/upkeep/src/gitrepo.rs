@@ -20,6 +20,10 @@ pub enum Error {
         message: String,
     },
     #[error(
+        "git: {op}: the git server refused the credentials (hint: the token (GITHUB_TOKEN or --github-token-file) is wrong, expired, or may not access this repository; it needs Contents: read and write)"
+    )]
+    Auth { op: &'static str },
+    #[error(
         "the push of {refname} was refused: {reason} (protected branch, or someone pushed first)"
     )]
     PushRefused { refname: String, reason: String },
@@ -96,11 +100,26 @@ impl std::fmt::Debug for GitRepo {
 }
 
 fn git<'a>(op: &'static str, path: &'a Path) -> impl Fn(git2::Error) -> Error + 'a {
-    move |e| Error::Git {
-        op,
-        path: path.to_path_buf(),
-        message: e.message().to_string(),
+    move |e| {
+        // libgit2 words a refused token as "too many redirects or authentication replays".
+        if e.code() == git2::ErrorCode::Auth || e.message().contains("authentication replays") {
+            return Error::Auth { op };
+        }
+        Error::Git {
+            op,
+            path: path.to_path_buf(),
+            message: e.message().to_string(),
+        }
     }
+}
+
+/// Whether the git command's `stderr` says the server refused the credentials.
+fn refused_credentials(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("authentication failed")
+        || s.contains("could not read username")
+        || s.contains("the requested url returned error: 401")
+        || s.contains("the requested url returned error: 403")
 }
 
 /// Only upkeep's own branches may be force-pushed.
@@ -185,6 +204,9 @@ impl GitRepo {
         let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if let Some(t) = &self.token {
             message = message.replace(t.as_str(), "***");
+        }
+        if refused_credentials(&message) {
+            return Err(Error::Auth { op });
         }
         Err(Error::Git {
             op,

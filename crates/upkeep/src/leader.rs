@@ -20,7 +20,7 @@ use kube::api::{Api, PostParams};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "cannot {what} the Lease {namespace}/{name}: {message} (upkeep needs get, create and update on leases in its namespace; see deploy/)"
+        "cannot {what} the Lease {namespace}/{name}: {message} (upkeep needs get, create and update on leases in its namespace: deploy/manifests/upkeep.yaml)"
     )]
     Api {
         what: &'static str,
@@ -147,7 +147,7 @@ pub async fn run(
         what,
         namespace: s.namespace.clone(),
         name: s.name.clone(),
-        message: e.to_string(),
+        message: crate::cluster::describe(&e),
     };
     // The lease as last seen and since when it has looked the same.
     let mut seen: Option<(String, Instant)> = None;

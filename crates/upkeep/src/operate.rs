@@ -29,7 +29,7 @@ pub enum Error {
         "rollout {name} is {phase:?}, not failed: only a rollout that failed, needs attention or was reverted is acknowledged (hint: wait for it to end, or see docs/runbook.md)"
     )]
     NotFailed { name: String, phase: Phase },
-    #[error("{what}: {source} (hint: check --kubeconfig and that upkeep's CRD is installed)")]
+    #[error("{what}: {}", crate::cluster::describe(source))]
     Api {
         what: String,
         #[source]

@@ -213,6 +213,8 @@ struct Memory {
     busy: bool,
     /// What the cluster ran at the last look; `None` before the first. Proposals wait for it.
     running: Option<crate::propose::Running>,
+    /// Components that get no rollout, and why, as last said (each is logged when it changes).
+    blocked: crate::apply::Blocked,
 }
 
 /// How often the loop looks while a rollout is under way, whatever `poll` says: each look moves
@@ -381,6 +383,18 @@ async fn reconcile(
     // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
     still_leader(shared)?;
     let applied = drive(cfg, mem, &config).await?;
+    let (new, gone) = crate::apply::blocked_changes(&mem.blocked, &applied.blocked);
+    for (component, why) in new {
+        tracing::warn!(
+            component,
+            why,
+            "versions.yaml and the cluster differ, and no rollout can start"
+        );
+    }
+    for component in gone {
+        tracing::info!(component, "no longer blocked");
+    }
+    mem.blocked = applied.blocked.clone();
     if mem.running.replace(applied.running.clone()).is_none() && due {
         shared.wake.notify_one();
     }

@@ -918,7 +918,7 @@ pub fn decide(
                     &mut fx,
                     "attention",
                     format!(
-                        "**Failed, and needs a human.** {} {}: {why}\n\nversions.yaml was reverted to {back_to}. {advice}",
+                        "**Failed, and needs a human.** {} {}: {why}\n\n{REVERT_SENTENCE} {advice}",
                         c.name, hop_version
                     ),
                 );
@@ -934,7 +934,7 @@ pub fn decide(
                     &mut fx,
                     "reverted",
                     format!(
-                        "**Failed and reverted.** {} {}: {why}\n\nNothing had moved; versions.yaml is back at {back_to}.",
+                        "**Failed and reverted.** {} {}: {why}\n\nNothing had moved. {REVERT_SENTENCE}",
                         c.name, hop_version
                     ),
                 );
@@ -962,8 +962,31 @@ fn fail(
     set(s, Phase::Failed, why, now);
 }
 
+/// Where a comment says how versions.yaml was put back: only known once the revert is done (a
+/// commit on the base branch, or a revert pull request when the push was refused), so the
+/// effect fills it in with [`revert_sentence`].
+pub const REVERT_SENTENCE: &str = "{upkeep:revert}";
+
+/// How versions.yaml was put back to `back_to`, from the rollout's `status.revert` (a commit,
+/// `#N` for a revert pull request, or `... (already changed)`).
+pub fn revert_sentence(revert: Option<&str>, back_to: &str) -> String {
+    match revert {
+        Some(r) if r.starts_with('#') => format!(
+            "The base branch refused upkeep's push, so upkeep opened the revert pull request {r}: versions.yaml still asks for the failed version until it is merged (it puts {back_to} back)."
+        ),
+        Some(r) if r.ends_with("(already changed)") => format!(
+            "versions.yaml had already been changed on the base branch, so upkeep left it as it is (it would have put {back_to} back)."
+        ),
+        Some(r) => format!(
+            "versions.yaml was reverted to {back_to} (commit {}).",
+            r.get(..12).unwrap_or(r)
+        ),
+        None => format!("versions.yaml is to be reverted to {back_to}."),
+    }
+}
+
 /// The version to go back to: the last hop validated, else `from`.
-fn last_good(spec: &RolloutSpec, s: &RolloutStatus) -> String {
+pub(crate) fn last_good(spec: &RolloutSpec, s: &RolloutStatus) -> String {
     s.hop
         .checked_sub(1)
         .and_then(|i| spec.hops.get(i))
