@@ -54,6 +54,7 @@ pub enum Command {
         /// The cluster directory holding versions.yaml and policies/.
         #[arg(long, default_value = ".")]
         repo: PathBuf,
+        /// How to print the problems: text for people, JSON for tools.
         #[arg(long, value_enum, default_value_t = Output::Text)]
         output: Output,
         /// Judge windows as of this time (RFC 3339) instead of now.
@@ -74,6 +75,7 @@ pub enum Command {
         /// The cluster directory holding versions.yaml and policies/.
         #[arg(long, default_value = ".")]
         repo: PathBuf,
+        /// How to print the report: a table for a terminal, JSON for tools, markdown for a PR.
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         output: ReportFormat,
         /// Read releases from the signed offline catalog instead of the network (the catalog
@@ -128,6 +130,14 @@ pub enum Command {
         by: Option<String>,
         #[command(flatten)]
         at: ClusterArgs,
+    },
+    /// Print a shell completion script: `upkeep completions bash > /etc/bash_completion.d/upkeep`,
+    /// `upkeep completions zsh > "${fpath[1]}/_upkeep"`, `upkeep completions fish >
+    /// ~/.config/fish/completions/upkeep.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
     /// Offline release catalogs.
     #[command(subcommand)]
@@ -196,6 +206,7 @@ pub struct CatalogArgs {
     /// A signed catalog file (implies --offline).
     #[arg(long, value_name = "FILE")]
     pub catalog: Option<PathBuf>,
+    /// The minisign public key of --catalog (default: `catalog.publicKey` from the policies).
     #[arg(long, value_name = "KEY", env = "UPKEEP_CATALOG_PUBLIC_KEY")]
     pub catalog_public_key: Option<String>,
 }
@@ -220,6 +231,9 @@ impl CatalogArgs {
 pub struct ProposeArgs {
     #[command(flatten)]
     pub at: RepoArgs,
+    /// How to print what was done (or, with --dry-run, planned).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     /// The forge hosting the repository.
     #[arg(long, value_enum, default_value_t = ForgeKind::Github)]
     pub forge: ForgeKind,
@@ -271,6 +285,9 @@ impl NamespaceArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApplyArgs {
+    /// How to print the rollouts and what could not be applied.
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
     /// The config repository's git URL.
     #[arg(long, value_name = "URL", conflicts_with = "repo")]
     pub repo_url: Option<String>,
@@ -280,14 +297,19 @@ pub struct ApplyArgs {
     /// The repository's owner and name on the forge (for PR comments and revert PRs).
     #[arg(long, requires = "name")]
     pub owner: Option<String>,
+    /// The repository's name on the forge (with --owner).
     #[arg(long, requires = "owner")]
     pub name: Option<String>,
+    /// The branch versions.yaml is read from and reverts are committed to.
     #[arg(long, default_value = "main")]
     pub base: String,
+    /// The cluster's directory inside the repository ("" for its root).
     #[arg(long, default_value = "")]
     pub subdir: String,
+    /// Where the git mirror and checkouts are kept (default: $XDG_STATE_HOME/upkeep).
     #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Only this component.
@@ -315,6 +337,7 @@ pub struct ApplyArgs {
     /// policy's `rollouts.agentConcurrency`, else 1.
     #[arg(long)]
     pub agent_concurrency: Option<u64>,
+    /// Who upkeep's revert commits are by, as `Name <email>`.
     #[arg(
         long,
         value_name = "AUTHOR",
@@ -398,6 +421,7 @@ pub struct PlanArgs {
     /// The kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
+    /// How to print the plan: text for people, JSON for tools.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
     /// Read releases (for multi-hop paths) from the signed offline catalog.
@@ -469,6 +493,7 @@ pub enum CatalogCommand {
     /// Write a catalog of every component's releases, read from the live sources. Sign it with
     /// `minisign -S -m FILE` before use.
     Export {
+        /// The cluster directory holding versions.yaml and policies/.
         #[arg(long, default_value = ".")]
         repo: PathBuf,
         /// Where to write the catalog (JSON).
@@ -627,7 +652,10 @@ pub fn run() -> i32 {
     // Work that takes a while says what it does (rollout phases, per node and hop); the quick
     // commands only warn.
     let busy = matches!(cli.command, Command::Apply(_) | Command::Run(_));
-    init_tracing(cli.log_format, if busy { "warn,upkeep=info" } else { "warn" });
+    init_tracing(
+        cli.log_format,
+        if busy { "warn,upkeep=info" } else { "warn" },
+    );
     // One TLS crypto provider (ring) for every HTTP client the command makes (reqwest needs it
     // installed before its first client, even for http:// URLs).
     sources::install_crypto_provider();
@@ -663,6 +691,11 @@ pub fn run() -> i32 {
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());
+            0
+        }
         Command::Acknowledge { rollout, by, at } => acknowledge(&rollout, by, &at),
         Command::Catalog(CatalogCommand::Verify {
             catalog,
@@ -1415,6 +1448,33 @@ fn apply(a: &ApplyArgs) -> i32 {
                 .map(|(name, st)| (name, st.phase, st.message))
                 .collect();
             let mut out = std::io::stdout().lock();
+            let bad = summary.iter().any(|(_, phase, _)| {
+                matches!(
+                    phase,
+                    upkeep::rollout::Phase::RequiresAttention
+                        | upkeep::rollout::Phase::Reverted
+                        | upkeep::rollout::Phase::Failed
+                )
+            });
+            if a.output == Output::Json {
+                let rollouts: Vec<_> = summary
+                    .iter()
+                    .map(|(name, phase, message)| {
+                        let note = a
+                            .emergency
+                            .then(|| upkeep::apply::emergency_note(*phase, message))
+                            .flatten();
+                        serde_json::json!({"name": name, "phase": phase, "message": message, "emergencyNote": note})
+                    })
+                    .collect();
+                let v = serde_json::json!({"rollouts": rollouts, "notApplied": applied.blocked});
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                );
+                return i32::from(bad);
+            }
             for (component, why) in &applied.blocked {
                 let _ = writeln!(out, "{component}: not applied: {why}");
             }
@@ -1703,6 +1763,22 @@ fn propose(a: &ProposeArgs) -> i32 {
         }
     };
     let mut out = std::io::stdout().lock();
+    if a.output == Output::Json {
+        let v = if a.dry_run {
+            serde_json::json!({ "dryRun": true, "actions": actions })
+        } else {
+            serde_json::json!({ "dryRun": false, "outcome": outcome, "actions": actions })
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&v).unwrap_or_default()
+        );
+        for e in &outcome.errors {
+            eprintln!("upkeep: {e}");
+        }
+        return i32::from(!a.dry_run && (outcome.invalid || !outcome.errors.is_empty()));
+    }
     if a.dry_run {
         for act in &actions {
             let (what, p) = match act {
@@ -2054,6 +2130,51 @@ mod cli_tests {
     fn the_cli_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Every subcommand and every flag says what it is for in `--help`.
+    #[test]
+    fn every_command_and_flag_is_described() {
+        use clap::CommandFactory;
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in c.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "upkeep", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn completions_for_bash_zsh_and_fish_know_every_command() {
+        use clap::CommandFactory;
+        for (shell, marker) in [
+            (clap_complete::Shell::Bash, "complete -F"),
+            (clap_complete::Shell::Zsh, "#compdef upkeep"),
+            (clap_complete::Shell::Fish, "complete -c upkeep"),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut super::Cli::command(), "upkeep", &mut out);
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.contains(marker), "{shell}: {text}");
+            for cmd in ["acknowledge", "propose", "apply", "completions"] {
+                assert!(text.contains(cmd), "{shell} lacks {cmd}");
+            }
+        }
     }
 
     #[test]

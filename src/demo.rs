@@ -346,7 +346,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     }
     let _ = writeln!(
         out,
-        "  kubectl:     kubectl --kubeconfig {} get rollouts -A,nodes  (while `upkeep demo --keep-serving` runs)",
+        "  kubectl:     kubectl --kubeconfig {} get rollouts,nodes -A  (while `upkeep demo --keep-serving` runs)",
         kubeconfig.display()
     );
     let _ = writeln!(out, "  state:       {}", dir.display());

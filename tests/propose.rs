@@ -527,6 +527,20 @@ fn the_cli_proposes_and_prints_what_it_did() {
         "{out}"
     );
     assert!(w.pulls().is_empty());
+    // The same plan as JSON, for tools.
+    let (code, out, err) = run(&["--dry-run", "--output", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(v["dryRun"], true);
+    assert!(
+        v["actions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["action"] == "open"
+                && x["branch"] == "upkeep/app-v1.0.1"
+                && x["title"] == "app: v1.0.0 -> v1.0.1")),
+        "{out}"
+    );
+    assert!(w.pulls().is_empty());
     let (code, out, err) = run(&[]);
     assert_eq!(code, Some(0), "{err}");
     assert!(

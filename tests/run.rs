@@ -1064,3 +1064,40 @@ fn an_unreachable_api_and_a_bad_token_are_said_as_such() {
         "{err}"
     );
 }
+
+/// `upkeep apply --output json` prints the rollouts and what could not be applied, for tools;
+/// `kubectl get rollouts,nodes -A` (the demo's hint) is a command kubectl takes.
+#[test]
+fn apply_prints_json_when_asked() {
+    let w = World::new(60.0, None);
+    let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["apply", "--output", "json", "--wait", "0", "--repo-url"])
+        .arg(format!("file://{}", w.bare.display()))
+        .arg("--kubeconfig")
+        .arg(&w.kubeconfig)
+        .arg("--state-dir")
+        .arg(w.dir.path().join("apply-state"))
+        .env("GITHUB_TOKEN", TOKEN)
+        .output()
+        .expect("upkeep apply");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["rollouts"], serde_json::json!([]), "{text}");
+    assert_eq!(v["notApplied"], serde_json::json!({}), "{text}");
+    let k = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&w.kubeconfig)
+        .args(["get", "rollouts,nodes", "-A"])
+        .output()
+        .expect("kubectl");
+    assert!(k.status.success(), "{k:?}");
+    assert!(
+        String::from_utf8_lossy(&k.stdout).contains("agent-1"),
+        "{k:?}"
+    );
+}

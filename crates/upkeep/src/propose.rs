@@ -43,7 +43,8 @@ impl Default for Style {
 }
 
 /// One update to propose.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Proposal {
     pub component: String,
     pub from: String,
@@ -515,7 +516,8 @@ pub fn hold_until_applied(
 }
 
 /// What to do about one proposal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "action", rename_all = "camelCase")]
 pub enum Action {
     /// Push the branch and open a pull request.
     Open(Proposal),
@@ -718,7 +720,8 @@ pub fn dashboard(d: &DashboardInput) -> String {
 }
 
 /// What one cycle did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Outcome {
     pub opened: Vec<u64>,
     pub updated: Vec<u64>,
