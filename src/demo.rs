@@ -346,7 +346,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     }
     let _ = writeln!(
         out,
-        "  kubectl:     kubectl --kubeconfig {} get rollouts,nodes -A  (while `upkeep demo --keep-serving` runs)",
+        "  kubectl:     kubectl --kubeconfig {} get ukr,nodes -A  (while `upkeep demo --keep-serving` runs)",
         kubeconfig.display()
     );
     let _ = writeln!(out, "  state:       {}", dir.display());
@@ -396,7 +396,7 @@ async fn narrate(kube: KubeSim, clock: SimClock, tz: chrono_tz::Tz) {
     let mut first = true;
     loop {
         let mut lines = Vec::new();
-        for r in kube.list("upkeep.dev", "rollouts") {
+        for r in kube.list("upkeep.dev", "upkeeprollouts") {
             let name = r["metadata"]["name"].as_str().unwrap_or("").to_string();
             let phase = r["status"]["phase"].as_str().unwrap_or("").to_string();
             let backup = r["status"]["backup"].as_str().unwrap_or("").to_string();

@@ -284,6 +284,51 @@ fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
     let w = World::new(in_window());
     let s = w.apply(Duration::from_secs(60));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    // Native to kubectl: `kubectl wait` reads the Ready condition, `kubectl get` shows it. What
+    // kubectl asks is a human's, not upkeep's: check upkeep's accesses first.
+    let denied = common::rbac::denied(&w.kube.audit());
+    assert!(denied.is_empty(), "deploy/ does not allow: {denied:#?}");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(w.dir.path().join("kubeconfig"))
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let waited = kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "-n",
+        "upkeep-system",
+        "--timeout=10s",
+        &format!("upkeeprollout/{K3S}"),
+    ]);
+    assert!(waited.contains("condition met"), "{waited}");
+    // `kubectl describe` shows the rollout's history (its events).
+    let described = kubectl(&["describe", "ukr", "-n", "upkeep-system", K3S]);
+    assert!(
+        described.contains("Events:")
+            && !described.contains("Events:  <none>")
+            && described.contains("Succeeded"),
+        "{described}"
+    );
+    let table = kubectl(&["get", "ukr", "-n", "upkeep-system"]);
+    assert!(
+        table.contains("READY") && table.contains("True") && table.contains("MESSAGE"),
+        "{table}"
+    );
+    let r = w
+        .kube
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    assert_eq!(
+        r["status"]["observedGeneration"], r["metadata"]["generation"],
+        "{r}"
+    );
+    w.kube.clear_audit();
     assert!(
         w.node_versions().iter().all(|(_, v)| v == "v1.33.5+k3s1"),
         "{:?}",
@@ -307,7 +352,7 @@ fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
     );
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     assert_eq!(r["status"]["phase"], "Succeeded");
     assert!(r["status"]["backup"].is_string());
@@ -423,6 +468,91 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
     );
 }
 
+/// Rollouts of the CRD before the rename (kind `Rollout`, which Argo Rollouts' plural shadows)
+/// are moved to UpkeepRollouts with their status, and their old objects deleted: a failure
+/// stays a failure, with conditions.
+#[test]
+fn rollouts_of_the_old_crd_are_moved_to_upkeeprollouts() {
+    let w = World::new(in_window());
+    let kc = w.dir.path().join("kubeconfig");
+    w.kube.write_kubeconfig(&kc).expect("kubeconfig");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .args(args)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "kubectl {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let root = env!("CARGO_MANIFEST_DIR");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &format!("{root}/tests/fixtures/rollouts.upkeep.dev-v0.yaml"),
+    ]);
+    let old = w.dir.path().join("old.yaml");
+    std::fs::write(
+        &old,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: upkeep-system\n---\napiVersion: upkeep.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: longhorn-v1.10.2\n  namespace: upkeep-system\n  labels: {upkeep.dev/component: longhorn}\nspec:\n  component: longhorn\n  from: v1.9.1\n  to: v1.10.2\n  hops: [v1.10.2]\n",
+    )
+    .expect("write");
+    kubectl(&["apply", "-f", &old.display().to_string()]);
+    kubectl(&[
+        "patch",
+        "rollouts.upkeep.dev",
+        "longhorn-v1.10.2",
+        "-n",
+        "upkeep-system",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"RequiresAttention","message":"volume pvc-1 degraded","baseline":{"readyNodes":["server-1"],"readyObjects":[],"volumes":[["pvc-1","healthy"]]}}}"#,
+    ]);
+    // That was a human's setup (kubectl); what upkeep asks from here on is checked against
+    // deploy/'s RBAC.
+    w.kube.clear_audit();
+    w.apply(Duration::from_secs(60));
+    let moved = w
+        .kube
+        .get(
+            "upkeep.dev",
+            "upkeeprollouts",
+            "upkeep-system",
+            "longhorn-v1.10.2",
+        )
+        .expect("moved");
+    assert_eq!(moved["status"]["phase"], "RequiresAttention", "{moved}");
+    assert_eq!(
+        moved["status"]["baseline"]["volumes"]["pvc-1"], "healthy",
+        "{moved}"
+    );
+    assert_eq!(
+        moved["metadata"]["labels"]["upkeep.dev/component"],
+        "longhorn"
+    );
+    let stalled = moved["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Stalled")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(stalled["status"], "True", "{moved}");
+    assert!(
+        w.kube
+            .get(
+                "upkeep.dev",
+                "rollouts",
+                "upkeep-system",
+                "longhorn-v1.10.2"
+            )
+            .is_none()
+    );
+}
+
 #[test]
 fn outside_a_window_nothing_starts() {
     // Saturday noon in Amsterdam: the window opens at 22:00.
@@ -496,7 +626,7 @@ fn a_longhorn_minor_upgrade_and_a_flux_upgrade() {
         .kube
         .get(
             "upkeep.dev",
-            "rollouts",
+            "upkeeprollouts",
             "upkeep-system",
             "longhorn-v1.10.2",
         )
@@ -669,7 +799,7 @@ fn an_emergency_label_bypasses_windows_but_not_freezes() {
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     assert_eq!(r["spec"]["emergency"], true);
 
@@ -681,7 +811,7 @@ fn an_emergency_label_bypasses_windows_but_not_freezes() {
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     assert_eq!(r["spec"]["emergency"], true);
 
@@ -792,7 +922,7 @@ fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
     );
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     assert!(
         r["status"]["revert"]
@@ -839,7 +969,7 @@ fn a_two_hop_minor_path_is_applied_and_validated_hop_by_hop() {
         .kube
         .get(
             "upkeep.dev",
-            "rollouts",
+            "upkeeprollouts",
             "upkeep-system",
             "k3s-v1.35.5-k3s1",
         )
@@ -979,7 +1109,7 @@ fn http_and_prometheus_checks_from_policy_run_after_each_hop() {
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     let checks = r["status"]["checks"]
         .as_array()
@@ -1135,7 +1265,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
     );
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     let failed_at = r["status"]["phaseSince"].as_str().unwrap_or("").to_string();
     assert!(
@@ -1154,7 +1284,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
     w.kube
         .store()
         .delete(
-            &("upkeep.dev".into(), "rollouts".into()),
+            &("upkeep.dev".into(), "upkeeprollouts".into()),
             "upkeep-system",
             K3S,
         )
@@ -1165,7 +1295,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
     assert_eq!(files.len(), 2, "{files:?}");
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     let ready: Vec<&serde_json::Value> = files
         .iter()
@@ -1204,7 +1334,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
     );
     let r = w
         .kube
-        .get("upkeep.dev", "rollouts", "upkeep-system", K3S)
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
         .expect("rollout");
     assert!(
         r["status"]["noBackup"]
@@ -1567,7 +1697,7 @@ fn flux_is_upgraded_and_rolled_back_through_git_and_a_rebuild_runs_what_git_says
     w.kube
         .store()
         .delete(
-            &("upkeep.dev".into(), "rollouts".into()),
+            &("upkeep.dev".into(), "upkeeprollouts".into()),
             "upkeep-system",
             "flux-v2.6.5",
         )

@@ -20,8 +20,8 @@ fn docs(rel: &str) -> Vec<serde_json::Value> {
 fn the_chart_carries_the_same_crd_alerts_and_dashboard_as_deploy() {
     for (chart, plain) in [
         (
-            "deploy/helm/upkeep/crds/rollouts.upkeep.dev.yaml",
-            "deploy/crds/rollouts.upkeep.dev.yaml",
+            "deploy/helm/upkeep/crds/upkeeprollouts.upkeep.dev.yaml",
+            "deploy/crds/upkeeprollouts.upkeep.dev.yaml",
         ),
         (
             "deploy/helm/upkeep/files/prometheusrule.yaml",

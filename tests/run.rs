@@ -155,7 +155,10 @@ impl World {
     }
 
     fn rollout(&self) -> Option<serde_json::Value> {
-        self.kube.list("upkeep.dev", "rollouts").into_iter().next()
+        self.kube
+            .list("upkeep.dev", "upkeeprollouts")
+            .into_iter()
+            .next()
     }
 
     fn phase(&self) -> String {
@@ -270,7 +273,7 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
         .arg("--kubeconfig")
         .arg(&w.kubeconfig)
         .args(["apply", "--server-side", "-f"])
-        .arg(format!("{root}/deploy/crds/rollouts.upkeep.dev.yaml"))
+        .arg(format!("{root}/deploy/crds/upkeeprollouts.upkeep.dev.yaml"))
         .arg("-f")
         .arg(format!("{root}/deploy/manifests/upkeep.yaml"))
         .output()
@@ -383,13 +386,26 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
             .all(|l| l.ends_with(" 1")),
         "every validation check passed: {m}"
     );
-    let (_, page) = p.get("/").expect("page");
+    // The status page, as a real browser renders it (headless Chromium), and the same facts as
+    // JSON.
+    let page = browse(&w, &format!("{}/", p.base));
     assert!(
         page.contains(&upkeep::rollout::rollout_name("k3s", &to))
             && page.contains("Succeeded")
             && page.contains("any time"),
         "{page}"
     );
+    for node in ["server-1", "agent-1", "agent-2"] {
+        assert!(page.contains(node), "per node: {page}");
+    }
+    assert!(
+        page.contains("up to date") && page.contains("Runs") && page.contains("Git asks"),
+        "{page}"
+    );
+    let (_, json) = p.get("/api/status").expect("api");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(v["running"]["k3s"], to.as_str(), "{json}");
+    assert_eq!(v["nodes"].as_array().map(Vec::len), Some(3), "{json}");
     // SIGTERM: the step in progress finishes, then exit 0, and the lease is given up.
     let (status, logs) = p.stop();
     // Everything it asked of the API is allowed by deploy/'s RBAC, and with deploy/ installed it
@@ -790,6 +806,46 @@ fn the_next_hop_is_proposed_once_the_current_one_runs() {
     p.kill();
 }
 
+/// `url` as headless Chromium renders it (the DOM after scripts ran); also writes a screenshot
+/// next to the world's files, to show the page is drawn.
+fn browse(w: &World, url: &str) -> String {
+    let shot = w.dir.path().join("status-page.png");
+    let chromium = |extra: &[String]| {
+        Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                w.dir.path().join("chromium").display()
+            ))
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium is installed (.ci/run installs it)")
+    };
+    let out = chromium(&[
+        format!("--screenshot={}", shot.display()),
+        "--window-size=1280,900".into(),
+    ]);
+    assert!(out.status.success(), "chromium --screenshot: {out:?}");
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+    if let Ok(dir) = std::env::var("UPKEEP_SCREENSHOT_DIR") {
+        let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("status-page.png"));
+    }
+    let out = chromium(&["--dump-dom".into()]);
+    assert!(out.status.success(), "chromium --dump-dom: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// `upkeep` with `args` against the world's cluster; (exit code, stdout, stderr).
 fn upkeep_cli(w: &World, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
@@ -924,7 +980,7 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
     let leftover = w.dir.path().join("leftover.yaml");
     std::fs::write(
         &leftover,
-        "apiVersion: upkeep.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: longhorn-v1.10.2\n  namespace: upkeep-system\nspec:\n  component: longhorn\n  from: v1.9.1\n  to: v1.10.2\n  hops: [v1.10.2]\n",
+        "apiVersion: upkeep.dev/v1alpha1\nkind: UpkeepRollout\nmetadata:\n  name: longhorn-v1.10.2\n  namespace: upkeep-system\nspec:\n  component: longhorn\n  from: v1.9.1\n  to: v1.10.2\n  hops: [v1.10.2]\n",
     )
     .expect("write");
     let kubectl = |args: &[&str]| {
@@ -939,7 +995,7 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
     kubectl(&["apply", "-f", &leftover.display().to_string()]);
     kubectl(&[
         "patch",
-        "rollout.upkeep.dev",
+        "ukr",
         "longhorn-v1.10.2",
         "-n",
         "upkeep-system",
@@ -958,9 +1014,14 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
     std::thread::sleep(Duration::from_secs(3));
     let m = p.metrics();
     assert!(m.contains(&format!("rollout=\"{failed}\"")), "{m}");
-    let (_, page) = p.get("/").expect("page");
+    let page = browse(&w, &format!("{}/", p.base));
     assert!(
         page.contains(&failed) && page.contains("RequiresAttention"),
+        "{page}"
+    );
+    // The failure says what to do: the runbook, and how to acknowledge it.
+    assert!(
+        page.contains(&format!("upkeep acknowledge {failed}")) && page.contains("runbook"),
         "{page}"
     );
     assert!(page.contains("longhorn-v1.10.2"), "{page}");
@@ -1092,7 +1153,7 @@ fn apply_prints_json_when_asked() {
     let k = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&w.kubeconfig)
-        .args(["get", "rollouts,nodes", "-A"])
+        .args(["get", "upkeeprollouts,nodes", "-A"])
         .output()
         .expect("kubectl");
     assert!(k.status.success(), "{k:?}");

@@ -1041,8 +1041,8 @@ fn upkeep_sim_serve_runs_and_kubectl_lists_its_nodes() {
 /// the file must be what `kubectl apply` accepts.
 #[test]
 fn the_shipped_rollout_crd_is_the_one_the_code_installs_and_kubectl_applies_it() {
-    let path = root().join("deploy/crds/rollouts.upkeep.dev.yaml");
-    let text = std::fs::read_to_string(&path).expect("deploy/crds/rollouts.upkeep.dev.yaml");
+    let path = root().join("deploy/crds/upkeeprollouts.upkeep.dev.yaml");
+    let text = std::fs::read_to_string(&path).expect("deploy/crds/upkeeprollouts.upkeep.dev.yaml");
     let shipped: Value = serde_saphyr::from_str(&text).expect("the CRD file is YAML");
     let code = upkeep::rollout::crd();
     assert!(
@@ -1054,10 +1054,10 @@ fn the_shipped_rollout_crd_is_the_one_the_code_installs_and_kubectl_applies_it()
     let sim = cluster(1.0);
     let k = Kubectl::new(&sim);
     let out = k.ok(&["apply", "--server-side", "-f", &path.to_string_lossy()]);
-    assert!(out.contains("rollouts.upkeep.dev"), "{out}");
+    assert!(out.contains("upkeeprollouts.upkeep.dev"), "{out}");
     let r = k.write(
         "rollout.yaml",
-        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: upkeep-system\n---\napiVersion: upkeep.dev/v1alpha1\nkind: Rollout\nmetadata:\n  name: k3s-test\n  namespace: upkeep-system\nspec:\n  component: k3s\n  from: v1.33.4+k3s1\n  to: v1.33.5+k3s1\n",
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: upkeep-system\n---\napiVersion: upkeep.dev/v1alpha1\nkind: UpkeepRollout\nmetadata:\n  name: k3s-test\n  namespace: upkeep-system\nspec:\n  component: k3s\n  from: v1.33.4+k3s1\n  to: v1.33.5+k3s1\n  hops: [v1.33.5+k3s1]\n",
     );
     k.ok(&["apply", "-f", &r.to_string_lossy()]);
     // Generators send protobuf, which the emulator declines clearly (docs/simulator.md).
@@ -1066,7 +1066,15 @@ fn the_shipped_rollout_crd_is_the_one_the_code_installs_and_kubectl_applies_it()
         code != 0 && err.contains("UnsupportedMediaType") && err.contains("application/json"),
         "{err}"
     );
-    let table = k.ok(&["get", "rollouts", "-n", "upkeep-system"]);
+    // `kubectl explain` reads the typed schema.
+    let explained = k.ok(&["explain", "upkeeprollouts"]);
+    assert!(
+        explained.contains("One update upkeep applies"),
+        "{explained}"
+    );
+    let explained = k.ok(&["explain", "upkeeprollouts.status.conditions"]);
+    assert!(explained.contains("lastTransitionTime"), "{explained}");
+    let table = k.ok(&["get", "ukr", "-n", "upkeep-system"]);
     assert!(
         table.contains("COMPONENT") && table.contains("v1.33.5+k3s1"),
         "the printer columns show: {table}"

@@ -26,12 +26,17 @@ fn ar(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
 }
 
-/// The Rollout objects of namespace `ns`.
+/// The UpkeepRollout objects of namespace `ns`.
 pub fn rollouts(client: &kube::Client, ns: &str) -> Api<DynamicObject> {
     Api::namespaced_with(
         client.clone(),
         ns,
-        &ar("upkeep.dev", "v1alpha1", "Rollout", "rollouts"),
+        &ar(
+            rollout::GROUP,
+            rollout::VERSION,
+            rollout::KIND,
+            rollout::PLURAL,
+        ),
     )
 }
 
@@ -56,16 +61,24 @@ pub async fn install(client: &kube::Client, ns: &str) -> Result<(), String> {
     // Installed by deploy/ (Helm or the manifests) in a cluster, where upkeep may only read
     // them; created here when missing (a first `upkeep apply` from a laptop).
     let have_crd = crds
-        .get_opt("rollouts.upkeep.dev")
+        .get_opt(rollout::CRD_NAME)
         .await
-        .map_err(api_err("reading the Rollout CRD"))?
+        .map_err(api_err("reading the UpkeepRollout CRD"))?
         .is_some();
     if !have_crd {
         let crd: DynamicObject =
             serde_json::from_value(rollout::crd()).map_err(|e| e.to_string())?;
-        crds.patch("rollouts.upkeep.dev", &pp, &Patch::Apply(&crd))
+        crds.patch(rollout::CRD_NAME, &pp, &Patch::Apply(&crd))
             .await
-            .map_err(api_err("installing the Rollout CRD"))?;
+            .map_err(api_err("installing the UpkeepRollout CRD"))?;
+    }
+    let had_old = crds
+        .get_opt(rollout::OLD_CRD_NAME)
+        .await
+        .map_err(api_err("reading the old Rollout CRD"))?
+        .is_some();
+    if had_old {
+        migrate_old_rollouts(client, ns).await?;
     }
     let nss: Api<DynamicObject> =
         Api::all_with(client.clone(), &ar("", "v1", "Namespace", "namespaces"));
@@ -85,6 +98,88 @@ pub async fn install(client: &kube::Client, ns: &str) -> Result<(), String> {
         .await
         .map_err(api_err("creating the namespace"))?;
     Ok(())
+}
+
+/// Move the objects of the old `rollouts.upkeep.dev` CRD (kind `Rollout`) in `ns` to
+/// `UpkeepRollout`s of the same name, spec, labels, annotations and status (with conditions),
+/// then delete the old object, so that the history and a rollout in flight carry on. Idempotent:
+/// an object already moved is only deleted. The old CRD itself is left for a human to delete
+/// (`kubectl delete crd rollouts.upkeep.dev`, docs/install.md). Returns how many moved.
+pub async fn migrate_old_rollouts(client: &kube::Client, ns: &str) -> Result<usize, String> {
+    let old: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        ns,
+        &ar(
+            rollout::GROUP,
+            rollout::VERSION,
+            rollout::OLD_KIND,
+            rollout::OLD_PLURAL,
+        ),
+    );
+    let new = rollouts(client, ns);
+    let all = old
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("listing the old Rollouts"))?;
+    let mut moved = 0;
+    for o in &all.items {
+        let Some(name) = o.metadata.name.clone() else {
+            continue;
+        };
+        if new
+            .get_opt(&name)
+            .await
+            .map_err(api_err("reading an UpkeepRollout"))?
+            .is_none()
+        {
+            let obj: DynamicObject = serde_json::from_value(json!({
+                "apiVersion": format!("{}/{}", rollout::GROUP, rollout::VERSION),
+                "kind": rollout::KIND,
+                "metadata": {"name": name, "namespace": ns,
+                    "labels": o.metadata.labels.clone().unwrap_or_default(),
+                    "annotations": o.metadata.annotations.clone().unwrap_or_default()},
+                "spec": o.data["spec"].clone(),
+            }))
+            .map_err(|e| e.to_string())?;
+            let made = match new.create(&PostParams::default(), &obj).await {
+                Ok(made) => Some(made),
+                Err(kube::Error::Api(e)) if e.code == 409 => None,
+                Err(e) => return Err(format!("moving rollout {name}: {}", cluster::describe(&e))),
+            };
+            if let Some(made) = made {
+                let mut status = read_status(o)?;
+                status.observed_generation = made.metadata.generation;
+                status.conditions =
+                    rollout::conditions(&status, made.metadata.generation, Utc::now());
+                new.patch_status(
+                    &name,
+                    &PatchParams {
+                        field_manager: Some(FIELD_MANAGER.into()),
+                        ..Default::default()
+                    },
+                    &Patch::Merge(json!({ "status": status })),
+                )
+                .await
+                .map_err(api_err("moving a rollout's status"))?;
+            }
+            moved += 1;
+            tracing::info!(
+                rollout = name,
+                "moved from the old Rollout CRD to UpkeepRollout"
+            );
+        }
+        match old.delete(&name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                return Err(format!(
+                    "deleting the old Rollout {name}: {}",
+                    cluster::describe(&e)
+                ));
+            }
+        }
+    }
+    Ok(moved)
 }
 
 /// Where the config repository and its pull requests are.
@@ -184,6 +279,17 @@ pub struct Applied {
     /// after a revert a component cannot follow, say). The same every look until something
     /// changes, so the caller says it once ([`Blocked`] compares).
     pub blocked: Blocked,
+    /// The nodes as this look saw them (name, version, Ready), for the status page.
+    pub nodes: Vec<cluster::NodeState>,
+}
+
+/// What one look at the cluster found before driving: the rollouts to drive (with their
+/// component), what runs, what cannot start and why, and the nodes.
+struct Found {
+    names: Vec<(String, Component)>,
+    running: crate::propose::Running,
+    blocked: Blocked,
+    nodes: Vec<cluster::NodeState>,
 }
 
 /// Component -> why it gets no rollout.
@@ -227,7 +333,12 @@ pub async fn run_detailed<F: Forge>(
             .unwrap_or_default(),
         None => Vec::new(),
     };
-    let (names, mut running, blocked) = d.create_missing(config, &pulls).await?;
+    let Found {
+        names,
+        mut running,
+        blocked,
+        nodes,
+    } = d.create_missing(config, &pulls).await?;
     d.drive(config, &names, now).await?;
     let mut out = Vec::new();
     for (name, c) in &names {
@@ -271,6 +382,7 @@ pub async fn run_detailed<F: Forge>(
         running,
         driven: names.into_iter().map(|(n, _)| n).collect(),
         blocked,
+        nodes,
     })
 }
 
@@ -326,7 +438,7 @@ impl<F: Forge> Driver<'_, '_, F> {
         &self,
         config: &ConfigRepo,
         pulls: &[crate::forge::PullRequest],
-    ) -> Result<(Vec<(String, Component)>, crate::propose::Running, Blocked), String> {
+    ) -> Result<Found, String> {
         let observed = cluster::observe(self.client, self.ns())
             .await
             .map_err(|e| e.to_string())?;
@@ -369,7 +481,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                     }
                 };
                 let obj: DynamicObject = serde_json::from_value(json!({
-                    "apiVersion": "upkeep.dev/v1alpha1", "kind": "Rollout",
+                    "apiVersion": format!("{}/{}", rollout::GROUP, rollout::VERSION), "kind": rollout::KIND,
                     "metadata": {"name": name, "namespace": self.opts.namespace, "labels": {"upkeep.dev/component": c.name}},
                     "spec": spec,
                 }))
@@ -387,7 +499,12 @@ impl<F: Forge> Driver<'_, '_, F> {
             }
             names.push((name, c.clone()));
         }
-        Ok((names, runs, blocked))
+        Ok(Found {
+            names,
+            running: runs,
+            blocked,
+            nodes: observed.nodes.clone(),
+        })
     }
 
     /// `upkeep apply --emergency` on a rollout that exists: it may start outside windows from now
@@ -614,6 +731,8 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
         }
+        next.observed_generation = obj.metadata.generation;
+        next.conditions = rollout::conditions(&next, obj.metadata.generation, t);
         if next != status {
             self.api
                 .patch_status(
@@ -1428,7 +1547,7 @@ async fn event(
         "reason": phase,
         "type": if warning { "Warning" } else { "Normal" },
         "note": note,
-        "regarding": {"apiVersion": "upkeep.dev/v1alpha1", "kind": "Rollout", "name": name, "namespace": ns,
+        "regarding": {"apiVersion": format!("{}/{}", rollout::GROUP, rollout::VERSION), "kind": rollout::KIND, "name": name, "namespace": ns,
             "uid": rollout.metadata.uid.clone().unwrap_or_default()},
     }))
     .map_err(|e| e.to_string())?;

@@ -25,19 +25,45 @@ use crate::telemetry::{
 };
 use crate::versions::Version;
 
-/// What the status page shows.
-#[derive(Debug, Clone, Default)]
+/// What the status page (and `/api/status`) shows.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Status {
     pub ready: bool,
     pub last_reconcile: Option<DateTime<Utc>>,
+    /// Per component: what git asks, what upstream has, and why not further.
     pub components: Vec<ComponentReport>,
-    pub open_prs: Vec<(u64, String)>,
-    pub rollouts: Vec<(String, String, String)>,
+    /// Per component: the lowest version running in the cluster.
+    pub running: std::collections::BTreeMap<String, String>,
+    /// Per component: what versions.yaml on the base branch asks for, as of this reconcile.
+    pub desired: std::collections::BTreeMap<String, String>,
+    /// Per component that differs from versions.yaml with no rollout possible: why.
+    pub blocked: std::collections::BTreeMap<String, String>,
+    /// The nodes (k3s runs per node).
+    pub nodes: Vec<crate::cluster::NodeState>,
+    pub open_prs: Vec<OpenPr>,
+    /// The rollouts in flight, and the failures nobody acknowledged yet.
+    pub rollouts: Vec<RolloutView>,
     /// Per component: when work may start (open now, next opening, frozen).
     pub schedule: Vec<(String, String)>,
     /// Who holds the lease, as last seen.
     pub leader: Option<String>,
     pub errors: Vec<String>,
+}
+
+/// An open pull request of upkeep's.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OpenPr {
+    pub number: u64,
+    pub title: String,
+    pub url: String,
+}
+
+/// A rollout as the page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RolloutView {
+    pub name: String,
+    pub status: crate::rollout::RolloutStatus,
 }
 
 /// What the loop and the HTTP server share.
@@ -379,7 +405,15 @@ async fn reconcile(
     // 2. Read the merged desired state (one fetch per reconcile: a proposal cycle that went well
     // has just fetched).
     let config = desired(cfg, detect && propose_error.is_none(), now)?;
-    shared.status().schedule = schedule(&config, now);
+    {
+        let mut st = shared.status();
+        st.schedule = schedule(&config, now);
+        st.desired = config
+            .components
+            .iter()
+            .map(|c| (c.name.clone(), c.version.raw().to_string()))
+            .collect();
+    }
     // 3. Compare with what runs and drive the rollouts (one look: the loop is the poll).
     still_leader(shared)?;
     let applied = drive(cfg, mem, &config).await?;
@@ -479,14 +513,25 @@ fn record_status(cfg: &Config, shared: &Shared, applied: crate::apply::Applied) 
     st.rollouts = applied
         .rollouts
         .into_iter()
-        .map(|(n, r)| (n, format!("{:?}", r.phase), r.message))
+        .map(|(name, status)| RolloutView { name, status })
         .collect();
     st.open_prs = applied
         .pulls
         .into_iter()
         .filter(|p| p.is_open())
-        .map(|p| (p.number, p.title))
+        .map(|p| OpenPr {
+            number: p.number,
+            title: p.title,
+            url: p.url,
+        })
         .collect();
+    st.running = applied
+        .running
+        .into_iter()
+        .map(|(c, r)| (c, r.version.raw().to_string()))
+        .collect();
+    st.blocked = applied.blocked;
+    st.nodes = applied.nodes;
 }
 
 /// What one detection found: the report rows and each component's releases.

@@ -44,8 +44,39 @@ impl Phase {
     }
 }
 
-/// What a Rollout is asked to do (the custom resource's spec).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The custom resource's API group, version, kind and plural. The kind is `UpkeepRollout`, not
+/// `Rollout`: Argo Rollouts serves `rollouts` too, and `kubectl get rollouts` would be ambiguous
+/// where both run. Short name `ukr`, category `upkeep` (`kubectl get upkeep`).
+pub const GROUP: &str = "upkeep.dev";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "UpkeepRollout";
+pub const PLURAL: &str = "upkeeprollouts";
+pub const CRD_NAME: &str = "upkeeprollouts.upkeep.dev";
+/// The CRD of upkeep before the rename (kind `Rollout`); its objects are migrated.
+pub const OLD_KIND: &str = "Rollout";
+pub const OLD_PLURAL: &str = "rollouts";
+pub const OLD_CRD_NAME: &str = "rollouts.upkeep.dev";
+
+/// What a rollout is asked to do (the custom resource's spec).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, kube::CustomResource)]
+#[kube(
+    group = "upkeep.dev",
+    version = "v1alpha1",
+    kind = "UpkeepRollout",
+    plural = "upkeeprollouts",
+    singular = "upkeeprollout",
+    shortname = "ukr",
+    category = "upkeep",
+    namespaced,
+    status = "RolloutStatus",
+    printcolumn = r#"{"name": "Component", "type": "string", "jsonPath": ".spec.component"}"#,
+    printcolumn = r#"{"name": "From", "type": "string", "jsonPath": ".spec.from"}"#,
+    printcolumn = r#"{"name": "To", "type": "string", "jsonPath": ".spec.to"}"#,
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 0}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
     pub component: String,
@@ -80,7 +111,81 @@ pub struct Baseline {
     /// `Kind/namespace/name` of the Flux objects that were Ready.
     pub ready_objects: Vec<String>,
     /// Volume name -> robustness.
-    pub volumes: Vec<(String, String)>,
+    #[serde(default, deserialize_with = "volumes_map")]
+    pub volumes: std::collections::BTreeMap<String, String>,
+}
+
+/// Volumes as a map, also from the list of pairs earlier versions stored.
+fn volumes_map<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Map(std::collections::BTreeMap<String, String>),
+        Pairs(Vec<(String, String)>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Map(m) => m,
+        Either::Pairs(p) => p.into_iter().collect(),
+    })
+}
+
+/// A condition in the standard Kubernetes shape (`metav1.Condition`), so that `kubectl wait
+/// --for=condition=Ready`, kstatus and Flux's health checks can read a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `Ready`, `Reconciling` or `Stalled`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// The phase, in CamelCase.
+    pub reason: String,
+    pub message: String,
+    pub last_transition_time: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The conditions of a rollout in `status` (kstatus' reading): `Ready` is True once it
+/// succeeded; `Reconciling` is True while it is under way or waiting; `Stalled` is True when it
+/// failed, was reverted or needs a human. A condition keeps its `lastTransitionTime` while its
+/// status stays the same.
+pub fn conditions(
+    status: &RolloutStatus,
+    generation: Option<i64>,
+    now: DateTime<Utc>,
+) -> Vec<Condition> {
+    let phase = status.phase;
+    let failed = matches!(
+        phase,
+        Phase::Failed | Phase::Reverted | Phase::RequiresAttention | Phase::Reverting
+    );
+    let want = [
+        ("Ready", phase == Phase::Succeeded),
+        ("Reconciling", !phase.is_terminal() && !failed),
+        ("Stalled", failed),
+    ];
+    want.iter()
+        .map(|(t, on)| {
+            let value = if *on { "True" } else { "False" };
+            let since = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == *t && c.status == value)
+                .map_or(now, |c| c.last_transition_time);
+            Condition {
+                type_: (*t).to_string(),
+                status: value.to_string(),
+                reason: format!("{phase:?}"),
+                message: status.message.clone(),
+                last_transition_time: since,
+                observed_generation: generation,
+            }
+        })
+        .collect()
 }
 
 /// Where the rollout stands (the custom resource's status).
@@ -129,6 +234,12 @@ pub struct RolloutStatus {
     /// How many times the rollout was paused by a closing window.
     #[serde(default)]
     pub pauses: u32,
+    /// `Ready`, `Reconciling` and `Stalled`, from the phase (see [`conditions`]).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` of the spec this status was written for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }
 
 /// Something to do in the world.
@@ -706,8 +817,12 @@ pub fn decide(
                         spec,
                         c,
                         format!(
-                            "{hop_version} was not reached within {} minutes",
-                            ctx.timeout.num_minutes()
+                            "{hop_version} was not reached within {}",
+                            if ctx.timeout.num_seconds() % 60 == 0 {
+                                format!("{} minutes", ctx.timeout.num_minutes())
+                            } else {
+                                format!("{} seconds", ctx.timeout.num_seconds())
+                            }
                         ),
                         now,
                     );
@@ -1046,31 +1161,15 @@ fn backup_applies(c: &Component, o: &Observed) -> bool {
 
 /// The Rollout CRD (`upkeep.dev/v1alpha1`), generated from the types above.
 pub fn crd() -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "rollouts.upkeep.dev"},
-        "spec": {
-            "group": "upkeep.dev",
-            "scope": "Namespaced",
-            "names": {"kind": "Rollout", "listKind": "RolloutList", "plural": "rollouts", "singular": "rollout", "shortNames": ["uro"]},
-            "versions": [{
-                "name": "v1alpha1", "served": true, "storage": true,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": [
-                    {"name": "Component", "type": "string", "jsonPath": ".spec.component"},
-                    {"name": "From", "type": "string", "jsonPath": ".spec.from"},
-                    {"name": "To", "type": "string", "jsonPath": ".spec.to"},
-                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
-                ],
-                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-                }}}
-            }]
-        }
-    })
+    use kube::CustomResourceExt as _;
+    let mut v = serde_json::to_value(UpkeepRollout::crd()).unwrap_or_default();
+    // `kubectl explain` reads the descriptions; say what the object is.
+    if let Some(schema) = v.pointer_mut("/spec/versions/0/schema/openAPIV3Schema") {
+        schema["description"] = serde_json::json!(
+            "One update upkeep applies: a component's rollout from what runs to what versions.yaml asks, hop by hop, with a backup, validation and, on failure, a revert. docs/apply.md"
+        );
+    }
+    v
 }
 
 #[cfg(test)]

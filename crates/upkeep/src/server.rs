@@ -23,6 +23,7 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
                 .layer(axum::extract::DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
         )
         .route("/", get(page))
+        .route("/api/status", get(api_status))
         .with_state(shared)
 }
 
@@ -113,67 +114,214 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// The status page: what an operator opens first.
 async fn page(State(s): State<Arc<Shared>>) -> Response {
     let st = s.status().clone();
-    let mut h = String::from(
-        "<!doctype html><html><head><meta charset=utf-8><title>upkeep</title><style>body{font-family:sans-serif;margin:2em}td,th{padding:.2em .8em;text-align:left}</style></head><body><h1>upkeep</h1>",
+    let mut r = render_page(&st).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+/// The same facts as the page, as JSON.
+async fn api_status(State(s): State<Arc<Shared>>) -> Response {
+    let st = s.status().clone();
+    let mut r = serde_json::to_string_pretty(&st)
+        .unwrap_or_default()
+        .into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}\
+h1{margin-bottom:.2em}h2{margin-top:1.4em;border-bottom:1px solid #ddd}\
+table{border-collapse:collapse}td,th{padding:.25em .8em;text-align:left;vertical-align:top}\
+tr:nth-child(even){background:#f6f6f6}.ok{color:#176f2c}.warn{color:#9a6700}.bad{color:#b3261e;font-weight:600}\
+.box{border:2px solid #b3261e;background:#fdecea;padding:.6em 1em;margin:.8em 0}\
+code{background:#eee;padding:0 .3em}.muted{color:#666}";
+
+/// The CSS class of a rollout phase.
+fn phase_class(phase: crate::rollout::Phase) -> &'static str {
+    use crate::rollout::Phase;
+    match phase {
+        Phase::Succeeded => "ok",
+        Phase::Failed | Phase::Reverted | Phase::Reverting | Phase::RequiresAttention => "bad",
+        _ => "warn",
+    }
+}
+
+/// The status page from the status (pure: tested without a server). Reloads itself every 30 s.
+pub fn render_page(st: &crate::reconcile::Status) -> String {
+    use crate::report::Status as S;
+    let mut h = format!(
+        "<!doctype html><html><head><meta charset=utf-8><meta http-equiv=refresh content=30><title>upkeep</title><style>{STYLE}</style></head><body><h1>upkeep</h1>"
     );
     let _ = write!(
         h,
-        "<p>Last reconcile: {}</p>",
+        "<p class=muted>Last reconcile: {} &middot; leader: {} &middot; this page reloads every 30 s &middot; <a href=\"/api/status\">JSON</a> &middot; <a href=\"/metrics\">metrics</a></p>",
         st.last_reconcile.map_or("not yet".to_string(), |t| t
             .format("%Y-%m-%d %H:%M:%S UTC")
-            .to_string())
+            .to_string()),
+        esc(st.leader.as_deref().unwrap_or("unknown"))
     );
     if !st.errors.is_empty() {
-        let _ = write!(h, "<h2>Errors</h2><ul>");
+        h.push_str("<div class=box><b>Errors</b><ul>");
         for e in &st.errors {
             let _ = write!(h, "<li>{}</li>", esc(e));
         }
-        h.push_str("</ul>");
+        h.push_str("</ul></div>");
     }
-    let _ = write!(
-        h,
-        "<p>Leader: {}</p>",
-        esc(st.leader.as_deref().unwrap_or("unknown"))
-    );
-    h.push_str("<h2>Components</h2><table><tr><th>Component</th><th>Desired</th><th>Next</th><th>Newest</th><th>Window</th></tr>");
+    let failed: Vec<_> = st
+        .rollouts
+        .iter()
+        .filter(|r| crate::operate::is_failure(r.status.phase))
+        .collect();
+    for r in &failed {
+        let _ = write!(
+            h,
+            "<div class=box><b>{} is {:?}</b>: {}<br>What to do: follow the runbook (docs/runbook.md in upkeep's repository){}; once git and the cluster agree, <code>upkeep acknowledge {}</code>.</div>",
+            esc(&r.name),
+            r.status.phase,
+            esc(&r.status.message),
+            r.status
+                .revert
+                .as_deref()
+                .map(|v| format!("; the revert: {}", esc(v)))
+                .unwrap_or_default(),
+            esc(&r.name)
+        );
+    }
+    h.push_str("<h2>Components</h2><table><tr><th>Component</th><th>Runs</th><th>Git asks</th><th>Health</th><th>Next</th><th>When</th><th>Pull request</th></tr>");
     for c in &st.components {
         let window = st
             .schedule
             .iter()
             .find(|(n, _)| *n == c.name)
             .map_or("-", |(_, w)| w.as_str());
+        let runs = st.running.get(&c.name).map_or("-", String::as_str);
+        let asks = st.desired.get(&c.name).unwrap_or(&c.current);
+        let same = |a: &str, b: &str| a.trim_start_matches('v') == b.trim_start_matches('v');
+        let (class, health) = match (&c.status, st.blocked.get(&c.name)) {
+            (_, Some(why)) => ("bad", format!("cannot follow git: {why}")),
+            (S::Failed, _) => (
+                "bad",
+                crate::report::explain(c).unwrap_or_else(|| "source failed".into()),
+            ),
+            _ if runs != "-" && !same(runs, asks) => {
+                ("warn", "rolling out what git asks".to_string())
+            }
+            _ if c.next.as_ref().is_some_and(|n| !same(&n.version, asks)) => {
+                ("warn", "update available".to_string())
+            }
+            (S::UpToDate | S::UpdateAvailable, _) => ("ok", "up to date".to_string()),
+            _ => (
+                "muted",
+                c.reason.as_ref().map_or("held".to_string(), |r| {
+                    crate::report::reason_text(r, c.time_zone.as_deref())
+                }),
+            ),
+        };
+        let pr = st
+            .open_prs
+            .iter()
+            .find(|p| p.title.starts_with(&format!("{}: ", c.name)))
+            .map_or("-".to_string(), |p| {
+                format!("<a href=\"{}\">#{}</a>", esc(&p.url), p.number)
+            });
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class={class}>{}</td><td>{}</td><td>{}</td><td>{pr}</td></tr>",
             esc(&c.name),
-            esc(&c.current),
-            esc(c.next.as_ref().map_or("-", |n| n.version.as_str())),
-            esc(c.newest.as_deref().unwrap_or("-")),
+            esc(runs),
+            esc(asks),
+            esc(&health),
+            esc(c
+                .next
+                .as_ref()
+                .map(|n| n.version.as_str())
+                .filter(|n| !same(n, asks) && !same(n, runs))
+                .unwrap_or("-")),
             esc(window)
         );
     }
-    h.push_str("</table><h2>Open pull requests</h2><ul>");
-    for (n, t) in &st.open_prs {
-        let _ = write!(h, "<li>#{n} {}</li>", esc(t));
+    h.push_str("</table>");
+    if !st.nodes.is_empty() {
+        h.push_str("<h2>Nodes</h2><table><tr><th>Node</th><th>Role</th><th>k3s</th><th>Ready</th><th>Schedulable</th></tr>");
+        for n in &st.nodes {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class={}>{}</td><td>{}</td></tr>",
+                esc(&n.name),
+                if n.server { "server" } else { "agent" },
+                esc(&n.version),
+                if n.ready { "ok" } else { "bad" },
+                if n.ready { "Ready" } else { "NotReady" },
+                if n.unschedulable { "cordoned" } else { "yes" }
+            );
+        }
+        h.push_str("</table>");
     }
-    h.push_str(
-        "</ul><h2>Rollouts</h2><table><tr><th>Rollout</th><th>Phase</th><th>Message</th></tr>",
-    );
-    for (n, p, m) in &st.rollouts {
-        let _ = write!(
-            h,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(n),
-            esc(p),
-            esc(m)
-        );
+    h.push_str("<h2>Rollouts</h2>");
+    if st.rollouts.is_empty() {
+        h.push_str("<p class=muted>None in flight.</p>");
+    } else {
+        h.push_str("<table><tr><th>Rollout</th><th>Phase</th><th>Since</th><th>Hop</th><th>Nodes</th><th>Message</th></tr>");
+        for r in &st.rollouts {
+            let nodes = r
+                .status
+                .nodes
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{} {}{}",
+                        esc(&n.name),
+                        esc(&n.version),
+                        if n.ready { "" } else { " (NotReady)" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("<br>");
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class={}>{:?}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.name),
+                phase_class(r.status.phase),
+                r.status.phase,
+                r.status.phase_since.map_or("-".to_string(), |t| t
+                    .format("%Y-%m-%d %H:%M UTC")
+                    .to_string()),
+                r.status.hop + 1,
+                if nodes.is_empty() {
+                    "-".to_string()
+                } else {
+                    nodes
+                },
+                esc(&r.status.message)
+            );
+        }
+        h.push_str("</table>");
     }
-    h.push_str("</table></body></html>");
-    let mut r = h.into_response();
-    if let Ok(v) = "text/html; charset=utf-8".parse() {
-        r.headers_mut().insert(header::CONTENT_TYPE, v);
+    h.push_str("<h2>Open pull requests</h2>");
+    if st.open_prs.is_empty() {
+        h.push_str("<p class=muted>None.</p>");
+    } else {
+        h.push_str("<ul>");
+        for p in &st.open_prs {
+            let _ = write!(
+                h,
+                "<li><a href=\"{}\">#{}</a> {}</li>",
+                esc(&p.url),
+                p.number,
+                esc(&p.title)
+            );
+        }
+        h.push_str("</ul>");
     }
-    r
+    h.push_str("</body></html>");
+    h
 }

@@ -1210,9 +1210,13 @@ fn openapi_index(s: &Store) -> Value {
 
 /// A group-version's OpenAPI v3 document, reduced to what kubectl reads: every resource's PATCH
 /// operation with its GVK and query parameters, so that kubectl uses server-side field
-/// validation instead of downloading schemas. Schemas are not served.
+/// validation instead of downloading schemas; and, for a custom resource, its schema as the
+/// apiextensions-apiserver publishes it (builder.go, `buildKubeNative`: the CRD's
+/// `openAPIV3Schema` with `apiVersion`, `kind` and `metadata` added and the GVK extension), which
+/// `kubectl explain` reads. Built-in types' schemas are not served.
 fn openapi_group(s: &Store, group: &str, version: &str) -> Response {
     let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
     let param = |n: &str| json!({"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
     for t in s
         .types()
@@ -1232,6 +1236,28 @@ fn openapi_group(s: &Store, group: &str, version: &str) -> Response {
             "responses": {"200": {"description": "OK"}},
         });
         paths.insert(path, json!({"patch": op}));
+        if let Some(schema) = s.schema_of(&t.gr()) {
+            let mut schema = (*schema).clone();
+            if let Some(props) = schema
+                .as_object_mut()
+                .map(|o| o.entry("properties").or_insert_with(|| json!({})))
+                .and_then(Value::as_object_mut)
+            {
+                props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+                props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+                props.insert(
+                    "metadata".into(),
+                    json!({"type": "object", "description": "Standard object's metadata."}),
+                );
+            }
+            schema["x-kubernetes-group-version-kind"] =
+                json!([{"group": group, "version": version, "kind": t.kind}]);
+            let reversed: Vec<&str> = group.split('.').rev().collect();
+            schemas.insert(
+                format!("{}.{version}.{}", reversed.join("."), t.kind),
+                schema,
+            );
+        }
     }
     if paths.is_empty() {
         return error_response(&ApiError::new(
@@ -1243,7 +1269,7 @@ fn openapi_group(s: &Store, group: &str, version: &str) -> Response {
     json_response(
         StatusCode::OK,
         &json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.33.4+k3s1"},
-            "paths": paths, "components": {"schemas": {}}}),
+            "paths": paths, "components": {"schemas": schemas}}),
     )
 }
 

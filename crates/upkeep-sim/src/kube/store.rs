@@ -210,6 +210,11 @@ impl Default for Store {
 }
 
 impl Store {
+    /// The storage version's `openAPIV3Schema` of a custom resource type, if it has one.
+    pub fn schema_of(&self, gr: &Gr) -> Option<Arc<Value>> {
+        self.schemas.get(gr).cloned()
+    }
+
     pub fn new() -> Store {
         let (tx, _) = broadcast::channel(WATCH_BUFFER);
         let mut s = Store {
