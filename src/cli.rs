@@ -131,6 +131,37 @@ pub enum Command {
         #[command(flatten)]
         at: ClusterArgs,
     },
+    /// Suspend a component (or --all): no rollout of it starts, one in flight stops after the
+    /// node in progress, proposals go on. Recorded in the cluster (ConfigMap upkeep-control,
+    /// with who, when and why) so the controller and `upkeep apply` both hold it; `upkeep resume`
+    /// lifts it. To record a pause in git instead, add a freeze to policies/.
+    Suspend {
+        /// The component (as in versions.yaml).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        component: Option<String>,
+        /// Everything upkeep applies.
+        #[arg(long)]
+        all: bool,
+        /// Why (shown on the status page, in `upkeep get` and in the rollout's message).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Who (default: $USER).
+        #[arg(long, value_name = "NAME")]
+        by: Option<String>,
+        #[command(flatten)]
+        at: ClusterArgs,
+    },
+    /// Lift a suspension of a component (or --all).
+    Resume {
+        /// The component.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        component: Option<String>,
+        /// The suspension of everything.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        at: ClusterArgs,
+    },
     /// Print a shell completion script: `upkeep completions bash > /etc/bash_completion.d/upkeep`,
     /// `upkeep completions zsh > "${fpath[1]}/_upkeep"`, `upkeep completions fish >
     /// ~/.config/fish/completions/upkeep.fish`.
@@ -691,6 +722,18 @@ pub fn run() -> i32 {
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
+        Command::Suspend {
+            component,
+            all: _,
+            reason,
+            by,
+            at,
+        } => suspend(component.as_deref(), &reason, by, &at),
+        Command::Resume {
+            component,
+            all: _,
+            at,
+        } => resume(component.as_deref(), &at),
         Command::Completions { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(shell, &mut Cli::command(), "upkeep", &mut std::io::stdout());
@@ -904,12 +947,74 @@ fn get(at: &ClusterArgs) -> i32 {
     }
 }
 
+/// Who runs a command: `--by`, else $USER.
+fn who(by: Option<String>) -> String {
+    by.or_else(|| std::env::var("USER").ok())
+        .filter(|w| !w.trim().is_empty())
+        .unwrap_or_else(|| "someone".into())
+}
+
+/// `upkeep suspend`.
+fn suspend(component: Option<&str>, reason: &str, by: Option<String>, at: &ClusterArgs) -> i32 {
+    let who = who(by);
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let done = rt.block_on(async {
+        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        upkeep::operate::suspend(&client, &at.namespace, component, &who, reason, Utc::now())
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match done {
+        Ok(record) => {
+            println!("suspended {}: {record}", component.unwrap_or("everything"));
+            0
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
+}
+
+/// `upkeep resume`.
+fn resume(component: Option<&str>, at: &ClusterArgs) -> i32 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let done = rt.block_on(async {
+        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        upkeep::operate::resume(&client, &at.namespace, component)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    let what = component.unwrap_or("everything");
+    match done {
+        Ok(true) => {
+            println!("resumed {what}");
+            0
+        }
+        Ok(false) => {
+            println!("{what} was not suspended");
+            0
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
+}
+
 /// `upkeep acknowledge`.
 fn acknowledge(rollout: &str, by: Option<String>, at: &ClusterArgs) -> i32 {
-    let who = by
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|w| !w.trim().is_empty())
-        .unwrap_or_else(|| "someone".into());
+    let who = who(by);
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,

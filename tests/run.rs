@@ -1162,3 +1162,56 @@ fn apply_prints_json_when_asked() {
         "{k:?}"
     );
 }
+
+/// `upkeep suspend k3s` holds a merged update (the rollout waits, saying who suspended it and
+/// why), the status page says so, and `upkeep resume k3s` lets it run.
+#[test]
+fn a_suspended_component_is_not_applied_until_resumed() {
+    let w = World::new(60.0, None);
+    let p = w.spawn("run", &w.flags("state"), &[]);
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    let (code, out, err) = upkeep_cli(
+        &w,
+        &[
+            "suspend",
+            "k3s",
+            "--reason",
+            "disk swap on server-1",
+            "--by",
+            "ana",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("suspended k3s: ana at"), "{out}");
+    w.merge(1);
+    p.wait("the rollout to wait for the suspension", &|| {
+        w.phase() == "WaitingForWindow"
+            && w.rollout().is_some_and(|r| {
+                r["status"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("suspended by ana at") && m.contains("disk swap"))
+            })
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(w.phase(), "WaitingForWindow");
+    assert!(
+        w.kube
+            .list("", "nodes")
+            .iter()
+            .all(|n| n["status"]["nodeInfo"]["kubeletVersion"] == "v1.33.4+k3s1"),
+        "nothing was applied"
+    );
+    let (_, page) = p.get("/").expect("page");
+    assert!(
+        page.contains("k3s is suspended") && page.contains("upkeep resume k3s"),
+        "{page}"
+    );
+    let (code, out, _) = upkeep_cli(&w, &["resume", "k3s"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("resumed k3s"), "{out}");
+    p.wait("the rollout after the resume", &|| w.phase() == "Succeeded");
+    let (code, out, _) = upkeep_cli(&w, &["resume", "k3s"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("k3s was not suspended"), "{out}");
+    p.kill();
+}

@@ -281,6 +281,8 @@ pub struct Applied {
     pub blocked: Blocked,
     /// The nodes as this look saw them (name, version, Ready), for the status page.
     pub nodes: Vec<cluster::NodeState>,
+    /// What a human suspended (`(everything)` for all): who, when, why.
+    pub suspended: std::collections::BTreeMap<String, String>,
 }
 
 /// What one look at the cluster found before driving: the rollouts to drive (with their
@@ -320,11 +322,27 @@ pub async fn run_detailed<F: Forge>(
     now: &(dyn Fn() -> DateTime<Utc> + Sync),
 ) -> Result<Applied, String> {
     install(client, &opts.namespace).await?;
+    // A suspended component is frozen without an end, whoever drives (the controller or
+    // `upkeep apply`).
+    let suspensions = crate::operate::suspensions(client, &opts.namespace)
+        .await
+        .map_err(|e| e.to_string())?;
+    let suspended_config;
+    let config = if suspensions.is_empty() {
+        config
+    } else {
+        let mut c = config.clone();
+        c.freezes
+            .extend(crate::operate::as_freezes(&suspensions, now()));
+        suspended_config = c;
+        &suspended_config
+    };
     let d = Driver {
         client,
         repo,
         opts,
         api: rollouts(client, &opts.namespace),
+        suspensions: &suspensions,
     };
     let pulls = match repo.forge {
         Some(f) => f
@@ -383,6 +401,10 @@ pub async fn run_detailed<F: Forge>(
         driven: names.into_iter().map(|(n, _)| n).collect(),
         blocked,
         nodes,
+        suspended: suspensions
+            .into_iter()
+            .map(|(c, why)| (c.unwrap_or_else(|| "(everything)".into()), why))
+            .collect(),
     })
 }
 
@@ -410,6 +432,7 @@ struct Driver<'a, 'r, F: Forge> {
     repo: &'a Repo<'r, F>,
     opts: &'a Options,
     api: Api<DynamicObject>,
+    suspensions: &'a crate::operate::Suspensions,
 }
 
 /// One rollout while it is driven: what it is and what the cluster shows.
@@ -697,7 +720,17 @@ impl<F: Forge> Driver<'_, '_, F> {
             component: c,
             observed,
             may_start: decision.allows_start(),
-            waiting: waiting_text(&decision, windows::zone_for(&c.name, &config.windows)),
+            waiting: match crate::operate::suspended(self.suspensions, &c.name) {
+                Some(why) => format!(
+                    "suspended by {why} (resume: upkeep resume {})",
+                    if self.suspensions.contains_key(&None) {
+                        "--all".to_string()
+                    } else {
+                        c.name.clone()
+                    }
+                ),
+                None => waiting_text(&decision, windows::zone_for(&c.name, &config.windows)),
+            },
             backup: self.opts.backup,
             backup_state,
             timeout: self.opts.timeout,

@@ -1,5 +1,12 @@
 //! What a human does to rollouts, the way `flux get` and `kubectl` users expect: list them with
-//! their status and message, and acknowledge a failure once it was looked at.
+//! their status and message, acknowledge a failure once it was looked at, and suspend or resume
+//! a component (or everything).
+//!
+//! A suspension is recorded in the cluster, in the ConfigMap [`CONTROL`] of upkeep's namespace
+//! (key `suspend.<component>`, or `suspend._all`, value `<who> at <time>: <reason>`), so that it
+//! holds whoever runs `upkeep apply` or the controller; it acts like a freeze without an end: no
+//! rollout of the component starts, one in flight stops after the node in progress, proposals go
+//! on. To record one in git instead, add a freeze to `policies/`.
 //!
 //! A rollout that failed, needs attention or was reverted stays on the status page, in
 //! `upkeep_rollout_phase` (so `UpkeepRolloutFailed` fires) and in `upkeep get` until a human
@@ -49,6 +56,134 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The ConfigMap holding upkeep's suspensions.
+pub const CONTROL: &str = "upkeep-control";
+/// The freeze name a suspension goes by in decisions and messages.
+pub const SUSPENSION: &str = "suspension";
+const ALL: &str = "_all";
+
+fn key(component: Option<&str>) -> String {
+    format!("suspend.{}", component.unwrap_or(ALL))
+}
+
+fn configmaps(client: &kube::Client, namespace: &str) -> kube::Api<DynamicObject> {
+    kube::Api::namespaced_with(
+        client.clone(),
+        namespace,
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("", "v1", "ConfigMap"),
+            "configmaps",
+        ),
+    )
+}
+
+/// What is suspended: component (or `None` for everything) -> `who at time: reason`.
+pub type Suspensions = std::collections::BTreeMap<Option<String>, String>;
+
+/// The suspensions recorded in `namespace` (none when the ConfigMap does not exist).
+pub async fn suspensions(client: &kube::Client, namespace: &str) -> Result<Suspensions> {
+    let cm = configmaps(client, namespace)
+        .get_opt(CONTROL)
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("reading ConfigMap {namespace}/{CONTROL}"),
+            source,
+        })?;
+    Ok(cm
+        .and_then(|c| c.data.get("data").and_then(|d| d.as_object()).cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let c = k.strip_prefix("suspend.")?;
+            let c = (c != ALL).then(|| c.to_string());
+            Some((c, v.as_str().unwrap_or_default().to_string()))
+        })
+        .collect())
+}
+
+/// Suspensions as freezes without an end (a suspension is not a window question: it holds
+/// until a human resumes).
+pub fn as_freezes(s: &Suspensions, now: DateTime<Utc>) -> Vec<crate::windows::Freeze> {
+    use crate::windows::{Freeze, Selector};
+    s.keys()
+        .map(|c| Freeze {
+            name: SUSPENSION.to_string(),
+            from: now - chrono::Duration::days(1),
+            to: now + chrono::Duration::days(36_500),
+            components: match c {
+                None => Selector::All,
+                Some(c) => Selector::Names([c.clone()].into()),
+            },
+        })
+        .collect()
+}
+
+/// Why `component` is suspended, if it is (its own record, else everything's).
+pub fn suspended<'a>(s: &'a Suspensions, component: &str) -> Option<&'a str> {
+    s.get(&Some(component.to_string()))
+        .or_else(|| s.get(&None))
+        .map(String::as_str)
+}
+
+/// Suspend `component` (`None`: everything), by `who`, for `reason`.
+pub async fn suspend(
+    client: &kube::Client,
+    namespace: &str,
+    component: Option<&str>,
+    who: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    let record = format!(
+        "{who} at {}: {}",
+        now.to_rfc3339(),
+        if reason.trim().is_empty() {
+            "no reason given"
+        } else {
+            reason.trim()
+        }
+    );
+    let api = configmaps(client, namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONTROL, "namespace": namespace},
+        "data": {key(component): record},
+    });
+    api.patch(
+        CONTROL,
+        &PatchParams::apply("upkeep-cli"),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Api {
+        what: format!("recording the suspension in ConfigMap {namespace}/{CONTROL}"),
+        source,
+    })?;
+    Ok(record)
+}
+
+/// Resume `component` (`None`: everything); whether it was suspended.
+pub async fn resume(
+    client: &kube::Client,
+    namespace: &str,
+    component: Option<&str>,
+) -> Result<bool> {
+    let was = suspensions(client, namespace).await?;
+    let k = component.map(str::to_string);
+    if !was.contains_key(&k) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({"data": {key(component): null}});
+    configmaps(client, namespace)
+        .patch(CONTROL, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("removing the suspension from ConfigMap {namespace}/{CONTROL}"),
+            source,
+        })?;
+    Ok(true)
+}
 
 /// A failure a human should look at: it failed, needs attention, or was reverted.
 pub fn is_failure(phase: Phase) -> bool {
@@ -245,6 +380,29 @@ mod tests {
         // A success is shown while it is the current rollout, not after.
         assert!(shown(Phase::Succeeded, false, true));
         assert!(!shown(Phase::Succeeded, false, false));
+    }
+
+    #[test]
+    fn a_suspension_is_a_freeze_of_its_component_or_of_everything() {
+        let now = Utc::now();
+        let mut s = Suspensions::new();
+        s.insert(Some("k3s".into()), "ana at x: disk swap".into());
+        let f = as_freezes(&s, now);
+        let d = |c: &str, f: &[crate::windows::Freeze]| {
+            crate::windows::decide(now, c, &[], f, Default::default())
+        };
+        assert!(
+            matches!(d("k3s", &f), crate::windows::Decision::Frozen { freeze, .. } if freeze == SUSPENSION)
+        );
+        assert_eq!(d("longhorn", &f), crate::windows::Decision::AnyTime);
+        assert_eq!(suspended(&s, "k3s"), Some("ana at x: disk swap"));
+        assert_eq!(suspended(&s, "longhorn"), None);
+        s.insert(None, "bo at y: holidays".into());
+        assert!(matches!(
+            d("longhorn", &as_freezes(&s, now)),
+            crate::windows::Decision::Frozen { .. }
+        ));
+        assert_eq!(suspended(&s, "longhorn"), Some("bo at y: holidays"));
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct Status {
     pub blocked: std::collections::BTreeMap<String, String>,
     /// The nodes (k3s runs per node).
     pub nodes: Vec<crate::cluster::NodeState>,
+    /// What a human suspended: component (or `(everything)`) -> who, when, why.
+    pub suspended: std::collections::BTreeMap<String, String>,
     pub open_prs: Vec<OpenPr>,
     /// The rollouts in flight, and the failures nobody acknowledged yet.
     pub rollouts: Vec<RolloutView>,
@@ -532,6 +534,7 @@ fn record_status(cfg: &Config, shared: &Shared, applied: crate::apply::Applied) 
         .collect();
     st.blocked = applied.blocked;
     st.nodes = applied.nodes;
+    st.suspended = applied.suspended;
 }
 
 /// What one detection found: the report rows and each component's releases.

@@ -196,6 +196,19 @@ pub fn render_page(st: &crate::reconcile::Status) -> String {
             esc(&r.name)
         );
     }
+    for (what, why) in &st.suspended {
+        let _ = write!(
+            h,
+            "<div class=box><b>{} is suspended</b> by {}: nothing of it is applied until <code>upkeep resume {}</code>.</div>",
+            esc(what),
+            esc(why),
+            if what == "(everything)" {
+                "--all".to_string()
+            } else {
+                esc(what)
+            }
+        );
+    }
     h.push_str("<h2>Components</h2><table><tr><th>Component</th><th>Runs</th><th>Git asks</th><th>Health</th><th>Next</th><th>When</th><th>Pull request</th></tr>");
     for c in &st.components {
         let window = st
