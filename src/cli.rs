@@ -131,6 +131,15 @@ pub enum Command {
         #[command(flatten)]
         at: ClusterArgs,
     },
+    /// Try a failed rollout again: delete it so that the next reconcile (or `upkeep apply`)
+    /// makes a new attempt with a new backup, when versions.yaml still asks for its version;
+    /// after a revert commit, says how to ask for the version again.
+    Retry {
+        /// The rollout's name (`upkeep get` lists them).
+        rollout: String,
+        #[command(flatten)]
+        at: ClusterArgs,
+    },
     /// Suspend a component (or --all): no rollout of it starts, one in flight stops after the
     /// node in progress, proposals go on. Recorded in the cluster (ConfigMap upkeep-control,
     /// with who, when and why) so the controller and `upkeep apply` both hold it; `upkeep resume`
@@ -722,6 +731,7 @@ pub fn run() -> i32 {
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
+        Command::Retry { rollout, at } => retry(&rollout, &at),
         Command::Suspend {
             component,
             all: _,
@@ -952,6 +962,35 @@ fn who(by: Option<String>) -> String {
     by.or_else(|| std::env::var("USER").ok())
         .filter(|w| !w.trim().is_empty())
         .unwrap_or_else(|| "someone".into())
+}
+
+/// `upkeep retry`.
+fn retry(rollout: &str, at: &ClusterArgs) -> i32 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let done = rt.block_on(async {
+        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        upkeep::operate::retry(&client, &at.namespace, rollout)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match done {
+        Ok(r) => {
+            println!(
+                "rollout {} ({:?}) removed: the next reconcile (or `upkeep apply`) makes a new attempt of {} {}, unless the cluster runs it already (close a revert pull request first, or merging it undoes the retry)",
+                r.name, r.phase, r.component, r.to
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
 }
 
 /// `upkeep suspend`.

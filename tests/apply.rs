@@ -152,6 +152,28 @@ impl World {
         })
     }
 
+    /// `upkeep` with `args` against this world's cluster, as a human runs it; (exit code,
+    /// stdout, stderr). What it asks of the API is a human's, not upkeep's: upkeep's own accesses
+    /// are checked first and the audit starts over after.
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let denied = common::rbac::denied(&self.kube.audit());
+        assert!(denied.is_empty(), "deploy/ does not allow: {denied:#?}");
+        let kc = self.dir.path().join("kubeconfig");
+        self.kube.write_kubeconfig(&kc).expect("kubeconfig");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&kc)
+            .output()
+            .expect("upkeep");
+        self.kube.clear_audit();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     fn git(&self) -> GitRepo {
         GitRepo::open(
             &self.dir.path().join("mirror.git"),
@@ -455,6 +477,13 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
         said.iter()
             .any(|c| c.contains("built on k3s v1.33.5+k3s1, which failed and was reverted")),
         "{said:?}"
+    );
+    // A retry after a revert commit has nothing to do: it says how to ask for the version again.
+    let (code, _, err) = w.cli(&["retry", K3S]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("was reverted in git") && err.contains("git revert"),
+        "{err}"
     );
     // Restarting changes nothing: no second revert, no second comment.
     let before = (w.main_log(), w.comments().len());
@@ -949,6 +978,53 @@ fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
             && !attention.contains("versions.yaml was reverted"),
         "{said:?}"
     );
+}
+
+/// A failed backup moved nothing, and the protected branch turned the revert into a PR: versions.yaml
+/// still asks for the version, so `upkeep retry` makes a new attempt (a new object, a new backup).
+#[test]
+fn a_retry_makes_a_new_attempt_while_git_still_asks_for_the_version() {
+    let mut w = World::new(in_window());
+    w.clone_url = format!("{}/git/{REPO}.git", w.gh.url());
+    w.gh.with_forge(|f| f.protect(REPO, "main"))
+        .expect("forge")
+        .expect("protect");
+    w.kube.inject(ClusterFault::EtcdSnapshotFails {
+        message: "etcd: request timed out".into(),
+    });
+    let s = w.apply(Duration::from_secs(30));
+    let phase = phase_of(&s, K3S);
+    assert!(
+        matches!(phase, Some(Phase::Reverted | Phase::RequiresAttention)),
+        "{s:?}"
+    );
+    let first = w
+        .kube
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
+        .expect("rollout");
+    assert!(
+        first["status"]["revert"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with('#'),
+        "{first}"
+    );
+    let (code, out, err) = w.cli(&["retry", K3S]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("new attempt of k3s v1.33.5+k3s1"), "{out}");
+    w.apply(Duration::from_secs(2));
+    let again = w
+        .kube
+        .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
+        .expect("a new attempt");
+    assert_ne!(
+        again["metadata"]["uid"], first["metadata"]["uid"],
+        "{again}"
+    );
+    // Only a failure is retried.
+    let (code, _, err) = w.cli(&["retry", "k3s-nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("there is no rollout `k3s-nope`"), "{err}");
 }
 
 #[test]

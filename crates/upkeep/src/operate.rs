@@ -36,6 +36,14 @@ pub enum Error {
         "rollout {name} is {phase:?}, not failed: only a rollout that failed, needs attention or was reverted is acknowledged (hint: wait for it to end, or see docs/runbook.md)"
     )]
     NotFailed { name: String, phase: Phase },
+    #[error(
+        "rollout {name} was reverted in git (commit {commit}): versions.yaml no longer asks for {version}, so a new attempt would have nothing to do (hint: to try again, revert that commit (`git revert {commit}`) or merge the update again; upkeep then makes a new rollout)"
+    )]
+    RevertedInGit {
+        name: String,
+        commit: String,
+        version: String,
+    },
     #[error("{what}: {}", crate::cluster::describe(source))]
     Api {
         what: String,
@@ -50,6 +58,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => "not_found",
             Error::NotFailed { .. } => "not_failed",
+            Error::RevertedInGit { .. } => "reverted_in_git",
             Error::Api { .. } => "kube",
         }
     }
@@ -316,6 +325,61 @@ pub async fn acknowledge(
             source,
         })?;
     Ok(row_of(&obj))
+}
+
+/// Try a failed rollout again: delete it, so that the next reconcile (or `upkeep apply`) makes
+/// a new attempt of the same update, with a new backup. Only when versions.yaml still asks for
+/// its version (the revert was refused and became a pull request, or someone changed the file
+/// first); after a revert commit it says how to ask for the version again. Returns what was
+/// deleted, with the revert pull request to close if there is one.
+pub async fn retry(client: &kube::Client, namespace: &str, name: &str) -> Result<Row> {
+    let api = crate::apply::rollouts(client, namespace);
+    let obj = api.get_opt(name).await.map_err(|source| Error::Api {
+        what: format!("reading rollout {name}"),
+        source,
+    })?;
+    let Some(obj) = obj else {
+        let known = list(client, namespace)
+            .await
+            .map(|rows| {
+                rows.into_iter()
+                    .map(|r| r.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        return Err(Error::NotFound {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known
+            },
+        });
+    };
+    let row = row_of(&obj);
+    if !is_failure(row.phase) {
+        return Err(Error::NotFailed {
+            name: name.to_string(),
+            phase: row.phase,
+        });
+    }
+    let revert = obj.data["status"]["revert"].as_str().unwrap_or_default();
+    if !revert.is_empty() && !revert.starts_with('#') && !revert.ends_with("(already changed)") {
+        return Err(Error::RevertedInGit {
+            name: name.to_string(),
+            commit: revert.get(..12).unwrap_or(revert).to_string(),
+            version: row.to.clone(),
+        });
+    }
+    api.delete(name, &Default::default())
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("deleting rollout {name} for a new attempt"),
+            source,
+        })?;
+    Ok(row)
 }
 
 /// Rows as a table for a terminal (`upkeep get`).
