@@ -140,6 +140,24 @@ pub enum Command {
         #[command(flatten)]
         at: ClusterArgs,
     },
+    /// Check the installation, as `flux check` does: the Kubernetes API and the nodes, the
+    /// UpkeepRollout CRD, the system-upgrade-controller, Flux's objects, Longhorn, and (with
+    /// --owner and --name) that the GitHub token may push to the config repository. Exit 0: all
+    /// good (warnings allowed); 1: something fails.
+    Doctor {
+        #[command(flatten)]
+        at: ClusterArgs,
+        #[command(flatten)]
+        namespaces: NamespaceArgs,
+        /// The config repository's owner on GitHub (with --name: check the token).
+        #[arg(long, requires = "name")]
+        owner: Option<String>,
+        /// The config repository's name on GitHub.
+        #[arg(long, requires = "owner")]
+        name: Option<String>,
+        #[command(flatten)]
+        net: NetArgs,
+    },
     /// Suspend a component (or --all): no rollout of it starts, one in flight stops after the
     /// node in progress, proposals go on. Recorded in the cluster (ConfigMap upkeep-control,
     /// with who, when and why) so the controller and `upkeep apply` both hold it; `upkeep resume`
@@ -732,6 +750,13 @@ pub fn run() -> i32 {
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
         Command::Retry { rollout, at } => retry(&rollout, &at),
+        Command::Doctor {
+            at,
+            namespaces,
+            owner,
+            name,
+            net,
+        } => doctor(&at, &namespaces, owner.zip(name), &net),
         Command::Suspend {
             component,
             all: _,
@@ -962,6 +987,84 @@ fn who(by: Option<String>) -> String {
     by.or_else(|| std::env::var("USER").ok())
         .filter(|w| !w.trim().is_empty())
         .unwrap_or_else(|| "someone".into())
+}
+
+/// `upkeep doctor`.
+fn doctor(
+    at: &ClusterArgs,
+    namespaces: &NamespaceArgs,
+    repo: Option<(String, String)>,
+    net: &NetArgs,
+) -> i32 {
+    let cfg = match net.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 2;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let _guard = rt.enter();
+    let forge = match repo {
+        Some((o, n)) => match upkeep::forge::GitHub::new(
+            &cfg.github_api_url,
+            &format!("{o}/{n}"),
+            cfg.github_token.as_ref().map(|t| t.expose()),
+        ) {
+            Ok(f) => Some(f.with_net(&cfg)),
+            Err(e) => {
+                eprintln!("upkeep: {e}");
+                return 2;
+            }
+        },
+        None => None,
+    };
+    let checks = rt.block_on(async {
+        let client = upkeep::cluster::client(at.kubeconfig.as_deref()).await;
+        let facts = upkeep::operate::facts(
+            client.as_ref().ok(),
+            &namespaces.namespaces(),
+            forge
+                .as_ref()
+                .map(|f| move || async move { f.may_push().await.map_err(|e| e.to_string()) }),
+        )
+        .await;
+        let mut checks = upkeep::operate::judge(&facts);
+        if let Err(e) = client {
+            checks.insert(
+                0,
+                upkeep::operate::Check {
+                    check: "kubeconfig",
+                    verdict: upkeep::operate::Verdict::Fail,
+                    detail: e.to_string(),
+                },
+            );
+        }
+        checks
+    });
+    let failed = checks
+        .iter()
+        .any(|c| c.verdict == upkeep::operate::Verdict::Fail);
+    match at.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).unwrap_or_default()
+        ),
+        Output::Text => {
+            for c in &checks {
+                let mark = match c.verdict {
+                    upkeep::operate::Verdict::Ok => "✔",
+                    upkeep::operate::Verdict::Warn => "!",
+                    upkeep::operate::Verdict::Fail => "✗",
+                };
+                println!("{mark} {}: {}", c.check, c.detail);
+            }
+        }
+    }
+    i32::from(failed)
 }
 
 /// `upkeep retry`.

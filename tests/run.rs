@@ -1215,3 +1215,42 @@ fn a_suspended_component_is_not_applied_until_resumed() {
     assert!(out.contains("k3s was not suspended"), "{out}");
     p.kill();
 }
+
+/// `upkeep doctor` checks the installation like `flux check`: all good in the emulated cluster
+/// with the right token; a refused token fails and says so.
+#[test]
+fn doctor_checks_the_installation_and_the_token() {
+    let w = World::new(60.0, None);
+    let doctor = |token: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(["doctor", "--owner", "homelab", "--name", "cluster"])
+            .arg("--github-api-url")
+            .arg(w.gh.url())
+            .arg("--kubeconfig")
+            .arg(&w.kubeconfig)
+            .env("GITHUB_TOKEN", token)
+            .output()
+            .expect("upkeep doctor");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = doctor(TOKEN);
+    assert_eq!(code, Some(0), "{out}");
+    for line in [
+        "✔ kubernetes: reachable; 3 nodes, all Ready",
+        "✔ system-upgrade-controller",
+        "✔ flux",
+        "✔ github token: valid; may push",
+    ] {
+        assert!(out.contains(line), "{line} in {out}");
+    }
+    let (code, out) = doctor("ghp_wrong");
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("✗ github token") && out.contains("refused"),
+        "{out}"
+    );
+    assert!(!out.contains("ghp_wrong"), "{out}");
+}

@@ -610,6 +610,10 @@ impl Forge {
     fn get_repo(&self, full: &str, base: &str) -> Result<Value> {
         let r = self.repo(full)?;
         let mut v = repo_json(base, r);
+        // GitHub adds what the token may do for an authenticated request (the forge token is
+        // the owner's: everything).
+        v["permissions"] =
+            json!({"admin": true, "maintain": true, "push": true, "triage": true, "pull": true});
         let open = r.issues.values().filter(|i| i.state == "open").count();
         v["open_issues"] = json!(open);
         v["open_issues_count"] = json!(open);

@@ -196,6 +196,12 @@ impl GitHub {
         })
     }
 
+    /// Whether the token may push to the repository (`permissions.push` of `GET /repos/{repo}`).
+    pub async fn may_push(&self) -> Result<bool> {
+        let (_, v) = self.send(Method::GET, "", None).await?;
+        Ok(v["permissions"]["push"].as_bool().unwrap_or(false))
+    }
+
     /// The network settings of `--timeout`, `--max-rate-limit-wait` and the retries, as the
     /// release sources use them.
     pub fn with_net(mut self, net: &crate::sources::NetConfig) -> GitHub {

@@ -382,6 +382,175 @@ pub async fn retry(client: &kube::Client, namespace: &str, name: &str) -> Result
     Ok(row)
 }
 
+/// How one check of the installation came out (`upkeep doctor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check of the installation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+/// What `upkeep doctor` found out, before judging it.
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// The cluster as observed, or why it could not be.
+    pub cluster: Option<std::result::Result<crate::cluster::Observed, String>>,
+    pub crd: bool,
+    pub old_crd: bool,
+    /// Whether the GitHub token may push to the config repository, or why it was refused;
+    /// `None` when no repository was named.
+    pub token: Option<std::result::Result<bool, String>>,
+}
+
+/// The installation's health from the facts (pure), in the spirit of `flux check`.
+pub fn judge(f: &Facts) -> Vec<Check> {
+    use Verdict::{Fail, Warn};
+    let good = Verdict::Ok;
+    let mut out = Vec::new();
+    let mut say = |check, verdict, detail: String| {
+        out.push(Check {
+            check,
+            verdict,
+            detail,
+        })
+    };
+    match &f.cluster {
+        None => {}
+        Some(Err(e)) => say("kubernetes", Fail, e.clone()),
+        Some(std::result::Result::Ok(o)) => {
+            let not_ready: Vec<&str> = o
+                .nodes
+                .iter()
+                .filter(|n| !n.ready)
+                .map(|n| n.name.as_str())
+                .collect();
+            say(
+                "kubernetes",
+                if not_ready.is_empty() { good } else { Warn },
+                if not_ready.is_empty() {
+                    format!("reachable; {} nodes, all Ready", o.nodes.len())
+                } else {
+                    format!("reachable; NotReady: {}", not_ready.join(", "))
+                },
+            );
+            say(
+                "crd",
+                if f.crd { good } else { Warn },
+                if f.crd {
+                    format!("{} is installed", crate::rollout::CRD_NAME)
+                } else {
+                    format!(
+                        "{} is not installed: apply deploy/crds/ (upkeep apply creates it where it may)",
+                        crate::rollout::CRD_NAME
+                    )
+                },
+            );
+            if f.old_crd {
+                say(
+                    "old crd",
+                    Warn,
+                    format!(
+                        "{} (before the rename) is still installed: upkeep moves its objects; then `kubectl delete crd {}`",
+                        crate::rollout::OLD_CRD_NAME,
+                        crate::rollout::OLD_CRD_NAME
+                    ),
+                );
+            }
+            say(
+                "system-upgrade-controller",
+                if o.suc_installed { good } else { Fail },
+                if o.suc_installed {
+                    "its Plan CRD is served; k3s upgrades go through it".into()
+                } else {
+                    "not found (plans.upgrade.cattle.io is not served): k3s cannot be upgraded; install it (docs/install.md)".into()
+                },
+            );
+            let flux = o.kustomizations.len() + o.helm_releases.len() + o.flux_instances.len();
+            say(
+                "flux",
+                if flux > 0 { good } else { Warn },
+                if flux > 0 {
+                    format!(
+                        "{} Kustomizations, {} HelmReleases, {} FluxInstances",
+                        o.kustomizations.len(),
+                        o.helm_releases.len(),
+                        o.flux_instances.len()
+                    )
+                } else {
+                    "no Flux objects found: charts are set in the cluster, and Flux cannot be upgraded".into()
+                },
+            );
+            say(
+                "longhorn",
+                good,
+                o.longhorn_version.as_ref().map_or_else(
+                    || "not installed (nothing to do)".to_string(),
+                    |v| format!("{v} runs"),
+                ),
+            );
+        }
+    }
+    match &f.token {
+        None => {}
+        Some(std::result::Result::Ok(true)) => say("github token", good, "valid; may push to the config repository".into()),
+        Some(std::result::Result::Ok(false)) => say(
+            "github token",
+            Fail,
+            "valid, but may not push to the config repository: give it Contents: read and write and Pull requests: read and write".into(),
+        ),
+        Some(Err(e)) => say("github token", Fail, e.clone()),
+    }
+    out
+}
+
+/// Gather the facts: the cluster (when `client` is given) and the token (when `forge` is).
+pub async fn facts<
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<bool, String>>,
+>(
+    client: Option<&kube::Client>,
+    namespaces: &crate::cluster::Namespaces,
+    token: Option<F>,
+) -> Facts {
+    let mut f = Facts::default();
+    if let Some(client) = client {
+        f.cluster = Some(
+            crate::cluster::observe(client, namespaces)
+                .await
+                .map_err(|e| e.to_string()),
+        );
+        let crds: kube::Api<DynamicObject> = kube::Api::all_with(
+            client.clone(),
+            &kube::core::ApiResource::from_gvk_with_plural(
+                &kube::core::GroupVersionKind::gvk(
+                    "apiextensions.k8s.io",
+                    "v1",
+                    "CustomResourceDefinition",
+                ),
+                "customresourcedefinitions",
+            ),
+        );
+        f.crd = matches!(crds.get_opt(crate::rollout::CRD_NAME).await, Ok(Some(_)));
+        f.old_crd = matches!(
+            crds.get_opt(crate::rollout::OLD_CRD_NAME).await,
+            Ok(Some(_))
+        );
+    }
+    if let Some(t) = token {
+        f.token = Some(t().await);
+    }
+    f
+}
+
 /// Rows as a table for a terminal (`upkeep get`).
 pub fn table(rows: &[Row]) -> String {
     use std::fmt::Write as _;
@@ -467,6 +636,30 @@ mod tests {
             crate::windows::Decision::Frozen { .. }
         ));
         assert_eq!(suspended(&s, "longhorn"), Some("bo at y: holidays"));
+    }
+
+    #[test]
+    fn doctor_judges_each_part_and_says_what_to_do() {
+        let f = Facts {
+            cluster: Some(Err("cannot reach the Kubernetes API".into())),
+            token: Some(Err("the token was refused (401)".into())),
+            ..Facts::default()
+        };
+        let c = judge(&f);
+        assert_eq!(c.len(), 2);
+        assert!(c.iter().all(|c| c.verdict == Verdict::Fail));
+        let f = Facts {
+            cluster: Some(Ok(crate::cluster::Observed::default())),
+            old_crd: true,
+            token: Some(Ok(false)),
+            ..Facts::default()
+        };
+        let c = judge(&f);
+        let v = |name: &str| c.iter().find(|c| c.check == name).map(|c| c.verdict);
+        assert_eq!(v("system-upgrade-controller"), Some(Verdict::Fail));
+        assert_eq!(v("crd"), Some(Verdict::Warn));
+        assert_eq!(v("old crd"), Some(Verdict::Warn));
+        assert_eq!(v("github token"), Some(Verdict::Fail));
     }
 
     #[test]
