@@ -158,6 +158,15 @@ pub enum Command {
         #[command(flatten)]
         net: NetArgs,
     },
+    /// Ask the controller for a reconcile now (detect, propose and apply), as `flux reconcile`
+    /// does, and wait until it says it handled it. Exit 0: handled; 1: not within --wait.
+    Reconcile {
+        /// Seconds to wait for the controller (0: ask and return).
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        wait: u64,
+        #[command(flatten)]
+        at: ClusterArgs,
+    },
     /// Suspend a component (or --all): no rollout of it starts, one in flight stops after the
     /// node in progress, proposals go on. Recorded in the cluster (ConfigMap upkeep-control,
     /// with who, when and why) so the controller and `upkeep apply` both hold it; `upkeep resume`
@@ -750,6 +759,7 @@ pub fn run() -> i32 {
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
         Command::Retry { rollout, at } => retry(&rollout, &at),
+        Command::Reconcile { wait, at } => reconcile_now(wait, &at),
         Command::Doctor {
             at,
             namespaces,
@@ -1065,6 +1075,57 @@ fn doctor(
         }
     }
     i32::from(failed)
+}
+
+/// `upkeep reconcile`.
+fn reconcile_now(wait: u64, at: &ClusterArgs) -> i32 {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let done: Result<bool, String> = rt.block_on(async {
+        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let value = upkeep::operate::request_reconcile(&client, &at.namespace, Utc::now())
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("► asked the controller for a reconcile");
+        if wait == 0 {
+            return Ok(true);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+        loop {
+            let handled = upkeep::operate::handled(&client, &at.namespace)
+                .await
+                .map_err(|e| e.to_string())?;
+            if handled.is_some_and(|h| h >= value) {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    match done {
+        Ok(true) if wait > 0 => {
+            println!("✔ reconciled");
+            0
+        }
+        Ok(true) => 0,
+        Ok(false) => {
+            eprintln!(
+                "upkeep: the controller did not reconcile within {wait} s (hint: is it running and leading? `kubectl -n {} get pods,leases`)",
+                at.namespace
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
 }
 
 /// `upkeep retry`.
@@ -1866,6 +1927,14 @@ fn run_controller(a: &RunArgs) -> i32 {
                 identity: upkeep::leader::Settings::default_identity(),
                 duration: Duration::from_secs(a.lease_duration.max(1)),
             };
+            // `upkeep reconcile` asks through a ConfigMap annotation.
+            let s = shared.clone();
+            tokio::spawn(upkeep::operate::watch_requests(
+                client.clone(),
+                a.namespace.clone(),
+                move |v| s.request(v),
+                election_rx.clone(),
+            ));
             let s = shared.clone();
             Some(tokio::spawn(upkeep::leader::run(
                 client,

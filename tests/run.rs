@@ -1254,3 +1254,34 @@ fn doctor_checks_the_installation_and_the_token() {
     );
     assert!(!out.contains("ghp_wrong"), "{out}");
 }
+
+/// `upkeep reconcile` asks a controller that would otherwise wait an hour, and returns once the
+/// controller says it handled the request.
+#[test]
+fn reconcile_now_is_handled_at_once() {
+    let w = World::new(60.0, None);
+    let mut flags = w.flags("state");
+    for pair in flags.chunks_mut(2) {
+        if pair[0] == "--poll" {
+            pair[1] = "3600".into();
+        }
+    }
+    flags.extend(["--detect-every".into(), "3600".into()]);
+    let p = w.spawn("run", &flags, &[]);
+    p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
+    // Polling and detection are an hour apart: only the request makes it reconcile now.
+    let before = p.metrics();
+    let (code, out, err) = upkeep_cli(&w, &["reconcile", "--wait", "30"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("reconciled"), "{out}");
+    let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+    assert!(log.contains("reconcile requested"), "{log}");
+    assert_ne!(
+        sample(&p.metrics(), "upkeep_reconcile_duration_seconds_count"),
+        sample(&before, "upkeep_reconcile_duration_seconds_count")
+    );
+    // The watch and the handled mark are within deploy/'s RBAC.
+    let denied = common::rbac::denied(&w.kube.audit());
+    assert!(denied.is_empty(), "{denied:#?}");
+    p.kill();
+}

@@ -764,6 +764,9 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
         }
+        for change in rollout::node_changes(&status.nodes, &next.nodes) {
+            tracing::info!(node = %change, "node");
+        }
         next.observed_generation = obj.metadata.generation;
         next.conditions = rollout::conditions(&next, obj.metadata.generation, t);
         if next != status {

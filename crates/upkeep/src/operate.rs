@@ -551,6 +551,126 @@ pub async fn facts<
     f
 }
 
+/// The annotation of [`CONTROL`] by which `upkeep reconcile` asks for a reconcile now.
+pub const REQUESTED: &str = "upkeep.dev/reconcile-requested-at";
+/// The annotation by which the controller says which request it handled.
+pub const HANDLED: &str = "upkeep.dev/reconcile-handled-at";
+
+fn annotation(obj: Option<&DynamicObject>, key: &str) -> Option<String> {
+    obj?.metadata.annotations.as_ref()?.get(key).cloned()
+}
+
+/// Ask the controller for a reconcile now (as `flux reconcile` does with an annotation): the
+/// request's value, to wait for with [`handled`].
+pub async fn request_reconcile(
+    client: &kube::Client,
+    namespace: &str,
+    now: DateTime<Utc>,
+) -> Result<String> {
+    let value = now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let patch = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONTROL, "namespace": namespace, "annotations": {REQUESTED: value}},
+    });
+    configmaps(client, namespace)
+        .patch(
+            CONTROL,
+            &PatchParams::apply("upkeep-cli-reconcile"),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("asking for a reconcile in ConfigMap {namespace}/{CONTROL}"),
+            source,
+        })?;
+    Ok(value)
+}
+
+/// The last request the controller handled.
+pub async fn handled(client: &kube::Client, namespace: &str) -> Result<Option<String>> {
+    let cm = configmaps(client, namespace)
+        .get_opt(CONTROL)
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("reading ConfigMap {namespace}/{CONTROL}"),
+            source,
+        })?;
+    Ok(annotation(cm.as_ref(), HANDLED))
+}
+
+/// Say that the request `value` was handled (the controller, after the reconcile it caused).
+pub async fn mark_handled(client: &kube::Client, namespace: &str, value: &str) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"annotations": {HANDLED: value}}});
+    configmaps(client, namespace)
+        .patch(CONTROL, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Api {
+            what: format!("recording the handled reconcile in ConfigMap {namespace}/{CONTROL}"),
+            source,
+        })
+}
+
+/// Watch [`CONTROL`] for reconcile requests and hand each new one to `on` until `stop` says
+/// so. A request already handled when the controller starts is not repeated. Reconnects after
+/// an error or the end of a watch (5 s apart), so it never busy-loops.
+pub async fn watch_requests(
+    client: kube::Client,
+    namespace: String,
+    on: impl Fn(String) + Send,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use futures_util::StreamExt as _;
+    use kube::api::{WatchEvent, WatchParams};
+    let api = configmaps(&client, &namespace);
+    let mut seen: Option<String> = None;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let current = api.get_opt(CONTROL).await.ok().flatten();
+        let (requested, done) = (
+            annotation(current.as_ref(), REQUESTED),
+            annotation(current.as_ref(), HANDLED),
+        );
+        if let Some(r) = requested.clone()
+            && seen.as_ref() != Some(&r)
+            && done.as_ref() != Some(&r)
+        {
+            on(r);
+        }
+        seen = requested.or(seen);
+        let rv = current
+            .as_ref()
+            .and_then(|c| c.metadata.resource_version.clone())
+            .unwrap_or_else(|| "0".into());
+        let wp = WatchParams::default()
+            .fields(&format!("metadata.name={CONTROL}"))
+            .timeout(290);
+        if let Ok(stream) = api.watch(&wp, &rv).await {
+            let mut stream = std::pin::pin!(stream);
+            loop {
+                let next = tokio::select! {
+                    e = stream.next() => e,
+                    _ = stop.changed() => return,
+                };
+                let Some(Ok(event)) = next else { break };
+                if let WatchEvent::Added(o) | WatchEvent::Modified(o) = event
+                    && let Some(r) = annotation(Some(&o), REQUESTED)
+                    && seen.as_ref() != Some(&r)
+                {
+                    seen = Some(r.clone());
+                    on(r);
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Rows as a table for a terminal (`upkeep get`).
 pub fn table(rows: &[Row]) -> String {
     use std::fmt::Write as _;

@@ -80,6 +80,8 @@ pub struct Shared {
     pub webhook: Option<WebhookConfig>,
     /// Whether this replica may act.
     pub leadership: Arc<Leadership>,
+    /// A reconcile `upkeep reconcile` asked for, to say handled once done.
+    pub reconcile_request: Mutex<Option<String>>,
 }
 
 /// The webhook endpoint's settings. The secret is never printed.
@@ -110,7 +112,18 @@ impl Shared {
             want_propose: Default::default(),
             webhook,
             leadership,
+            reconcile_request: Mutex::default(),
         }
+    }
+
+    /// `upkeep reconcile` asked (request `value`): detect, propose and apply now, then say so.
+    pub fn request(&self, value: String) {
+        tracing::info!(requested = %value, "reconcile requested");
+        *self
+            .reconcile_request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(value);
+        self.poke(true);
     }
 
     /// Ready once the lease state is known and, for the leader, the first reconcile ran; a
@@ -383,6 +396,11 @@ async fn reconcile(
     mem: &mut Memory,
 ) -> Result<(), (&'static str, String)> {
     let now = Utc::now();
+    let request = shared
+        .reconcile_request
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
     // 1. Detect and propose, on the slower interval (or when pull requests changed).
     let asked = shared
         .want_propose
@@ -431,6 +449,11 @@ async fn reconcile(
         tracing::info!(component, "no longer blocked");
     }
     mem.blocked = applied.blocked.clone();
+    if let (Some(value), Some(client)) = (&request, &mem.client)
+        && let Err(e) = crate::operate::mark_handled(client, &cfg.namespace, value).await
+    {
+        tracing::warn!(error = %e, "cannot say the requested reconcile was handled");
+    }
     if mem.running.replace(applied.running.clone()).is_none() && due {
         shared.wake.notify_one();
     }

@@ -1077,6 +1077,30 @@ fn fail(
     set(s, Phase::Failed, why, now);
 }
 
+/// What changed on the nodes between two looks, in words (`agent-1: v1.33.4+k3s1 -> v1.33.5+k3s1,
+/// Ready`), for progress on a terminal and in the logs.
+pub fn node_changes(before: &[NodeResult], after: &[NodeResult]) -> Vec<String> {
+    after
+        .iter()
+        .filter_map(|n| {
+            let was = before.iter().find(|b| b.name == n.name)?;
+            (was.version != n.version || was.ready != n.ready).then(|| {
+                format!(
+                    "{}: {}{}, {}",
+                    n.name,
+                    if was.version == n.version {
+                        String::new()
+                    } else {
+                        format!("{} -> ", was.version)
+                    },
+                    n.version,
+                    if n.ready { "Ready" } else { "NotReady" }
+                )
+            })
+        })
+        .collect()
+}
+
 /// Where a comment says how versions.yaml was put back: only known once the revert is done (a
 /// commit on the base branch, or a revert pull request when the push was refused), so the
 /// effect fills it in with [`revert_sentence`].
@@ -1178,6 +1202,20 @@ pub(crate) mod tests {
     use crate::cluster::NodeState;
     use crate::model::{Sources, Track};
     use crate::versions::{PathRule, Scheme};
+
+    #[test]
+    fn node_changes_say_what_moved() {
+        let n = |name: &str, v: &str, ready| NodeResult {
+            name: name.into(),
+            version: v.into(),
+            ready,
+        };
+        let before = [n("a", "v1", true), n("b", "v1", true)];
+        let after = [n("a", "v2", false), n("b", "v1", true)];
+        assert_eq!(node_changes(&before, &after), ["a: v1 -> v2, NotReady"]);
+        let later = [n("a", "v2", true), n("b", "v1", true)];
+        assert_eq!(node_changes(&after, &later), ["a: v2, Ready"]);
+    }
 
     fn k3s() -> Component {
         k3s_at("v1.33.5+k3s1")
