@@ -2049,6 +2049,7 @@ fn propose(a: &ProposeArgs) -> i32 {
         dashboard: !a.no_dashboard,
         dry_run: a.dry_run,
         running: None,
+        rollouts: Vec::new(),
     };
     let result = rt.block_on(async {
         if let Some(cat) = a.releases.catalog() {

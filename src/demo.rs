@@ -160,6 +160,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
             dashboard: true,
             dry_run: false,
             running: None,
+            rollouts: Vec::new(),
         };
         async move {
             cycle

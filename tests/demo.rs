@@ -54,7 +54,7 @@ mod common;
 
 /// What deploy/ grants that the demo's story does not use, and where each is exercised (there,
 /// tests/apply.rs and tests/run.rs hold every access against the same RBAC).
-const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 17] = [
+const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 18] = [
     // (namespace, group, resource, verb)
     ("", "", "nodes", "patch"), // uncordon after a halt: tests/apply.rs, a node that never comes back
     ("system-upgrade", "upgrade.cattle.io", "plans", "create"), // server-side apply creating a Plan needs create on a real API server
@@ -72,6 +72,7 @@ const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 17] = [
     ("upkeep-system", "upkeep.dev", "upkeeprollouts", "patch"), // `upkeep apply --emergency` run as upkeep on an existing rollout: tests/apply.rs
     ("upkeep-system", "upkeep.dev", "rollouts", "list"), // moving the old CRD's objects: tests/apply.rs, rollouts_of_the_old_crd_are_moved_to_upkeeprollouts
     ("upkeep-system", "upkeep.dev", "rollouts", "delete"), // idem
+    ("upkeep-system", "upkeep.dev", "upkeeprollouts", "delete"), // the dashboard's retry box (operate::retry; its CLI form: tests/apply.rs, a_retry_makes_a_new_attempt_while_git_still_asks_for_the_version)
     ("upkeep-system", "", "configmaps", "list"), // the controller watches for `upkeep reconcile`: tests/run.rs, reconcile_now_is_handled_at_once
     ("upkeep-system", "", "configmaps", "watch"), // idem
     ("upkeep-system", "", "configmaps", "patch"), // idem: the handled request

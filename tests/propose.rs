@@ -129,6 +129,7 @@ impl World {
                 dashboard: true,
                 dry_run,
                 running: None,
+                rollouts: Vec::new(),
             };
             c.run(now(), |repo| async move {
                 let r = upkeep::check::run(live, &repo, now(), 4, "live").await;
@@ -377,6 +378,37 @@ fn limits_hold_proposals_and_the_dashboard_says_so() {
     let before = w.writes();
     ok(w.cycle(false));
     assert_eq!(w.writes(), before);
+    // A human ticks the box of the waiting proposal: the next cycle opens it past the limit,
+    // says so on the dashboard, and the box is gone.
+    let d = o.dashboard.expect("dashboard");
+    let tick = body.replacen(
+        "- [ ] <!-- upkeep:open-now=",
+        "- [x] <!-- upkeep:open-now=",
+        1,
+    );
+    assert_ne!(tick, body, "a box to tick: {body}");
+    w.forge_call(
+        "PATCH",
+        &format!("/issues/{d}"),
+        serde_json::json!({"body": tick}),
+    );
+    let o = ok(w.cycle(false));
+    assert_eq!(o.opened.len(), 1, "{o:?}");
+    assert_eq!(w.pulls().iter().filter(|p| p.1 == "open").count(), 2);
+    let said = w
+        .sim
+        .with_forge(|f| f.comments(REPO, d))
+        .unwrap_or_default();
+    assert!(
+        said.iter()
+            .any(|c| c.contains("past the limits, as ticked on this dashboard")),
+        "{said:?}"
+    );
+    let body = w.forge_call("GET", &format!("/issues/{d}"), serde_json::json!({}))["body"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(!body.contains("- [x]"), "{body}");
 }
 
 #[test]

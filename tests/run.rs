@@ -1285,3 +1285,60 @@ fn reconcile_now_is_handled_at_once() {
     assert!(denied.is_empty(), "{denied:#?}");
     p.kill();
 }
+
+/// The dependency dashboard's box "apply now as an emergency" on a rollout that waits for its
+/// window: ticked by a human, acted on at the next reconcile, and answered on the dashboard.
+#[test]
+fn a_ticked_emergency_box_starts_a_waiting_rollout() {
+    let closed = "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nwindows:\n  - name: new-year\n    kind: allow\n    schedule: \"0 3 1 1 *\"\n    duration: 1h\n    timeZone: UTC\n";
+    let w = World::new(60.0, Some(closed));
+    let mut flags = w.flags("state");
+    flags.extend(["--detect-every".into(), "1".into()]);
+    let p = w.spawn("run", &flags, &[]);
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    w.merge(1);
+    let issue = |n: u64| -> serde_json::Value {
+        let text = reqwest::blocking::Client::new()
+            .get(format!("{}/repos/{REPO}/issues/{n}", w.gh.url()))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    };
+    let dashboard = || -> Option<(u64, String)> {
+        (1..6).find_map(|n| {
+            let i = issue(n);
+            let body = i["body"].as_str()?.to_string();
+            body.contains("<!-- upkeep:dashboard -->")
+                .then_some((n, body))
+        })
+    };
+    p.wait("the emergency box on the dashboard", &|| {
+        dashboard().is_some_and(|(_, b)| b.contains("<!-- upkeep:emergency="))
+    });
+    assert_eq!(w.phase(), "WaitingForWindow");
+    let (n, body) = dashboard().expect("dashboard");
+    let ticked = body.replacen(
+        "- [ ] <!-- upkeep:emergency=",
+        "- [x] <!-- upkeep:emergency=",
+        1,
+    );
+    let r = reqwest::blocking::Client::new()
+        .patch(format!("{}/repos/{REPO}/issues/{n}", w.gh.url()))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(serde_json::json!({"body": ticked}).to_string())
+        .send()
+        .expect("tick");
+    assert!(r.status().is_success());
+    p.wait("the rollout, started as an emergency", &|| {
+        w.phase() == "Succeeded"
+    });
+    let said = w.gh.with_forge(|f| f.comments(REPO, n)).unwrap_or_default();
+    assert!(
+        said.iter()
+            .any(|c| c.contains("may now start outside its window")),
+        "{said:?}"
+    );
+    p.kill();
+}

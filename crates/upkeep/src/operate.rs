@@ -36,6 +36,8 @@ pub enum Error {
         "rollout {name} is {phase:?}, not failed: only a rollout that failed, needs attention or was reverted is acknowledged (hint: wait for it to end, or see docs/runbook.md)"
     )]
     NotFailed { name: String, phase: Phase },
+    #[error("rollout {name} already ended ({phase:?}): there is nothing to start")]
+    Finished { name: String, phase: Phase },
     #[error(
         "rollout {name} was reverted in git (commit {commit}): versions.yaml no longer asks for {version}, so a new attempt would have nothing to do (hint: to try again, revert that commit (`git revert {commit}`) or merge the update again; upkeep then makes a new rollout)"
     )]
@@ -58,6 +60,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => "not_found",
             Error::NotFailed { .. } => "not_failed",
+            Error::Finished { .. } => "finished",
             Error::RevertedInGit { .. } => "reverted_in_git",
             Error::Api { .. } => "kube",
         }
@@ -380,6 +383,38 @@ pub async fn retry(client: &kube::Client, namespace: &str, name: &str) -> Result
             source,
         })?;
     Ok(row)
+}
+
+/// Let the unfinished rollout `name` start outside its window from now on (as `upkeep apply
+/// --emergency`; freezes still hold).
+pub async fn emergency(client: &kube::Client, namespace: &str, name: &str) -> Result<()> {
+    let api = crate::apply::rollouts(client, namespace);
+    let obj = api.get_opt(name).await.map_err(|source| Error::Api {
+        what: format!("reading rollout {name}"),
+        source,
+    })?;
+    let Some(obj) = obj else {
+        return Err(Error::NotFound {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            known: "see `upkeep get`".into(),
+        });
+    };
+    let row = row_of(&obj);
+    if row.phase.is_terminal() {
+        return Err(Error::Finished {
+            name: name.to_string(),
+            phase: row.phase,
+        });
+    }
+    let patch = serde_json::json!({"spec": {"emergency": true}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Api {
+            what: format!("marking rollout {name} as an emergency"),
+            source,
+        })
 }
 
 /// How one check of the installation came out (`upkeep doctor`).

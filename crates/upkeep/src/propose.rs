@@ -632,6 +632,79 @@ pub fn plan(
     out
 }
 
+/// A box a human ticked on the dependency dashboard, acted on at the next reconcile (as
+/// Renovate's dashboard checkboxes are).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(tag = "action", content = "target", rename_all = "camelCase")]
+pub enum Tick {
+    /// Open the PR of this branch now, past the hourly and concurrent limits.
+    OpenNow(String),
+    /// Try this failed rollout again (`upkeep retry`).
+    Retry(String),
+    /// Start this rollout now, outside its window (`upkeep apply --emergency`).
+    Emergency(String),
+}
+
+impl Tick {
+    fn marker(&self) -> String {
+        let (k, v) = match self {
+            Tick::OpenNow(b) => ("open-now", b),
+            Tick::Retry(r) => ("retry", r),
+            Tick::Emergency(r) => ("emergency", r),
+        };
+        format!("<!-- upkeep:{k}={v} -->")
+    }
+}
+
+/// The boxes ticked in a dashboard body (`- [x] <!-- upkeep:KIND=TARGET -->`). Only upkeep's
+/// own markers count; a target is a branch or rollout name, nothing else.
+pub fn ticked(body: &str) -> Vec<Tick> {
+    let mut out: Vec<Tick> = body
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let rest = l
+                .strip_prefix("- [x] ")
+                .or_else(|| l.strip_prefix("- [X] "))?;
+            let inner = rest.strip_prefix("<!-- upkeep:")?.split(" -->").next()?;
+            let (kind, target) = inner.split_once('=')?;
+            let plain = !target.is_empty()
+                && target.len() <= 200
+                && target
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./+".contains(c));
+            if !plain {
+                return None;
+            }
+            match kind {
+                "open-now" => Some(Tick::OpenNow(target.to_string())),
+                "retry" => Some(Tick::Retry(target.to_string())),
+                "emergency" => Some(Tick::Emergency(target.to_string())),
+                _ => None,
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Open now what a human ticked, past the limits: a proposal that waits only for the hourly or
+/// concurrent limit becomes an opening.
+pub fn open_ticked(actions: Vec<Action>, ticks: &[Tick]) -> Vec<Action> {
+    actions
+        .into_iter()
+        .map(|a| match a {
+            Action::Wait { proposal, .. }
+                if ticks.contains(&Tick::OpenNow(proposal.branch.clone())) =>
+            {
+                Action::Open(proposal)
+            }
+            a => a,
+        })
+        .collect()
+}
+
 /// What the dashboard shows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DashboardInput {
@@ -643,6 +716,8 @@ pub struct DashboardInput {
     pub windows: Vec<(String, String)>,
     /// Problems worth a human's eye: invalid config, failed sources, failed pushes.
     pub errors: Vec<String>,
+    /// Rollouts as the controller last saw them (name, phase, message), for their boxes.
+    pub rollouts: Vec<(String, crate::rollout::Phase, String)>,
 }
 
 /// The dependency dashboard's body.
@@ -651,7 +726,7 @@ pub fn dashboard(d: &DashboardInput) -> String {
     let _ = writeln!(out, "<!-- upkeep:dashboard -->");
     let _ = writeln!(
         out,
-        "This issue lists what upkeep tracks and what it is doing about it. upkeep edits it; your edits are overwritten.\n"
+        "This issue lists what upkeep tracks and what it is doing about it. upkeep edits it; your edits are overwritten, except the boxes you tick, which upkeep acts on at its next cycle and answers in a comment.\n"
     );
     if !d.errors.is_empty() {
         let _ = writeln!(out, "### Errors\n");
@@ -698,6 +773,14 @@ pub fn dashboard(d: &DashboardInput) -> String {
         .actions
         .iter()
         .filter_map(|a| match a {
+            // Only a limit can be passed by a human; a hop that waits for the one before, not.
+            Action::Wait { proposal, why } if why.contains("limit") => Some(format!(
+                "- [ ] {} {} → {}: waits ({}); tick to open it now",
+                Tick::OpenNow(proposal.branch.clone()).marker(),
+                md_escape(&proposal.component),
+                md_escape(&proposal.to),
+                md_escape(why)
+            )),
             Action::Wait { proposal, why } => Some(format!(
                 "- {} → {}: waits ({})",
                 md_escape(&proposal.component),
@@ -716,6 +799,35 @@ pub fn dashboard(d: &DashboardInput) -> String {
     if !waiting.is_empty() {
         let _ = writeln!(out, "### Waiting\n\n{}\n", waiting.join("\n"));
     }
+    let boxes: Vec<String> = d
+        .rollouts
+        .iter()
+        .filter_map(|(name, phase, message)| {
+            use crate::rollout::Phase;
+            match phase {
+                Phase::Failed | Phase::Reverted | Phase::RequiresAttention => Some(format!(
+                    "- [ ] {} retry {} ({phase:?}: {})",
+                    Tick::Retry(name.clone()).marker(),
+                    md_escape(name),
+                    md_escape(message)
+                )),
+                Phase::WaitingForWindow => Some(format!(
+                    "- [ ] {} apply {} now, outside its window, as an emergency ({})",
+                    Tick::Emergency(name.clone()).marker(),
+                    md_escape(name),
+                    md_escape(message)
+                )),
+                _ => None,
+            }
+        })
+        .collect();
+    if !boxes.is_empty() {
+        let _ = writeln!(
+            out,
+            "### Rollouts\n\nTick a box: upkeep acts on it at its next reconcile and says so below.\n\n{}\n",
+            boxes.join("\n")
+        );
+    }
     out
 }
 
@@ -732,6 +844,8 @@ pub struct Outcome {
     pub errors: Vec<String>,
     pub dashboard: Option<u64>,
     pub invalid: bool,
+    /// Boxes ticked on the dashboard that only the cluster can act on (retry, emergency).
+    pub ticks: Vec<Tick>,
 }
 
 /// Where the cycle works.
@@ -749,6 +863,9 @@ pub struct Cycle<'a, F: Forge> {
     pub dry_run: bool,
     /// What the cluster runs (see [`hold_until_applied`]); `None` when upkeep cannot see it.
     pub running: Option<Running>,
+    /// The rollouts as the controller last saw them (name, phase, message): the dashboard gives
+    /// them boxes (retry, emergency). Empty outside the controller.
+    pub rollouts: Vec<(String, crate::rollout::Phase, String)>,
 }
 
 fn rel(subdir: &str, file: &str) -> String {
@@ -825,8 +942,22 @@ impl<F: Forge> Cycle<'_, F> {
             .pulls(BRANCH_PREFIX)
             .await
             .map_err(|e| e.to_string())?;
-        let mut actions = plan(&props, &existing, &limits, now);
+        // What a human ticked on the dashboard since the last cycle.
+        let ticks = if self.dashboard {
+            match self.forge.find_issue(DASHBOARD_LABEL).await {
+                Ok(Some(i)) => ticked(&i.body),
+                _ => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
+        let mut actions = open_ticked(plan(&props, &existing, &limits, now), &ticks);
         actions.extend(held);
+        out.ticks = ticks
+            .iter()
+            .filter(|t| !matches!(t, Tick::OpenNow(_)))
+            .cloned()
+            .collect();
         if self.dry_run {
             return Ok((out, actions));
         }
@@ -884,8 +1015,30 @@ impl<F: Forge> Cycle<'_, F> {
                 actions: actions.clone(),
                 windows: windows_text,
                 errors: out.errors.clone(),
+                rollouts: self.rollouts.clone(),
             };
             self.update_dashboard(&input, &mut out).await;
+            // Say what was done about each "open now" box, on the dashboard itself.
+            if let Some(d) = out.dashboard {
+                for t in &ticks {
+                    let Tick::OpenNow(branch) = t else { continue };
+                    let opened = actions
+                        .iter()
+                        .any(|a| matches!(a, Action::Open(p) if &p.branch == branch));
+                    let said = if opened {
+                        format!(
+                            "Opened the pull request of `{branch}` past the limits, as ticked on this dashboard."
+                        )
+                    } else {
+                        format!(
+                            "The box for `{branch}` was ticked, but it has nothing to open any more (already open, merged, or no longer proposed)."
+                        )
+                    };
+                    if let Err(e) = self.forge.comment(d, &said).await {
+                        out.errors.push(format!("the dashboard: {e}"));
+                    }
+                }
+            }
         }
         Ok((out, actions))
     }
@@ -1333,6 +1486,25 @@ mod tests {
     }
 
     #[test]
+    fn ticked_boxes_are_read_from_upkeeps_own_markers_only() {
+        let body = "- [x] <!-- upkeep:open-now=upkeep/app-v1.0.1 --> app\n- [ ] <!-- upkeep:retry=k3s-v1 --> no\n  - [X] <!-- upkeep:emergency=k3s-v1.33.5-k3s1 --> yes\n- [x] <!-- upkeep:retry=bad name --> spaces\n- [x] <!-- other:retry=x -->\n- [x] <!-- upkeep:delete=x -->";
+        assert_eq!(
+            ticked(body),
+            [
+                Tick::OpenNow("upkeep/app-v1.0.1".into()),
+                Tick::Emergency("k3s-v1.33.5-k3s1".into())
+            ]
+        );
+        let waits = vec![Action::Wait {
+            proposal: prop("app", "v1.0.1"),
+            why: "the hourly limit of 2 new pull requests is reached".into(),
+        }];
+        let got = open_ticked(waits.clone(), &ticked(body));
+        assert!(matches!(&got[..], [Action::Open(_)]), "{got:?}");
+        assert_eq!(open_ticked(waits.clone(), &[]), waits);
+    }
+
+    #[test]
     fn plan_respects_limits() {
         let limits = PullRequestLimits {
             concurrent: 3,
@@ -1476,6 +1648,18 @@ mod tests {
                 "saturday-night Sat 2026-11-21 22:00 (Europe/Amsterdam)".into(),
             )],
             errors: vec!["cert-manager: the release source failed: 503".into()],
+            rollouts: vec![
+                (
+                    "longhorn-v1.9.2".into(),
+                    crate::rollout::Phase::RequiresAttention,
+                    "volume pvc-1 degraded".into(),
+                ),
+                (
+                    "k3s-v1.33.5-k3s1".into(),
+                    crate::rollout::Phase::WaitingForWindow,
+                    "waiting for the next window".into(),
+                ),
+            ],
         };
         insta::assert_snapshot!(dashboard(&d));
     }

@@ -256,6 +256,12 @@ struct Memory {
     running: Option<crate::propose::Running>,
     /// Components that get no rollout, and why, as last said (each is logged when it changes).
     blocked: crate::apply::Blocked,
+    /// The rollouts of the last look (name, phase, message), for the dashboard's boxes.
+    rollouts: Vec<(String, Phase, String)>,
+    /// Boxes ticked on the dashboard, to act on after this reconcile's look at the cluster.
+    ticks: Vec<crate::propose::Tick>,
+    /// The dashboard issue, to say there what was done about a box.
+    dashboard: Option<u64>,
 }
 
 /// How often the loop looks while a rollout is under way, whatever `poll` says: each look moves
@@ -449,6 +455,12 @@ async fn reconcile(
         tracing::info!(component, "no longer blocked");
     }
     mem.blocked = applied.blocked.clone();
+    mem.rollouts = applied
+        .rollouts
+        .iter()
+        .map(|(n, r)| (n.clone(), r.phase, r.message.clone()))
+        .collect();
+    act_on_ticks(cfg, mem).await;
     if let (Some(value), Some(client)) = (&request, &mem.client)
         && let Err(e) = crate::operate::mark_handled(client, &cfg.namespace, value).await
     {
@@ -463,6 +475,47 @@ async fn reconcile(
     match propose_error {
         Some(e) => Err(("propose", e)),
         None => Ok(()),
+    }
+}
+
+/// Carry out the dashboard's ticked boxes that need the cluster (retry, emergency), each once,
+/// and say on the dashboard what came of it.
+async fn act_on_ticks(cfg: &Config, mem: &mut Memory) {
+    use crate::forge::Forge as _;
+    use crate::propose::Tick;
+    let ticks = std::mem::take(&mut mem.ticks);
+    let Some(client) = mem.client.clone() else {
+        return;
+    };
+    for t in ticks {
+        let said = match &t {
+            Tick::Retry(name) => match crate::operate::retry(&client, &cfg.namespace, name).await {
+                Ok(r) => format!(
+                    "Retried `{}` as ticked on this dashboard: the next reconcile makes a new attempt of {} {}.",
+                    r.name, r.component, r.to
+                ),
+                Err(e) => {
+                    format!("The retry of `{name}` ticked on this dashboard was not done: {e}")
+                }
+            },
+            Tick::Emergency(name) => {
+                match crate::operate::emergency(&client, &cfg.namespace, name).await {
+                    Ok(()) => format!(
+                        "`{name}` may now start outside its window (an emergency), as ticked on this dashboard; freezes still hold."
+                    ),
+                    Err(e) => format!(
+                        "The emergency for `{name}` ticked on this dashboard was not done: {e}"
+                    ),
+                }
+            }
+            Tick::OpenNow(_) => continue,
+        };
+        tracing::info!(tick = ?t, result = %said, "dashboard box");
+        if let Some(d) = mem.dashboard
+            && let Err(e) = cfg.forge.comment(d, &said).await
+        {
+            tracing::warn!(error = %e, "cannot say on the dashboard what came of a box");
+        }
     }
 }
 
@@ -583,6 +636,7 @@ async fn detect_and_propose(
         dashboard: true,
         dry_run: false,
         running: mem.running.clone(),
+        rollouts: mem.rollouts.clone(),
     };
     let sources = cfg.sources.clone();
     let sink = found.clone();
@@ -652,6 +706,8 @@ async fn detect_and_propose(
     match proposed {
         Ok((outcome, _)) => {
             mem.last_detect = Some(Instant::now());
+            mem.ticks = outcome.ticks;
+            mem.dashboard = outcome.dashboard.or(mem.dashboard);
             let mut st = shared.status();
             st.components = rows;
             st.errors = outcome.errors;
