@@ -1347,24 +1347,7 @@ fn check(a: CheckArgs) -> i32 {
     report.exit_code()
 }
 
-/// One component in `upkeep plan`.
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct PlanRow {
-    component: String,
-    running: upkeep::cluster::Running,
-    desired: String,
-    /// The hops from what runs to the desired version (empty when in step).
-    path: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path_error: Option<String>,
-    when: upkeep::windows::Decision,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    preflight: Option<upkeep::validate::Verdict>,
-}
-
 fn plan(a: &PlanArgs) -> i32 {
-    use upkeep::windows::{Decision, Override};
     let now = a.now.unwrap_or_else(Utc::now);
     let repo = match load_valid(&a.repo, now) {
         Ok(r) => r,
@@ -1384,184 +1367,42 @@ fn plan(a: &PlanArgs) -> i32 {
             return 1;
         }
     };
+    // Multi-hop paths go through the releases in between, from the shipped catalog offline.
     let cat = if a.offline {
         Catalog::builtin().ok()
     } else {
         None
     };
-    let mut rows = Vec::new();
-    for c in &repo.components {
-        let running = observed.running(&c.name);
-        let from = running.lowest(c.scheme);
-        let mut row = PlanRow {
-            component: c.name.clone(),
-            running: running.clone(),
-            desired: c.version.to_string(),
-            path: Vec::new(),
-            path_error: None,
-            when: upkeep::windows::decide(
-                now,
-                &c.name,
-                &repo.windows,
-                &repo.freezes,
-                Override::default(),
-            ),
-            preflight: None,
-        };
-        let in_step = matches!(&running, upkeep::cluster::Running::At { version } if upkeep::versions::parse(version, c.scheme).ok().as_ref() == Some(&c.version));
-        if !in_step {
-            match &from {
-                None => row.path_error = Some(format!("cannot tell which {} version runs", c.name)),
-                Some(from) => match upkeep::versions::check_hop(from, &c.version, &c.path_rule) {
-                    Ok(()) => row.path = vec![c.version.to_string()],
-                    Err(hop_err) => {
-                        // A longer way may exist through the releases in between.
-                        let available: Vec<upkeep::versions::Version> = match &cat {
-                            Some(cat) => rt
-                                .block_on(upkeep::sources::Upstream::fetch(
-                                    cat,
-                                    c,
-                                    &Default::default(),
-                                ))
-                                .map(|f| {
-                                    f.releases_as(c.scheme)
-                                        .0
-                                        .into_iter()
-                                        .map(|r| r.version)
-                                        .collect()
-                                })
-                                .unwrap_or_default(),
-                            None => Vec::new(),
-                        };
-                        match upkeep::versions::plan_path(
-                            from,
-                            &c.version,
-                            &available,
-                            &c.path_rule,
-                        ) {
-                            Ok(p) if !p.is_empty() => {
-                                row.path = p.iter().map(ToString::to_string).collect()
-                            }
-                            _ => row.path_error = Some(hop_err.to_string()),
-                        }
-                    }
-                },
-            }
-            if let Some(first) = row
-                .path
-                .first()
-                .and_then(|v| upkeep::versions::parse(v, c.scheme).ok())
-            {
-                row.preflight = Some(upkeep::validate::preflight(
+    let releases = |c: &upkeep::model::Component| -> Vec<upkeep::versions::Version> {
+        cat.as_ref()
+            .and_then(|cat| {
+                rt.block_on(upkeep::sources::Upstream::fetch(
+                    cat,
                     c,
-                    &first,
-                    &observed,
-                    upkeep::validate::PreflightPolicy {
-                        allow_degraded_volumes: repo.rollouts.allow_degraded_volumes,
-                        drain: repo.rollouts.drain,
-                    },
-                ));
-            }
-        }
-        rows.push(row);
-    }
-    let failing = rows
-        .iter()
-        .any(|r| r.path_error.is_some() || r.preflight.as_ref().is_some_and(|v| !v.ok));
-    let pending = rows.iter().any(|r| !r.path.is_empty());
+                    &Default::default(),
+                ))
+                .ok()
+            })
+            .map(|f| {
+                f.releases_as(c.scheme)
+                    .0
+                    .into_iter()
+                    .map(|r| r.version)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let rows = upkeep::plan::rows(&repo, &observed, &releases, now);
     let mut out = std::io::stdout().lock();
-    match a.output {
-        Output::Json => {
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&rows).unwrap_or_default()
-            );
-        }
-        Output::Text => {
-            for r in &rows {
-                let running = match &r.running {
-                    upkeep::cluster::Running::At { version } => version.clone(),
-                    upkeep::cluster::Running::Mixed { nodes } => format!(
-                        "mixed ({})",
-                        nodes
-                            .iter()
-                            .map(|(n, v)| format!("{n} {v}"))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    upkeep::cluster::Running::Unknown => "unknown".into(),
-                };
-                if r.path.is_empty() && r.path_error.is_none() {
-                    let _ = writeln!(out, "{}: {running}, as versions.yaml asks", r.component);
-                    continue;
-                }
-                let _ = writeln!(
-                    out,
-                    "{}: {running} -> {} ({})",
-                    r.component,
-                    r.desired,
-                    if r.path.len() > 1 {
-                        format!("{} hops: {}", r.path.len(), r.path.join(" -> "))
-                    } else {
-                        "1 hop".into()
-                    }
-                );
-                if let Some(e) = &r.path_error {
-                    let _ = writeln!(out, "  path: {e}");
-                }
-                let tz = upkeep::windows::zone_for(&r.component, &repo.windows);
-                let show = |t| upkeep::windows::show(t, tz);
-                let when = match &r.when {
-                    Decision::AnyTime => "any time (no window covers it)".to_string(),
-                    Decision::InWindow { window, closes } => {
-                        format!("now: window {window} is open until {}", show(*closes))
-                    }
-                    Decision::Emergency => "now (emergency)".into(),
-                    Decision::Wait { next: Some(n) } => {
-                        match upkeep::propose::after_merge(&repo, &r.component, now).window {
-                            Some(w) => format!(
-                                "in the next window, {} {}, for {}",
-                                w.name, w.starts, w.duration
-                            ),
-                            None => format!("in the next window, {}", show(*n)),
-                        }
-                    }
-                    Decision::Wait { next: None } => "no window opens within a year".into(),
-                    Decision::Denied { window, until } => {
-                        format!("after deny window {window}, {}", show(*until))
-                    }
-                    Decision::Frozen { freeze, until } => {
-                        format!("after freeze {freeze}, {}", show(*until))
-                    }
-                };
-                let _ = writeln!(out, "  when: {when}");
-                if let Some(v) = &r.preflight {
-                    let _ = writeln!(
-                        out,
-                        "  preflight: {}",
-                        if v.ok { "passes" } else { "FAILS" }
-                    );
-                    for f in &v.findings {
-                        let _ = writeln!(
-                            out,
-                            "    {} {}: {}",
-                            if f.ok { "ok  " } else { "FAIL" },
-                            f.check,
-                            f.detail
-                        );
-                    }
-                }
-            }
-        }
-    }
-    if failing {
-        1
-    } else if pending {
-        10
-    } else {
-        0
-    }
+    let _ = match a.output {
+        Output::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        ),
+        Output::Text => write!(out, "{}", upkeep::plan::text(&rows, &repo, now)),
+    };
+    upkeep::plan::exit_code(&rows)
 }
 
 fn parse_author(s: &str) -> Option<upkeep::gitrepo::Author> {
@@ -1874,99 +1715,27 @@ fn run_controller(a: &RunArgs) -> i32 {
         detect_every: Duration::from_secs(a.detect_every.max(1)),
         sources,
     };
-    let leadership = Arc::new(if a.no_leader_election {
-        upkeep::leader::Leadership::always()
-    } else {
-        upkeep::leader::Leadership::default()
-    });
-    let webhook = secret.map(|secret| upkeep::reconcile::WebhookConfig {
-        secret,
-        base: a.at.base.clone(),
-    });
-    let shared = Arc::new(upkeep::reconcile::Shared::new(
-        upkeep::telemetry::Metrics::new(),
-        webhook,
-        leadership.clone(),
-    ));
-    rt.block_on(async {
-        let listener = match tokio::net::TcpListener::bind(a.listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("upkeep: cannot listen on {}: {e}", a.listen);
-                return 1;
-            }
-        };
-        let app = upkeep::server::router(shared.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "the HTTP server stopped");
-            }
-        });
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        // The election stops only after the loop: the lease is held until the last step ends.
-        let (election_tx, election_rx) = tokio::sync::watch::channel(false);
-        let election = if a.no_leader_election {
-            shared.metrics.leader.set(1);
-            None
-        } else {
-            let client = match upkeep::cluster::client(a.kubeconfig.as_deref()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("upkeep: {e}");
-                    return 1;
-                }
-            };
-            // The Lease lives in the namespace; outside a cluster it may not exist yet.
-            if let Err(e) = upkeep::apply::install(&client, &a.namespace).await {
-                eprintln!("upkeep: {e}");
-                return 1;
-            }
-            let settings = upkeep::leader::Settings {
-                namespace: a.namespace.clone(),
-                name: a.lease_name.clone(),
-                identity: upkeep::leader::Settings::default_identity(),
-                duration: Duration::from_secs(a.lease_duration.max(1)),
-            };
-            // `upkeep reconcile` asks through a ConfigMap annotation.
-            let s = shared.clone();
-            tokio::spawn(upkeep::operate::watch_requests(
-                client.clone(),
-                a.namespace.clone(),
-                move |v| s.request(v),
-                election_rx.clone(),
-            ));
-            let s = shared.clone();
-            Some(tokio::spawn(upkeep::leader::run(
-                client,
-                settings,
-                leadership,
-                move |leading| {
-                    s.metrics.leader.set(i64::from(leading));
-                    if leading {
-                        s.poke(false);
-                    }
-                },
-                election_rx,
-            )))
-        };
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            let _ = tx.send(true);
-        });
-        // A repository on local disk is watched: a commit to the base branch wakes the loop.
-        let _watcher = a.at.repo.as_ref().and_then(|path| {
-            let s = shared.clone();
-            upkeep::watch::spawn(path, &a.at.base, move || s.poke(false))
-                .inspect_err(|e| tracing::warn!(error = %e, "not watching the repository"))
-                .ok()
-        });
-        upkeep::reconcile::run(config, shared, rx).await;
-        let _ = election_tx.send(true);
-        if let Some(e) = election {
-            let _ = e.await;
+    let serve = upkeep::reconcile::Serve {
+        listen: a.listen,
+        webhook: secret.map(|secret| upkeep::reconcile::WebhookConfig {
+            secret,
+            base: a.at.base.clone(),
+        }),
+        lease: (!a.no_leader_election).then(|| upkeep::leader::Settings {
+            namespace: a.namespace.clone(),
+            name: a.lease_name.clone(),
+            identity: upkeep::leader::Settings::default_identity(),
+            duration: Duration::from_secs(a.lease_duration.max(1)),
+        }),
+        watch_repo: a.at.repo.clone(),
+    };
+    match rt.block_on(upkeep::reconcile::serve(config, serve, wait_for_signal())) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
         }
-        0
-    })
+    }
 }
 
 /// Every component's releases from the shipped catalog, for multi-hop paths.
@@ -2264,164 +2033,31 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn sim_serve(args: &SimServeArgs) -> i32 {
-    use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim};
-    let cat = match Catalog::builtin() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("upkeep: {e}");
-            return 1;
-        }
-    };
-    let faults = match &args.faults {
-        None => Vec::new(),
-        Some(f) => match std::fs::read_to_string(f)
-            .map_err(|e| e.to_string())
-            .and_then(|t| upkeep_sim::kube::parse_faults(&t))
-        {
-            Ok(v) => v,
-            Err(e) => {
-                eprintln!(
-                    "upkeep: {}: not a faults file: {e} (see docs/simulator.md)",
-                    f.display()
-                );
-                return 2;
-            }
-        },
-    };
-    if upkeep::versions::parse(&args.k3s_version, upkeep::versions::Scheme::K3s).is_err() {
-        eprintln!(
-            "upkeep: --k3s-version {:?} is not a k3s version like v1.33.4+k3s1",
-            args.k3s_version
-        );
-        return 2;
-    }
-    let scratch = std::env::temp_dir().join(format!("upkeep-sim-{}", std::process::id()));
-    let kubeconfig = match (&args.kubeconfig_out, &args.state_dir) {
-        (Some(p), _) => p.clone(),
-        (None, Some(d)) => d.join("kubeconfig"),
-        (None, None) => scratch.join("kubeconfig"),
-    };
-    let forge_root = args.state_dir.as_ref().unwrap_or(&scratch).join("forge");
-    // With a state directory the token is kept too, so that kubeconfigs and clones keep working.
-    let token = match &args.state_dir {
-        Some(d) => match std::fs::read_to_string(d.join("token")) {
-            Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
-            _ => {
-                let t = upkeep_sim::kube::random_token();
-                if let Err(e) = upkeep_sim::kube::write_private(&d.join("token"), t.as_bytes()) {
-                    eprintln!("upkeep: cannot write {}: {e}", d.join("token").display());
-                    return 1;
-                }
-                t
-            }
-        },
-        None => upkeep_sim::kube::random_token(),
+    let p = upkeep_sim::playground::Playground {
+        port: args.port,
+        kube_port: args.kube_port,
+        servers: args.servers,
+        agents: args.agents,
+        k3s_version: args.k3s_version.clone(),
+        faults: args.faults.clone(),
+        kubeconfig_out: args.kubeconfig_out.clone(),
+        state_dir: args.state_dir.clone(),
+        speed: args.speed,
+        config_repo: args.config_repo.clone(),
+        webhook_url: args.webhook_url.clone(),
+        webhook_secret: std::env::var("UPKEEP_WEBHOOK_SECRET").unwrap_or_default(),
     };
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    rt.block_on(async {
-        let sim = match upkeep_sim::upstream::UpstreamSim::start(args.port).await {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("upkeep: cannot listen on 127.0.0.1:{}: {e}", args.port);
-                return 1;
-            }
-        };
-        upkeep_sim::upstream::seed_from_catalog(&sim, &cat.file);
-        sim.require_forge_token(&token);
-        let repo = "homelab/cluster";
-        let forge = sim
-            .enable_persistent_forge(&forge_root)
-            .map_err(|e| e.to_string())
-            .and_then(|()| {
-                if sim.with_forge(|f| f.has_repo(repo)).unwrap_or(false) {
-                    return Ok(());
-                }
-                let seed = match &args.config_repo {
-                    Some(d) => d.clone(),
-                    None => {
-                        let d = forge_root.join(".seed");
-                        upkeep_sim::write_example_repo(&d).map_err(|e| e.to_string())?;
-                        d
-                    }
-                };
-                sim.with_forge(|f| f.create_repo(repo, Some(&seed), Utc::now()).map(|_| ()))
-                    .unwrap_or(Ok(()))
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = forge {
-            eprintln!("upkeep: cannot set up the simulated forge in {}: {e}", forge_root.display());
-            return 1;
+    match rt.block_on(upkeep_sim::playground::serve(&p, wait_for_signal())) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            e.code()
         }
-        if let Some(url) = &args.webhook_url {
-            let secret = std::env::var("UPKEEP_WEBHOOK_SECRET").unwrap_or_default();
-            if secret.is_empty() {
-                eprintln!(
-                    "upkeep: --webhook-url needs UPKEEP_WEBHOOK_SECRET (the same secret `upkeep run` gets)"
-                );
-                return 2;
-            }
-            sim.with_forge(|f| f.add_webhook(repo, url, secret.as_bytes()));
-        }
-        let clone = sim.with_forge(|f| f.repo_path(repo)).flatten().unwrap_or_default();
-        let opts = KubeOptions {
-            port: args.kube_port,
-            token: Some(token.clone()),
-            clock: upkeep_sim::clock::SimClock::new(Utc::now(), args.speed),
-            cluster: ClusterSpec {
-                servers: args.servers,
-                agents: args.agents,
-                k3s_version: args.k3s_version.clone(),
-                ..ClusterSpec::default()
-            },
-            state_dir: args.state_dir.clone(),
-            ..KubeOptions::default()
-        };
-        let kube = match KubeSim::start(opts).await {
-            Ok(k) => k,
-            Err(e) => {
-                eprintln!("upkeep: cannot start the Kubernetes emulator: {e}");
-                return 1;
-            }
-        };
-        for f in faults {
-            kube.inject(f);
-        }
-        // Flux's GitRepository `flux-system` is the config repository: what Flux applies
-        // comes from it, as in a real cluster.
-        if !clone.as_os_str().is_empty() {
-            kube.serve_git("flux-system", "flux-system", &clone);
-        }
-        if let Err(e) = kube.write_kubeconfig(&kubeconfig) {
-            eprintln!("upkeep: cannot write {}: {e}", kubeconfig.display());
-            return 1;
-        }
-        let url = sim.url();
-        // Whoever started us may stop reading after these lines; a closed stdout must not stop us.
-        let mut out = std::io::stdout();
-        let _ = writeln!(
-            out,
-            "github={url}\nrepo={repo}\nclone={}\ngit={url}/git/{repo}.git\nkubernetes={}\nkubeconfig={}\ntoken={}\n# try: kubectl --kubeconfig {} get nodes,plans -A\n#      git clone {}\n#      upkeep check --repo examples/cluster-repo --github-api-url {url} --k3s-channel-url {url} --no-cache",
-            clone.display(),
-            kube.url(),
-            kubeconfig.display(),
-            kube.token(),
-            kubeconfig.display(),
-            clone.display(),
-        );
-        let _ = out.flush();
-        // Until interrupted; then save the cluster so that --state-dir resumes exactly here.
-        wait_for_signal().await;
-        if let Some(d) = &args.state_dir
-            && let Err(e) = kube.save(d)
-        {
-            eprintln!("upkeep: cannot save the simulated cluster in {}: {e}", d.display());
-            return 1;
-        }
-        0
-    })
+    }
 }
 
 /// SIGINT or SIGTERM.

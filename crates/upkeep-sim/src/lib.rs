@@ -7,6 +7,7 @@
 pub mod clock;
 pub mod github;
 pub mod kube;
+pub mod playground;
 pub mod tls;
 pub mod upstream;
 

@@ -17,6 +17,7 @@ pub mod knowledge;
 pub mod leader;
 pub mod model;
 pub mod operate;
+pub mod plan;
 pub mod propose;
 pub mod reconcile;
 pub mod report;

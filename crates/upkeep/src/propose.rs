@@ -943,13 +943,15 @@ impl<F: Forge> Cycle<'_, F> {
             .await
             .map_err(|e| e.to_string())?;
         // What a human ticked on the dashboard since the last cycle.
-        let ticks = if self.dashboard {
-            match self.forge.find_issue(DASHBOARD_LABEL).await {
-                Ok(Some(i)) => ticked(&i.body),
-                _ => Vec::new(),
-            }
+        // The dashboard is read once per cycle: for the boxes, and to update it below.
+        let dash = if self.dashboard {
+            Some(self.forge.find_issue(DASHBOARD_LABEL).await)
         } else {
-            Vec::new()
+            None
+        };
+        let ticks = match &dash {
+            Some(Ok(Some(i))) => ticked(&i.body),
+            _ => Vec::new(),
         };
         let mut actions = open_ticked(plan(&props, &existing, &limits, now), &ticks);
         actions.extend(held);
@@ -1017,7 +1019,7 @@ impl<F: Forge> Cycle<'_, F> {
                 errors: out.errors.clone(),
                 rollouts: self.rollouts.clone(),
             };
-            self.update_dashboard(&input, &mut out).await;
+            self.update_dashboard_known(&input, &mut out, dash).await;
             // Say what was done about each "open now" box, on the dashboard itself.
             if let Some(d) = out.dashboard {
                 for t in &ticks {
@@ -1205,9 +1207,25 @@ impl<F: Forge> Cycle<'_, F> {
     }
 
     async fn update_dashboard(&self, input: &DashboardInput, out: &mut Outcome) {
+        self.update_dashboard_known(input, out, None).await;
+    }
+
+    /// [`update_dashboard`](Self::update_dashboard) with the issue as read earlier in the cycle
+    /// (`None`: read it now). A read that failed is not taken for "no dashboard": that would
+    /// open a second one.
+    async fn update_dashboard_known(
+        &self,
+        input: &DashboardInput,
+        out: &mut Outcome,
+        known: Option<crate::forge::Result<Option<crate::forge::Issue>>>,
+    ) {
         let body = dashboard(input);
         let r = async {
-            match self.forge.find_issue(DASHBOARD_LABEL).await? {
+            let found = match known {
+                Some(Ok(found)) => found,
+                _ => self.forge.find_issue(DASHBOARD_LABEL).await?,
+            };
+            match found {
                 Some(i) if i.body == body => Ok(i.number),
                 Some(i) => self
                     .forge

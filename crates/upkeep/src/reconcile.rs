@@ -395,6 +395,97 @@ fn still_leader(shared: &Shared) -> Result<(), (&'static str, String)> {
     }
 }
 
+/// How `upkeep run` serves, besides what it reconciles.
+pub struct Serve {
+    /// Where `/healthz`, `/readyz`, `/metrics`, `/webhook`, `/api/status` and the page are.
+    pub listen: std::net::SocketAddr,
+    /// `None` turns `/webhook` off.
+    pub webhook: Option<WebhookConfig>,
+    /// Elect a leader on this Lease; `None`: this replica always acts.
+    pub lease: Option<crate::leader::Settings>,
+    /// A config repository on local disk, watched so that a commit wakes the loop.
+    pub watch_repo: Option<std::path::PathBuf>,
+}
+
+/// The controller: the HTTP server, the leader election, the watch for `upkeep reconcile`
+/// requests and the local repository, and the loop, until `shutdown` resolves (the step in
+/// progress finishes; the lease is held until the loop has stopped, then given up).
+pub async fn serve(
+    cfg: Config,
+    s: Serve,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let leadership = Arc::new(if s.lease.is_some() {
+        Leadership::default()
+    } else {
+        Leadership::always()
+    });
+    let shared = Arc::new(Shared::new(Metrics::new(), s.webhook, leadership.clone()));
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", s.listen))?;
+    let app = crate::server::router(shared.clone());
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the HTTP server stopped");
+        }
+    });
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    // The election stops only after the loop: the lease is held until the last step ends.
+    let (election_tx, election_rx) = tokio::sync::watch::channel(false);
+    let election = match s.lease {
+        None => {
+            shared.metrics.leader.set(1);
+            None
+        }
+        Some(settings) => {
+            let client = crate::cluster::client(cfg.kubeconfig.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            // The Lease lives in the namespace; outside a cluster it may not exist yet.
+            crate::apply::install(&client, &cfg.namespace).await?;
+            // `upkeep reconcile` asks through a ConfigMap annotation.
+            let sh = shared.clone();
+            tokio::spawn(crate::operate::watch_requests(
+                client.clone(),
+                cfg.namespace.clone(),
+                move |v| sh.request(v),
+                election_rx.clone(),
+            ));
+            let sh = shared.clone();
+            Some(tokio::spawn(crate::leader::run(
+                client,
+                settings,
+                leadership,
+                move |leading| {
+                    sh.metrics.leader.set(i64::from(leading));
+                    if leading {
+                        sh.poke(false);
+                    }
+                },
+                election_rx,
+            )))
+        }
+    };
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    // A repository on local disk is watched: a commit to the base branch wakes the loop.
+    let _watcher = s.watch_repo.as_ref().and_then(|path| {
+        let sh = shared.clone();
+        crate::watch::spawn(path, &cfg.base, move || sh.poke(false))
+            .inspect_err(|e| tracing::warn!(error = %e, "not watching the repository"))
+            .ok()
+    });
+    run(cfg, shared, rx).await;
+    let _ = election_tx.send(true);
+    if let Some(e) = election {
+        let _ = e.await;
+    }
+    Ok(())
+}
+
 /// One reconcile, top-down. Errors carry a kind for the metric label.
 async fn reconcile(
     cfg: &Config,
