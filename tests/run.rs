@@ -1061,8 +1061,16 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
     p.wait("the acknowledged failure to leave the metrics", &|| {
         !p.metrics().contains(&format!("rollout=\"{failed}\""))
     });
+    // Off the page's "needs a human" part; in its short history, with who acknowledged it.
     let (_, page) = p.get("/").expect("page");
-    assert!(!page.contains(&failed), "{page}");
+    assert!(
+        !page.contains(&format!("<b>{failed} is RequiresAttention")),
+        "{page}"
+    );
+    assert!(
+        page.contains("Recent rollouts") && page.contains("acknowledged by ana at"),
+        "{page}"
+    );
     let (code, out, _) = upkeep_cli(&w, &["get", "--output", "json"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"acknowledged\": \"ana at"), "{out}");

@@ -283,6 +283,24 @@ pub struct Applied {
     pub nodes: Vec<cluster::NodeState>,
     /// What a human suspended (`(everything)` for all): who, when, why.
     pub suspended: std::collections::BTreeMap<String, String>,
+    /// The rollouts that ended, newest first (at most [`HISTORY`]).
+    pub history: Vec<HistoryEntry>,
+}
+
+/// How many ended rollouts the status page shows.
+pub const HISTORY: usize = 10;
+
+/// A rollout that ended, for the status page's short history.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub phase: Phase,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub acknowledged: Option<String>,
 }
 
 /// What one look at the cluster found before driving: the rollouts to drive (with their
@@ -381,6 +399,24 @@ pub async fn run_detailed<F: Forge>(
         .list(&ListParams::default())
         .await
         .map_err(api_err("listing rollouts"))?;
+    let mut history: Vec<HistoryEntry> = all
+        .items
+        .iter()
+        .filter_map(|obj| {
+            let st = status_of(obj);
+            st.phase.is_terminal().then(|| HistoryEntry {
+                name: obj.metadata.name.clone().unwrap_or_default(),
+                from: obj.data["spec"]["from"].as_str().unwrap_or_default().into(),
+                to: obj.data["spec"]["to"].as_str().unwrap_or_default().into(),
+                phase: st.phase,
+                started_at: st.started_at,
+                ended_at: st.phase_since,
+                acknowledged: crate::operate::acknowledgement(obj),
+            })
+        })
+        .collect();
+    history.sort_by_key(|e| std::cmp::Reverse(e.ended_at));
+    history.truncate(HISTORY);
     for obj in &all.items {
         let Some(name) = obj.metadata.name.as_ref() else {
             continue;
@@ -401,6 +437,7 @@ pub async fn run_detailed<F: Forge>(
         driven: names.into_iter().map(|(n, _)| n).collect(),
         blocked,
         nodes,
+        history,
         suspended: suspensions
             .into_iter()
             .map(|(c, why)| (c.unwrap_or_else(|| "(everything)".into()), why))

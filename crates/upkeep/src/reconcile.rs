@@ -43,6 +43,8 @@ pub struct Status {
     pub nodes: Vec<crate::cluster::NodeState>,
     /// What a human suspended: component (or `(everything)`) -> who, when, why.
     pub suspended: std::collections::BTreeMap<String, String>,
+    /// The rollouts that ended, newest first.
+    pub history: Vec<crate::apply::HistoryEntry>,
     pub open_prs: Vec<OpenPr>,
     /// The rollouts in flight, and the failures nobody acknowledged yet.
     pub rollouts: Vec<RolloutView>,
@@ -702,6 +704,7 @@ fn record_status(cfg: &Config, shared: &Shared, applied: crate::apply::Applied) 
     st.blocked = applied.blocked;
     st.nodes = applied.nodes;
     st.suspended = applied.suspended;
+    st.history = applied.history;
 }
 
 /// What one detection found: the report rows and each component's releases.

@@ -319,6 +319,43 @@ pub fn render_page(st: &crate::reconcile::Status) -> String {
         }
         h.push_str("</table>");
     }
+    if !st.history.is_empty() {
+        h.push_str("<h2>Recent rollouts</h2><table><tr><th>Rollout</th><th>From</th><th>To</th><th>Outcome</th><th>Started</th><th>Ended</th><th>Took</th></tr>");
+        let fmt = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map_or("-".to_string(), |t| {
+                t.format("%Y-%m-%d %H:%M UTC").to_string()
+            })
+        };
+        for e in &st.history {
+            let took = match (e.started_at, e.ended_at) {
+                (Some(a), Some(b)) if b >= a => {
+                    let m = (b - a).num_minutes();
+                    if m >= 60 {
+                        format!("{}h{:02}m", m / 60, m % 60)
+                    } else {
+                        format!("{m}m")
+                    }
+                }
+                _ => "-".to_string(),
+            };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class={}>{:?}{}</td><td>{}</td><td>{}</td><td>{took}</td></tr>",
+                esc(&e.name),
+                esc(&e.from),
+                esc(&e.to),
+                phase_class(e.phase),
+                e.phase,
+                e.acknowledged
+                    .as_deref()
+                    .map(|a| format!(" (acknowledged by {})", esc(a)))
+                    .unwrap_or_default(),
+                fmt(e.started_at),
+                fmt(e.ended_at)
+            );
+        }
+        h.push_str("</table>");
+    }
     h.push_str("<h2>Open pull requests</h2>");
     if st.open_prs.is_empty() {
         h.push_str("<p class=muted>None.</p>");
