@@ -954,17 +954,24 @@ fn load_valid(repo: &Path, now: DateTime<Utc>) -> Result<ConfigRepo, i32> {
     }
 }
 
-/// `upkeep get`.
-fn get(at: &ClusterArgs) -> i32 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let rows = rt.block_on(async {
+/// `f` with a client of `at`'s cluster, on a runtime of its own; errors in words.
+fn on_cluster<T, Fut>(at: &ClusterArgs, f: impl FnOnce(kube::Client) -> Fut) -> Result<T, String>
+where
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let rt = runtime().map_err(|_| "cannot start the async runtime".to_string())?;
+    rt.block_on(async {
         let client = upkeep::cluster::client(at.kubeconfig.as_deref())
             .await
             .map_err(|e| e.to_string())?;
-        upkeep::operate::list(&client, &at.namespace)
+        f(client).await
+    })
+}
+
+/// `upkeep get`.
+fn get(at: &ClusterArgs) -> i32 {
+    let rows = on_cluster(at, |c| async move {
+        upkeep::operate::list(&c, &at.namespace)
             .await
             .map_err(|e| e.to_string())
     });
@@ -1079,14 +1086,7 @@ fn doctor(
 
 /// `upkeep reconcile`.
 fn reconcile_now(wait: u64, at: &ClusterArgs) -> i32 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let done: Result<bool, String> = rt.block_on(async {
-        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
+    let done: Result<bool, String> = on_cluster(at, |client| async move {
         let value = upkeep::operate::request_reconcile(&client, &at.namespace, Utc::now())
             .await
             .map_err(|e| e.to_string())?;
@@ -1130,15 +1130,8 @@ fn reconcile_now(wait: u64, at: &ClusterArgs) -> i32 {
 
 /// `upkeep retry`.
 fn retry(rollout: &str, at: &ClusterArgs) -> i32 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let done = rt.block_on(async {
-        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-        upkeep::operate::retry(&client, &at.namespace, rollout)
+    let done = on_cluster(at, |c| async move {
+        upkeep::operate::retry(&c, &at.namespace, rollout)
             .await
             .map_err(|e| e.to_string())
     });
@@ -1160,15 +1153,9 @@ fn retry(rollout: &str, at: &ClusterArgs) -> i32 {
 /// `upkeep suspend`.
 fn suspend(component: Option<&str>, reason: &str, by: Option<String>, at: &ClusterArgs) -> i32 {
     let who = who(by);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let done = rt.block_on(async {
-        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-        upkeep::operate::suspend(&client, &at.namespace, component, &who, reason, Utc::now())
+    let by = who.as_str();
+    let done = on_cluster(at, |c| async move {
+        upkeep::operate::suspend(&c, &at.namespace, component, by, reason, Utc::now())
             .await
             .map_err(|e| e.to_string())
     });
@@ -1186,15 +1173,8 @@ fn suspend(component: Option<&str>, reason: &str, by: Option<String>, at: &Clust
 
 /// `upkeep resume`.
 fn resume(component: Option<&str>, at: &ClusterArgs) -> i32 {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let done = rt.block_on(async {
-        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-        upkeep::operate::resume(&client, &at.namespace, component)
+    let done = on_cluster(at, |c| async move {
+        upkeep::operate::resume(&c, &at.namespace, component)
             .await
             .map_err(|e| e.to_string())
     });
@@ -1218,15 +1198,9 @@ fn resume(component: Option<&str>, at: &ClusterArgs) -> i32 {
 /// `upkeep acknowledge`.
 fn acknowledge(rollout: &str, by: Option<String>, at: &ClusterArgs) -> i32 {
     let who = who(by);
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let row = rt.block_on(async {
-        let client = upkeep::cluster::client(at.kubeconfig.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
-        upkeep::operate::acknowledge(&client, &at.namespace, rollout, &who, Utc::now())
+    let by = who.as_str();
+    let row = on_cluster(at, |c| async move {
+        upkeep::operate::acknowledge(&c, &at.namespace, rollout, by, Utc::now())
             .await
             .map_err(|e| e.to_string())
     });

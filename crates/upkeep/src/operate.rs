@@ -90,6 +90,35 @@ fn configmaps(client: &kube::Client, namespace: &str) -> kube::Api<DynamicObject
     )
 }
 
+/// Server-side apply `fields` (`data`, `metadata.annotations`) to [`CONTROL`] as `manager`,
+/// creating it when missing; `what` names the write in an error.
+async fn apply_control(
+    client: &kube::Client,
+    namespace: &str,
+    fields: serde_json::Value,
+    manager: &str,
+    what: &str,
+) -> Result<()> {
+    let mut obj = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": CONTROL, "namespace": namespace},
+    });
+    if let Some(d) = fields.get("data") {
+        obj["data"] = d.clone();
+    }
+    if let Some(a) = fields.pointer("/metadata/annotations") {
+        obj["metadata"]["annotations"] = a.clone();
+    }
+    configmaps(client, namespace)
+        .patch(CONTROL, &PatchParams::apply(manager), &Patch::Apply(&obj))
+        .await
+        .map(|_| ())
+        .map_err(|source| Error::Api {
+            what: format!("{what} in ConfigMap {namespace}/{CONTROL}"),
+            source,
+        })
+}
+
 /// What is suspended: component (or `None` for everything) -> `who at time: reason`.
 pub type Suspensions = std::collections::BTreeMap<Option<String>, String>;
 
@@ -156,22 +185,14 @@ pub async fn suspend(
             reason.trim()
         }
     );
-    let api = configmaps(client, namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": CONTROL, "namespace": namespace},
-        "data": {key(component): record},
-    });
-    api.patch(
-        CONTROL,
-        &PatchParams::apply("upkeep-cli"),
-        &Patch::Apply(&patch),
+    apply_control(
+        client,
+        namespace,
+        serde_json::json!({"data": {key(component): record}}),
+        "upkeep-cli",
+        "recording the suspension",
     )
-    .await
-    .map_err(|source| Error::Api {
-        what: format!("recording the suspension in ConfigMap {namespace}/{CONTROL}"),
-        source,
-    })?;
+    .await?;
     Ok(record)
 }
 
@@ -274,6 +295,36 @@ pub async fn list(client: &kube::Client, namespace: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// The rollout `name`, or an error naming the ones that exist.
+async fn get_rollout(client: &kube::Client, namespace: &str, name: &str) -> Result<DynamicObject> {
+    let api = crate::apply::rollouts(client, namespace);
+    let obj = api.get_opt(name).await.map_err(|source| Error::Api {
+        what: format!("reading rollout {name}"),
+        source,
+    })?;
+    if let Some(obj) = obj {
+        return Ok(obj);
+    }
+    let known = list(client, namespace)
+        .await
+        .map(|rows| {
+            rows.into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    Err(Error::NotFound {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        known: if known.is_empty() {
+            "none".into()
+        } else {
+            known
+        },
+    })
+}
+
 /// Mark the failed rollout `name` as looked at, by `who`: it leaves the page, the metrics (its
 /// alert resolves) and the default `upkeep get`. Acknowledging twice keeps the first record.
 pub async fn acknowledge(
@@ -284,30 +335,7 @@ pub async fn acknowledge(
     now: DateTime<Utc>,
 ) -> Result<Row> {
     let api = crate::apply::rollouts(client, namespace);
-    let obj = api.get_opt(name).await.map_err(|source| Error::Api {
-        what: format!("reading rollout {name}"),
-        source,
-    })?;
-    let Some(obj) = obj else {
-        let known = list(client, namespace)
-            .await
-            .map(|rows| {
-                rows.into_iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        return Err(Error::NotFound {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-            known: if known.is_empty() {
-                "none".into()
-            } else {
-                known
-            },
-        });
-    };
+    let obj = get_rollout(client, namespace, name).await?;
     let row = row_of(&obj);
     if !is_failure(row.phase) {
         return Err(Error::NotFailed {
@@ -337,30 +365,7 @@ pub async fn acknowledge(
 /// deleted, with the revert pull request to close if there is one.
 pub async fn retry(client: &kube::Client, namespace: &str, name: &str) -> Result<Row> {
     let api = crate::apply::rollouts(client, namespace);
-    let obj = api.get_opt(name).await.map_err(|source| Error::Api {
-        what: format!("reading rollout {name}"),
-        source,
-    })?;
-    let Some(obj) = obj else {
-        let known = list(client, namespace)
-            .await
-            .map(|rows| {
-                rows.into_iter()
-                    .map(|r| r.name)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default();
-        return Err(Error::NotFound {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-            known: if known.is_empty() {
-                "none".into()
-            } else {
-                known
-            },
-        });
-    };
+    let obj = get_rollout(client, namespace, name).await?;
     let row = row_of(&obj);
     if !is_failure(row.phase) {
         return Err(Error::NotFailed {
@@ -389,17 +394,7 @@ pub async fn retry(client: &kube::Client, namespace: &str, name: &str) -> Result
 /// --emergency`; freezes still hold).
 pub async fn emergency(client: &kube::Client, namespace: &str, name: &str) -> Result<()> {
     let api = crate::apply::rollouts(client, namespace);
-    let obj = api.get_opt(name).await.map_err(|source| Error::Api {
-        what: format!("reading rollout {name}"),
-        source,
-    })?;
-    let Some(obj) = obj else {
-        return Err(Error::NotFound {
-            name: name.to_string(),
-            namespace: namespace.to_string(),
-            known: "see `upkeep get`".into(),
-        });
-    };
+    let obj = get_rollout(client, namespace, name).await?;
     let row = row_of(&obj);
     if row.phase.is_terminal() {
         return Err(Error::Finished {
@@ -603,21 +598,14 @@ pub async fn request_reconcile(
     now: DateTime<Utc>,
 ) -> Result<String> {
     let value = now.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
-    let patch = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": CONTROL, "namespace": namespace, "annotations": {REQUESTED: value}},
-    });
-    configmaps(client, namespace)
-        .patch(
-            CONTROL,
-            &PatchParams::apply("upkeep-cli-reconcile"),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(|source| Error::Api {
-            what: format!("asking for a reconcile in ConfigMap {namespace}/{CONTROL}"),
-            source,
-        })?;
+    apply_control(
+        client,
+        namespace,
+        serde_json::json!({"metadata": {"annotations": {REQUESTED: value}}}),
+        "upkeep-cli-reconcile",
+        "asking for a reconcile",
+    )
+    .await?;
     Ok(value)
 }
 
