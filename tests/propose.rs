@@ -715,3 +715,34 @@ fn killing_the_process_at_each_step_leaves_nothing_the_next_run_cannot_heal() {
         }
     }
 }
+
+/// GitHub refuses a title over 256 characters (and a body over 65,536), and the emulator does
+/// too; upkeep's forge client cuts what it sends to fit.
+#[test]
+fn titles_and_bodies_are_cut_to_what_github_takes() {
+    let w = World::new(ROOMY);
+    ok(w.cycle(false));
+    let long = "t".repeat(300);
+    let refused = w.forge_call("PATCH", "/pulls/1", serde_json::json!({"title": long}));
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("title is too long (maximum is 256 characters)")),
+        "{refused}"
+    );
+    let rt = runtime();
+    let forge = {
+        let _in = rt.enter();
+        w.forge()
+    };
+    rt.block_on(async {
+        use upkeep::forge::Forge;
+        forge
+            .update_pull(1, Some(&long), Some(&"b".repeat(70_000)), None)
+            .await
+            .expect("cut to fit, then accepted");
+    });
+    let pr = w.forge_call("GET", "/pulls/1", serde_json::json!({}));
+    assert_eq!(pr["title"].as_str().map(|t| t.chars().count()), Some(256));
+    assert_eq!(pr["body"].as_str().map(|t| t.chars().count()), Some(65_536));
+}

@@ -581,3 +581,35 @@ async fn a_shared_source_is_fetched_once_per_run() {
         Some("v1.34.8+k3s1")
     );
 }
+
+/// A next-page link that points back at the page (a broken server or proxy) costs one request,
+/// not one per page up to the limit.
+#[tokio::test]
+async fn a_next_page_link_to_the_same_page_is_not_followed() {
+    let sim = sim().await;
+    sim.set_releases(
+        "acme/loop",
+        vec![SimRelease::new(
+            "v1.0.0",
+            Some("2025-01-01T00:00:00Z".parse().unwrap()),
+        )],
+    );
+    sim.inject(
+        "/repos/acme/loop/releases",
+        upkeep_sim::Fault::SelfLink,
+        1_000,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let r = repo(
+        dir.path(),
+        "  tool:\n    version: v1.0.0\n    source: {githubReleases: acme/loop}\n",
+    );
+    let live = Live::new(&net(&sim, None)).unwrap();
+    let before = sim.counters().requests;
+    let f = live
+        .fetch(&r.components[0], &sources::Run::default())
+        .await
+        .unwrap();
+    assert_eq!(f.releases.len(), 1);
+    assert_eq!(sim.counters().requests - before, 1);
+}

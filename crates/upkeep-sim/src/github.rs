@@ -26,6 +26,22 @@ pub struct ForgeError {
     pub errors: Vec<Value>,
 }
 
+/// GitHub refuses a pull request or issue whose title is over 256 characters or whose body is
+/// over 65,536 ("Validation Failed", a `custom` error naming the field).
+fn too_long(b: &Value) -> Result<()> {
+    for (field, max) in [("title", 256), ("body", 65_536)] {
+        if b[field].as_str().is_some_and(|t| t.chars().count() > max) {
+            return Err(ForgeError::invalid(
+                "PullRequest",
+                field,
+                "custom",
+                Some(format!("{field} is too long (maximum is {max} characters)")),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ForgeError {
     fn new(status: u16, message: impl Into<String>) -> ForgeError {
         ForgeError {
@@ -687,6 +703,7 @@ impl Forge {
                 None,
             ));
         }
+        too_long(b)?;
         let (head_sha, base_sha) = {
             let r = self.repo(full)?;
             let repo = Repository::open_bare(&r.path)?;
@@ -854,6 +871,7 @@ impl Forge {
         b: &Value,
         now: DateTime<Utc>,
     ) -> Result<Value> {
+        too_long(b)?;
         let r = self.repo_mut(full)?;
         let i = r
             .issues

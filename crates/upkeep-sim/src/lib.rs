@@ -82,6 +82,9 @@ pub enum Fault {
     Truncate,
     /// Answer normally, after this delay.
     Delay(Duration),
+    /// Answer normally, but with a `Link: rel="next"` that points back at the same page (a
+    /// broken proxy or server).
+    SelfLink,
     /// Before answering, someone else pushes a commit to `branch` of the forge's `repo`
     /// (`owner/name`): a push race for whoever fetched before.
     LandCommit { repo: String, branch: String },

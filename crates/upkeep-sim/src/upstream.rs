@@ -358,6 +358,24 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             None => route(&inner, &path, &query, &headers),
         },
     };
+    let mut resp = resp;
+    if fault == Some(Fault::SelfLink) {
+        let url = format!(
+            "{}{}{}",
+            inner.base,
+            path,
+            if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            }
+        );
+        set(
+            resp.headers_mut(),
+            "link",
+            &format!("<{url}>; rel=\"next\""),
+        );
+    }
     let resp = if fault == Some(Fault::Truncate) {
         truncate(resp).await
     } else {

@@ -454,6 +454,19 @@ fn issue_of(v: &Value) -> Issue {
     }
 }
 
+/// GitHub refuses a title over 256 characters and a body or comment over 65,536: cut them (with
+/// `…`) rather than have the write refused.
+fn cut(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+const TITLE: usize = 256;
+const BODY: usize = 65_536;
+
 fn enc(s: &str) -> String {
     s.replace('%', "%25")
         .replace('/', "%2F")
@@ -484,7 +497,7 @@ impl Forge for GitHub {
             .send(
                 Method::POST,
                 "/pulls",
-                Some(&json!({"title": title, "head": head, "base": base, "body": body})),
+                Some(&json!({"title": cut(title, TITLE), "head": head, "base": base, "body": cut(body, BODY)})),
             )
             .await?;
         Ok(pull_of(&v))
@@ -499,10 +512,10 @@ impl Forge for GitHub {
     ) -> Result<()> {
         let mut b = json!({});
         if let Some(t) = title {
-            b["title"] = json!(t);
+            b["title"] = json!(cut(t, TITLE));
         }
         if let Some(x) = body {
-            b["body"] = json!(x);
+            b["body"] = json!(cut(x, BODY));
         }
         if let Some(s) = state {
             b["state"] = json!(s);
@@ -524,7 +537,7 @@ impl Forge for GitHub {
         self.write(
             Method::POST,
             &format!("/issues/{number}/comments"),
-            &json!({"body": body}),
+            &json!({"body": cut(body, BODY)}),
         )
         .await
     }
@@ -553,7 +566,9 @@ impl Forge for GitHub {
             .send(
                 Method::POST,
                 "/issues",
-                Some(&json!({"title": title, "body": body, "labels": labels})),
+                Some(
+                    &json!({"title": cut(title, TITLE), "body": cut(body, BODY), "labels": labels}),
+                ),
             )
             .await?;
         Ok(issue_of(&v))
@@ -563,8 +578,20 @@ impl Forge for GitHub {
         self.write(
             Method::PATCH,
             &format!("/issues/{number}"),
-            &json!({"body": body}),
+            &json!({"body": cut(body, BODY)}),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn titles_and_bodies_fit_what_github_takes() {
+        assert_eq!(cut(&"é".repeat(300), TITLE).chars().count(), TITLE);
+        assert_eq!(cut("short", TITLE), "short");
+        assert_eq!(cut(&"x".repeat(70_000), BODY).chars().count(), BODY);
     }
 }

@@ -237,14 +237,16 @@ fn humantime(d: chrono::Duration) -> String {
     }
 }
 
-/// The markdown of a release's notes, made inert: quoted, HTML brackets escaped, and cut.
+/// The markdown of a release's notes, made inert: quoted, HTML brackets escaped, mentions and
+/// issue references neutralised ([`inert`]), and cut. `url` is shown only when it is an https
+/// link on the source's own host ([`safe_url`]).
 fn notes_block(notes: &str, url: Option<&str>) -> String {
     let mut text = notes.trim().to_string();
     let cut = crate::sources::truncate_utf8(&mut text, MAX_NOTES);
     let mut out = String::new();
     for line in text.lines() {
         let line = line.replace('<', "&lt;").replace('>', "&gt;");
-        let _ = writeln!(out, "> {line}");
+        let _ = writeln!(out, "> {}", inert(&line));
     }
     if cut {
         let _ = writeln!(out, ">\n> *(cut; the full notes are at the link below)*");
@@ -253,6 +255,131 @@ fn notes_block(notes: &str, url: Option<&str>) -> String {
         let _ = writeln!(out, "\n[Full release notes]({})", u.replace(')', "%29"));
     }
     out
+}
+
+/// A line of upstream text that notifies and closes nothing on GitHub: `@user` and
+/// `@org/team` mentions and issue references (`#1`, `owner/repo#3`, which after `Fixes` or
+/// `Closes` would close an issue of this repository on merge) go into code spans, and a link to
+/// anything but `https://` loses its link syntax. Text already in a code span is left alone.
+pub fn inert(line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let handle = |c: char| c.is_ascii_alphanumeric() || "-_/.".contains(c);
+    let mut out = String::with_capacity(line.len() + 8);
+    let mut in_code = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '`' {
+            in_code = !in_code;
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        if in_code {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let prev = i.checked_sub(1).map(|p| chars[p]);
+        // @user, @org/team (not a@b.com)
+        if c == '@'
+            && prev.is_none_or(|p| !word(p))
+            && chars.get(i + 1).is_some_and(|n| n.is_ascii_alphanumeric())
+        {
+            let mut j = i + 1;
+            while j < chars.len() && handle(chars[j]) {
+                j += 1;
+            }
+            while j > i + 1 && chars[j - 1] == '.' {
+                j -= 1;
+            }
+            out.push('`');
+            out.extend(&chars[i..j]);
+            out.push('`');
+            i = j;
+            continue;
+        }
+        // #123, owner/repo#123
+        if c == '#' && chars.get(i + 1).is_some_and(char::is_ascii_digit) {
+            let before: String = out
+                .chars()
+                .rev()
+                .take_while(|p| p.is_ascii_alphanumeric() || "-_./".contains(*p))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let is_repo = before.is_empty() || before.matches('/').count() == 1;
+            if is_repo {
+                let mut j = i + 1;
+                while j < chars.len() && chars[j].is_ascii_digit() {
+                    j += 1;
+                }
+                out.truncate(out.len() - before.len());
+                out.push('`');
+                out.push_str(&before);
+                out.extend(&chars[i..j]);
+                out.push('`');
+                i = j;
+                continue;
+            }
+        }
+        // [text](target): only https targets stay links.
+        if c == '(' && prev == Some(']') {
+            let rest: String = chars[i + 1..].iter().take(8).collect();
+            if !rest.to_ascii_lowercase().starts_with("https://") {
+                out.push('\\');
+            }
+        }
+        out.push(c);
+        i += 1;
+    }
+    out
+}
+
+/// `url` when it is an https link on the host of `source` (`github:owner/repo`: under
+/// `https://github.com/owner/repo/`; a catalog: on github.com; `helm:REPOSITORY#chart`: on the
+/// repository's host); else nothing, so no upstream text decides where a reviewer goes.
+pub fn safe_url(source: Option<&str>, url: &str) -> Option<String> {
+    let host_of = |u: &str| -> Option<String> {
+        let rest = u.strip_prefix("https://")?;
+        Some(rest.split(['/', '?', '#']).next()?.to_ascii_lowercase())
+    };
+    let host = host_of(url)?;
+    if url.len() > 2_000 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    let ok = match source {
+        Some(s) if s.starts_with("github:") => {
+            let repo = s.trim_start_matches("github:");
+            url.starts_with(&format!("https://github.com/{repo}/"))
+        }
+        Some(s) if s.starts_with("helm:") => {
+            let repository = s
+                .trim_start_matches("helm:")
+                .split('#')
+                .next()
+                .unwrap_or("");
+            host_of(repository).is_some_and(|h| h == host)
+        }
+        _ => host == "github.com",
+    };
+    ok.then(|| url.to_string())
+}
+
+/// GitHub refuses a pull request title over 256 characters and a body over 65,536.
+pub const MAX_TITLE: usize = 256;
+pub const MAX_BODY: usize = 65_536;
+
+/// `s` cut to at most `max` characters, with `…` when cut.
+fn bounded(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
 }
 
 /// `version` with a leading `v` exactly when `style` has one (versions.yaml's way of writing).
@@ -354,13 +481,17 @@ pub fn pr_body(row: &ComponentReport, after: &AfterMerge) -> String {
         );
     }
     let _ = writeln!(out, "### Release notes\n");
+    let url = next
+        .url
+        .as_deref()
+        .and_then(|u| safe_url(row.source.as_deref(), u));
     match &next.notes {
-        Some(n) if !n.trim().is_empty() => out.push_str(&notes_block(n, next.url.as_deref())),
+        Some(n) if !n.trim().is_empty() => out.push_str(&notes_block(n, url.as_deref())),
         _ => {
             let _ = writeln!(
                 out,
                 "No release notes were published.{}",
-                next.url.as_ref().map_or(String::new(), |u| format!(
+                url.as_ref().map_or(String::new(), |u| format!(
                     " [Release]({})",
                     u.replace(')', "%29")
                 ))
@@ -425,10 +556,10 @@ pub fn proposals(
                 to: to.clone(),
                 level: next.level,
                 branch: branch_name(&r.name, &to),
-                title: format!("{}: {} -> {to}", r.name, r.current),
+                title: bounded(&format!("{}: {} -> {to}", r.name, r.current), MAX_TITLE),
                 commit_message: format!("{}({}): update to {to}", style.commit_prefix, r.name),
                 labels,
-                body: pr_body(r, &after_merge(repo, &r.name, now)),
+                body: bounded(&pr_body(r, &after_merge(repo, &r.name, now)), MAX_BODY),
             })
         })
         .collect()
@@ -1520,6 +1651,51 @@ mod tests {
         let got = open_ticked(waits.clone(), &ticked(body));
         assert!(matches!(&got[..], [Action::Open(_)]), "{got:?}");
         assert_eq!(open_ticked(waits.clone(), &[]), waits);
+    }
+
+    #[test]
+    fn upstream_text_notifies_and_closes_nothing() {
+        assert_eq!(
+            inert("thanks @octocat and @fluxcd/maintainers."),
+            "thanks `@octocat` and `@fluxcd/maintainers`."
+        );
+        assert_eq!(
+            inert("Fixes #1, Closes #2, resolves owner/repo#3"),
+            "Fixes `#1`, Closes `#2`, resolves `owner/repo#3`"
+        );
+        assert_eq!(
+            inert("mail a@b.com about (#12)"),
+            "mail a@b.com about (`#12`)"
+        );
+        assert_eq!(inert("in code `@x #4` stays"), "in code `@x #4` stays");
+        assert_eq!(
+            inert("[x](javascript:alert(1)) [y](https://ok)"),
+            "[x]\\(javascript:alert(1)) [y](https://ok)"
+        );
+        assert_eq!(inert("## Heading #not-a-ref"), "## Heading #not-a-ref");
+        let src = Some("github:k3s-io/k3s");
+        assert!(safe_url(src, "https://github.com/k3s-io/k3s/releases/tag/v1").is_some());
+        assert!(safe_url(src, "javascript:alert(1)").is_none());
+        assert!(safe_url(src, "https://github.com/evil/k3s/releases").is_none());
+        assert!(safe_url(src, "http://github.com/k3s-io/k3s/x").is_none());
+        assert!(
+            safe_url(
+                Some("helm:https://charts.longhorn.io#longhorn"),
+                "https://charts.longhorn.io/x"
+            )
+            .is_some()
+        );
+        assert!(
+            safe_url(
+                Some("helm:https://charts.longhorn.io#longhorn"),
+                "https://evil.example/x"
+            )
+            .is_none()
+        );
+        assert_eq!(
+            bounded(&"x".repeat(300), MAX_TITLE).chars().count(),
+            MAX_TITLE
+        );
     }
 
     #[test]

@@ -230,7 +230,17 @@ impl Client {
         let mut out = Vec::new();
         // Once the first page is unchanged, later pages are taken from the cache when present.
         let mut unchanged = false;
+        // A next-page link back to a page already read (a broken server or proxy) ends the
+        // list instead of costing a request per page up to the limit.
+        let mut seen = std::collections::HashSet::new();
         for page_no in 1..=MAX_PAGES {
+            if !seen.insert(url.clone()) {
+                tracing::warn!(
+                    repo,
+                    "a next-page link repeats a page already read; stopped there"
+                );
+                return Ok(out);
+            }
             let cached = match self.cache.get(&url) {
                 Some(p) if unchanged => {
                     out.extend(p.releases);
