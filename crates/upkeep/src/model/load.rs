@@ -154,11 +154,40 @@ fn policy_files(root: &Path, diags: &mut Vec<Diagnostic>) -> Vec<String> {
             return Vec::new();
         }
     };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|n| (n.ends_with(".yaml") || n.ends_with(".yml")) && !n.starts_with('.'))
-        .collect();
+    let mut names: Vec<String> = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        let Some(n) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if n.starts_with('.') {
+            continue;
+        }
+        let lower = n.to_ascii_lowercase();
+        let yaml = lower.ends_with(".yaml") || lower.ends_with(".yml");
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if n.ends_with(".yaml") || n.ends_with(".yml") {
+            names.push(n);
+        } else if yaml {
+            // A policy upkeep would not read (a freeze in it would not hold): say so.
+            diags.push(
+                Diagnostic::warning(
+                    &format!("{POLICIES_DIR}/{n}"),
+                    Pos::START,
+                    "this file is not read: policy files end in .yaml or .yml, in lower case",
+                )
+                .hint("rename it"),
+            );
+        } else if is_dir {
+            diags.push(
+                Diagnostic::warning(
+                    &format!("{POLICIES_DIR}/{n}"),
+                    Pos::START,
+                    "files in subdirectories of policies/ are not read",
+                )
+                .hint("move the policy files directly into policies/"),
+            );
+        }
+    }
     names.sort();
     if names.len() > MAX_POLICY_FILES {
         diags.push(Diagnostic::error(

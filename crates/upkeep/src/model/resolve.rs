@@ -113,6 +113,19 @@ pub(super) fn resolve(
     }
 
     let rules = component_rules(&mut cx, policies);
+    if let Some(v) = versions
+        && let Some(c) = &v.cluster
+        && c.value
+            .chars()
+            .any(|ch| ch.is_control() || matches!(ch, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}'))
+    {
+        cx.error(
+            VERSIONS_FILE,
+            c.pos,
+            "the cluster name holds control or bidirectional-text characters, which would go into pull request titles and the dashboard",
+            "use plain text",
+        );
+    }
     let components: Vec<Component> = versions
         .map(|v| {
             v.components
@@ -132,6 +145,31 @@ pub(super) fn resolve(
             .map(|(n, _)| n.value.clone())
             .collect()
     });
+    // Rules for a component versions.yaml does not have are most likely a typo.
+    if let Some(known) = &known {
+        for (file, p) in policies {
+            for (name, _) in &p.component_rules.0 {
+                if known.contains(&name.value) || !name_ok(name) {
+                    continue;
+                }
+                let hint = match suggest(&name.value, known.iter().map(String::as_str)) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => {
+                        "the rules apply once versions.yaml has a component of that name".into()
+                    }
+                };
+                cx.warn(
+                    file,
+                    name.pos,
+                    format!(
+                        "componentRules for `{}`: versions.yaml has no component of that name",
+                        name.value
+                    ),
+                    hint,
+                );
+            }
+        }
+    }
     if let Some(v) = versions
         && v.components.0.is_empty()
     {
