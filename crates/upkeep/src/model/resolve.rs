@@ -573,6 +573,20 @@ fn component(
         .map(|s| s.value)
         .or(rule.scheme)
         .unwrap_or(Scheme::Semver);
+    // Whitespace around a version (`"v2.6.4\t"`) would be trimmed here but not by the edit
+    // of versions.yaml that a proposal makes: refuse it where it is written.
+    if e.version.value.trim() != e.version.value.as_str() {
+        cx.error(
+            f,
+            e.version.pos,
+            format!(
+                "component `{}`: the version {:?} has whitespace around it",
+                name.value, e.version.value
+            ),
+            "write the version alone, without spaces, tabs or escapes",
+        );
+        return None;
+    }
     let version = match versions::parse(&e.version, scheme) {
         Ok(v) => v,
         Err(err) => {
