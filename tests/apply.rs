@@ -54,6 +54,17 @@ impl World {
         World::with_update(start, "k3s", "v1.33.4+k3s1", "v1.33.5+k3s1")
     }
 
+    /// [`new`](Self::new) in the window, with `main` protected and the repository reached over
+    /// smart HTTP, where the protected branch's hook runs: a revert push is refused.
+    fn with_protected_main() -> World {
+        let mut w = World::new(in_window());
+        w.clone_url = format!("{}/git/{REPO}.git", w.gh.url());
+        w.gh.with_forge(|f| f.protect(REPO, "main"))
+            .expect("forge")
+            .expect("protect");
+        w
+    }
+
     fn with_update(start: DateTime<Utc>, component: &str, from: &str, to: &str) -> World {
         World::with_cluster(start, ClusterSpec::default(), component, from, to)
     }
@@ -930,12 +941,7 @@ fn a_restart_at_every_transition_never_applies_backs_up_or_comments_twice() {
 
 #[test]
 fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
-    let mut w = World::new(in_window());
-    // Over smart HTTP, where the protected branch's hook runs.
-    w.clone_url = format!("{}/git/{REPO}.git", w.gh.url());
-    w.gh.with_forge(|f| f.protect(REPO, "main"))
-        .expect("forge")
-        .expect("protect");
+    let w = World::with_protected_main();
     w.kube.inject(ClusterFault::NodeNeverReady {
         node: "agent-1".into(),
     });
@@ -984,11 +990,7 @@ fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
 /// still asks for the version, so `upkeep retry` makes a new attempt (a new object, a new backup).
 #[test]
 fn a_retry_makes_a_new_attempt_while_git_still_asks_for_the_version() {
-    let mut w = World::new(in_window());
-    w.clone_url = format!("{}/git/{REPO}.git", w.gh.url());
-    w.gh.with_forge(|f| f.protect(REPO, "main"))
-        .expect("forge")
-        .expect("protect");
+    let w = World::with_protected_main();
     w.kube.inject(ClusterFault::EtcdSnapshotFails {
         message: "etcd: request timed out".into(),
     });

@@ -27,12 +27,13 @@ pub struct ForgeError {
 }
 
 /// GitHub refuses a pull request or issue whose title is over 256 characters or whose body is
-/// over 65,536 ("Validation Failed", a `custom` error naming the field).
+/// over 65,536: "Validation Failed" with a `custom` error on resource `Issue` (pull requests are
+/// issues there) naming the field, as seen in bots' logs (docs/fidelity.md).
 fn too_long(b: &Value) -> Result<()> {
     for (field, max) in [("title", 256), ("body", 65_536)] {
         if b[field].as_str().is_some_and(|t| t.chars().count() > max) {
             return Err(ForgeError::invalid(
-                "PullRequest",
+                "Issue",
                 field,
                 "custom",
                 Some(format!("{field} is too long (maximum is {max} characters)")),

@@ -456,7 +456,7 @@ fn issue_of(v: &Value) -> Issue {
 
 /// GitHub refuses a title over 256 characters and a body or comment over 65,536: cut them (with
 /// `…`) rather than have the write refused.
-fn cut(s: &str, max: usize) -> String {
+pub fn cut(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         return s.to_string();
     }
@@ -464,8 +464,10 @@ fn cut(s: &str, max: usize) -> String {
     t.push('…');
     t
 }
-const TITLE: usize = 256;
-const BODY: usize = 65_536;
+pub const MAX_TITLE: usize = 256;
+pub const MAX_BODY: usize = 65_536;
+const TITLE: usize = MAX_TITLE;
+const BODY: usize = MAX_BODY;
 
 fn enc(s: &str) -> String {
     s.replace('%', "%25")

@@ -368,19 +368,11 @@ pub fn safe_url(source: Option<&str>, url: &str) -> Option<String> {
     ok.then(|| url.to_string())
 }
 
-/// GitHub refuses a pull request title over 256 characters and a body over 65,536.
-pub const MAX_TITLE: usize = 256;
-pub const MAX_BODY: usize = 65_536;
-
-/// `s` cut to at most `max` characters, with `…` when cut.
-fn bounded(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-    t.push('…');
-    t
-}
+use crate::forge::cut as bounded;
+/// GitHub refuses a pull request title over 256 characters and a body over 65,536. The
+/// forge client cuts what it sends; proposals are cut the same way first, so that an open PR
+/// compares equal to its proposal and is not rewritten on every cycle.
+pub use crate::forge::{MAX_BODY, MAX_TITLE};
 
 /// `version` with a leading `v` exactly when `style` has one (versions.yaml's way of writing).
 pub fn like(style: &str, version: &str) -> String {
