@@ -460,7 +460,68 @@ pub fn decide(
     }
 }
 
+/// A window's occurrences as half-open intervals `[start, end)` that can touch `[from, until]`,
+/// in order, at most [`MAX_CANDIDATES_PER_SOURCE`] of them, with the instant up to which the
+/// list is complete (`until`, or the last start when the cap cut it short).
+struct Occurrences {
+    spans: Vec<(DateTime<Utc>, DateTime<Utc>)>,
+    known_until: DateTime<Utc>,
+}
+
+fn occurrences(w: &Window, from: DateTime<Utc>, until: DateTime<Utc>) -> Occurrences {
+    let spans: Vec<_> = w
+        .starts_after(from - w.duration)
+        .take_while(|s| *s <= until)
+        .take(MAX_CANDIDATES_PER_SOURCE)
+        .map(|s| (s, s + w.duration))
+        .filter(|(_, e)| *e > from)
+        .collect();
+    let known_until = match spans.last() {
+        Some((s, _)) if spans.len() == MAX_CANDIDATES_PER_SOURCE => *s,
+        _ => until,
+    };
+    Occurrences { spans, known_until }
+}
+
+/// The union of intervals, sorted and merged (touching intervals merge: `[a,b)` and `[b,c)`
+/// cover `[a,c)` without a gap).
+fn union(mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
+    spans.sort();
+    let mut out: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::with_capacity(spans.len());
+    for (s, e) in spans {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// Membership of ascending instants in a sorted, merged union, in one pass.
+struct Cursor<'a> {
+    spans: &'a [(DateTime<Utc>, DateTime<Utc>)],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(spans: &'a [(DateTime<Utc>, DateTime<Utc>)]) -> Self {
+        Cursor { spans, at: 0 }
+    }
+    /// The merged interval holding `t`, if any. `t` must not decrease between calls.
+    fn holding(&mut self, t: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
+        while self.spans.get(self.at).is_some_and(|(_, e)| *e <= t) {
+            self.at += 1;
+        }
+        self.spans.get(self.at).copied().filter(|(s, _)| *s <= t)
+    }
+}
+
 /// The first instant at or after `now` (within [`HORIZON_DAYS`]) at which work may start.
+///
+/// One sweep over the occurrences of the windows and freezes that cover the component: linear
+/// in the occurrences (at most [`MAX_CANDIDATES_PER_SOURCE`] per window), however many windows
+/// there are. When a window's cap cuts the look-ahead short, the answer is only given up to
+/// there: `None` then means "not soon", never a wrong instant.
 pub fn next_start(
     now: DateTime<Utc>,
     component: &str,
@@ -469,72 +530,137 @@ pub fn next_start(
     ov: Override,
 ) -> Option<DateTime<Utc>> {
     let horizon = now + Duration::days(HORIZON_DAYS);
+    let freezes_hold = !(ov.emergency && ov.bypass_freezes);
+    let frozen = union(
+        freezes
+            .iter()
+            .filter(|f| freezes_hold && f.components.covers(component) && f.to > now)
+            .map(|f| (f.from, f.to))
+            .collect(),
+    );
     let mut candidates = vec![now];
-    for w in windows.iter().filter(|w| w.components.covers(component)) {
-        let starts = w
-            .starts_after(now - w.duration)
-            .take_while(|s| *s <= horizon)
-            .take(MAX_CANDIDATES_PER_SOURCE);
-        match w.kind {
-            Kind::Allow => candidates.extend(starts.filter(|s| *s >= now)),
-            Kind::Deny => candidates.extend(starts.map(|s| s + w.duration).filter(|e| *e >= now)),
+    candidates.extend(frozen.iter().map(|(_, e)| *e));
+    let mut known = horizon;
+    let (mut allow, mut deny, mut any_allow) = (Vec::new(), Vec::new(), false);
+    if !ov.emergency {
+        for w in windows.iter().filter(|w| w.components.covers(component)) {
+            let occ = occurrences(w, now, horizon);
+            known = known.min(occ.known_until);
+            match w.kind {
+                Kind::Allow => {
+                    any_allow = true;
+                    candidates.extend(occ.spans.iter().map(|(s, _)| *s));
+                    allow.extend(occ.spans);
+                }
+                Kind::Deny => {
+                    candidates.extend(occ.spans.iter().map(|(_, e)| *e));
+                    deny.extend(occ.spans);
+                }
+            }
         }
     }
-    for f in freezes.iter().filter(|f| f.components.covers(component)) {
-        if f.to >= now {
-            candidates.push(f.to);
-        }
-    }
+    let (allow, deny) = (union(allow), union(deny));
+    let (mut allow, mut deny, mut frozen) = (
+        Cursor::new(&allow),
+        Cursor::new(&deny),
+        Cursor::new(&frozen),
+    );
+    candidates.retain(|t| *t >= now && *t <= known);
     candidates.sort();
     candidates.dedup();
-    candidates
-        .into_iter()
-        .find(|t| decide_now(*t, component, windows, freezes, ov).allows_start())
+    candidates.into_iter().find(|t| {
+        // Evaluate all three so each cursor sees every (ascending) candidate.
+        let in_allow = allow.holding(*t).is_some();
+        let opened = !any_allow || in_allow;
+        let denied = deny.holding(*t).is_some();
+        let is_frozen = frozen.holding(*t).is_some();
+        opened && !denied && !is_frozen
+    })
 }
 
-/// For an allow window, the deny windows that cover all its components and block every one of its
-/// occurrences within the horizon (a window that can never open). Empty when it can open, or
-/// when it has no occurrence to judge.
-pub fn blocked_by<'a>(
-    allow: &Window,
-    windows: &'a [Window],
-    now: DateTime<Utc>,
-) -> Vec<&'a Window> {
-    let denies: Vec<&Window> = windows
-        .iter()
-        .filter(|d| d.kind == Kind::Deny && d.components.includes(&allow.components))
-        .collect();
-    if denies.is_empty() {
-        return denies;
+/// A look-ahead span in words: "400 days", "3 days", "17 hours", "40 minutes" (rounded down).
+pub fn span(d: Duration) -> String {
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if d.num_days() >= 1 {
+        plural(d.num_days(), "day")
+    } else if d.num_hours() >= 1 {
+        plural(d.num_hours(), "hour")
+    } else {
+        plural(d.num_minutes(), "minute")
     }
+}
+
+/// An allow window that can never open, and why.
+#[derive(Debug)]
+pub struct NeverOpens<'a> {
+    /// The index of the allow window in the slice given.
+    pub allow: usize,
+    /// The deny windows that cover all its components and, together, all its occurrences.
+    pub by: Vec<&'a Window>,
+    /// How far ahead that was checked (the horizon, or less when a schedule fires so often that
+    /// the look-ahead was capped).
+    pub checked: Duration,
+}
+
+/// The allow windows whose every occurrence within the horizon is covered by deny windows that
+/// cover all its components. Each window's occurrences are computed once, and each allow window
+/// is judged in one sweep: linear in the occurrences, bounded by [`MAX_CANDIDATES_PER_SOURCE`]
+/// per window (a budget, so a schedule that fires every minute cannot hang `validate`).
+pub fn never_open(windows: &[Window], now: DateTime<Utc>) -> Vec<NeverOpens<'_>> {
     let horizon = now + Duration::days(HORIZON_DAYS);
-    let mut any = false;
-    for s in allow
-        .starts_after(now)
-        .take_while(|s| *s <= horizon)
-        .take(MAX_CANDIDATES_PER_SOURCE)
-    {
-        any = true;
-        let end = s + allow.duration;
-        // Instants where the open/blocked state can change inside [s, end): s and deny ends.
-        let mut points = vec![s];
-        for d in &denies {
-            points.extend(
-                d.starts_after(s - d.duration)
-                    .take_while(|ds| *ds < end)
-                    .take(MAX_CANDIDATES_PER_SOURCE)
-                    .map(|ds| ds + d.duration)
-                    .filter(|e| *e > s && *e < end),
-            );
+    let mut out = Vec::new();
+    let mut deny_occ: Vec<Option<Occurrences>> = windows.iter().map(|_| None).collect();
+    // Deny occurrences must reach past the end of the last allow occurrence judged.
+    let longest = windows
+        .iter()
+        .filter(|w| w.kind == Kind::Allow)
+        .map(|w| w.duration)
+        .max()
+        .unwrap_or_default();
+    for (i, a) in windows.iter().enumerate() {
+        if a.kind != Kind::Allow {
+            continue;
         }
-        if points
-            .iter()
-            .any(|p| !denies.iter().any(|d| d.is_active(*p)))
-        {
-            return Vec::new();
+        let denies: Vec<usize> = (0..windows.len())
+            .filter(|d| {
+                windows[*d].kind == Kind::Deny && windows[*d].components.includes(&a.components)
+            })
+            .collect();
+        if denies.is_empty() {
+            continue;
+        }
+        let mine = occurrences(a, now, horizon);
+        let mut known = mine.known_until;
+        let mut covered = Vec::new();
+        for d in &denies {
+            let occ = deny_occ[*d]
+                .get_or_insert_with(|| occurrences(&windows[*d], now, horizon + longest));
+            known = known.min(occ.known_until);
+            covered.extend(occ.spans.iter().copied());
+        }
+        let covered = union(covered);
+        let mut cursor = Cursor::new(&covered);
+        let mut judged = 0;
+        let mut all_blocked = true;
+        for (s, e) in mine.spans.iter().filter(|(s, _)| *s >= now) {
+            if *e > known {
+                break;
+            }
+            judged += 1;
+            if !cursor.holding(*s).is_some_and(|(_, end)| end >= *e) {
+                all_blocked = false;
+                break;
+            }
+        }
+        if all_blocked && judged > 0 {
+            out.push(NeverOpens {
+                allow: i,
+                by: denies.iter().map(|d| &windows[*d]).collect(),
+                checked: known - now,
+            });
         }
     }
-    if any { denies } else { Vec::new() }
+    out
 }
 
 #[cfg(test)]
@@ -806,15 +932,117 @@ mod tests {
         let allow = win(Kind::Allow, "0 22 * * 6", 2, "UTC");
         let deny = win(Kind::Deny, "0 21 * * 6", 4, "UTC");
         let now = Utc.with_ymd_and_hms(2026, 11, 1, 0, 0, 0).unwrap();
-        assert_eq!(
-            blocked_by(&allow, std::slice::from_ref(&deny), now).len(),
-            1
-        );
+        let both = [allow.clone(), deny.clone()];
+        let never = never_open(&both, now);
+        assert_eq!(never.len(), 1);
+        assert_eq!((never[0].allow, never[0].by.len()), (0, 1));
+        assert_eq!(never[0].checked, Duration::days(HORIZON_DAYS));
         let partial = win(Kind::Deny, "0 23 * * 6", 4, "UTC");
-        assert!(blocked_by(&allow, &[partial], now).is_empty());
+        assert!(never_open(&[allow.clone(), partial], now).is_empty());
         assert_eq!(
             next_start(now, "k3s", &[allow, deny], &[], Override::default()),
             None
         );
+    }
+
+    /// The sweep in `next_start` agrees with a minute-by-minute scan of `decide_now` over
+    /// overlapping, touching and per-minute windows and a freeze.
+    #[test]
+    fn next_start_agrees_with_a_minute_by_minute_scan() {
+        let now = utc("2026-11-27T21:17:00Z");
+        let freeze = Freeze {
+            name: "f".into(),
+            from: utc("2026-11-28T22:00:00Z"),
+            to: utc("2026-11-28T23:30:00Z"),
+            components: Selector::All,
+        };
+        let mins = |m: i64| Duration::minutes(m);
+        let cases: Vec<Vec<Window>> = vec![
+            vec![win(Kind::Allow, "0 22 * * 6", 4, "UTC")],
+            vec![
+                win(Kind::Allow, "0 22 * * *", 4, "Europe/Berlin"),
+                win(Kind::Deny, "0 21 * * 5,6", 2, "UTC"),
+                win(Kind::Deny, "0 23 * * 5,6", 1, "UTC"),
+            ],
+            vec![
+                Window::new(
+                    "a",
+                    Kind::Allow,
+                    "* * * * *",
+                    mins(1),
+                    Tz::UTC,
+                    Selector::All,
+                )
+                .unwrap(),
+                Window::new(
+                    "d",
+                    Kind::Deny,
+                    "0-58 * * * *",
+                    mins(1),
+                    Tz::UTC,
+                    Selector::All,
+                )
+                .unwrap(),
+            ],
+            vec![win(Kind::Deny, "0 * * * *", 1, "UTC")],
+        ];
+        for ws in &cases {
+            let fast = next_start(
+                now,
+                "k3s",
+                ws,
+                std::slice::from_ref(&freeze),
+                Override::default(),
+            );
+            let slow = (0..8 * 24 * 60).map(|m| now + mins(m)).find(|t| {
+                decide_now(
+                    *t,
+                    "k3s",
+                    ws,
+                    std::slice::from_ref(&freeze),
+                    Override::default(),
+                )
+                .allows_start()
+            });
+            assert_eq!(fast, slow, "{ws:?}");
+        }
+    }
+
+    /// Sixteen per-minute windows: the check is bounded by its occurrence budget, and says how
+    /// far it looked.
+    #[test]
+    fn per_minute_windows_are_judged_within_a_budget() {
+        let now = utc("2026-11-27T21:17:00Z");
+        let mut ws = Vec::new();
+        for i in 0..8 {
+            let every = format!("{i}-59/8 * * * *");
+            ws.push(
+                Window::new(
+                    "d",
+                    Kind::Deny,
+                    &every,
+                    Duration::minutes(1),
+                    Tz::UTC,
+                    Selector::All,
+                )
+                .unwrap(),
+            );
+            ws.push(
+                Window::new(
+                    "a",
+                    Kind::Allow,
+                    "* * * * *",
+                    Duration::minutes(1),
+                    Tz::UTC,
+                    Selector::All,
+                )
+                .unwrap(),
+            );
+        }
+        let never = never_open(&ws, now);
+        assert_eq!(never.len(), 8);
+        assert!(never[0].checked >= Duration::days(3) && never[0].checked < Duration::days(4));
+        assert_eq!(span(never[0].checked), "3 days");
+        assert_eq!(next_start(now, "k3s", &ws, &[], Override::default()), None);
     }
 }

@@ -362,23 +362,29 @@ pub(super) fn resolve(
                 ),
                 "check the day and month fields",
             );
+        }
+    }
+    for never in windows::never_open(&compiled, now) {
+        let Some((file, pos, w)) = windows_out.get(never.allow) else {
             continue;
-        }
-        let blockers = windows::blocked_by(w, &compiled, now);
-        if !blockers.is_empty() {
-            let by: Vec<String> = blockers.iter().map(|b| format!("`{}`", b.name)).collect();
-            cx.warn(
-                file,
-                *pos,
-                format!(
-                    "allow window `{}` can never open: deny window {} covers every one of its occurrences in the next {} days",
-                    w.name,
-                    by.join(", "),
-                    windows::HORIZON_DAYS
-                ),
-                "shift one of the schedules, or remove the deny window",
-            );
-        }
+        };
+        let by: Vec<String> = never.by.iter().map(|b| format!("`{}`", b.name)).collect();
+        let (noun, verb) = if by.len() == 1 {
+            ("window", "covers")
+        } else {
+            ("windows", "cover")
+        };
+        cx.warn(
+            file,
+            *pos,
+            format!(
+                "allow window `{}` can never open: deny {noun} {} {verb} every one of its occurrences in the next {}",
+                w.name,
+                by.join(", "),
+                windows::span(never.checked)
+            ),
+            "shift one of the schedules, or remove the deny window",
+        );
     }
 
     if cx.failed() {
