@@ -81,7 +81,10 @@ pub fn load_repo(root: &Path, now: DateTime<Utc>) -> Result<Loaded> {
     let mut diags = Vec::new();
     let versions = match read_text(&canon, VERSIONS_FILE) {
         Ok(Some(text)) => match parse_yaml::<VersionsFile>(VERSIONS_FILE, &text) {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                diags.extend(shared_versions(&v, &text));
+                Some(v)
+            }
             Err(d) => {
                 diags.push(d);
                 None
@@ -304,7 +307,106 @@ pub fn parse_yaml<T: DeserializeOwned>(
         return Err(Diagnostic::error(rel, Pos::START, "the file is empty")
             .hint("start it with `apiVersion: upkeep.dev/v1alpha1` and a `kind`"));
     }
-    serde_saphyr::from_str_with_options::<T>(text, yaml_options()).map_err(|e| yaml_diag(rel, &e))
+    let value = serde_saphyr::from_str_with_options::<T>(text, yaml_options())
+        .map_err(|e| yaml_diag(rel, &e))?;
+    match foreign_tag(rel, text) {
+        Some(d) => Err(d),
+        None => Ok(value),
+    }
+}
+
+/// Components whose version is a scalar shared through an anchor and an alias. A proposal
+/// rewrites the version's text in place, so a PR for one component would change the other too.
+fn shared_versions(v: &VersionsFile, text: &str) -> Vec<Diagnostic> {
+    use granit_parser::{Event, Parser};
+    use std::collections::{BTreeMap, BTreeSet};
+    // The scalars under each anchor (an anchored scalar, or all scalars of an anchored mapping
+    // or sequence), and the anchors of the collections open around the current event.
+    let mut members: BTreeMap<usize, Vec<(u64, u64)>> = BTreeMap::new();
+    let mut open: Vec<usize> = Vec::new();
+    let mut shared: BTreeSet<(u64, u64)> = BTreeSet::new();
+    for item in Parser::new_from_str(text) {
+        let Ok((event, span)) = item else { break };
+        let at = (span.start.line() as u64, span.start.col() as u64 + 1);
+        match event {
+            Event::Scalar(_, _, id, _) => {
+                for a in open.iter().copied().chain([id]).filter(|a| *a > 0) {
+                    members.entry(a).or_default().push(at);
+                }
+            }
+            Event::MappingStart(_, id, _) | Event::SequenceStart(_, id, _) => open.push(id),
+            Event::MappingEnd | Event::SequenceEnd => {
+                open.pop();
+            }
+            Event::Alias(id) => {
+                shared.extend(members.get(&id).into_iter().flatten().copied());
+                shared.insert(at);
+            }
+            Event::StreamEnd => break,
+            _ => {}
+        }
+    }
+    // A whole mapping shared through an alias (or a `<<` merge) replays the same scalar.
+    let mut seen = BTreeSet::new();
+    for (_, e) in &v.components.0 {
+        let at = (e.version.pos.line, e.version.pos.column);
+        if !seen.insert(at) {
+            shared.insert(at);
+        }
+    }
+    v.components
+        .0
+        .iter()
+        .filter(|(_, e)| shared.contains(&(e.version.pos.line, e.version.pos.column)))
+        .map(|(name, e)| {
+            Diagnostic::error(
+                VERSIONS_FILE,
+                e.version.pos,
+                format!(
+                    "the version of `{}` is shared with another value through a YAML anchor and alias: a pull request for `{}` would change both",
+                    name.value, name.value
+                ),
+            )
+            .hint("write each component's version out in full")
+        })
+        .collect()
+}
+
+/// The first YAML tag outside the core schema (`!foo`, `!!python/object`), as an error. serde
+/// reads a tagged value as if the tag were not there, so a tag that means something to the
+/// author (an include, a secret reference) would be silently dropped. Syntax errors are left to
+/// the deserializer, which has already accepted `text`.
+fn foreign_tag(rel: &str, text: &str) -> Option<Diagnostic> {
+    use granit_parser::{Event, Parser};
+    for item in Parser::new_from_str(text) {
+        let (event, span) = item.ok()?;
+        let tag = match &event {
+            Event::Scalar(_, _, _, tag)
+            | Event::SequenceStart(_, _, tag)
+            | Event::MappingStart(_, _, tag) => tag.as_ref(),
+            Event::StreamEnd => return None,
+            _ => None,
+        };
+        if let Some(tag) = tag.filter(|t| t.core_suffix().is_none()) {
+            let pos = Pos {
+                line: span.start.line() as u64,
+                column: span.start.col() as u64 + 1,
+            };
+            let written: String = tag.original().chars().take(80).collect();
+            return Some(
+                Diagnostic::error(
+                    rel,
+                    pos,
+                    format!(
+                        "unknown YAML tag `{}`: upkeep does not act on tags, so what it asks for would be silently ignored",
+                        written.escape_debug()
+                    ),
+                )
+                .hint("remove the tag and write the value itself"),
+            );
+        }
+    }
+    None
 }
 
 fn yaml_diag(rel: &str, e: &serde_saphyr::Error) -> Diagnostic {
