@@ -62,6 +62,12 @@ fn setup(dir: &Path, spec: &str) {
             }
             "symlink-outside" => std::os::unix::fs::symlink("/etc/passwd", path).unwrap(),
             "symlink-dangling" => std::os::unix::fs::symlink("does-not-exist.yaml", path).unwrap(),
+            "symlink-loop" => std::os::unix::fs::symlink(path.file_name().unwrap(), &path).unwrap(),
+            // A file whose name holds a terminal escape sequence (which colours text red).
+            "escape-name" => {
+                let name = format!("\u{1b}[31m{}", path.file_name().unwrap().to_string_lossy());
+                fs::write(path.with_file_name(name), "").unwrap();
+            }
             other => panic!("unknown SETUP action {other}"),
         }
     }

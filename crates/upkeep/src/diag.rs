@@ -75,10 +75,37 @@ impl fmt::Display for Diagnostic {
         write!(
             f,
             "{}:{}:{}: {sev}: {}",
-            self.file, self.line, self.column, self.message
+            Printable(&self.file),
+            self.line,
+            self.column,
+            Printable(&self.message)
         )?;
         if let Some(h) = &self.hint {
-            write!(f, " (hint: {h})")?;
+            write!(f, " (hint: {})", Printable(h))?;
+        }
+        Ok(())
+    }
+}
+
+/// A control or bidirectional-text character: harmless in a file, but it can rewrite what a
+/// terminal or a rendered page shows.
+pub fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}')
+}
+
+/// Text for a terminal: control and bidirectional-override characters (from a file name or a
+/// value in the repository) are shown escaped (`\u{1b}`), never sent to the terminal as codes.
+pub struct Printable<'a>(pub &'a str);
+
+impl fmt::Display for Printable<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in self.0.chars() {
+            if hidden(c) {
+                write!(f, "{}", c.escape_unicode())?;
+            } else {
+                write!(f, "{c}")?;
+            }
         }
         Ok(())
     }

@@ -154,32 +154,105 @@ pub fn crontab_to_cron(expr: &str) -> Result<String> {
             "it restricts both day-of-month and day-of-week, which crontab combines with OR; restrict only one",
         ));
     }
-    for (i, (what, lo, hi)) in [
-        ("minute", 0, 59),
-        ("hour", 0, 23),
-        ("day of month", 1, 31),
-        ("month", 1, 12),
+    const MONTHS: [&str; 12] = [
+        "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+    ];
+    const DAYS: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+    let mut out = vec!["0".to_string()];
+    for (i, spec) in [
+        Field::new("minute", 0, 59),
+        Field::new("hour", 0, 23),
+        Field::new("day of month", 1, 31),
+        Field {
+            names: &MONTHS,
+            ..Field::new("month", 1, 12)
+        },
+        Field {
+            names: &DAYS,
+            ..Field::new("day of week", 0, 7)
+        },
     ]
-    .into_iter()
+    .iter()
     .enumerate()
     {
-        check_field(fields[i], what, lo, hi).map_err(|r| bad(&r))?;
+        let items = fields[i]
+            .split(',')
+            .map(|item| spec.item(item))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|r| bad(&r))?;
+        out.push(items.join(","));
     }
-    let dow = fields[4]
-        .split(',')
-        .map(translate_dow_item)
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|r| bad(&r))?
-        .join(",");
-    Ok(format!(
-        "0 {} {} {} {} {}",
-        fields[0], fields[1], fields[2], fields[3], dow
-    ))
+    Ok(out.join(" "))
 }
 
-/// Check the numbers in one crontab field (`1,5-10,*/15`) against its range; names pass through.
-fn check_field(field: &str, what: &str, lo: u32, hi: u32) -> std::result::Result<(), String> {
-    for item in field.split(',') {
+/// One crontab field: its name, range and (for month and day of week) names.
+struct Field {
+    what: &'static str,
+    lo: u32,
+    hi: u32,
+    names: &'static [&'static str],
+}
+
+impl Field {
+    const fn new(what: &'static str, lo: u32, hi: u32) -> Self {
+        Field {
+            what,
+            lo,
+            hi,
+            names: &[],
+        }
+    }
+
+    /// A value as a number: digits in range, or a name (`JAN` is 1, `SUN` is 0).
+    fn value(&self, s: &str) -> std::result::Result<u32, String> {
+        let what = self.what;
+        if s.is_empty() {
+            return Err(format!("the {what} field has an empty part"));
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return match s.parse::<u32>() {
+                Ok(v) if (self.lo..=self.hi).contains(&v) => Ok(v),
+                _ if self.what == "day of week" => Err(format!(
+                    "day of week `{s}` is out of range: use 0-7 (0 and 7 are Sunday) or a name like SAT"
+                )),
+                _ => Err(format!(
+                    "{what} `{s}` is out of range {}-{}",
+                    self.lo, self.hi
+                )),
+            };
+        }
+        let upper = s.to_ascii_uppercase();
+        if let Some(i) = self.names.iter().position(|n| *n == upper) {
+            return Ok(i as u32 + if self.what == "month" { 1 } else { 0 });
+        }
+        let shown: String = s
+            .chars()
+            .take(20)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
+        let special = if s.contains(['#', 'L', 'W']) {
+            " (`L`, `W` and `#` are Quartz extensions, not crontab)"
+        } else {
+            ""
+        };
+        Err(match self.names.first().zip(self.names.last()) {
+            Some((first, last)) => format!(
+                "{what} `{shown}` is neither a number {}-{} nor a name {first}-{last}{special}",
+                self.lo, self.hi
+            ),
+            None => format!(
+                "{what} `{shown}` is not a number {}-{}{special}",
+                self.lo, self.hi
+            ),
+        })
+    }
+
+    /// One comma-separated item (`*`, `5`, `1-5`, `*/15`, `MON-FRI/2`) in the cron crate's
+    /// numbers: names become numbers, and crontab's day-of-week numbers (0-7, Sunday 0 or 7)
+    /// become the crate's (1-7, Sunday 1). Messages quote the item as written.
+    fn item(&self, item: &str) -> std::result::Result<String, String> {
+        let what = self.what;
         let (base, step) = match item.split_once('/') {
             Some((b, s)) => (b, Some(s)),
             None => (item, None),
@@ -191,87 +264,71 @@ fn check_field(field: &str, what: &str, lo: u32, hi: u32) -> std::result::Result
                 "the {what} step `/{st}` must be a number of 1 or more"
             ));
         }
-        for n in base.split('-').filter(|n| *n != "*" && *n != "?") {
-            if n.is_empty() {
-                return Err(format!("the {what} field `{field}` has an empty part"));
+        let suffix = step.map(|s| format!("/{s}")).unwrap_or_default();
+        let dow = what == "day of week";
+        // crontab 0..=6 (Sun..Sat), 7 = Sun  ->  cron crate 1..=7 (Sun..Sat)
+        let shift = |n: u32| {
+            if !dow {
+                n
+            } else if n == 7 {
+                1
+            } else {
+                n + 1
             }
-            if n.bytes().all(|b| b.is_ascii_digit()) {
-                match n.parse::<u32>() {
-                    Ok(v) if (lo..=hi).contains(&v) => {}
-                    _ => return Err(format!("{what} `{n}` is out of range {lo}-{hi}")),
-                }
-            }
+        };
+        if base == "*" || base == "?" {
+            return Ok(format!("*{suffix}"));
         }
-    }
-    Ok(())
-}
-
-fn translate_dow_item(item: &str) -> std::result::Result<String, String> {
-    let (base, step) = match item.split_once('/') {
-        Some((b, s)) => (b, Some(s)),
-        None => (item, None),
-    };
-    let num = |s: &str| -> std::result::Result<Option<u32>, String> {
-        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() {
-            match s.parse::<u32>() {
-                Ok(n) if n <= 7 => Ok(Some(n)),
-                _ => Err(format!(
-                    "day of week `{s}` is out of range: use 0-7 (0 and 7 are Sunday) or a name like SAT"
-                )),
-            }
-        } else {
-            Ok(None)
-        }
-    };
-    // crontab 0..=6 (Sun..Sat), 7 = Sun  ->  cron crate 1..=7 (Sun..Sat)
-    let shift = |n: u32| if n == 7 { 1 } else { n + 1 };
-    let suffix = step.map(|s| format!("/{s}")).unwrap_or_default();
-    let translated = match base.split_once('-') {
-        Some((a, b)) => match (num(a)?, num(b)?) {
-            (Some(a), Some(7)) if step.is_none() => {
-                // `5-7` (Fri..Sun) becomes `6-7,1`
-                if a == 7 || a == 0 {
-                    return Ok(if a == 0 {
-                        "1-7".to_string()
-                    } else {
-                        "1".to_string()
-                    });
+        let Some((a, b)) = base.split_once('-') else {
+            return Ok(format!("{}{suffix}", shift(self.value(base)?)));
+        };
+        let (a, b) = (self.value(a)?, self.value(b)?);
+        if a > b {
+            let top = if dow { 6 } else { self.hi };
+            let part = |x: u32, y: u32| {
+                if x == y {
+                    x.to_string()
+                } else {
+                    format!("{x}-{y}")
                 }
-                return Ok(format!("{}-7,1", a + 1));
-            }
-            (Some(_), Some(7)) => {
+            };
+            return Err(format!(
+                "the {what} range `{base}` runs backwards: crontab ranges go from low to high, so write it as `{},{}`",
+                part(a, top),
+                part(self.lo, b)
+            ));
+        }
+        if dow && b == 7 {
+            if step.is_some() {
                 return Err(
                     "a stepped day-of-week range cannot end at 7; write Sunday as 0".to_string(),
                 );
             }
-            (Some(a), Some(b)) => format!("{}-{}", shift(a), shift(b)),
-            (None, None) => base.to_string(),
-            _ => {
-                return Err(format!(
-                    "day-of-week range `{base}` mixes numbers and names"
-                ));
-            }
-        },
-        None => match num(base)? {
-            Some(n) => shift(n).to_string(),
-            None => base.to_string(),
-        },
-    };
-    Ok(format!("{translated}{suffix}"))
+            // `5-7` (Fri..Sun) becomes `6-7,1`
+            return Ok(match a {
+                0 => "1-7".to_string(),
+                7 => "1".to_string(),
+                a => format!("{}-7,1", a + 1),
+            });
+        }
+        Ok(format!("{}-{}{suffix}", shift(a), shift(b)))
+    }
 }
 
-/// Parse a 5-field crontab expression into a schedule.
 pub fn parse_schedule(expr: &str) -> Result<cron::Schedule> {
     let c = crontab_to_cron(expr)?;
     cron::Schedule::from_str(&c).map_err(|e| Error::Schedule {
         expr: expr.to_string(),
         // The crate's message spans lines and shows its own 6-field form; keep its last line.
+        // Its last line can be a bare `^` under an echo of that form: take the last line
+        // that says something.
         reason: e
             .to_string()
             .lines()
-            .last()
-            .unwrap_or_default()
-            .trim()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.chars().any(char::is_alphanumeric) && !l.starts_with("0 "))
+            .unwrap_or("the schedule is not understood")
             .to_string(),
     })
 }
@@ -711,10 +768,9 @@ mod tests {
         assert_eq!(crontab_to_cron("0 2 * * 1-5").unwrap(), "0 0 2 * * 2-6");
         assert_eq!(crontab_to_cron("0 2 * * 5-7").unwrap(), "0 0 2 * * 6-7,1");
         assert_eq!(crontab_to_cron("0 2 * * */2").unwrap(), "0 0 2 * * */2");
-        assert_eq!(
-            crontab_to_cron("0 2 * * SAT,SUN").unwrap(),
-            "0 0 2 * * SAT,SUN"
-        );
+        assert_eq!(crontab_to_cron("0 2 * * SAT,SUN").unwrap(), "0 0 2 * * 7,1");
+        assert_eq!(crontab_to_cron("0 2 * * MON-7").unwrap(), "0 0 2 * * 2-7,1");
+        assert_eq!(crontab_to_cron("0 2 * mar-may *").unwrap(), "0 0 2 * 3-5 *");
         assert_eq!(crontab_to_cron("@weekly").unwrap(), "0 0 0 * * 1");
         assert!(crontab_to_cron("0 0 22 * * 6").is_err());
         assert!(crontab_to_cron("0 22 1 * 6").is_err());
@@ -726,6 +782,32 @@ mod tests {
         assert!(parse_schedule("0 22 * 13 *").is_err());
         assert!(parse_schedule("*/0 22 * * *").is_err());
         assert!(parse_schedule("0 22 * JAN-MAR SAT").is_ok());
+        // Messages speak crontab, in the user's own spelling, never the crate's internal form.
+        let reason = |e: &str| match parse_schedule(e) {
+            Err(Error::Schedule { reason, .. }) => reason,
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            reason("0 22 * * 6-1"),
+            "the day of week range `6-1` runs backwards: crontab ranges go from low to high, so write it as `6,0-1`"
+        );
+        assert_eq!(
+            reason("0 22 * * FRI-MON"),
+            "the day of week range `FRI-MON` runs backwards: crontab ranges go from low to high, so write it as `5-6,0-1`"
+        );
+        assert_eq!(
+            reason("50-10 * * * *"),
+            "the minute range `50-10` runs backwards: crontab ranges go from low to high, so write it as `50-59,0-10`"
+        );
+        assert_eq!(
+            reason("0 22 * * 1#2"),
+            "day of week `1#2` is neither a number 0-7 nor a name SUN-SAT (`L`, `W` and `#` are Quartz extensions, not crontab)"
+        );
+        assert_eq!(reason("0 2x * * *"), "hour `2x` is not a number 0-23");
+        assert_eq!(
+            reason("0 22 * JANX *"),
+            "month `JANX` is neither a number 1-12 nor a name JAN-DEC"
+        );
     }
 
     #[test]

@@ -223,9 +223,15 @@ fn read_text(root: &Path, rel: &str) -> std::result::Result<Option<String>, Diag
         Err(e) => return Err(err(format!("cannot read: {e}"))),
     };
     let meta = if meta.file_type().is_symlink() {
-        let target = fs::canonicalize(&path).map_err(|_| {
-            err("is a symlink to nothing (dangling)".into())
-                .hint("remove the link or restore its target")
+        let target = fs::canonicalize(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => err("is a symlink to nothing (dangling)".into())
+                .hint("remove the link or restore its target"),
+            // ELOOP: the link leads back to itself, directly or through other links.
+            _ if e.raw_os_error() == Some(40) => {
+                err("is a symlink loop: following it leads back to a link already followed".into())
+                    .hint("point the link at a real file")
+            }
+            _ => err(format!("is a symlink that cannot be followed: {e}")),
         })?;
         if !target.starts_with(root) {
             return Err(err(format!(

@@ -115,9 +115,7 @@ pub(super) fn resolve(
     let rules = component_rules(&mut cx, policies);
     if let Some(v) = versions
         && let Some(c) = &v.cluster
-        && c.value
-            .chars()
-            .any(|ch| ch.is_control() || matches!(ch, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}'))
+        && c.value.chars().any(crate::diag::hidden)
     {
         cx.error(
             VERSIONS_FILE,
