@@ -609,6 +609,15 @@ pub struct NetArgs {
     /// Components fetched at once.
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
+    /// The least time between two writes to the forge (pull requests, comments, the
+    /// dashboard), in milliseconds. GitHub asks for at least a second.
+    #[arg(
+        long,
+        env = "UPKEEP_FORGE_WRITE_INTERVAL_MS",
+        default_value_t = 1000,
+        value_name = "MILLISECONDS"
+    )]
+    forge_write_interval_ms: u64,
 }
 
 impl NetArgs {
@@ -630,6 +639,7 @@ impl NetArgs {
             timeout: Duration::from_secs(self.timeout.max(1)),
             max_wait: Duration::from_secs(self.max_rate_limit_wait),
             concurrency: self.concurrency.max(1),
+            write_interval: Duration::from_millis(self.forge_write_interval_ms),
             cache_dir: if self.no_cache {
                 None
             } else {

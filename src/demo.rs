@@ -143,7 +143,9 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
         Some(TOKEN.into()),
     )
     .map_err(|e| e.to_string())?;
-    let forge = GitHub::new(&gh.url(), REPO, Some(TOKEN)).map_err(|e| e.to_string())?;
+    let mut forge = GitHub::new(&gh.url(), REPO, Some(TOKEN)).map_err(|e| e.to_string())?;
+    // The demo's forge is the local emulator; a real one gets the default second between writes.
+    forge.write_interval = std::time::Duration::from_millis(50);
     let cat = std::sync::Arc::new(catalog);
 
     // 1. Detect and propose.
@@ -374,7 +376,10 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
 }
 
 async fn merge(gh: &UpstreamSim, number: u64) -> Result<(), String> {
-    let c = reqwest::Client::new();
+    let c = reqwest::Client::builder()
+        .user_agent("upkeep-demo")
+        .build()
+        .map_err(|e| e.to_string())?;
     let r = c
         .put(format!("{}/repos/{REPO}/pulls/{number}/merge", gh.url()))
         .header("authorization", format!("Bearer {TOKEN}"))

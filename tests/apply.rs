@@ -108,7 +108,7 @@ impl World {
     /// The user merges upkeep's PR for `component` `from` -> `to`.
     fn merge_update(&self, component: &str, from: &str, to: &str) {
         let number = self.open_update(component, from, to);
-        let r = reqwest::blocking::Client::new()
+        let r = common::http()
             .put(format!(
                 "{}/repos/{REPO}/pulls/{number}/merge",
                 self.gh.url()
@@ -172,6 +172,7 @@ impl World {
         let kc = self.dir.path().join("kubeconfig");
         self.kube.write_kubeconfig(&kc).expect("kubeconfig");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
             .args(args)
             .arg("--kubeconfig")
             .arg(&kc)
@@ -195,7 +196,9 @@ impl World {
     }
 
     fn forge(&self) -> GitHub {
-        GitHub::new(&self.gh.url(), REPO, Some(TOKEN)).expect("forge")
+        let mut f = GitHub::new(&self.gh.url(), REPO, Some(TOKEN)).expect("forge");
+        f.write_interval = std::time::Duration::from_millis(20);
+        f
     }
 
     /// One apply cycle with at most `budget` of real time.
@@ -757,7 +760,7 @@ fn a_longhorn_upgrade_that_degrades_a_volume_needs_attention_and_one_that_fails_
 
 impl World {
     fn label_pr(&self, label: &str) {
-        let c = reqwest::blocking::Client::new();
+        let c = common::http();
         let r = c
             .post(format!("{}/repos/{REPO}/issues/1/labels", self.gh.url()))
             .header("authorization", format!("Bearer {TOKEN}"))

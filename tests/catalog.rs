@@ -180,6 +180,7 @@ fn output(cmd: &mut Command) -> (i32, String, String) {
 fn upkeep(args: &[&str]) -> (i32, String, String) {
     output(
         Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
             .args(args)
             .env("UPKEEP_LOG", "warn"),
     )
@@ -445,6 +446,7 @@ fn an_exported_catalog_signed_with_minisign_gives_the_same_answers_offline() {
     let online = |args: &[&str]| {
         output(
             Command::new(env!("CARGO_BIN_EXE_upkeep"))
+                .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
                 .args(args)
                 .arg("--repo")
                 .arg(&repo)
@@ -514,6 +516,7 @@ fn sim_serve_answers_like_the_shipped_catalog() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut server = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(["sim", "serve", "--port", "0"])
         .stdout(Stdio::piped())
         .spawn()

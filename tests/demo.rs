@@ -6,6 +6,7 @@ use std::process::Command;
 fn demo() -> (tempfile::TempDir, std::process::Output) {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(["demo", "--dir"])
         .arg(dir.path())
         .output()

@@ -30,6 +30,7 @@ fn plan(sim: &KubeSim, dir: &Path, repo: &Path, extra: &[&str]) -> (i32, String)
     let kc = dir.join("kubeconfig");
     sim.write_kubeconfig(&kc).expect("kubeconfig");
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args([
             "plan",
             "--offline",
@@ -121,6 +122,7 @@ fn an_unreachable_cluster_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let repo = config(dir.path(), "v1.33.4+k3s1", "v1.9.1");
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(["plan", "--repo"])
         .arg(&repo)
         .arg("--kubeconfig")

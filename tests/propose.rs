@@ -3,6 +3,8 @@
 //! each crash point (simulated by failing the next request: the cycle stops there, as a killed
 //! process would), an invalid versions.yaml on the base branch, and --dry-run.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -91,6 +93,7 @@ impl World {
     fn forge(&self) -> GitHub {
         let mut f = GitHub::new(&self.sim.url(), REPO, Some(TOKEN)).expect("forge");
         f.retries = 0;
+        f.write_interval = std::time::Duration::from_millis(20);
         f
     }
 
@@ -170,7 +173,7 @@ impl World {
     }
 
     fn forge_call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
-        let c = reqwest::blocking::Client::new();
+        let c = common::http();
         let r = c
             .request(
                 reqwest::Method::from_bytes(method.as_bytes()).expect("m"),
@@ -189,6 +192,7 @@ impl World {
     /// `upkeep propose` against this world, with its own state directory.
     fn propose_cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+        c.env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20");
         c.args([
             "propose",
             "--repo-url",

@@ -116,6 +116,7 @@ impl World {
         let port = free_port();
         let log = self.dir.path().join(format!("{name}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_upkeep"));
+        cmd.env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20");
         cmd.arg("run")
             .args(args)
             .arg("--listen")
@@ -138,7 +139,7 @@ impl World {
     }
 
     fn merge(&self, number: u64) {
-        let r = reqwest::blocking::Client::new()
+        let r = common::http()
             .put(format!(
                 "{}/repos/{REPO}/pulls/{number}/merge",
                 self.gh.url()
@@ -289,7 +290,7 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
     p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
     assert_eq!(p.get("/healthz").map(|x| x.0), Some(200));
     // Without a secret, webhooks are off.
-    let r = reqwest::blocking::Client::new()
+    let r = common::http()
         .post(format!("{}/webhook", p.base))
         .body("{}")
         .send()
@@ -337,7 +338,7 @@ fn the_controller_proposes_applies_and_reports_through_metrics() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
-    let open = reqwest::blocking::Client::new()
+    let open = common::http()
         .get(format!("{}/metrics", p.base))
         .header(
             "accept",
@@ -501,7 +502,7 @@ fn a_signed_webhook_starts_the_rollout_at_once_and_bad_ones_are_refused() {
     });
     p.wait("ready", &|| p.get("/readyz").is_some_and(|(s, _)| s == 200));
     p.wait("a pull request", &|| !w.pulls().is_empty());
-    let client = reqwest::blocking::Client::new();
+    let client = common::http();
     let deliver = |sig: Option<&str>, body: &str| {
         let mut r = client
             .post(format!("{}/webhook", p.base))
@@ -582,6 +583,7 @@ fn a_bad_config_file_is_refused_with_its_position() {
     )
     .expect("write");
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(["run", "--config"])
         .arg(&file)
         .output()
@@ -742,7 +744,7 @@ fn the_next_hop_is_proposed_once_the_current_one_runs() {
     assert_eq!(first.len(), 1, "{first:?}");
     w.merge(1);
     let dashboard = || -> String {
-        let text = reqwest::blocking::Client::new()
+        let text = common::http()
             .get(format!("{}/repos/{REPO}/issues?state=open", w.gh.url()))
             .header("authorization", format!("Bearer {TOKEN}"))
             .send()
@@ -757,7 +759,7 @@ fn the_next_hop_is_proposed_once_the_current_one_runs() {
             .collect()
     };
     let pulls = || -> Vec<(String, String)> {
-        let text = reqwest::blocking::Client::new()
+        let text = common::http()
             .get(format!("{}/repos/{REPO}/pulls?state=all", w.gh.url()))
             .header("authorization", format!("Bearer {TOKEN}"))
             .send()
@@ -849,6 +851,7 @@ fn browse(w: &World, url: &str) -> String {
 /// `upkeep` with `args` against the world's cluster; (exit code, stdout, stderr).
 fn upkeep_cli(w: &World, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(args)
         .arg("--kubeconfig")
         .arg(&w.kubeconfig)
@@ -1105,6 +1108,7 @@ fn an_unreachable_api_and_a_bad_token_are_said_as_such() {
         let path = w.dir.path().join("other-kubeconfig");
         std::fs::write(&path, kubeconfig).expect("write");
         let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
             .args(["get", "--kubeconfig"])
             .arg(&path)
             .output()
@@ -1140,6 +1144,7 @@ fn an_unreachable_api_and_a_bad_token_are_said_as_such() {
 fn apply_prints_json_when_asked() {
     let w = World::new(60.0, None);
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(["apply", "--output", "json", "--wait", "0", "--repo-url"])
         .arg(format!("file://{}", w.bare.display()))
         .arg("--kubeconfig")
@@ -1231,6 +1236,7 @@ fn doctor_checks_the_installation_and_the_token() {
     let w = World::new(60.0, None);
     let doctor = |token: &str| {
         let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
             .args(["doctor", "--owner", "homelab", "--name", "cluster"])
             .arg("--github-api-url")
             .arg(w.gh.url())
@@ -1306,7 +1312,7 @@ fn a_ticked_emergency_box_starts_a_waiting_rollout() {
     p.wait("a pull request", &|| !w.pulls().is_empty());
     w.merge(1);
     let issue = |n: u64| -> serde_json::Value {
-        let text = reqwest::blocking::Client::new()
+        let text = common::http()
             .get(format!("{}/repos/{REPO}/issues/{n}", w.gh.url()))
             .header("authorization", format!("Bearer {TOKEN}"))
             .send()
@@ -1332,7 +1338,7 @@ fn a_ticked_emergency_box_starts_a_waiting_rollout() {
         "- [x] <!-- upkeep:emergency=",
         1,
     );
-    let r = reqwest::blocking::Client::new()
+    let r = common::http()
         .patch(format!("{}/repos/{REPO}/issues/{n}", w.gh.url()))
         .header("authorization", format!("Bearer {TOKEN}"))
         .body(serde_json::json!({"body": ticked}).to_string())

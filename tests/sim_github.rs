@@ -47,7 +47,10 @@ impl Forge {
         Forge {
             sim,
             dir,
-            http: Client::new(),
+            http: Client::builder()
+                .user_agent("upkeep-test")
+                .build()
+                .expect("client"),
         }
     }
 
@@ -604,4 +607,84 @@ fn faults_on_forge_paths_and_a_push_race() {
         .expect("get");
     assert_eq!(bad.status().as_u16(), 401);
     assert_eq!(f.sim.counters().writes, 2, "the two POSTs");
+}
+
+/// GitHub refuses a request without a User-Agent and more than 80 content-creating requests a
+/// minute; the forge client sends one, spaces its writes, and never repeats a create that
+/// GitHub carried out but answered with a 502 (a second dashboard, a doubled comment).
+#[test]
+fn the_forge_client_writes_as_github_asks() {
+    use upkeep::forge::{Forge as _, GitHub};
+    let f = Forge::new();
+    let bare = Client::new()
+        .get(f.url(&format!("/repos/{REPO}/pulls")))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .expect("get");
+    assert_eq!(bare.status().as_u16(), 403, "no User-Agent, no answer");
+    assert!(
+        bare.text()
+            .unwrap_or_default()
+            .contains("User-Agent header")
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _in = rt.enter();
+    let mut gh = GitHub::new(&f.sim.url(), REPO, Some(TOKEN)).expect("client");
+    gh.backoff = std::time::Duration::from_millis(10);
+    gh.write_interval = std::time::Duration::from_millis(0);
+    let count = |path: &str| {
+        let (_, v) = f.call("GET", &format!("/repos/{REPO}{path}"), None);
+        v.as_array().map_or(0, Vec::len)
+    };
+
+    // The answers are lost after GitHub acted: each create happens once, and says so.
+    f.sim
+        .inject_method("POST", "/issues", Fault::LostAnswer(502), 1);
+    let labels = ["upkeep/dashboard".to_string()];
+    let dash = rt
+        .block_on(gh.create_issue("Dependency dashboard", "body", &labels))
+        .expect("created once");
+    assert_eq!(count("/issues?state=all"), 1, "one dashboard");
+    assert_eq!(dash.number, 1);
+    f.sim
+        .inject_method("POST", "/comments", Fault::LostAnswer(502), 1);
+    rt.block_on(gh.comment(dash.number, "hello"))
+        .expect("commented");
+    assert_eq!(count("/issues/1/comments"), 1, "one comment");
+    f.push_branch("upkeep/k3s-v1.33.5+k3s1", "v1.33.4+k3s1", "v1.33.5+k3s1");
+    f.sim
+        .inject_method("POST", "/pulls", Fault::LostAnswer(502), 1);
+    let pr = rt
+        .block_on(gh.create_pull("k3s", "upkeep/k3s-v1.33.5+k3s1", "main", "body"))
+        .expect("opened once");
+    assert_eq!(count("/pulls?state=all"), 1, "one pull request");
+    assert_eq!(pr.head, "upkeep/k3s-v1.33.5+k3s1");
+    // A create that really failed is tried again.
+    f.sim
+        .inject_method("POST", "/comments", Fault::Status(502), 1);
+    rt.block_on(gh.comment(dash.number, "again"))
+        .expect("retried");
+    assert_eq!(count("/issues/1/comments"), 2);
+
+    // Writes are spaced: three comments at one a second take two seconds at least.
+    gh.write_interval = std::time::Duration::from_secs(1);
+    let start = std::time::Instant::now();
+    for i in 0..3 {
+        rt.block_on(gh.comment(dash.number, &format!("spaced {i}")))
+            .expect("comment");
+    }
+    assert!(start.elapsed() >= std::time::Duration::from_secs(2));
+
+    // Unspaced, the emulator holds the client to GitHub's 80 a minute.
+    gh.write_interval = std::time::Duration::ZERO;
+    gh.retries = 0;
+    let refused = (0..upkeep_sim::upstream::CONTENT_WRITES_PER_MINUTE)
+        .map(|i| rt.block_on(gh.comment(dash.number, &format!("burst {i}"))))
+        .find_map(Result::err)
+        .expect("the burst is refused before its end");
+    assert!(refused.to_string().contains("rate limit"), "{refused}");
 }

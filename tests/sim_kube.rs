@@ -972,6 +972,7 @@ fn upkeep_sim_serve_runs_and_kubectl_lists_its_nodes() {
     std::fs::write(&faults, "- kind: nodeNeverReady\n  node: agent-3\n").expect("write");
     let start = |extra: &[&str]| {
         let mut child = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
             .args(["sim", "serve", "--agents", "3", "--state-dir"])
             .arg(dir.path().join("state"))
             .args(extra)
@@ -1029,6 +1030,7 @@ fn upkeep_sim_serve_runs_and_kubectl_lists_its_nodes() {
     assert_eq!(out.trim(), "node/agent-2");
     // A bad faults file is a usage error that names the file.
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(["sim", "serve", "--faults"])
         .arg(dir.path().join("nope.yaml"))
         .output()

@@ -94,7 +94,7 @@ async fn served_releases_validate_against_githubs_openapi_schema() {
     let schema = api.0["paths"]["/repos/{owner}/{repo}/releases"]["get"]["responses"]["200"]
         ["content"]["application/json"]["schema"]
         .clone();
-    let text = reqwest::get(format!(
+    let text = ua_get(format!(
         "{}/repos/longhorn/longhorn/releases?per_page=100",
         sim.url()
     ))
@@ -116,7 +116,7 @@ async fn served_releases_validate_against_githubs_openapi_schema() {
     api.check(&schema, &Value::Array(vec![bad]), "$", &mut errs);
     assert_eq!(errs.len(), 2, "{errs:#?}");
     // The error shape of a 404 too.
-    let resp = reqwest::get(format!("{}/repos/no/such/releases", sim.url()))
+    let resp = ua_get(format!("{}/repos/no/such/releases", sim.url()))
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
@@ -476,6 +476,7 @@ fn the_cli_reads_github_through_the_flags_and_env() {
     fs::write(&token, "ghp_cli_secret_987\n").unwrap();
     sim.require_token("ghp_cli_secret_987");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(["check", "--output", "json", "--now", NOW, "--repo"])
         .arg(dir.path())
         .arg("--github-token-file")
@@ -612,4 +613,14 @@ async fn a_next_page_link_to_the_same_page_is_not_followed() {
         .unwrap();
     assert_eq!(f.releases.len(), 1);
     assert_eq!(sim.counters().requests - before, 1);
+}
+
+/// A GET with a User-Agent, as GitHub requires of every client.
+async fn ua_get(url: String) -> reqwest::Result<reqwest::Response> {
+    reqwest::Client::builder()
+        .user_agent("upkeep-test")
+        .build()?
+        .get(url)
+        .send()
+        .await
 }

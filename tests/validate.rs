@@ -218,6 +218,7 @@ fn presets_validate_with_the_example_versions() {
 
 fn upkeep_cmd(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
         .args(args)
         .output()
         .unwrap();

@@ -85,6 +85,9 @@ pub enum Fault {
     /// Answer normally, but with a `Link: rel="next"` that points back at the same page (a
     /// broken proxy or server).
     SelfLink,
+    /// Carry the request out, then answer with this status instead of the result: a gateway
+    /// that gave up after the backend acted (GitHub's 502 on a POST that did create).
+    LostAnswer(u16),
     /// Before answering, someone else pushes a commit to `branch` of the forge's `repo`
     /// (`owner/name`): a push race for whoever fetched before.
     LandCommit { repo: String, branch: String },

@@ -88,7 +88,13 @@ struct Data {
     token: Option<String>,
     /// The token the forge (pull requests, issues, git) requires, if other than `token`.
     forge_token: Option<String>,
+    /// When each recent content-creating request (POST, PATCH, PUT, DELETE) arrived.
+    writes_at: VecDeque<std::time::Instant>,
 }
+
+/// GitHub's secondary rate limit on content-creating requests: "no more than 80
+/// content-generating requests per minute" (docs.github.com, "Rate limits for the REST API").
+pub const CONTENT_WRITES_PER_MINUTE: usize = 80;
 
 struct Inner {
     data: Mutex<Data>,
@@ -300,8 +306,34 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         }
         return git_http(&inner, &method, &path, &query, &headers, body).await;
     }
+    // "Requests with no User-Agent header will be rejected" (docs.github.com, "Getting started
+    // with the REST API"), with this plain-text 403.
+    if !headers.contains_key(axum::http::header::USER_AGENT) {
+        let mut r = Response::new(axum::body::Body::from(
+            "Request forbidden by administrative rules. Please make sure your request has a User-Agent header (https://docs.github.com/en/rest/overview/resources-in-the-rest-api#user-agent-required). Check https://developer.github.com for other possible causes.\n",
+        ));
+        *r.status_mut() = StatusCode::FORBIDDEN;
+        set(r.headers_mut(), "content-type", "text/plain; charset=utf-8");
+        return r;
+    }
     if method != "GET" && method != "HEAD" {
         inner.counters.writes.fetch_add(1, Ordering::Relaxed);
+        let mut data = inner.data.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        while data
+            .writes_at
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(60))
+        {
+            data.writes_at.pop_front();
+        }
+        if data.writes_at.len() >= CONTENT_WRITES_PER_MINUTE {
+            return error(
+                StatusCode::FORBIDDEN,
+                "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+            );
+        }
+        data.writes_at.push_back(now);
     }
     let fault = take_fault(
         &mut inner.data.lock().unwrap_or_else(|e| e.into_inner()),
@@ -352,6 +384,13 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             let mut r = error(StatusCode::TOO_MANY_REQUESTS, "Too many requests");
             set(r.headers_mut(), "retry-after", &retry_after.to_string());
             r
+        }
+        Some(Fault::LostAnswer(s)) => {
+            let _carried_out = forge_route(&inner, &method, &path, &query, &headers, &body);
+            error(
+                StatusCode::from_u16(*s).unwrap_or(StatusCode::BAD_GATEWAY),
+                "simulated failure after the request was carried out",
+            )
         }
         _ => match forge_route(&inner, &method, &path, &query, &headers, &body) {
             Some(r) => r,
@@ -524,7 +563,12 @@ fn send_deliveries(deliveries: Vec<super::github::Delivery>) {
     upkeep::sources::install_crypto_provider();
     tokio::spawn(async move {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let client = reqwest::Client::new();
+        // GitHub's deliveries come from "GitHub-Hookshot/<id>" (docs.github.com, "Webhook
+        // events and payloads", delivery headers).
+        let client = reqwest::Client::builder()
+            .user_agent("GitHub-Hookshot/upkeep-sim")
+            .build()
+            .unwrap_or_default();
         for d in deliveries {
             let body = serde_json::to_vec(&d.body).unwrap_or_default();
             let id = NEXT.fetch_add(1, Ordering::Relaxed);

@@ -149,6 +149,10 @@ pub struct GitHub {
     /// conditional request: an unchanged one costs a 304, which GitHub does not count against the
     /// rate limit.
     pages: std::sync::Mutex<std::collections::HashMap<String, (String, Value)>>,
+    /// The least time between two writes (see [`crate::sources::NetConfig::write_interval`]).
+    pub write_interval: Duration,
+    /// When the last write went out.
+    last_write: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Lists are read to the end, up to this many pages of 100; a longer one is an error, never cut
@@ -193,6 +197,8 @@ impl GitHub {
             timeout: Duration::from_secs(30),
             counters: Counters::default(),
             pages: Default::default(),
+            write_interval: Duration::from_secs(1),
+            last_write: Default::default(),
         })
     }
 
@@ -209,6 +215,7 @@ impl GitHub {
         self.max_wait = net.max_wait;
         self.retries = net.retries;
         self.backoff = net.backoff;
+        self.write_interval = net.write_interval;
         self
     }
 
@@ -235,12 +242,10 @@ impl GitHub {
         let mut attempt = 0u32;
         loop {
             let r = self.once(method.clone(), path, body, etag).await;
-            let retry = match &r {
-                Err(Error::Transport { .. }) => true,
-                Err(Error::Status { status, .. }) => *status >= 500,
-                _ => false,
-            };
-            if !retry || attempt >= self.retries {
+            // A create (POST) is never repeated blindly: GitHub may have carried it out and
+            // still answered 502 or not at all. `create` checks before it tries again.
+            let repeatable = method != Method::POST || path.ends_with("/labels");
+            if !repeatable || !uncertain(&r) || attempt >= self.retries {
                 return r;
             }
             let wait = self.backoff.saturating_mul(1 << attempt.min(10));
@@ -257,6 +262,9 @@ impl GitHub {
         body: Option<&Value>,
         etag: Option<&str>,
     ) -> Result<(u16, Value, Option<String>)> {
+        if method != Method::GET {
+            self.space_writes().await;
+        }
         let url = self.url(path);
         let m = method.to_string();
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -355,6 +363,55 @@ impl GitHub {
         })
     }
 
+    /// Wait until [`write_interval`](Self::write_interval) has passed since the last write.
+    async fn space_writes(&self) {
+        let wait = {
+            let mut last = self.last_write.lock().unwrap_or_else(|e| e.into_inner());
+            let now = std::time::Instant::now();
+            let at = last.map_or(now, |l| (l + self.write_interval).max(now));
+            *last = Some(at);
+            at - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A create (POST). After an answer that leaves it unknown whether GitHub carried it out
+    /// (a 5xx or no answer), `happened` looks for the result before the create is tried again,
+    /// so a dashboard or a comment is never made twice. When it cannot tell, the error stands
+    /// and the next cycle starts from what the forge shows.
+    async fn create<T, F, Fut>(
+        &self,
+        path: &str,
+        body: &Value,
+        parse: fn(&Value) -> T,
+        happened: F,
+    ) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            let r = self.send(Method::POST, path, Some(body)).await;
+            if !uncertain(&r) || attempt >= self.retries {
+                return r.map(|(_, v)| parse(&v));
+            }
+            tokio::time::sleep(self.backoff.saturating_mul(1 << attempt.min(10))).await;
+            match happened().await {
+                Ok(Some(done)) => {
+                    tracing::info!(path, "a create that seemed to fail had been carried out");
+                    return Ok(done);
+                }
+                Ok(None) => {}
+                Err(_) => return r.map(|(_, v)| parse(&v)),
+            }
+            tracing::debug!(path, attempt, "the create did not happen; trying again");
+            attempt += 1;
+        }
+    }
+
     /// A write whose answer is not needed.
     async fn write(&self, method: Method, path: &str, body: &Value) -> Result<()> {
         self.send(method, path, Some(body)).await.map(|_| ())
@@ -399,6 +456,15 @@ impl GitHub {
             }
         }
         Err(Error::TooMany { path: path.into() })
+    }
+}
+
+/// Whether a failed request may or may not have been carried out (worth a retry).
+fn uncertain<T>(r: &Result<T>) -> bool {
+    match r {
+        Err(Error::Transport { .. }) => true,
+        Err(Error::Status { status, .. }) => *status >= 500,
+        _ => false,
     }
 }
 
@@ -495,14 +561,12 @@ impl Forge for GitHub {
         base: &str,
         body: &str,
     ) -> Result<PullRequest> {
-        let (_, v) = self
-            .send(
-                Method::POST,
-                "/pulls",
-                Some(&json!({"title": cut(title, TITLE), "head": head, "base": base, "body": cut(body, BODY)})),
-            )
-            .await?;
-        Ok(pull_of(&v))
+        let b = json!({"title": cut(title, TITLE), "head": head, "base": base, "body": cut(body, BODY)});
+        self.create("/pulls", &b, pull_of, || async {
+            let open = self.pulls(head).await?;
+            Ok(open.into_iter().find(|p| p.head == head && p.is_open()))
+        })
+        .await
     }
 
     async fn update_pull(
@@ -536,10 +600,17 @@ impl Forge for GitHub {
     }
 
     async fn comment(&self, number: u64, body: &str) -> Result<()> {
-        self.write(
-            Method::POST,
-            &format!("/issues/{number}/comments"),
-            &json!({"body": cut(body, BODY)}),
+        let body = cut(body, BODY);
+        let path = format!("/issues/{number}/comments");
+        // Done if the newest comment is this one: the same words twice in a row add nothing.
+        self.create(
+            &path,
+            &json!({"body": body}),
+            |_| (),
+            || async {
+                let all = self.comments(number).await?;
+                Ok(all.last().filter(|b| **b == body).map(|_| ()))
+            },
         )
         .await
     }
@@ -564,16 +635,24 @@ impl Forge for GitHub {
     }
 
     async fn create_issue(&self, title: &str, body: &str, labels: &[String]) -> Result<Issue> {
-        let (_, v) = self
-            .send(
-                Method::POST,
-                "/issues",
-                Some(
-                    &json!({"title": cut(title, TITLE), "body": cut(body, BODY), "labels": labels}),
-                ),
-            )
-            .await?;
-        Ok(issue_of(&v))
+        let title = cut(title, TITLE);
+        let b = json!({"title": title, "body": cut(body, BODY), "labels": labels});
+        self.create("/issues", &b, issue_of, || async {
+            let Some(label) = labels.first() else {
+                return Err(Error::Config(
+                    "an issue without a label cannot be looked for".into(),
+                ));
+            };
+            let open = self
+                .list(&format!("/issues?state=open&labels={}", enc(label)))
+                .await?;
+            Ok(open
+                .iter()
+                .filter(|i| i.get("pull_request").is_none() && i["title"] == title.as_str())
+                .map(issue_of)
+                .next())
+        })
+        .await
     }
 
     async fn update_issue(&self, number: u64, body: &str) -> Result<()> {

@@ -704,7 +704,7 @@ pub fn never_open(windows: &[Window], now: DateTime<Utc>) -> Vec<NeverOpens<'_>>
                 break;
             }
             judged += 1;
-            if !cursor.holding(*s).is_some_and(|(_, end)| end >= *e) {
+            if cursor.holding(*s).is_none_or(|(_, end)| end < *e) {
                 all_blocked = false;
                 break;
             }

@@ -321,6 +321,9 @@ pub struct NetConfig {
     pub max_wait: std::time::Duration,
     /// How many components are fetched at once.
     pub concurrency: usize,
+    /// The least time between two writes to the forge. GitHub asks for "at least one second
+    /// between each request" that creates content ("Best practices for using the REST API").
+    pub write_interval: std::time::Duration,
     /// Where ETags and bodies are kept; `None` disables the cache.
     pub cache_dir: Option<std::path::PathBuf>,
 }
@@ -328,6 +331,7 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
+            write_interval: std::time::Duration::from_secs(1),
             github_api_url: github::DEFAULT_API_URL.to_string(),
             github_token: None,
             k3s_channel_url: None,
