@@ -1701,6 +1701,7 @@ fn run_controller(a: &RunArgs) -> i32 {
     };
     let serve = upkeep::reconcile::Serve {
         listen: a.listen,
+        limits: upkeep::server::Limits::default(),
         webhook: secret.map(|secret| upkeep::reconcile::WebhookConfig {
             secret,
             base: a.at.base.clone(),

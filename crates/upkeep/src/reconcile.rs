@@ -407,6 +407,8 @@ pub struct Serve {
     pub lease: Option<crate::leader::Settings>,
     /// A config repository on local disk, watched so that a commit wakes the loop.
     pub watch_repo: Option<std::path::PathBuf>,
+    /// Timeouts and the connection limit of the HTTP port.
+    pub limits: crate::server::Limits,
 }
 
 /// The controller: the HTTP server, the leader election, the watch for `upkeep reconcile`
@@ -427,11 +429,7 @@ pub async fn serve(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", s.listen))?;
     let app = crate::server::router(shared.clone());
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the HTTP server stopped");
-        }
-    });
+    tokio::spawn(crate::server::serve(listener, app, s.limits));
     let (tx, rx) = tokio::sync::watch::channel(false);
     // The election stops only after the loop: the lease is held until the last step ends.
     let (election_tx, election_rx) = tokio::sync::watch::channel(false);

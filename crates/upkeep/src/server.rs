@@ -4,6 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -27,6 +28,73 @@ pub fn router(shared: Arc<Shared>) -> axum::Router {
         .with_state(shared)
 }
 
+/// What the port tolerates from whoever can reach it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A connection must send a request's headers within this (also when idle between
+    /// requests); otherwise it is closed.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this; otherwise 408.
+    pub body_timeout: Duration,
+    /// Connections served at once; more are closed on arrival until one ends.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 128,
+        }
+    }
+}
+
+/// Serve `app` on `listener` within `limits`, until the task is dropped. Each connection is
+/// HTTP/1.1 with a header read timeout; a request body that drips is cut off by the handler
+/// (see [`BodyTimeout`]).
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, limits: Limits) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let app = app.layer(axum::Extension(BodyTimeout(limits.body_timeout)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let mut full_logged = false;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if !full_logged {
+                tracing::warn!(%peer, max = limits.max_connections, "too many connections: closing new ones until some end");
+                full_logged = true;
+            }
+            drop(stream);
+            continue;
+        };
+        full_logged = false;
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// How long a handler waits for a request body (set by [`serve`]; none in a bare router).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     match s.ready() {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
@@ -34,15 +102,18 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     }
 }
 
-/// GitHub's deliveries are at most 25 MB; upkeep reads only `ref`, `action` and the base branch.
-const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+/// GitHub caps deliveries at 25 MB, but the events upkeep acts on are far smaller: a
+/// `pull_request` payload is tens of KB (a body is at most 65,536 characters) and a `push` lists
+/// at most 20 commits. Larger ones get 413, and the periodic cycle sees the change anyway.
+pub const WEBHOOK_BODY_LIMIT: usize = 5 * 1024 * 1024;
 
 /// `POST /webhook`: a GitHub delivery. 401 without a valid signature (logged without the
 /// payload), 202 when it woke the loop, 200 when it was not for upkeep.
 async fn webhook(
     State(s): State<Arc<Shared>>,
+    timeout: Option<axum::Extension<BodyTimeout>>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> Response {
     let Some(cfg) = &s.webhook else {
         return (
@@ -51,6 +122,26 @@ async fn webhook(
         )
             .into_response();
     };
+    let wait = timeout.map_or(Limits::default().body_timeout, |t| t.0.0);
+    let body =
+        match tokio::time::timeout(wait, axum::body::to_bytes(body, WEBHOOK_BODY_LIMIT)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => {
+                return (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the delivery is over {} MiB\n", WEBHOOK_BODY_LIMIT >> 20),
+                )
+                    .into_response();
+            }
+            Err(_) => {
+                tracing::warn!(?wait, "a webhook body did not arrive in time");
+                return (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the body did not arrive in time\n",
+                )
+                    .into_response();
+            }
+        };
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
     // Headers come from whoever can reach the port: only a short, plain form reaches the logs.
     let plain = |v: &str| -> String {
@@ -374,4 +465,124 @@ pub fn render_page(st: &crate::reconcile::Status) -> String {
     }
     h.push_str("</body></html>");
     h
+}
+
+/// The port's limits over real TCP on 127.0.0.1. Each wait is bounded; a limit that did not
+/// hold shows as a read that never ends (the bound), not as a slow test.
+#[cfg(test)]
+mod limits {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const BOUND: Duration = Duration::from_secs(10);
+
+    async fn start(limits: Limits) -> std::net::SocketAddr {
+        let shared = Arc::new(Shared::new(
+            crate::telemetry::Metrics::new(),
+            Some(crate::reconcile::WebhookConfig {
+                secret: b"secret".to_vec(),
+                base: "main".into(),
+            }),
+            Arc::new(crate::leader::Leadership::always()),
+        ));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        tokio::spawn(serve(l, router(shared), limits));
+        addr
+    }
+
+    /// What the peer sends until it closes; `None` when it is still open after [`BOUND`].
+    async fn until_closed(s: &mut TcpStream) -> Option<String> {
+        let mut buf = Vec::new();
+        match tokio::time::timeout(BOUND, s.read_to_end(&mut buf)).await {
+            Ok(_) => Some(String::from_utf8_lossy(&buf).into_owned()),
+            Err(_) => None,
+        }
+    }
+
+    fn short() -> Limits {
+        Limits {
+            header_timeout: Duration::from_millis(300),
+            body_timeout: Duration::from_millis(300),
+            max_connections: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_nothing_or_half_a_header_is_closed() {
+        let addr = start(short()).await;
+        let mut idle = TcpStream::connect(addr).await.expect("connect");
+        assert!(
+            until_closed(&mut idle).await.is_some(),
+            "idle connection left open"
+        );
+        let mut slow = TcpStream::connect(addr).await.expect("connect");
+        slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        assert!(
+            until_closed(&mut slow).await.is_some(),
+            "half a header left open"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dripping_body_gets_408_and_a_large_one_413() {
+        let addr = start(short()).await;
+        let mut drip = TcpStream::connect(addr).await.expect("connect");
+        drip.write_all(
+            b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"ref\"",
+        )
+        .await
+        .expect("write");
+        let answer = until_closed(&mut drip).await.expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+
+        let mut big = TcpStream::connect(addr).await.expect("connect");
+        let n = WEBHOOK_BODY_LIMIT + 1024;
+        let head = format!(
+            "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\nConnection: close\r\n\r\n"
+        );
+        big.write_all(head.as_bytes()).await.expect("write");
+        // The server may stop reading once it has refused: a failed write is fine.
+        let _ = big.write_all(&vec![b'x'; n]).await;
+        let answer = until_closed(&mut big).await.expect("answered and closed");
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_limit_are_closed_until_one_ends() {
+        let addr = start(Limits {
+            header_timeout: Duration::from_secs(30),
+            ..short()
+        })
+        .await;
+        let first = TcpStream::connect(addr).await.expect("connect");
+        let _second = TcpStream::connect(addr).await.expect("connect");
+        // Let the server take both before the third arrives.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let _ = third
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let refused = until_closed(&mut third).await.expect("closed at once");
+        assert!(refused.is_empty(), "{refused}");
+        drop(first);
+        let mut ok = String::new();
+        for _ in 0..50 {
+            let mut again = TcpStream::connect(addr).await.expect("connect");
+            let _ = again
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            ok = until_closed(&mut again).await.unwrap_or_default();
+            if !ok.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    }
 }
