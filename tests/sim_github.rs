@@ -688,3 +688,36 @@ fn the_forge_client_writes_as_github_asks() {
         .expect("the burst is refused before its end");
     assert!(refused.to_string().contains("rate limit"), "{refused}");
 }
+
+/// A token written into `--repo-url` is used, but it reaches no file: the mirror's git config
+/// holds the URL without it, and the directories upkeep creates are its owner's only.
+#[test]
+fn credentials_in_the_repo_url_stay_out_of_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Forge::new();
+    let url = f
+        .sim
+        .url()
+        .replace("http://", &format!("http://x-access-token:{TOKEN}@"))
+        + "/git/homelab/cluster.git";
+    let state = f.dir.path().join("state/homelab-cluster");
+    let mirror = state.join("mirror.git");
+    let git = upkeep::gitrepo::GitRepo::open(&mirror, &url, None).expect("mirror");
+    git.fetch().expect("the URL's credentials are used");
+    let config = std::fs::read_to_string(mirror.join("config")).expect("config");
+    assert!(!config.contains(TOKEN), "{config}");
+    assert!(config.contains("/git/homelab/cluster.git"), "{config}");
+    assert!(!format!("{git:?}").contains(TOKEN));
+    for dir in [f.dir.path().join("state"), state, mirror] {
+        let mode = std::fs::metadata(&dir).expect("dir").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
+    // A mirror made by an older upkeep, with the token in its config, loses it.
+    let old = f.dir.path().join("old.git");
+    git2::Repository::init_bare(&old)
+        .and_then(|r| r.remote("origin", &url).map(|_| ()))
+        .expect("old mirror");
+    upkeep::gitrepo::GitRepo::open(&old, &url, None).expect("reopened");
+    let config = std::fs::read_to_string(old.join("config")).expect("config");
+    assert!(!config.contains(TOKEN), "{config}");
+}

@@ -83,7 +83,8 @@ pub struct GitRepo {
     repo: Repository,
     path: PathBuf,
     url: String,
-    token: Option<String>,
+    /// User and password (a token) for HTTPS; in memory only, never in the mirror's config.
+    cred: Option<(String, String)>,
     pub transport: Transport,
     /// The SSH private key for SSH remotes (else the user's agent and ssh config).
     pub ssh_key: Option<PathBuf>,
@@ -113,6 +114,27 @@ fn git<'a>(op: &'static str, path: &'a Path) -> impl Fn(git2::Error) -> Error + 
     }
 }
 
+/// `url` without a password in its user part, and the user and password taken out
+/// (`https://user:secret@host/path` -> `https://host/path`, `("user", "secret")`). A URL with
+/// a user but no password (`ssh://git@host/...`) is left as it is.
+pub fn split_credentials(url: &str) -> (String, Option<(String, String)>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_string(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return (url.to_string(), None);
+    };
+    let Some((user, secret)) = userinfo.split_once(':') else {
+        return (url.to_string(), None);
+    };
+    (
+        format!("{scheme}://{host}{path}"),
+        Some((user.to_string(), secret.to_string())),
+    )
+}
+
 /// Whether the git command's `stderr` says the server refused the credentials.
 fn refused_credentials(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
@@ -129,10 +151,15 @@ impl GitRepo {
     /// Open (or create) the mirror at `dir` for `url`: a local path, `file://`, or `http(s)://`
     /// (the token is sent as the password of user `x-access-token`, as GitHub expects).
     pub fn open(dir: &Path, url: &str, token: Option<String>) -> Result<GitRepo> {
+        // Credentials written into the URL (`https://x-access-token:SECRET@github.com/...`)
+        // are taken out of it: git would store the URL in mirror.git/config.
+        let (url, in_url) = split_credentials(url);
+        let url = url.as_str();
+        let cred = token.map(|t| ("x-access-token".to_string(), t)).or(in_url);
         let repo = match Repository::open_bare(dir) {
             Ok(r) => r,
             Err(_) => {
-                std::fs::create_dir_all(dir).map_err(|e| Error::Git {
+                crate::create_private_dir(dir).map_err(|e| Error::Git {
                     op: "create the mirror",
                     path: dir.to_path_buf(),
                     message: e.to_string(),
@@ -154,10 +181,18 @@ impl GitRepo {
             repo,
             path: dir.to_path_buf(),
             url: url.to_string(),
-            token,
+            cred,
             transport: Transport::for_url(url),
             ssh_key: None,
         })
+    }
+
+    /// `message` with the secret (if any) replaced by `***`.
+    fn scrub(&self, message: String) -> String {
+        match &self.cred {
+            Some((_, secret)) if !secret.is_empty() => message.replace(secret.as_str(), "***"),
+            _ => message,
+        }
     }
 
     /// Run `git` on the mirror, the token (if any) as an `Authorization` header from the
@@ -178,9 +213,9 @@ impl GitRepo {
                 ),
             );
         }
-        if let Some(t) = &self.token {
+        if let Some((user, secret)) = &self.cred {
             let basic =
-                base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"));
             c.env("GIT_CONFIG_COUNT", "1")
                 .env("GIT_CONFIG_KEY_0", "http.extraHeader")
                 .env(
@@ -201,10 +236,7 @@ impl GitRepo {
         if out.status.success() {
             return Ok(());
         }
-        let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if let Some(t) = &self.token {
-            message = message.replace(t.as_str(), "***");
-        }
+        let message = self.scrub(String::from_utf8_lossy(&out.stderr).trim().to_string());
         if refused_credentials(&message) {
             return Err(Error::Auth { op });
         }
@@ -217,9 +249,9 @@ impl GitRepo {
 
     fn callbacks(&self) -> RemoteCallbacks<'_> {
         let mut cb = RemoteCallbacks::new();
-        let token = self.token.clone();
-        cb.credentials(move |_url, _user, _allowed| match &token {
-            Some(t) => Cred::userpass_plaintext("x-access-token", t),
+        let cred = self.cred.clone();
+        cb.credentials(move |_url, _user, _allowed| match &cred {
+            Some((user, secret)) => Cred::userpass_plaintext(user, secret),
             None => Err(git2::Error::from_str(
                 "the remote asks for credentials and no token is set",
             )),
@@ -428,10 +460,7 @@ impl GitRepo {
                 });
             }
             if !out.status.success() {
-                let mut message = String::from_utf8_lossy(&out.stderr).trim().to_string();
-                if let Some(t) = &self.token {
-                    message = message.replace(t.as_str(), "***");
-                }
+                let message = self.scrub(String::from_utf8_lossy(&out.stderr).trim().to_string());
                 return Err(Error::PushRefused {
                     refname: local,
                     reason: message,
@@ -740,6 +769,26 @@ pub fn set_manifest_version(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_taken_out_of_a_url() {
+        assert_eq!(
+            split_credentials("https://x-access-token:s3cr@t@github.com/o/r.git"),
+            (
+                "https://github.com/o/r.git".to_string(),
+                Some(("x-access-token".to_string(), "s3cr@t".to_string()))
+            )
+        );
+        for plain in [
+            "https://github.com/o/r.git",
+            "ssh://git@github.com/o/r.git",
+            "git@github.com:o/r.git",
+            "file:///tmp/r.git",
+            "/tmp/r.git",
+        ] {
+            assert_eq!(split_credentials(plain), (plain.to_string(), None));
+        }
+    }
 
     const FILE: &str = r#"# Desired versions.
 apiVersion: upkeep.dev/v1alpha1

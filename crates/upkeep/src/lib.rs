@@ -33,6 +33,20 @@ pub mod watch;
 pub mod webhook;
 pub mod windows;
 
+/// Create `dir` (and missing parents) readable by its owner only (0700): state and cache
+/// directories hold repository contents and answers that are nobody else's business. An
+/// existing directory is left as it is (it may be one the user chose and shares).
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
 /// Every JSON Schema upkeep publishes (docs/schema/), by file name.
 pub fn schemas() -> Vec<(&'static str, String)> {
     let mut all: Vec<(&'static str, String)> = model::files::schemas().into();

@@ -57,7 +57,7 @@ impl Cache {
     /// A cache in `dir`, created when missing; `None` (or a directory that cannot be created)
     /// gives a cache that remembers nothing.
     pub fn open(dir: Option<PathBuf>) -> Arc<Cache> {
-        let dir = dir.and_then(|d| match fs::create_dir_all(&d) {
+        let dir = dir.and_then(|d| match crate::create_private_dir(&d) {
             Ok(()) => Some(d),
             Err(e) => {
                 tracing::warn!(dir = %d.display(), error = %e, "cannot create the cache directory; running without a cache");
