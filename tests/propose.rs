@@ -361,6 +361,36 @@ fn a_pr_closed_by_the_user_is_never_reopened() {
     );
 }
 
+/// The branch of a merged PR is deleted on the next cycle (as GitHub's "automatically delete
+/// head branches" would); the branch of a PR the user closed stays, so it can be reopened.
+#[test]
+fn the_branch_of_a_merged_pr_is_deleted() {
+    let w = World::new(ROOMY);
+    ok(w.cycle(false));
+    let pulls = w.pulls();
+    assert_eq!(pulls.len(), 2, "{pulls:?}");
+    let merged = &pulls[0].2;
+    let closed = &pulls[1].2;
+    let r = w.forge_call(
+        "PUT",
+        &format!("/pulls/{}/merge", pulls[0].0),
+        serde_json::json!({"merge_method": "squash"}),
+    );
+    assert_eq!(r["merged"], serde_json::json!(true), "{r}");
+    w.forge_call(
+        "PATCH",
+        &format!("/pulls/{}", pulls[1].0),
+        serde_json::json!({"state": "closed"}),
+    );
+    let o = ok(w.cycle(false));
+    assert_eq!(o.deleted, [merged.clone()], "{o:?}");
+    let branches = w.git_cli(&["branch", "--list", "upkeep/*"]);
+    assert!(!branches.contains(merged.as_str()), "{branches}");
+    assert!(branches.contains(closed.as_str()), "{branches}");
+    let o = ok(w.cycle(false));
+    assert!(o.deleted.is_empty(), "once: {o:?}");
+}
+
 #[test]
 fn limits_hold_proposals_and_the_dashboard_says_so() {
     let w = World::new("  concurrentLimit: 1\n  hourlyLimit: 2\n");

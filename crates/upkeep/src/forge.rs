@@ -72,6 +72,8 @@ pub struct PullRequest {
     pub state: String,
     pub merged: bool,
     pub head: String,
+    /// The commit the head branch pointed at when the list was read.
+    pub head_sha: String,
     pub base: String,
     pub labels: Vec<String>,
     pub url: String,
@@ -496,6 +498,7 @@ fn pull_of(v: &Value) -> PullRequest {
         state: v["state"].as_str().unwrap_or("").to_string(),
         merged: v["merged_at"].is_string() || v["merged"] == json!(true),
         head: v["head"]["ref"].as_str().unwrap_or("").to_string(),
+        head_sha: v["head"]["sha"].as_str().unwrap_or("").to_string(),
         base: v["base"]["ref"].as_str().unwrap_or("").to_string(),
         labels: v["labels"]
             .as_array()

@@ -969,6 +969,29 @@ pub struct Outcome {
     pub invalid: bool,
     /// Boxes ticked on the dashboard that only the cluster can act on (retry, emergency).
     pub ticks: Vec<Tick>,
+    /// Branches of merged pull requests deleted this cycle.
+    pub deleted: Vec<String>,
+}
+
+/// The `upkeep/*` branches whose pull request was merged, as GitHub's "automatically delete
+/// head branches" would delete them: only while the branch still points at the PR's head (a
+/// commit pushed after the merge is a human's and stays), and never a branch of an open or a
+/// closed-unmerged PR (a human may reopen it).
+pub fn merged_branches<'a>(
+    pulls: &'a [PullRequest],
+    tip: impl Fn(&str) -> Option<String>,
+) -> Vec<&'a str> {
+    pulls
+        .iter()
+        .filter(|p| p.merged && p.head.starts_with(BRANCH_PREFIX) && !p.head_sha.is_empty())
+        .filter(|p| tip(&p.head).is_some_and(|t| t == p.head_sha))
+        .filter(|p| {
+            !pulls
+                .iter()
+                .any(|o| o.head == p.head && o.number != p.number && !o.merged)
+        })
+        .map(|p| p.head.as_str())
+        .collect()
 }
 
 /// Where the cycle works.
@@ -1102,6 +1125,7 @@ impl<F: Forge> Cycle<'_, F> {
                 out.errors.push(e);
             }
         }
+        self.delete_merged_branches(&existing, &mut out);
         if self.dashboard {
             let mut windows_text = Vec::new();
             for r in &rows {
@@ -1256,6 +1280,20 @@ impl<F: Forge> Cycle<'_, F> {
             .map_err(|e| e.to_string())?;
         out.opened.push(pr.number);
         Ok(pr.number)
+    }
+
+    fn delete_merged_branches(&self, pulls: &[PullRequest], out: &mut Outcome) {
+        let tip = |b: &str| self.git.remote_branch(b).map(|o| o.to_string());
+        for branch in merged_branches(pulls, tip) {
+            match self.git.delete_branch(branch) {
+                Ok(()) => {
+                    tracing::info!(%branch, "deleted the branch of a merged pull request");
+                    out.deleted.push(branch.to_string());
+                }
+                // Left for the next cycle; nothing depends on it.
+                Err(e) => tracing::warn!(%branch, error = %e, "cannot delete a merged branch"),
+            }
+        }
     }
 
     async fn act(
@@ -1457,6 +1495,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn only_merged_branches_that_still_point_at_the_merged_head_are_deleted() {
+        let pulls = [
+            pr(1, "upkeep/k3s-v1.33.5+k3s1", "closed", true),
+            pr(2, "upkeep/flux-v2.7.0", "closed", true),
+            pr(3, "upkeep/longhorn-v1.10.0", "closed", false),
+            pr(4, "upkeep/app-v1.0.1", "open", false),
+            pr(5, "feature/x", "closed", true),
+            pr(6, "upkeep/tool-v2.0.0", "closed", true),
+            pr(7, "upkeep/tool-v2.0.0", "open", false),
+        ];
+        let tip = |b: &str| match b {
+            // A human pushed to this one after the merge.
+            "upkeep/flux-v2.7.0" => Some("a-later-commit".to_string()),
+            b => Some(format!("sha-{b}")),
+        };
+        assert_eq!(merged_branches(&pulls, tip), ["upkeep/k3s-v1.33.5+k3s1"]);
+        assert!(merged_branches(&pulls, |_| None).is_empty(), "already gone");
+    }
+
     fn pr(n: u64, head: &str, state: &str, merged: bool) -> PullRequest {
         PullRequest {
             number: n,
@@ -1465,6 +1523,7 @@ mod tests {
             state: state.into(),
             merged,
             head: head.into(),
+            head_sha: format!("sha-{head}"),
             base: "main".into(),
             labels: vec![],
             url: String::new(),
