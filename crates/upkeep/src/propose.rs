@@ -977,10 +977,10 @@ pub struct Outcome {
 /// head branches" would delete them: only while the branch still points at the PR's head (a
 /// commit pushed after the merge is a human's and stays), and never a branch of an open or a
 /// closed-unmerged PR (a human may reopen it).
-pub fn merged_branches<'a>(
-    pulls: &'a [PullRequest],
+pub fn merged_branches(
+    pulls: &[PullRequest],
     tip: impl Fn(&str) -> Option<String>,
-) -> Vec<&'a str> {
+) -> Vec<&str> {
     pulls
         .iter()
         .filter(|p| p.merged && p.head.starts_with(BRANCH_PREFIX) && !p.head_sha.is_empty())
