@@ -383,7 +383,7 @@ fn the_branch_of_a_merged_pr_is_deleted() {
         serde_json::json!({"state": "closed"}),
     );
     let o = ok(w.cycle(false));
-    assert_eq!(o.deleted, [merged.clone()], "{o:?}");
+    assert_eq!(o.deleted, std::slice::from_ref(merged), "{o:?}");
     let branches = w.git_cli(&["branch", "--list", "upkeep/*"]);
     assert!(!branches.contains(merged.as_str()), "{branches}");
     assert!(branches.contains(closed.as_str()), "{branches}");
