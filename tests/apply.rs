@@ -1822,3 +1822,121 @@ fn flux_is_upgraded_and_rolled_back_through_git_and_a_rebuild_runs_what_git_says
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+impl World {
+    /// A rollout's phase as the cluster stores it.
+    fn stored_phase(&self, name: &str) -> String {
+        self.kube
+            .get("upkeep.dev", "upkeeprollouts", "upkeep-system", name)
+            .map(|r| r["status"]["phase"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
+    fn stored_time(&self, name: &str, field: &str) -> DateTime<Utc> {
+        self.kube
+            .get("upkeep.dev", "upkeeprollouts", "upkeep-system", name)
+            .and_then(|r| r["status"][field].as_str().and_then(|t| t.parse().ok()))
+            .unwrap_or_default()
+    }
+}
+
+/// A newer version merged while the older one rolls out: the older rollout ends as Superseded
+/// and says so on its PR (it used to sit in its phase for ever), and the newer one takes over
+/// from what the nodes run.
+#[test]
+fn a_newer_merge_supersedes_a_rollout_under_way() {
+    let w = World::new(in_window());
+    // Each node takes 500 simulated seconds: the first cycle ends with the rollout under way.
+    w.kube.inject(ClusterFault::SlowUpgrade {
+        node: None,
+        seconds: 500,
+    });
+    let s = w.apply(Duration::from_millis(1500));
+    let under_way = phase_of(&s, K3S);
+    assert!(under_way.is_some_and(|p| p.holds_the_cluster()), "{s:?}");
+    w.merge_update("k3s", "v1.33.5+k3s1", "v1.33.6+k3s1");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(w.stored_phase(K3S), "Superseded");
+    assert_eq!(
+        phase_of(&s, "k3s-v1.33.6-k3s1"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
+    assert!(
+        w.node_versions().iter().all(|(_, v)| v == "v1.33.6+k3s1"),
+        "{:?}",
+        w.node_versions()
+    );
+    let said: Vec<String> = w
+        .comments()
+        .into_iter()
+        .filter(|c| c.contains("**Superseded.**"))
+        .collect();
+    assert_eq!(said.len(), 1, "{:?}", w.comments());
+    assert!(
+        said[0].contains("now asks for k3s v1.33.6+k3s1"),
+        "{said:?}"
+    );
+    // Nothing more on the next cycle.
+    w.apply(Duration::from_secs(5));
+    assert_eq!(
+        w.comments()
+            .iter()
+            .filter(|c| c.contains("Superseded"))
+            .count(),
+        1
+    );
+}
+
+/// Two components merged together take turns (versions.yaml's order): a Longhorn upgrade that
+/// degrades a volume no longer fails the k3s rollout validated beside it, and a Flux rollout
+/// is never validated while Longhorn's chart is mid-upgrade.
+#[test]
+fn rollouts_of_two_components_take_turns() {
+    let w = World::new(in_window());
+    w.merge_update("longhorn", "v1.9.1", "v1.10.2");
+    w.kube.inject(ClusterFault::VolumeDegradesAfterUpgrade {
+        volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
+    });
+    let s = w.apply(Duration::from_secs(90));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::RequiresAttention),
+        "{s:?}"
+    );
+    // Longhorn's chart was upgraded only once k3s had succeeded.
+    let hr = w
+        .kube
+        .get(
+            "helm.toolkit.fluxcd.io",
+            "helmreleases",
+            "longhorn-system",
+            "longhorn",
+        )
+        .expect("hr");
+    let upgraded: DateTime<Utc> = hr["status"]["conditions"][0]["lastTransitionTime"]
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_default();
+    assert!(
+        upgraded > w.stored_time(K3S, "phaseSince"),
+        "longhorn upgraded at {upgraded}, k3s succeeded at {}",
+        w.stored_time(K3S, "phaseSince")
+    );
+
+    let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.7.0");
+    w.merge_update("longhorn", "v1.9.1", "v1.10.2");
+    let s = w.apply(Duration::from_secs(90));
+    assert_eq!(phase_of(&s, "flux-v2.7.0"), Some(Phase::Succeeded), "{s:?}");
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
+    assert!(
+        w.stored_time("longhorn-v1.10.2", "phaseSince")
+            > w.stored_time("flux-v2.7.0", "phaseSince"),
+        "longhorn finished after flux"
+    );
+}

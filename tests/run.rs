@@ -955,7 +955,7 @@ fn promtool_rule_test(dir: &std::path::Path, metrics: &str, expect: &[(&str, &st
 
 /// A failed rollout stays on the page, in the metrics (so UpkeepRolloutFailed fires) and in
 /// `upkeep get` after the revert moved versions.yaml on, until a human acknowledges it; one left
-/// unfinished by a newer merge stays too (UpkeepRolloutStuck).
+/// unfinished that nothing drives any more stays too (UpkeepRolloutStuck).
 #[test]
 fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fires() {
     // The controller times hops in real time: a node that never comes back fails in 5 s.
@@ -979,11 +979,12 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
         .as_str()
         .unwrap_or_default()
         .to_string();
-    // A rollout left in Backup when a newer version was merged (nothing drives it any more).
+    // A rollout left in Backup of a component versions.yaml no longer tracks (nothing drives it
+    // any more; one replaced by a newer merge ends as Superseded instead, tests/apply.rs).
     let leftover = w.dir.path().join("leftover.yaml");
     std::fs::write(
         &leftover,
-        "apiVersion: upkeep.dev/v1alpha1\nkind: UpkeepRollout\nmetadata:\n  name: longhorn-v1.10.2\n  namespace: upkeep-system\nspec:\n  component: longhorn\n  from: v1.9.1\n  to: v1.10.2\n  hops: [v1.10.2]\n",
+        "apiVersion: upkeep.dev/v1alpha1\nkind: UpkeepRollout\nmetadata:\n  name: traefik-v3.1.0\n  namespace: upkeep-system\nspec:\n  component: traefik\n  from: v3.0.0\n  to: v3.1.0\n  hops: [v3.1.0]\n",
     )
     .expect("write");
     let kubectl = |args: &[&str]| {
@@ -999,7 +1000,7 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
     kubectl(&[
         "patch",
         "ukr",
-        "longhorn-v1.10.2",
+        "traefik-v3.1.0",
         "-n",
         "upkeep-system",
         "--subresource=status",
@@ -1012,7 +1013,7 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
         let m = p.metrics();
         m.contains(&format!(
             "rollout=\"{failed}\",component=\"k3s\",phase=\"RequiresAttention\"}} 1"
-        )) && m.contains("rollout=\"longhorn-v1.10.2\",component=\"longhorn\",phase=\"Backup\"} 1")
+        )) && m.contains("rollout=\"traefik-v3.1.0\",component=\"traefik\",phase=\"Backup\"} 1")
     });
     std::thread::sleep(Duration::from_secs(3));
     let m = p.metrics();
@@ -1027,14 +1028,14 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
         page.contains(&format!("upkeep acknowledge {failed}")) && page.contains("runbook"),
         "{page}"
     );
-    assert!(page.contains("longhorn-v1.10.2"), "{page}");
+    assert!(page.contains("traefik-v3.1.0"), "{page}");
     // The alerts select them, as Prometheus evaluates the shipped rules.
     promtool_rule_test(
         w.dir.path(),
         &m,
         &[
             ("UpkeepRolloutFailed", "2m", &failed),
-            ("UpkeepRolloutStuck", "3h5m", "longhorn-v1.10.2"),
+            ("UpkeepRolloutStuck", "3h5m", "traefik-v3.1.0"),
         ],
     );
     // `upkeep get` lists them and exits 1 while a failure is unacknowledged.
@@ -1045,11 +1046,11 @@ fn a_failed_or_stuck_rollout_stays_visible_until_acknowledged_and_its_alert_fire
         "{out}"
     );
     assert!(
-        out.contains("longhorn-v1.10.2") && out.contains("Backup"),
+        out.contains("traefik-v3.1.0") && out.contains("Backup"),
         "{out}"
     );
     // Only a failure is acknowledged; a typo is named with what exists.
-    let (code, _, err) = upkeep_cli(&w, &["acknowledge", "longhorn-v1.10.2"]);
+    let (code, _, err) = upkeep_cli(&w, &["acknowledge", "traefik-v3.1.0"]);
     assert_eq!(code, 1);
     assert!(err.contains("is Backup, not failed"), "{err}");
     let (code, _, err) = upkeep_cli(&w, &["acknowledge", "k3s-nope"]);

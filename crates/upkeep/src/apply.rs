@@ -375,6 +375,7 @@ pub async fn run_detailed<F: Forge>(
         blocked,
         nodes,
     } = d.create_missing(config, &pulls).await?;
+    d.supersede_replaced(config, &names, now()).await?;
     d.drive(config, &names, now).await?;
     let mut out = Vec::new();
     for (name, c) in &names {
@@ -641,14 +642,29 @@ impl<F: Forge> Driver<'_, '_, F> {
                 .map_err(|e| e.to_string())?;
             let mut active = false;
             let mut waiting_only = true;
+            let mut objs = Vec::new();
             for (name, c) in names {
-                let Some(obj) = self.get(name).await? else {
-                    continue;
-                };
-                let Some((phase, may_start)) = self.step(config, &obj, c, &observed, now()).await?
+                if let Some(obj) = self.get(name).await? {
+                    objs.push((name, c, obj));
+                }
+            }
+            // One rollout at a time: the one that holds the cluster, if any.
+            let mut busy: Option<&String> = objs
+                .iter()
+                .find(|(_, _, o)| read_status(o).is_ok_and(|s| s.phase.holds_the_cluster()))
+                .map(|(n, _, _)| *n);
+            for (name, c, obj) in &objs {
+                let other = busy.filter(|b| b != name).map(String::as_str);
+                let Some((phase, may_start)) =
+                    self.step(config, obj, c, &observed, now(), other).await?
                 else {
                     continue;
                 };
+                if phase.0.holds_the_cluster() {
+                    busy.get_or_insert(name);
+                } else if busy == Some(name) {
+                    busy = None;
+                }
                 if !phase.0.is_terminal() {
                     active = true;
                     let waits = phase.0 == Phase::WaitingForWindow
@@ -674,6 +690,8 @@ impl<F: Forge> Driver<'_, '_, F> {
         c: &Component,
         observed: &Observed,
         t: DateTime<Utc>,
+        // Another rollout that holds the cluster: this one may not start (or leave preflight).
+        other: Option<&str>,
     ) -> Result<Option<((Phase, bool), bool)>, String> {
         let name = obj.metadata.name.clone().unwrap_or_default();
         // One Rollout that cannot be read is skipped and said, not the end of the cycle.
@@ -751,14 +769,23 @@ impl<F: Forge> Driver<'_, '_, F> {
                 DateTime::from_timestamp(c.0.as_second(), nanos)
             })
             .unwrap_or(t);
+        // Waiting for its turn only before it has started; one already under way (from before
+        // this rule, or started by a human) carries on.
+        let turn = other.filter(|_| {
+            matches!(
+                status.phase,
+                Phase::Pending | Phase::WaitingForWindow | Phase::Preflight
+            )
+        });
         let ctx = Ctx {
             now: t,
             created,
             component: c,
             observed,
-            may_start: decision.allows_start(),
-            waiting: match crate::operate::suspended(self.suspensions, &c.name) {
-                Some(why) => format!(
+            may_start: decision.allows_start() && turn.is_none(),
+            waiting: match (turn, crate::operate::suspended(self.suspensions, &c.name)) {
+                (Some(other), _) if decision.allows_start() => rollout::turn_text(other),
+                (_, Some(why)) => format!(
                     "suspended by {why} (resume: upkeep resume {})",
                     if self.suspensions.contains_key(&None) {
                         "--all".to_string()
@@ -766,7 +793,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                         c.name.clone()
                     }
                 ),
-                None => waiting_text(&decision, windows::zone_for(&c.name, &config.windows)),
+                (_, None) => waiting_text(&decision, windows::zone_for(&c.name, &config.windows)),
             },
             backup: self.opts.backup,
             backup_state,
@@ -804,9 +831,23 @@ impl<F: Forge> Driver<'_, '_, F> {
         for change in rollout::node_changes(&status.nodes, &next.nodes) {
             tracing::info!(node = %change, "node");
         }
+        let next = self.save(obj, &status, next, t).await?;
+        Ok(Some(((next.phase, next.paused), ctx.may_start)))
+    }
+
+    /// Save `next` as the rollout's status (with its conditions) when it changed, and log and
+    /// record an event when its phase did. The status saved.
+    async fn save(
+        &self,
+        obj: &DynamicObject,
+        status: &RolloutStatus,
+        mut next: RolloutStatus,
+        t: DateTime<Utc>,
+    ) -> Result<RolloutStatus, String> {
+        let name = obj.metadata.name.clone().unwrap_or_default();
         next.observed_generation = obj.metadata.generation;
         next.conditions = rollout::conditions(&next, obj.metadata.generation, t);
-        if next != status {
+        if next != *status {
             self.api
                 .patch_status(
                     &name,
@@ -837,7 +878,79 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
         }
-        Ok(Some(((next.phase, next.paused), ctx.may_start)))
+        Ok(next)
+    }
+
+    /// End each rollout versions.yaml no longer asks for ([`rollout::supersede`]): one not
+    /// finished, of a component whose current rollout is another (a newer version was merged
+    /// while it ran) or whose desired version already runs (the change was undone). Without
+    /// this it would sit in its last phase for ever and its PR would never hear the end.
+    async fn supersede_replaced(
+        &self,
+        config: &ConfigRepo,
+        names: &[(String, Component)],
+        t: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let all = self
+            .api
+            .list(&ListParams::default())
+            .await
+            .map_err(api_err("listing rollouts"))?;
+        let mut observed = None;
+        for obj in &all.items {
+            let Some(name) = obj.metadata.name.as_deref() else {
+                continue;
+            };
+            if names.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            let (Ok(spec), Ok(status)) = (
+                serde_json::from_value::<RolloutSpec>(obj.data["spec"].clone()),
+                read_status(obj),
+            ) else {
+                continue;
+            };
+            let Some(c) = config.components.iter().find(|c| {
+                c.name == spec.component && self.opts.only.as_ref().is_none_or(|o| *o == c.name)
+            }) else {
+                continue;
+            };
+            let asks = c.version.to_string();
+            if status.phase.is_terminal() || asks == spec.to {
+                continue;
+            }
+            if observed.is_none() {
+                observed = Some(
+                    cluster::observe(self.client, self.ns())
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
+            let Some(seen) = observed.as_ref() else {
+                continue;
+            };
+            let _span =
+                tracing::info_span!("rollout", rollout = %name, component = %c.name).entered();
+            let (mut next, effects) = rollout::supersede(name, &spec, &status, &asks, t);
+            let target = Target {
+                name,
+                spec: &spec,
+                component: c,
+                observed: seen,
+            };
+            let mut done = true;
+            for fx in &effects {
+                if let Err(e) = self.effect(&target, fx, &mut next).await {
+                    // Ended only once its Plans are held and its PR told; again next cycle.
+                    tracing::warn!(error = %e, "cannot end a superseded rollout yet");
+                    done = false;
+                }
+            }
+            if done {
+                self.save(obj, &status, next, t).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The file at the base branch's tip, under the Kustomization's `path` (so another
@@ -1045,7 +1158,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                         &rollout::last_good(t.spec, next),
                     ),
                 );
-                self.comment(t, key, &body).await
+                self.comment(t.name, t.spec, key, &body).await
             }
         }
     }
@@ -1389,11 +1502,17 @@ impl<F: Forge> Driver<'_, '_, F> {
     }
 
     /// A comment on the merged PR, once per key (found again by its marker after a restart).
-    async fn comment(&self, t: &Target<'_>, key: &str, body: &str) -> Result<(), String> {
-        let (Some(forge), Some(pr)) = (self.repo.forge, t.spec.pull_request) else {
+    async fn comment(
+        &self,
+        rollout: &str,
+        spec: &RolloutSpec,
+        key: &str,
+        body: &str,
+    ) -> Result<(), String> {
+        let (Some(forge), Some(pr)) = (self.repo.forge, spec.pull_request) else {
             return Ok(());
         };
-        let marker = format!("<!-- upkeep:rollout={} key={key} -->", t.name);
+        let marker = format!("<!-- upkeep:rollout={rollout} key={key} -->");
         let said = forge.comments(pr).await.map_err(|e| e.to_string())?;
         if said.iter().any(|b| b.contains(&marker)) {
             return Ok(());

@@ -977,10 +977,7 @@ pub struct Outcome {
 /// head branches" would delete them: only while the branch still points at the PR's head (a
 /// commit pushed after the merge is a human's and stays), and never a branch of an open or a
 /// closed-unmerged PR (a human may reopen it).
-pub fn merged_branches(
-    pulls: &[PullRequest],
-    tip: impl Fn(&str) -> Option<String>,
-) -> Vec<&str> {
+pub fn merged_branches(pulls: &[PullRequest], tip: impl Fn(&str) -> Option<String>) -> Vec<&str> {
     pulls
         .iter()
         .filter(|p| p.merged && p.head.starts_with(BRANCH_PREFIX) && !p.head_sha.is_empty())

@@ -33,15 +33,86 @@ pub enum Phase {
     Reverting,
     Reverted,
     RequiresAttention,
+    /// versions.yaml moved on (a newer version was merged, or the change was undone) before
+    /// this rollout finished: it stopped where it was, and the rollout of what versions.yaml
+    /// asks for now takes over from what the cluster runs.
+    Superseded,
 }
 
 impl Phase {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            Phase::Succeeded | Phase::Reverted | Phase::RequiresAttention
+            Phase::Succeeded | Phase::Reverted | Phase::RequiresAttention | Phase::Superseded
         )
     }
+
+    /// Whether a rollout in this phase has the cluster to itself: upkeep rolls out one
+    /// component at a time, so that one rollout's validation never judges the cluster while
+    /// another moves it (a Longhorn upgrade mid-way failing a Flux rollout, a volume degraded
+    /// by one failing the other's baseline).
+    pub fn holds_the_cluster(self) -> bool {
+        matches!(
+            self,
+            Phase::Preflight
+                | Phase::Backup
+                | Phase::Applying
+                | Phase::Validating
+                | Phase::Failed
+                | Phase::Reverting
+        )
+    }
+}
+
+/// What a rollout waits for while `other` holds the cluster.
+pub fn turn_text(other: &str) -> String {
+    format!("waiting for rollout {other} to finish: upkeep rolls out one component at a time")
+}
+
+/// The end of a rollout that versions.yaml no longer asks for (`now_asks`: the version it asks
+/// for now): it stops where it is, says so on its pull request, and the rollout of `now_asks`
+/// (if that does not run yet) takes over from what the cluster runs. Nothing is undone: what
+/// this rollout applied stays, and git already says where to go.
+pub fn supersede(
+    name: &str,
+    spec: &RolloutSpec,
+    st: &RolloutStatus,
+    now_asks: &str,
+    now: DateTime<Utc>,
+) -> (RolloutStatus, Vec<Effect>) {
+    let mut s = st.clone();
+    let was = format!("{:?}", st.phase);
+    set(
+        &mut s,
+        Phase::Superseded,
+        format!(
+            "superseded while {was}: versions.yaml now asks for {} {now_asks}",
+            spec.component
+        ),
+        now,
+    );
+    // k3s under way: its Plans start no further node (the node in progress finishes), so
+    // that the newer rollout takes the remaining nodes straight to the newer version.
+    let mut fx = if spec.component == "k3s" && st.phase == Phase::Applying {
+        vec![Effect::Pause]
+    } else {
+        Vec::new()
+    };
+    let key = "superseded";
+    if spec.pull_request.is_some() && !s.posted.iter().any(|k| k == key) {
+        fx.push(Effect::Comment {
+            key: key.into(),
+            body: format!(
+                "{}\n**Superseded.** versions.yaml now asks for {} {now_asks}, so this rollout of {} stopped while it was {was} ({}). What it applied stays (a node being upgraded finishes); the rollout of {now_asks} takes over from what the cluster runs, and reports on its own pull request.",
+                marker(name, key),
+                spec.component,
+                spec.to,
+                st.message
+            ),
+        });
+        s.posted.push(key.into());
+    }
+    (s, fx)
 }
 
 /// The custom resource's API group, version, kind and plural. The kind is `UpkeepRollout`, not
@@ -1055,7 +1126,7 @@ pub fn decide(
                 );
             }
         }
-        Phase::Succeeded | Phase::Reverted | Phase::RequiresAttention => {}
+        Phase::Succeeded | Phase::Reverted | Phase::RequiresAttention | Phase::Superseded => {}
     }
     (s, fx)
 }
@@ -1255,6 +1326,39 @@ pub(crate) mod tests {
             suc_installed: true,
             ..Observed::default()
         }
+    }
+
+    #[test]
+    fn a_superseded_rollout_ends_holds_its_plans_and_says_so_once() {
+        let t: DateTime<Utc> = "2026-11-28T22:30:00Z".parse().unwrap_or_default();
+        let applying = RolloutStatus {
+            phase: Phase::Applying,
+            message: "applying v1.33.5+k3s1".into(),
+            ..Default::default()
+        };
+        let (s, fx) = supersede("k3s-v1.33.5-k3s1", &spec(), &applying, "v1.33.6+k3s1", t);
+        assert_eq!(s.phase, Phase::Superseded);
+        assert!(s.phase.is_terminal() && !s.phase.holds_the_cluster());
+        assert_eq!(
+            s.message,
+            "superseded while Applying: versions.yaml now asks for k3s v1.33.6+k3s1"
+        );
+        assert!(matches!(fx[0], Effect::Pause), "{fx:?}");
+        assert!(
+            matches!(&fx[1], Effect::Comment { key, body } if key == "superseded" && body.contains("**Superseded.**")),
+            "{fx:?}"
+        );
+        // Said once: a second pass (a restart before the status was saved is covered by the
+        // comment's marker) posts nothing more.
+        let (_, again) = supersede("k3s-v1.33.5-k3s1", &spec(), &s, "v1.33.6+k3s1", t);
+        assert!(!again.iter().any(|f| matches!(f, Effect::Comment { .. })));
+        // Waiting for a window: nothing to hold.
+        let waiting = RolloutStatus {
+            phase: Phase::WaitingForWindow,
+            ..Default::default()
+        };
+        let (_, fx) = supersede("k3s-v1.33.5-k3s1", &spec(), &waiting, "v1.33.6+k3s1", t);
+        assert!(!fx.iter().any(|f| matches!(f, Effect::Pause)));
     }
 
     fn spec() -> RolloutSpec {
