@@ -586,7 +586,29 @@ pub fn next_start(
     freezes: &[Freeze],
     ov: Override,
 ) -> Option<DateTime<Utc>> {
-    let horizon = now + Duration::days(HORIZON_DAYS);
+    // Look a day ahead first, then a fortnight, then the whole horizon: the next start is
+    // usually soon, and the occurrences up to a nearer horizon are all that decide it (an
+    // occurrence that could cover an instant starts before it).
+    for days in [1, 16, HORIZON_DAYS] {
+        let (found, complete) = next_start_within(now, days, component, windows, freezes, ov);
+        if found.is_some() || !complete {
+            return found;
+        }
+    }
+    None
+}
+
+/// [`next_start`] up to `days` ahead; also whether the occurrences were complete up to there
+/// (false when a window's cap cut them short: looking further cannot tell more).
+fn next_start_within(
+    now: DateTime<Utc>,
+    days: i64,
+    component: &str,
+    windows: &[Window],
+    freezes: &[Freeze],
+    ov: Override,
+) -> (Option<DateTime<Utc>>, bool) {
+    let horizon = now + Duration::days(days);
     let freezes_hold = !(ov.emergency && ov.bypass_freezes);
     let frozen = union(
         freezes
@@ -625,14 +647,15 @@ pub fn next_start(
     candidates.retain(|t| *t >= now && *t <= known);
     candidates.sort();
     candidates.dedup();
-    candidates.into_iter().find(|t| {
+    let found = candidates.into_iter().find(|t| {
         // Evaluate all three so each cursor sees every (ascending) candidate.
         let in_allow = allow.holding(*t).is_some();
         let opened = !any_allow || in_allow;
         let denied = deny.holding(*t).is_some();
         let is_frozen = frozen.holding(*t).is_some();
         opened && !denied && !is_frozen
-    })
+    });
+    (found, known >= horizon)
 }
 
 /// A look-ahead span in words: "400 days", "3 days", "17 hours", "40 minutes" (rounded down).
