@@ -717,7 +717,7 @@ fn run_counting(seed: u64, events: &[Event], cov: &mut Coverage) -> Result<(), (
     let mut rng = Rng::new(seed);
     let cfg = config(&mut rng, start);
     let mut w = World::new(cfg, start);
-    w.check_windows = seed % 10 == 0;
+    w.check_windows = seed.is_multiple_of(10);
     for (i, e) in events.iter().enumerate() {
         w.step(*e).map_err(|m| (i, m))?;
     }
