@@ -93,7 +93,8 @@ pub enum Fault {
     LandCommit { repo: String, branch: String },
 }
 
-/// A fault on requests whose path contains `path_contains`, for the next `times` of them.
+/// A fault on requests whose path contains `path_contains` (ends with it, when it ends in `$`),
+/// for the next `times` of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultRule {
     pub path_contains: String,

@@ -90,6 +90,8 @@ struct Data {
     forge_token: Option<String>,
     /// When each recent content-creating request (POST, PATCH, PUT, DELETE) arrived.
     writes_at: VecDeque<std::time::Instant>,
+    /// The secondary limit on those, per minute (GitHub's, unless a test lifts it).
+    writes_per_minute: Option<usize>,
 }
 
 /// GitHub's secondary rate limit on content-creating requests: "no more than 80
@@ -196,6 +198,13 @@ impl UpstreamSim {
         self.data().remaining = n;
     }
 
+    /// Lift (or set) the limit of content-creating requests per minute. GitHub's limit is per
+    /// user; a test that plays many users through one emulator (the property histories) lifts
+    /// it rather than wait.
+    pub fn set_content_writes_per_minute(&self, n: usize) {
+        self.data().writes_per_minute = Some(n);
+    }
+
     pub fn inject(&self, path_contains: &str, fault: Fault, times: usize) {
         self.data().faults.push_back(FaultRule {
             path_contains: path_contains.to_string(),
@@ -256,8 +265,14 @@ impl UpstreamSim {
 
 fn take_fault(data: &mut Data, method: &str, path: &str) -> Option<Fault> {
     let i = data.faults.iter().position(|f| {
+        // A trailing `$` anchors the match at the end of the path (`/issues$`: the list, not
+        // `/issues/1/labels`).
+        let hit = match f.path_contains.strip_suffix('$') {
+            Some(end) => path.ends_with(end),
+            None => path.contains(&f.path_contains),
+        };
         f.times > 0
-            && path.contains(&f.path_contains)
+            && hit
             && f.method
                 .as_ref()
                 .is_none_or(|m| m.eq_ignore_ascii_case(method))
@@ -327,7 +342,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         {
             data.writes_at.pop_front();
         }
-        if data.writes_at.len() >= CONTENT_WRITES_PER_MINUTE {
+        if data.writes_at.len() >= data.writes_per_minute.unwrap_or(CONTENT_WRITES_PER_MINUTE) {
             return error(
                 StatusCode::FORBIDDEN,
                 "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
