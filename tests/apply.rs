@@ -108,15 +108,7 @@ impl World {
     /// The user merges upkeep's PR for `component` `from` -> `to`.
     fn merge_update(&self, component: &str, from: &str, to: &str) {
         let number = self.open_update(component, from, to);
-        let r = common::http()
-            .put(format!(
-                "{}/repos/{REPO}/pulls/{number}/merge",
-                self.gh.url()
-            ))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(json!({"merge_method": "squash"}).to_string())
-            .send()
-            .expect("merge");
+        let r = common::merge(&self.gh.url(), REPO, TOKEN, number);
         assert_eq!(r.status().as_u16(), 200);
     }
 
@@ -1906,15 +1898,7 @@ fn rollouts_of_two_components_take_turns() {
         "{s:?}"
     );
     // Longhorn's chart was upgraded only once k3s had succeeded.
-    let hr = w
-        .kube
-        .get(
-            "helm.toolkit.fluxcd.io",
-            "helmreleases",
-            "longhorn-system",
-            "longhorn",
-        )
-        .expect("hr");
+    let hr = w.longhorn_release();
     let upgraded: DateTime<Utc> = hr["status"]["conditions"][0]["lastTransitionTime"]
         .as_str()
         .and_then(|t| t.parse().ok())

@@ -14,9 +14,12 @@
 //! `UPKEEP_PROPERTY_HISTORIES` sets the count (default 100,000); `UPKEEP_PROPERTY_SEED` the
 //! first seed. The histories through the emulators are in `tests/properties_emulated.rs`.
 
+mod common;
+
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Duration, Utc};
+use common::Rng;
 use upkeep::cluster::{NodeState, Observed, PlanState};
 use upkeep::forge::PullRequest;
 use upkeep::model::{Component, Policy, PullRequestLimits, Sources, Track};
@@ -25,27 +28,6 @@ use upkeep::rollout::{self, BackupState, Ctx, Effect, Phase, RolloutSpec, Rollou
 use upkeep::select::Release;
 use upkeep::versions::{self, Downgrade, PathRule, Scheme, Version};
 use upkeep::windows::{self, Freeze, Kind, Override, Selector, Window};
-
-/// xorshift64*: small, fast, and the same everywhere for a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// The schedules windows are drawn from: weekly, nightly, hourly, per-minute, overlapping.
 const SCHEDULES: &[(&str, i64)] = &[
@@ -739,14 +721,19 @@ fn history(seed: u64) -> Vec<Event> {
 }
 
 /// The smallest history (events removed one chunk, then one event, at a time) that still fails.
-fn shrink(seed: u64, mut events: Vec<Event>) -> Vec<Event> {
+fn shrink(seed: u64, events: Vec<Event>) -> Vec<Event> {
+    shrink_while(events, |fewer| run(seed, fewer).is_err())
+}
+
+/// Remove events (halving chunks down to single events) as long as `fails` still holds.
+fn shrink_while(mut events: Vec<Event>, fails: impl Fn(&[Event]) -> bool) -> Vec<Event> {
     let mut chunk = events.len() / 2;
     while chunk >= 1 {
         let mut i = 0;
         while i + chunk <= events.len() {
             let mut fewer = events.clone();
             fewer.drain(i..i + chunk);
-            if run(seed, &fewer).is_err() {
+            if fails(&fewer) {
                 events = fewer;
             } else {
                 i += 1;
@@ -822,21 +809,7 @@ fn a_failure_is_shrunk_to_a_few_events() {
         .map(|s| (s, history(s)))
         .find(|(s, e)| broken(*s, e))
         .expect("some history reaches Preflight");
-    let mut small = events.clone();
-    let mut chunk = small.len() / 2;
-    while chunk >= 1 {
-        let mut i = 0;
-        while i + chunk <= small.len() {
-            let mut fewer = small.clone();
-            fewer.drain(i..i + chunk);
-            if broken(seed, &fewer) {
-                small = fewer;
-            } else {
-                i += 1;
-            }
-        }
-        chunk /= 2;
-    }
+    let small = shrink_while(events.clone(), |fewer| broken(seed, fewer));
     assert!(small.len() <= 8 && small.len() < events.len(), "{small:?}");
     assert!(small.contains(&Event::Propose) || small.iter().any(|e| matches!(e, Event::Merge(_))));
 }

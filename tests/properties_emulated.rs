@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use common::Rng;
 use upkeep::forge::GitHub;
 use upkeep::gitrepo::{Author, GitRepo};
 use upkeep::propose::{Cycle, Style};
@@ -25,20 +26,6 @@ use upkeep_sim::Fault;
 use upkeep_sim::upstream::{SimRelease, UpstreamSim};
 
 const TOKEN: &str = "ghp_property";
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Event {
@@ -210,6 +197,16 @@ impl<'a> History<'a> {
             .send();
     }
 
+    /// A GET of this repository's `path` on the emulator, as JSON.
+    fn get(&self, path: &str) -> Result<serde_json::Value, String> {
+        self.http
+            .get(format!("{}/repos/{}{path}", self.sim.url(), self.repo))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .send()
+            .and_then(|r| r.json())
+            .map_err(|e| e.to_string())
+    }
+
     fn open_pulls(&self) -> Vec<(u64, String)> {
         self.sim
             .with_forge(|f| f.pulls(&self.repo))
@@ -327,17 +324,9 @@ impl<'a> History<'a> {
             }
         }
         let dashboards = self
-            .http
-            .get(format!(
-                "{}/repos/{}/issues?state=all&labels=upkeep/dashboard",
-                self.sim.url(),
-                self.repo
-            ))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .send()
-            .and_then(|r| r.json::<serde_json::Value>())
-            .map(|v| v.as_array().map_or(0, Vec::len))
-            .unwrap_or(0);
+            .get("/issues?state=all&labels=upkeep/dashboard")?
+            .as_array()
+            .map_or(0, Vec::len);
         if dashboards > 1 {
             return Err(format!("{dashboards} dashboards"));
         }
@@ -350,17 +339,7 @@ impl<'a> History<'a> {
         if after_cycle {
             // What each open PR proposes, from its title (`c: from -> to`; a PR refreshed in
             // place keeps its first branch name).
-            let listed: serde_json::Value = self
-                .http
-                .get(format!(
-                    "{}/repos/{}/pulls?state=open&per_page=100",
-                    self.sim.url(),
-                    self.repo
-                ))
-                .header("authorization", format!("Bearer {TOKEN}"))
-                .send()
-                .and_then(|r| r.json())
-                .map_err(|e| e.to_string())?;
+            let listed = self.get("/pulls?state=open&per_page=100")?;
             for p in listed.as_array().into_iter().flatten() {
                 let number = p["number"].as_u64().unwrap_or(0);
                 let head = p["head"]["ref"].as_str().unwrap_or("").to_string();

@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::Rng;
 use upkeep::apply::{Options, Repo};
 use upkeep::forge::{Forge as _, GitHub};
 use upkeep::gitrepo::{Author, GitRepo};
@@ -25,20 +26,6 @@ use upkeep_sim::upstream::UpstreamSim;
 
 const REPO: &str = "homelab/cluster";
 const TOKEN: &str = "ghp_rollouts";
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
-}
 
 /// The updates a human may merge: (component, from, to).
 const UPDATES: [(&str, &str, &str); 3] = [
@@ -142,29 +129,14 @@ impl World {
             ))
             .expect("pr")
             .number;
-        let r = common::http()
-            .put(format!(
-                "{}/repos/{REPO}/pulls/{number}/merge",
-                self.gh.url()
-            ))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(r#"{"merge_method":"squash"}"#)
-            .send()
-            .expect("merge");
+        let r = common::merge(&self.gh.url(), REPO, TOKEN, number);
         r.status().is_success()
     }
 
     /// One apply cycle of at most `budget` of real time, as the controller runs it.
     fn apply(&self, budget: Duration) {
         let git = self.git();
-        git.fetch().expect("fetch");
-        let tip = git.tip("main").expect("tip");
-        let checkout = self.dir.path().join("checkout");
-        git.extract(tip, "", &checkout).expect("extract");
-        let config = upkeep::model::load_repo(&checkout, self.kube.clock().now())
-            .expect("load")
-            .repo
-            .expect("valid");
+        let config = self.config_on_main(&git, "checkout");
         let kc = self.dir.path().join("kubeconfig");
         self.kube.write_kubeconfig(&kc).expect("kubeconfig");
         let forge = self.forge();
@@ -199,16 +171,20 @@ impl World {
 
     /// The windows and freezes main's policy says, to judge starts by.
     fn policy(&self) -> (Vec<windows::Window>, Vec<windows::Freeze>) {
-        let git = self.git();
+        let c = self.config_on_main(&self.git(), "judge");
+        (c.windows, c.freezes)
+    }
+
+    /// The config repository as main's tip has it, checked out into `dir`.
+    fn config_on_main(&self, git: &GitRepo, dir: &str) -> upkeep::model::ConfigRepo {
         git.fetch().expect("fetch");
         let tip = git.tip("main").expect("tip");
-        let checkout = self.dir.path().join("judge");
+        let checkout = self.dir.path().join(dir);
         git.extract(tip, "", &checkout).expect("extract");
-        let c = upkeep::model::load_repo(&checkout, self.kube.clock().now())
+        upkeep::model::load_repo(&checkout, self.kube.clock().now())
             .expect("load")
             .repo
-            .expect("valid");
-        (c.windows, c.freezes)
+            .expect("valid")
     }
 }
 

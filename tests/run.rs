@@ -139,15 +139,7 @@ impl World {
     }
 
     fn merge(&self, number: u64) {
-        let r = common::http()
-            .put(format!(
-                "{}/repos/{REPO}/pulls/{number}/merge",
-                self.gh.url()
-            ))
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(r#"{"merge_method":"squash"}"#)
-            .send()
-            .expect("merge");
+        let r = common::merge(&self.gh.url(), REPO, TOKEN, number);
         assert_eq!(r.status().as_u16(), 200);
     }
 

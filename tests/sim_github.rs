@@ -58,6 +58,14 @@ impl Forge {
         format!("{}{path}", self.sim.url())
     }
 
+    /// The repository over smart HTTP, the token written into the URL.
+    fn url_with_token(&self) -> String {
+        self.sim
+            .url()
+            .replace("http://", &format!("http://x-access-token:{TOKEN}@"))
+            + "/git/homelab/cluster.git"
+    }
+
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut rq = self
@@ -457,11 +465,7 @@ fn merges_are_real_commits_and_conflicts_are_refused() {
 #[test]
 fn git_over_smart_http_with_a_token_and_a_protected_branch() {
     let f = Forge::new();
-    let url = f
-        .sim
-        .url()
-        .replace("http://", &format!("http://x-access-token:{TOKEN}@"))
-        + "/git/homelab/cluster.git";
+    let url = f.url_with_token();
     let work = f.clone(&url);
     assert!(work.join("versions.yaml").exists());
     // Without the token: refused.
@@ -695,11 +699,7 @@ fn the_forge_client_writes_as_github_asks() {
 fn credentials_in_the_repo_url_stay_out_of_files() {
     use std::os::unix::fs::PermissionsExt;
     let f = Forge::new();
-    let url = f
-        .sim
-        .url()
-        .replace("http://", &format!("http://x-access-token:{TOKEN}@"))
-        + "/git/homelab/cluster.git";
+    let url = f.url_with_token();
     let state = f.dir.path().join("state/homelab-cluster");
     let mirror = state.join("mirror.git");
     let git = upkeep::gitrepo::GitRepo::open(&mirror, &url, None).expect("mirror");
