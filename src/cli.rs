@@ -119,6 +119,10 @@ pub enum Command {
     /// `flux get` does for Flux objects). Exit 0: none failed unacknowledged; 1: one did, or the
     /// cluster cannot be read.
     Get(ClusterArgs),
+    /// Every update upkeep rolled out, newest first: when, from, to, how long, the outcome, the
+    /// PR, the backup and the revert. Read from the cluster's rollouts and the config
+    /// repository's git log (give --repo or --repo-url), so it survives the loss of either.
+    History(Box<HistoryArgs>),
     /// Mark a failed rollout (Failed, Reverted, RequiresAttention) as looked at: it leaves the
     /// status page and the metrics, so its alert resolves; `upkeep get` still lists it. Records
     /// who and when in the `upkeep.dev/acknowledged` annotation (docs/runbook.md).
@@ -663,6 +667,53 @@ pub enum Output {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HistoryOutput {
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HistoryArgs {
+    /// How far back (`30d`, `12h`, `2w`).
+    #[arg(long, default_value = "30d", value_parser = parse_since)]
+    pub since: chrono::Duration,
+    /// Only this component.
+    #[arg(long)]
+    pub component: Option<String>,
+    #[arg(long, value_enum, default_value_t = HistoryOutput::Table)]
+    pub output: HistoryOutput,
+    /// The config repository's git URL (for its log).
+    #[arg(long, value_name = "URL", conflicts_with = "repo")]
+    pub repo_url: Option<String>,
+    /// The config repository as a local git repository (path).
+    #[arg(long, value_name = "PATH")]
+    pub repo: Option<PathBuf>,
+    /// The branch whose log is read.
+    #[arg(long, default_value = "main")]
+    pub base: String,
+    /// The cluster's directory inside the repository ("" for its root).
+    #[arg(long, default_value = "")]
+    pub subdir: String,
+    /// Where the git mirror is kept (default: $XDG_STATE_HOME/upkeep).
+    #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Times are shown in this IANA zone (default: UTC).
+    #[arg(long, value_name = "ZONE")]
+    pub time_zone: Option<String>,
+    /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The namespace of the rollouts.
+    #[arg(long, default_value = "upkeep-system")]
+    pub namespace: String,
+}
+
+fn parse_since(s: &str) -> Result<chrono::Duration, String> {
+    upkeep::model::parse_duration(s)
+}
+
 fn parse_now(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|d| d.with_timezone(&Utc))
@@ -768,6 +819,7 @@ pub fn run() -> i32 {
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
+        Command::History(a) => history(&a),
         Command::Retry { rollout, at } => retry(&rollout, &at),
         Command::Reconcile { wait, at } => reconcile_now(wait, &at),
         Command::Doctor {
@@ -976,6 +1028,79 @@ where
             .map_err(|e| e.to_string())?;
         f(client).await
     })
+}
+
+/// `upkeep history`: the cluster's rollouts joined with the config repository's log. Either
+/// may be missing (a rebuilt cluster, no repository given): the other still answers, and what
+/// could not be read is said on stderr. Exit 1 only when neither could be read.
+fn history(a: &HistoryArgs) -> i32 {
+    let now = Utc::now();
+    let since = now - a.since;
+    let tz = match a.time_zone.as_deref().map(upkeep::windows::parse_tz) {
+        Some(Ok(tz)) => tz,
+        Some(Err(e)) => {
+            eprintln!("upkeep: --time-zone: {e}");
+            return 2;
+        }
+        None => chrono_tz::UTC,
+    };
+    let at = ClusterArgs {
+        kubeconfig: a.kubeconfig.clone(),
+        namespace: a.namespace.clone(),
+        output: Output::Text,
+    };
+    let rollouts = on_cluster(&at, |c| async move {
+        upkeep::history::read_rollouts(&c, &a.namespace).await
+    });
+    let changes = match (&a.repo_url, &a.repo) {
+        (None, None) => Err(
+            "no config repository given (--repo or --repo-url): git's record is left out"
+                .to_string(),
+        ),
+        _ => repo_url(&a.repo_url, &a.repo).and_then(|url| {
+            let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
+            let mirror = state_dir(a.state_dir.as_deref())
+                .join("history")
+                .join("mirror.git");
+            let git =
+                upkeep::gitrepo::GitRepo::open(&mirror, &url, token).map_err(|e| e.to_string())?;
+            git.fetch().map_err(|e| e.to_string())?;
+            let file = if a.subdir.trim_matches('/').is_empty() {
+                "versions.yaml".to_string()
+            } else {
+                format!("{}/versions.yaml", a.subdir.trim_matches('/'))
+            };
+            git.version_changes(&a.base, &file, since, 10_000)
+                .map_err(|e| e.to_string())
+        }),
+    };
+    if let (Err(k), Err(g)) = (&rollouts, &changes) {
+        eprintln!("upkeep: cannot read the history: the cluster: {k}; git: {g}");
+        return 1;
+    }
+    for (what, r) in [
+        ("the cluster", rollouts.as_ref().err()),
+        ("git", changes.as_ref().err()),
+    ] {
+        if let Some(e) = r {
+            eprintln!("upkeep: {what}'s record is left out: {e}");
+        }
+    }
+    let entries = upkeep::history::entries(
+        rollouts.as_deref().unwrap_or_default(),
+        changes.as_deref().unwrap_or_default(),
+        since,
+        a.component.as_deref(),
+    );
+    match a.output {
+        HistoryOutput::Table => print!("{}", upkeep::history::table(&entries, tz)),
+        HistoryOutput::Markdown => print!("{}", upkeep::history::markdown(&entries, tz)),
+        HistoryOutput::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).unwrap_or_default()
+        ),
+    }
+    0
 }
 
 /// `upkeep get`.

@@ -1924,3 +1924,86 @@ fn rollouts_of_two_components_take_turns() {
         "longhorn finished after flux"
     );
 }
+
+/// `upkeep history` joins the cluster's rollouts with the config repository's log, and each
+/// answers when the other is gone.
+#[test]
+fn history_survives_the_loss_of_the_cluster_record_or_of_git() {
+    let w = World::new(in_window());
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    let state = w.dir.path().join("history-state");
+    let with_git = |extra: &[&str]| {
+        let mut args = vec![
+            "history",
+            "--repo-url",
+            &w.clone_url,
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--since",
+            "3650d",
+        ];
+        args.extend_from_slice(extra);
+        w.cli(&args)
+    };
+    let (code, out, err) = with_git(&["--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let entries: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let k3s = &entries[0];
+    assert_eq!(
+        (
+            k3s["component"].as_str(),
+            k3s["from"].as_str(),
+            k3s["to"].as_str(),
+            k3s["outcome"].as_str(),
+            k3s["source"].as_str(),
+            k3s["pullRequest"].as_u64()
+        ),
+        (
+            Some("k3s"),
+            Some("v1.33.4+k3s1"),
+            Some("v1.33.5+k3s1"),
+            Some("Succeeded"),
+            Some("cluster+git"),
+            Some(1)
+        ),
+        "{out}"
+    );
+    assert!(
+        k3s["durationSeconds"].as_i64().is_some_and(|d| d > 0),
+        "{out}"
+    );
+    assert!(
+        k3s["backup"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("upkeep-k3s")),
+        "{out}"
+    );
+    let (_, table, _) = with_git(&["--time-zone", "Europe/Amsterdam"]);
+    assert!(
+        table.starts_with("STARTED") && table.contains("Succeeded"),
+        "{table}"
+    );
+    let (_, md, _) = with_git(&["--output", "markdown", "--component", "k3s"]);
+    assert!(md.contains("| k3s | v1.33.4+k3s1 | v1.33.5+k3s1 |"), "{md}");
+    // Without the repository: the cluster's record alone, and a note on stderr.
+    let (code, out, err) = w.cli(&["history", "--output", "json", "--since", "3650d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"source\": \"cluster\""), "{out}");
+    assert!(err.contains("git's record is left out"), "{err}");
+    // The rollout object is gone (a rebuilt cluster): git still knows the update.
+    let deleted = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(w.dir.path().join("kubeconfig"))
+        .args(["-n", "upkeep-system", "delete", "ukr", K3S])
+        .output()
+        .expect("kubectl");
+    assert!(deleted.status.success(), "{deleted:?}");
+    w.kube.clear_audit();
+    let (code, out, err) = with_git(&["--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"source\": \"git\"") && out.contains("no rollout record"),
+        "{out}"
+    );
+}

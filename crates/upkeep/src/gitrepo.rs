@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, Utc};
 use git2::{Cred, FetchOptions, Oid, PushOptions, RemoteCallbacks, Repository, Signature};
 
 use crate::model::files::VersionsFile;
@@ -547,6 +548,88 @@ impl GitRepo {
             let _ = r.delete();
         }
         Ok(())
+    }
+}
+
+/// One commit on a branch that changed component versions in versions.yaml.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionChange {
+    pub commit: String,
+    pub at: DateTime<Utc>,
+    /// The first line of the commit message.
+    pub subject: String,
+    /// (component, from, to) for each version that changed.
+    pub changes: Vec<(String, String, String)>,
+}
+
+impl GitRepo {
+    /// The commits on `branch` (its first-parent line, newest first, at most `max`, none older
+    /// than `since`) that changed a version in the versions.yaml at `path`: what git
+    /// remembers of every update, whatever the merge method.
+    pub fn version_changes(
+        &self,
+        branch: &str,
+        path: &str,
+        since: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<VersionChange>> {
+        let versions_of = |commit: Oid| -> std::collections::BTreeMap<String, String> {
+            let text = self
+                .read_file(commit, path)
+                .ok()
+                .flatten()
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            crate::model::load::parse_yaml::<crate::model::files::VersionsFile>(path, &text)
+                .map(|v| {
+                    v.components
+                        .0
+                        .into_iter()
+                        .map(|(k, e)| (k.value, e.version.value))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let mut out = Vec::new();
+        let mut at = Some(self.tip(branch)?);
+        for _ in 0..max {
+            let Some(oid) = at else { break };
+            let commit = self
+                .repo
+                .find_commit(oid)
+                .map_err(git("read a commit", &self.path))?;
+            let when = DateTime::from_timestamp(commit.time().seconds(), 0).unwrap_or_default();
+            if when < since {
+                break;
+            }
+            let parent = commit.parent_id(0).ok();
+            let (now, before) = (
+                versions_of(oid),
+                parent.map(versions_of).unwrap_or_default(),
+            );
+            let changes: Vec<(String, String, String)> = now
+                .iter()
+                .filter_map(|(c, v)| {
+                    let old = before.get(c)?;
+                    (old != v).then(|| (c.clone(), old.clone(), v.clone()))
+                })
+                .collect();
+            if !changes.is_empty() {
+                out.push(VersionChange {
+                    commit: oid.to_string(),
+                    at: when,
+                    subject: commit
+                        .summary()
+                        .ok()
+                        .flatten()
+                        .unwrap_or_default()
+                        .to_string(),
+                    changes,
+                });
+            }
+            at = parent;
+        }
+        Ok(out)
     }
 }
 

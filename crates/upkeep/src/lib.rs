@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod diag;
 pub mod forge;
 pub mod gitrepo;
+pub mod history;
 pub mod knowledge;
 pub mod leader;
 pub mod model;
