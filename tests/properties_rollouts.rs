@@ -6,7 +6,7 @@
 //! window, at most one rollout holds the cluster, no node went down a version, a finished
 //! rollout stays finished, no PR heard the same report twice, and every human commit is on main.
 //!
-//! `UPKEEP_ROLLOUT_HISTORIES` sets the count (default 16); `UPKEEP_PROPERTY_SEED` the first seed.
+//! `UPKEEP_ROLLOUT_HISTORIES` sets the count (default 48); `UPKEEP_PROPERTY_SEED` the first seed.
 
 mod common;
 
@@ -40,18 +40,20 @@ struct World {
     dir: tempfile::TempDir,
     clone_url: String,
     rt: tokio::runtime::Runtime,
+    /// The emulators stop with the history (or the next ones would share the cores with them).
+    _stop: [upkeep_sim::Stopper; 2],
 }
 
 impl World {
     fn new(start: DateTime<Utc>) -> World {
         upkeep::sources::install_crypto_provider();
-        let kube = KubeSim::start_in_thread(KubeOptions {
+        let (kube, stop_kube) = KubeSim::start_until_stopped(KubeOptions {
             clock: SimClock::new(start, 1.0),
             cluster: ClusterSpec::default(),
             ..KubeOptions::default()
         })
         .expect("kube");
-        let gh = UpstreamSim::start_in_thread().expect("github");
+        let (gh, stop_gh) = UpstreamSim::start_until_stopped().expect("github");
         let dir = tempfile::tempdir().expect("tempdir");
         gh.enable_forge(&dir.path().join("forge"));
         gh.require_forge_token(TOKEN);
@@ -72,6 +74,7 @@ impl World {
                 .enable_all()
                 .build()
                 .expect("rt"),
+            _stop: [stop_kube, stop_gh],
         }
     }
 
@@ -361,16 +364,32 @@ fn history(seed: u64) -> Result<String, String> {
     Ok(format!("{seen:?}"))
 }
 
-#[test]
-fn rollouts_keep_the_promise_over_random_histories() {
+fn count_and_first() -> (u64, u64) {
     let count: u64 = std::env::var("UPKEEP_ROLLOUT_HISTORIES")
         .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
+        .and_then(|v| v.replace(['_', ','], "").parse().ok())
+        .unwrap_or(48);
     let first: u64 = std::env::var("UPKEEP_PROPERTY_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    (count, first)
+}
+
+// Two halves, so that the test harness runs them side by side.
+#[test]
+fn rollouts_keep_the_promise_over_random_histories_first_half() {
+    let (count, first) = count_and_first();
+    histories(first, count.div_ceil(2));
+}
+
+#[test]
+fn rollouts_keep_the_promise_over_random_histories_second_half() {
+    let (count, first) = count_and_first();
+    histories(first + count.div_ceil(2), count / 2);
+}
+
+fn histories(first: u64, count: u64) {
     let mut ends: BTreeMap<String, usize> = BTreeMap::new();
     for seed in first..first + count {
         match history(seed) {
@@ -386,7 +405,7 @@ fn rollouts_keep_the_promise_over_random_histories() {
                 }
             }
             Err(why) => panic!(
-                "seed {seed}: {why}\nreplay: UPKEEP_PROPERTY_SEED={seed} UPKEEP_ROLLOUT_HISTORIES=1 cargo test --test properties_rollouts"
+                "seed {seed}: {why}\nreplay: UPKEEP_PROPERTY_SEED={seed} UPKEEP_ROLLOUT_HISTORIES=2 cargo test --test properties_rollouts first_half"
             ),
         }
     }

@@ -119,7 +119,33 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = std::io::Result<T>>,
 {
+    let (sim, stopper) = start_until_stopped(workers, start)?;
+    std::mem::forget(stopper);
+    Ok(sim)
+}
+
+/// Stops a simulator started by [`start_until_stopped`] when dropped: its runtime ends, and with
+/// it the servers and the simulated controllers (tests that start many simulators, one after
+/// another, would otherwise keep them all running).
+pub struct Stopper(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// [`start_in_thread`], with a [`Stopper`] that ends the simulator when dropped.
+pub fn start_until_stopped<T, F, Fut>(workers: usize, start: F) -> std::io::Result<(T, Stopper)>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -134,9 +160,12 @@ where
         };
         rt.block_on(async move {
             let _ = tx.send(start().await);
-            std::future::pending::<()>().await;
+            let _ = stopped.await;
         });
+        rt.shutdown_background();
     });
-    rx.recv()
-        .map_err(|_| std::io::Error::other("the simulator thread died"))?
+    let sim = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the simulator's thread ended before it started"))??;
+    Ok((sim, Stopper(Some(stop))))
 }

@@ -144,6 +144,11 @@ impl UpstreamSim {
         super::start_in_thread(1, move || UpstreamSim::start(0))
     }
 
+    /// [`start_in_thread`](Self::start_in_thread), stopped when the [`crate::Stopper`] drops.
+    pub fn start_until_stopped() -> std::io::Result<(UpstreamSim, crate::Stopper)> {
+        super::start_until_stopped(1, move || UpstreamSim::start(0))
+    }
+
     pub fn url(&self) -> String {
         self.inner.base.clone()
     }

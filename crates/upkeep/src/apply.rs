@@ -375,11 +375,27 @@ pub async fn run_detailed<F: Forge>(
         blocked,
         nodes,
     } = d.create_missing(config, &pulls).await?;
-    d.supersede_replaced(config, &names, now()).await?;
+    // One list of every rollout per cycle: those versions.yaml no longer asks for are ended
+    // first; the driven ones are read again after driving and replace their copies.
+    let mut all = d
+        .api
+        .list(&ListParams::default())
+        .await
+        .map_err(api_err("listing rollouts"))?
+        .items;
+    d.supersede_replaced(config, &names, &mut all, now())
+        .await?;
     d.drive(config, &names, now).await?;
     let mut out = Vec::new();
     for (name, c) in &names {
         if let Some(obj) = d.get(name).await? {
+            match all
+                .iter_mut()
+                .find(|o| o.metadata.name.as_deref() == Some(name))
+            {
+                Some(stale) => *stale = obj.clone(),
+                None => all.push(obj.clone()),
+            }
             let status = status_of(&obj);
             if status.phase != Phase::Succeeded
                 && let Some(r) = running.get_mut(&c.name)
@@ -395,13 +411,7 @@ pub async fn run_detailed<F: Forge>(
     // The others stay in sight while a human should look: a failure nobody acknowledged (after
     // a revert, versions.yaml no longer names it), or one left unfinished (stuck: a newer version
     // was merged while it ran).
-    let all = d
-        .api
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("listing rollouts"))?;
     let mut history: Vec<HistoryEntry> = all
-        .items
         .iter()
         .filter_map(|obj| {
             let st = status_of(obj);
@@ -418,7 +428,7 @@ pub async fn run_detailed<F: Forge>(
         .collect();
     history.sort_by_key(|e| std::cmp::Reverse(e.ended_at));
     history.truncate(HISTORY);
-    for obj in &all.items {
+    for obj in &all {
         let Some(name) = obj.metadata.name.as_ref() else {
             continue;
         };
@@ -889,18 +899,15 @@ impl<F: Forge> Driver<'_, '_, F> {
         &self,
         config: &ConfigRepo,
         names: &[(String, Component)],
+        all: &mut [DynamicObject],
         t: DateTime<Utc>,
     ) -> Result<(), String> {
-        let all = self
-            .api
-            .list(&ListParams::default())
-            .await
-            .map_err(api_err("listing rollouts"))?;
         let mut observed = None;
-        for obj in &all.items {
-            let Some(name) = obj.metadata.name.as_deref() else {
+        for obj in all.iter_mut() {
+            let Some(name) = obj.metadata.name.clone() else {
                 continue;
             };
+            let name = name.as_str();
             if names.iter().any(|(n, _)| n == name) {
                 continue;
             }
@@ -947,7 +954,8 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
             if done {
-                self.save(obj, &status, next, t).await?;
+                let saved = self.save(obj, &status, next, t).await?;
+                obj.data["status"] = serde_json::to_value(&saved).unwrap_or_default();
             }
         }
         Ok(())

@@ -421,6 +421,11 @@ impl KubeSim {
         crate::start_in_thread(2, move || KubeSim::start(opts))
     }
 
+    /// [`start_in_thread`](Self::start_in_thread), stopped when the [`crate::Stopper`] drops.
+    pub fn start_until_stopped(opts: KubeOptions) -> std::io::Result<(KubeSim, crate::Stopper)> {
+        crate::start_until_stopped(2, move || KubeSim::start(opts))
+    }
+
     pub fn url(&self) -> String {
         self.shared.base.clone()
     }
