@@ -682,6 +682,7 @@ pub struct HistoryArgs {
     /// Only this component.
     #[arg(long)]
     pub component: Option<String>,
+    /// How to print it: an aligned table, JSON, or a Markdown table (for a report or an issue).
     #[arg(long, value_enum, default_value_t = HistoryOutput::Table)]
     pub output: HistoryOutput,
     /// The config repository's git URL (for its log).
