@@ -462,29 +462,17 @@ fn run_counting(
     Ok(())
 }
 
-fn count_and_first() -> (u64, u64) {
-    let count: u64 = std::env::var("UPKEEP_EMULATED_HISTORIES")
-        .ok()
-        .and_then(|v| v.replace(['_', ','], "").parse().ok())
-        .unwrap_or(1_000);
-    let first: u64 = std::env::var("UPKEEP_PROPERTY_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    (count, first)
-}
-
 // Two halves, so that the test harness runs them on both cores.
 #[test]
 fn the_safety_promise_holds_through_the_emulators_first_half() {
-    let (count, first) = count_and_first();
-    histories(first, count.div_ceil(2));
+    let (first, count) = common::half("UPKEEP_EMULATED_HISTORIES", 1_000, 0);
+    histories(first, count);
 }
 
 #[test]
 fn the_safety_promise_holds_through_the_emulators_second_half() {
-    let (count, first) = count_and_first();
-    histories(first + count.div_ceil(2), count / 2);
+    let (first, count) = common::half("UPKEEP_EMULATED_HISTORIES", 1_000, 1);
+    histories(first, count);
 }
 
 fn histories(first: u64, count: u64) {

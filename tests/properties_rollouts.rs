@@ -364,29 +364,17 @@ fn history(seed: u64) -> Result<String, String> {
     Ok(format!("{seen:?}"))
 }
 
-fn count_and_first() -> (u64, u64) {
-    let count: u64 = std::env::var("UPKEEP_ROLLOUT_HISTORIES")
-        .ok()
-        .and_then(|v| v.replace(['_', ','], "").parse().ok())
-        .unwrap_or(48);
-    let first: u64 = std::env::var("UPKEEP_PROPERTY_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    (count, first)
-}
-
 // Two halves, so that the test harness runs them side by side.
 #[test]
 fn rollouts_keep_the_promise_over_random_histories_first_half() {
-    let (count, first) = count_and_first();
-    histories(first, count.div_ceil(2));
+    let (first, count) = common::half("UPKEEP_ROLLOUT_HISTORIES", 48, 0);
+    histories(first, count);
 }
 
 #[test]
 fn rollouts_keep_the_promise_over_random_histories_second_half() {
-    let (count, first) = count_and_first();
-    histories(first + count.div_ceil(2), count / 2);
+    let (first, count) = common::half("UPKEEP_ROLLOUT_HISTORIES", 48, 1);
+    histories(first, count);
 }
 
 fn histories(first: u64, count: u64) {

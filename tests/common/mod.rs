@@ -44,3 +44,21 @@ pub fn merge(api: &str, repo: &str, token: &str, number: u64) -> reqwest::blocki
         .send()
         .expect("merge")
 }
+
+/// The seeds of a property test, split in two halves that the harness runs side by side: the
+/// count from the environment variable `count_var` (default `default`), the first seed from
+/// `UPKEEP_PROPERTY_SEED` (default 1). `half` is 0 or 1; each gets (first seed, count).
+pub fn half(count_var: &str, default: u64, half: u64) -> (u64, u64) {
+    let count: u64 = std::env::var(count_var)
+        .ok()
+        .and_then(|v| v.replace(['_', ','], "").parse().ok())
+        .unwrap_or(default);
+    let first: u64 = std::env::var("UPKEEP_PROPERTY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    match half {
+        0 => (first, count.div_ceil(2)),
+        _ => (first + count.div_ceil(2), count / 2),
+    }
+}
