@@ -470,7 +470,9 @@ fn read_status(obj: &DynamicObject) -> Result<RolloutStatus, String> {
     }
 }
 
-fn status_of(obj: &DynamicObject) -> RolloutStatus {
+/// A Rollout's status for showing it (`upkeep get`, `upkeep history`, the page): one that
+/// cannot be read shows as `Pending`.
+pub fn status_of(obj: &DynamicObject) -> RolloutStatus {
     read_status(obj).unwrap_or_default()
 }
 

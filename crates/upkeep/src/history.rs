@@ -168,11 +168,7 @@ pub fn entries(
 
 /// What the cluster remembers of one `UpkeepRollout` object.
 pub fn record_of(obj: &kube::api::DynamicObject) -> RolloutRecord {
-    let status: crate::rollout::RolloutStatus = obj
-        .data
-        .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default();
+    let status = crate::apply::status_of(obj);
     let spec = |k: &str| obj.data["spec"][k].as_str().unwrap_or_default().to_string();
     RolloutRecord {
         name: obj.metadata.name.clone().unwrap_or_default(),

@@ -17,7 +17,7 @@
 use chrono::{DateTime, Utc};
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 
-use crate::rollout::{Phase, RolloutStatus};
+use crate::rollout::Phase;
 
 /// The annotation that records an acknowledgement: `<who> at <RFC 3339 time>`.
 pub const ACKNOWLEDGED: &str = "upkeep.dev/acknowledged";
@@ -262,11 +262,7 @@ pub fn acknowledgement(obj: &DynamicObject) -> Option<String> {
 }
 
 fn row_of(obj: &DynamicObject) -> Row {
-    let status: RolloutStatus = obj
-        .data
-        .get("status")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .unwrap_or_default();
+    let status = crate::apply::status_of(obj);
     let spec = |k: &str| obj.data["spec"][k].as_str().unwrap_or_default().to_string();
     Row {
         name: obj.metadata.name.clone().unwrap_or_default(),
