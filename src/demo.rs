@@ -244,8 +244,15 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     let s = apply(Duration::from_secs(30)).await?;
     watcher.abort();
     let phase = s.first().map(|x| x.1);
-    st.say(&format!("k3s rollout: {:?}", phase.unwrap_or_default()));
-    st.expect(phase == Some(Phase::Succeeded), "the k3s rollout succeeds");
+    st.say(&format!(
+        "k3s rollout: {:?}: {}",
+        phase.unwrap_or_default(),
+        s.first().map(|x| x.2.as_str()).unwrap_or("")
+    ));
+    st.expect(
+        phase == Some(Phase::Soaking),
+        "the k3s rollout validates, then soaks",
+    );
     let said = forge
         .comments(k3s_pr.number)
         .await
@@ -259,6 +266,25 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     } else {
         st.expect(false, "a report on the k3s pull request");
     }
+
+    // A day later the soak is over: the checks kept passing.
+    clock.advance(Duration::from_secs(24 * 3600 + 60));
+    st.say("a day passes; the checks keep passing");
+    let s = apply(Duration::from_secs(5)).await?;
+    let phase = s.first().map(|x| x.1);
+    st.say(&format!("k3s rollout: {:?}", phase.unwrap_or_default()));
+    st.expect(
+        phase == Some(Phase::Succeeded),
+        "the k3s rollout succeeds once soaked",
+    );
+    let said = forge
+        .comments(k3s_pr.number)
+        .await
+        .map_err(|e| e.to_string())?;
+    st.expect(
+        said.iter().any(|c| c.contains("**Soaked**")),
+        "a soak report on the k3s pull request",
+    );
 
     // 4. A Longhorn update whose validation fails.
     clock.advance(Duration::from_secs(3600));
@@ -289,6 +315,21 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     st.say(&format!(
         "(the simulator will degrade volume {volume} after the upgrade)"
     ));
+    // The window closed while k3s soaked: Longhorn waits for the next one.
+    let s = apply(Duration::from_secs(5)).await?;
+    if let Some((_, phase, msg)) = s.iter().find(|x| x.0.starts_with("longhorn-")) {
+        st.say(&format!("Longhorn rollout: {phase:?}: {msg}"));
+    }
+    let next = upkeep::windows::next_start(
+        clock.now(),
+        "longhorn",
+        &example.windows,
+        &example.freezes,
+        Default::default(),
+    )
+    .ok_or("the example's window never opens again")?;
+    clock.advance_to(next);
+    st.say("the next window opens");
     let watcher = tokio::spawn(narrate(kube.clone(), clock.clone(), tz));
     let s = apply(Duration::from_secs(30)).await?;
     watcher.abort();

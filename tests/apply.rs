@@ -93,6 +93,17 @@ impl World {
             .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
             .expect("forge")
             .expect("repo");
+        gh.with_forge(|f| {
+            f.commit_file(
+                REPO,
+                "main",
+                common::NO_SOAK_FILE,
+                common::NO_SOAK,
+                "Tests: no soak",
+            )
+        })
+        .expect("forge")
+        .expect("commit");
         let w = World {
             speed: 600.0,
             releases: Default::default(),
@@ -2005,5 +2016,154 @@ fn history_survives_the_loss_of_the_cluster_record_or_of_git() {
     assert!(
         out.contains("\"source\": \"git\"") && out.contains("no rollout record"),
         "{out}"
+    );
+}
+
+/// A policy with a soak of `duration` (`onRegression: on`) and two Prometheus checks against
+/// `prom`: an error rate (validation and soak) and pod restarts (soak only: a node's restart
+/// trips it right after a hop).
+fn soak_policy(prom: &str, duration: &str, on: &str) -> String {
+    format!(
+        "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nsoak:\n  - name: watch\n    duration: {duration}\n    onRegression: {on}\nchecks:\n  - name: errors\n    prometheus: {{url: \"{prom}\", query: '{ERRORS}', max: 0.01}}\n  - name: restarts\n    during: [soak]\n    prometheus: {{url: \"{prom}\", query: '{RESTARTS}', max: 3}}\n"
+    )
+}
+
+const ERRORS: &str = "sum(rate(http_requests_total{code=~\"5..\"}[5m])) or vector(0)";
+const RESTARTS: &str = "sum(increase(kube_pod_container_status_restarts_total[5m]))";
+
+impl World {
+    /// Replace the tests' no-soak policy with `text`.
+    fn set_policy(&self, text: &str) {
+        self.gh
+            .with_forge(|f| f.commit_file(REPO, "main", common::NO_SOAK_FILE, text, "Soak"))
+            .expect("forge")
+            .expect("commit");
+    }
+
+    fn rollout(&self, name: &str) -> serde_json::Value {
+        self.kube
+            .get("upkeep.dev", "upkeeprollouts", "upkeep-system", name)
+            .unwrap_or_default()
+    }
+
+    /// One look at the rollouts after the simulated clock moved `minutes` on (stopped while the
+    /// world is looked at, so that "30 minutes later" is exactly that).
+    fn later(&self, minutes: i64) -> Vec<(String, Phase, String)> {
+        self.kube.clock().set_speed(1.0);
+        let t = self.kube.clock().now() + chrono::Duration::minutes(minutes);
+        self.kube.clock().advance_to(t);
+        self.apply(Duration::from_secs(5))
+    }
+}
+
+#[test]
+fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
+    let (prom, _stop) = upkeep_sim::prometheus::PrometheusSim::start_until_stopped().expect("prom");
+    prom.set(ERRORS, 0.001);
+    prom.set(RESTARTS, 0.0);
+
+    // k3s validates and soaks for two hours: its PR hears when the soak ends, and the restart
+    // check (soak only) has not run yet.
+    let w = World::new(in_window());
+    w.set_policy(&soak_policy(&prom.url(), "2h", "attention"));
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Soaking), "{s:?}");
+    assert!(
+        w.comments()[0].contains("Soaking for 2h until"),
+        "{:?}",
+        w.comments()
+    );
+    assert!(
+        !prom.asked().iter().any(|q| q == RESTARTS),
+        "{:?}",
+        prom.asked()
+    );
+    // Half an hour on, both checks run and pass; the rollout still soaks.
+    let s = w.later(30);
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Soaking), "{s:?}");
+    assert!(prom.asked().iter().any(|q| q == RESTARTS));
+    let soak = &w.rollout(K3S)["status"]["soak"];
+    assert!(soak["looks"].as_u64().unwrap_or(0) >= 1, "{soak}");
+    // The error rate rises: the policy says `attention`. Nothing is changed, versions.yaml still
+    // asks for the new version, the PR, the events and the status say why.
+    prom.set(ERRORS, 0.2);
+    let s = w.later(30);
+    assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
+    let (_, _, msg) = s.iter().find(|x| x.0 == K3S).cloned().unwrap_or_default();
+    assert!(msg.contains("regressed during the soak: errors:"), "{msg}");
+    assert!(msg.contains("= 0.2 (wanted <= 0.01)"), "{msg}");
+    assert!(w.main_file().contains("version: v1.33.5+k3s1"), "no revert");
+    let said = w.comments();
+    assert!(
+        said.iter()
+            .any(|c| c.contains("**Regression during the soak, needs a human.**")),
+        "{said:?}"
+    );
+    assert!(!said.iter().any(|c| c.contains("**Soaked**")), "{said:?}");
+    let soak = &w.rollout(K3S)["status"]["soak"];
+    assert!(
+        soak["regression"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("errors:"),
+        "{soak}"
+    );
+    let events = w.kube.list("", "events");
+    assert!(
+        events.iter().any(|e| e["involvedObject"]["name"] == K3S
+            && e["reason"] == "RequiresAttention"
+            && e["type"] == "Warning"
+            && e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("regressed during the soak")),
+        "{events:?}"
+    );
+
+    // A Flux patch can go back: with `rollback`, a regression rolls it back and reverts git.
+    prom.set(ERRORS, 0.001);
+    let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.6.5");
+    w.set_policy(&soak_policy(&prom.url(), "2h", "rollback"));
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Soaking), "{s:?}");
+    prom.set(RESTARTS, 12.0);
+    let s = w.later(20);
+    assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Reverted), "{s:?}");
+    assert!(
+        w.main_file().contains("version: v2.6.4"),
+        "{}",
+        w.main_file()
+    );
+    assert!(w.main_log().contains("revert(flux)"), "{}", w.main_log());
+    let fi = w
+        .kube
+        .get(
+            "fluxcd.controlplane.io",
+            "fluxinstances",
+            "flux-system",
+            "flux",
+        )
+        .expect("fi");
+    assert_eq!(
+        fi["spec"]["distribution"]["version"], "2.6.4",
+        "rolled back: {fi}"
+    );
+
+    // Without a regression, the soak ends and the rollout succeeds: Succeeded means soaked.
+    prom.set(RESTARTS, 0.0);
+    let w = World::new(in_window());
+    w.set_policy(&soak_policy(&prom.url(), "2h", "attention"));
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Soaking), "{s:?}");
+    let s = w.later(60);
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Soaking), "{s:?}");
+    let s = w.later(61);
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    assert!(
+        w.comments()
+            .iter()
+            .any(|c| c.contains("**Soaked**: k3s v1.33.5+k3s1 ran 2h")),
+        "{:?}",
+        w.comments()
     );
 }

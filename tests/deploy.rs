@@ -127,6 +127,7 @@ fn exported() -> BTreeSet<String> {
     };
     m.updates_available.get_or_create(&c).set(1);
     m.source_failing.get_or_create(&c).set(0);
+    m.soak_regressions.get_or_create(&c).inc();
     m.rollout_phase
         .get_or_create(&RolloutLabels {
             rollout: "r".into(),

@@ -47,6 +47,7 @@ struct Config {
     limits: PullRequestLimits,
     max_minor_step: u64,
     prerelease: bool,
+    soak: upkeep::model::SoakPolicy,
 }
 
 fn config(rng: &mut Rng, start: DateTime<Utc>) -> Config {
@@ -91,6 +92,14 @@ fn config(rng: &mut Rng, start: DateTime<Utc>) -> Config {
         },
         max_minor_step: 1 + rng.below(2),
         prerelease: rng.chance(20),
+        soak: upkeep::model::SoakPolicy {
+            duration: Duration::minutes([0, 0, 120, 1440][rng.below(4) as usize]),
+            on_regression: if rng.chance(50) {
+                upkeep::model::OnRegression::Attention
+            } else {
+                upkeep::model::OnRegression::Rollback
+            },
+        },
     }
 }
 
@@ -115,6 +124,8 @@ enum Event {
     LookLost,
     /// The next node to upgrade never comes back Ready.
     NodeFails,
+    /// A policy check fails at the next validation or soak look (an error rate rises).
+    Regress,
 }
 
 fn event(rng: &mut Rng) -> Event {
@@ -126,8 +137,9 @@ fn event(rng: &mut Rng) -> Event {
         55..=58 => Event::Close(rng.below(4) as u8),
         59..=60 => Event::Emergency,
         61..=92 => Event::Look,
-        93..=96 => Event::LookLost,
-        _ => Event::NodeFails,
+        93..=95 => Event::LookLost,
+        96..=97 => Event::NodeFails,
+        _ => Event::Regress,
     }
 }
 
@@ -144,6 +156,8 @@ struct World {
     nodes: Vec<String>,
     ready: Vec<bool>,
     fail_next: bool,
+    /// A policy check fails at the next validation or soak look.
+    regress_next: bool,
     /// upkeep's Plans: the version they upgrade to, and whether they start no new node.
     plan: Option<String>,
     held: bool,
@@ -196,6 +210,7 @@ impl World {
             ready: vec![true; NODES.len()],
             desired: first,
             fail_next: false,
+            regress_next: false,
             plan: None,
             held: false,
             pulls: Vec::new(),
@@ -298,6 +313,7 @@ impl World {
             catalog_public_key: None,
             checks: Vec::new(),
             rollouts: Default::default(),
+            soak: Vec::new(),
         };
         let mut running = upkeep::propose::Running::new();
         running.insert(
@@ -538,9 +554,58 @@ impl World {
                 allow_degraded_volumes: false,
                 drain: true,
             },
-            extra_checks: Vec::new(),
+            extra_checks: if self.regress_next
+                && matches!(status.phase, Phase::Validating | Phase::Soaking)
+            {
+                vec![upkeep::validate::Finding {
+                    check: "errors".into(),
+                    ok: false,
+                    detail: "rate = 0.2 (wanted <= 0.01)".into(),
+                }]
+            } else {
+                Vec::new()
+            },
+            soak: self.cfg.soak,
         };
         let (next, effects) = rollout::decide(&name, &spec, &status, &ctx);
+        if saved && matches!(status.phase, Phase::Validating | Phase::Soaking) {
+            self.regress_next = false;
+        }
+
+        // Succeeded means soaked: with a soak, only from Soaking, once it has run its course.
+        let soak_on = self.cfg.soak.duration > Duration::zero();
+        if next.phase == Phase::Succeeded && status.phase != Phase::Succeeded && soak_on {
+            let done = status.phase == Phase::Soaking
+                && status.soak.as_ref().is_some_and(|k| k.until <= self.now);
+            if !done {
+                return Err(format!(
+                    "{name} succeeded from {:?} at {} without soaking {:?}",
+                    status.phase, self.now, status.soak
+                ));
+            }
+        }
+        // The next hop waits for the soak.
+        if status.phase == Phase::Soaking
+            && effects.iter().any(|e| matches!(e, Effect::Apply { .. }))
+            && status.soak.as_ref().is_some_and(|k| k.until > self.now)
+            && next.phase != Phase::Failed
+        {
+            return Err(format!(
+                "{name} applied the next hop mid-soak at {}",
+                self.now
+            ));
+        }
+        // A regression with `attention` changes nothing.
+        if status.phase == Phase::Soaking
+            && next.phase == Phase::RequiresAttention
+            && effects
+                .iter()
+                .any(|e| matches!(e, Effect::Apply { .. } | Effect::Revert { .. }))
+        {
+            return Err(format!(
+                "{name} changed something after a soak regression: {effects:?}"
+            ));
+        }
 
         // Never start outside a window or in a freeze.
         let started = matches!(status.phase, Phase::Pending | Phase::WaitingForWindow)
@@ -633,6 +698,7 @@ impl World {
             Event::Look => self.look(true)?,
             Event::LookLost => self.look(false)?,
             Event::NodeFails => self.fail_next = true,
+            Event::Regress => self.regress_next = true,
         }
         if self.check_windows && matches!(e, Event::Wait(_)) {
             windows_agree(&self.cfg, self.now)?;
@@ -687,6 +753,8 @@ struct Coverage {
     failed: usize,
     reverted: usize,
     paused: usize,
+    soaked: usize,
+    regressed: usize,
 }
 
 /// Run a history; the first broken invariant, with the step it broke at.
@@ -711,6 +779,10 @@ fn run_counting(seed: u64, events: &[Event], cov: &mut Coverage) -> Result<(), (
     cov.failed += reached(" Failed");
     cov.reverted += reached(" Reverted") + reached(" RequiresAttention");
     cov.paused += w.rollout.as_ref().map_or(0, |r| r.2.pauses as usize);
+    cov.soaked += reached(" Soaking");
+    cov.regressed += w.rollout.as_ref().map_or(0, |r| {
+        usize::from(r.2.soak.as_ref().is_some_and(|k| k.regression.is_some()))
+    });
     Ok(())
 }
 

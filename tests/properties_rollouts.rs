@@ -64,6 +64,17 @@ impl World {
             .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
             .expect("forge")
             .expect("repo");
+        gh.with_forge(|f| {
+            f.commit_file(
+                REPO,
+                "main",
+                common::NO_SOAK_FILE,
+                common::NO_SOAK,
+                "Tests: no soak",
+            )
+        })
+        .expect("forge")
+        .expect("commit");
         World {
             kube,
             gh,

@@ -59,6 +59,7 @@ impl World {
             "apiVersion: upkeep.dev/v1alpha1\nkind: DesiredVersions\ncomponents:\n  k3s:\n    version: v1.33.4+k3s1\n",
         )
         .expect("write");
+        std::fs::write(seed.join(common::NO_SOAK_FILE), common::NO_SOAK).expect("write");
         if let Some(p) = policies {
             std::fs::write(seed.join("policies/windows.yaml"), p).expect("write");
         }

@@ -62,3 +62,11 @@ pub fn half(count_var: &str, default: u64, half: u64) -> (u64, u64) {
         _ => (first + count.div_ceil(2), count / 2),
     }
 }
+
+/// A policy that turns the soak off: the scenarios that are not about soaking see a validated
+/// rollout succeed at once (the default soak is a day). Committed as `policies/zz-tests.yaml`,
+/// the last file read, so that it overrides the example's soak.
+pub const NO_SOAK: &str = "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nsoak:\n  - name: none-in-tests\n    duration: \"0\"\n";
+
+/// The file [`NO_SOAK`] goes in.
+pub const NO_SOAK_FILE: &str = "policies/zz-tests.yaml";

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod github;
 pub mod kube;
 pub mod playground;
+pub mod prometheus;
 pub mod tls;
 pub mod upstream;
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::cluster::{self, AGENT_PLAN, Observed, SERVER_PLAN};
 use crate::forge::Forge;
 use crate::gitrepo::{Author, GitRepo};
-use crate::model::{Component, ConfigRepo};
+use crate::model::{Component, ConfigRepo, Stage};
 use crate::rollout::{self, Ctx, Effect, Phase, RolloutSpec, RolloutStatus};
 use crate::versions;
 use crate::windows::{self, Decision, Override};
@@ -400,7 +400,13 @@ pub async fn run_detailed<F: Forge>(
             if status.phase != Phase::Succeeded
                 && let Some(r) = running.get_mut(&c.name)
             {
-                r.unfinished = Some(format!("rollout {name} is {:?}", status.phase));
+                r.unfinished = Some(match &status.soak {
+                    Some(soak) if status.phase == Phase::Soaking => format!(
+                        "rollout {name} soaks until {}",
+                        soak.until.format("%Y-%m-%d %H:%M UTC")
+                    ),
+                    _ => format!("rollout {name} is {:?}", status.phase),
+                });
             }
             let acked = crate::operate::acknowledgement(&obj).is_some();
             if crate::operate::shown(status.phase, acked, true) {
@@ -679,9 +685,11 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
                 if !phase.0.is_terminal() {
                     active = true;
+                    // A soak is watched once per cycle (the controller's poll), not driven.
+                    let soaking = phase.0 == Phase::Soaking;
                     let waits = phase.0 == Phase::WaitingForWindow
                         || (phase.0 == Phase::Applying && phase.1);
-                    if !waits || may_start {
+                    if !soaking && (!waits || may_start) {
                         waiting_only = false;
                     }
                 }
@@ -814,11 +822,12 @@ impl<F: Forge> Driver<'_, '_, F> {
                 allow_degraded_volumes: self.opts.allow_degraded_volumes,
                 drain: self.opts.drain,
             },
-            extra_checks: if status.phase == Phase::Validating {
-                run_checks(&config.checks, &c.name).await
-            } else {
-                Vec::new()
+            extra_checks: match status.phase {
+                Phase::Validating => run_checks(&config.checks, &c.name, Stage::Validation).await,
+                Phase::Soaking => run_checks(&config.checks, &c.name, Stage::Soak).await,
+                _ => Vec::new(),
             },
+            soak: config.soak_for(&c.name),
         };
         let (mut next, effects) = rollout::decide(&name, &spec, &status, &ctx);
         for fx in &effects {
@@ -1776,6 +1785,7 @@ fn encode(q: &str) -> String {
 pub async fn run_checks(
     checks: &[crate::model::Check],
     component: &str,
+    stage: Stage,
 ) -> Vec<crate::validate::Finding> {
     use crate::model::CheckKind;
     use crate::validate::Finding;
@@ -1793,7 +1803,10 @@ pub async fn run_checks(
         }
     };
     let mut out = Vec::new();
-    for c in checks.iter().filter(|c| c.components.covers(component)) {
+    for c in checks
+        .iter()
+        .filter(|c| c.components.covers(component) && c.during.contains(&stage))
+    {
         let t = std::time::Instant::now();
         let (ok, what) = match &c.kind {
             CheckKind::Http { url, expect_status } => match client.get(url).send().await {
@@ -1828,6 +1841,24 @@ pub async fn run_checks(
                     let body: Value =
                         serde_json::from_slice(&r.bytes().await.map_err(|e| e.to_string())?)
                             .map_err(|e| format!("not JSON: {e}"))?;
+                    if body["status"] == "error" {
+                        let mut why = format!(
+                            "Prometheus answered {}: {}",
+                            body["errorType"].as_str().unwrap_or("an error"),
+                            body["error"].as_str().unwrap_or("")
+                        );
+                        crate::sources::truncate_utf8(&mut why, 300);
+                        return Err(why);
+                    }
+                    // A query that matches no series is an empty vector, not 0 (an error rate
+                    // with no 5xx series at all, say): say how to write it.
+                    if body
+                        .pointer("/data/result")
+                        .and_then(Value::as_array)
+                        .is_some_and(Vec::is_empty)
+                    {
+                        return Err("the query matched no series (where none means 0, end it with `or vector(0)`)".to_string());
+                    }
                     body.pointer("/data/result/0/value/1")
                         .and_then(Value::as_str)
                         .and_then(|v| v.parse::<f64>().ok())

@@ -824,6 +824,16 @@ fn record_rollouts(
     // Under way, or just moved into waiting (a rollout that starts in an open window passes
     // through WaitingForWindow for one look): look again soon.
     mem.busy = summary.iter().any(|(name, r)| {
+        // A soak is looked at on the usual poll, not every two seconds.
+        if r.phase == Phase::Soaking
+            && !mem
+                .phases
+                .seen
+                .get(name)
+                .is_none_or(|(p, ..)| *p != r.phase)
+        {
+            return false;
+        }
         if !driven.contains(name) {
             return false;
         }
@@ -856,6 +866,23 @@ fn record_rollouts(
                 phase: format!("{phase:?}"),
             })
             .set(1);
+        let was_soaking = mem
+            .phases
+            .seen
+            .get(name)
+            .is_some_and(|(p, ..)| *p == Phase::Soaking);
+        if was_soaking
+            && *phase != Phase::Soaking
+            && r.soak.as_ref().is_some_and(|k| k.regression.is_some())
+        {
+            shared
+                .metrics
+                .soak_regressions
+                .get_or_create(&ComponentLabel {
+                    component: component.clone(),
+                })
+                .inc();
+        }
         for m in mem.phases.observe(name, *phase, now) {
             match m {
                 Measured::Step { step, seconds } => shared

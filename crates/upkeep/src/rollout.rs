@@ -1,8 +1,10 @@
 //! The rollout of one component from what runs to what versions.yaml asks, as a persisted state
 //! machine:
 //!
-//! `Pending -> WaitingForWindow -> Preflight -> Backup -> Applying -> Validating -> Succeeded`, or
-//! `-> Failed -> Reverting -> Reverted`, or `RequiresAttention` where a machine must not decide.
+//! `Pending -> WaitingForWindow -> Preflight -> Backup -> Applying -> Validating -> Soaking ->
+//! Succeeded`, or `-> Failed -> Reverting -> Reverted`, or `RequiresAttention` where a machine
+//! must not decide. A soak regression leads to `RequiresAttention`, or (policy `rollback`, where
+//! the component can go back) to `Failed`.
 //!
 //! [`decide`] is pure: the rollout's spec and status and what the cluster shows now in, the next
 //! status and the effects to carry out out. Every effect is idempotent (server-side apply, named
@@ -28,6 +30,9 @@ pub enum Phase {
     Backup,
     Applying,
     Validating,
+    /// Validated; the checks keep running for the policy's soak before the next hop starts or
+    /// the rollout counts as `Succeeded` (which means soaked).
+    Soaking,
     Succeeded,
     Failed,
     Reverting,
@@ -58,6 +63,7 @@ impl Phase {
                 | Phase::Backup
                 | Phase::Applying
                 | Phase::Validating
+                | Phase::Soaking
                 | Phase::Failed
                 | Phase::Reverting
         )
@@ -311,6 +317,63 @@ pub struct RolloutStatus {
     /// The `metadata.generation` of the spec this status was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The soak of the last hop validated: when it started and ends, and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soak: Option<Soak>,
+}
+
+/// How a soak stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Soak {
+    /// The hop it watches (index into `spec.hops`).
+    pub hop: usize,
+    pub since: DateTime<Utc>,
+    pub until: DateTime<Utc>,
+    /// How many times the checks ran.
+    #[serde(default)]
+    pub looks: u32,
+    /// What regressed, if anything did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression: Option<String>,
+}
+
+impl Soak {
+    /// The soak's result in words, for history and reports.
+    pub fn result(&self) -> String {
+        match &self.regression {
+            Some(r) => format!("regressed: {r}"),
+            None => format!(
+                "{} checks over {}",
+                self.looks,
+                span_text(self.until - self.since)
+            ),
+        }
+    }
+}
+
+/// A duration in the words a policy writes it: `24h`, `90m`, `2d`, `1h30m`.
+pub fn span_text(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    if s == 0 {
+        return "0".into();
+    }
+    let (days, h, m, sec) = (s / 86_400, s % 86_400 / 3600, s % 3600 / 60, s % 60);
+    if h == 0 && m == 0 && sec == 0 && days > 1 {
+        return format!("{days}d");
+    }
+    let mut out = String::new();
+    let hours = days * 24 + h;
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if sec > 0 {
+        out.push_str(&format!("{sec}s"));
+    }
+    out
 }
 
 /// Something to do in the world.
@@ -358,8 +421,11 @@ pub struct Ctx<'a> {
     /// How long one hop may take before it counts as failed.
     pub timeout: chrono::Duration,
     pub preflight: PreflightPolicy,
-    /// The results of the policy's checks (HTTP, Prometheus), run by the caller in Validating.
+    /// The results of the policy's checks (HTTP, Prometheus), run by the caller in Validating
+    /// (those `during: validation`) and in Soaking (those `during: soak`).
     pub extra_checks: Vec<Finding>,
+    /// How long a validated hop soaks, and what a regression leads to.
+    pub soak: crate::model::SoakPolicy,
 }
 
 /// How a backup stands.
@@ -921,6 +987,7 @@ pub fn decide(
             );
             checks.extend(ctx.extra_checks.iter().cloned());
             s.checks = checks.clone();
+            let last = s.hop + 1 >= spec.hops.len();
             if let Some(bad) = checks.iter().find(|f| !f.ok) {
                 fail(
                     &mut s,
@@ -930,87 +997,128 @@ pub fn decide(
                     format!("{hop_version} failed validation: {}", bad.detail),
                     now,
                 );
-            } else if s.hop + 1 < spec.hops.len() && !ctx.may_start {
-                // The next hop starts in the next window (after its preflight).
-                s.hop += 1;
-                let msg = format!(
-                    "{} validated; hop {} of {} waits: {}",
-                    hop_version,
-                    s.hop + 1,
-                    spec.hops.len(),
-                    ctx.waiting
-                );
-                set(&mut s, Phase::WaitingForWindow, msg, now);
-            } else if s.hop + 1 < spec.hops.len() {
-                s.hop += 1;
-                let next = spec.hops[s.hop].clone();
-                let msg = format!("applying {next} (hop {} of {})", s.hop + 1, spec.hops.len());
-                set(&mut s, Phase::Applying, msg, now);
-                fx.push(Effect::Apply { version: next });
-            } else {
+            } else if ctx.soak.duration > chrono::Duration::zero() {
+                let until = now + ctx.soak.duration;
+                s.soak = Some(Soak {
+                    hop: s.hop,
+                    since: now,
+                    until,
+                    looks: 0,
+                    regression: None,
+                });
                 set(
                     &mut s,
-                    Phase::Succeeded,
-                    format!("{} runs {}", c.name, spec.to),
+                    Phase::Soaking,
+                    format!(
+                        "{hop_version} validated; soaking for {} until {}: the checks keep running",
+                        span_text(ctx.soak.duration),
+                        until.format("%Y-%m-%d %H:%M UTC")
+                    ),
                     now,
                 );
-                // A Job that failed although its node upgraded leaves the node cordoned.
-                if ctx.observed.nodes.iter().any(|n| n.unschedulable) && c.name == "k3s" {
-                    fx.push(Effect::Uncordon);
+                if last {
+                    let body = applied_report(spec, &s, ctx, &checks, Some(until));
+                    comment(&mut s, &mut fx, "succeeded", body);
                 }
-                let took = s.started_at.map_or(String::new(), |t| {
-                    format!(" in {} min", (now - t).num_minutes())
-                });
-                let backup = match (&s.backup, &s.no_backup) {
-                    (Some(b), _) => format!(", after backup `{b}`"),
-                    (None, Some(_)) => ", with no datastore backup (no embedded etcd)".to_string(),
-                    (None, None) => String::new(),
-                };
-                let dash = spec.to.replace('+', "-");
-                let nodes: Vec<String> = s
-                    .nodes
-                    .iter()
-                    .map(|n| {
-                        let took = ctx
-                            .observed
-                            .upgrade_jobs
-                            .iter()
-                            .filter(|j| j.node == n.name && j.version == dash)
-                            .find_map(|j| Some((j.completed? - j.started?).num_seconds()))
-                            .map_or("-".to_string(), |t| format!("{}m{:02}s", t / 60, t % 60));
-                        format!(
-                            "| {} | {} | {} | {took} |",
-                            n.name,
-                            n.version,
-                            if n.ready { "Ready" } else { "NotReady" }
-                        )
-                    })
-                    .collect();
-                let checks: Vec<String> = checks
-                    .iter()
-                    .map(|f| format!("- ✓ {}: {}", f.check, f.detail))
-                    .collect();
-                comment(
-                    &mut s,
-                    &mut fx,
-                    "succeeded",
-                    format!(
-                        "**Applied**: {} {} → {}{took}{}.\n\n{}\n\n{}",
-                        c.name,
-                        spec.from,
-                        spec.to,
-                        backup,
-                        checks.join("\n"),
-                        if c.name == "k3s" {
-                            format!(
-                                "| Node | Version | State | Upgrade took |\n|---|---|---|---|\n{}",
-                                nodes.join("\n")
-                            )
-                        } else {
-                            String::new()
-                        }
-                    ),
+            } else {
+                next_hop(&mut s, &mut fx, spec, ctx, &hop_version);
+                if last {
+                    let body = applied_report(spec, &s, ctx, &checks, None);
+                    comment(&mut s, &mut fx, "succeeded", body);
+                }
+            }
+        }
+        Phase::Soaking => {
+            let mut checks = validate(
+                s.baseline.as_ref().unwrap_or(&Baseline::default()),
+                ctx.observed,
+            );
+            checks.extend(ctx.extra_checks.iter().cloned());
+            s.checks = checks.clone();
+            let mut soak = s.soak.clone().unwrap_or(Soak {
+                hop: s.hop,
+                since: now,
+                until: now + ctx.soak.duration,
+                looks: 0,
+                regression: None,
+            });
+            soak.looks += 1;
+            let last = s.hop + 1 >= spec.hops.len();
+            if let Some(bad) = checks.iter().find(|f| !f.ok) {
+                let why = format!(
+                    "{hop_version} regressed during the soak: {}: {}",
+                    bad.check, bad.detail
                 );
+                soak.regression = Some(format!("{}: {}", bad.check, bad.detail));
+                s.soak = Some(soak.clone());
+                let back = last_good(spec, &s);
+                let can_go_back = match (versions::parse(&back, c.scheme), &hop) {
+                    (Ok(b), Ok(h)) => match c.path_rule.downgrade {
+                        Downgrade::Allowed => true,
+                        Downgrade::WithinMinor => b.line() == h.line(),
+                        Downgrade::Never => false,
+                    },
+                    _ => false,
+                };
+                let rollback = ctx.soak.on_regression == crate::model::OnRegression::Rollback;
+                let watched = span_text(now - soak.since);
+                let key = format!("soak-regression-{}", s.hop);
+                if rollback && can_go_back {
+                    comment(
+                        &mut s,
+                        &mut fx,
+                        &key,
+                        format!(
+                            "**Regression during the soak** of {} {hop_version}, {watched} after it validated: {}: {}\n\nThe policy says `rollback`: upkeep rolls {} back to {back} and reverts versions.yaml.",
+                            c.name, bad.check, bad.detail, c.name
+                        ),
+                    );
+                    fail(&mut s, &mut fx, spec, c, why, now);
+                } else {
+                    let outcome = if rollback {
+                        format!(
+                            "The policy says `rollback`, but {} cannot go back from {hop_version} to {back}, so nothing was changed and versions.yaml still asks for {hop_version}: a human decides (docs/runbook.md).",
+                            c.name
+                        )
+                    } else {
+                        "The policy says `attention`: nothing was changed, versions.yaml still asks for it, and a human decides (roll forward with a fix, or revert the version in git where the component can go back; docs/runbook.md).".to_string()
+                    };
+                    comment(
+                        &mut s,
+                        &mut fx,
+                        &key,
+                        format!(
+                            "**Regression during the soak, needs a human.** {} {hop_version}, {watched} after it validated: {}: {}\n\n{outcome}",
+                            c.name, bad.check, bad.detail
+                        ),
+                    );
+                    s.failure = Some(why.clone());
+                    set(&mut s, Phase::RequiresAttention, why, now);
+                }
+            } else if now >= soak.until {
+                s.soak = Some(soak.clone());
+                next_hop(&mut s, &mut fx, spec, ctx, &hop_version);
+                if last {
+                    comment(
+                        &mut s,
+                        &mut fx,
+                        "soaked",
+                        format!(
+                            "**Soaked**: {} {} ran {} with every check passing ({} looks). The rollout succeeded.",
+                            c.name,
+                            spec.to,
+                            span_text(soak.until - soak.since),
+                            soak.looks
+                        ),
+                    );
+                }
+            } else {
+                s.message = format!(
+                    "soaking {hop_version} until {}: {} checks pass",
+                    soak.until.format("%Y-%m-%d %H:%M UTC"),
+                    checks.len()
+                );
+                s.soak = Some(soak);
             }
         }
         Phase::Failed => {
@@ -1129,6 +1237,116 @@ pub fn decide(
         Phase::Succeeded | Phase::Reverted | Phase::RequiresAttention | Phase::Superseded => {}
     }
     (s, fx)
+}
+
+/// After a hop validated (and soaked): the next hop (in the next window when none is open), or
+/// `Succeeded`.
+fn next_hop(
+    s: &mut RolloutStatus,
+    fx: &mut Vec<Effect>,
+    spec: &RolloutSpec,
+    ctx: &Ctx,
+    hop_version: &str,
+) {
+    let now = ctx.now;
+    let c = ctx.component;
+    if s.hop + 1 < spec.hops.len() && !ctx.may_start {
+        s.hop += 1;
+        let msg = format!(
+            "{} validated; hop {} of {} waits: {}",
+            hop_version,
+            s.hop + 1,
+            spec.hops.len(),
+            ctx.waiting
+        );
+        set(s, Phase::WaitingForWindow, msg, now);
+    } else if s.hop + 1 < spec.hops.len() {
+        s.hop += 1;
+        let next = spec.hops[s.hop].clone();
+        let msg = format!("applying {next} (hop {} of {})", s.hop + 1, spec.hops.len());
+        set(s, Phase::Applying, msg, now);
+        fx.push(Effect::Apply { version: next });
+    } else {
+        set(
+            s,
+            Phase::Succeeded,
+            format!("{} runs {}", c.name, spec.to),
+            now,
+        );
+        // A Job that failed although its node upgraded leaves the node cordoned.
+        if ctx.observed.nodes.iter().any(|n| n.unschedulable) && c.name == "k3s" {
+            fx.push(Effect::Uncordon);
+        }
+    }
+}
+
+/// The report of the last hop validated: what moved, the backup, the checks, each node (k3s);
+/// and, when it soaks, until when.
+fn applied_report(
+    spec: &RolloutSpec,
+    s: &RolloutStatus,
+    ctx: &Ctx,
+    checks: &[Finding],
+    soaks_until: Option<DateTime<Utc>>,
+) -> String {
+    let now = ctx.now;
+    let c = ctx.component;
+    let took = s.started_at.map_or(String::new(), |t| {
+        format!(" in {} min", (now - t).num_minutes())
+    });
+    let backup = match (&s.backup, &s.no_backup) {
+        (Some(b), _) => format!(", after backup `{b}`"),
+        (None, Some(_)) => ", with no datastore backup (no embedded etcd)".to_string(),
+        (None, None) => String::new(),
+    };
+    let dash = spec.to.replace('+', "-");
+    let nodes: Vec<String> = s
+        .nodes
+        .iter()
+        .map(|n| {
+            let took = ctx
+                .observed
+                .upgrade_jobs
+                .iter()
+                .filter(|j| j.node == n.name && j.version == dash)
+                .find_map(|j| Some((j.completed? - j.started?).num_seconds()))
+                .map_or("-".to_string(), |t| format!("{}m{:02}s", t / 60, t % 60));
+            format!(
+                "| {} | {} | {} | {took} |",
+                n.name,
+                n.version,
+                if n.ready { "Ready" } else { "NotReady" }
+            )
+        })
+        .collect();
+    let checks: Vec<String> = checks
+        .iter()
+        .map(|f| format!("- ✓ {}: {}", f.check, f.detail))
+        .collect();
+    let soak = match soaks_until {
+        Some(until) => format!(
+            "\n\nSoaking for {} until {}: the checks keep running, and the rollout counts as succeeded once it has soaked.",
+            span_text(ctx.soak.duration),
+            until.format("%Y-%m-%d %H:%M UTC")
+        ),
+        None => String::new(),
+    };
+    format!(
+        "**Applied**: {} {} → {}{took}{}.\n\n{}\n\n{}{soak}",
+        c.name,
+        spec.from,
+        spec.to,
+        backup,
+        checks.join("\n"),
+        if c.name == "k3s" {
+            format!(
+                "| Node | Version | State | Upgrade took |\n|---|---|---|---|\n{}",
+                nodes.join("\n")
+            )
+        } else {
+            String::new()
+        }
+    )
 }
 
 fn fail(
@@ -1329,6 +1547,121 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_validated_hop_soaks_before_the_next_hop_and_a_regression_follows_policy() {
+        use crate::model::{OnRegression, SoakPolicy};
+        let t0: DateTime<Utc> = "2026-11-21T21:30:00Z".parse().unwrap_or_default();
+        let two = RolloutSpec {
+            from: "v1.32.9+k3s1".into(),
+            to: "v1.33.5+k3s1".into(),
+            hops: vec!["v1.33.0+k3s1".into(), "v1.33.5+k3s1".into()],
+            ..spec()
+        };
+        let c = k3s();
+        let o = cluster(&["v1.33.0+k3s1", "v1.33.0+k3s1"]);
+        let look = |st: &RolloutStatus,
+                    now: DateTime<Utc>,
+                    may_start: bool,
+                    soak: SoakPolicy,
+                    checks: Vec<Finding>| {
+            let ctx = Ctx {
+                now,
+                created: t0,
+                component: &c,
+                observed: &o,
+                may_start,
+                waiting: "next window Sat 22:00".into(),
+                backup: false,
+                backup_state: BackupState::Pending,
+                timeout: chrono::Duration::minutes(60),
+                preflight: PreflightPolicy::default(),
+                extra_checks: checks,
+                soak,
+            };
+            decide("k3s-v1.33.5-k3s1", &two, st, &ctx)
+        };
+        let day = SoakPolicy::default();
+        let validating = RolloutStatus {
+            phase: Phase::Validating,
+            ..Default::default()
+        };
+        // The first hop validated: it soaks a day, and the next hop waits.
+        let (s, fx) = look(&validating, t0, true, day, Vec::new());
+        assert_eq!((s.phase, s.hop), (Phase::Soaking, 0));
+        assert!(s.phase.holds_the_cluster());
+        assert!(fx.is_empty(), "no report before the last hop: {fx:?}");
+        assert_eq!(
+            s.soak.as_ref().map(|k| k.until),
+            Some(t0 + chrono::Duration::hours(24))
+        );
+        let (s, fx) = look(&s, t0 + chrono::Duration::hours(23), true, day, Vec::new());
+        assert_eq!((s.phase, s.hop, fx.len()), (Phase::Soaking, 0, 0));
+        // Soaked, outside a window: the next hop waits for one; in a window it starts.
+        let after = t0 + chrono::Duration::hours(24);
+        let (w, _) = look(&s, after, false, day, Vec::new());
+        assert_eq!((w.phase, w.hop), (Phase::WaitingForWindow, 1));
+        let (a, fx) = look(&s, after, true, day, Vec::new());
+        assert_eq!((a.phase, a.hop), (Phase::Applying, 1));
+        assert_eq!(
+            fx,
+            vec![Effect::Apply {
+                version: "v1.33.5+k3s1".into()
+            }]
+        );
+        assert_eq!(s.soak.as_ref().map(|k| k.looks), Some(1));
+
+        // A regression: k3s cannot go back, so even `rollback` asks a human, and versions.yaml
+        // is left alone (no Revert, no Apply).
+        let bad = vec![Finding {
+            check: "errors".into(),
+            ok: false,
+            detail: "rate = 0.2 (wanted <= 0.01)".into(),
+        }];
+        let rollback = SoakPolicy {
+            on_regression: OnRegression::Rollback,
+            ..day
+        };
+        let (r, fx) = look(
+            &s,
+            t0 + chrono::Duration::hours(2),
+            true,
+            rollback,
+            bad.clone(),
+        );
+        assert_eq!(r.phase, Phase::RequiresAttention);
+        assert!(
+            r.message.contains("regressed during the soak: errors:"),
+            "{}",
+            r.message
+        );
+        assert!(
+            matches!(&fx[..], [Effect::Comment { key, body }] if key == "soak-regression-0" && body.contains("cannot go back")),
+            "{fx:?}"
+        );
+        assert_eq!(
+            r.soak
+                .as_ref()
+                .and_then(|k| k.regression.clone())
+                .as_deref(),
+            Some("errors: rate = 0.2 (wanted <= 0.01)")
+        );
+        // No soak at all: a validated last hop succeeds at once.
+        let last = RolloutStatus {
+            phase: Phase::Validating,
+            hop: 1,
+            ..Default::default()
+        };
+        let none = SoakPolicy {
+            duration: chrono::Duration::zero(),
+            ..day
+        };
+        let (s, _) = look(&last, t0, true, none, Vec::new());
+        assert_eq!(s.phase, Phase::Succeeded);
+        assert_eq!(span_text(chrono::Duration::minutes(90)), "1h30m");
+        assert_eq!(span_text(chrono::Duration::days(2)), "2d");
+        assert_eq!(span_text(chrono::Duration::hours(24)), "24h");
+    }
+
+    #[test]
     fn a_superseded_rollout_ends_holds_its_plans_and_says_so_once() {
         let t: DateTime<Utc> = "2026-11-28T22:30:00Z".parse().unwrap_or_default();
         let applying = RolloutStatus {
@@ -1392,6 +1725,10 @@ pub(crate) mod tests {
             timeout: chrono::Duration::minutes(60),
             preflight: PreflightPolicy::default(),
             extra_checks: Vec::new(),
+            soak: crate::model::SoakPolicy {
+                duration: chrono::Duration::zero(),
+                ..Default::default()
+            },
         };
         decide("k3s-v1.33.5-k3s1", &spec(), st, &ctx)
     }
@@ -1510,6 +1847,10 @@ pub(crate) mod tests {
                 timeout: chrono::Duration::minutes(60),
                 preflight: PreflightPolicy::default(),
                 extra_checks: Vec::new(),
+                soak: crate::model::SoakPolicy {
+                    duration: chrono::Duration::zero(),
+                    ..Default::default()
+                },
             }
         }
         let failed = RolloutStatus {
@@ -1585,6 +1926,10 @@ pub(crate) mod tests {
             timeout: chrono::Duration::minutes(60),
             preflight: PreflightPolicy::default(),
             extra_checks: Vec::new(),
+            soak: crate::model::SoakPolicy {
+                duration: chrono::Duration::zero(),
+                ..Default::default()
+            },
         };
         let (s, fx) = decide("k3s-v1.33.5-k3s1", &spec(), &s, &ctx);
         assert_eq!(s.phase, Phase::Failed);
@@ -1665,6 +2010,10 @@ pub(crate) mod tests {
             timeout: chrono::Duration::minutes(60),
             preflight: PreflightPolicy::default(),
             extra_checks: Vec::new(),
+            soak: crate::model::SoakPolicy {
+                duration: chrono::Duration::zero(),
+                ..Default::default()
+            },
         };
         let (s, fx) = decide("k3s-v1.34.1-k3s1", &two, &validating, &ctx);
         assert_eq!((s.phase, s.hop, fx.len()), (Phase::WaitingForWindow, 1, 0));

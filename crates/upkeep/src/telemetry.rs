@@ -87,6 +87,8 @@ pub struct Metrics {
     pub webhook_deliveries: Family<StatusLabel, Counter>,
     /// 1 when the component's release source failed at the last detection.
     pub source_failing: Family<ComponentLabel, Gauge>,
+    /// Soaks that ended in a regression, per component.
+    pub soak_regressions: Family<ComponentLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -195,6 +197,12 @@ impl Metrics {
                 status: status.into(),
             }));
         }
+        let soak_regressions = Family::<ComponentLabel, Counter>::default();
+        registry.register(
+            "soak_regressions",
+            "Soaks that ended in a regression (a check failed after a rollout validated)",
+            soak_regressions.clone(),
+        );
         Metrics {
             registry,
             updates_available,
@@ -210,6 +218,7 @@ impl Metrics {
             leader,
             webhook_deliveries,
             source_failing,
+            soak_regressions,
         }
     }
 

@@ -207,6 +207,51 @@ pub struct PolicyFile {
     /// How rollouts run; at most one file may set it.
     #[serde(default)]
     pub rollouts: Option<Sp<RolloutsEntry>>,
+    /// How long a rollout is watched after it validated, and what a regression then leads to.
+    /// Entries apply in order (files by name, then entries in file order); a later entry
+    /// overrides only the fields it sets. Without any: 24h, then `attention`.
+    #[serde(default)]
+    pub soak: Vec<SoakEntry>,
+}
+
+/// A soak rule: after a hop validated, its checks keep running for `duration` before the next
+/// hop starts or the rollout counts as `Succeeded`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SoakEntry {
+    pub name: Sp<String>,
+    /// Components it covers; `["*"]` (the default) for all.
+    #[serde(default)]
+    pub components: Option<Vec<Sp<String>>>,
+    /// How long to watch, e.g. `24h` or `2d`; `0` skips the soak. Default 24h.
+    #[serde(default)]
+    pub duration: Option<Sp<String>>,
+    /// What a regression leads to: `attention` (stop, report, a human decides; the default) or
+    /// `rollback` (roll back where the component can be, Flux within a minor, and revert
+    /// versions.yaml; where it cannot, `attention`).
+    #[serde(default)]
+    pub on_regression: Option<Sp<OnRegression>>,
+}
+
+/// What a regression during the soak leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRegression {
+    /// Stop and ask a human (`RequiresAttention`); nothing is changed.
+    #[default]
+    Attention,
+    /// Roll back where the component supports it and commit a revert of versions.yaml.
+    Rollback,
+}
+
+/// When a check runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Once after each hop, before the next step.
+    Validation,
+    /// Throughout the soak that follows.
+    Soak,
 }
 
 /// How rollouts run.
@@ -242,6 +287,10 @@ pub struct CheckEntry {
     pub http: Option<Sp<HttpCheckEntry>>,
     #[serde(default)]
     pub prometheus: Option<Sp<PrometheusCheckEntry>>,
+    /// When it runs: `[validation, soak]` (the default), or one of them. An error-rate or restart
+    /// query that a node's restart trips right after the hop suits `[soak]`.
+    #[serde(default)]
+    pub during: Option<Vec<Sp<Stage>>>,
 }
 
 /// `GET url` must answer `expectStatus` (default 200).

@@ -40,6 +40,37 @@ pub struct ConfigRepo {
     /// Validation checks from the policies.
     pub checks: Vec<Check>,
     pub rollouts: RolloutPolicy,
+    /// Soak rules, in order (later ones override the fields they set).
+    pub soak: Vec<SoakRule>,
+}
+
+pub use files::{OnRegression, Stage};
+
+/// One rule from `soak:`; unset fields leave earlier rules' values alone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SoakRule {
+    pub name: String,
+    pub components: Selector,
+    pub duration: Option<Duration>,
+    pub on_regression: Option<OnRegression>,
+}
+
+/// The soak in force for one component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakPolicy {
+    /// Zero: no soak, a validated rollout succeeds at once.
+    pub duration: Duration,
+    pub on_regression: OnRegression,
+}
+
+impl Default for SoakPolicy {
+    /// A day of watching (what runbooks ask: 24 to 48 hours), then a human decides.
+    fn default() -> Self {
+        SoakPolicy {
+            duration: Duration::hours(24),
+            on_regression: OnRegression::Attention,
+        }
+    }
 }
 
 /// How rollouts run (policy `rollouts:`).
@@ -70,6 +101,8 @@ pub struct Check {
     pub name: String,
     pub components: crate::windows::Selector,
     pub kind: CheckKind,
+    /// When it runs (validation, soak, or both).
+    pub during: Vec<Stage>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +122,21 @@ pub enum CheckKind {
 impl ConfigRepo {
     pub fn component(&self, name: &str) -> Option<&Component> {
         self.components.iter().find(|c| c.name == name)
+    }
+
+    /// The soak in force for a component: the default, then every matching `soak:` rule in
+    /// order, later fields overriding earlier ones.
+    pub fn soak_for(&self, component: &str) -> SoakPolicy {
+        let mut p = SoakPolicy::default();
+        for r in self.soak.iter().filter(|r| r.components.covers(component)) {
+            if let Some(d) = r.duration {
+                p.duration = d;
+            }
+            if let Some(o) = r.on_regression {
+                p.on_regression = o;
+            }
+        }
+        p
     }
 
     /// The update policy in force for a component: defaults, then every matching rule in order

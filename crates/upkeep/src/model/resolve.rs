@@ -187,6 +187,7 @@ pub(super) fn resolve(
     let mut catalog_key: Option<(String, Pos, String)> = None;
     let mut checks_out: Vec<crate::model::Check> = Vec::new();
     let mut rollouts: Option<(String, Pos, crate::model::RolloutPolicy)> = None;
+    let mut soak_out: Vec<crate::model::SoakRule> = Vec::new();
     for (file, p) in policies {
         for w in &p.windows {
             let sel = names.entry(
@@ -321,6 +322,51 @@ pub(super) fn resolve(
                 checks_out.push(chk);
             }
         }
+        for e in &p.soak {
+            let sel = names.entry(
+                &mut cx,
+                "soak",
+                file,
+                &e.name,
+                e.components.as_deref(),
+                known.as_ref(),
+            );
+            let duration = match &e.duration {
+                None => Some(None),
+                Some(d) => match parse_duration(&d.value) {
+                    Ok(v) if v > chrono::Duration::days(30) => {
+                        cx.error(
+                            file,
+                            d.pos,
+                            format!("soak `{}`: {} is longer than 30 days", e.name.value, d.value),
+                            "a soak holds every later rollout; use at most 30d (24h to 48h is usual)",
+                        );
+                        None
+                    }
+                    Ok(v) => Some(Some(v)),
+                    Err(err) => {
+                        cx.error(
+                            file,
+                            d.pos,
+                            format!(
+                                "soak `{}`: `{}` is not a duration: {err}",
+                                e.name.value, d.value
+                            ),
+                            "e.g. 24h, 2d, or 0 for no soak",
+                        );
+                        None
+                    }
+                },
+            };
+            if let (Some(components), Some(duration)) = (sel, duration) {
+                soak_out.push(crate::model::SoakRule {
+                    name: e.name.value.clone(),
+                    components,
+                    duration,
+                    on_regression: e.on_regression.as_ref().map(|o| o.value),
+                });
+            }
+        }
         if let Some(c) = &p.catalog {
             if let Some((first, at, _)) = &catalog_key {
                 cx.error(
@@ -398,6 +444,7 @@ pub(super) fn resolve(
         catalog_public_key: catalog_key.map(|(_, _, k)| k),
         checks: checks_out,
         rollouts: rollouts.map(|(_, _, r)| r).unwrap_or_default(),
+        soak: soak_out,
     })
 }
 
@@ -481,10 +528,27 @@ fn check(
             return None;
         }
     };
+    let during = match &c.during {
+        None => vec![crate::model::Stage::Validation, crate::model::Stage::Soak],
+        Some(list) if list.is_empty() => {
+            cx.error(
+                file,
+                c.name.pos,
+                format!(
+                    "check `{}` has an empty `during` list: it would never run",
+                    c.name.value
+                ),
+                "list `validation`, `soak` or both, or leave `during` out for both",
+            );
+            return None;
+        }
+        Some(list) => list.iter().map(|s| s.value).collect(),
+    };
     Some(crate::model::Check {
         name: c.name.value.clone(),
         components: sel?,
         kind,
+        during,
     })
 }
 
