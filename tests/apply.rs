@@ -1990,6 +1990,21 @@ fn history_survives_the_loss_of_the_cluster_record_or_of_git() {
             .is_some_and(|b| b.starts_with("upkeep-k3s")),
         "{out}"
     );
+    // Each node's time upgrading, from its SUC Job (kept in the status after the Job's TTL).
+    let nodes: Vec<(&str, i64)> = k3s["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| Some((n["node"].as_str()?, n["seconds"].as_i64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        nodes.iter().map(|n| n.0).collect::<Vec<_>>(),
+        ["agent-1", "agent-2", "server-1"],
+        "{out}"
+    );
+    assert!(nodes.iter().all(|n| n.1 > 0), "{out}");
     let (_, table, _) = with_git(&["--time-zone", "Europe/Amsterdam"]);
     assert!(
         table.starts_with("STARTED") && table.contains("Succeeded"),
@@ -1997,6 +2012,10 @@ fn history_survives_the_loss_of_the_cluster_record_or_of_git() {
     );
     let (_, md, _) = with_git(&["--output", "markdown", "--component", "k3s"]);
     assert!(md.contains("| k3s | v1.33.4+k3s1 | v1.33.5+k3s1 |"), "{md}");
+    assert!(
+        md.contains("agent-1 1m") && md.contains("server-1 1m"),
+        "{md}"
+    );
     // Without the repository: the cluster's record alone, and a note on stderr.
     let (code, out, err) = w.cli(&["history", "--output", "json", "--since", "3650d"]);
     assert_eq!(code, 0, "{err}");
@@ -2119,6 +2138,11 @@ fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
                 .contains("regressed during the soak")),
         "{events:?}"
     );
+
+    // The history keeps the soak's result.
+    let (code, out, err) = w.cli(&["history", "--output", "json", "--since", "3650d"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"soak\": \"regressed: errors:"), "{out}");
 
     // A Flux patch can go back: with `rollback`, a regression rolls it back and reverts git.
     prom.set(ERRORS, 0.001);

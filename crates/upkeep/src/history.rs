@@ -24,6 +24,18 @@ pub struct RolloutRecord {
     pub revert: Option<String>,
     pub pull_request: Option<u64>,
     pub message: String,
+    /// How the soak went (`24 checks over 24h`, `regressed: ...`), once one ran.
+    pub soak: Option<String>,
+    /// Each node's time upgrading (k3s).
+    pub nodes: Vec<NodeTime>,
+}
+
+/// How long one node took to upgrade, over every hop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeTime {
+    pub node: String,
+    pub seconds: i64,
 }
 
 /// One update in the history.
@@ -56,6 +68,12 @@ pub struct Entry {
     pub revert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rollout: Option<String>,
+    /// How the soak went, once one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soak: Option<String>,
+    /// Each node's time upgrading (k3s).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeTime>,
     /// Where the entry comes from: `cluster`, `git`, or `cluster+git`.
     pub source: String,
 }
@@ -110,6 +128,8 @@ pub fn entries(
             backup: r.backup.clone(),
             revert: r.revert.clone(),
             rollout: Some(r.name.clone()),
+            soak: r.soak.clone(),
+            nodes: r.nodes.clone(),
             source: "cluster".into(),
         })
         .collect();
@@ -156,6 +176,8 @@ pub fn entries(
                     backup: None,
                     revert: None,
                     rollout: None,
+                    soak: None,
+                    nodes: Vec::new(),
                     source: "git".into(),
                 }),
             }
@@ -181,6 +203,17 @@ pub fn record_of(obj: &kube::api::DynamicObject) -> RolloutRecord {
         backup: status.backup,
         revert: status.revert,
         pull_request: obj.data["spec"]["pullRequest"].as_u64(),
+        soak: status.soak.as_ref().map(crate::rollout::Soak::result),
+        nodes: status
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some(NodeTime {
+                    node: n.name.clone(),
+                    seconds: n.upgrade_seconds()?,
+                })
+            })
+            .collect(),
         message: status.message,
     }
 }
@@ -210,11 +243,27 @@ fn is_end(phase: &str) -> bool {
 }
 
 fn duration(e: &Entry) -> String {
-    match e.duration_seconds {
-        Some(s) if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-        Some(s) => format!("{}m{:02}s", s / 60, s % 60),
-        None => "-".into(),
+    e.duration_seconds.map_or("-".into(), seconds)
+}
+
+fn seconds(s: i64) -> String {
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
     }
+}
+
+/// Each node's upgrade time, `server-1 1m40s, agent-1 2m05s`.
+fn node_times(e: &Entry) -> String {
+    if e.nodes.is_empty() {
+        return "-".into();
+    }
+    e.nodes
+        .iter()
+        .map(|n| format!("{} {}", n.node, seconds(n.seconds)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn time(t: Option<DateTime<Utc>>, tz: chrono_tz::Tz) -> String {
@@ -230,7 +279,7 @@ fn short(s: &Option<String>) -> String {
 
 /// The history as an aligned table (times in `tz`).
 pub fn table(entries: &[Entry], tz: chrono_tz::Tz) -> String {
-    let mut rows = vec![[
+    let mut rows: Vec<[String; 10]> = vec![[
         "STARTED".to_string(),
         "COMPONENT".into(),
         "FROM".into(),
@@ -240,6 +289,7 @@ pub fn table(entries: &[Entry], tz: chrono_tz::Tz) -> String {
         "PR".into(),
         "BACKUP".into(),
         "REVERT".into(),
+        "SOAK".into(),
     ]];
     for e in entries {
         rows.push([
@@ -252,9 +302,10 @@ pub fn table(entries: &[Entry], tz: chrono_tz::Tz) -> String {
             e.pull_request.map_or("-".into(), |n| format!("#{n}")),
             e.backup.clone().unwrap_or_else(|| "-".into()),
             short(&e.revert),
+            e.soak.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -277,11 +328,11 @@ pub fn table(entries: &[Entry], tz: chrono_tz::Tz) -> String {
 pub fn markdown(entries: &[Entry], tz: chrono_tz::Tz) -> String {
     let cell = |s: &str| s.replace('|', "\\|");
     let mut out = String::from(
-        "| started | component | from | to | duration | outcome | PR | backup | revert |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| started | component | from | to | duration | outcome | PR | backup | revert | soak | nodes |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for e in entries {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             time(e.at(), tz),
             cell(&e.component),
             cell(&e.from),
@@ -291,6 +342,8 @@ pub fn markdown(entries: &[Entry], tz: chrono_tz::Tz) -> String {
             e.pull_request.map_or("-".into(), |n| format!("#{n}")),
             cell(e.backup.as_deref().unwrap_or("-")),
             cell(&short(&e.revert)),
+            cell(e.soak.as_deref().unwrap_or("-")),
+            cell(&node_times(e)),
         ));
     }
     out
@@ -317,6 +370,8 @@ mod tests {
             revert: None,
             pull_request: None,
             message: String::new(),
+            soak: None,
+            nodes: Vec::new(),
         }
     }
 

@@ -178,6 +178,69 @@ pub struct NodeResult {
     pub name: String,
     pub version: String,
     pub ready: bool,
+    /// Each upgrade of this node the rollout saw finish (k3s: from its SUC Job), kept after
+    /// the Job is gone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upgrades: Vec<NodeUpgrade>,
+}
+
+/// One node's upgrade to one hop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeUpgrade {
+    pub version: String,
+    pub started: DateTime<Utc>,
+    pub finished: DateTime<Utc>,
+}
+
+impl NodeResult {
+    /// Seconds this node spent upgrading, over every hop.
+    pub fn upgrade_seconds(&self) -> Option<i64> {
+        (!self.upgrades.is_empty()).then(|| {
+            self.upgrades
+                .iter()
+                .map(|u| (u.finished - u.started).num_seconds())
+                .sum()
+        })
+    }
+}
+
+/// The nodes as `o` shows them, with each upgrade to a hop of `spec` that finished: from the
+/// upgrade Jobs while they exist, from `before` (what the status kept) once their TTL ran out.
+fn node_results(spec: &RolloutSpec, before: &[NodeResult], o: &Observed) -> Vec<NodeResult> {
+    o.nodes
+        .iter()
+        .map(|n| {
+            let mut upgrades = before
+                .iter()
+                .find(|b| b.name == n.name)
+                .map(|b| b.upgrades.clone())
+                .unwrap_or_default();
+            for hop in &spec.hops {
+                let dash = hop.replace('+', "-");
+                let done = o
+                    .upgrade_jobs
+                    .iter()
+                    .filter(|j| j.node == n.name && j.version == dash && !j.failed)
+                    .find_map(|j| Some((j.started?, j.completed?)));
+                if let Some((started, finished)) = done
+                    && !upgrades.iter().any(|u| u.version == *hop)
+                {
+                    upgrades.push(NodeUpgrade {
+                        version: hop.clone(),
+                        started,
+                        finished,
+                    });
+                }
+            }
+            NodeResult {
+                name: n.name.clone(),
+                version: n.version.clone(),
+                ready: n.ready,
+                upgrades,
+            }
+        })
+        .collect()
 }
 
 /// What the cluster looked like before the first change: validation compares with it.
@@ -729,16 +792,7 @@ pub fn decide(
             s.posted.push(key.to_string());
         }
     };
-    s.nodes = ctx
-        .observed
-        .nodes
-        .iter()
-        .map(|n| NodeResult {
-            name: n.name.clone(),
-            version: n.version.clone(),
-            ready: n.ready,
-        })
-        .collect();
+    s.nodes = node_results(spec, &st.nodes, ctx.observed);
     match st.phase {
         Phase::Pending => {
             s.started_at = Some(now);
@@ -1299,17 +1353,15 @@ fn applied_report(
         (None, Some(_)) => ", with no datastore backup (no embedded etcd)".to_string(),
         (None, None) => String::new(),
     };
-    let dash = spec.to.replace('+', "-");
     let nodes: Vec<String> = s
         .nodes
         .iter()
         .map(|n| {
-            let took = ctx
-                .observed
-                .upgrade_jobs
+            let took = n
+                .upgrades
                 .iter()
-                .filter(|j| j.node == n.name && j.version == dash)
-                .find_map(|j| Some((j.completed? - j.started?).num_seconds()))
+                .find(|u| u.version == spec.to)
+                .map(|u| (u.finished - u.started).num_seconds())
                 .map_or("-".to_string(), |t| format!("{}m{:02}s", t / 60, t % 60));
             format!(
                 "| {} | {} | {} | {took} |",
@@ -1498,6 +1550,7 @@ pub(crate) mod tests {
             name: name.into(),
             version: v.into(),
             ready,
+            upgrades: Vec::new(),
         };
         let before = [n("a", "v1", true), n("b", "v1", true)];
         let after = [n("a", "v2", false), n("b", "v1", true)];
