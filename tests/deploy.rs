@@ -128,6 +128,12 @@ fn exported() -> BTreeSet<String> {
     m.updates_available.get_or_create(&c).set(1);
     m.source_failing.get_or_create(&c).set(0);
     m.soak_regressions.get_or_create(&c).inc();
+    m.notifications
+        .get_or_create(&NotifyLabels {
+            provider: "team".into(),
+            result: "delivered".into(),
+        })
+        .inc();
     m.rollout_phase
         .get_or_create(&RolloutLabels {
             rollout: "r".into(),

@@ -314,6 +314,7 @@ impl World {
             checks: Vec::new(),
             rollouts: Default::default(),
             soak: Vec::new(),
+            notifications: Default::default(),
         };
         let mut running = upkeep::propose::Running::new();
         running.insert(

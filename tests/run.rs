@@ -1350,3 +1350,111 @@ fn a_ticked_emergency_box_starts_a_waiting_rollout() {
     );
     p.kill();
 }
+
+/// Receivers of every kind: each notification is delivered once, a flaky receiver gets it after
+/// retries, a dead one neither holds up the rollout nor gets anything twice, and a restart of the
+/// controller sends nothing again. The secrets never reach the log.
+#[test]
+fn notifications_are_delivered_once_across_a_restart_and_a_dead_receiver_holds_nothing_up() {
+    let (rx, _stop) = upkeep_sim::receiver::ReceiverSim::start_until_stopped().expect("receivers");
+    rx.protect_ntfy("upgrades", "tk_ntfysecret");
+    rx.hang("/dead/");
+    rx.fail("/flaky/", 503, None, 2);
+    let slack_url = format!("{}/slack/T0/B0/slacksecret", rx.url());
+    let policy = format!(
+        "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nnotifications:\n  providers:\n    - name: team\n      type: slack\n      addressFrom: {{env: UPKEEP_TEST_SLACK}}\n    - name: chat\n      type: discord\n      addressFrom: {{file: DISCORD_FILE}}\n    - name: phone\n      type: ntfy\n      address: {base}/ntfy/upgrades\n      tokenFrom: {{env: UPKEEP_TEST_NTFY}}\n    - name: audit\n      type: generic\n      address: {base}/flaky/hook\n    - name: down\n      type: generic\n      address: {base}/dead/hook\n  alerts:\n    - name: everything\n      provider: team\n    - name: chat-failures\n      provider: chat\n      events: [rolloutStarted, rolloutSucceeded]\n    - name: phone\n      provider: phone\n      events: [rolloutSucceeded]\n    - name: audit\n      provider: audit\n    - name: down\n      provider: down\n",
+        base = rx.url()
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let discord_file = dir.path().join("discord-url");
+    std::fs::write(
+        &discord_file,
+        format!("{}/discord/123/discordsecret\n", rx.url()),
+    )
+    .expect("write");
+    let policy = policy.replace("DISCORD_FILE", &discord_file.display().to_string());
+    let w = World::new(600.0, Some(&policy));
+    let envs = [
+        ("UPKEEP_TEST_SLACK", slack_url.as_str()),
+        ("UPKEEP_TEST_NTFY", "tk_ntfysecret"),
+    ];
+    let p = w.spawn("first", &w.flags("state"), &envs);
+    p.wait("a pull request", &|| !w.pulls().is_empty());
+    w.merge(1);
+    // The rollout runs to its end while the dead receiver has not answered once.
+    p.wait("the rollout", &|| w.phase() == "Succeeded");
+    p.wait("the notifications", &|| {
+        rx.received_at("/slack/").len() >= 2
+            && rx.received_at("/discord/").len() >= 2
+            && !rx.received_at("/ntfy/").is_empty()
+            && rx.received_at("/flaky/").len() >= 2
+    });
+    assert!(
+        !p.metrics()
+            .contains("upkeep_notifications_total{provider=\"down\",result=\"failed\"} 1"),
+        "still trying the dead receiver in the background"
+    );
+    let ids = |prefix: &str| -> Vec<String> {
+        rx.received_at(prefix)
+            .iter()
+            .map(|r| {
+                r.header("x-upkeep-event-id")
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let name = w.rollout().expect("rollout")["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        ids("/flaky/"),
+        [
+            format!("rollout/{name}/started"),
+            format!("rollout/{name}/succeeded")
+        ],
+        "each once, after two 503s"
+    );
+    assert!(
+        rx.refused() >= 4,
+        "two 503s, and the dead receiver holds a request per notice"
+    );
+    let slack = rx.received_at("/slack/");
+    assert!(
+        slack[1].json()["text"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("*Rolled out k3s v1.33.4+k3s1 → "),
+        "{slack:?}"
+    );
+    let ntfy = rx.received_at("/ntfy/");
+    assert_eq!(ntfy.len(), 1, "only what its alert asks for: {ntfy:?}");
+    assert_eq!(
+        ntfy[0].header("authorization"),
+        Some("Bearer tk_ntfysecret")
+    );
+    assert!(
+        ntfy[0]
+            .header("title")
+            .unwrap_or("")
+            .starts_with("Rolled out k3s")
+    );
+    // A restart (the state directory gone too): nothing is sent again.
+    let (_, logs) = p.stop();
+    let before = rx.received().len();
+    let q = w.spawn("second", &w.flags("state-2"), &envs);
+    q.wait("three reconciles", &|| {
+        sample(&q.metrics(), "upkeep_reconcile_duration_seconds_count").is_some_and(|n| n >= 3.0)
+    });
+    assert_eq!(rx.received().len(), before, "{:?}", rx.received());
+    let (_, more) = q.stop();
+    for secret in ["slacksecret", "discordsecret", "tk_ntfysecret"] {
+        assert!(
+            !logs.contains(secret) && !more.contains(secret),
+            "{secret} in the log"
+        );
+    }
+    let denied = common::rbac::denied(&w.kube.audit());
+    assert!(denied.is_empty(), "deploy/ does not allow: {denied:#?}");
+}

@@ -9,6 +9,7 @@ pub mod github;
 pub mod kube;
 pub mod playground;
 pub mod prometheus;
+pub mod receiver;
 pub mod tls;
 pub mod upstream;
 

@@ -285,6 +285,8 @@ pub struct Applied {
     pub suspended: std::collections::BTreeMap<String, String>,
     /// The rollouts that ended, newest first (at most [`HISTORY`]).
     pub history: Vec<HistoryEntry>,
+    /// Every rollout object in the namespace, with its spec and status (for notifications).
+    pub all: Vec<(String, RolloutSpec, RolloutStatus)>,
 }
 
 /// How many ended rollouts the status page shows.
@@ -447,7 +449,15 @@ pub async fn run_detailed<F: Forge>(
             out.push((name.clone(), status));
         }
     }
+    let every = all
+        .iter()
+        .filter_map(|obj| {
+            let spec = serde_json::from_value::<RolloutSpec>(obj.data["spec"].clone()).ok()?;
+            Some((obj.metadata.name.clone()?, spec, read_status(obj).ok()?))
+        })
+        .collect();
     Ok(Applied {
+        all: every,
         rollouts: out,
         pulls,
         running,

@@ -17,6 +17,7 @@ pub mod history;
 pub mod knowledge;
 pub mod leader;
 pub mod model;
+pub mod notify;
 pub mod operate;
 pub mod plan;
 pub mod propose;

@@ -119,6 +119,41 @@ async fn apply_control(
         })
 }
 
+/// One value of [`CONTROL`]'s `data` (`None` when the ConfigMap or the key is missing).
+pub async fn control_value(
+    client: &kube::Client,
+    namespace: &str,
+    key: &str,
+) -> Result<Option<String>> {
+    let cm = configmaps(client, namespace)
+        .get_opt(CONTROL)
+        .await
+        .map_err(|source| Error::Api {
+            what: format!("reading ConfigMap {namespace}/{CONTROL}"),
+            source,
+        })?;
+    Ok(cm.and_then(|c| c.data["data"][key].as_str().map(str::to_string)))
+}
+
+/// Set one value of [`CONTROL`]'s `data`, owned by `manager` (server-side apply: the other
+/// keys, owned by others, stay).
+pub async fn set_control_value(
+    client: &kube::Client,
+    namespace: &str,
+    key: &str,
+    value: &str,
+    manager: &str,
+) -> Result<()> {
+    apply_control(
+        client,
+        namespace,
+        serde_json::json!({"data": {key: value}}),
+        manager,
+        &format!("writing {key}"),
+    )
+    .await
+}
+
 /// What is suspended: component (or `None` for everything) -> `who at time: reason`.
 pub type Suspensions = std::collections::BTreeMap<Option<String>, String>;
 

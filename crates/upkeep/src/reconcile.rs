@@ -264,6 +264,11 @@ struct Memory {
     ticks: Vec<crate::propose::Tick>,
     /// The dashboard issue, to say there what was done about a box.
     dashboard: Option<u64>,
+    /// The notification ids already handed to the sender (as last read from the cluster).
+    ledger: Option<crate::notify::Ledger>,
+    sender: Option<crate::notify::Sender>,
+    /// Components whose release source fails, and since when (this process has seen it).
+    failing_since: std::collections::BTreeMap<String, DateTime<Utc>>,
 }
 
 /// How often the loop looks while a rollout is under way, whatever `poll` says: each look moves
@@ -560,12 +565,103 @@ async fn reconcile(
     if mem.running.replace(applied.running.clone()).is_none() && due {
         shared.wake.notify_one();
     }
-    // 4. Record what happened.
+    // 4. Tell (in the background) and record what happened.
+    notify(cfg, shared, mem, &config, &applied.all, now).await;
     record_rollouts(shared, mem, &applied.rollouts, &applied.driven);
     record_status(cfg, shared, applied);
     match propose_error {
         Some(e) => Err(("propose", e)),
         None => Ok(()),
+    }
+}
+
+/// Hand the notices the state implies, and that were not handed over before, to the sender.
+/// Each id is recorded in the cluster first (so a restart never sends it again); when that
+/// record cannot be written, nothing is sent this time. Never blocks on a receiver.
+async fn notify(
+    cfg: &Config,
+    shared: &Shared,
+    mem: &mut Memory,
+    config: &ConfigRepo,
+    all: &[(
+        String,
+        crate::rollout::RolloutSpec,
+        crate::rollout::RolloutStatus,
+    )],
+    now: DateTime<Utc>,
+) {
+    use crate::notify::{Delivery, Ledger, RolloutView, Schedule};
+    let n = &config.notifications;
+    if n.alerts.is_empty() {
+        return;
+    }
+    let Some(client) = mem.client.clone() else {
+        return;
+    };
+    let views: Vec<RolloutView> = all
+        .iter()
+        .map(|(name, spec, status)| RolloutView { name, spec, status })
+        .collect();
+    let schedule = Schedule {
+        windows: &config.windows,
+        freezes: &config.freezes,
+        lead: n.window_lead_time,
+    };
+    let notices = crate::notify::notices(now, &views, &schedule, &mem.failing_since);
+    let routed: Vec<(&crate::notify::Notice, Vec<&str>)> = notices
+        .iter()
+        .map(|x| (x, crate::notify::route(x, &n.alerts)))
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
+    let known = mem.ledger.clone().unwrap_or_default();
+    if routed.iter().all(|(x, _)| known.0.contains_key(&x.id)) && mem.ledger.is_some() {
+        return;
+    }
+    // Something new (or the first look): read the ledger as the cluster has it.
+    let mut ledger: Ledger = match crate::notify::load_ledger(&client, &cfg.namespace).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the notification ledger; notifying later");
+            return;
+        }
+    };
+    let pruned = ledger.prune(now, &mem.failing_since);
+    let unsent: Vec<&(&crate::notify::Notice, Vec<&str>)> = routed
+        .iter()
+        .filter(|(x, _)| !ledger.0.contains_key(&x.id))
+        .collect();
+    for (x, _) in &unsent {
+        ledger.record(&x.id, now);
+    }
+    if (!unsent.is_empty() || pruned)
+        && let Err(e) = crate::notify::save_ledger(&client, &cfg.namespace, &ledger).await
+    {
+        tracing::warn!(error = %e, "cannot record notifications; sending them later");
+        mem.ledger = None;
+        return;
+    }
+    mem.ledger = Some(ledger);
+    let sender = mem.sender.get_or_insert_with(|| {
+        let counter = shared.metrics.notifications.clone();
+        crate::notify::Sender::spawn(move |provider, ok| {
+            counter
+                .get_or_create(&crate::telemetry::NotifyLabels {
+                    provider: provider.to_string(),
+                    result: if ok { "delivered" } else { "failed" }.into(),
+                })
+                .inc();
+        })
+    });
+    for (x, providers) in unsent {
+        for name in providers {
+            if let Some(p) = n.providers.iter().find(|p| p.name == *name) {
+                tracing::info!(id = %x.id, provider = %p.name, "notifying");
+                sender.send(Delivery {
+                    notice: (*x).clone(),
+                    provider: p.clone(),
+                });
+            }
+        }
     }
 }
 
@@ -777,6 +873,11 @@ async fn detect_and_propose(
         }
     }
     for r in &rows {
+        if matches!(r.reason, Some(crate::select::Reason::SourceFailed { .. })) {
+            mem.failing_since.entry(r.name.clone()).or_insert(now);
+        } else {
+            mem.failing_since.remove(&r.name);
+        }
         shared
             .metrics
             .updates_available

@@ -89,6 +89,14 @@ pub struct Metrics {
     pub source_failing: Family<ComponentLabel, Gauge>,
     /// Soaks that ended in a regression, per component.
     pub soak_regressions: Family<ComponentLabel, Counter>,
+    /// Notifications per provider, `delivered` or `failed` (after every retry).
+    pub notifications: Family<NotifyLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotifyLabels {
+    pub provider: String,
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -203,6 +211,12 @@ impl Metrics {
             "Soaks that ended in a regression (a check failed after a rollout validated)",
             soak_regressions.clone(),
         );
+        let notifications = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "notifications",
+            "Notifications per provider, delivered or failed after every retry",
+            notifications.clone(),
+        );
         Metrics {
             registry,
             updates_available,
@@ -219,6 +233,7 @@ impl Metrics {
             webhook_deliveries,
             source_failing,
             soak_regressions,
+            notifications,
         }
     }
 

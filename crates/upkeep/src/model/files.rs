@@ -212,6 +212,105 @@ pub struct PolicyFile {
     /// overrides only the fields it sets. Without any: 24h, then `attention`.
     #[serde(default)]
     pub soak: Vec<SoakEntry>,
+    /// Where upkeep tells people what happens (Slack, Discord, ntfy, a webhook), and what.
+    #[serde(default)]
+    pub notifications: Option<Sp<NotificationsEntry>>,
+}
+
+/// Receivers and what each gets, in the spirit of Flux's notification-controller (`Provider` +
+/// `Alert`). Providers and alerts may be spread over several files; names are unique.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NotificationsEntry {
+    #[serde(default)]
+    pub providers: Vec<ProviderEntry>,
+    #[serde(default)]
+    pub alerts: Vec<AlertEntry>,
+    /// How long before a window opens `windowOpeningSoon` is sent (when a rollout waits for
+    /// it), e.g. `2h`. Default 1h; at most one file may set it.
+    #[serde(default)]
+    pub window_lead_time: Option<Sp<String>>,
+}
+
+/// Where notifications go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderType {
+    /// A Slack incoming webhook (`https://hooks.slack.com/services/...`).
+    Slack,
+    /// A Discord webhook (`https://discord.com/api/webhooks/...`).
+    Discord,
+    /// An ntfy topic (`https://ntfy.sh/<topic>`), optionally with an access token.
+    Ntfy,
+    /// Any URL: a JSON document per event, with `X-Upkeep-Event-Id` for deduplication.
+    Generic,
+}
+
+/// A secret read at delivery time, never from the config repository itself.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretSource {
+    /// A file holding it (a mounted Secret), e.g. `/var/run/secrets/upkeep/slack-url`.
+    #[serde(default)]
+    pub file: Option<Sp<String>>,
+    /// An environment variable holding it, e.g. `UPKEEP_SLACK_WEBHOOK`.
+    #[serde(default)]
+    pub env: Option<Sp<String>>,
+}
+
+/// A receiver.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ProviderEntry {
+    pub name: Sp<String>,
+    #[serde(rename = "type")]
+    pub type_: Sp<ProviderType>,
+    /// The URL, when it is not a secret (an ntfy topic, an internal webhook).
+    #[serde(default)]
+    pub address: Option<Sp<String>>,
+    /// The URL from a secret (Slack and Discord webhook URLs carry their token).
+    #[serde(default)]
+    pub address_from: Option<Sp<SecretSource>>,
+    /// A bearer token from a secret (ntfy access tokens, a generic webhook's).
+    #[serde(default)]
+    pub token_from: Option<Sp<SecretSource>>,
+}
+
+/// What a provider gets.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AlertEntry {
+    pub name: Sp<String>,
+    /// The provider's name.
+    pub provider: Sp<String>,
+    /// The events it gets; default all.
+    #[serde(default)]
+    pub events: Option<Vec<Sp<NotificationEvent>>>,
+    /// Components whose events it gets; `["*"]` (the default) for all.
+    #[serde(default)]
+    pub components: Option<Vec<Sp<String>>>,
+}
+
+/// Something upkeep tells people.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum NotificationEvent {
+    /// A window opens within the lead time and a rollout waits for it.
+    WindowOpeningSoon,
+    /// A rollout started changing the cluster (backup or apply).
+    RolloutStarted,
+    /// A rollout succeeded (and soaked).
+    RolloutSucceeded,
+    /// A rollout failed (validation, a node, a timeout, a soak regression).
+    RolloutFailed,
+    /// A rollout stopped and needs a human.
+    NeedsAttention,
+    /// A check failed during the soak.
+    SoakRegression,
+    /// A component's release source has failed for a day.
+    SourceFailing,
 }
 
 /// A soak rule: after a hop validated, its checks keep running for `duration` before the next

@@ -42,6 +42,53 @@ pub struct ConfigRepo {
     pub rollouts: RolloutPolicy,
     /// Soak rules, in order (later ones override the fields they set).
     pub soak: Vec<SoakRule>,
+    pub notifications: Notifications,
+}
+
+pub use files::{NotificationEvent, ProviderType};
+
+/// Where a secret is read from, at delivery time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    File(String),
+    Env(String),
+}
+
+/// A notification receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderType,
+    pub address: Option<String>,
+    pub address_from: Option<Secret>,
+    pub token_from: Option<Secret>,
+}
+
+/// Which events of which components a provider gets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub name: String,
+    pub provider: String,
+    pub events: BTreeSet<NotificationEvent>,
+    pub components: Selector,
+}
+
+/// Policy `notifications:`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Notifications {
+    pub providers: Vec<Provider>,
+    pub alerts: Vec<Alert>,
+    pub window_lead_time: Duration,
+}
+
+impl Default for Notifications {
+    fn default() -> Self {
+        Notifications {
+            providers: Vec::new(),
+            alerts: Vec::new(),
+            window_lead_time: Duration::hours(1),
+        }
+    }
 }
 
 pub use files::{OnRegression, Stage};

@@ -188,7 +188,88 @@ pub(super) fn resolve(
     let mut checks_out: Vec<crate::model::Check> = Vec::new();
     let mut rollouts: Option<(String, Pos, crate::model::RolloutPolicy)> = None;
     let mut soak_out: Vec<crate::model::SoakRule> = Vec::new();
+    let mut notifications = crate::model::Notifications::default();
+    let mut lead_time: Option<(String, Pos)> = None;
+    // Alerts name providers that may be defined in a later file: checked once all are read.
+    let mut alert_refs: Vec<(String, Sp<String>)> = Vec::new();
+    // Every provider written, valid or not: an alert naming an invalid one is not an error too.
+    let mut declared: Vec<String> = Vec::new();
     for (file, p) in policies {
+        if let Some(n) = &p.notifications {
+            for e in &n.providers {
+                names.check(&mut cx, "provider", file, &e.name);
+                declared.push(e.name.value.clone());
+                if let Some(pr) = provider(&mut cx, file, e) {
+                    notifications.providers.push(pr);
+                }
+            }
+            for e in &n.alerts {
+                let sel = names.entry(
+                    &mut cx,
+                    "alert",
+                    file,
+                    &e.name,
+                    e.components.as_deref(),
+                    known.as_ref(),
+                );
+                if matches!(&e.events, Some(list) if list.is_empty()) {
+                    cx.error(
+                        file,
+                        e.name.pos,
+                        format!(
+                            "alert `{}` has an empty `events` list: it would never send",
+                            e.name.value
+                        ),
+                        "list the events it gets, or leave `events` out for all",
+                    );
+                    continue;
+                }
+                alert_refs.push((file.clone(), e.provider.clone()));
+                if let Some(components) = sel {
+                    notifications.alerts.push(crate::model::Alert {
+                        name: e.name.value.clone(),
+                        provider: e.provider.value.clone(),
+                        events: match &e.events {
+                            Some(list) => list.iter().map(|v| v.value).collect(),
+                            None => crate::notify::ALL_EVENTS.iter().copied().collect(),
+                        },
+                        components,
+                    });
+                }
+            }
+            if let Some(t) = &n.window_lead_time {
+                if let Some((first, at)) = &lead_time {
+                    cx.error(
+                        file,
+                        t.pos,
+                        format!(
+                            "windowLeadTime is already set in {first}:{}:{}",
+                            at.line, at.column
+                        ),
+                        "set it in one file only",
+                    );
+                } else {
+                    lead_time = Some((file.clone(), t.pos));
+                    match parse_duration(&t.value) {
+                        Ok(d) if d <= chrono::Duration::days(7) => {
+                            notifications.window_lead_time = d
+                        }
+                        Ok(_) => cx.error(
+                            file,
+                            t.pos,
+                            format!("windowLeadTime {} is longer than 7 days", t.value),
+                            "use at most 7d, e.g. 1h or 1d",
+                        ),
+                        Err(e) => cx.error(
+                            file,
+                            t.pos,
+                            format!("windowLeadTime: `{}` is not a duration: {e}", t.value),
+                            "e.g. 1h or 1d",
+                        ),
+                    }
+                }
+            }
+        }
         for w in &p.windows {
             let sel = names.entry(
                 &mut cx,
@@ -431,6 +512,16 @@ pub(super) fn resolve(
         );
     }
 
+    for (file, r) in &alert_refs {
+        if !declared.contains(&r.value) {
+            let hint = match suggest(&r.value, declared.iter().map(String::as_str)) {
+                Some(s) => format!("did you mean `{s}`?"),
+                None => "define it under `notifications.providers`".to_string(),
+            };
+            cx.error(file, r.pos, format!("unknown provider `{}`", r.value), hint);
+        }
+    }
+
     if cx.failed() {
         return None;
     }
@@ -445,6 +536,133 @@ pub(super) fn resolve(
         checks: checks_out,
         rollouts: rollouts.map(|(_, _, r)| r).unwrap_or_default(),
         soak: soak_out,
+        notifications,
+    })
+}
+
+/// A notification provider: a URL (given, or from a secret) of the right scheme, and each
+/// secret read from exactly one place.
+fn provider(
+    cx: &mut Ctx,
+    file: &str,
+    e: &crate::model::files::ProviderEntry,
+) -> Option<crate::model::Provider> {
+    use crate::model::files::ProviderType;
+    let secret = |cx: &mut Ctx, what: &str, s: &Sp<crate::model::files::SecretSource>| match (
+        &s.file, &s.env,
+    ) {
+        (Some(f), None) if f.value.starts_with('/') => {
+            Some(crate::model::Secret::File(f.value.clone()))
+        }
+        (Some(f), None) => {
+            cx.error(
+                file,
+                f.pos,
+                format!(
+                    "provider `{}`: {what}.file `{}` is not an absolute path",
+                    e.name.value, f.value
+                ),
+                "e.g. /var/run/secrets/upkeep/slack-url (a mounted Secret)",
+            );
+            None
+        }
+        (None, Some(v))
+            if !v.value.is_empty()
+                && v.value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !v.value.starts_with(|c: char| c.is_ascii_digit()) =>
+        {
+            Some(crate::model::Secret::Env(v.value.clone()))
+        }
+        (None, Some(v)) => {
+            cx.error(
+                file,
+                v.pos,
+                format!(
+                    "provider `{}`: `{}` is not an environment variable name",
+                    e.name.value, v.value
+                ),
+                "letters, digits and `_`, e.g. UPKEEP_SLACK_WEBHOOK",
+            );
+            None
+        }
+        _ => {
+            cx.error(
+                file,
+                s.pos,
+                format!(
+                    "provider `{}`: {what} needs exactly one of `file` and `env`",
+                    e.name.value
+                ),
+                "e.g. `{file: /var/run/secrets/upkeep/slack-url}` or `{env: UPKEEP_SLACK_WEBHOOK}`",
+            );
+            None
+        }
+    };
+    let address_from = match &e.address_from {
+        Some(s) => Some(secret(cx, "addressFrom", s)?),
+        None => None,
+    };
+    let token_from = match &e.token_from {
+        Some(s) => Some(secret(cx, "tokenFrom", s)?),
+        None => None,
+    };
+    match (&e.address, &address_from) {
+        (Some(a), None) => {
+            if !url_ok(&a.value, &["http://", "https://"]) {
+                cx.error(
+                    file,
+                    a.pos,
+                    format!(
+                        "provider `{}`: `{}` is not an http(s) URL",
+                        e.name.value, a.value
+                    ),
+                    "e.g. https://ntfy.sh/homelab-upgrades",
+                );
+                return None;
+            }
+            if matches!(e.type_.value, ProviderType::Slack | ProviderType::Discord) {
+                cx.warn(
+                    file,
+                    a.pos,
+                    format!(
+                        "provider `{}`: a {:?} webhook URL holds its token, and here it is in git",
+                        e.name.value, e.type_.value
+                    ),
+                    "move it to a Secret and use `addressFrom: {file: ...}` or `{env: ...}`",
+                );
+            }
+        }
+        (None, Some(_)) => {}
+        (Some(a), Some(_)) => {
+            cx.error(
+                file,
+                a.pos,
+                format!(
+                    "provider `{}` sets both `address` and `addressFrom`",
+                    e.name.value
+                ),
+                "keep one",
+            );
+            return None;
+        }
+        (None, None) => {
+            cx.error(
+                file,
+                e.name.pos,
+                format!("provider `{}` has no address", e.name.value),
+                "add `address: https://...` or `addressFrom: {file: ...}`",
+            );
+            return None;
+        }
+    }
+    Some(crate::model::Provider {
+        name: e.name.value.clone(),
+        kind: e.type_.value,
+        address: e.address.as_ref().map(|a| a.value.clone()),
+        address_from,
+        token_from,
     })
 }
 
