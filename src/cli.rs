@@ -123,6 +123,23 @@ pub enum Command {
     /// PR, the backup and the revert. Read from the cluster's rollouts and the config
     /// repository's git log (give --repo or --repo-url), so it survives the loss of either.
     History(Box<HistoryArgs>),
+    /// Maintenance mode by hand, as the policy's `maintenance:` describes it (the controller
+    /// enters and leaves it around each rollout on its own): `status` shows what is marked and
+    /// scaled down, `enable` marks the namespaces and scales the workloads to 0 (recording
+    /// their replicas on them), `disable` gives each back exactly what it had.
+    Maintenance {
+        /// `status`, `enable` or `disable`.
+        #[arg(value_enum)]
+        action: MaintenanceAction,
+        /// The cluster directory holding versions.yaml and policies/.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Only the entries that cover this component's rollouts (default: every entry).
+        #[arg(long)]
+        component: Option<String>,
+        #[command(flatten)]
+        at: ClusterArgs,
+    },
     /// Mark a failed rollout (Failed, Reverted, RequiresAttention) as looked at: it leaves the
     /// status page and the metrics, so its alert resolves; `upkeep get` still lists it. Records
     /// who and when in the `upkeep.dev/acknowledged` annotation (docs/runbook.md).
@@ -668,6 +685,17 @@ pub enum Output {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MaintenanceAction {
+    /// Show what is in maintenance, by whom, and what each workload had.
+    Status,
+    /// Mark the namespaces and scale the workloads down, as `human`.
+    Enable,
+    /// Give every workload its replicas back and unmark the namespaces (also what a rollout
+    /// left behind).
+    Disable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum HistoryOutput {
     Table,
     Json,
@@ -821,6 +849,12 @@ pub fn run() -> i32 {
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
         Command::History(a) => history(&a),
+        Command::Maintenance {
+            action,
+            repo,
+            component,
+            at,
+        } => maintenance(action, &repo, component.as_deref(), &at),
         Command::Retry { rollout, at } => retry(&rollout, &at),
         Command::Reconcile { wait, at } => reconcile_now(wait, &at),
         Command::Doctor {
@@ -1102,6 +1136,76 @@ fn history(a: &HistoryArgs) -> i32 {
         ),
     }
     0
+}
+
+/// `upkeep maintenance`: the policy's maintenance mode, by hand.
+fn maintenance(
+    action: MaintenanceAction,
+    repo: &Path,
+    component: Option<&str>,
+    at: &ClusterArgs,
+) -> i32 {
+    let loaded = match upkeep::model::load_repo(repo, Utc::now()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            return 1;
+        }
+    };
+    let Some(config) = loaded.repo else {
+        for d in &loaded.diagnostics {
+            eprintln!("{d}");
+        }
+        eprintln!(
+            "upkeep: {} is invalid (upkeep validate --repo {} says more)",
+            repo.display(),
+            repo.display()
+        );
+        return 1;
+    };
+    let plan = config.maintenance_for(component);
+    if plan.is_empty() {
+        eprintln!(
+            "upkeep: the policies in {} name no maintenance{}: add a `maintenance:` entry (docs/config.md)",
+            repo.display(),
+            component.map(|c| format!(" for {c}")).unwrap_or_default()
+        );
+        return 1;
+    }
+    let result = on_cluster(at, |c| async move {
+        use upkeep::maintenance;
+        match action {
+            MaintenanceAction::Status => maintenance::status(&c, &plan).await,
+            MaintenanceAction::Enable => {
+                maintenance::enter(&c, &plan, maintenance::HUMAN, Utc::now()).await
+            }
+            MaintenanceAction::Disable => maintenance::leave(&c, &plan, None).await,
+        }
+        .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(lines) => {
+            match at.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&lines).unwrap_or_default()
+                ),
+                Output::Text => {
+                    for l in &lines {
+                        println!("{l}");
+                    }
+                    if lines.is_empty() {
+                        println!("nothing to do");
+                    }
+                }
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("upkeep: {e}");
+            1
+        }
+    }
 }
 
 /// `upkeep get`.

@@ -2191,3 +2191,150 @@ fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
         w.comments()
     );
 }
+
+impl World {
+    /// `kubectl apply` of `yaml` as a human would (the audit starts over after).
+    fn kubectl_apply(&self, yaml: &str) {
+        let denied = common::rbac::denied(&self.kube.audit());
+        assert!(denied.is_empty(), "deploy/ does not allow: {denied:#?}");
+        let file = self.dir.path().join("objects.yaml");
+        std::fs::write(&file, yaml).expect("write");
+        self.kube
+            .write_kubeconfig(&self.dir.path().join("kubeconfig"))
+            .expect("kubeconfig");
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.dir.path().join("kubeconfig"))
+            .args(["apply", "-f"])
+            .arg(&file)
+            .output()
+            .expect("kubectl");
+        assert!(out.status.success(), "kubectl apply: {out:?}");
+        self.kube.clear_audit();
+    }
+
+    /// The media apps and a maintenance policy that scales them down around k3s rollouts.
+    fn with_media_apps(&self) {
+        self.kubectl_apply(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: media\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: jellyfin\n  namespace: media\nspec:\n  replicas: 3\n  selector: {matchLabels: {app: jellyfin}}\n  template:\n    metadata: {labels: {app: jellyfin}}\n    spec: {containers: [{name: j, image: jellyfin/jellyfin}]}\n---\napiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: db\n  namespace: media\nspec:\n  replicas: 2\n  serviceName: db\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec: {containers: [{name: d, image: postgres}]}\n",
+        );
+        self.set_policy(&format!(
+            "{}maintenance:\n  - name: quiet-media\n    components: [k3s]\n    namespaces: [media]\n    scaleDown: [Deployment/media/jellyfin, StatefulSet/media/db]\n",
+            common::NO_SOAK
+        ));
+    }
+
+    fn replicas(&self, plural: &str, name: &str) -> (i64, serde_json::Value) {
+        let o = self
+            .kube
+            .get("apps", plural, "media", name)
+            .unwrap_or_default();
+        (
+            o["spec"]["replicas"].as_i64().unwrap_or(-1),
+            o["metadata"]["annotations"].clone(),
+        )
+    }
+}
+
+#[test]
+fn maintenance_mode_restores_the_exact_replicas() {
+    let back = |w: &World| {
+        let (j, ja) = w.replicas("deployments", "jellyfin");
+        let (d, da) = w.replicas("statefulsets", "db");
+        let ns = w
+            .kube
+            .get("", "namespaces", "", "media")
+            .unwrap_or_default();
+        assert_eq!((j, d), (3, 2), "{ja} {da}");
+        assert!(
+            ja.get("upkeep.dev/replicas-before").is_none()
+                && da.get("upkeep.dev/maintenance").is_none(),
+            "{ja} {da}"
+        );
+        assert!(
+            ns["metadata"]["labels"]
+                .get("upkeep.dev/maintenance")
+                .is_none(),
+            "{ns}"
+        );
+    };
+    // Success: down while the rollout changed the cluster, back after, exactly.
+    let w = World::new(in_window());
+    w.with_media_apps();
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    back(&w);
+    let m = &w.rollout(K3S)["status"]["maintenance"];
+    assert_eq!(
+        m["done"],
+        json!([
+            "namespace media marked",
+            "Deployment/media/jellyfin: 3 -> 0",
+            "StatefulSet/media/db: 2 -> 0"
+        ]),
+        "{m}"
+    );
+    assert_eq!(
+        m["restored"],
+        json!([
+            "Deployment/media/jellyfin: 0 -> 3",
+            "StatefulSet/media/db: 0 -> 2",
+            "namespace media unmarked"
+        ]),
+        "{m}"
+    );
+
+    // By hand: `upkeep maintenance enable`, `status`, `disable`.
+    let checkout = w.dir.path().join("checkout");
+    let repo = checkout.to_str().unwrap_or_default();
+    let (code, out, err) = w.cli(&["maintenance", "enable", "--repo", repo]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Deployment/media/jellyfin: 3 -> 0"), "{out}");
+    let (code, out, err) = w.cli(&["maintenance", "status", "--repo", repo]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("namespace media: in maintenance (human since ")
+            && out.contains("StatefulSet/media/db: scaled down to 0 by human (had 2)"),
+        "{out}"
+    );
+    let (code, out, err) = w.cli(&["maintenance", "disable", "--repo", repo]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("StatefulSet/media/db: 0 -> 2"), "{out}");
+    back(&w);
+    let (code, _, err) = w.cli(&["maintenance", "status", "--repo", "/nonexistent"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent"), "{err}");
+
+    // Failure: a node that never comes back; the apps come back all the same.
+    let w = World::new(in_window());
+    w.with_media_apps();
+    w.kube.inject(ClusterFault::NodeNeverReady {
+        node: "agent-1".into(),
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
+    back(&w);
+
+    // Killed mid-rollout, while the apps are down: started again, it does not take 0 for what
+    // they had.
+    let mut w = World::new(in_window());
+    w.with_media_apps();
+    w.speed = 1.0;
+    let mut s = w.apply(Duration::from_millis(300));
+    let mut tries = 0;
+    let changing = |s: &[(String, Phase, String)]| {
+        matches!(phase_of(s, K3S), Some(Phase::Backup | Phase::Applying))
+    };
+    while !changing(&s) && tries < 50 {
+        s = w.apply(Duration::from_millis(300));
+        tries += 1;
+    }
+    assert!(changing(&s), "{s:?}");
+    let (j, ja) = w.replicas("deployments", "jellyfin");
+    assert_eq!(j, 0, "down while the rollout changes the cluster: {ja}");
+    assert_eq!(ja["upkeep.dev/replicas-before"], "3");
+    w.speed = 600.0;
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    back(&w);
+}

@@ -55,7 +55,7 @@ mod common;
 
 /// What deploy/ grants that the demo's story does not use, and where each is exercised (there,
 /// tests/apply.rs and tests/run.rs hold every access against the same RBAC).
-const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 18] = [
+const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 23] = [
     // (namespace, group, resource, verb)
     ("", "", "nodes", "patch"), // uncordon after a halt: tests/apply.rs, a node that never comes back
     ("system-upgrade", "upgrade.cattle.io", "plans", "create"), // server-side apply creating a Plan needs create on a real API server
@@ -78,6 +78,12 @@ const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 18] = [
     ("upkeep-system", "", "configmaps", "watch"), // idem
     ("upkeep-system", "", "configmaps", "patch"), // idem: the handled request
     ("", "", "pods", "list"),                    // PDB-covered pods: tests/apply.rs, cluster faults
+    // Maintenance mode: tests/apply.rs, maintenance_mode_restores_the_exact_replicas.
+    ("", "", "namespaces", "patch"),
+    ("", "apps", "deployments", "get"),
+    ("", "apps", "deployments", "patch"),
+    ("", "apps", "statefulsets", "get"),
+    ("", "apps", "statefulsets", "patch"),
     ("kube-system", "", "pods", "list"), // a failed snapshot Job's message: tests/apply.rs, etcd snapshots
     // The demo's Flux applies Longhorn's HelmRelease from git, so upkeep goes through git;
     // setting the chart version in the cluster is for releases Flux does not apply:

@@ -315,6 +315,7 @@ impl World {
             rollouts: Default::default(),
             soak: Vec::new(),
             notifications: Default::default(),
+            maintenance: Vec::new(),
         };
         let mut running = upkeep::propose::Running::new();
         running.insert(

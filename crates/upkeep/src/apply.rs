@@ -736,6 +736,12 @@ impl<F: Forge> Driver<'_, '_, F> {
             }
         };
         if status.phase.is_terminal() {
+            // Ended while in maintenance (leaving failed at the last look): leave now.
+            if status.in_maintenance() {
+                let mut next = status.clone();
+                self.maintain(config, &c.name, &name, &mut next, t).await;
+                self.save(obj, &status, next, t).await?;
+            }
             return Ok(None);
         }
         let _span = tracing::info_span!("rollout", rollout = %name, component = %c.name).entered();
@@ -839,7 +845,17 @@ impl<F: Forge> Driver<'_, '_, F> {
             },
             soak: config.soak_for(&c.name),
         };
-        let (mut next, effects) = rollout::decide(&name, &spec, &status, &ctx);
+        let (mut next, mut effects) = rollout::decide(&name, &spec, &status, &ctx);
+        // The apps go down before anything changes; when that cannot be done, nothing is.
+        if let Err(e) = self
+            .enter_maintenance(config, &c.name, &name, &mut next, t)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot enter maintenance mode; retried next look");
+            next = status.clone();
+            next.message = format!("retrying: {e}");
+            effects.clear();
+        }
         for fx in &effects {
             match self.effect(&target, fx, &mut next).await {
                 Ok(()) => {}
@@ -862,8 +878,96 @@ impl<F: Forge> Driver<'_, '_, F> {
         for change in rollout::node_changes(&status.nodes, &next.nodes) {
             tracing::info!(node = %change, "node");
         }
+        self.maintain(config, &c.name, &name, &mut next, t).await;
         let next = self.save(obj, &status, next, t).await?;
         Ok(Some(((next.phase, next.paused), ctx.may_start)))
+    }
+
+    /// Enter maintenance mode when `next` changes the cluster and it is not in it yet.
+    async fn enter_maintenance(
+        &self,
+        config: &ConfigRepo,
+        component: &str,
+        name: &str,
+        next: &mut RolloutStatus,
+        t: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let plan = config.maintenance_for(Some(component));
+        if plan.is_empty()
+            || !crate::maintenance::wanted(next.phase, next.paused)
+            || next.in_maintenance()
+        {
+            return Ok(());
+        }
+        let done =
+            crate::maintenance::enter(self.client, &plan, &crate::maintenance::by_rollout(name), t)
+                .await
+                .map_err(|e| format!("maintenance mode: {e}"))?;
+        for d in &done {
+            tracing::info!(what = %d, "maintenance mode");
+        }
+        next.maintenance = Some(crate::maintenance::Record {
+            entered_at: t,
+            done,
+            restored_at: None,
+            restored: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Leave maintenance mode once `next` no longer changes the cluster (after the step's
+    /// effects). What this rollout scaled down gets its replicas back, also a workload the
+    /// policy no longer lists. A failure is retried at the next look.
+    async fn maintain(
+        &self,
+        config: &ConfigRepo,
+        component: &str,
+        name: &str,
+        next: &mut RolloutStatus,
+        t: DateTime<Utc>,
+    ) {
+        if !next.in_maintenance() || crate::maintenance::wanted(next.phase, next.paused) {
+            return;
+        }
+        let mut plan = config.maintenance_for(Some(component));
+        // What the record says it touched, whatever the policy says now.
+        if let Some(m) = &next.maintenance {
+            for d in &m.done {
+                let Some((what, _)) = d.split_once(':') else {
+                    continue;
+                };
+                let mut parts = what.splitn(3, '/');
+                if let (Some(kind), Some(ns), Some(n)) = (parts.next(), parts.next(), parts.next())
+                    && !plan.scale_down.iter().any(|w| w.to_string() == what)
+                {
+                    plan.scale_down.push(crate::model::Workload {
+                        kind: kind.into(),
+                        namespace: ns.into(),
+                        name: n.into(),
+                    });
+                }
+            }
+        }
+        match crate::maintenance::leave(
+            self.client,
+            &plan,
+            Some(&crate::maintenance::by_rollout(name)),
+        )
+        .await
+        {
+            Ok(done) => {
+                for d in &done {
+                    tracing::info!(what = %d, "maintenance mode over");
+                }
+                if let Some(m) = next.maintenance.as_mut() {
+                    m.restored_at = Some(t);
+                    m.restored = done;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot leave maintenance mode; retried next look")
+            }
+        }
     }
 
     /// Save `next` as the rollout's status (with its conditions) when it changed, and log and
@@ -975,6 +1079,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
             if done {
+                self.maintain(config, &c.name, name, &mut next, t).await;
                 let saved = self.save(obj, &status, next, t).await?;
                 obj.data["status"] = serde_json::to_value(&saved).unwrap_or_default();
             }

@@ -16,6 +16,7 @@ pub mod gitrepo;
 pub mod history;
 pub mod knowledge;
 pub mod leader;
+pub mod maintenance;
 pub mod model;
 pub mod notify;
 pub mod operate;

@@ -383,6 +383,19 @@ pub struct RolloutStatus {
     /// The soak of the last hop validated: when it started and ends, and how it went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soak: Option<Soak>,
+    /// Maintenance mode around this rollout (policy `maintenance:`): what was scaled down and
+    /// marked, and when it came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance: Option<crate::maintenance::Record>,
+}
+
+impl RolloutStatus {
+    /// Whether this rollout has the cluster in maintenance now.
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance
+            .as_ref()
+            .is_some_and(|m| m.restored_at.is_none())
+    }
 }
 
 /// How a soak stands.

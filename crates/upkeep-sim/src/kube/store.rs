@@ -1383,6 +1383,15 @@ pub fn builtin_types() -> Vec<ResourceType> {
             &["deploy"],
         ),
         builtin("apps", "v1", "daemonsets", "DaemonSet", true, true, &["ds"]),
+        builtin(
+            "apps",
+            "v1",
+            "statefulsets",
+            "StatefulSet",
+            true,
+            true,
+            &["sts"],
+        ),
         builtin("batch", "v1", "jobs", "Job", true, true, &[]),
         builtin(
             "policy",

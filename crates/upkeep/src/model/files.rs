@@ -215,6 +215,30 @@ pub struct PolicyFile {
     /// Where upkeep tells people what happens (Slack, Discord, ntfy, a webhook), and what.
     #[serde(default)]
     pub notifications: Option<Sp<NotificationsEntry>>,
+    /// What to do around a rollout: namespaces to mark, workloads to scale down and back.
+    #[serde(default)]
+    pub maintenance: Vec<MaintenanceEntry>,
+}
+
+/// Maintenance mode around the rollouts of some components: while a rollout changes the
+/// cluster (backup, apply, validation, a revert), the namespaces carry the label and annotation
+/// `upkeep.dev/maintenance`, and the workloads run 0 replicas; after, each gets back exactly
+/// the replicas it had.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MaintenanceEntry {
+    pub name: Sp<String>,
+    /// Components whose rollouts put the cluster in maintenance; `["*"]` (the default) for all.
+    #[serde(default)]
+    pub components: Option<Vec<Sp<String>>>,
+    /// Namespaces to label and annotate `upkeep.dev/maintenance` (for alert inhibition,
+    /// dashboards, people).
+    #[serde(default)]
+    pub namespaces: Vec<Sp<String>>,
+    /// Workloads to scale to 0 before and back after: `Deployment/<namespace>/<name>` or
+    /// `StatefulSet/<namespace>/<name>`.
+    #[serde(default)]
+    pub scale_down: Vec<Sp<String>>,
 }
 
 /// Receivers and what each gets, in the spirit of Flux's notification-controller (`Provider` +

@@ -43,9 +43,47 @@ pub struct ConfigRepo {
     /// Soak rules, in order (later ones override the fields they set).
     pub soak: Vec<SoakRule>,
     pub notifications: Notifications,
+    pub maintenance: Vec<Maintenance>,
 }
 
 pub use files::{NotificationEvent, ProviderType};
+
+/// A workload maintenance mode scales down.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Workload {
+    /// `Deployment` or `StatefulSet`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One `maintenance:` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Maintenance {
+    pub name: String,
+    pub components: Selector,
+    pub namespaces: Vec<String>,
+    pub scale_down: Vec<Workload>,
+}
+
+/// What maintenance mode does around one rollout: every entry that covers the component.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaintenancePlan {
+    pub namespaces: Vec<String>,
+    pub scale_down: Vec<Workload>,
+}
+
+impl MaintenancePlan {
+    pub fn is_empty(&self) -> bool {
+        self.namespaces.is_empty() && self.scale_down.is_empty()
+    }
+}
 
 /// Where a secret is read from, at delivery time.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,6 +207,25 @@ pub enum CheckKind {
 impl ConfigRepo {
     pub fn component(&self, name: &str) -> Option<&Component> {
         self.components.iter().find(|c| c.name == name)
+    }
+
+    /// What maintenance mode does around a rollout of `component` (`None`: every entry, as
+    /// `upkeep maintenance enable` does).
+    pub fn maintenance_for(&self, component: Option<&str>) -> MaintenancePlan {
+        let mut p = MaintenancePlan::default();
+        for m in self
+            .maintenance
+            .iter()
+            .filter(|m| component.is_none_or(|c| m.components.covers(c)))
+        {
+            p.namespaces.extend(m.namespaces.iter().cloned());
+            p.scale_down.extend(m.scale_down.iter().cloned());
+        }
+        p.namespaces.sort();
+        p.namespaces.dedup();
+        p.scale_down.sort();
+        p.scale_down.dedup();
+        p
     }
 
     /// The soak in force for a component: the default, then every matching `soak:` rule in

@@ -188,6 +188,7 @@ pub(super) fn resolve(
     let mut checks_out: Vec<crate::model::Check> = Vec::new();
     let mut rollouts: Option<(String, Pos, crate::model::RolloutPolicy)> = None;
     let mut soak_out: Vec<crate::model::SoakRule> = Vec::new();
+    let mut maintenance_out: Vec<crate::model::Maintenance> = Vec::new();
     let mut notifications = crate::model::Notifications::default();
     let mut lead_time: Option<(String, Pos)> = None;
     // Alerts name providers that may be defined in a later file: checked once all are read.
@@ -403,6 +404,62 @@ pub(super) fn resolve(
                 checks_out.push(chk);
             }
         }
+        for e in &p.maintenance {
+            let sel = names.entry(
+                &mut cx,
+                "maintenance",
+                file,
+                &e.name,
+                e.components.as_deref(),
+                known.as_ref(),
+            );
+            let mut ok = true;
+            for n in &e.namespaces {
+                if !dns_label(&n.value) {
+                    cx.error(
+                        file,
+                        n.pos,
+                        format!(
+                            "maintenance `{}`: `{}` is not a namespace name",
+                            e.name.value, n.value
+                        ),
+                        "lowercase letters, digits and `-`, at most 63 characters",
+                    );
+                    ok = false;
+                }
+            }
+            let mut workloads = Vec::new();
+            for w in &e.scale_down {
+                match workload(&w.value) {
+                    Ok(x) => workloads.push(x),
+                    Err(why) => {
+                        cx.error(
+                            file,
+                            w.pos,
+                            format!("maintenance `{}`: `{}` {why}", e.name.value, w.value),
+                            "write Deployment/<namespace>/<name> or StatefulSet/<namespace>/<name>",
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if e.namespaces.is_empty() && e.scale_down.is_empty() {
+                cx.warn(
+                    file,
+                    e.name.pos,
+                    format!("maintenance `{}` does nothing", e.name.value),
+                    "list `namespaces` to mark or `scaleDown` workloads",
+                );
+            }
+            if let (Some(components), true) = (sel, ok) {
+                maintenance_out.push(crate::model::Maintenance {
+                    name: e.name.value.clone(),
+                    components,
+                    namespaces: e.namespaces.iter().map(|n| n.value.clone()).collect(),
+                    scale_down: workloads,
+                });
+            }
+        }
         for e in &p.soak {
             let sel = names.entry(
                 &mut cx,
@@ -537,6 +594,43 @@ pub(super) fn resolve(
         rollouts: rollouts.map(|(_, _, r)| r).unwrap_or_default(),
         soak: soak_out,
         notifications,
+        maintenance: maintenance_out,
+    })
+}
+
+/// A Kubernetes namespace (or object) name: a DNS label.
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// `Deployment/<namespace>/<name>` or `StatefulSet/<namespace>/<name>`.
+fn workload(s: &str) -> Result<crate::model::Workload, String> {
+    let parts: Vec<&str> = s.split('/').collect();
+    let [kind, ns, name] = parts[..] else {
+        return Err("is not Kind/namespace/name".into());
+    };
+    if kind != "Deployment" && kind != "StatefulSet" {
+        return Err(format!(
+            "names a {kind}: only a Deployment or a StatefulSet can be scaled down"
+        ));
+    }
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !dns_label(ns) || !name_ok {
+        return Err("has a namespace or name Kubernetes does not allow".into());
+    }
+    Ok(crate::model::Workload {
+        kind: kind.into(),
+        namespace: ns.into(),
+        name: name.into(),
     })
 }
 
