@@ -2338,3 +2338,39 @@ fn maintenance_mode_restores_the_exact_replicas() {
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     back(&w);
 }
+
+#[test]
+fn ended_rollouts_beyond_the_limit_are_pruned_once_git_holds_their_record() {
+    let w = World::new(in_window());
+    w.set_policy(&format!("{}rollouts:\n  keepEnded: 0\n", common::NO_SOAK));
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    // The rollout versions.yaml asks for stays, however low the limit.
+    assert!(!w.rollout(K3S).is_null());
+    w.merge_update("k3s", "v1.33.5+k3s1", "v1.33.6+k3s1");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "k3s-v1.33.6-k3s1"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
+    assert!(w.rollout(K3S).is_null(), "the older one is gone");
+    // History still lists it, from git.
+    let state = w.dir.path().join("history-state");
+    let (code, out, err) = w.cli(&[
+        "history",
+        "--repo-url",
+        &w.clone_url,
+        "--state-dir",
+        state.to_str().unwrap_or_default(),
+        "--since",
+        "3650d",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"to\": \"v1.33.5+k3s1\"") && out.contains("\"source\": \"git\""),
+        "{out}"
+    );
+}

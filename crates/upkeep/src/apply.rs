@@ -449,6 +449,9 @@ pub async fn run_detailed<F: Forge>(
             out.push((name.clone(), status));
         }
     }
+    if let Err(e) = d.prune(config, &names, &all).await {
+        tracing::warn!(error = %e, "cannot prune old rollouts; tried again next cycle");
+    }
     let every = all
         .iter()
         .filter_map(|obj| {
@@ -881,6 +884,67 @@ impl<F: Forge> Driver<'_, '_, F> {
         self.maintain(config, &c.name, &name, &mut next, t).await;
         let next = self.save(obj, &status, next, t).await?;
         Ok(Some(((next.phase, next.paused), ctx.may_start)))
+    }
+
+    /// Delete the ended rollout objects beyond the policy's `keepEnded`, once git's log holds
+    /// their merge ([`crate::history::prunable`]).
+    async fn prune(
+        &self,
+        config: &ConfigRepo,
+        names: &[(String, Component)],
+        all: &[DynamicObject],
+    ) -> Result<(), String> {
+        let ended: Vec<crate::history::Ended> = all
+            .iter()
+            .filter_map(|obj| {
+                let name = obj.metadata.name.clone()?;
+                let st = read_status(obj).ok()?;
+                (st.phase.is_terminal() && !names.iter().any(|(n, _)| *n == name)).then(|| {
+                    crate::history::Ended {
+                        component: obj.data["spec"]["component"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .into(),
+                        to: obj.data["spec"]["to"].as_str().unwrap_or_default().into(),
+                        failed: crate::operate::is_failure(st.phase),
+                        acknowledged: crate::operate::acknowledgement(obj).is_some(),
+                        ended_at: st.phase_since,
+                        name,
+                    }
+                })
+            })
+            .collect();
+        let keep = config.rollouts.keep_ended;
+        if ended.len() <= keep {
+            return Ok(());
+        }
+        let log = self
+            .repo
+            .git
+            .version_changes(
+                &self.repo.base,
+                &vfile(&self.repo.subdir),
+                DateTime::<Utc>::MIN_UTC,
+                10_000,
+            )
+            .map_err(|e| e.to_string())?;
+        for name in crate::history::prunable(&ended, keep, &log) {
+            match self.api.delete(&name, &Default::default()).await {
+                Ok(_) => tracing::info!(
+                    rollout = %name,
+                    keep,
+                    "deleted an ended rollout beyond rollouts.keepEnded (git's log keeps its record)"
+                ),
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => {
+                    return Err(format!(
+                        "deleting rollout {name}: {}",
+                        cluster::describe(&e)
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Enter maintenance mode when `next` changes the cluster and it is not in it yet.

@@ -188,6 +188,39 @@ pub fn entries(
     out
 }
 
+/// A rollout object that ended, as pruning sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub name: String,
+    pub component: String,
+    pub to: String,
+    pub failed: bool,
+    pub acknowledged: bool,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// The ended rollout objects to delete: beyond the newest `keep`, those whose merge git's log
+/// holds (so history still lists them); never a failure nobody acknowledged.
+pub fn prunable(ended: &[Ended], keep: usize, log: &[VersionChange]) -> Vec<String> {
+    let mut sorted: Vec<&Ended> = ended.iter().collect();
+    sorted.sort_by_key(|e| std::cmp::Reverse(e.ended_at));
+    sorted
+        .into_iter()
+        .skip(keep)
+        .filter(|e| !e.failed || e.acknowledged)
+        .filter(|e| {
+            log.iter().any(|ch| {
+                !ch.subject.starts_with("revert(")
+                    && ch
+                        .changes
+                        .iter()
+                        .any(|(c, _, to)| *c == e.component && *to == e.to)
+            })
+        })
+        .map(|e| e.name.clone())
+        .collect()
+}
+
 /// What the cluster remembers of one `UpkeepRollout` object.
 pub fn record_of(obj: &kube::api::DynamicObject) -> RolloutRecord {
     let status = crate::apply::status_of(obj);
@@ -373,6 +406,41 @@ mod tests {
             soak: None,
             nodes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn only_ended_rollouts_beyond_the_limit_with_their_merge_in_git_are_pruned() {
+        let e = |name: &str, to: &str, failed, acknowledged, at: &str| Ended {
+            name: name.into(),
+            component: "k3s".into(),
+            to: to.into(),
+            failed,
+            acknowledged,
+            ended_at: Some(t(at)),
+        };
+        let ended = [
+            e("new", "v3", false, false, "2026-11-21T00:00:00Z"),
+            e("old", "v2", false, false, "2026-11-14T00:00:00Z"),
+            e("failed", "v1", true, false, "2026-11-07T00:00:00Z"),
+            e("seen", "v0", true, true, "2026-11-01T00:00:00Z"),
+            e("unknown", "v9", false, false, "2026-10-01T00:00:00Z"),
+        ];
+        let log = [
+            change("2026-11-20T00:00:00Z", "update (#3)", "k3s", "v2", "v3"),
+            change("2026-11-13T00:00:00Z", "update (#2)", "k3s", "v1", "v2"),
+            change("2026-11-06T00:00:00Z", "update (#1)", "k3s", "v0", "v1"),
+            change("2026-10-30T00:00:00Z", "update (#0)", "k3s", "vx", "v0"),
+            change(
+                "2026-10-01T00:00:00Z",
+                "revert(k3s): v9 failed",
+                "k3s",
+                "v8",
+                "v9",
+            ),
+        ];
+        // The newest stays; a failure nobody acknowledged stays; one git does not know stays.
+        assert_eq!(prunable(&ended, 1, &log), ["old", "seen"]);
+        assert!(prunable(&ended, 5, &log).is_empty());
     }
 
     fn change(at: &str, subject: &str, c: &str, from: &str, to: &str) -> VersionChange {

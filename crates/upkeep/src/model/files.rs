@@ -396,6 +396,11 @@ pub struct RolloutsEntry {
     /// How long one hop may take before it counts as failed, e.g. `60m`. Default 60m.
     #[serde(default)]
     pub hop_timeout: Option<Sp<String>>,
+    /// How many ended rollout objects the cluster keeps; older ones are deleted once git's log
+    /// holds their merge (so `upkeep history` still lists them). Failures nobody acknowledged
+    /// are always kept. Default 50.
+    #[serde(default)]
+    pub keep_ended: Option<Sp<u64>>,
 }
 
 /// One validation check (exactly one of `http` and `prometheus`).

@@ -166,6 +166,8 @@ pub struct RolloutPolicy {
     pub backup: bool,
     pub allow_degraded_volumes: bool,
     pub hop_timeout: Duration,
+    /// How many ended rollout objects are kept in the cluster.
+    pub keep_ended: usize,
 }
 
 impl Default for RolloutPolicy {
@@ -176,6 +178,7 @@ impl Default for RolloutPolicy {
             backup: true,
             allow_degraded_volumes: false,
             hop_timeout: Duration::minutes(60),
+            keep_ended: 50,
         }
     }
 }

@@ -364,6 +364,9 @@ pub(super) fn resolve(
                         .as_ref()
                         .map_or(d.allow_degraded_volumes, |v| v.value),
                     hop_timeout: d.hop_timeout,
+                    keep_ended: r.keep_ended.as_ref().map_or(d.keep_ended, |k| {
+                        usize::try_from(k.value).unwrap_or(usize::MAX)
+                    }),
                 };
                 if out.agent_concurrency == 0 {
                     let pos = r.agent_concurrency.as_ref().map_or(r.pos, |c| c.pos);
