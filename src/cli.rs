@@ -123,6 +123,10 @@ pub enum Command {
     /// PR, the backup and the revert. Read from the cluster's rollouts and the config
     /// repository's git log (give --repo or --repo-url), so it survives the loss of either.
     History(Box<HistoryArgs>),
+    /// The monthly update report: what was applied (and how long after its release), what
+    /// failed and was reverted, window time, and what is behind and why; from the cluster's
+    /// rollouts, the config repository's log and the releases upstream (or the catalog).
+    Report(Box<ReportArgs>),
     /// Maintenance mode by hand, as the policy's `maintenance:` describes it (the controller
     /// enters and leaves it around each rollout on its own): `status` shows what is marked and
     /// scaled down, `enable` marks the namespaces and scales the workloads to 0 (recording
@@ -713,6 +717,17 @@ pub struct HistoryArgs {
     /// How to print it: an aligned table, JSON, or a Markdown table (for a report or an issue).
     #[arg(long, value_enum, default_value_t = HistoryOutput::Table)]
     pub output: HistoryOutput,
+    /// Times are shown in this IANA zone (default: UTC).
+    #[arg(long, value_name = "ZONE")]
+    pub time_zone: Option<String>,
+    #[command(flatten)]
+    pub record: RecordArgs,
+}
+
+/// Where the two records of what happened are: the config repository's git log and the
+/// cluster's rollout objects (`upkeep history`, `upkeep report`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecordArgs {
     /// The config repository's git URL (for its log).
     #[arg(long, value_name = "URL", conflicts_with = "repo")]
     pub repo_url: Option<String>,
@@ -728,15 +743,53 @@ pub struct HistoryArgs {
     /// Where the git mirror is kept (default: $XDG_STATE_HOME/upkeep).
     #[arg(long, value_name = "DIR", env = "UPKEEP_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Times are shown in this IANA zone (default: UTC).
-    #[arg(long, value_name = "ZONE")]
-    pub time_zone: Option<String>,
     /// The kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// The namespace of the rollouts.
     #[arg(long, default_value = "upkeep-system")]
     pub namespace: String,
+}
+
+/// `upkeep report`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// The monthly update report (the only report for now).
+    #[arg(long, required = true)]
+    pub monthly: bool,
+    /// Which month, as 2026-11 (default: the last complete month).
+    #[arg(long, value_name = "YYYY-MM")]
+    pub month: Option<String>,
+    /// Markdown (with Mermaid charts, as GitHub renders them), one HTML page (with SVG
+    /// charts), or JSON.
+    #[arg(long, value_enum, default_value_t = MonthlyFormat::Markdown)]
+    pub format: MonthlyFormat,
+    /// Months and dates in this IANA zone (default: UTC).
+    #[arg(long, value_name = "ZONE")]
+    pub time_zone: Option<String>,
+    /// Post the report (Markdown) on the dependency dashboard issue, once per month (posted
+    /// again, the month's comment is edited); needs --owner, --name and GITHUB_TOKEN.
+    #[arg(long, requires_all = ["owner", "name"])]
+    pub post: bool,
+    /// The repository's owner on the forge (for --post).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// The repository's name on the forge (for --post).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub record: RecordArgs,
+    #[command(flatten)]
+    pub releases: CatalogArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MonthlyFormat {
+    Markdown,
+    Html,
+    Json,
 }
 
 fn parse_since(s: &str) -> Result<chrono::Duration, String> {
@@ -849,6 +902,7 @@ pub fn run() -> i32 {
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
         Command::History(a) => history(&a),
+        Command::Report(a) => monthly_report(&a),
         Command::Maintenance {
             action,
             repo,
@@ -1079,48 +1133,10 @@ fn history(a: &HistoryArgs) -> i32 {
         }
         None => chrono_tz::UTC,
     };
-    let at = ClusterArgs {
-        kubeconfig: a.kubeconfig.clone(),
-        namespace: a.namespace.clone(),
-        output: Output::Text,
+    let (rollouts, changes) = match read_records(&a.record, since) {
+        Ok(r) => r,
+        Err(code) => return code,
     };
-    let rollouts = on_cluster(&at, |c| async move {
-        upkeep::history::read_rollouts(&c, &a.namespace).await
-    });
-    let changes = match (&a.repo_url, &a.repo) {
-        (None, None) => Err(
-            "no config repository given (--repo or --repo-url): git's record is left out"
-                .to_string(),
-        ),
-        _ => repo_url(&a.repo_url, &a.repo).and_then(|url| {
-            let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
-            let mirror = state_dir(a.state_dir.as_deref())
-                .join("history")
-                .join("mirror.git");
-            let git =
-                upkeep::gitrepo::GitRepo::open(&mirror, &url, token).map_err(|e| e.to_string())?;
-            git.fetch().map_err(|e| e.to_string())?;
-            let file = if a.subdir.trim_matches('/').is_empty() {
-                "versions.yaml".to_string()
-            } else {
-                format!("{}/versions.yaml", a.subdir.trim_matches('/'))
-            };
-            git.version_changes(&a.base, &file, since, 10_000)
-                .map_err(|e| e.to_string())
-        }),
-    };
-    if let (Err(k), Err(g)) = (&rollouts, &changes) {
-        eprintln!("upkeep: cannot read the history: the cluster: {k}; git: {g}");
-        return 1;
-    }
-    for (what, r) in [
-        ("the cluster", rollouts.as_ref().err()),
-        ("git", changes.as_ref().err()),
-    ] {
-        if let Some(e) = r {
-            eprintln!("upkeep: {what}'s record is left out: {e}");
-        }
-    }
     let entries = upkeep::history::entries(
         rollouts.as_deref().unwrap_or_default(),
         changes.as_deref().unwrap_or_default(),
@@ -1134,6 +1150,188 @@ fn history(a: &HistoryArgs) -> i32 {
             "{}",
             serde_json::to_string_pretty(&entries).unwrap_or_default()
         ),
+    }
+    0
+}
+
+/// Both records of what happened since `since`: the cluster's rollouts and git's version
+/// changes. Either may fail (said on stderr); exit code 1 when both do.
+#[allow(clippy::type_complexity)]
+fn read_records(
+    a: &RecordArgs,
+    since: DateTime<Utc>,
+) -> Result<
+    (
+        Result<Vec<upkeep::history::RolloutRecord>, String>,
+        Result<Vec<upkeep::gitrepo::VersionChange>, String>,
+    ),
+    i32,
+> {
+    let at = ClusterArgs {
+        kubeconfig: a.kubeconfig.clone(),
+        namespace: a.namespace.clone(),
+        output: Output::Text,
+    };
+    let rollouts = on_cluster(&at, |c| async move {
+        upkeep::history::read_rollouts(&c, &a.namespace).await
+    });
+    let changes = match (&a.repo_url, &a.repo) {
+        (None, None) => Err(
+            "no config repository given (--repo or --repo-url): git's record is left out"
+                .to_string(),
+        ),
+        _ => record_git(a).and_then(|git| {
+            git.version_changes(&a.base, &versions_path(&a.subdir), since, 10_000)
+                .map_err(|e| e.to_string())
+        }),
+    };
+    if let (Err(k), Err(g)) = (&rollouts, &changes) {
+        eprintln!("upkeep: cannot read the history: the cluster: {k}; git: {g}");
+        return Err(1);
+    }
+    for (what, r) in [
+        ("the cluster", rollouts.as_ref().err()),
+        ("git", changes.as_ref().err()),
+    ] {
+        if let Some(e) = r {
+            eprintln!("upkeep: {what}'s record is left out: {e}");
+        }
+    }
+    Ok((rollouts, changes))
+}
+
+/// The config repository's mirror for the records, fetched.
+fn record_git(a: &RecordArgs) -> Result<upkeep::gitrepo::GitRepo, String> {
+    let url = repo_url(&a.repo_url, &a.repo)?;
+    let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
+    let mirror = state_dir(a.state_dir.as_deref())
+        .join("history")
+        .join("mirror.git");
+    let git = upkeep::gitrepo::GitRepo::open(&mirror, &url, token).map_err(|e| e.to_string())?;
+    git.fetch().map_err(|e| e.to_string())?;
+    Ok(git)
+}
+
+fn versions_path(subdir: &str) -> String {
+    if subdir.trim_matches('/').is_empty() {
+        "versions.yaml".to_string()
+    } else {
+        format!("{}/versions.yaml", subdir.trim_matches('/'))
+    }
+}
+
+/// `upkeep report --monthly`.
+fn monthly_report(a: &ReportArgs) -> i32 {
+    let now = Utc::now();
+    let tz = match a.time_zone.as_deref().map(upkeep::windows::parse_tz) {
+        Some(Ok(tz)) => tz,
+        Some(Err(e)) => {
+            eprintln!("upkeep: --time-zone: {e}");
+            return 2;
+        }
+        None => chrono_tz::UTC,
+    };
+    let month = match a.month.as_deref().map(upkeep::monthly::Month::parse) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            eprintln!("upkeep: --month: {e}");
+            return 2;
+        }
+        None => upkeep::monthly::Month::previous(now, tz),
+    };
+    let (start, _) = month.bounds(tz);
+    let (rollouts, changes) = match read_records(&a.record, start) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let entries = upkeep::history::entries(
+        rollouts.as_deref().unwrap_or_default(),
+        changes.as_deref().unwrap_or_default(),
+        start,
+        None,
+    );
+    // The config as the base branch has it now: windows, freezes, and what is behind.
+    let config = (a.record.repo_url.is_some() || a.record.repo.is_some())
+        .then(|| -> Result<ConfigRepo, String> {
+            let git = record_git(&a.record)?;
+            let dir = state_dir(a.record.state_dir.as_deref())
+                .join("history")
+                .join("checkout");
+            let tip = git.tip(&a.record.base).map_err(|e| e.to_string())?;
+            git.extract(tip, &a.record.subdir, &dir)
+                .map_err(|e| e.to_string())?;
+            upkeep::model::load_repo(&dir, now)
+                .map_err(|e| e.to_string())?
+                .repo
+                .ok_or_else(|| {
+                    format!(
+                        "versions.yaml or policies/ on {} are invalid",
+                        a.record.base
+                    )
+                })
+        })
+        .and_then(|r| {
+            r.map_err(|e| eprintln!("upkeep: windows and what is behind are left out: {e}"))
+                .ok()
+        });
+    let (check, published) = match &config {
+        Some(c) => match releases_report(c, &a.releases, &a.net, now) {
+            Ok(x) => (x.0.components, x.1),
+            Err((_, e)) => {
+                eprintln!("upkeep: release dates and what is behind are left out: {e}");
+                (Vec::new(), Default::default())
+            }
+        },
+        None => (Vec::new(), Default::default()),
+    };
+    let m = upkeep::monthly::build(&upkeep::monthly::Inputs {
+        month,
+        tz,
+        cluster: config.as_ref().and_then(|c| c.cluster.as_deref()),
+        generated_at: now,
+        entries: &entries,
+        published: &published,
+        windows: config.as_ref().map_or(&[], |c| &c.windows),
+        freezes: config.as_ref().map_or(&[], |c| &c.freezes),
+        components: &check,
+    });
+    let text = match a.format {
+        MonthlyFormat::Markdown => upkeep::monthly::markdown(&m),
+        MonthlyFormat::Html => upkeep::monthly::html(&m),
+        MonthlyFormat::Json => serde_json::to_string_pretty(&m).unwrap_or_default() + "\n",
+    };
+    print!("{text}");
+    if a.post {
+        let (Some(owner), Some(name)) = (&a.owner, &a.name) else {
+            return 2;
+        };
+        let posted = runtime()
+            .map_err(|_| "cannot start the async runtime".to_string())
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let token = std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty());
+                    let forge = upkeep::forge::GitHub::new(
+                        &a.net.github_api_url,
+                        &format!("{owner}/{name}"),
+                        token.as_deref(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    upkeep::monthly::post(&forge, &m).await
+                })
+            });
+        match posted {
+            Ok(upkeep::monthly::Posted::New(n)) => {
+                eprintln!("upkeep: the report is on the dashboard (#{n})")
+            }
+            Ok(upkeep::monthly::Posted::Already(n)) => eprintln!(
+                "upkeep: {}'s report was already on the dashboard (#{n}); nothing posted",
+                m.month
+            ),
+            Err(e) => {
+                eprintln!("upkeep: cannot post the report on the dashboard: {e}");
+                return 1;
+            }
+        }
     }
     0
 }
@@ -1487,66 +1685,71 @@ struct CheckArgs {
     net: NetArgs,
 }
 
+/// The check report of `repo` and when each release it read was published: from the catalog
+/// (`--offline`, `--catalog`) or the live sources.
+fn releases_report(
+    repo: &ConfigRepo,
+    cat: &CatalogArgs,
+    net: &NetArgs,
+    now: DateTime<Utc>,
+) -> Result<(report::CheckReport, upkeep::check::Published), (i32, String)> {
+    let rt = runtime().map_err(|c| (c, "cannot start the async runtime".to_string()))?;
+    if cat.offline || cat.catalog.is_some() {
+        let key = cat
+            .catalog_public_key
+            .clone()
+            .or_else(|| repo.catalog_public_key.clone());
+        let c = match &cat.catalog {
+            Some(path) => Catalog::load(path, key.as_deref()),
+            None => Catalog::builtin(),
+        }
+        .map_err(|e| (1, e.to_string()))?;
+        let origin = format!("catalog:{}", c.origin);
+        return Ok(rt.block_on(upkeep::check::run_with_dates(
+            Arc::new(c),
+            repo,
+            now,
+            16,
+            &origin,
+        )));
+    }
+    let cfg = net.config().map_err(|e| (2, e))?;
+    // octocrab's client needs the runtime at construction.
+    let _guard = rt.enter();
+    let live = Arc::new(sources::Live::new(&cfg).map_err(|e| (2, e.to_string()))?);
+    let out = rt.block_on(upkeep::check::run_with_dates(
+        live.clone(),
+        repo,
+        now,
+        cfg.concurrency,
+        "live",
+    ));
+    let s = live.stats.snapshot();
+    tracing::info!(
+        requests = s.requests,
+        not_modified = s.not_modified,
+        bytes = s.bytes,
+        "upstream requests"
+    );
+    Ok(out)
+}
+
 fn check(a: CheckArgs) -> i32 {
     let repo = match load_valid(&a.repo, a.now) {
         Ok(r) => r,
         Err(code) => return code,
     };
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
+    let cat = CatalogArgs {
+        offline: a.offline,
+        catalog: a.catalog.clone(),
+        catalog_public_key: a.catalog_public_key.clone(),
     };
-    let report = if a.offline {
-        let key = a
-            .catalog_public_key
-            .clone()
-            .or_else(|| repo.catalog_public_key.clone());
-        let cat = match &a.catalog {
-            Some(path) => Catalog::load(path, key.as_deref()),
-            None => Catalog::builtin(),
-        };
-        let cat = match cat {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("upkeep: {e}");
-                return 1;
-            }
-        };
-        let origin = format!("catalog:{}", cat.origin);
-        rt.block_on(upkeep::check::run(Arc::new(cat), &repo, a.now, 16, &origin))
-    } else {
-        let cfg = match a.net.config() {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("upkeep: {e}");
-                return 2;
-            }
-        };
-        // octocrab's client needs the runtime at construction.
-        let _guard = rt.enter();
-        let live = match sources::Live::new(&cfg) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("upkeep: {e}");
-                return 2;
-            }
-        };
-        let live = Arc::new(live);
-        let report = rt.block_on(upkeep::check::run(
-            live.clone(),
-            &repo,
-            a.now,
-            cfg.concurrency,
-            "live",
-        ));
-        let s = live.stats.snapshot();
-        tracing::info!(
-            requests = s.requests,
-            not_modified = s.not_modified,
-            bytes = s.bytes,
-            "upstream requests"
-        );
-        report
+    let report = match releases_report(&repo, &cat, &a.net, a.now) {
+        Ok((r, _)) => r,
+        Err((code, e)) => {
+            eprintln!("upkeep: {e}");
+            return code;
+        }
     };
     let mut out = std::io::stdout().lock();
     let text = match a.output {

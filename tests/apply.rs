@@ -170,12 +170,18 @@ impl World {
     /// stdout, stderr). What it asks of the API is a human's, not upkeep's: upkeep's own accesses
     /// are checked first and the audit starts over after.
     fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        self.cli_with(args, &[])
+    }
+
+    /// [`cli`](Self::cli) with these environment variables.
+    fn cli_with(&self, args: &[&str], envs: &[(&str, &str)]) -> (i32, String, String) {
         let denied = common::rbac::denied(&self.kube.audit());
         assert!(denied.is_empty(), "deploy/ does not allow: {denied:#?}");
         let kc = self.dir.path().join("kubeconfig");
         self.kube.write_kubeconfig(&kc).expect("kubeconfig");
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
             .env("UPKEEP_FORGE_WRITE_INTERVAL_MS", "20")
+            .envs(envs.iter().copied())
             .args(args)
             .arg("--kubeconfig")
             .arg(&kc)
@@ -2373,4 +2379,140 @@ fn ended_rollouts_beyond_the_limit_are_pruned_once_git_holds_their_record() {
         out.contains("\"to\": \"v1.33.5+k3s1\"") && out.contains("\"source\": \"git\""),
         "{out}"
     );
+}
+
+/// A month of rollouts (a k3s patch and a Longhorn minor that succeed, then a Longhorn minor
+/// that degrades a volume and needs a human), then `upkeep report --monthly` from the cluster's
+/// record, git's log and the shipped catalog's release dates; posted on the dashboard once.
+#[test]
+fn the_monthly_report_matches_a_month_of_rollouts() {
+    let w = World::new(in_window());
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    w.merge_update("longhorn", "v1.9.1", "v1.10.2");
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Succeeded),
+        "{s:?}"
+    );
+    w.merge_update("longhorn", "v1.10.2", "v1.11.3");
+    w.kube.inject(ClusterFault::VolumeDegradesAfterUpgrade {
+        volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
+    });
+    let s = w.apply(Duration::from_secs(60));
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.11.3"),
+        Some(Phase::RequiresAttention),
+        "{s:?}"
+    );
+
+    let state = w.dir.path().join("report-state");
+    let report = |extra: &[&str]| {
+        let mut args: Vec<&str> = vec![
+            "report",
+            "--monthly",
+            "--month",
+            "2026-11",
+            "--time-zone",
+            "Europe/Amsterdam",
+            "--offline",
+            "--repo-url",
+            &w.clone_url,
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+        ];
+        args.extend_from_slice(extra);
+        w.cli_with(&args, &[("GITHUB_TOKEN", TOKEN)])
+    };
+    let (code, out, err) = report(&["--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let tos = |k: &str| -> Vec<String> {
+        m[k].as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|r| {
+                        format!(
+                            "{} {}",
+                            r["component"].as_str().unwrap_or(""),
+                            r["to"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        tos("applied"),
+        ["k3s v1.33.5+k3s1", "longhorn v1.10.2"],
+        "{out}"
+    );
+    assert_eq!(tos("failed"), ["longhorn v1.11.3"], "{out}");
+    assert!(
+        m["failed"][0]["revert"].is_string(),
+        "the revert commit: {out}"
+    );
+    // Saturday nights in November, Amsterdam time: October 31's runs 2 h into November, then
+    // four whole ones.
+    assert_eq!(m["windows"][0]["name"], "saturday-night");
+    assert_eq!(m["windows"][0]["openHours"], 18.0, "{out}");
+    // Release dates from the catalog (its k3s entries have none): Longhorn v1.10.2 was
+    // published on 2026-01-28, applied on 2026-11-21.
+    assert_eq!(
+        m["applied"][1]["releasedAt"], "2026-01-28T00:32:41Z",
+        "{out}"
+    );
+    assert!(
+        m["applied"][1]["daysToApplied"]
+            .as_f64()
+            .is_some_and(|d| (297.0..298.0).contains(&d)),
+        "{out}"
+    );
+    assert!(m["applied"][0]["daysToApplied"].is_null(), "{out}");
+    let (code, md, err) = report(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(md.starts_with("# Update report: November 2026"), "{md}");
+    assert!(
+        md.contains("- 2 updates applied, 1 failed or reverted"),
+        "{md}"
+    );
+    let (code, page, err) = report(&["--format", "html"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(page.contains("<svg") && page.contains("longhorn"), "{page}");
+    // Posted on the dashboard once, however often it is run.
+    let dashboard = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+        .block_on(async {
+            use upkeep::forge::Forge;
+            w.forge()
+                .create_issue(
+                    upkeep::propose::DASHBOARD_TITLE,
+                    "dashboard",
+                    &[upkeep::propose::DASHBOARD_LABEL.to_string()],
+                )
+                .await
+                .expect("issue")
+                .number
+        });
+    let post = [
+        "--post",
+        "--owner",
+        "homelab",
+        "--name",
+        "cluster",
+        "--github-api-url",
+        &w.gh.url(),
+    ];
+    for _ in 0..2 {
+        let (code, _, err) = report(&post);
+        assert_eq!(code, 0, "{err}");
+    }
+    let said =
+        w.gh.with_forge(|f| f.comments(REPO, dashboard))
+            .unwrap_or_default();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains("<!-- upkeep:monthly-report=2026-11 -->"));
 }

@@ -123,6 +123,9 @@ fn track_label(t: &Track) -> String {
     }
 }
 
+/// When each release was published: (component, tag) -> time.
+pub type Published = std::collections::BTreeMap<(String, String), DateTime<Utc>>;
+
 /// Fetch and assess every component of `repo`, at most `concurrency` at a time. Rows come back in
 /// the order of `versions.yaml`.
 pub async fn run<U: Upstream + 'static>(
@@ -132,6 +135,19 @@ pub async fn run<U: Upstream + 'static>(
     concurrency: usize,
     origin: &str,
 ) -> CheckReport {
+    run_with_dates(upstream, repo, now, concurrency, origin)
+        .await
+        .0
+}
+
+/// [`run`], and when each release it read was published (for the monthly report).
+pub async fn run_with_dates<U: Upstream + 'static>(
+    upstream: Arc<U>,
+    repo: &ConfigRepo,
+    now: DateTime<Utc>,
+    concurrency: usize,
+    origin: &str,
+) -> (CheckReport, Published) {
     let policies: HashMap<String, Policy> = repo
         .components
         .iter()
@@ -146,11 +162,33 @@ pub async fn run<U: Upstream + 'static>(
             concurrency,
             move |c, fetched| {
                 let policy = policies.get(&c.name).cloned().unwrap_or_default();
-                assess(c, &policy, fetched.as_ref(), now)
+                let dates: Vec<(String, DateTime<Utc>)> = fetched
+                    .as_ref()
+                    .map(|f| {
+                        f.releases
+                            .iter()
+                            .filter_map(|r| Some((r.tag.clone(), r.published_at?)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                (assess(c, &policy, fetched.as_ref(), now), dates)
             },
         )
         .await
     };
+    let mut published = Published::new();
+    let rows: Vec<Option<ComponentReport>> = rows
+        .into_iter()
+        .zip(&repo.components)
+        .map(|(row, c)| {
+            row.map(|(r, dates)| {
+                for (tag, t) in dates {
+                    published.insert((c.name.clone(), tag), t);
+                }
+                r
+            })
+        })
+        .collect();
     let components: Vec<ComponentReport> = rows
         .into_iter()
         .zip(&repo.components)
@@ -182,7 +220,10 @@ pub async fn run<U: Upstream + 'static>(
             row
         })
         .collect();
-    CheckReport::new(now, origin, repo.cluster.clone(), components)
+    (
+        CheckReport::new(now, origin, repo.cluster.clone(), components),
+        published,
+    )
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ pub mod knowledge;
 pub mod leader;
 pub mod maintenance;
 pub mod model;
+pub mod monthly;
 pub mod notify;
 pub mod operate;
 pub mod plan;

@@ -540,6 +540,36 @@ fn occurrences(w: &Window, from: DateTime<Utc>, until: DateTime<Utc>) -> Occurre
     Occurrences { spans, known_until }
 }
 
+/// How long an allow window was open in `[from, until)`, less the freezes (a window's time in a
+/// freeze cannot be used). At most [`MAX_CANDIDATES_PER_SOURCE`] occurrences are counted.
+pub fn open_time(
+    w: &Window,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    freezes: &[Freeze],
+) -> Duration {
+    let clipped: Vec<_> = occurrences(w, from, until)
+        .spans
+        .into_iter()
+        .map(|(s, e)| (s.max(from), e.min(until)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    let frozen = union(freezes.iter().map(|f| (f.from, f.to)).collect());
+    union(clipped)
+        .into_iter()
+        .map(|(s, e)| {
+            let lost: Duration = frozen
+                .iter()
+                .map(|(fs, fe)| {
+                    let (a, b) = (s.max(*fs), e.min(*fe));
+                    if a < b { b - a } else { Duration::zero() }
+                })
+                .fold(Duration::zero(), |x, y| x + y);
+            (e - s) - lost
+        })
+        .fold(Duration::zero(), |x, y| x + y)
+}
+
 /// The union of intervals, sorted and merged (touching intervals merge: `[a,b)` and `[b,c)`
 /// cover `[a,c)` without a gap).
 fn union(mut spans: Vec<(DateTime<Utc>, DateTime<Utc>)>) -> Vec<(DateTime<Utc>, DateTime<Utc>)> {
