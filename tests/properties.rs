@@ -316,6 +316,7 @@ impl World {
             soak: Vec::new(),
             notifications: Default::default(),
             maintenance: Vec::new(),
+            reports: Default::default(),
         };
         let mut running = upkeep::propose::Running::new();
         running.insert(

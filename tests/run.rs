@@ -1362,7 +1362,7 @@ fn notifications_are_delivered_once_across_a_restart_and_a_dead_receiver_holds_n
     rx.fail("/flaky/", 503, None, 2);
     let slack_url = format!("{}/slack/T0/B0/slacksecret", rx.url());
     let policy = format!(
-        "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nnotifications:\n  providers:\n    - name: team\n      type: slack\n      addressFrom: {{env: UPKEEP_TEST_SLACK}}\n    - name: chat\n      type: discord\n      addressFrom: {{file: DISCORD_FILE}}\n    - name: phone\n      type: ntfy\n      address: {base}/ntfy/upgrades\n      tokenFrom: {{env: UPKEEP_TEST_NTFY}}\n    - name: audit\n      type: generic\n      address: {base}/flaky/hook\n    - name: down\n      type: generic\n      address: {base}/dead/hook\n  alerts:\n    - name: everything\n      provider: team\n    - name: chat-failures\n      provider: chat\n      events: [rolloutStarted, rolloutSucceeded]\n    - name: phone\n      provider: phone\n      events: [rolloutSucceeded]\n    - name: audit\n      provider: audit\n    - name: down\n      provider: down\n",
+        "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nnotifications:\n  providers:\n    - name: team\n      type: slack\n      addressFrom: {{env: UPKEEP_TEST_SLACK}}\n    - name: chat\n      type: discord\n      addressFrom: {{file: DISCORD_FILE}}\n    - name: phone\n      type: ntfy\n      address: {base}/ntfy/upgrades\n      tokenFrom: {{env: UPKEEP_TEST_NTFY}}\n    - name: audit\n      type: generic\n      address: {base}/flaky/hook\n    - name: down\n      type: generic\n      address: {base}/dead/hook\n  alerts:\n    - name: everything\n      provider: team\n    - name: chat-failures\n      provider: chat\n      events: [rolloutStarted, rolloutSucceeded]\n    - name: phone\n      provider: phone\n      events: [rolloutSucceeded]\n    - name: audit\n      provider: audit\n    - name: down\n      provider: down\nreports:\n  monthlyOnDashboard: true\n",
         base = rx.url()
     );
     let dir = tempfile::tempdir().expect("dir");
@@ -1448,6 +1448,15 @@ fn notifications_are_delivered_once_across_a_restart_and_a_dead_receiver_holds_n
         sample(&q.metrics(), "upkeep_reconcile_duration_seconds_count").is_some_and(|n| n >= 3.0)
     });
     assert_eq!(rx.received().len(), before, "{:?}", rx.received());
+    // Last month's report is on the dashboard, once, although two controllers ran.
+    let month = upkeep::monthly::Month::previous(Utc::now(), chrono_tz::UTC).to_string();
+    let marker = format!("<!-- upkeep:monthly-report={month} -->");
+    let reports: Vec<String> = (1..10)
+        .flat_map(|n| w.gh.with_forge(|f| f.comments(REPO, n)).unwrap_or_default())
+        .filter(|c| c.contains(&marker))
+        .collect();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].contains("# Update report: "), "{}", reports[0]);
     let (_, more) = q.stop();
     for secret in ["slacksecret", "discordsecret", "tk_ntfysecret"] {
         assert!(

@@ -225,17 +225,38 @@ pub fn prunable(ended: &[Ended], keep: usize, log: &[VersionChange]) -> Vec<Stri
 pub fn record_of(obj: &kube::api::DynamicObject) -> RolloutRecord {
     let status = crate::apply::status_of(obj);
     let spec = |k: &str| obj.data["spec"][k].as_str().unwrap_or_default().to_string();
+    record_from(
+        obj.metadata.name.as_deref().unwrap_or_default(),
+        &crate::rollout::RolloutSpec {
+            component: spec("component"),
+            from: spec("from"),
+            to: spec("to"),
+            hops: Vec::new(),
+            pull_request: obj.data["spec"]["pullRequest"].as_u64(),
+            emergency: false,
+        },
+        &status,
+    )
+}
+
+/// The record of a rollout read already.
+pub fn record_from(
+    name: &str,
+    spec: &crate::rollout::RolloutSpec,
+    status: &crate::rollout::RolloutStatus,
+) -> RolloutRecord {
+    let status = status.clone();
     RolloutRecord {
-        name: obj.metadata.name.clone().unwrap_or_default(),
-        component: spec("component"),
-        from: spec("from"),
-        to: spec("to"),
+        name: name.to_string(),
+        component: spec.component.clone(),
+        from: spec.from.clone(),
+        to: spec.to.clone(),
         phase: format!("{:?}", status.phase),
         started_at: status.started_at,
         phase_since: status.phase_since,
         backup: status.backup,
         revert: status.revert,
-        pull_request: obj.data["spec"]["pullRequest"].as_u64(),
+        pull_request: spec.pull_request,
         soak: status.soak.as_ref().map(crate::rollout::Soak::result),
         nodes: status
             .nodes

@@ -200,9 +200,9 @@ async fn check_with<U: Upstream + 'static>(
         inner: up,
         seen: Mutex::default(),
     });
-    let report = crate::check::run(rec.clone(), repo, now, 8, origin).await;
+    let (report, published) = crate::check::run_with_dates(rec.clone(), repo, now, 8, origin).await;
     let seen = std::mem::take(&mut *rec.seen.lock().unwrap_or_else(|e| e.into_inner()));
-    (report.components, seen)
+    (report.components, seen, published)
 }
 
 impl Sources {
@@ -269,6 +269,13 @@ struct Memory {
     sender: Option<crate::notify::Sender>,
     /// Components whose release source fails, and since when (this process has seen it).
     failing_since: std::collections::BTreeMap<String, DateTime<Utc>>,
+    /// The last detection's rows and release dates (for the monthly report).
+    checked: Vec<ComponentReport>,
+    published: crate::check::Published,
+    /// The month whose report is on the dashboard (or was given up on), and when to try again
+    /// after a failure.
+    reported: Option<String>,
+    report_retry: Option<DateTime<Utc>>,
 }
 
 /// How often the loop looks while a rollout is under way, whatever `poll` says: each look moves
@@ -567,11 +574,77 @@ async fn reconcile(
     }
     // 4. Tell (in the background) and record what happened.
     notify(cfg, shared, mem, &config, &applied.all, now).await;
+    monthly_on_dashboard(cfg, mem, &config, &applied.all, now).await;
     record_rollouts(shared, mem, &applied.rollouts, &applied.driven);
     record_status(cfg, shared, applied);
     match propose_error {
         Some(e) => Err(("propose", e)),
         None => Ok(()),
+    }
+}
+
+/// Early each month, the last month's report on the dependency dashboard (policy `reports:
+/// monthlyOnDashboard`), once: the dashboard's comments say whether it is there already, so a
+/// restart never posts it twice.
+async fn monthly_on_dashboard(
+    cfg: &Config,
+    mem: &mut Memory,
+    config: &ConfigRepo,
+    all: &[(
+        String,
+        crate::rollout::RolloutSpec,
+        crate::rollout::RolloutStatus,
+    )],
+    now: DateTime<Utc>,
+) {
+    use crate::monthly::{Month, Posted};
+    if !config.reports.monthly_on_dashboard
+        || mem.checked.is_empty()
+        || mem.report_retry.is_some_and(|t| now < t)
+    {
+        return;
+    }
+    let tz = config.reports.tz;
+    let month = Month::previous(now, tz);
+    if mem.reported.as_deref() == Some(month.to_string().as_str()) {
+        return;
+    }
+    let (start, _) = month.bounds(tz);
+    let records: Vec<crate::history::RolloutRecord> = all
+        .iter()
+        .map(|(name, spec, status)| crate::history::record_from(name, spec, status))
+        .collect();
+    let file = if cfg.subdir.trim_matches('/').is_empty() {
+        "versions.yaml".to_string()
+    } else {
+        format!("{}/versions.yaml", cfg.subdir.trim_matches('/'))
+    };
+    let changes = cfg
+        .git
+        .version_changes(&cfg.base, &file, start, 10_000)
+        .unwrap_or_default();
+    let entries = crate::history::entries(&records, &changes, start, None);
+    let m = crate::monthly::build(&crate::monthly::Inputs {
+        month,
+        tz,
+        cluster: config.cluster.as_deref(),
+        generated_at: now,
+        entries: &entries,
+        published: &mem.published,
+        windows: &config.windows,
+        freezes: &config.freezes,
+        components: &mem.checked,
+    });
+    match crate::monthly::post(&cfg.forge, &m).await {
+        Ok(Posted::New(n)) => {
+            tracing::info!(month = %month, issue = n, "the monthly report is on the dashboard");
+            mem.reported = Some(month.to_string());
+        }
+        Ok(Posted::Already(_)) => mem.reported = Some(month.to_string()),
+        Err(e) => {
+            tracing::warn!(error = %e, month = %month, "cannot post the monthly report; trying again in an hour");
+            mem.report_retry = Some(now + chrono::Duration::hours(1));
+        }
     }
 }
 
@@ -802,7 +875,11 @@ fn record_status(cfg: &Config, shared: &Shared, applied: crate::apply::Applied) 
 }
 
 /// What one detection found: the report rows and each component's releases.
-type Detected = (Vec<ComponentReport>, HashMap<String, Vec<Version>>);
+type Detected = (
+    Vec<ComponentReport>,
+    HashMap<String, Vec<Version>>,
+    crate::check::Published,
+);
 
 /// Detection and proposals. A failed proposal never holds back applying what was merged; it is
 /// tried again on the next reconcile.
@@ -830,15 +907,18 @@ async fn detect_and_propose(
     let sink = found.clone();
     let proposed = cycle
         .run(now, |repo| async move {
-            let (rows, releases) = sources.check(&repo, now).await;
-            *sink.lock().unwrap_or_else(|e| e.into_inner()) = (rows.clone(), releases);
+            let (rows, releases, published) = sources.check(&repo, now).await;
+            *sink.lock().unwrap_or_else(|e| e.into_inner()) = (rows.clone(), releases, published);
             (repo, rows)
         })
         .instrument(tracing::info_span!("propose"))
         .await;
-    let (rows, releases) = std::mem::take(&mut *found.lock().unwrap_or_else(|e| e.into_inner()));
+    let (rows, releases, published) =
+        std::mem::take(&mut *found.lock().unwrap_or_else(|e| e.into_inner()));
     if !releases.is_empty() {
         mem.releases = releases;
+        mem.published = published;
+        mem.checked = rows.clone();
     }
     if let Some((stats, remaining)) = cfg.sources.stats() {
         let delta = |now: u64, then: u64| now.saturating_sub(then);

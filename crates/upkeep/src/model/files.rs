@@ -218,6 +218,22 @@ pub struct PolicyFile {
     /// What to do around a rollout: namespaces to mark, workloads to scale down and back.
     #[serde(default)]
     pub maintenance: Vec<MaintenanceEntry>,
+    /// Reports the controller makes on its own; at most one file may set it.
+    #[serde(default)]
+    pub reports: Option<Sp<ReportsEntry>>,
+}
+
+/// Reports the controller makes on its own.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReportsEntry {
+    /// Post the last month's update report on the dependency dashboard, once, early each month.
+    /// Default false.
+    #[serde(default)]
+    pub monthly_on_dashboard: Option<Sp<bool>>,
+    /// The IANA time zone months and dates are read in, e.g. `Europe/Amsterdam`. Default UTC.
+    #[serde(default)]
+    pub time_zone: Option<Sp<String>>,
 }
 
 /// Maintenance mode around the rollouts of some components: while a rollout changes the

@@ -44,6 +44,23 @@ pub struct ConfigRepo {
     pub soak: Vec<SoakRule>,
     pub notifications: Notifications,
     pub maintenance: Vec<Maintenance>,
+    pub reports: ReportsPolicy,
+}
+
+/// Policy `reports:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportsPolicy {
+    pub monthly_on_dashboard: bool,
+    pub tz: chrono_tz::Tz,
+}
+
+impl Default for ReportsPolicy {
+    fn default() -> Self {
+        ReportsPolicy {
+            monthly_on_dashboard: false,
+            tz: chrono_tz::UTC,
+        }
+    }
 }
 
 pub use files::{NotificationEvent, ProviderType};

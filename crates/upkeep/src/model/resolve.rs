@@ -189,6 +189,7 @@ pub(super) fn resolve(
     let mut rollouts: Option<(String, Pos, crate::model::RolloutPolicy)> = None;
     let mut soak_out: Vec<crate::model::SoakRule> = Vec::new();
     let mut maintenance_out: Vec<crate::model::Maintenance> = Vec::new();
+    let mut reports: Option<(String, Pos, crate::model::ReportsPolicy)> = None;
     let mut notifications = crate::model::Notifications::default();
     let mut lead_time: Option<(String, Pos)> = None;
     // Alerts name providers that may be defined in a later file: checked once all are read.
@@ -407,6 +408,30 @@ pub(super) fn resolve(
                 checks_out.push(chk);
             }
         }
+        if let Some(r) = &p.reports {
+            if let Some((first, at, _)) = &reports {
+                cx.error(
+                    file,
+                    r.pos,
+                    format!(
+                        "reports is already set in {first}:{}:{}",
+                        at.line, at.column
+                    ),
+                    "set the reports in one file only",
+                );
+            } else {
+                let mut out = crate::model::ReportsPolicy {
+                    monthly_on_dashboard: r.monthly_on_dashboard.as_ref().is_some_and(|v| v.value),
+                    ..Default::default()
+                };
+                if let Some(t) = &r.time_zone
+                    && let Some(zone) = tz(&mut cx, file, t)
+                {
+                    out.tz = zone;
+                }
+                reports = Some((file.clone(), r.pos, out));
+            }
+        }
         for e in &p.maintenance {
             let sel = names.entry(
                 &mut cx,
@@ -598,6 +623,7 @@ pub(super) fn resolve(
         soak: soak_out,
         notifications,
         maintenance: maintenance_out,
+        reports: reports.map(|(_, _, r)| r).unwrap_or_default(),
     })
 }
 
