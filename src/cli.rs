@@ -1125,24 +1125,14 @@ where
 fn history(a: &HistoryArgs) -> i32 {
     let now = Utc::now();
     let since = now - a.since;
-    let tz = match a.time_zone.as_deref().map(upkeep::windows::parse_tz) {
-        Some(Ok(tz)) => tz,
-        Some(Err(e)) => {
-            eprintln!("upkeep: --time-zone: {e}");
-            return 2;
-        }
-        None => chrono_tz::UTC,
-    };
-    let (rollouts, changes) = match read_records(&a.record, since) {
-        Ok(r) => r,
+    let tz = match zone_arg(a.time_zone.as_deref()) {
+        Ok(tz) => tz,
         Err(code) => return code,
     };
-    let entries = upkeep::history::entries(
-        rollouts.as_deref().unwrap_or_default(),
-        changes.as_deref().unwrap_or_default(),
-        since,
-        a.component.as_deref(),
-    );
+    let entries = match history_entries(&a.record, since, a.component.as_deref()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
     match a.output {
         HistoryOutput::Table => print!("{}", upkeep::history::table(&entries, tz)),
         HistoryOutput::Markdown => print!("{}", upkeep::history::markdown(&entries, tz)),
@@ -1152,6 +1142,33 @@ fn history(a: &HistoryArgs) -> i32 {
         ),
     }
     0
+}
+
+/// The history since `since` (of `component`), from whichever records could be read.
+fn history_entries(
+    a: &RecordArgs,
+    since: DateTime<Utc>,
+    component: Option<&str>,
+) -> Result<Vec<upkeep::history::Entry>, i32> {
+    let (rollouts, changes) = read_records(a, since)?;
+    Ok(upkeep::history::entries(
+        rollouts.as_deref().unwrap_or_default(),
+        changes.as_deref().unwrap_or_default(),
+        since,
+        component,
+    ))
+}
+
+/// `--time-zone` (UTC without it); exit code 2 when it is not a zone.
+fn zone_arg(tz: Option<&str>) -> Result<chrono_tz::Tz, i32> {
+    match tz.map(upkeep::windows::parse_tz) {
+        Some(Ok(tz)) => Ok(tz),
+        Some(Err(e)) => {
+            eprintln!("upkeep: --time-zone: {e}");
+            Err(2)
+        }
+        None => Ok(chrono_tz::UTC),
+    }
 }
 
 /// Both records of what happened since `since`: the cluster's rollouts and git's version
@@ -1181,7 +1198,7 @@ fn read_records(
                 .to_string(),
         ),
         _ => record_git(a).and_then(|git| {
-            git.version_changes(&a.base, &versions_path(&a.subdir), since, 10_000)
+            git.version_changes(&a.base, &upkeep::apply::vfile(&a.subdir), since, 10_000)
                 .map_err(|e| e.to_string())
         }),
     };
@@ -1212,24 +1229,12 @@ fn record_git(a: &RecordArgs) -> Result<upkeep::gitrepo::GitRepo, String> {
     Ok(git)
 }
 
-fn versions_path(subdir: &str) -> String {
-    if subdir.trim_matches('/').is_empty() {
-        "versions.yaml".to_string()
-    } else {
-        format!("{}/versions.yaml", subdir.trim_matches('/'))
-    }
-}
-
 /// `upkeep report --monthly`.
 fn monthly_report(a: &ReportArgs) -> i32 {
     let now = Utc::now();
-    let tz = match a.time_zone.as_deref().map(upkeep::windows::parse_tz) {
-        Some(Ok(tz)) => tz,
-        Some(Err(e)) => {
-            eprintln!("upkeep: --time-zone: {e}");
-            return 2;
-        }
-        None => chrono_tz::UTC,
+    let tz = match zone_arg(a.time_zone.as_deref()) {
+        Ok(tz) => tz,
+        Err(code) => return code,
     };
     let month = match a.month.as_deref().map(upkeep::monthly::Month::parse) {
         Some(Ok(m)) => m,
@@ -1240,16 +1245,10 @@ fn monthly_report(a: &ReportArgs) -> i32 {
         None => upkeep::monthly::Month::previous(now, tz),
     };
     let (start, _) = month.bounds(tz);
-    let (rollouts, changes) = match read_records(&a.record, start) {
-        Ok(r) => r,
+    let entries = match history_entries(&a.record, start, None) {
+        Ok(e) => e,
         Err(code) => return code,
     };
-    let entries = upkeep::history::entries(
-        rollouts.as_deref().unwrap_or_default(),
-        changes.as_deref().unwrap_or_default(),
-        start,
-        None,
-    );
     // The config as the base branch has it now: windows, freezes, and what is behind.
     let config = (a.record.repo_url.is_some() || a.record.repo.is_some())
         .then(|| -> Result<ConfigRepo, String> {

@@ -3,7 +3,6 @@
 //! comes back (halt, uncordon, revert commit, attention); a window that is not open; and a
 //! controller stopped mid-rollout that resumes without applying or backing up twice.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -88,22 +87,7 @@ impl World {
         let dir = tempfile::tempdir().expect("tempdir");
         gh.enable_forge(&dir.path().join("forge"));
         gh.require_forge_token(TOKEN);
-        let seed = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo");
-        let path = gh
-            .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
-            .expect("forge")
-            .expect("repo");
-        gh.with_forge(|f| {
-            f.commit_file(
-                REPO,
-                "main",
-                common::NO_SOAK_FILE,
-                common::NO_SOAK,
-                "Tests: no soak",
-            )
-        })
-        .expect("forge")
-        .expect("commit");
+        let path = common::seed_example_repo(&gh, REPO);
         let w = World {
             speed: 600.0,
             releases: Default::default(),
@@ -193,6 +177,22 @@ impl World {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `upkeep history` over the last ten years, with the config repository, and `extra`.
+    fn history(&self, extra: &[&str]) -> (i32, String, String) {
+        let state = self.dir.path().join("history-state");
+        let mut args = vec![
+            "history",
+            "--repo-url",
+            &self.clone_url,
+            "--state-dir",
+            state.to_str().unwrap_or_default(),
+            "--since",
+            "3650d",
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
     }
 
     fn git(&self) -> GitRepo {
@@ -1949,20 +1949,7 @@ fn history_survives_the_loss_of_the_cluster_record_or_of_git() {
     let w = World::new(in_window());
     let s = w.apply(Duration::from_secs(60));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
-    let state = w.dir.path().join("history-state");
-    let with_git = |extra: &[&str]| {
-        let mut args = vec![
-            "history",
-            "--repo-url",
-            &w.clone_url,
-            "--state-dir",
-            state.to_str().unwrap_or_default(),
-            "--since",
-            "3650d",
-        ];
-        args.extend_from_slice(extra);
-        w.cli(&args)
-    };
+    let with_git = |extra: &[&str]| w.history(extra);
     let (code, out, err) = with_git(&["--output", "json"]);
     assert_eq!(code, 0, "{err}");
     let entries: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -2362,18 +2349,7 @@ fn ended_rollouts_beyond_the_limit_are_pruned_once_git_holds_their_record() {
     );
     assert!(w.rollout(K3S).is_null(), "the older one is gone");
     // History still lists it, from git.
-    let state = w.dir.path().join("history-state");
-    let (code, out, err) = w.cli(&[
-        "history",
-        "--repo-url",
-        &w.clone_url,
-        "--state-dir",
-        state.to_str().unwrap_or_default(),
-        "--since",
-        "3650d",
-        "--output",
-        "json",
-    ]);
+    let (code, out, err) = w.history(&["--output", "json"]);
     assert_eq!(code, 0, "{err}");
     assert!(
         out.contains("\"to\": \"v1.33.5+k3s1\"") && out.contains("\"source\": \"git\""),

@@ -58,23 +58,7 @@ impl World {
         gh.enable_forge(&dir.path().join("forge"));
         gh.require_forge_token(TOKEN);
         gh.set_content_writes_per_minute(usize::MAX);
-        let seed =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo");
-        let path = gh
-            .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
-            .expect("forge")
-            .expect("repo");
-        gh.with_forge(|f| {
-            f.commit_file(
-                REPO,
-                "main",
-                common::NO_SOAK_FILE,
-                common::NO_SOAK,
-                "Tests: no soak",
-            )
-        })
-        .expect("forge")
-        .expect("commit");
+        let path = common::seed_example_repo(&gh, REPO);
         World {
             kube,
             gh,

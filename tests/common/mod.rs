@@ -70,3 +70,17 @@ pub const NO_SOAK: &str = "apiVersion: upkeep.dev/v1alpha1\nkind: Policy\nsoak:\
 
 /// The file [`NO_SOAK`] goes in.
 pub const NO_SOAK_FILE: &str = "policies/zz-tests.yaml";
+
+/// The example config repository as `repo` on the GitHub emulator, with the soak off
+/// ([`NO_SOAK`]); its bare repository's path.
+pub fn seed_example_repo(gh: &upkeep_sim::upstream::UpstreamSim, repo: &str) -> std::path::PathBuf {
+    let seed = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo");
+    let path = gh
+        .with_forge(|f| f.create_repo(repo, Some(&seed), chrono::Utc::now()))
+        .expect("forge")
+        .expect("repo");
+    gh.with_forge(|f| f.commit_file(repo, "main", NO_SOAK_FILE, NO_SOAK, "Tests: no soak"))
+        .expect("forge")
+        .expect("commit");
+    path
+}

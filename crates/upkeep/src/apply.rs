@@ -239,7 +239,8 @@ impl Options {
 /// What a cycle did, per rollout: (name, phase, message).
 pub type Summary = Vec<(String, Phase, String)>;
 
-fn vfile(subdir: &str) -> String {
+/// The path of versions.yaml for the cluster directory `subdir` of the config repository.
+pub fn vfile(subdir: &str) -> String {
     let s = subdir.trim_matches('/');
     if s.is_empty() {
         "versions.yaml".into()
@@ -247,6 +248,9 @@ fn vfile(subdir: &str) -> String {
         format!("{s}/versions.yaml")
     }
 }
+
+/// A rollout object read: its name, spec and status.
+pub type Seen = (String, RolloutSpec, RolloutStatus);
 
 /// One apply cycle. `now` gives the (possibly simulated) time. Each rollout's name, phase and
 /// message.
@@ -286,7 +290,7 @@ pub struct Applied {
     /// The rollouts that ended, newest first (at most [`HISTORY`]).
     pub history: Vec<HistoryEntry>,
     /// Every rollout object in the namespace, with its spec and status (for notifications).
-    pub all: Vec<(String, RolloutSpec, RolloutStatus)>,
+    pub all: Vec<Seen>,
 }
 
 /// How many ended rollouts the status page shows.

@@ -125,6 +125,18 @@ pub async fn control_value(
     namespace: &str,
     key: &str,
 ) -> Result<Option<String>> {
+    Ok(control_data(client, namespace)
+        .await?
+        .get(key)
+        .and_then(|v| v.as_str())
+        .map(str::to_string))
+}
+
+/// [`CONTROL`]'s `data` (empty when the ConfigMap does not exist).
+async fn control_data(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
     let cm = configmaps(client, namespace)
         .get_opt(CONTROL)
         .await
@@ -132,7 +144,9 @@ pub async fn control_value(
             what: format!("reading ConfigMap {namespace}/{CONTROL}"),
             source,
         })?;
-    Ok(cm.and_then(|c| c.data["data"][key].as_str().map(str::to_string)))
+    Ok(cm
+        .and_then(|c| c.data.get("data").and_then(|d| d.as_object()).cloned())
+        .unwrap_or_default())
 }
 
 /// Set one value of [`CONTROL`]'s `data`, owned by `manager` (server-side apply: the other
@@ -159,16 +173,8 @@ pub type Suspensions = std::collections::BTreeMap<Option<String>, String>;
 
 /// The suspensions recorded in `namespace` (none when the ConfigMap does not exist).
 pub async fn suspensions(client: &kube::Client, namespace: &str) -> Result<Suspensions> {
-    let cm = configmaps(client, namespace)
-        .get_opt(CONTROL)
-        .await
-        .map_err(|source| Error::Api {
-            what: format!("reading ConfigMap {namespace}/{CONTROL}"),
-            source,
-        })?;
-    Ok(cm
-        .and_then(|c| c.data.get("data").and_then(|d| d.as_object()).cloned())
-        .unwrap_or_default()
+    Ok(control_data(client, namespace)
+        .await?
         .into_iter()
         .filter_map(|(k, v)| {
             let c = k.strip_prefix("suspend.")?;

@@ -590,11 +590,7 @@ async fn monthly_on_dashboard(
     cfg: &Config,
     mem: &mut Memory,
     config: &ConfigRepo,
-    all: &[(
-        String,
-        crate::rollout::RolloutSpec,
-        crate::rollout::RolloutStatus,
-    )],
+    all: &[crate::apply::Seen],
     now: DateTime<Utc>,
 ) {
     use crate::monthly::{Month, Posted};
@@ -614,14 +610,9 @@ async fn monthly_on_dashboard(
         .iter()
         .map(|(name, spec, status)| crate::history::record_from(name, spec, status))
         .collect();
-    let file = if cfg.subdir.trim_matches('/').is_empty() {
-        "versions.yaml".to_string()
-    } else {
-        format!("{}/versions.yaml", cfg.subdir.trim_matches('/'))
-    };
     let changes = cfg
         .git
-        .version_changes(&cfg.base, &file, start, 10_000)
+        .version_changes(&cfg.base, &crate::apply::vfile(&cfg.subdir), start, 10_000)
         .unwrap_or_default();
     let entries = crate::history::entries(&records, &changes, start, None);
     let m = crate::monthly::build(&crate::monthly::Inputs {
@@ -656,11 +647,7 @@ async fn notify(
     shared: &Shared,
     mem: &mut Memory,
     config: &ConfigRepo,
-    all: &[(
-        String,
-        crate::rollout::RolloutSpec,
-        crate::rollout::RolloutStatus,
-    )],
+    all: &[crate::apply::Seen],
     now: DateTime<Utc>,
 ) {
     use crate::notify::{Delivery, Ledger, RolloutView, Schedule};
