@@ -141,6 +141,10 @@ pub enum Command {
         /// Only the entries that cover this component's rollouts (default: every entry).
         #[arg(long)]
         component: Option<String>,
+        /// With `disable`: also give back what a rollout holds in maintenance (mid-upgrade, its
+        /// apps come back before it ends).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         at: ClusterArgs,
     },
@@ -694,8 +698,8 @@ pub enum MaintenanceAction {
     Status,
     /// Mark the namespaces and scale the workloads down, as `human`.
     Enable,
-    /// Give every workload its replicas back and unmark the namespaces (also what a rollout
-    /// left behind).
+    /// Give every workload a human scaled down its replicas back and unmark the namespaces
+    /// (`--force`: also what a rollout holds).
     Disable,
 }
 
@@ -907,8 +911,9 @@ pub fn run() -> i32 {
             action,
             repo,
             component,
+            force,
             at,
-        } => maintenance(action, &repo, component.as_deref(), &at),
+        } => maintenance(action, &repo, component.as_deref(), force, &at),
         Command::Retry { rollout, at } => retry(&rollout, &at),
         Command::Reconcile { wait, at } => reconcile_now(wait, &at),
         Command::Doctor {
@@ -1340,6 +1345,7 @@ fn maintenance(
     action: MaintenanceAction,
     repo: &Path,
     component: Option<&str>,
+    force: bool,
     at: &ClusterArgs,
 ) -> i32 {
     let loaded = match upkeep::model::load_repo(repo, Utc::now()) {
@@ -1376,7 +1382,10 @@ fn maintenance(
             MaintenanceAction::Enable => {
                 maintenance::enter(&c, &plan, maintenance::HUMAN, Utc::now()).await
             }
-            MaintenanceAction::Disable => maintenance::leave(&c, &plan, None).await,
+            MaintenanceAction::Disable => {
+                let by = (!force).then_some(maintenance::HUMAN);
+                maintenance::leave(&c, &plan, by).await
+            }
         }
         .map_err(|e| e.to_string())
     });

@@ -2100,6 +2100,12 @@ fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
     // asks for the new version, the PR, the events and the status say why.
     prom.set(ERRORS, 0.2);
     let s = w.later(30);
+    assert_eq!(
+        phase_of(&s, K3S),
+        Some(Phase::Soaking),
+        "one failed look: {s:?}"
+    );
+    let s = w.later(5);
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
     let (_, _, msg) = s.iter().find(|x| x.0 == K3S).cloned().unwrap_or_default();
     assert!(msg.contains("regressed during the soak: errors:"), "{msg}");
@@ -2144,7 +2150,8 @@ fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
     let s = w.apply(Duration::from_secs(60));
     assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Soaking), "{s:?}");
     prom.set(RESTARTS, 12.0);
-    let s = w.later(20);
+    w.later(20);
+    let s = w.later(5);
     assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Reverted), "{s:?}");
     assert!(
         w.main_file().contains("version: v2.6.4"),
@@ -2297,6 +2304,26 @@ fn maintenance_mode_restores_the_exact_replicas() {
     let (code, _, err) = w.cli(&["maintenance", "status", "--repo", "/nonexistent"]);
     assert_eq!(code, 1);
     assert!(err.contains("/nonexistent"), "{err}");
+
+    // The backup cannot be started (the API refuses the snapshot Job) after the apps went
+    // down: they come back at once, and go down again when the retry goes on.
+    let w = World::new(in_window());
+    w.with_media_apps();
+    w.kube.inject(ClusterFault::ApiError {
+        path_contains: "/jobs".into(),
+        method: Some("POST".into()),
+        status: 500,
+        times: 1000,
+    });
+    let s = w.apply(Duration::from_secs(5));
+    assert!(
+        s.iter()
+            .any(|(n, _, m)| n == K3S && m.starts_with("retrying: ")),
+        "{s:?}"
+    );
+    back(&w);
+    let m = &w.rollout(K3S)["status"]["maintenance"];
+    assert!(m["restoredAt"].is_string(), "{m}");
 
     // Failure: a node that never comes back; the apps come back all the same.
     let w = World::new(in_window());

@@ -124,7 +124,7 @@ enum Event {
     LookLost,
     /// The next node to upgrade never comes back Ready.
     NodeFails,
-    /// A policy check fails at the next validation or soak look (an error rate rises).
+    /// A policy check fails at the next two validation or soak looks (an error rate rises).
     Regress,
 }
 
@@ -156,8 +156,8 @@ struct World {
     nodes: Vec<String>,
     ready: Vec<bool>,
     fail_next: bool,
-    /// A policy check fails at the next validation or soak look.
-    regress_next: bool,
+    /// A policy check fails at the next validation or soak looks (this many).
+    regress_next: u32,
     /// upkeep's Plans: the version they upgrade to, and whether they start no new node.
     plan: Option<String>,
     held: bool,
@@ -210,7 +210,7 @@ impl World {
             ready: vec![true; NODES.len()],
             desired: first,
             fail_next: false,
-            regress_next: false,
+            regress_next: 0,
             plan: None,
             held: false,
             pulls: Vec::new(),
@@ -557,7 +557,7 @@ impl World {
                 allow_degraded_volumes: false,
                 drain: true,
             },
-            extra_checks: if self.regress_next
+            extra_checks: if self.regress_next > 0
                 && matches!(status.phase, Phase::Validating | Phase::Soaking)
             {
                 vec![upkeep::validate::Finding {
@@ -572,7 +572,7 @@ impl World {
         };
         let (next, effects) = rollout::decide(&name, &spec, &status, &ctx);
         if saved && matches!(status.phase, Phase::Validating | Phase::Soaking) {
-            self.regress_next = false;
+            self.regress_next = self.regress_next.saturating_sub(1);
         }
 
         // Succeeded means soaked: with a soak, only from Soaking, once it has run its course.
@@ -701,7 +701,8 @@ impl World {
             Event::Look => self.look(true)?,
             Event::LookLost => self.look(false)?,
             Event::NodeFails => self.fail_next = true,
-            Event::Regress => self.regress_next = true,
+            // A regression lasts two looks (one failed look is a blip).
+            Event::Regress => self.regress_next = 2,
         }
         if self.check_windows && matches!(e, Event::Wait(_)) {
             windows_agree(&self.cfg, self.now)?;

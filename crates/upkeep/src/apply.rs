@@ -453,6 +453,8 @@ pub async fn run_detailed<F: Forge>(
             out.push((name.clone(), status));
         }
     }
+    d.finish_maintenance(config, &names, &mut all, now())
+        .await?;
     if let Err(e) = d.prune(config, &names, &all).await {
         tracing::warn!(error = %e, "cannot prune old rollouts; tried again next cycle");
     }
@@ -861,6 +863,14 @@ impl<F: Forge> Driver<'_, '_, F> {
             tracing::warn!(error = %e, "cannot enter maintenance mode; retried next look");
             next = status.clone();
             next.message = format!("retrying: {e}");
+            // Some workloads may be down already: the record makes the leaving below (and at
+            // later looks) give them back.
+            next.maintenance = Some(crate::maintenance::Record {
+                entered_at: t,
+                done: vec![format!("partly: {e}")],
+                restored_at: None,
+                restored: Vec::new(),
+            });
             effects.clear();
         }
         for fx in &effects {
@@ -876,7 +886,10 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "an effect failed; retried next look");
+                    // What maintenance mode did this look is kept, so that it is undone.
+                    let kept = next.maintenance.clone();
                     next = status.clone();
+                    next.maintenance = kept;
                     next.message = format!("retrying: {e}");
                     break;
                 }
@@ -903,23 +916,25 @@ impl<F: Forge> Driver<'_, '_, F> {
             .filter_map(|obj| {
                 let name = obj.metadata.name.clone()?;
                 let st = read_status(obj).ok()?;
-                (st.phase.is_terminal() && !names.iter().any(|(n, _)| *n == name)).then(|| {
-                    crate::history::Ended {
-                        component: obj.data["spec"]["component"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .into(),
-                        to: obj.data["spec"]["to"].as_str().unwrap_or_default().into(),
-                        failed: crate::operate::is_failure(st.phase),
-                        acknowledged: crate::operate::acknowledgement(obj).is_some(),
-                        ended_at: st.phase_since,
-                        name,
-                    }
+                (st.phase.is_terminal()
+                    && !st.in_maintenance()
+                    && !names.iter().any(|(n, _)| *n == name))
+                .then(|| crate::history::Ended {
+                    component: obj.data["spec"]["component"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .into(),
+                    to: obj.data["spec"]["to"].as_str().unwrap_or_default().into(),
+                    failed: crate::operate::is_failure(st.phase),
+                    acknowledged: crate::operate::acknowledgement(obj).is_some(),
+                    ended_at: st.phase_since,
+                    name,
                 })
             })
             .collect();
         let keep = config.rollouts.keep_ended;
-        if ended.len() <= keep {
+        // Git's log is read only when something beyond the limit could go.
+        if crate::history::beyond(&ended, keep).is_empty() {
             return Ok(());
         }
         let log = self
@@ -947,6 +962,40 @@ impl<F: Forge> Driver<'_, '_, F> {
                     ));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Give back what ended rollouts that are no longer driven still hold in maintenance (one
+    /// reverted or superseded while leaving failed).
+    async fn finish_maintenance(
+        &self,
+        config: &ConfigRepo,
+        names: &[(String, Component)],
+        all: &mut [DynamicObject],
+        t: DateTime<Utc>,
+    ) -> Result<(), String> {
+        for obj in all.iter_mut() {
+            let Some(name) = obj.metadata.name.clone() else {
+                continue;
+            };
+            if names.iter().any(|(n, _)| *n == name) {
+                continue;
+            }
+            let Ok(status) = read_status(obj) else {
+                continue;
+            };
+            if !status.in_maintenance() || !status.phase.is_terminal() {
+                continue;
+            }
+            let component = obj.data["spec"]["component"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut next = status.clone();
+            self.maintain(config, &component, &name, &mut next, t).await;
+            let saved = self.save(obj, &status, next, t).await?;
+            obj.data["status"] = serde_json::to_value(&saved).unwrap_or_default();
         }
         Ok(())
     }

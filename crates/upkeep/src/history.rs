@@ -199,15 +199,23 @@ pub struct Ended {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-/// The ended rollout objects to delete: beyond the newest `keep`, those whose merge git's log
-/// holds (so history still lists them); never a failure nobody acknowledged.
-pub fn prunable(ended: &[Ended], keep: usize, log: &[VersionChange]) -> Vec<String> {
+/// The ended rollouts beyond the newest `keep` that may go once git holds them (not a failure
+/// nobody acknowledged).
+pub fn beyond(ended: &[Ended], keep: usize) -> Vec<&Ended> {
     let mut sorted: Vec<&Ended> = ended.iter().collect();
     sorted.sort_by_key(|e| std::cmp::Reverse(e.ended_at));
     sorted
         .into_iter()
         .skip(keep)
         .filter(|e| !e.failed || e.acknowledged)
+        .collect()
+}
+
+/// The ended rollout objects to delete: beyond the newest `keep`, those whose merge git's log
+/// holds (so history still lists them); never a failure nobody acknowledged.
+pub fn prunable(ended: &[Ended], keep: usize, log: &[VersionChange]) -> Vec<String> {
+    beyond(ended, keep)
+        .into_iter()
         .filter(|e| {
             log.iter().any(|ch| {
                 !ch.subject.starts_with("revert(")

@@ -7,7 +7,8 @@
 //! `upkeep.dev/maintenance` on the workload, written in the same patch as the scale), so a
 //! controller killed in between neither loses the count nor takes 0 for it when it enters again.
 //! Each entry says who put it there (`rollout/<name>` or `human`): a rollout restores only its
-//! own, `upkeep maintenance disable` restores a human's.
+//! own; `upkeep maintenance enable` takes over what a rollout holds (its end then leaves it
+//! down); `upkeep maintenance disable` restores a human's, and with `--force` everything.
 //!
 //! A workload Flux manages (a `kustomize.toolkit.fluxcd.io/name` or `helm.toolkit.fluxcd.io/name`
 //! label) is left alone: Flux would scale it back at its next reconcile, and upkeep does not
@@ -144,16 +145,28 @@ pub async fn enter(
             done.push(format!("namespace {ns}: not found, skipped"));
             continue;
         };
-        if let Some(already) = annotation(&obj, MARK) {
-            done.push(format!(
-                "namespace {ns}: already in maintenance ({already})"
-            ));
-            continue;
-        }
         let value = format!(
             "{by} since {}",
             now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         );
+        if let Some(already) = annotation(&obj, MARK) {
+            // A human takes over what a rollout marked: the rollout's end leaves it then.
+            if by == HUMAN && !already.starts_with(&format!("{HUMAN} since ")) {
+                api.patch(
+                    ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {MARK: value}}})),
+                )
+                .await
+                .map_err(err(format!("marking namespace {ns}")))?;
+                done.push(format!("namespace {ns}: taken over from {already}"));
+            } else {
+                done.push(format!(
+                    "namespace {ns}: already in maintenance ({already})"
+                ));
+            }
+            continue;
+        }
         api.patch(
             ns,
             &PatchParams::default(),
@@ -182,7 +195,19 @@ pub async fn enter(
             continue;
         }
         if let Some(already) = annotation(&obj, MARK) {
-            done.push(format!("{w}: already scaled down ({already})"));
+            if by == HUMAN && already != HUMAN {
+                // Its count stays; only who gives it back changes.
+                api.patch(
+                    &w.name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": {MARK: HUMAN}}})),
+                )
+                .await
+                .map_err(err(format!("taking over {w}")))?;
+                done.push(format!("{w}: taken over from {already}"));
+            } else {
+                done.push(format!("{w}: already scaled down ({already})"));
+            }
             continue;
         }
         let replicas = obj.data["spec"]["replicas"].as_i64().unwrap_or(1);

@@ -96,9 +96,11 @@ pub fn notices(
             continue;
         }
         let what = format!("{} {} → {}", spec.component, spec.from, spec.to);
+        // The attempt's start in the id: a retried rollout (same name) is told again.
+        let attempt = st.started_at.map_or(0, |t| t.timestamp());
         let mut push = |event, severity, title: String, message: String, at| {
             out.push(Notice {
-                id: format!("rollout/{}/{}", r.name, event_word(event)),
+                id: format!("rollout/{}/{attempt}/{}", r.name, event_word(event)),
                 event,
                 component: spec.component.clone(),
                 rollout: Some(r.name.to_string()),
@@ -285,14 +287,19 @@ impl Ledger {
     }
 
     /// Forget what is older than [`KEEP_DAYS`], and the failing sources that work again
-    /// (`failing`: those failing now). Whether anything changed.
-    pub fn prune(&mut self, now: DateTime<Utc>, failing: &BTreeMap<String, DateTime<Utc>>) -> bool {
+    /// (`failing`: those failing now; `None` before this process looked at the sources, when a
+    /// source's id must stay). Whether anything changed.
+    pub fn prune(
+        &mut self,
+        now: DateTime<Utc>,
+        failing: Option<&BTreeMap<String, DateTime<Utc>>>,
+    ) -> bool {
         let before = self.0.len();
         self.0.retain(|id, at| {
             (now - *at).num_days() < KEEP_DAYS
                 && id
                     .strip_prefix("source/")
-                    .is_none_or(|c| failing.contains_key(c))
+                    .is_none_or(|c| failing.is_none_or(|f| f.contains_key(c)))
         });
         self.0.len() != before
     }
@@ -639,14 +646,14 @@ mod tests {
         let applying = st(Phase::Applying, None);
         assert_eq!(
             ids(&notices(now, &[view(&applying)], &empty(), &failing)),
-            ["rollout/k3s-v1.33.5-k3s1/started"]
+            ["rollout/k3s-v1.33.5-k3s1/1795297200/started"]
         );
         let done = st(Phase::Succeeded, None);
         assert_eq!(
             ids(&notices(now, &[view(&done)], &empty(), &failing)),
             [
-                "rollout/k3s-v1.33.5-k3s1/started",
-                "rollout/k3s-v1.33.5-k3s1/succeeded"
+                "rollout/k3s-v1.33.5-k3s1/1795297200/started",
+                "rollout/k3s-v1.33.5-k3s1/1795297200/succeeded"
             ]
         );
         let mut attention = st(Phase::RequiresAttention, Some("errors: 0.2"));
@@ -655,16 +662,17 @@ mod tests {
             since: now - Duration::hours(2),
             until: now + Duration::hours(22),
             looks: 3,
+            failing: 2,
             regression: Some("errors: 0.2".into()),
         });
         let n = notices(now, &[view(&attention)], &empty(), &failing);
         assert_eq!(
             ids(&n),
             [
-                "rollout/k3s-v1.33.5-k3s1/started",
-                "rollout/k3s-v1.33.5-k3s1/failed",
-                "rollout/k3s-v1.33.5-k3s1/attention",
-                "rollout/k3s-v1.33.5-k3s1/soak-regression"
+                "rollout/k3s-v1.33.5-k3s1/1795297200/started",
+                "rollout/k3s-v1.33.5-k3s1/1795297200/failed",
+                "rollout/k3s-v1.33.5-k3s1/1795297200/attention",
+                "rollout/k3s-v1.33.5-k3s1/1795297200/soak-regression"
             ]
         );
         assert!(n.iter().skip(1).all(|n| n.severity == Severity::Error));
@@ -731,12 +739,16 @@ mod tests {
         l.record("source/flux", now);
         l.record("source/k3s", now);
         let failing = BTreeMap::from([("k3s".to_string(), now - Duration::days(2))]);
-        assert!(l.prune(now, &failing));
+        // Before this process read the sources, a failing source's id stays.
+        let mut early = l.clone();
+        early.prune(now, None);
+        assert!(early.0.contains_key("source/flux"));
+        assert!(l.prune(now, Some(&failing)));
         assert_eq!(
             l.0.keys().cloned().collect::<Vec<_>>(),
             ["rollout/b/started", "source/k3s"]
         );
-        assert!(!l.prune(now, &failing));
+        assert!(!l.prune(now, Some(&failing)));
     }
 
     #[test]

@@ -685,7 +685,9 @@ async fn notify(
             return;
         }
     };
-    let pruned = ledger.prune(now, &mem.failing_since);
+    // Until this process has read the sources, it does not know which work again.
+    let failing = (!mem.checked.is_empty()).then_some(&mem.failing_since);
+    let pruned = ledger.prune(now, failing);
     let unsent: Vec<&(&crate::notify::Notice, Vec<&str>)> = routed
         .iter()
         .filter(|(x, _)| !ledger.0.contains_key(&x.id))

@@ -409,10 +409,17 @@ pub struct Soak {
     /// How many times the checks ran.
     #[serde(default)]
     pub looks: u32,
+    /// How many looks in a row a check failed at (a regression at [`SOAK_FAILING_LOOKS`]).
+    #[serde(default)]
+    pub failing: u32,
     /// What regressed, if anything did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regression: Option<String>,
 }
+
+/// How many looks in a row a check must fail at to be a regression: one failed look may be a
+/// blip (a pod rescheduling, Prometheus restarting).
+pub const SOAK_FAILING_LOOKS: u32 = 2;
 
 impl Soak {
     /// The soak's result in words, for history and reports.
@@ -727,11 +734,13 @@ fn validate(b: &Baseline, o: &Observed) -> Vec<Finding> {
         .volumes
         .iter()
         .filter_map(|(name, was)| {
-            let now = o
-                .volumes
-                .iter()
-                .find(|v| &v.name == name)
-                .map_or("missing", |v| v.robustness.as_str());
+            let seen = o.volumes.iter().find(|v| &v.name == name);
+            // Longhorn reports a detached volume's robustness as `unknown` (its workload is
+            // scaled down, by maintenance mode say): that is not a loss of replicas.
+            if seen.is_some_and(|v| v.state == "detached") {
+                return None;
+            }
+            let now = seen.map_or("missing", |v| v.robustness.as_str());
             (rank(now) < rank(was)).then(|| format!("{name} {was} -> {now}"))
         })
         .collect();
@@ -1071,6 +1080,7 @@ pub fn decide(
                     since: now,
                     until,
                     looks: 0,
+                    failing: 0,
                     regression: None,
                 });
                 set(
@@ -1088,7 +1098,7 @@ pub fn decide(
                     comment(&mut s, &mut fx, "succeeded", body);
                 }
             } else {
-                next_hop(&mut s, &mut fx, spec, ctx, &hop_version);
+                next_hop(&mut s, &mut fx, spec, ctx, &hop_version, false);
                 if last {
                     let body = applied_report(spec, &s, ctx, &checks, None);
                     comment(&mut s, &mut fx, "succeeded", body);
@@ -1107,42 +1117,75 @@ pub fn decide(
                 since: now,
                 until: now + ctx.soak.duration,
                 looks: 0,
+                failing: 0,
                 regression: None,
             });
             soak.looks += 1;
             let last = s.hop + 1 >= spec.hops.len();
-            if let Some(bad) = checks.iter().find(|f| !f.ok) {
+            let back = last_good(spec, &s);
+            let can_go_back = match (versions::parse(&back, c.scheme), &hop) {
+                (Ok(b), Ok(h)) => match c.path_rule.downgrade {
+                    Downgrade::Allowed => true,
+                    Downgrade::WithinMinor => b.line() == h.line(),
+                    Downgrade::Never => false,
+                },
+                _ => false,
+            };
+            let rollback =
+                ctx.soak.on_regression == crate::model::OnRegression::Rollback && can_go_back;
+            let bad = checks.iter().find(|f| !f.ok);
+            soak.failing = if bad.is_some() { soak.failing + 1 } else { 0 };
+            if soak.regression.is_some() && rollback {
+                // Decided already; the rollback is a change, and waits for a window.
+                if ctx.may_start {
+                    let why = format!(
+                        "{hop_version} regressed during the soak: {}",
+                        soak.regression.clone().unwrap_or_default()
+                    );
+                    s.soak = Some(soak);
+                    fail(&mut s, &mut fx, spec, c, why, now);
+                } else {
+                    s.message = format!(
+                        "regressed during the soak; rolls back to {back} in the next window: {}",
+                        ctx.waiting
+                    );
+                    s.soak = Some(soak);
+                }
+            } else if let Some(bad) = bad.filter(|_| soak.failing >= SOAK_FAILING_LOOKS) {
                 let why = format!(
                     "{hop_version} regressed during the soak: {}: {}",
                     bad.check, bad.detail
                 );
                 soak.regression = Some(format!("{}: {}", bad.check, bad.detail));
-                s.soak = Some(soak.clone());
-                let back = last_good(spec, &s);
-                let can_go_back = match (versions::parse(&back, c.scheme), &hop) {
-                    (Ok(b), Ok(h)) => match c.path_rule.downgrade {
-                        Downgrade::Allowed => true,
-                        Downgrade::WithinMinor => b.line() == h.line(),
-                        Downgrade::Never => false,
-                    },
-                    _ => false,
-                };
-                let rollback = ctx.soak.on_regression == crate::model::OnRegression::Rollback;
                 let watched = span_text(now - soak.since);
+                s.soak = Some(soak);
                 let key = format!("soak-regression-{}", s.hop);
-                if rollback && can_go_back {
+                if rollback {
+                    let when = if ctx.may_start {
+                        "now".to_string()
+                    } else {
+                        format!("in the next window ({})", ctx.waiting)
+                    };
                     comment(
                         &mut s,
                         &mut fx,
                         &key,
                         format!(
-                            "**Regression during the soak** of {} {hop_version}, {watched} after it validated: {}: {}\n\nThe policy says `rollback`: upkeep rolls {} back to {back} and reverts versions.yaml.",
+                            "**Regression during the soak** of {} {hop_version}, {watched} after it validated: {}: {}\n\nThe policy says `rollback`: upkeep rolls {} back to {back} {when} and reverts versions.yaml.",
                             c.name, bad.check, bad.detail, c.name
                         ),
                     );
-                    fail(&mut s, &mut fx, spec, c, why, now);
+                    if ctx.may_start {
+                        fail(&mut s, &mut fx, spec, c, why, now);
+                    } else {
+                        s.message = format!(
+                            "regressed during the soak; rolls back to {back} in the next window: {}",
+                            ctx.waiting
+                        );
+                    }
                 } else {
-                    let outcome = if rollback {
+                    let outcome = if ctx.soak.on_regression == crate::model::OnRegression::Rollback
+                    {
                         format!(
                             "The policy says `rollback`, but {} cannot go back from {hop_version} to {back}, so nothing was changed and versions.yaml still asks for {hop_version}: a human decides (docs/runbook.md).",
                             c.name
@@ -1162,20 +1205,28 @@ pub fn decide(
                     s.failure = Some(why.clone());
                     set(&mut s, Phase::RequiresAttention, why, now);
                 }
+            } else if let Some(bad) = bad {
+                // One failed look is not yet a regression (a blip, a pod rescheduling).
+                s.message = format!(
+                    "soaking {hop_version}: {} failed ({}); a regression if it fails at the next look too",
+                    bad.check, bad.detail
+                );
+                s.soak = Some(soak);
             } else if now >= soak.until {
                 s.soak = Some(soak.clone());
-                next_hop(&mut s, &mut fx, spec, ctx, &hop_version);
+                next_hop(&mut s, &mut fx, spec, ctx, &hop_version, true);
                 if last {
                     comment(
                         &mut s,
                         &mut fx,
                         "soaked",
                         format!(
-                            "**Soaked**: {} {} ran {} with every check passing ({} looks). The rollout succeeded.",
+                            "**Soaked**: {} {} ran {} with every check passing ({} look{}). The rollout succeeded.",
                             c.name,
                             spec.to,
                             span_text(soak.until - soak.since),
-                            soak.looks
+                            soak.looks,
+                            if soak.looks == 1 { "" } else { "s" }
                         ),
                     );
                 }
@@ -1314,6 +1365,7 @@ fn next_hop(
     spec: &RolloutSpec,
     ctx: &Ctx,
     hop_version: &str,
+    soaked: bool,
 ) {
     let now = ctx.now;
     let c = ctx.component;
@@ -1327,6 +1379,15 @@ fn next_hop(
             ctx.waiting
         );
         set(s, Phase::WaitingForWindow, msg, now);
+    } else if s.hop + 1 < spec.hops.len() && soaked {
+        // A day later the cluster is not the one the last preflight saw: check it again.
+        s.hop += 1;
+        let msg = format!(
+            "hop {} of {}: running the preflight checks",
+            s.hop + 1,
+            spec.hops.len()
+        );
+        set(s, Phase::Preflight, msg, now);
     } else if s.hop + 1 < spec.hops.len() {
         s.hop += 1;
         let next = spec.hops[s.hop].clone();
@@ -1666,13 +1727,12 @@ pub(crate) mod tests {
         let (w, _) = look(&s, after, false, day, Vec::new());
         assert_eq!((w.phase, w.hop), (Phase::WaitingForWindow, 1));
         let (a, fx) = look(&s, after, true, day, Vec::new());
-        assert_eq!((a.phase, a.hop), (Phase::Applying, 1));
         assert_eq!(
-            fx,
-            vec![Effect::Apply {
-                version: "v1.33.5+k3s1".into()
-            }]
+            (a.phase, a.hop),
+            (Phase::Preflight, 1),
+            "a day later: preflight again"
         );
+        assert!(fx.is_empty(), "{fx:?}");
         assert_eq!(s.soak.as_ref().map(|k| k.looks), Some(1));
 
         // A regression: k3s cannot go back, so even `rollback` asks a human, and versions.yaml
@@ -1686,13 +1746,14 @@ pub(crate) mod tests {
             on_regression: OnRegression::Rollback,
             ..day
         };
-        let (r, fx) = look(
-            &s,
-            t0 + chrono::Duration::hours(2),
-            true,
-            rollback,
-            bad.clone(),
+        let at = |h| t0 + chrono::Duration::hours(h);
+        let (once, fx) = look(&s, at(2), true, rollback, bad.clone());
+        assert_eq!(
+            (once.phase, fx.len()),
+            (Phase::Soaking, 0),
+            "one failed look is a blip"
         );
+        let (r, fx) = look(&once, at(3), true, rollback, bad.clone());
         assert_eq!(r.phase, Phase::RequiresAttention);
         assert!(
             r.message.contains("regressed during the soak: errors:"),
@@ -1725,6 +1786,101 @@ pub(crate) mod tests {
         assert_eq!(span_text(chrono::Duration::minutes(90)), "1h30m");
         assert_eq!(span_text(chrono::Duration::days(2)), "2d");
         assert_eq!(span_text(chrono::Duration::hours(24)), "24h");
+    }
+
+    #[test]
+    fn a_soak_rollback_waits_for_a_window_and_a_detached_volume_is_no_regression() {
+        use crate::model::{OnRegression, SoakPolicy};
+        let t0: DateTime<Utc> = "2026-11-22T12:00:00Z".parse().unwrap_or_default();
+        let mut flux = k3s();
+        flux.name = "flux".into();
+        flux.scheme = Scheme::Semver;
+        flux.path_rule = PathRule {
+            max_minor_step: Some(1),
+            downgrade: Downgrade::WithinMinor,
+        };
+        let patch = RolloutSpec {
+            component: "flux".into(),
+            from: "v2.6.4".into(),
+            to: "v2.6.5".into(),
+            hops: vec!["v2.6.5".into()],
+            pull_request: Some(3),
+            emergency: false,
+        };
+        let mut o = Observed::default();
+        o.volumes.push(crate::cluster::VolumeState {
+            name: "pvc-1".into(),
+            robustness: "unknown".into(),
+            state: "detached".into(),
+            replicas: 3,
+            node: String::new(),
+        });
+        let soaking = RolloutStatus {
+            phase: Phase::Soaking,
+            baseline: Some(Baseline {
+                volumes: [("pvc-1".to_string(), "healthy".to_string())].into(),
+                ..Default::default()
+            }),
+            soak: Some(Soak {
+                hop: 0,
+                since: t0,
+                until: t0 + chrono::Duration::hours(24),
+                looks: 1,
+                failing: 1,
+                regression: None,
+            }),
+            ..Default::default()
+        };
+        let look = |st: &RolloutStatus, may_start: bool, bad: bool| {
+            let ctx = Ctx {
+                now: t0 + chrono::Duration::hours(2),
+                created: t0,
+                component: &flux,
+                observed: &o,
+                may_start,
+                waiting: "next window Sat 22:00".into(),
+                backup: false,
+                backup_state: BackupState::Pending,
+                timeout: chrono::Duration::minutes(60),
+                preflight: PreflightPolicy::default(),
+                extra_checks: vec![Finding {
+                    check: "errors".into(),
+                    ok: !bad,
+                    detail: "rate".into(),
+                }],
+                soak: SoakPolicy {
+                    on_regression: OnRegression::Rollback,
+                    ..SoakPolicy::default()
+                },
+            };
+            decide("flux-v2.6.5", &patch, st, &ctx)
+        };
+        // A volume detached (its workload scaled down) reads `unknown`: not a regression.
+        let (ok, _) = look(&soaking, false, false);
+        assert_eq!(ok.phase, Phase::Soaking);
+        assert!(ok.checks.iter().all(|f| f.ok), "{:?}", ok.checks);
+        // A regression outside a window: decided, said, and rolled back in the next window.
+        let (waits, fx) = look(&soaking, false, true);
+        assert_eq!(waits.phase, Phase::Soaking);
+        assert!(
+            waits
+                .message
+                .contains("rolls back to v2.6.4 in the next window"),
+            "{}",
+            waits.message
+        );
+        assert!(
+            matches!(&fx[..], [Effect::Comment { body, .. }] if body.contains("in the next window")),
+            "{fx:?}"
+        );
+        let (later, fx) = look(&waits, false, false);
+        assert_eq!(
+            (later.phase, fx.len()),
+            (Phase::Soaking, 0),
+            "recovered or not, no change outside a window"
+        );
+        let (rolls, _) = look(&later, true, false);
+        assert_eq!(rolls.phase, Phase::Failed);
     }
 
     #[test]
