@@ -105,6 +105,17 @@ fn namespaces(client: &kube::Client) -> Api<DynamicObject> {
     )
 }
 
+/// `name` through `api`, `None` when it does not exist; `what` names it in an error.
+async fn read(
+    api: &Api<DynamicObject>,
+    name: &str,
+    what: &str,
+) -> Result<Option<DynamicObject>, Error> {
+    api.get_opt(name)
+        .await
+        .map_err(err(format!("reading {what}")))
+}
+
 fn err(what: String) -> impl FnOnce(kube::Error) -> Error {
     move |source| Error::Api { what, source }
 }
@@ -137,11 +148,7 @@ pub async fn enter(
     let mut done = Vec::new();
     for ns in &plan.namespaces {
         let api = namespaces(client);
-        let Some(obj) = api
-            .get_opt(ns)
-            .await
-            .map_err(err(format!("reading namespace {ns}")))?
-        else {
+        let Some(obj) = read(&api, ns, &format!("namespace {ns}")).await? else {
             done.push(format!("namespace {ns}: not found, skipped"));
             continue;
         };
@@ -180,11 +187,7 @@ pub async fn enter(
     }
     for w in &plan.scale_down {
         let api = api(client, w);
-        let Some(obj) = api
-            .get_opt(&w.name)
-            .await
-            .map_err(err(format!("reading {w}")))?
-        else {
+        let Some(obj) = read(&api, &w.name, &w.to_string()).await? else {
             done.push(format!("{w}: not found, skipped"));
             continue;
         };
@@ -237,11 +240,7 @@ pub async fn leave(
     let mut done = Vec::new();
     for w in &plan.scale_down {
         let api = api(client, w);
-        let Some(obj) = api
-            .get_opt(&w.name)
-            .await
-            .map_err(err(format!("reading {w}")))?
-        else {
+        let Some(obj) = read(&api, &w.name, &w.to_string()).await? else {
             continue;
         };
         let Some(who) = annotation(&obj, MARK) else {
@@ -270,11 +269,7 @@ pub async fn leave(
     }
     for ns in &plan.namespaces {
         let api = namespaces(client);
-        let Some(obj) = api
-            .get_opt(ns)
-            .await
-            .map_err(err(format!("reading namespace {ns}")))?
-        else {
+        let Some(obj) = read(&api, ns, &format!("namespace {ns}")).await? else {
             continue;
         };
         let Some(mark) = annotation(&obj, MARK) else {
@@ -301,10 +296,7 @@ pub async fn leave(
 pub async fn status(client: &kube::Client, plan: &MaintenancePlan) -> Result<Vec<String>, Error> {
     let mut out = Vec::new();
     for ns in &plan.namespaces {
-        let obj = namespaces(client)
-            .get_opt(ns)
-            .await
-            .map_err(err(format!("reading namespace {ns}")))?;
+        let obj = read(&namespaces(client), ns, &format!("namespace {ns}")).await?;
         out.push(match obj {
             None => format!("namespace {ns}: not found"),
             Some(o) => match annotation(&o, MARK) {
@@ -314,10 +306,7 @@ pub async fn status(client: &kube::Client, plan: &MaintenancePlan) -> Result<Vec
         });
     }
     for w in &plan.scale_down {
-        let obj = api(client, w)
-            .get_opt(&w.name)
-            .await
-            .map_err(err(format!("reading {w}")))?;
+        let obj = read(&api(client, w), &w.name, &w.to_string()).await?;
         out.push(match obj {
             None => format!("{w}: not found"),
             Some(o) => {

@@ -1057,11 +1057,7 @@ pub fn decide(
             }
         }
         Phase::Validating => {
-            let mut checks = validate(
-                s.baseline.as_ref().unwrap_or(&Baseline::default()),
-                ctx.observed,
-            );
-            checks.extend(ctx.extra_checks.iter().cloned());
+            let checks = all_checks(&s, ctx);
             s.checks = checks.clone();
             let last = s.hop + 1 >= spec.hops.len();
             if let Some(bad) = checks.iter().find(|f| !f.ok) {
@@ -1106,11 +1102,7 @@ pub fn decide(
             }
         }
         Phase::Soaking => {
-            let mut checks = validate(
-                s.baseline.as_ref().unwrap_or(&Baseline::default()),
-                ctx.observed,
-            );
-            checks.extend(ctx.extra_checks.iter().cloned());
+            let checks = all_checks(&s, ctx);
             s.checks = checks.clone();
             let mut soak = s.soak.clone().unwrap_or(Soak {
                 hop: s.hop,
@@ -1123,14 +1115,7 @@ pub fn decide(
             soak.looks += 1;
             let last = s.hop + 1 >= spec.hops.len();
             let back = last_good(spec, &s);
-            let can_go_back = match (versions::parse(&back, c.scheme), &hop) {
-                (Ok(b), Ok(h)) => match c.path_rule.downgrade {
-                    Downgrade::Allowed => true,
-                    Downgrade::WithinMinor => b.line() == h.line(),
-                    Downgrade::Never => false,
-                },
-                _ => false,
-            };
+            let can_go_back = can_go_back(c, &back, &hop_version);
             let rollback =
                 ctx.soak.on_regression == crate::model::OnRegression::Rollback && can_go_back;
             let bad = checks.iter().find(|f| !f.ok);
@@ -1273,13 +1258,7 @@ pub fn decide(
             }
             // Roll back where the component supports it (Flux: a patch within the same minor).
             let back = last_good(spec, &s);
-            if let (Ok(b), Ok(h)) = (versions::parse(&back, c.scheme), &hop)
-                && match c.path_rule.downgrade {
-                    Downgrade::Allowed => true,
-                    Downgrade::WithinMinor => b.line() == h.line(),
-                    Downgrade::Never => false,
-                }
-            {
+            if can_go_back(c, &back, &hop_version) {
                 fx.push(Effect::Apply {
                     version: back.clone(),
                 });
@@ -1473,6 +1452,31 @@ fn applied_report(
             String::new()
         }
     )
+}
+
+/// The baseline comparison and the policy's checks of this look.
+fn all_checks(s: &RolloutStatus, ctx: &Ctx) -> Vec<Finding> {
+    let mut checks = validate(
+        s.baseline.as_ref().unwrap_or(&Baseline::default()),
+        ctx.observed,
+    );
+    checks.extend(ctx.extra_checks.iter().cloned());
+    checks
+}
+
+/// Whether `c` can be rolled back from `from` to `back` (Flux: within the same minor).
+fn can_go_back(c: &Component, back: &str, from: &str) -> bool {
+    match (
+        versions::parse(back, c.scheme),
+        versions::parse(from, c.scheme),
+    ) {
+        (Ok(b), Ok(h)) => match c.path_rule.downgrade {
+            Downgrade::Allowed => true,
+            Downgrade::WithinMinor => b.line() == h.line(),
+            Downgrade::Never => false,
+        },
+        _ => false,
+    }
 }
 
 fn fail(
