@@ -98,6 +98,7 @@ fn main() {
         drain: true,
         allow_degraded_volumes: false,
         namespaces: Default::default(),
+        pace: Default::default(),
     };
     let repo: Repo<'_, upkeep::forge::GitHub> = Repo {
         git: &git,

@@ -80,7 +80,8 @@ fn main() {
         only: None,
         emergency: false,
         timeout: chrono::Duration::hours(24),
-        budget: Duration::from_secs(300),
+        // Counted on the simulated clock, which runs SPEED times real time here: five minutes.
+        budget: Duration::from_secs(300).mul_f64(SPEED),
         poll: Duration::from_millis(100),
         backup: false,
         agent_concurrency: CONCURRENCY,
@@ -88,6 +89,7 @@ fn main() {
         drain: false,
         allow_degraded_volumes: false,
         namespaces: Default::default(),
+        pace: Default::default(),
     };
     let cpu0 = thread_cpu();
     let wall = Instant::now();

@@ -83,18 +83,21 @@ pub fn run(dir: Option<PathBuf>, keep_serving: bool) -> i32 {
 
 async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, String> {
     let catalog = Catalog::builtin().map_err(|e| e.to_string())?;
-    // The example's Saturday-night window: start half an hour before it next opens (after the
-    // one that may be open now has closed).
+    // The story is the same on every run, whatever the date and however busy the machine: it
+    // starts a month after the catalog was built (every release in it old enough to propose),
+    // half an hour before the example's Saturday-night window opens, on a clock that moves
+    // only when the story moves it.
+    let epoch = catalog.file.generated_at + chrono::Duration::days(30);
     let seed = dir.join("seed");
     upkeep_sim::write_example_repo(&seed).map_err(|e| e.to_string())?;
-    let example = upkeep::model::load_repo(&seed, Utc::now())
+    let example = upkeep::model::load_repo(&seed, epoch)
         .map_err(|e| e.to_string())?
         .repo
         .ok_or("the example repo is invalid")?;
     let window = example.windows.first().ok_or("the example has no window")?;
     let tz = window.tz;
     let opens = upkeep::windows::next_start(
-        Utc::now() + chrono::Duration::hours(5),
+        epoch,
         "k3s",
         &example.windows,
         &example.freezes,
@@ -102,7 +105,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     )
     .ok_or("the example's window never opens")?;
     let start = opens - chrono::Duration::minutes(30);
-    let clock = SimClock::new(start, 1.0);
+    let clock = SimClock::stepped(start);
     let mut st = Story {
         clock: clock.clone(),
         tz,
@@ -111,12 +114,13 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
 
     // The world.
     let gh = UpstreamSim::start(0).await.map_err(|e| e.to_string())?;
+    gh.set_clock(clock.clone());
     upkeep_sim::upstream::seed_from_catalog(&gh, &catalog.file);
     gh.enable_persistent_forge(&dir.join("forge"))
         .map_err(|e| e.to_string())?;
     gh.require_forge_token(TOKEN);
     let bare = gh
-        .with_forge(|f| f.create_repo(REPO, Some(&seed), Utc::now()))
+        .with_forge(|f| f.create_repo(REPO, Some(&seed), start))
         .ok_or("no forge")?
         .map_err(|e| e.to_string())?;
     let kube = KubeSim::start(KubeOptions {
@@ -135,7 +139,6 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
         "a k3s cluster (1 server, 2 agents on v1.33.4+k3s1) with Flux v2.6.4 and Longhorn v1.9.1; its config repository {REPO}; releases from the shipped catalog (window `{}`: Saturdays 22:00 {tz}, 4h)",
         window.name
     ));
-    clock.set_speed(600.0);
 
     let git = GitRepo::open(
         &dir.join("mirror.git"),
@@ -147,6 +150,11 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     // The demo's forge is the local emulator; a real one gets the default second between writes.
     forge.write_interval = std::time::Duration::from_millis(50);
     let cat = std::sync::Arc::new(catalog);
+    let narrator = std::sync::Arc::new(Narrator {
+        clock: clock.clone(),
+        tz,
+        state: Default::default(),
+    });
 
     // 1. Detect and propose.
     let propose = |now: DateTime<Utc>| {
@@ -201,6 +209,8 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     // 3. Apply: it waits for the window, then runs.
     let apply = |budget: Duration| {
         let clock = clock.clone();
+        let kube = kube.clone();
+        let narrator = narrator.clone();
         let kubeconfig = kubeconfig.clone();
         let git = &git;
         let forge = &forge;
@@ -225,12 +235,13 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
             };
             let mut opts = Options::from_policy(&config.rollouts, "upkeep-system");
             opts.budget = budget;
-            opts.poll = Duration::from_millis(20);
+            let narrator = narrator.clone();
+            opts.pace = kube.pace_with(STEP, move |k| narrator.look(k));
             let c = clock.clone();
             upkeep::apply::run(&client, &repo, &config, &opts, &move || c.now()).await
         }
     };
-    let s = apply(Duration::from_secs(5)).await?;
+    let s = apply(minutes(50)).await?;
     if let Some((_, phase, msg)) = s.first() {
         st.say(&format!("k3s rollout: {phase:?}: {msg}"));
         st.expect(
@@ -238,11 +249,11 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
             "the rollout waits for the window",
         );
     }
-    clock.advance_to(opens);
+    kube.run_until(opens, STEP);
     st.say("the window opens");
-    let watcher = tokio::spawn(narrate(kube.clone(), clock.clone(), tz));
-    let s = apply(Duration::from_secs(30)).await?;
-    watcher.abort();
+    narrator.start(&kube);
+    let s = apply(minutes(300)).await?;
+    narrator.stop();
     let phase = s.first().map(|x| x.1);
     st.say(&format!(
         "k3s rollout: {:?}: {}",
@@ -268,9 +279,9 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     }
 
     // A day later the soak is over: the checks kept passing.
-    clock.advance(Duration::from_secs(24 * 3600 + 60));
+    kube.run_for(Duration::from_secs(24 * 3600 + 60), minutes(10));
     st.say("a day passes; the checks keep passing");
-    let s = apply(Duration::from_secs(5)).await?;
+    let s = apply(minutes(50)).await?;
     let phase = s.first().map(|x| x.1);
     st.say(&format!("k3s rollout: {:?}", phase.unwrap_or_default()));
     st.expect(
@@ -287,7 +298,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
     );
 
     // 4. A Longhorn update whose validation fails.
-    clock.advance(Duration::from_secs(3600));
+    kube.run_for(minutes(60), minutes(10));
     let (_, _) = propose(clock.now()).await?;
     let pulls = forge
         .pulls(upkeep::propose::BRANCH_PREFIX)
@@ -316,7 +327,7 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
         "(the simulator will degrade volume {volume} after the upgrade)"
     ));
     // The window closed while k3s soaked: Longhorn waits for the next one.
-    let s = apply(Duration::from_secs(5)).await?;
+    let s = apply(minutes(50)).await?;
     if let Some((_, phase, msg)) = s.iter().find(|x| x.0.starts_with("longhorn-")) {
         st.say(&format!("Longhorn rollout: {phase:?}: {msg}"));
     }
@@ -328,11 +339,11 @@ async fn story(dir: &std::path::Path, keep_serving: bool) -> Result<usize, Strin
         Default::default(),
     )
     .ok_or("the example's window never opens again")?;
-    clock.advance_to(next);
+    kube.run_until(next, minutes(10));
     st.say("the next window opens");
-    let watcher = tokio::spawn(narrate(kube.clone(), clock.clone(), tz));
-    let s = apply(Duration::from_secs(30)).await?;
-    watcher.abort();
+    narrator.start(&kube);
+    let s = apply(minutes(300)).await?;
+    narrator.stop();
     let row = s.iter().find(|x| x.0.starts_with("longhorn-")).cloned();
     if let Some((_, phase, msg)) = &row {
         st.say(&format!("Longhorn rollout: {phase:?}: {msg}"));
@@ -435,13 +446,63 @@ async fn merge(gh: &UpstreamSim, number: u64) -> Result<(), String> {
     }
 }
 
-/// Print what the cluster does while a rollout runs: Rollout phases, cordons, node versions,
-/// chart versions and volume health.
-async fn narrate(kube: KubeSim, clock: SimClock, tz: chrono_tz::Tz) {
-    let mut seen: std::collections::BTreeMap<String, String> = Default::default();
-    // The first look only records what is there; later looks tell what changed.
-    let mut first = true;
-    loop {
+/// How far the simulated clock moves between two of upkeep's looks.
+const STEP: Duration = Duration::from_secs(10);
+
+fn minutes(n: u64) -> Duration {
+    Duration::from_secs(60 * n)
+}
+
+/// Tells what the cluster does while a rollout runs: Rollout phases, cordons, node versions,
+/// chart versions and volume health. It looks after each step of the clock (upkeep's pace), so
+/// it sees every change, on the story's clock.
+struct Narrator {
+    clock: SimClock,
+    tz: chrono_tz::Tz,
+    state: std::sync::Mutex<Narration>,
+}
+
+#[derive(Default)]
+struct Narration {
+    telling: bool,
+    seen: std::collections::BTreeMap<String, String>,
+}
+
+impl Narrator {
+    /// Record what is there now, and tell what changes from here on.
+    fn start(&self, kube: &KubeSim) {
+        let _ = self.changes(kube);
+        self.lock().telling = true;
+    }
+
+    fn stop(&self) {
+        self.lock().telling = false;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Narration> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn look(&self, kube: &KubeSim) {
+        if !self.lock().telling {
+            return;
+        }
+        let lines = self.changes(kube);
+        let t = self
+            .clock
+            .now()
+            .with_timezone(&self.tz)
+            .format("%a %H:%M:%S");
+        let mut out = std::io::stdout().lock();
+        for l in lines {
+            let _ = writeln!(out, "[{t}]   {l}");
+        }
+    }
+
+    /// What changed since the last look.
+    fn changes(&self, kube: &KubeSim) -> Vec<String> {
+        let mut st = self.lock();
+        let seen = &mut st.seen;
         let mut lines = Vec::new();
         for r in kube.list("upkeep.dev", "upkeeprollouts") {
             let name = r["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -506,13 +567,6 @@ async fn narrate(kube: KubeSim, clock: SimClock, tz: chrono_tz::Tz) {
                 lines.push(format!("Longhorn chart {old} -> {v}"));
             }
         }
-        let t = clock.now().with_timezone(&tz).format("%a %H:%M:%S");
-        if !first {
-            for l in lines {
-                println!("[{t}]   {l}");
-            }
-        }
-        first = false;
-        tokio::time::sleep(Duration::from_millis(15)).await;
+        lines
     }
 }

@@ -26,8 +26,8 @@ fn in_window() -> DateTime<Utc> {
 }
 
 struct World {
-    /// How fast the simulated clock runs while applying.
-    speed: f64,
+    /// How far the simulated clock moves between two of upkeep's looks.
+    step: Duration,
     releases: std::collections::HashMap<String, Vec<upkeep::versions::Version>>,
     kube: KubeSim,
     gh: UpstreamSim,
@@ -77,19 +77,20 @@ impl World {
     ) -> World {
         upkeep::sources::install_crypto_provider();
         let kube = KubeSim::start_in_thread(KubeOptions {
-            // Real time while the world is set up; fast once it is (see `apply`).
-            clock: SimClock::new(start, 1.0),
+            // Moved only by the test: by `apply`'s looks and by `run_for`.
+            clock: SimClock::stepped(start),
             cluster,
             ..KubeOptions::default()
         })
         .expect("kube");
         let gh = UpstreamSim::start_in_thread().expect("github");
+        gh.set_clock(kube.clock().clone());
         let dir = tempfile::tempdir().expect("tempdir");
         gh.enable_forge(&dir.path().join("forge"));
         gh.require_forge_token(TOKEN);
         let path = common::seed_example_repo(&gh, REPO);
         let w = World {
-            speed: 600.0,
+            step: STEP,
             releases: Default::default(),
             kube,
             gh,
@@ -210,14 +211,15 @@ impl World {
         f
     }
 
-    /// One apply cycle with at most `budget` of real time.
+    /// One apply cycle with at most `budget` of simulated time, the clock moving one `step`
+    /// between two looks.
     fn apply(&self, budget: Duration) -> Vec<(String, Phase, String)> {
         self.apply_with(budget, false)
     }
 
     /// [`apply`](Self::apply), as `upkeep apply --emergency` when `emergency`.
     fn apply_with(&self, budget: Duration, emergency: bool) -> Vec<(String, Phase, String)> {
-        self.kube.clock().set_speed(self.speed);
+        self.kube.settle();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -257,6 +259,7 @@ impl World {
                 drain: true,
                 allow_degraded_volumes: false,
                 namespaces: Default::default(),
+                pace: self.kube.pace(self.step),
             };
             let clock = self.kube.clock().clone();
             upkeep::apply::run(&client, &repo, &config, &opts, &move || clock.now())
@@ -318,6 +321,34 @@ impl World {
     }
 }
 
+/// How far the simulated clock moves between two looks, upkeep's or the test's.
+const STEP: Duration = Duration::from_secs(10);
+
+/// A cycle's budget that any rollout here ends within (simulated time; a cycle returns as soon
+/// as its rollouts end or only wait for a window).
+const UNTIL_DONE: Duration = Duration::from_secs(10 * 3600);
+
+fn minutes(n: u64) -> Duration {
+    Duration::from_secs(60 * n)
+}
+
+fn hours(n: u64) -> Duration {
+    minutes(60 * n)
+}
+
+impl World {
+    /// Let the cluster live on, a step at a time, until `done` holds (at most a simulated day).
+    fn run_until(&self, what: &str, done: impl Fn(&World) -> bool) {
+        for _ in 0..(24 * 3600 / STEP.as_secs()) {
+            if done(self) {
+                return;
+            }
+            self.kube.run_for(STEP, STEP);
+        }
+        assert!(done(self), "never, in a simulated day: {what}");
+    }
+}
+
 fn phase_of(s: &[(String, Phase, String)], name: &str) -> Option<Phase> {
     s.iter().find(|(n, _, _)| n == name).map(|(_, p, _)| *p)
 }
@@ -327,7 +358,7 @@ const K3S: &str = "k3s-v1.33.5-k3s1";
 #[test]
 fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
     let w = World::new(in_window());
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     // Native to kubectl: `kubectl wait` reads the Ready condition, `kubectl get` shows it. What
     // kubectl asks is a human's, not upkeep's: check upkeep's accesses first.
@@ -421,7 +452,7 @@ fn a_k3s_patch_rollout_of_one_server_and_two_agents() {
         assert!(reasons.iter().any(|x| x == r), "{r} in {reasons:?}");
     }
     // Another cycle: nothing to do, nothing posted again.
-    let s = w.apply(Duration::from_secs(5));
+    let s = w.apply(minutes(50));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded));
     assert_eq!(w.comments().len(), 1);
 }
@@ -436,7 +467,7 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
     // without a view of the cluster, may open it), and an unrelated one.
     let next = w.open_update("k3s", "v1.33.5+k3s1", "v1.34.1+k3s1");
     let other = w.open_update("longhorn", "v1.9.1", "v1.9.2");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
     let log = w.main_log();
     assert!(
@@ -510,7 +541,7 @@ fn a_node_that_never_comes_back_halts_reverts_and_asks_for_attention() {
     );
     // Restarting changes nothing: no second revert, no second comment.
     let before = (w.main_log(), w.comments().len());
-    w.apply(Duration::from_secs(2));
+    w.apply(minutes(20));
     assert_eq!((w.main_log(), w.comments().len()), before);
     assert_eq!(
         w.gh.with_forge(|f| f.comments(REPO, next))
@@ -566,7 +597,7 @@ fn rollouts_of_the_old_crd_are_moved_to_upkeeprollouts() {
     // That was a human's setup (kubectl); what upkeep asks from here on is checked against
     // deploy/'s RBAC.
     w.kube.clear_audit();
-    w.apply(Duration::from_secs(60));
+    w.apply(UNTIL_DONE);
     let moved = w
         .kube
         .get(
@@ -609,27 +640,27 @@ fn rollouts_of_the_old_crd_are_moved_to_upkeeprollouts() {
 fn outside_a_window_nothing_starts() {
     // Saturday noon in Amsterdam: the window opens at 22:00.
     let w = World::new("2026-11-21T11:00:00Z".parse().unwrap_or_default());
-    let s = w.apply(Duration::from_secs(5));
+    let s = w.apply(minutes(50));
     assert_eq!(phase_of(&s, K3S), Some(Phase::WaitingForWindow), "{s:?}");
     assert!(s[0].2.contains("next window"), "{s:?}");
     assert!(w.node_versions().iter().all(|(_, v)| v == "v1.33.4+k3s1"));
     assert!(w.kube.list("upgrade.cattle.io", "plans").is_empty());
     // The window opens: the rollout goes.
     w.kube.clock().advance_to(in_window());
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
 }
 
 #[test]
 fn a_controller_stopped_mid_rollout_resumes_without_doing_anything_twice() {
     let w = World::new(in_window());
-    let s = w.apply(Duration::from_millis(150));
+    let s = w.apply(Duration::from_secs(90));
     let p = phase_of(&s, K3S);
     assert!(
         matches!(p, Some(Phase::Backup | Phase::Applying | Phase::Preflight)),
         "{s:?}"
     );
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let jobs: Vec<_> = w
         .kube
@@ -649,7 +680,7 @@ fn a_controller_stopped_mid_rollout_resumes_without_doing_anything_twice() {
 #[test]
 fn a_longhorn_minor_upgrade_and_a_flux_upgrade() {
     let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::Succeeded),
@@ -700,7 +731,7 @@ fn a_longhorn_minor_upgrade_and_a_flux_upgrade() {
     assert_eq!(setting["value"], "v1.10.2");
 
     let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.7.0");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, "flux-v2.7.0"), Some(Phase::Succeeded), "{s:?}");
     let fi = w
         .kube
@@ -725,7 +756,7 @@ fn a_longhorn_upgrade_that_degrades_a_volume_needs_attention_and_one_that_fails_
     w.kube.inject(ClusterFault::VolumeDegradesAfterUpgrade {
         volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::RequiresAttention),
@@ -751,7 +782,7 @@ fn a_longhorn_upgrade_that_degrades_a_volume_needs_attention_and_one_that_fails_
     w.kube.inject(ClusterFault::HelmUpgradeFails {
         release: "longhorn-system/longhorn".into(),
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::Reverted),
@@ -793,14 +824,12 @@ fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the
     // Sunday 01:45 in Amsterdam: the Saturday-night window closes at 02:00. Nodes take 10
     // minutes each, so the server is done by about 01:56 and the first agent is in progress when
     // the window closes.
-    let mut w = World::new("2026-11-22T00:45:00Z".parse().unwrap_or_default());
-    // A slower clock, so that a busy machine still reaches the window's end mid-rollout.
-    w.speed = 150.0;
+    let w = World::new("2026-11-22T00:45:00Z".parse().unwrap_or_default());
     w.kube.set_timings(upkeep_sim::kube::Timings {
         node_upgrade: Duration::from_secs(600),
         ..Default::default()
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Applying), "{s:?}");
     assert!(s[0].2.starts_with("paused: the window closed"), "{s:?}");
     // Nodes in progress finish (uncordoned, no upgrade under way); then nothing new starts.
@@ -812,10 +841,7 @@ fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the
                     .is_none_or(|a| !a.keys().any(|k| k.starts_with("sim.upkeep.dev/plan-")))
         })
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !settled(&w) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    w.run_until("the nodes in progress finished", settled);
     assert!(
         settled(&w),
         "the nodes in progress finished and were uncordoned"
@@ -825,7 +851,7 @@ fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the
         at_pause.iter().any(|(_, v)| v == "v1.33.4+k3s1"),
         "the window closed before the end: {at_pause:?}"
     );
-    std::thread::sleep(Duration::from_millis(500)); // five simulated minutes
+    w.kube.run_for(minutes(5), STEP);
     assert_eq!(w.node_versions(), at_pause, "no new node started");
     assert!(
         w.comments()
@@ -838,7 +864,7 @@ fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the
     w.kube
         .clock()
         .advance_to("2026-11-28T21:30:00Z".parse().unwrap_or_default());
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     assert_eq!(w.version_of("agent-2"), "v1.33.5+k3s1");
 }
@@ -847,7 +873,7 @@ fn a_window_closing_mid_rollout_finishes_the_node_in_progress_and_resumes_in_the
 fn an_emergency_label_bypasses_windows_but_not_freezes() {
     let w = World::new("2026-11-21T11:00:00Z".parse().unwrap_or_default());
     w.label_pr("upkeep/emergency");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let r = w
         .kube
@@ -857,9 +883,9 @@ fn an_emergency_label_bypasses_windows_but_not_freezes() {
 
     // A rollout already waiting for its window: `--emergency` on it starts it now.
     let w = World::new("2026-11-21T11:00:00Z".parse().unwrap_or_default());
-    let s = w.apply(Duration::from_secs(2));
+    let s = w.apply(minutes(20));
     assert_eq!(phase_of(&s, K3S), Some(Phase::WaitingForWindow), "{s:?}");
-    let s = w.apply_with(Duration::from_secs(60), true);
+    let s = w.apply_with(UNTIL_DONE, true);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let r = w
         .kube
@@ -870,7 +896,7 @@ fn an_emergency_label_bypasses_windows_but_not_freezes() {
     // Saturday night in the year-end freeze: even an emergency waits.
     let w = World::new("2026-12-26T21:30:00Z".parse().unwrap_or_default());
     w.label_pr("upkeep/emergency");
-    let s = w.apply(Duration::from_secs(5));
+    let s = w.apply(minutes(50));
     assert_eq!(phase_of(&s, K3S), Some(Phase::WaitingForWindow), "{s:?}");
     assert!(s[0].2.contains("frozen by year-end"), "{s:?}");
     assert!(w.node_versions().iter().all(|(_, v)| v == "v1.33.4+k3s1"));
@@ -904,7 +930,7 @@ fn a_restart_at_every_transition_never_applies_backs_up_or_comments_twice() {
             if p.is_terminal() || cycles > 2000 {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            w.kube.run_for(STEP, STEP);
         }
         // Each phase seen was entered by one transition (the first from Pending), each in a
         // cycle of its own.
@@ -957,7 +983,7 @@ fn a_revert_the_base_branch_refuses_becomes_a_pull_request() {
     w.kube.inject(ClusterFault::NodeNeverReady {
         node: "agent-1".into(),
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
     assert!(!w.main_log().contains("revert("), "main was not pushed to");
     let pulls = w.gh.with_forge(|f| f.pulls(REPO)).unwrap_or_default();
@@ -1006,7 +1032,7 @@ fn a_retry_makes_a_new_attempt_while_git_still_asks_for_the_version() {
     w.kube.inject(ClusterFault::EtcdSnapshotFails {
         message: "etcd: request timed out".into(),
     });
-    let s = w.apply(Duration::from_secs(30));
+    let s = w.apply(hours(5));
     let phase = phase_of(&s, K3S);
     assert!(
         matches!(phase, Some(Phase::Reverted | Phase::RequiresAttention)),
@@ -1026,7 +1052,7 @@ fn a_retry_makes_a_new_attempt_while_git_still_asks_for_the_version() {
     let (code, out, err) = w.cli(&["retry", K3S]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("new attempt of k3s v1.33.5+k3s1"), "{out}");
-    w.apply(Duration::from_secs(2));
+    w.apply(minutes(20));
     let again = w
         .kube
         .get("upkeep.dev", "upkeeprollouts", "upkeep-system", K3S)
@@ -1049,7 +1075,7 @@ fn a_two_hop_minor_path_is_applied_and_validated_hop_by_hop() {
         "k3s".into(),
         vec![v("v1.34.7+k3s1"), v("v1.34.8+k3s1"), v("v1.35.5+k3s1")],
     );
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "k3s-v1.35.5-k3s1"),
         Some(Phase::Succeeded),
@@ -1111,7 +1137,7 @@ fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
         )
         .expect("setting");
     }
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::Succeeded),
@@ -1133,7 +1159,7 @@ fn a_longhorn_upgrade_with_a_backup_target_takes_a_system_backup() {
         )
         .expect("backup target");
     }
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::Succeeded),
@@ -1195,7 +1221,7 @@ impl World {
 fn http_and_prometheus_checks_from_policy_run_after_each_hop() {
     let w = World::new(in_window());
     w.add_checks(&endpoints(200, "0.001"));
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let r = w
         .kube
@@ -1228,13 +1254,13 @@ fn http_and_prometheus_checks_from_policy_run_after_each_hop() {
     // An endpoint that fails after the upgrade fails the validation.
     let w = World::new(in_window());
     w.add_checks(&endpoints(503, "0.001"));
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
     assert!(s[0].2.contains("/healthz: 503 (expected 200)"), "{s:?}");
     // And an error rate over the threshold too.
     let w = World::new(in_window());
     w.add_checks(&endpoints(200, "0.2"));
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert!(s[0].2.contains("= 0.2 (wanted <= 0.01)"), "{s:?}");
 }
 
@@ -1246,7 +1272,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
     w.kube.inject(ClusterFault::JobFailsButUpgraded {
         node: "agent-2".into(),
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     assert!(
         w.kube
@@ -1261,7 +1287,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
         node: Some("server-1".into()),
         seconds: 3600,
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Reverted), "{s:?}");
     assert!(s[0].2.contains("an upgrade Job failed"), "{s:?}");
     assert!(w.main_file().contains("version: v1.33.4+k3s1"));
@@ -1281,7 +1307,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
         node: Some("agent-1".into()),
         seconds: 3600,
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
     assert_eq!(
         w.version_of("agent-2"),
@@ -1298,8 +1324,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
     assert_eq!(cordoned(), 0, "{s:?}");
     let jobs = || w.kube.list("batch", "jobs").len();
     let before = jobs();
-    w.kube.clock().set_speed(600.0);
-    std::thread::sleep(Duration::from_secs(3));
+    w.kube.run_for(minutes(30), STEP);
     assert_eq!((jobs(), cordoned()), (before, 0), "no retry after the TTL");
     assert_eq!(w.version_of("agent-2"), "v1.33.4+k3s1");
 
@@ -1309,7 +1334,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
     w.kube.inject(ClusterFault::PdbBlocksDrain {
         node: "agent-1".into(),
     });
-    let s = w.apply(Duration::from_secs(3));
+    let s = w.apply(minutes(30));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Preflight), "{s:?}");
     assert!(
         s[0].2
@@ -1320,7 +1345,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
         w.kube.list("upgrade.cattle.io", "plans").is_empty(),
         "nothing applied"
     );
-    w.apply(Duration::from_secs(1));
+    w.apply(minutes(10));
     let c = w.comments();
     assert_eq!(c.len(), 1, "{c:?}");
     assert!(c[0].contains("Preflight failed"));
@@ -1333,7 +1358,7 @@ fn the_other_cluster_faults_lead_to_the_right_outcome() {
         status: 500,
         times: 2,
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
 }
 
@@ -1347,7 +1372,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
     w.kube.inject(ClusterFault::EtcdSnapshotFails {
         message: "etcdserver: request timed out".into(),
     });
-    let s = w.apply(Duration::from_secs(30));
+    let s = w.apply(hours(5));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Reverted), "{s:?}");
     assert!(
         s[0].2.contains("the backup failed") && s[0].2.contains("request timed out"),
@@ -1379,7 +1404,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
             K3S,
         )
         .expect("delete");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let files = w.kube.list("k3s.cattle.io", "etcdsnapshotfiles");
     assert_eq!(files.len(), 2, "{files:?}");
@@ -1414,7 +1439,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
         "v1.33.4+k3s1",
         "v1.33.5+k3s1",
     );
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     assert!(w.kube.list("k3s.cattle.io", "etcdsnapshotfiles").is_empty());
     let c = w.comments();
@@ -1446,7 +1471,7 @@ fn etcd_snapshots_fail_fast_are_per_attempt_and_absent_on_sqlite() {
         )
         .expect("plan");
     }
-    let s = w.apply(Duration::from_secs(3));
+    let s = w.apply(minutes(30));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Preflight), "{s:?}");
     assert!(s[0].2.contains("system-upgrade/server-plan"), "{s:?}");
     assert!(w.kube.list("k3s.cattle.io", "etcdsnapshotfiles").is_empty());
@@ -1475,11 +1500,7 @@ impl World {
     }
 
     fn wait(&self, what: &str, done: impl Fn(&World) -> bool) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !done(self) {
-            assert!(std::time::Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.run_until(what, done);
     }
 
     fn longhorn_release(&self) -> serde_json::Value {
@@ -1550,7 +1571,7 @@ fn a_release_flux_applies_from_git_is_upgraded_through_git_in_the_window() {
             seen
         })
     };
-    let s = w.apply(Duration::from_secs(5));
+    let s = w.apply(minutes(50));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let seen = seen.join().unwrap_or_default();
     assert_eq!(
@@ -1580,7 +1601,7 @@ fn a_release_flux_applies_from_git_is_upgraded_through_git_in_the_window() {
     );
 
     w.kube.clock().advance_to(in_window());
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, lh), Some(Phase::Succeeded), "{s:?}");
     assert!(
         git_version(&w).contains("version: 1.10.2"),
@@ -1652,7 +1673,7 @@ fn a_release_flux_applies_from_git_is_upgraded_through_git_in_the_window() {
         w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
             == "infrastructure"
     });
-    let s = w.apply(Duration::from_secs(5));
+    let s = w.apply(minutes(50));
     assert_eq!(phase_of(&s, lh), Some(Phase::Preflight), "{s:?}");
     let msg = &s[0].2;
     assert!(
@@ -1693,7 +1714,7 @@ fn a_release_with_a_chart_ref_is_refused_clearly() {
         )
         .expect("chartRef");
     }
-    let s = w.apply(Duration::from_secs(3));
+    let s = w.apply(minutes(30));
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::Preflight),
@@ -1759,7 +1780,7 @@ fn flux_is_upgraded_and_rolled_back_through_git_and_a_rebuild_runs_what_git_says
         fi(w)["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] == "flux-system"
     });
     w.kube.inject(ClusterFault::FluxUpgradeFails);
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Reverted), "{s:?}");
     let log = w.main_log();
     assert!(
@@ -1792,7 +1813,7 @@ fn flux_is_upgraded_and_rolled_back_through_git_and_a_rebuild_runs_what_git_says
             "flux-v2.6.5",
         )
         .expect("delete");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Succeeded), "{s:?}");
     assert!(
         fi(&w)["status"]["lastAppliedRevision"]
@@ -1802,14 +1823,13 @@ fn flux_is_upgraded_and_rolled_back_through_git_and_a_rebuild_runs_what_git_says
 
     // A new cluster from the repository alone: Flux applies what git says.
     let rebuilt = KubeSim::start_in_thread(KubeOptions {
-        clock: SimClock::new(in_window(), 600.0),
+        clock: SimClock::stepped(in_window()),
         ..KubeOptions::default()
     })
     .expect("kube");
     let path = w.clone_url.trim_start_matches("file://").to_string();
     rebuilt.serve_git("flux-system", "flux-system", std::path::Path::new(&path));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    for step in 0.. {
         let f = rebuilt
             .get(
                 "fluxcd.controlplane.io",
@@ -1825,10 +1845,10 @@ fn flux_is_upgraded_and_rolled_back_through_git_and_a_rebuild_runs_what_git_says
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
-            "the rebuilt cluster never ran git's version: {f}"
+            step < 60,
+            "the rebuilt cluster never ran git's version in an hour: {f}"
         );
-        std::thread::sleep(Duration::from_millis(20));
+        rebuilt.run_for(minutes(1), STEP);
     }
 }
 
@@ -1860,11 +1880,11 @@ fn a_newer_merge_supersedes_a_rollout_under_way() {
         node: None,
         seconds: 500,
     });
-    let s = w.apply(Duration::from_millis(1500));
+    let s = w.apply(minutes(15));
     let under_way = phase_of(&s, K3S);
     assert!(under_way.is_some_and(|p| p.holds_the_cluster()), "{s:?}");
     w.merge_update("k3s", "v1.33.5+k3s1", "v1.33.6+k3s1");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(w.stored_phase(K3S), "Superseded");
     assert_eq!(
         phase_of(&s, "k3s-v1.33.6-k3s1"),
@@ -1887,7 +1907,7 @@ fn a_newer_merge_supersedes_a_rollout_under_way() {
         "{said:?}"
     );
     // Nothing more on the next cycle.
-    w.apply(Duration::from_secs(5));
+    w.apply(minutes(50));
     assert_eq!(
         w.comments()
             .iter()
@@ -1907,7 +1927,7 @@ fn rollouts_of_two_components_take_turns() {
     w.kube.inject(ClusterFault::VolumeDegradesAfterUpgrade {
         volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
     });
-    let s = w.apply(Duration::from_secs(90));
+    let s = w.apply(hours(15));
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
@@ -1928,7 +1948,7 @@ fn rollouts_of_two_components_take_turns() {
 
     let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.7.0");
     w.merge_update("longhorn", "v1.9.1", "v1.10.2");
-    let s = w.apply(Duration::from_secs(90));
+    let s = w.apply(hours(15));
     assert_eq!(phase_of(&s, "flux-v2.7.0"), Some(Phase::Succeeded), "{s:?}");
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
@@ -1947,7 +1967,7 @@ fn rollouts_of_two_components_take_turns() {
 #[test]
 fn history_survives_the_loss_of_the_cluster_record_or_of_git() {
     let w = World::new(in_window());
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     let with_git = |extra: &[&str]| w.history(extra);
     let (code, out, err) = with_git(&["--output", "json"]);
@@ -2060,11 +2080,10 @@ impl World {
 
     /// One look at the rollouts after the simulated clock moved `minutes` on (stopped while the
     /// world is looked at, so that "30 minutes later" is exactly that).
-    fn later(&self, minutes: i64) -> Vec<(String, Phase, String)> {
-        self.kube.clock().set_speed(1.0);
-        let t = self.kube.clock().now() + chrono::Duration::minutes(minutes);
+    fn later(&self, mins: i64) -> Vec<(String, Phase, String)> {
+        let t = self.kube.clock().now() + chrono::Duration::minutes(mins);
         self.kube.clock().advance_to(t);
-        self.apply(Duration::from_secs(5))
+        self.apply(minutes(50))
     }
 }
 
@@ -2078,7 +2097,7 @@ fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
     // check (soak only) has not run yet.
     let w = World::new(in_window());
     w.set_policy(&soak_policy(&prom.url(), "2h", "attention"));
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Soaking), "{s:?}");
     assert!(
         w.comments()[0].contains("Soaking for 2h until"),
@@ -2147,7 +2166,7 @@ fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
     prom.set(ERRORS, 0.001);
     let w = World::with_update(in_window(), "flux", "v2.6.4", "v2.6.5");
     w.set_policy(&soak_policy(&prom.url(), "2h", "rollback"));
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, "flux-v2.6.5"), Some(Phase::Soaking), "{s:?}");
     prom.set(RESTARTS, 12.0);
     w.later(20);
@@ -2177,7 +2196,7 @@ fn a_soak_regression_after_success_leads_to_the_policys_outcome() {
     prom.set(RESTARTS, 0.0);
     let w = World::new(in_window());
     w.set_policy(&soak_policy(&prom.url(), "2h", "attention"));
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Soaking), "{s:?}");
     let s = w.later(60);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Soaking), "{s:?}");
@@ -2261,7 +2280,7 @@ fn maintenance_mode_restores_the_exact_replicas() {
     // Success: down while the rollout changed the cluster, back after, exactly.
     let w = World::new(in_window());
     w.with_media_apps();
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     back(&w);
     let m = &w.rollout(K3S)["status"]["maintenance"];
@@ -2315,7 +2334,7 @@ fn maintenance_mode_restores_the_exact_replicas() {
         status: 500,
         times: 1000,
     });
-    let s = w.apply(Duration::from_secs(5));
+    let s = w.apply(minutes(50));
     assert!(
         s.iter()
             .any(|(n, _, m)| n == K3S && m.starts_with("retrying: ")),
@@ -2331,30 +2350,29 @@ fn maintenance_mode_restores_the_exact_replicas() {
     w.kube.inject(ClusterFault::NodeNeverReady {
         node: "agent-1".into(),
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
     back(&w);
 
     // Killed mid-rollout, while the apps are down: started again, it does not take 0 for what
     // they had.
-    let mut w = World::new(in_window());
+    let w = World::new(in_window());
     w.with_media_apps();
-    w.speed = 1.0;
-    let mut s = w.apply(Duration::from_millis(300));
+    // One look at a time, the clock standing: the cycle that enters the change is the last.
+    let mut s = w.apply(Duration::ZERO);
     let mut tries = 0;
     let changing = |s: &[(String, Phase, String)]| {
         matches!(phase_of(s, K3S), Some(Phase::Backup | Phase::Applying))
     };
     while !changing(&s) && tries < 50 {
-        s = w.apply(Duration::from_millis(300));
+        s = w.apply(Duration::ZERO);
         tries += 1;
     }
     assert!(changing(&s), "{s:?}");
     let (j, ja) = w.replicas("deployments", "jellyfin");
     assert_eq!(j, 0, "down while the rollout changes the cluster: {ja}");
     assert_eq!(ja["upkeep.dev/replicas-before"], "3");
-    w.speed = 600.0;
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     back(&w);
 }
@@ -2363,12 +2381,12 @@ fn maintenance_mode_restores_the_exact_replicas() {
 fn ended_rollouts_beyond_the_limit_are_pruned_once_git_holds_their_record() {
     let w = World::new(in_window());
     w.set_policy(&format!("{}rollouts:\n  keepEnded: 0\n", common::NO_SOAK));
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     // The rollout versions.yaml asks for stays, however low the limit.
     assert!(!w.rollout(K3S).is_null());
     w.merge_update("k3s", "v1.33.5+k3s1", "v1.33.6+k3s1");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "k3s-v1.33.6-k3s1"),
         Some(Phase::Succeeded),
@@ -2390,10 +2408,10 @@ fn ended_rollouts_beyond_the_limit_are_pruned_once_git_holds_their_record() {
 #[test]
 fn the_monthly_report_matches_a_month_of_rollouts() {
     let w = World::new(in_window());
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
     w.merge_update("longhorn", "v1.9.1", "v1.10.2");
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "longhorn-v1.10.2"),
         Some(Phase::Succeeded),
@@ -2403,7 +2421,7 @@ fn the_monthly_report_matches_a_month_of_rollouts() {
     w.kube.inject(ClusterFault::VolumeDegradesAfterUpgrade {
         volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
     });
-    let s = w.apply(Duration::from_secs(60));
+    let s = w.apply(UNTIL_DONE);
     assert_eq!(
         phase_of(&s, "longhorn-v1.11.3"),
         Some(Phase::RequiresAttention),

@@ -25,6 +25,10 @@ use upkeep_sim::kube::{ClusterFault, ClusterSpec, KubeOptions, KubeSim};
 use upkeep_sim::upstream::UpstreamSim;
 
 const REPO: &str = "homelab/cluster";
+/// How far the simulated clock moves between two of upkeep's looks.
+const STEP: Duration = Duration::from_secs(30);
+/// How far it moves at a time while nobody but the cluster acts.
+const IDLE_STEP: Duration = Duration::from_secs(60);
 const TOKEN: &str = "ghp_rollouts";
 
 /// The updates a human may merge: (component, from, to).
@@ -48,12 +52,14 @@ impl World {
     fn new(start: DateTime<Utc>) -> World {
         upkeep::sources::install_crypto_provider();
         let (kube, stop_kube) = KubeSim::start_until_stopped(KubeOptions {
-            clock: SimClock::new(start, 1.0),
+            // Moved only by the history: by the apply cycles' looks and the idle time between.
+            clock: SimClock::stepped(start),
             cluster: ClusterSpec::default(),
             ..KubeOptions::default()
         })
         .expect("kube");
         let (gh, stop_gh) = UpstreamSim::start_until_stopped().expect("github");
+        gh.set_clock(kube.clock().clone());
         let dir = tempfile::tempdir().expect("tempdir");
         gh.enable_forge(&dir.path().join("forge"));
         gh.require_forge_token(TOKEN);
@@ -131,8 +137,10 @@ impl World {
         r.status().is_success()
     }
 
-    /// One apply cycle of at most `budget` of real time, as the controller runs it.
+    /// One apply cycle of at most `budget` of simulated time, as the controller runs it, the
+    /// clock moving one [`STEP`] between two looks.
     fn apply(&self, budget: Duration) {
+        self.kube.settle();
         let git = self.git();
         let config = self.config_on_main(&git, "checkout");
         let kc = self.dir.path().join("kubeconfig");
@@ -160,6 +168,7 @@ impl World {
                 drain: true,
                 allow_degraded_volumes: false,
                 namespaces: Default::default(),
+                pace: self.kube.pace(STEP),
             };
             let clock = self.kube.clock().clone();
             // An apply that cannot run this time (a conflict, the API) is the next cycle's.
@@ -262,15 +271,17 @@ fn history(seed: u64) -> Result<String, String> {
         windows::next_start(a, "k3s", &windows, &freezes, Override::default())
             .is_some_and(|t| t <= b)
     };
-    // A simulated hour per real second: the history crosses into (or out of) the window.
-    w.kube.clock().set_speed(3600.0);
     let mut seen: Seen = BTreeMap::new();
     let mut nodes = node_versions(&w);
     let mut human = Vec::new();
     let mut newer_merged = false;
     for cycle in 0..(8 + rng.below(8)) {
+        // Some idle time (the controller's other work, nobody looking), then a cycle: the
+        // history crosses into (or out of) the window.
+        w.kube
+            .run_for(Duration::from_secs(60 * rng.below(40)), IDLE_STEP);
         let before = w.kube.clock().now();
-        w.apply(Duration::from_millis(150 + rng.below(400)));
+        w.apply(Duration::from_secs(60 * (9 + rng.below(24))));
         let after = w.kube.clock().now();
         let now_seen = rollouts(&w);
         for (name, p) in &now_seen {

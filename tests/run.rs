@@ -42,7 +42,10 @@ struct World {
 }
 
 impl World {
-    fn new(speed: f64, policies: Option<&str>) -> World {
+    /// A world whose cluster's work is `quicker` times quicker than the defaults (a node's
+    /// upgrade takes 90 s / quicker). Its clock is real time, as the controller's is: the
+    /// controller under test judges windows and timeouts on the system clock.
+    fn new(quicker: f64, policies: Option<&str>) -> World {
         upkeep::sources::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let gh = UpstreamSim::start_in_thread().expect("github");
@@ -68,7 +71,8 @@ impl World {
             .expect("forge")
             .expect("repo");
         let kube = KubeSim::start_in_thread(KubeOptions {
-            clock: SimClock::new(Utc::now(), speed),
+            clock: SimClock::new(Utc::now(), 1.0),
+            timings: upkeep_sim::kube::Timings::default().quicker(quicker),
             ..KubeOptions::default()
         })
         .expect("kube");

@@ -19,15 +19,43 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A simulated cluster whose clock runs `speed` times real time.
-fn cluster(speed: f64) -> KubeSim {
+/// A simulated cluster on real time (its controllers look every few milliseconds, so that
+/// what happens at once happens, and nothing that takes simulated minutes does).
+fn real_time_cluster() -> KubeSim {
     upkeep::sources::install_crypto_provider();
     KubeSim::start_in_thread(KubeOptions {
-        clock: SimClock::new(chrono::Utc::now(), speed),
+        clock: SimClock::real(),
         bookmark_interval: Duration::from_millis(200),
         ..KubeOptions::default()
     })
     .expect("the emulator starts")
+}
+
+/// A simulated cluster whose clock moves only when the test moves it ([`KubeSim::run_for`]):
+/// what it does is the same on a busy machine.
+fn stepped_cluster() -> KubeSim {
+    upkeep::sources::install_crypto_provider();
+    KubeSim::start_in_thread(KubeOptions {
+        clock: SimClock::stepped(chrono::Utc::now()),
+        bookmark_interval: Duration::from_millis(200),
+        ..KubeOptions::default()
+    })
+    .expect("the emulator starts")
+}
+
+/// How far a stepped cluster's clock moves at a time.
+const STEP: Duration = Duration::from_secs(10);
+
+/// Move a stepped cluster's clock a step at a time until `done` holds; false if it never does
+/// in a simulated day.
+fn run_until(sim: &KubeSim, done: impl Fn() -> bool) -> bool {
+    for _ in 0..(24 * 3600 / STEP.as_secs()) {
+        if done() {
+            return true;
+        }
+        sim.run_for(STEP, STEP);
+    }
+    done()
 }
 
 struct Kubectl {
@@ -116,7 +144,7 @@ spec:
 
 #[test]
 fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() {
-    let sim = cluster(1.0);
+    let sim = real_time_cluster();
     let k = Kubectl::new(&sim);
     let nodes = k.ok(&["get", "nodes"]);
     assert!(nodes.starts_with("NAME"), "{nodes}");
@@ -276,7 +304,7 @@ fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() 
 /// and pruned without it.
 #[test]
 fn custom_resources_are_validated_against_their_crd_schemas() {
-    let sim = cluster(1.0);
+    let sim = real_time_cluster();
     let k = Kubectl::new(&sim);
     let bad = k.write(
         "bad-plan.yaml",
@@ -345,7 +373,7 @@ fn custom_resources_are_validated_against_their_crd_schemas() {
 /// events.k8s.io is what `kubectl get events` and `kubectl describe` read through core/v1.
 #[test]
 fn events_are_one_list_in_two_shapes() {
-    let sim = cluster(1.0);
+    let sim = real_time_cluster();
     let k = Kubectl::new(&sim);
     let uid = k.ok(&["get", "node", "server-1", "-o", "jsonpath={.metadata.uid}"]);
     let ev = k.write(
@@ -378,7 +406,7 @@ fn events_are_one_list_in_two_shapes() {
 
 #[test]
 fn a_wrong_token_is_refused() {
-    let sim = cluster(1.0);
+    let sim = real_time_cluster();
     let k = Kubectl::new(&sim);
     let cfg = sim.kubeconfig().replace(sim.token(), "wrong");
     std::fs::write(k.dir.path().join("kubeconfig"), cfg).expect("write");
@@ -416,7 +444,7 @@ fn rt() -> tokio::runtime::Runtime {
 
 #[test]
 fn the_kube_crate_lists_watches_and_patches_a_plan_while_the_suc_works() {
-    let sim = cluster(600.0);
+    let sim = stepped_cluster();
     rt().block_on(async {
         let c = client(&sim).await;
         let plans = plans_api(&c);
@@ -443,11 +471,16 @@ fn the_kube_crate_lists_watches_and_patches_a_plan_while_the_suc_works() {
             .await
             .expect("watch")
             .boxed();
-        let deadline = Instant::now() + Duration::from_secs(20);
         let mut complete = false;
         let mut bookmarks = 0;
-        while !complete && Instant::now() < deadline {
-            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+        let mut steps = 0;
+        while !complete && steps < 24 * 360 {
+            match tokio::time::timeout(Duration::from_millis(50), stream.next()).await {
+                // Nothing more to see at this instant: the cluster's clock moves on.
+                Err(_) => {
+                    sim.run_for(STEP, STEP);
+                    steps += 1;
+                }
                 Ok(Some(Ok(WatchEvent::Modified(p)))) => {
                     complete = p.data["status"]["conditions"].as_array().is_some_and(|cs| {
                         cs.iter()
@@ -519,7 +552,7 @@ fn the_kube_crate_lists_watches_and_patches_a_plan_while_the_suc_works() {
 
 #[test]
 fn request_faults_500s_delays_and_dropped_watches() {
-    let sim = cluster(1.0);
+    let sim = real_time_cluster();
     rt().block_on(async {
         let c = client(&sim).await;
         let plans = plans_api(&c);
@@ -563,8 +596,9 @@ fn request_faults_500s_delays_and_dropped_watches() {
     });
 }
 
-/// Apply both plans at `to` and run the simulated cluster until `done` or the time is up.
-fn rollout(sim: &KubeSim, to: &str, limit: Duration, done: impl Fn(&KubeSim) -> bool) -> bool {
+/// Apply both plans at `to` and run the simulated cluster until `done` (false if it never is, in
+/// a simulated day).
+fn rollout(sim: &KubeSim, to: &str, done: impl Fn(&KubeSim) -> bool) -> bool {
     rt().block_on(async {
         let c = client(sim).await;
         let plans = plans_api(&c);
@@ -576,14 +610,7 @@ fn rollout(sim: &KubeSim, to: &str, limit: Duration, done: impl Fn(&KubeSim) -> 
                 .expect("apply");
         }
     });
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if done(sim) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    run_until(sim, || done(sim))
 }
 
 fn node(sim: &KubeSim, name: &str) -> Value {
@@ -625,14 +652,13 @@ const FROM: &str = "v1.33.4+k3s1";
 const TO: &str = "v1.33.5+k3s1";
 
 fn fast_cluster() -> KubeSim {
-    // 90 s per node at 1,200x: 75 ms of wall time per node.
-    cluster(1200.0)
+    stepped_cluster()
 }
 
 #[test]
 fn a_full_rollout_of_one_server_and_two_agents() {
     let sim = fast_cluster();
-    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+    let ok = rollout(&sim, TO, |s| {
         plan_condition(s, "agent-plan").0 == "True" && plan_condition(s, "server-plan").0 == "True"
     });
     assert!(ok, "the rollout completed");
@@ -661,13 +687,13 @@ fn a_node_that_never_comes_back_ready() {
     sim.inject(ClusterFault::NodeNeverReady {
         node: "agent-1".into(),
     });
-    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+    let ok = rollout(&sim, TO, |s| {
         version(&node(s, "agent-1")) == TO && !cordoned(&node(s, "agent-1"))
     });
     assert!(ok);
     let a1 = node(&sim, "agent-1");
     assert!(!ready(&a1), "agent-1 upgraded but is NotReady");
-    std::thread::sleep(Duration::from_millis(300));
+    sim.run_for(Duration::from_secs(6 * 60), STEP);
     assert!(!ready(&node(&sim, "agent-1")), "and stays so");
 }
 
@@ -678,7 +704,7 @@ fn an_upgrade_that_takes_longer_than_the_job_deadline() {
         node: Some("server-1".into()),
         seconds: 3600,
     });
-    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+    let ok = rollout(&sim, TO, |s| {
         plan_condition(s, "server-plan").1 == "JobFailed"
     });
     assert!(ok, "{:?}", plan_condition(&sim, "server-plan"));
@@ -708,7 +734,7 @@ fn a_job_that_fails_although_the_node_upgraded() {
     sim.inject(ClusterFault::JobFailsButUpgraded {
         node: "agent-2".into(),
     });
-    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+    let ok = rollout(&sim, TO, |s| {
         plan_condition(s, "agent-plan").1 == "JobFailed" && version(&node(s, "agent-1")) == TO
     });
     assert!(ok, "{:?}", plan_condition(&sim, "agent-plan"));
@@ -736,7 +762,7 @@ fn a_pod_disruption_budget_that_blocks_the_drain() {
     sim.inject(ClusterFault::PdbBlocksDrain {
         node: "agent-1".into(),
     });
-    let ok = rollout(&sim, TO, Duration::from_secs(30), |s| {
+    let ok = rollout(&sim, TO, |s| {
         plan_condition(s, "agent-plan").1 == "JobFailed"
     });
     assert!(ok, "{:?}", plan_condition(&sim, "agent-plan"));
@@ -779,16 +805,7 @@ fn helm_upgrades_fail_when_told_and_volumes_degrade() {
         )
         .unwrap_or_default()
     };
-    let wait = |f: &dyn Fn(&Value) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if f(&hr(&sim)) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    };
+    let wait = |f: &dyn Fn(&Value) -> bool| run_until(&sim, || f(&hr(&sim)));
     sim.inject(ClusterFault::HelmUpgradeFails {
         release: "longhorn-system/longhorn".into(),
     });
@@ -818,10 +835,7 @@ fn helm_upgrades_fail_when_told_and_volumes_degrade() {
         )
         .unwrap_or_default()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while setting()["value"] != "v1.10.2" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    run_until(&sim, || setting()["value"] == "v1.10.2");
     let vol = sim
         .get(
             "longhorn.io",
@@ -882,12 +896,7 @@ fn timings_can_be_changed_by_tests() {
         node_upgrade: Duration::from_secs(1),
         ..Timings::default()
     });
-    assert!(rollout(
-        &sim,
-        TO,
-        Duration::from_secs(30),
-        |s| plan_condition(s, "agent-plan").0 == "True"
-    ));
+    assert!(rollout(&sim, TO, |s| plan_condition(s, "agent-plan").0 == "True"));
 }
 
 #[test]
@@ -932,16 +941,26 @@ fn a_rollout_rides_out_api_errors_and_dropped_watches() {
             .patch("agent-plan", &pp, &Patch::Apply(plan_json(AGENT_PLAN, TO)))
             .await
             .expect("apply");
-        let deadline = Instant::now() + Duration::from_secs(30);
         let mut drops = 0;
         let mut complete = false;
-        while !complete && Instant::now() < deadline {
+        let mut steps = 0;
+        while !complete && steps < 24 * 360 {
             let mut w = plans
                 .watch(&WatchParams::default(), "0")
                 .await
                 .expect("watch")
                 .boxed();
-            while let Some(ev) = w.next().await {
+            loop {
+                let ev = match tokio::time::timeout(Duration::from_millis(50), w.next()).await {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    // Nothing more to see at this instant: the cluster's clock moves on.
+                    Err(_) => {
+                        sim.run_for(STEP, STEP);
+                        steps += 1;
+                        continue;
+                    }
+                };
                 if let Ok(WatchEvent::Added(p) | WatchEvent::Modified(p)) = ev
                     && p.metadata.name.as_deref() == Some("agent-plan")
                     && p.data["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -1053,7 +1072,7 @@ fn the_shipped_rollout_crd_is_the_one_the_code_installs_and_kubectl_applies_it()
         path.display(),
         serde_json::to_string_pretty(&code).unwrap_or_default()
     );
-    let sim = cluster(1.0);
+    let sim = real_time_cluster();
     let k = Kubectl::new(&sim);
     let out = k.ok(&["apply", "--server-side", "-f", &path.to_string_lossy()]);
     assert!(out.contains("upkeeprollouts.upkeep.dev"), "{out}");
@@ -1124,7 +1143,7 @@ fn flux_repo(dir: &Path) -> (PathBuf, PathBuf) {
 /// Kustomization is left alone; `reconcile.fluxcd.io/requestedAt` applies a new commit now.
 #[test]
 fn flux_applies_git_and_takes_drift_back() {
-    let sim = cluster(600.0);
+    let sim = stepped_cluster();
     let dir = tempfile::tempdir().expect("tempdir");
     let (bare, work) = flux_repo(dir.path());
     sim.serve_git("flux-system", "flux-system", &bare);
@@ -1139,11 +1158,7 @@ fn flux_applies_git_and_takes_drift_back() {
         .unwrap_or_default()
     };
     let wait = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !f() {
-            assert!(Instant::now() < deadline, "never: {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        assert!(run_until(&sim, f), "never, in a simulated day: {what}");
     };
     wait("Flux applies the HelmRelease", &|| {
         sim.get(
@@ -1198,7 +1213,7 @@ fn flux_applies_git_and_takes_drift_back() {
     };
     patch_ks(&sim, json!({"spec": {"suspend": true}}));
     set(&sim, "1.10.2");
-    std::thread::sleep(Duration::from_secs(2));
+    sim.run_for(Duration::from_secs(20 * 60), STEP);
     assert_eq!(
         version(&sim),
         "1.10.2",

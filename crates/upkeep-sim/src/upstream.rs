@@ -103,6 +103,19 @@ struct Inner {
     counters: Counters,
     base: String,
     forge: Mutex<Option<super::github::Forge>>,
+    /// The clock the forge stamps pull requests, issues, comments and merges with (real time
+    /// unless a story gives its own: see [`UpstreamSim::set_clock`]).
+    clock: Mutex<Option<super::clock::SimClock>>,
+}
+
+impl Inner {
+    fn now(&self) -> chrono::DateTime<Utc> {
+        self.clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or_else(Utc::now, |c| c.now())
+    }
 }
 
 /// A running simulator. Dropping it does not stop the server; it stops with its runtime.
@@ -127,6 +140,7 @@ impl UpstreamSim {
             counters: Counters::default(),
             base: format!("http://{addr}"),
             forge: Mutex::new(None),
+            clock: Mutex::new(None),
         });
         let app = axum::Router::new()
             .fallback(handle)
@@ -137,6 +151,18 @@ impl UpstreamSim {
             }
         });
         Ok(UpstreamSim { inner, addr })
+    }
+
+    /// Stamp what the forge records (pull requests, issues, comments, merges) with `clock`, so
+    /// that a story on a simulated clock sees its own time there too ("opened an hour ago").
+    /// Rate-limit resets stay on real time: they are about the client's real waiting.
+    pub fn set_clock(&self, clock: super::clock::SimClock) {
+        *self.inner.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
+    }
+
+    /// The time the forge stamps things with.
+    pub fn now(&self) -> chrono::DateTime<Utc> {
+        self.inner.now()
     }
 
     /// Start on a runtime of its own in a background thread (for synchronous tests and tools).
@@ -516,7 +542,7 @@ fn forge_route(
             if !authorized(&data, headers) {
                 return Some(error(StatusCode::UNAUTHORIZED, "Bad credentials"));
             }
-            let answer = forge.handle(method, path, query, body, &inner.base, Utc::now());
+            let answer = forge.handle(method, path, query, body, &inner.base, inner.now());
             send_deliveries(forge.take_deliveries());
             answer
         }

@@ -214,6 +214,41 @@ pub struct Options {
     pub allow_degraded_volumes: bool,
     /// Where SUC, the snapshot Job and Longhorn live.
     pub namespaces: cluster::Namespaces,
+    /// How the time between two looks passes.
+    pub pace: Pace,
+}
+
+/// How the drive loop passes the time between two looks at the cluster.
+#[derive(Clone, Default)]
+pub enum Pace {
+    /// Sleep [`Options::poll`] of real time: the controller and `upkeep apply`.
+    #[default]
+    Sleep,
+    /// Call this instead. A simulation moves its own clock and lets its cluster act, so that a
+    /// story's outcome never depends on how busy the machine is (the `now` given to [`run`]
+    /// reads that clock, and the cycle's budget is counted on it).
+    Step(std::sync::Arc<dyn Fn() + Send + Sync>),
+}
+
+impl std::fmt::Debug for Pace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pace::Sleep => "Sleep",
+            Pace::Step(_) => "Step",
+        })
+    }
+}
+
+impl Pace {
+    async fn wait(&self, poll: Duration) {
+        match self {
+            Pace::Sleep => tokio::time::sleep(poll).await,
+            Pace::Step(step) => {
+                step();
+                tokio::task::yield_now().await;
+            }
+        }
+    }
 }
 
 impl Options {
@@ -232,6 +267,7 @@ impl Options {
             drain: p.drain,
             allow_degraded_volumes: p.allow_degraded_volumes,
             namespaces: cluster::Namespaces::default(),
+            pace: Pace::Sleep,
         }
     }
 }
@@ -672,7 +708,9 @@ impl<F: Forge> Driver<'_, '_, F> {
         names: &[(String, Component)],
         now: &(dyn Fn() -> DateTime<Utc> + Sync),
     ) -> Result<(), String> {
-        let start = std::time::Instant::now();
+        // The budget is counted on the clock the rollouts are judged by (the real one, or a
+        // simulation's).
+        let start = now();
         loop {
             let observed = cluster::observe(self.client, self.ns())
                 .await
@@ -713,10 +751,11 @@ impl<F: Forge> Driver<'_, '_, F> {
                     }
                 }
             }
-            if !active || waiting_only || start.elapsed() >= self.opts.budget {
+            let spent = (now() - start).to_std().unwrap_or_default();
+            if !active || waiting_only || spent >= self.opts.budget {
                 return Ok(());
             }
-            tokio::time::sleep(self.opts.poll).await;
+            self.opts.pace.wait(self.opts.poll).await;
         }
     }
 

@@ -22,23 +22,12 @@ use super::store::{Ctx, Gr, PatchKind, Store, gr, timestamp};
 use super::{ClusterFault, Shared, Timings};
 use upkeep::versions::{self, Scheme};
 
-/// The simulated controllers, forever, one step per tick.
+/// The simulated controllers, forever, one look per tick of real time (a running clock; a
+/// stepped one is moved, and the controllers settled, by whoever moves it).
 pub async fn run(shared: Arc<Shared>) {
-    let mut prev = shared.clock.now();
     loop {
-        let timings = shared.timings();
-        tokio::time::sleep(timings.tick).await;
-        let faults = shared.cluster_faults();
-        let artifacts = shared.artifacts();
-        let now = shared.clock.now();
-        let used = {
-            let mut store = shared.store();
-            step_with_sources(&mut store, prev, now, &faults, &timings, &artifacts)
-        };
-        prev = now;
-        for f in used {
-            shared.consume(&f);
-        }
+        tokio::time::sleep(shared.timings().tick).await;
+        shared.look();
     }
 }
 

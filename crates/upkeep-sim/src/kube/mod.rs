@@ -126,6 +126,24 @@ impl Default for Timings {
     }
 }
 
+impl Timings {
+    /// These timings with every simulated duration divided by `factor` (the tick unchanged):
+    /// a cluster on real time whose work is quick, for tests of the controller binary, which
+    /// lives on real time too.
+    pub fn quicker(&self, factor: f64) -> Timings {
+        let f = factor.max(0.001);
+        Timings {
+            node_upgrade: self.node_upgrade.div_f64(f),
+            drain: self.drain.div_f64(f),
+            helm_upgrade: self.helm_upgrade.div_f64(f),
+            flux_upgrade: self.flux_upgrade.div_f64(f),
+            snapshot: self.snapshot.div_f64(f),
+            longhorn_manager: self.longhorn_manager.div_f64(f),
+            tick: self.tick,
+        }
+    }
+}
+
 /// What the simulated cluster starts with.
 #[derive(Debug, Clone)]
 pub struct ClusterSpec {
@@ -227,6 +245,9 @@ pub struct Shared {
     /// GitRepositories (namespace, name) whose repository the emulator reads: a bare repository
     /// on disk, and the artifact last built from it.
     git_sources: Mutex<std::collections::BTreeMap<(String, String), GitSource>>,
+    /// When the simulated controllers last looked (work that became possible since is dated
+    /// from then).
+    last_look: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// A GitRepository served from a bare repository on disk.
@@ -282,6 +303,26 @@ impl Shared {
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One look by every simulated controller at the clock's time (see [`actors::step_since`]).
+    pub fn look(&self) {
+        let timings = self.timings();
+        let faults = self.cluster_faults();
+        let artifacts = self.artifacts();
+        let now = self.clock.now();
+        let used = {
+            let mut last = self.last_look.lock().unwrap_or_else(|e| e.into_inner());
+            let prev = last.unwrap_or(now);
+            let mut store = self.store();
+            let used =
+                actors::step_with_sources(&mut store, prev, now, &faults, &timings, &artifacts);
+            *last = Some(now);
+            used
+        };
+        for f in used {
+            self.consume(&f);
+        }
     }
 
     fn faults(&self) -> MutexGuard<'_, Vec<(ClusterFault, usize)>> {
@@ -340,6 +381,10 @@ impl Shared {
     }
 }
 
+/// How many looks [`KubeSim::settle`] takes at most at one instant (a chain of reactions:
+/// a Plan makes a Job, the Job a cordon, ...).
+const SETTLE_LOOKS: usize = 8;
+
 /// A running Kubernetes API emulator.
 #[derive(Clone)]
 pub struct KubeSim {
@@ -395,6 +440,7 @@ impl KubeSim {
             counters: Counters::default(),
             audit: Mutex::default(),
             git_sources: Mutex::default(),
+            last_look: Mutex::new(Some(opts.clock.now())),
             bookmark_interval: opts.bookmark_interval,
             base: format!("https://{addr}"),
             ca_pem: certs.ca_pem.clone(),
@@ -407,7 +453,9 @@ impl KubeSim {
                 tracing::error!(error = %e, "the Kubernetes emulator stopped");
             }
         });
-        if opts.actors {
+        // On a stepped clock the controllers look only when the clock is moved (`run_for`,
+        // `pace`): whatever the machine is busy with, they see the same instants.
+        if opts.actors && !opts.clock.is_stepped() {
             tokio::spawn(actors::run(shared.clone()));
         }
         if let Some(f) = state_file {
@@ -526,6 +574,60 @@ impl KubeSim {
             _ => 1,
         };
         self.shared.faults().push((fault, times));
+    }
+
+    /// Let the simulated controllers act at the clock's present time until nothing more
+    /// changes (bounded): what each reaction makes possible at the same instant happens too.
+    pub fn settle(&self) {
+        for _ in 0..SETTLE_LOOKS {
+            let before = self.store().resource_version();
+            self.shared.look();
+            if self.store().resource_version() == before {
+                return;
+            }
+        }
+    }
+
+    /// Move a stepped clock forward by `d`, in steps of at most `step`, the simulated
+    /// controllers settling after each: simulated time that passes with nobody but the cluster
+    /// acting (a test waiting for nodes, the demo's day of soak).
+    pub fn run_for(&self, d: Duration, step: Duration) {
+        let step = step.max(Duration::from_millis(1));
+        let mut left = d;
+        self.settle();
+        while !left.is_zero() {
+            let s = left.min(step);
+            self.shared.clock.advance(s);
+            self.settle();
+            left -= s;
+        }
+    }
+
+    /// Move the clock to `t` (if later) as [`run_for`](Self::run_for) does.
+    pub fn run_until(&self, t: DateTime<Utc>, step: Duration) {
+        let d = (t - self.shared.clock.now()).to_std().unwrap_or_default();
+        self.run_for(d, step);
+    }
+
+    /// How upkeep's apply loop passes the time between two looks at this cluster: one `step`
+    /// of the simulated clock, the simulated controllers settling after it. With a stepped
+    /// clock, a rollout's story is the same however busy the machine is.
+    pub fn pace(&self, step: Duration) -> upkeep::apply::Pace {
+        self.pace_with(step, |_| {})
+    }
+
+    /// [`pace`](Self::pace), calling `after` once the cluster settled after each step (the
+    /// demo tells what changed).
+    pub fn pace_with(
+        &self,
+        step: Duration,
+        after: impl Fn(&KubeSim) + Send + Sync + 'static,
+    ) -> upkeep::apply::Pace {
+        let sim = self.clone();
+        upkeep::apply::Pace::Step(Arc::new(move || {
+            sim.run_for(step, step);
+            after(&sim);
+        }))
     }
 
     pub fn set_timings(&self, t: Timings) {
