@@ -191,6 +191,7 @@ fn k3s(at: &Version, max_minor_step: u64) -> Component {
             max_minor_step: Some(max_minor_step),
             downgrade: Downgrade::Never,
         },
+        runs: upkeep::model::Runs::K3s,
     }
 }
 

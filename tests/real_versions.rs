@@ -248,6 +248,7 @@ fn component(name: &str, version: &str, rule: PathRule) -> upkeep::model::Compon
         sources: Default::default(),
         allowed: None,
         path_rule: rule,
+        runs: upkeep::model::Runs::Unknown,
     }
 }
 

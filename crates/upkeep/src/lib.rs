@@ -15,6 +15,7 @@ pub mod forge;
 pub mod gitrepo;
 pub mod history;
 pub mod knowledge;
+pub mod layout;
 pub mod leader;
 pub mod maintenance;
 pub mod model;

@@ -1654,6 +1654,7 @@ pub(crate) mod tests {
                 max_minor_step: Some(1),
                 downgrade: Downgrade::Never,
             },
+            runs: crate::model::Runs::K3s,
         }
     }
 

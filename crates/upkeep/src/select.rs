@@ -323,6 +323,7 @@ mod tests {
             sources: Sources::default(),
             allowed: None,
             path_rule: rule,
+            runs: crate::model::Runs::Unknown,
         }
     }
     const STEP1: PathRule = PathRule {

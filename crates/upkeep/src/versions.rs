@@ -438,10 +438,11 @@ impl PathRule {
         downgrade: Downgrade::Allowed,
     };
     /// A component without rules of its own: never skip a minor (most projects' upgrade guides
-    /// say so; a rule opts out with `maxMinorStep: 0`), downgrades allowed.
+    /// say so; a rule opts out with `maxMinorStep: 0`), and never go down (a chart's migrations
+    /// rarely run backwards; a rule opts in with `downgrade: allowed`).
     pub const DEFAULT: PathRule = PathRule {
         max_minor_step: Some(1),
-        downgrade: Downgrade::Allowed,
+        downgrade: Downgrade::Never,
     };
 }
 

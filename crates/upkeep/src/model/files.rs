@@ -145,6 +145,20 @@ pub struct ComponentEntry {
     /// Only versions in this range are proposed, e.g. `>=1.9.0, <2.0.0`.
     #[serde(default)]
     pub allowed: Option<Sp<String>>,
+    /// The Helm chart whose version this is (e.g. `cert-manager`): upkeep finds the HelmRelease
+    /// of this chart (through `chart.spec.chart`, or the URL of its `chartRef` OCIRepository) and
+    /// changes its version. Default: the chart of a `helmChart` or OCI chart source; `longhorn`
+    /// for Longhorn.
+    #[serde(default)]
+    pub chart: Option<Sp<String>>,
+    /// The image whose tag is this version (e.g. `docker.io/rancher/system-upgrade-controller`),
+    /// for a component deployed by a generic chart such as app-template: upkeep changes the
+    /// `tag` next to this `repository` in the HelmRelease's values.
+    #[serde(default)]
+    pub image: Option<Sp<String>>,
+    /// Which HelmRelease (`namespace/name`), when several deploy the chart or the image.
+    #[serde(default)]
+    pub release: Option<Sp<String>>,
 }
 
 /// Upstream sources of releases; set one or more.

@@ -284,6 +284,44 @@ pub struct Component {
     pub sources: Sources,
     pub allowed: Option<semver::VersionReq>,
     pub path_rule: PathRule,
+    /// Where its version lives in the cluster and in git.
+    pub runs: Runs,
+}
+
+/// Where a component's version lives: said in versions.yaml (`chart:`, `image:`, `release:`)
+/// or known (k3s, Flux, Longhorn), never guessed from a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Runs {
+    /// The nodes' k3s, upgraded by SUC Plans (upkeep's own, or the user's in git).
+    K3s,
+    /// Flux, installed by flux-operator: a FluxInstance, written or rendered by the
+    /// flux-instance chart.
+    Flux,
+    /// A Helm chart's version: the HelmRelease of this chart (`release`: which one).
+    Chart {
+        chart: String,
+        release: Option<String>,
+    },
+    /// An image's tag in a HelmRelease's values (or a workload's container).
+    Image {
+        image: String,
+        release: Option<String>,
+    },
+    /// Not said: upkeep proposes its updates but cannot apply them.
+    Unknown,
+}
+
+impl Runs {
+    /// `namespace/name` of the HelmRelease named in versions.yaml.
+    pub fn release(&self) -> Option<(&str, &str)> {
+        match self {
+            Runs::Chart { release, .. } | Runs::Image { release, .. } => {
+                release.as_deref().and_then(|r| r.split_once('/'))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// What a component follows upstream.

@@ -10,13 +10,13 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 
 use super::files::{
-    ComponentRuleEntry, FreezeEntry, PolicyFile, SourceEntry, Sp, UpdateEntry, VersionsFile,
+    ComponentEntry, ComponentRuleEntry, FreezeEntry, PolicyFile, SourceEntry, Sp, UpdateEntry, VersionsFile,
     WindowEntry, WindowKind,
 };
 use super::load::VERSIONS_FILE;
 use super::{
     API_VERSION, Component, ConfigRepo, Emergency, HelmChartSource, Pin, PullRequestLimits,
-    ReleaseAge, Selector, Sources, Track, UpdateRule, parse_duration, suggest,
+    ReleaseAge, Runs, Selector, Sources, Track, UpdateRule, parse_duration, suggest,
 };
 use crate::diag::{Diagnostic, Pos};
 use crate::knowledge;
@@ -1105,6 +1105,7 @@ fn component(
         },
         None => None,
     };
+    let runs = runs_of(cx, f, &name.value, e, &src);
     Some(Component {
         name: name.value.clone(),
         version,
@@ -1113,7 +1114,92 @@ fn component(
         sources: src,
         allowed,
         path_rule,
+        runs,
     })
+}
+
+/// Where a component's version lives, from `chart:`, `image:` and `release:` (checked), the
+/// built-in knowledge, or its chart source.
+fn runs_of(cx: &mut Ctx, f: &str, name: &str, e: &ComponentEntry, src: &Sources) -> Runs {
+    let release = e.release.as_ref().and_then(|r| {
+        let ok = r
+            .value
+            .split_once('/')
+            .is_some_and(|(ns, n)| !ns.is_empty() && !n.is_empty() && !n.contains('/'));
+        if !ok {
+            cx.error(
+                f,
+                r.pos,
+                format!("component `{name}`: release {:?} is not `namespace/name`", r.value),
+                "write the HelmRelease as `namespace/name`, e.g. `release: cert-manager/cert-manager`",
+            );
+        }
+        ok.then(|| r.value.clone())
+    });
+    if matches!(name, "k3s" | "flux") {
+        for (field, pos) in [
+            ("chart", e.chart.as_ref().map(|x| x.pos)),
+            ("image", e.image.as_ref().map(|x| x.pos)),
+            ("release", e.release.as_ref().map(|x| x.pos)),
+        ] {
+            if let Some(pos) = pos {
+                cx.error(
+                    f,
+                    pos,
+                    format!("component `{name}`: `{field}` does not apply: upkeep knows where {name} runs"),
+                    "remove it",
+                );
+            }
+        }
+        return if name == "k3s" { Runs::K3s } else { Runs::Flux };
+    }
+    if let (Some(c), Some(i)) = (&e.chart, &e.image) {
+        cx.error(
+            f,
+            i.pos,
+            format!(
+                "component `{name}`: both `chart: {}` and `image: {}`: say one",
+                c.value, i.value
+            ),
+            "`chart` when the version is the chart's, `image` when it is an image tag in the release's values",
+        );
+    }
+    if let Some(i) = &e.image {
+        let bad = i.value.contains('@')
+            || i.value.rsplit('/').next().is_some_and(|last| last.contains(':'));
+        if bad || i.value.trim().is_empty() {
+            cx.error(
+                f,
+                i.pos,
+                format!("component `{name}`: image {:?} should be a repository without a tag or digest", i.value),
+                "e.g. `image: docker.io/rancher/system-upgrade-controller`",
+            );
+        }
+        return Runs::Image {
+            image: i.value.clone(),
+            release,
+        };
+    }
+    let chart = e
+        .chart
+        .as_ref()
+        .map(|c| c.value.clone())
+        .or_else(|| src.helm_chart.as_ref().map(|h| h.chart.clone()))
+        .or_else(|| (name == "longhorn").then(|| "longhorn".to_string()));
+    match chart {
+        Some(chart) => Runs::Chart { chart, release },
+        None => {
+            if let Some(r) = &e.release {
+                cx.error(
+                    f,
+                    r.pos,
+                    format!("component `{name}`: `release` without `chart` or `image`"),
+                    "say which chart (`chart:`) or image (`image:`) in that release carries the version",
+                );
+            }
+            Runs::Unknown
+        }
+    }
 }
 
 fn parse_track(t: &str, scheme: Scheme, has_channel_server: bool) -> Result<Track, String> {
