@@ -8,7 +8,9 @@ use upkeep::layout::{Field, Reading};
 use upkeep::model::Runs;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/layouts").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/layouts")
+        .join(name)
 }
 
 fn chart(c: &str) -> Runs {
@@ -19,7 +21,11 @@ fn chart(c: &str) -> Runs {
 }
 
 /// (object, field, value, file of the edit, variable) of each carrier.
-fn carriers(r: &Reading, component: &str, runs: &Runs) -> Vec<(String, Field, String, String, Option<String>)> {
+fn carriers(
+    r: &Reading,
+    component: &str,
+    runs: &Runs,
+) -> Vec<(String, Field, String, String, Option<String>)> {
     r.carriers(component, runs)
         .carriers
         .into_iter()
@@ -37,7 +43,10 @@ fn carriers(r: &Reading, component: &str, runs: &Runs) -> Vec<(String, Field, St
 fn cluster_template_k3s_plans_by_variable_and_the_controller_by_its_image_never_by_name() {
     let r = Reading::of_dir(&fixture("cluster-template-k3s"), "");
     assert!(
-        r.layout.notes.iter().all(|n| n.message.contains("remote resource")),
+        r.layout
+            .notes
+            .iter()
+            .all(|n| n.message.contains("remote resource")),
         "{:#?}",
         r.layout.notes
     );
@@ -133,7 +142,14 @@ fn home_ops_oci_flux_instance_chart_oci_charts_target_namespace_and_a_configmap_
 #[test]
 fn damacus_k3s_values_behind_a_generator_longhorn_in_storage_and_pinned_plans() {
     let r = Reading::of_dir(&fixture("damacus-k3s"), "");
-    assert!(r.layout.notes.iter().all(|n| n.message.contains("configurations") || n.message.contains("not taken")), "{:#?}", r.layout.notes);
+    assert!(
+        r.layout
+            .notes
+            .iter()
+            .all(|n| n.message.contains("configurations") || n.message.contains("not taken")),
+        "{:#?}",
+        r.layout.notes
+    );
     assert_eq!(
         carriers(&r, "flux", &Runs::Flux),
         vec![(
@@ -156,7 +172,9 @@ fn damacus_k3s_values_behind_a_generator_longhorn_in_storage_and_pinned_plans() 
     );
     let k3s = carriers(&r, "k3s", &Runs::K3s);
     assert_eq!(
-        k3s.iter().map(|c| (c.0.as_str(), c.2.as_str(), c.4.is_none())).collect::<Vec<_>>(),
+        k3s.iter()
+            .map(|c| (c.0.as_str(), c.2.as_str(), c.4.is_none()))
+            .collect::<Vec<_>>(),
         vec![
             ("Plan system-upgrade/controllers", "v1.33.4+k3s1", true),
             ("Plan system-upgrade/workers", "v1.33.4+k3s1", true)
@@ -186,7 +204,9 @@ fn multi_cluster_each_cluster_reads_its_own_tree_and_the_root_reads_both_as_ambi
     let m = root.carriers("podinfo", &chart("podinfo"));
     assert!(m.carriers.is_empty());
     assert!(
-        m.problems.iter().any(|p| p.message.contains("2 HelmReleases deploy the chart podinfo")),
+        m.problems.iter().any(|p| p
+            .message
+            .contains("2 HelmReleases deploy the chart podinfo")),
         "{:#?}",
         m.problems
     );
@@ -194,7 +214,10 @@ fn multi_cluster_each_cluster_reads_its_own_tree_and_the_root_reads_both_as_ambi
 
 #[test]
 fn the_example_repository() {
-    let r = Reading::of_dir(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo"), "");
+    let r = Reading::of_dir(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/cluster-repo"),
+        "",
+    );
     assert!(r.layout.notes.is_empty(), "{:#?}", r.layout.notes);
     assert_eq!(
         carriers(&r, "flux", &Runs::Flux),

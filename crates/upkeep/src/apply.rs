@@ -403,6 +403,7 @@ pub async fn run_detailed<F: Forge>(
         opts,
         api: rollouts(client, &opts.namespace),
         suspensions: &suspensions,
+        reading: Default::default(),
     };
     let pulls = match repo.forge {
         Some(f) => f
@@ -544,6 +545,8 @@ struct Driver<'a, 'r, F: Forge> {
     opts: &'a Options,
     api: Api<DynamicObject>,
     suspensions: &'a crate::operate::Suspensions,
+    /// The base branch's tip read as Flux builds it, by commit (read again when it moves).
+    reading: std::sync::Mutex<Option<(String, std::sync::Arc<crate::layout::Reading>)>>,
 }
 
 /// One rollout while it is driven: what it is and what the cluster shows.
@@ -584,7 +587,7 @@ impl<F: Forge> Driver<'_, '_, F> {
             .iter()
             .filter(|c| self.opts.only.as_ref().is_none_or(|o| *o == c.name))
         {
-            let running = observed.running(&c.name);
+            let running = observed.running(c);
             let Some(from) = running.lowest(c.scheme) else {
                 continue;
             };
@@ -803,34 +806,14 @@ impl<F: Forge> Driver<'_, '_, F> {
                 bypass_freezes: false,
             },
         );
-        // A fight with Flux is refused in preflight; say which file in the config repository
-        // defines the object.
-        let located;
-        // Flux decides by the manifest in git (`ssa: IfNotPresent` there is what it honours,
-        // even where the live object lacks it), so that is read too.
-        // When upkeep can change the version in that file, it applies through Flux.
-        let observed = match fought_by_flux(c, observed) {
-            Some(key) => {
-                let mut o = observed.clone();
-                match self.find_manifest(&key, kustomization_path(observed, &key)) {
-                    Some((_, true)) => mark_flux(&mut o, &key, |f| f.if_not_present = true),
-                    Some((file, false)) => {
-                        let hop = current_hop(&spec, &status);
-                        match self.edit_manifest(&key, &file, &hop) {
-                            Ok(_) => {
-                                mark_flux(&mut o, &key, |f| f.through_git = Some(file.clone()))
-                            }
-                            Err(e) => {
-                                o.manifests.insert(key, format!("{file} ({e})"));
-                            }
-                        }
-                    }
-                    None => {}
-                }
-                located = o;
-                &located
-            }
-            None => observed,
+        // How the version gets to the cluster: through git where the repository carries it
+        // (as Flux builds it), else in the cluster, else refused with why (preflight says it).
+        let routed;
+        let observed = {
+            let mut o = observed.clone();
+            o.routes.insert(c.name.clone(), self.route(c, observed));
+            routed = o;
+            &routed
         };
         let target = Target {
             name: &name,
@@ -1243,121 +1226,102 @@ impl<F: Forge> Driver<'_, '_, F> {
         Ok(())
     }
 
-    /// The file at the base branch's tip, under the Kustomization's `path` (so another
-    /// cluster's copy in the same repository is not taken), that defines `key`
-    /// (`Kind/namespace/name`), and whether it carries `kustomize.toolkit.fluxcd.io/ssa:
-    /// IfNotPresent` there.
-    fn find_manifest(&self, key: &str, under: Option<String>) -> Option<(String, bool)> {
-        let mut parts = key.splitn(3, '/');
-        let (kind, ns, name) = (parts.next()?, parts.next()?, parts.next()?);
-        let git = self.repo.git;
-        let tip = git.tip(&self.repo.base).ok()?;
-        let prefix = under
-            .map(|p| p.trim_start_matches("./").trim_matches('/').to_string())
-            .filter(|p| !p.is_empty())
-            .map(|p| format!("{p}/"));
-        for path in git.files(tip, &[".yaml", ".yml"]).ok()? {
-            if prefix
-                .as_ref()
-                .is_some_and(|p| !path.starts_with(p.as_str()))
-            {
-                continue;
-            }
-            let Ok(Some(bytes)) = git.read_file(tip, &path) else {
-                continue;
-            };
-            let text = String::from_utf8_lossy(&bytes);
-            let found = text.split("\n---").find_map(|doc| {
-                serde_saphyr::from_str::<Value>(doc).ok().filter(|v| {
-                    v["kind"] == kind
-                        && v["metadata"]["name"] == name
-                        && v["metadata"]["namespace"].as_str().is_none_or(|n| n == ns)
-                })
-            });
-            if let Some(v) = found {
-                let if_not_present =
-                    v["metadata"]["annotations"]["kustomize.toolkit.fluxcd.io/ssa"]
-                        .as_str()
-                        .is_some_and(|x| x.eq_ignore_ascii_case("IfNotPresent"));
-                return Some((path, if_not_present));
-            }
+    /// The base branch's tip, read as Flux builds it (`None` when git cannot be read: the
+    /// component is then applied in the cluster, as without a repository).
+    fn reading(&self) -> Option<std::sync::Arc<crate::layout::Reading>> {
+        let tip = self.repo.git.tip(&self.repo.base).ok()?.to_string();
+        let mut cache = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, r)) = cache.as_ref()
+            && *at == tip
+        {
+            return Some(r.clone());
         }
-        None
+        let oid = self.repo.git.tip(&self.repo.base).ok()?;
+        let listing = self.repo.git.listing(oid).ok()?;
+        let r = std::sync::Arc::new(crate::layout::Reading::of_files(
+            crate::layout::Files::from_listing(listing),
+            &self.repo.subdir,
+        ));
+        *cache = Some((tip, r.clone()));
+        Some(r)
     }
 
-    /// The manifest `file` at the base branch's tip with the version of `key`
-    /// (`Kind/namespace/name`) set to `version` (`None`: it is that already).
-    fn edit_manifest(
-        &self,
-        key: &str,
-        file: &str,
-        version: &str,
-    ) -> Result<Option<String>, String> {
-        let mut parts = key.splitn(3, '/');
-        let (Some(kind), Some(ns), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("{key} is not Kind/namespace/name"));
-        };
-        let field = if kind == "FluxInstance" {
-            crate::gitrepo::VersionField::FluxDistribution
-        } else {
-            crate::gitrepo::VersionField::HelmChart
-        };
-        let git = self.repo.git;
-        let tip = git.tip(&self.repo.base).map_err(|e| e.to_string())?;
-        let text = git
-            .read_file(tip, file)
-            .map_err(|e| e.to_string())?
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .ok_or_else(|| format!("{file} is not on {}", self.repo.base))?;
-        crate::gitrepo::set_manifest_version(file, &text, (kind, ns, name), field, version)
-            .map_err(|e| e.to_string())
+    /// How `c`'s version gets to the cluster (see [`crate::route`]).
+    fn route(&self, c: &Component, observed: &Observed) -> crate::route::Route {
+        let mapping = self.reading().map(|r| r.carriers(&c.name, &c.runs));
+        crate::route::decide(c, mapping.as_ref(), observed)
     }
 
-    /// Apply `version` through Flux: change it in the manifest `file` on the base branch (a
-    /// commit of upkeep's, never forced; nothing when git says it already), then ask Flux to
-    /// reconcile the source and the Kustomization now (`reconcile.fluxcd.io/requestedAt`,
-    /// as `flux reconcile` does), instead of at their next interval.
-    async fn apply_through_flux(
-        &self,
-        t: &Target<'_>,
-        h: &cluster::Health,
-        file: &str,
-        version: &str,
-    ) -> Result<(), String> {
-        let key = format!("{}/{}/{}", h.kind, h.namespace, h.name);
+    /// Apply `version` through git: write it where the repository carries it (every carrier,
+    /// keeping the files' spelling; nothing when git says it already) in one commit on the
+    /// base branch, never forced, then ask Flux to reconcile the Kustomizations that apply
+    /// them (and their source) now (`reconcile.fluxcd.io/requestedAt`, as `flux reconcile`
+    /// does) instead of at their next interval.
+    async fn apply_through_git(&self, t: &Target<'_>, version: &str) -> Result<(), String> {
         let git = self.repo.git;
         git.fetch().map_err(|e| e.to_string())?;
+        let reading = self
+            .reading()
+            .ok_or_else(|| format!("cannot read {} of the config repository", self.repo.base))?;
+        let mapping = reading.carriers(&t.component.name, &t.component.runs);
+        let edits: Vec<(&crate::layout::EditAt, &str)> = mapping
+            .carriers
+            .iter()
+            .filter(|c| !crate::layout::same_version(&c.value, version))
+            .filter_map(|c| c.edit.as_ref().ok().map(|e| (e, version)))
+            .collect();
         let mut tip = git.tip(&self.repo.base).map_err(|e| e.to_string())?;
-        if let Some(edited) = self.edit_manifest(&key, file, version)? {
+        if !edits.is_empty() {
+            let changed =
+                crate::layout::write_versions(&reading.files, &edits).map_err(|e| e.to_string())?;
+            let places: Vec<String> = mapping
+                .carriers
+                .iter()
+                .map(|c| format!("{} ({})", c.object, c.at()))
+                .collect();
             let message = format!(
-                "chore({}): apply {version} through Flux\n\nupkeep's rollout {} changes {} {}/{} in the maintenance window.",
-                t.component.name, t.name, h.kind, h.namespace, h.name
+                "chore({}): apply {version} through Flux\n\nupkeep's rollout {} changes {} in the maintenance window.",
+                t.component.name,
+                t.name,
+                places.join(", ")
             );
+            let files: Vec<(&str, &[u8])> = changed
+                .iter()
+                .map(|(p, text)| (p.as_str(), text.as_bytes()))
+                .collect();
             let commit = git
-                .commit_file(tip, file, edited.as_bytes(), &message, &self.repo.author)
+                .commit_files(tip, &files, &message, &self.repo.author)
                 .map_err(|e| e.to_string())?;
             git.push(commit, &self.repo.base, false).map_err(|e| {
                 format!(
-                    "cannot push {version} of {key} to {}: {e} (upkeep applies versions Flux takes from git by committing them; allow it to push, or see docs/relations.md)",
-                    self.repo.base
+                    "cannot push {version} of {} to {}: {e} (upkeep applies versions Flux takes from git by committing them; allow it to push, or see docs/relations.md)",
+                    t.component.name, self.repo.base
                 )
             })?;
             tip = commit;
         }
-        let Some(ks) = h.flux.as_ref().map(|f| f.kustomization.clone()) else {
-            return Ok(());
-        };
         let token = tip.to_string();
-        let mut requests: Vec<(String, String)> =
-            vec![(format!("Kustomization/{ks}"), token.clone())];
-        if let Some(src) = t
-            .observed
-            .kustomizations
+        let mut requests: Vec<(String, String)> = Vec::new();
+        for ks in mapping
+            .carriers
             .iter()
-            .find(|k| format!("{}/{}", k.namespace, k.name) == ks)
-            .and_then(|k| k.source.clone())
+            .filter_map(|c| c.applied_by.as_ref())
+            .map(|k| format!("{}/{}", k.namespace, k.name))
         {
-            requests.insert(0, (src, token));
+            if let Some(src) = t
+                .observed
+                .kustomizations
+                .iter()
+                .find(|k| format!("{}/{}", k.namespace, k.name) == ks)
+                .and_then(|k| k.source.clone())
+                && !requests.iter().any(|(o, _)| *o == src)
+            {
+                requests.insert(0, (src, token.clone()));
+            }
+            let object = format!("Kustomization/{ks}");
+            if !requests.iter().any(|(o, _)| *o == object) {
+                requests.push((object, token.clone()));
+            }
         }
         for (object, token) in requests {
             self.request_reconcile(&object, &token).await?;
@@ -1414,11 +1378,17 @@ impl<F: Forge> Driver<'_, '_, F> {
                 self.longhorn_backup(t, name).await
             }
             Effect::Backup { name } => self.etcd_snapshot(t, name).await,
-            Effect::Apply { version } => match (t.component.name.as_str(), through_git(t)) {
+            Effect::Apply { version } => match (
+                t.component.name.as_str(),
+                t.observed.routes.get(&t.component.name),
+            ) {
+                (_, Some(crate::route::Route::Git { .. })) => {
+                    self.apply_through_git(t, version).await
+                }
+                (_, Some(crate::route::Route::Refused { why })) => Err(why.clone()),
                 ("k3s", _) => self.apply_plans(t, version, PlanMode::Run).await,
-                (_, Some((h, file))) => self.apply_through_flux(t, h, &file, version).await,
-                ("flux", None) => self.set_flux_version(t, version).await,
-                (_, None) => self.set_chart_version(t, version).await,
+                ("flux", _) => self.set_flux_version(t, version).await,
+                _ => self.set_chart_version(t, version).await,
             },
             Effect::Pause | Effect::Halt if k3s => {
                 let hop = current_hop(t.spec, next);
@@ -1716,10 +1686,11 @@ impl<F: Forge> Driver<'_, '_, F> {
     /// Server-side apply of the chart version on the component's HelmRelease.
     async fn set_chart_version(&self, t: &Target<'_>, version: &str) -> Result<(), String> {
         let name = &t.component.name;
-        let h = t
-            .observed
-            .helm_release_of(name)
-            .ok_or_else(|| format!("no HelmRelease for {name}"))?;
+        let h = t.observed.release_of(&t.component.runs).ok_or_else(|| {
+            format!(
+                "no HelmRelease for {name} (its chart's one release, or the one `release:` names)"
+            )
+        })?;
         let spec = json!({"chart": {"spec": {"version": version.trim_start_matches('v')}}});
         self.apply_spec(
             h,
@@ -1808,60 +1779,6 @@ impl<F: Forge> Driver<'_, '_, F> {
             return Ok(());
         }
         forge.comment(pr, body).await.map_err(|e| e.to_string())
-    }
-}
-
-/// The object (`Kind/namespace/name`) whose version Flux sets from git and upkeep would fight
-/// over, for component `c`.
-fn fought_by_flux(c: &Component, o: &Observed) -> Option<String> {
-    let h = if c.name == "flux" {
-        o.flux_instances.first()
-    } else {
-        o.helm_release_of(&c.name)
-    }?;
-    let f = h.flux.as_ref()?;
-    (f.owns_version && !f.if_not_present).then(|| format!("{}/{}/{}", h.kind, h.namespace, h.name))
-}
-
-/// The `spec.path` of the Kustomization that applies `key` (`Kind/namespace/name`).
-fn kustomization_path(o: &Observed, key: &str) -> Option<String> {
-    let h = o
-        .helm_releases
-        .iter()
-        .chain(&o.flux_instances)
-        .find(|h| format!("{}/{}/{}", h.kind, h.namespace, h.name) == key)?;
-    let k = h.flux.as_ref()?.kustomization.clone();
-    o.kustomizations
-        .iter()
-        .find(|x| format!("{}/{}", x.namespace, x.name) == k)?
-        .path
-        .clone()
-}
-
-/// The release object of the rollout's component and the manifest upkeep changes its version
-/// in, when the version goes through Flux.
-fn through_git<'a>(t: &'a Target<'_>) -> Option<(&'a cluster::Health, String)> {
-    let h = if t.component.name == "flux" {
-        t.observed.flux_instances.first()
-    } else {
-        t.observed.helm_release_of(&t.component.name)
-    }?;
-    let file = h.flux.as_ref()?.through_git.clone()?;
-    Some((h, file))
-}
-
-/// Change how Flux manages `key` (`Kind/namespace/name`) in what was observed, as git says.
-fn mark_flux(o: &mut Observed, key: &str, f: impl Fn(&mut cluster::FluxManaged)) {
-    for h in o
-        .helm_releases
-        .iter_mut()
-        .chain(o.flux_instances.iter_mut())
-    {
-        if format!("{}/{}/{}", h.kind, h.namespace, h.name) == key
-            && let Some(flux) = h.flux.as_mut()
-        {
-            f(flux);
-        }
     }
 }
 

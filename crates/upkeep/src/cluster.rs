@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::layout::route::Route;
 use crate::versions::{self, Scheme, Version};
 
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +148,9 @@ pub struct PlanState {
     pub complete: bool,
     pub failed: Option<String>,
     pub applying: Vec<String>,
+    /// Flux applies this Plan from git (kustomize-controller's labels).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flux: Option<FluxManaged>,
 }
 
 impl PlanState {
@@ -183,8 +187,12 @@ pub struct Health {
     pub running: Option<String>,
     /// What is asked: the chart version or distribution version in the spec.
     pub desired: Option<String>,
-    /// A HelmRelease's chart name.
+    /// A HelmRelease's chart name: the one Helm installed (`status.history[0].chartName`),
+    /// else `spec.chart.spec.chart`.
     pub chart: Option<String>,
+    /// A HelmRelease's images in its values: (`repository`, `tag`) of each mapping that has both.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<(String, String)>,
     /// Flux applies this object from git (kustomize-controller's labels), and how.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flux: Option<FluxManaged>,
@@ -211,10 +219,6 @@ pub struct FluxManaged {
     pub owns_version: bool,
     /// `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent`: Flux creates it and never updates it.
     pub if_not_present: bool,
-    /// The file in the config repository whose version upkeep can change (in place) so that
-    /// Flux applies it: set by the caller once it looked there.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub through_git: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -273,10 +277,10 @@ pub struct Observed {
     pub upgrade_jobs: Vec<UpgradeJob>,
     /// The `app.kubernetes.io/version` label of the GitRepository CRD (Flux's version).
     pub flux_crd_version: Option<String>,
-    /// Where the config repository defines Flux-managed objects (`Kind/namespace/name` -> file),
-    /// filled in by the caller when it looked (not read from the cluster).
+    /// How each component's version reaches the cluster (by component), decided by the caller
+    /// from the config repository's layout (not read from the cluster): see [`crate::route`].
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub manifests: std::collections::BTreeMap<String, String>,
+    pub routes: std::collections::BTreeMap<String, Route>,
 }
 
 /// What runs of one component.
@@ -314,12 +318,14 @@ fn v_prefixed(v: &str) -> String {
 }
 
 impl Observed {
-    /// What runs of `component`: k3s from the nodes, Longhorn from its HelmRelease (or the
-    /// `current-longhorn-version` setting), Flux from its FluxInstance (or the CRD label), any
-    /// other component from a HelmRelease of its name.
-    pub fn running(&self, component: &str) -> Running {
-        match component {
-            "k3s" => {
+    /// What runs of a component: k3s from the nodes, Flux from its FluxInstance (or the CRD
+    /// label), a chart from the one HelmRelease of that chart (Longhorn also from its
+    /// `current-longhorn-version` setting), an image from its tag in that release's values.
+    /// Never from a release that merely has the component's name.
+    pub fn running(&self, c: &crate::model::Component) -> Running {
+        use crate::model::Runs;
+        match &c.runs {
+            Runs::K3s => {
                 let mut vs: Vec<(String, String)> = self
                     .nodes
                     .iter()
@@ -333,7 +339,7 @@ impl Observed {
                     Some(_) => Running::Mixed { nodes: vs },
                 }
             }
-            "flux" => self
+            Runs::Flux => self
                 .flux_instances
                 .iter()
                 .find_map(|f| f.running.clone())
@@ -341,11 +347,11 @@ impl Observed {
                 .map_or(Running::Unknown, |v| Running::At {
                     version: v_prefixed(&v),
                 }),
-            other => self
-                .helm_release_of(other)
+            Runs::Chart { chart, .. } => self
+                .release_of(&c.runs)
                 .and_then(|h| h.running.clone())
                 .or_else(|| {
-                    if other == "longhorn" {
+                    if chart == "longhorn" {
                         self.longhorn_version.clone()
                     } else {
                         None
@@ -354,15 +360,84 @@ impl Observed {
                 .map_or(Running::Unknown, |v| Running::At {
                     version: v_prefixed(&v),
                 }),
+            Runs::Image { image, .. } => {
+                let want = crate::layout::carriers::image_key(image);
+                self.release_of(&c.runs)
+                    .and_then(|h| {
+                        h.images
+                            .iter()
+                            .find(|(r, _)| crate::layout::carriers::image_key(r) == want)
+                            .map(|(_, t)| t.split('@').next().unwrap_or(t).to_string())
+                    })
+                    .map_or(Running::Unknown, |v| Running::At {
+                        version: v_prefixed(&v),
+                    })
+            }
+            Runs::Unknown => Running::Unknown,
         }
     }
 
-    /// The HelmRelease of a component: by chart name, else by release name.
-    pub fn helm_release_of(&self, component: &str) -> Option<&Health> {
-        self.helm_releases
-            .iter()
-            .find(|h| h.chart.as_deref() == Some(component))
-            .or_else(|| self.helm_releases.iter().find(|h| h.name == component))
+    /// The HelmRelease that carries a component's version: the one `release:` names (if it
+    /// deploys the component's chart), else the only release of its chart (or using its
+    /// image). `None` when there is none or several: never a guess by name.
+    pub fn release_of(&self, runs: &crate::model::Runs) -> Option<&Health> {
+        use crate::model::Runs;
+        let named = |h: &&Health| {
+            runs.release()
+                .is_none_or(|(ns, n)| h.namespace == ns && h.name == n)
+        };
+        let mut found: Vec<&Health> = match runs {
+            Runs::Chart { chart, .. } => self
+                .helm_releases
+                .iter()
+                .filter(named)
+                .filter(|h| h.chart.as_deref() == Some(chart.as_str()))
+                .collect(),
+            Runs::Image { image, .. } => {
+                let want = crate::layout::carriers::image_key(image);
+                self.helm_releases
+                    .iter()
+                    .filter(named)
+                    .filter(|h| {
+                        h.images
+                            .iter()
+                            .any(|(r, _)| crate::layout::carriers::image_key(r) == want)
+                    })
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        (found.len() == 1).then(|| found.remove(0))
+    }
+}
+
+/// Every `{repository, tag}` mapping in Helm values (bounded depth).
+fn values_images(v: &Value, out: &mut Vec<(String, String)>, depth: usize) {
+    if depth > 16 {
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            if let (Some(r), Some(t)) = (
+                m.get("repository").and_then(Value::as_str),
+                m.get("tag").and_then(|t| {
+                    t.as_str()
+                        .map(str::to_string)
+                        .or_else(|| t.as_f64().map(|f| f.to_string()))
+                }),
+            ) {
+                out.push((r.to_string(), t));
+            }
+            for x in m.values() {
+                values_images(x, out, depth + 1);
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                values_images(x, out, depth + 1);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -400,6 +475,7 @@ fn health(kind: &str, v: &Value) -> Health {
         running: None,
         desired: None,
         chart: None,
+        images: Vec::new(),
         flux: None,
         chart_ref: None,
         path: None,
@@ -441,7 +517,6 @@ fn flux_managed(v: &Value, version_path: &[&str]) -> Option<FluxManaged> {
             .pointer("/metadata/annotations/kustomize.toolkit.fluxcd.io~1ssa")
             .and_then(Value::as_str)
             .is_some_and(|x| x.eq_ignore_ascii_case("IfNotPresent")),
-        through_git: None,
     })
 }
 
@@ -614,6 +689,7 @@ fn plan_state(p: &Value) -> PlanState {
             .flatten()
             .filter_map(|x| x.as_str().map(str::to_string))
             .collect(),
+        flux: flux_managed(p, &["spec", "version"]),
     }
 }
 
@@ -747,7 +823,12 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
             .and_then(Value::as_str)
             .map(str::to_string);
         x.desired = Some(s(h, "/spec/chart/spec/version")).filter(|v| !v.is_empty());
-        x.chart = Some(s(h, "/spec/chart/spec/chart")).filter(|v| !v.is_empty());
+        x.chart = Some(s(h, "/status/history/0/chartName"))
+            .filter(|v| !v.is_empty())
+            .or_else(|| Some(s(h, "/spec/chart/spec/chart")).filter(|v| !v.is_empty()));
+        if let Some(values) = h.pointer("/spec/values") {
+            values_images(values, &mut x.images, 0);
+        }
         x.flux = flux_managed(h, &["spec", "chart", "spec", "version"]);
         x.chart_ref = h.pointer("/spec/chartRef").map(|r| {
             let ns = match s(r, "/namespace") {

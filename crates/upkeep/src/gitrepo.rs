@@ -426,6 +426,67 @@ impl GitRepo {
             .map_err(&e)
     }
 
+    /// One commit on `parent` changing several files (each `path` replaced by its bytes).
+    pub fn commit_files(
+        &self,
+        parent: Oid,
+        files: &[(&str, &[u8])],
+        message: &str,
+        author: &Author,
+    ) -> Result<Oid> {
+        let e = git("commit", &self.path);
+        let parent = self.repo.find_commit(parent).map_err(&e)?;
+        let mut tree = parent.tree().map_err(&e)?;
+        for (path, bytes) in files {
+            let blob = self.repo.blob(bytes).map_err(&e)?;
+            let id = replace_in_tree(&self.repo, &tree, path, blob).map_err(&e)?;
+            tree = self.repo.find_tree(id).map_err(&e)?;
+        }
+        let sig = Signature::now(&author.name, &author.email).map_err(&e)?;
+        self.repo
+            .commit(None, &sig, &sig, message, &tree, &[&parent])
+            .map_err(&e)
+    }
+
+    /// Every file of `commit` (paths with `/`), with its text when it is YAML, JSON, an env
+    /// file or a `Kustomization`, valid UTF-8 and at most 2 MiB (what the layout reader reads).
+    pub fn listing(&self, commit: Oid) -> Result<Vec<(String, Option<String>)>> {
+        let tree = self
+            .repo
+            .find_commit(commit)
+            .and_then(|c| c.tree())
+            .map_err(git("read a commit", &self.path))?;
+        let mut out = Vec::new();
+        let mut total = 0usize;
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if out.len() >= 20_000 {
+                return git2::TreeWalkResult::Abort;
+            }
+            if entry.kind() == Some(git2::ObjectType::Blob)
+                && let Ok(name) = entry.name()
+            {
+                let path = format!("{dir}{name}");
+                let lower = name.to_ascii_lowercase();
+                let wanted = [".yaml", ".yml", ".json", ".env"]
+                    .iter()
+                    .any(|x| lower.ends_with(x))
+                    || name == "Kustomization";
+                let text = wanted
+                    .then(|| self.repo.find_blob(entry.id()).ok())
+                    .flatten()
+                    .filter(|b| b.size() <= 2 * 1024 * 1024 && total + b.size() <= 128 << 20)
+                    .and_then(|b| {
+                        total += b.size();
+                        String::from_utf8(b.content().to_vec()).ok()
+                    });
+                out.push((path, text));
+            }
+            git2::TreeWalkResult::Ok
+        })
+        .map_err(git("list files", &self.path))?;
+        Ok(out)
+    }
+
     pub fn message(&self, commit: Oid) -> Option<String> {
         self.repo
             .find_commit(commit)

@@ -27,6 +27,7 @@ pub mod propose;
 pub mod reconcile;
 pub mod report;
 pub mod rollout;
+pub mod route;
 pub mod runconfig;
 pub mod select;
 pub mod server;

@@ -51,7 +51,7 @@ fn row(
     releases: &dyn Fn(&Component) -> Vec<Version>,
     now: DateTime<Utc>,
 ) -> PlanRow {
-    let running = observed.running(&c.name);
+    let running = observed.running(c);
     let from = running.lowest(c.scheme);
     let mut row = PlanRow {
         component: c.name.clone(),

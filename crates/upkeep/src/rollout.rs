@@ -635,7 +635,7 @@ fn reached(
             let h = if name == "flux" {
                 o.flux_instances.first()
             } else {
-                o.helm_release_of(name)
+                o.release_of(&c.runs)
             };
             let Some(h) = h else {
                 return Err(format!("no {name} release object"));
@@ -1557,7 +1557,7 @@ fn moved(c: &Component, o: &Observed, back_to: &str) -> bool {
     let Ok(back) = versions::parse(back_to, c.scheme) else {
         return true;
     };
-    let running = o.running(&c.name);
+    let running = o.running(c);
     let highest = match &running {
         Running::At { version } => versions::parse(version, c.scheme).ok(),
         Running::Mixed { nodes } => nodes
@@ -1587,8 +1587,8 @@ fn already_applied(c: &Component, hop: &str, o: &Observed) -> bool {
             .first()
             .and_then(|f| f.desired.as_deref())
             .is_some_and(|d| bare(d) == bare(hop)),
-        name => o
-            .helm_release_of(name)
+        _ => o
+            .release_of(&c.runs)
             .and_then(|h| h.desired.as_deref())
             .is_some_and(|d| bare(d) == bare(hop)),
     }
@@ -2258,6 +2258,7 @@ pub(crate) mod tests {
             complete: false,
             failed: None,
             applying: vec!["n1".into()],
+            flux: None,
         });
         let s = RolloutStatus {
             phase: Phase::Preflight,

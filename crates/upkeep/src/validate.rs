@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Observed, Running};
+use crate::layout::route::Route;
 use crate::model::Component;
 use crate::versions::{self, Version};
 
@@ -112,7 +113,7 @@ pub fn preflight(
     policy: PreflightPolicy,
 ) -> Verdict {
     let mut f = Vec::new();
-    let running = observed.running(&component.name);
+    let running = observed.running(component);
     match running.lowest(component.scheme) {
         None => f.push(finding(
             "path",
@@ -178,10 +179,17 @@ pub fn preflight(
                 observed.suc_installed,
                 if observed.suc_installed { "the Plan CRD is served".to_string() } else { "the Plan CRD (plans.upgrade.cattle.io) is not served: install the system-upgrade-controller".to_string() },
             ));
+            // The user's Plans that carry the version in git are how it is applied (adopted);
+            // any other Plan that upgrades k3s would fight.
+            let adopted: Vec<String> = match observed.routes.get(&component.name) {
+                Some(Route::Git { places }) => places.iter().map(|p| p.object.clone()).collect(),
+                _ => Vec::new(),
+            };
             let others: Vec<String> = observed
                 .plans
                 .iter()
                 .filter(|p| !p.upkeeps() && p.image.contains("k3s-upgrade"))
+                .filter(|p| !adopted.contains(&format!("Plan {}/{}", p.namespace, p.name)))
                 .map(|p| format!("{}/{}", p.namespace, p.name))
                 .collect();
             f.push(finding(
@@ -193,7 +201,7 @@ pub fn preflight(
                     format!(
                         "another Plan upgrades k3s on these nodes and would fight upkeep's: {} (delete it: kubectl -n {} delete plan {}; upkeep's Plans are upkeep-server and upkeep-agent)",
                         others.join(", "),
-                        observed.plans.iter().find(|p| !p.upkeeps() && p.image.contains("k3s-upgrade")).map_or("", |p| p.namespace.as_str()),
+                        others.first().and_then(|o| o.split('/').next()).unwrap_or(""),
                         others.iter().map(|o| o.rsplit('/').next().unwrap_or(o)).collect::<Vec<_>>().join(" ")
                     )
                 },
@@ -241,12 +249,14 @@ pub fn preflight(
                     )
                 },
             ));
-            helm_ready(observed, "longhorn", &mut f);
+            helm_ready(observed, component, &mut f);
         }
         "flux" => match observed.flux_instances.first() {
             Some(fi) => {
                 f.push(ready_finding("FluxInstance ready", fi));
-                f.push(flux_fight(fi, "spec.distribution.version", observed));
+                if !observed.routes.contains_key("flux") {
+                    f.push(flux_fight(fi, "spec.distribution.version"));
+                }
             }
             None => f.push(finding(
                 "FluxInstance ready",
@@ -254,7 +264,10 @@ pub fn preflight(
                 "no FluxInstance: upkeep upgrades Flux through flux-operator",
             )),
         },
-        other => helm_ready(observed, other, &mut f),
+        _ => helm_ready(observed, component, &mut f),
+    }
+    if let Some(r) = observed.routes.get(&component.name) {
+        f.push(route_finding(r));
     }
     Verdict {
         ok: f.iter().all(|x| x.ok),
@@ -276,21 +289,38 @@ fn ready_finding(check: &str, h: &crate::cluster::Health) -> Finding {
     )
 }
 
-/// Whether upkeep setting the version of `h` (at `field`) would fight Flux: kustomize-controller
-/// applies that field from git with forced ownership on every reconcile and would take the
-/// version back (and, for Longhorn, the "downgrade" would be refused). Names the Kustomization,
-/// the file in the config repository when it was found, and the change to make.
-pub fn flux_fight(h: &crate::cluster::Health, field: &str, observed: &Observed) -> Finding {
-    if let Some(file) = h.flux.as_ref().and_then(|f| f.through_git.as_ref()) {
-        return finding(
-            "Flux ownership",
+/// How the version gets to the cluster, as a preflight finding.
+fn route_finding(r: &Route) -> Finding {
+    match r {
+        Route::Git { places } => finding(
+            "applied through",
             true,
             format!(
-                "Flux applies the {field} of {} {}/{} from git: upkeep changes it in {file} in the window and asks Flux to reconcile",
-                h.kind, h.namespace, h.name
+                "git: upkeep changes {} in the window, and Flux applies it",
+                places
+                    .iter()
+                    .map(|p| match &p.variable {
+                        Some(v) => format!("the variable {v} at {} (used by {})", p.at, p.object),
+                        None => format!("{} of {} at {}", p.field, p.object, p.at),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
             ),
-        );
+        ),
+        Route::Cluster => finding(
+            "applied through",
+            true,
+            "the cluster: nothing in git carries the version, and Flux does not own it",
+        ),
+        Route::Refused { why } => finding("applied through", false, why.clone()),
     }
+}
+
+/// Whether upkeep setting the version of `h` (at `field`) in the cluster would fight Flux:
+/// kustomize-controller applies that field from git with forced ownership on every reconcile
+/// and would take the version back. Used when the repository was not read (`upkeep plan`
+/// without a repository); otherwise the route says.
+pub fn flux_fight(h: &crate::cluster::Health, field: &str) -> Finding {
     let Some(flux) = h
         .flux
         .as_ref()
@@ -311,43 +341,54 @@ pub fn flux_fight(h: &crate::cluster::Health, field: &str, observed: &Observed) 
             },
         );
     };
-    let key = format!("{}/{}/{}", h.kind, h.namespace, h.name);
-    let file = observed
-        .manifests
-        .get(&key)
-        .map_or(String::new(), |f| format!(", defined in {f}"));
     finding(
         "Flux ownership",
         false,
         format!(
-            "{} {}/{}: Flux applies its {field} from git (Kustomization {}{file}) on every reconcile, and upkeep cannot change it there (the file is not in the config repository under the Kustomization's path, or the version in it is not a plain value), so a version upkeep set in the cluster would be taken back. Write the version as a plain value in that file in the config repository, or add the annotation `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` to the object in git (Flux then creates it and leaves its version to upkeep), or keep this component's version in git only and remove it from versions.yaml (docs/relations.md)",
+            "{} {}/{}: Flux applies its {field} from git (Kustomization {}) on every reconcile; without the config repository upkeep cannot tell where git carries it (give the repository: --repo or --repo-url), and a version set in the cluster would be taken back",
             h.kind, h.namespace, h.name, flux.kustomization
         ),
     )
 }
 
-fn helm_ready(observed: &Observed, component: &str, f: &mut Vec<Finding>) {
-    match observed.helm_release_of(component) {
+fn helm_ready(observed: &Observed, component: &Component, f: &mut Vec<Finding>) {
+    match observed.release_of(&component.runs) {
         Some(h) => {
             f.push(ready_finding("HelmRelease ready", h));
+            if observed.routes.contains_key(&component.name) {
+                return;
+            }
             match &h.chart_ref {
-                // The CRD refuses `chart` beside `chartRef` (a CEL rule): the version lives in
-                // the source, which upkeep does not change (yet).
                 Some(r) => f.push(finding(
                     "chart source",
                     false,
                     format!(
-                        "HelmRelease {}/{} takes its chart from {r} (spec.chartRef), so its version is that source's (an OCIRepository's spec.ref.tag, a HelmChart's spec.version); upkeep upgrades charts only through spec.chart.spec.version. Upgrade it by changing the source in git, and remove {component} from versions.yaml",
+                        "HelmRelease {}/{} takes its chart from {r} (spec.chartRef): its version is that source's; upkeep changes it there through git when it reads the repository (give --repo or --repo-url)",
                         h.namespace, h.name
                     ),
                 )),
-                None => f.push(flux_fight(h, "spec.chart.spec.version", observed)),
+                None => f.push(flux_fight(h, "spec.chart.spec.version")),
             }
         }
+        None if observed.routes.contains_key(&component.name) => {}
         None => f.push(finding(
             "HelmRelease ready",
             false,
-            format!("no HelmRelease for {component}"),
+            match &component.runs {
+                crate::model::Runs::Chart { chart, release: Some(r) } => {
+                    format!("no HelmRelease {r} of the chart {chart}")
+                }
+                crate::model::Runs::Chart { chart, .. } => format!(
+                    "no single HelmRelease of the chart {chart} (none, or several: say which with `release:`)"
+                ),
+                crate::model::Runs::Image { image, .. } => {
+                    format!("no single HelmRelease with the image {image} in its values")
+                }
+                _ => format!(
+                    "upkeep does not know where {} runs (say `chart:` or `image:` in versions.yaml)",
+                    component.name
+                ),
+            },
         )),
     }
 }
@@ -445,6 +486,7 @@ mod tests {
             complete: true,
             failed: None,
             applying: Vec::new(),
+            flux: None,
         });
         assert!(
             fails(&o, &target).contains(
@@ -505,6 +547,10 @@ mod tests {
         let mut lh = k3s();
         lh.name = "longhorn".into();
         lh.scheme = Scheme::Semver;
+        lh.runs = crate::model::Runs::Chart {
+            chart: "longhorn".into(),
+            release: None,
+        };
         let target = versions::parse("v1.10.2", Scheme::Semver).unwrap_or_else(|_| panic!());
         let mut o = Observed::default();
         o.helm_releases.push(Health {
@@ -517,6 +563,7 @@ mod tests {
             running: Some("1.9.1".into()),
             desired: Some("1.9.1".into()),
             chart: Some("longhorn".into()),
+            images: Vec::new(),
             flux: None,
             chart_ref: None,
             path: None,
@@ -542,32 +589,46 @@ mod tests {
             )
             .ok
         );
-        // Flux applying the chart version from git: refused, naming the Kustomization and
-        // the file; with `ssa: IfNotPresent` Flux leaves the version alone.
+        // Flux applying the chart version from git, and the repository not read: refused,
+        // naming the Kustomization; with `ssa: IfNotPresent` Flux leaves the version alone.
         o.volumes[0].robustness = "healthy".into();
         o.helm_releases[0].flux = Some(crate::cluster::FluxManaged {
             kustomization: "flux-system/infrastructure".into(),
             owns_version: true,
             if_not_present: false,
-            through_git: None,
         });
-        o.manifests.insert(
-            "HelmRelease/longhorn-system/longhorn".into(),
-            "infrastructure/longhorn.yaml".into(),
-        );
         let verdict = preflight(&lh, &target, &o, PreflightPolicy::default());
         assert!(!verdict.ok);
         let said = format!("{verdict:?}");
         assert!(
-            said.contains(
-                "Kustomization flux-system/infrastructure, defined in infrastructure/longhorn.yaml"
-            ),
+            said.contains("Flux applies its spec.chart.spec.version from git (Kustomization flux-system/infrastructure)"),
             "{said}"
         );
-        assert!(
-            said.contains("kustomize.toolkit.fluxcd.io/ssa: IfNotPresent"),
-            "{said}"
+        // Read from git, the route says: through git is fine, a refusal is said as such.
+        o.routes.insert(
+            "longhorn".into(),
+            Route::Git {
+                places: vec![crate::layout::route::Place {
+                    object: "HelmRelease longhorn-system/longhorn".into(),
+                    field: "spec.chart.spec.version".into(),
+                    at: "infrastructure/longhorn.yaml:18:16".into(),
+                    variable: None,
+                    kustomization: Some("flux-system/infrastructure".into()),
+                    value: "1.9.1".into(),
+                }],
+            },
         );
+        let verdict = preflight(&lh, &target, &o, PreflightPolicy::default());
+        assert!(verdict.ok, "{verdict:?}");
+        assert!(format!("{verdict:?}").contains("spec.chart.spec.version of HelmRelease longhorn-system/longhorn at infrastructure/longhorn.yaml:18:16"));
+        o.routes.insert(
+            "longhorn".into(),
+            Route::Refused {
+                why: "x.yaml:1:1: no".into(),
+            },
+        );
+        assert!(!preflight(&lh, &target, &o, PreflightPolicy::default()).ok);
+        o.routes.clear();
         if let Some(f) = o.helm_releases[0].flux.as_mut() {
             f.if_not_present = true;
         }

@@ -317,20 +317,28 @@ pub fn read(files: &Files, subdir: &str) -> Layout {
                     self_sources.insert(name.clone());
                     layout.entries.push((
                         normalize(sync),
-                        format!("FluxInstance {ns}/{} in {path}", d.str_at(&["metadata", "name"])),
+                        format!(
+                            "FluxInstance {ns}/{} in {path}",
+                            d.str_at(&["metadata", "name"])
+                        ),
                     ));
                     roots.push_back(entry_spec(&name, &ns, sync, &path, d.pos));
                 }
             } else if kind == "HelmRelease" && is_flux_instance_chart(d) {
                 let ns = or(d.str_at(&["metadata", "namespace"]), "flux-system");
-                let sync = d.str_at(&["spec", "values", "instance", "sync", "path"]).to_string();
+                let sync = d
+                    .str_at(&["spec", "values", "instance", "sync", "path"])
+                    .to_string();
                 let sync = if sync.is_empty() {
                     values_file_sync_path(files, parent(&path)).unwrap_or_default()
                 } else {
                     sync
                 };
                 if !sync.is_empty() {
-                    let name = or(d.str_at(&["spec", "values", "instance", "sync", "name"]), &ns);
+                    let name = or(
+                        d.str_at(&["spec", "values", "instance", "sync", "name"]),
+                        &ns,
+                    );
                     self_sources.insert(name.clone());
                     layout.entries.push((
                         normalize(&sync),
@@ -353,20 +361,27 @@ pub fn read(files: &Files, subdir: &str) -> Layout {
     }
     // Written Kustomizations that no other one builds are entry points too: the bootstrap's
     // flux-system, or one applied by hand at bootstrap (cluster-template's `cluster`).
-    let contains = |path: &str, file: &str| path.is_empty() || file.starts_with(&format!("{path}/"));
+    let contains =
+        |path: &str, file: &str| path.is_empty() || file.starts_with(&format!("{path}/"));
     for ks in &written_ks {
         let built_by_other = written_ks
             .iter()
             .any(|o| o.id.file != ks.id.file && contains(&o.path, &ks.id.file))
             || roots.iter().any(|r| contains(&r.path, &ks.id.file));
         if !built_by_other && !roots.iter().any(|r| r.path == ks.path) {
-            layout
-                .entries
-                .push((ks.path.clone(), format!("Kustomization {} in {}", ks.id, ks.id.file)));
+            layout.entries.push((
+                ks.path.clone(),
+                format!("Kustomization {} in {}", ks.id, ks.id.file),
+            ));
             roots.push_back(ks.clone());
         }
     }
-    if roots.iter().filter(|r| r.id.name == "flux-system" || r.id.file.ends_with("gotk-sync.yaml")).count() > 1 {
+    if roots
+        .iter()
+        .filter(|r| r.id.name == "flux-system" || r.id.file.ends_with("gotk-sync.yaml"))
+        .count()
+        > 1
+    {
         b.notes.push(
             Diagnostic::warning(
                 if subdir.is_empty() { "." } else { &subdir },
@@ -374,7 +389,11 @@ pub fn read(files: &Files, subdir: &str) -> Layout {
                 format!(
                     "{} Flux entry points here ({}): several clusters are read as one",
                     roots.len(),
-                    roots.iter().map(|r| r.path.as_str()).collect::<Vec<_>>().join(", ")
+                    roots
+                        .iter()
+                        .map(|r| r.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
             .hint("keep a versions.yaml in each cluster's directory and run upkeep with --subdir"),
@@ -410,7 +429,10 @@ pub fn read(files: &Files, subdir: &str) -> Layout {
                 b.notes.push(Diagnostic::warning(
                     &ks.id.file,
                     ks.id.pos,
-                    format!("Kustomization {} (path {:?}) cannot be read: {why}", ks.id, ks.path),
+                    format!(
+                        "Kustomization {} (path {:?}) cannot be read: {why}",
+                        ks.id, ks.path
+                    ),
                 ));
                 continue;
             }
@@ -507,7 +529,8 @@ fn entry_spec(name: &str, ns: &str, path: &str, file: &str, pos: Pos) -> KsSpec 
 /// OCIRepository's URL is checked by the carriers).
 pub fn is_flux_instance_chart(d: &Node) -> bool {
     d.str_at(&["spec", "chart", "spec", "chart"]) == "flux-instance"
-        || d.str_at(&["spec", "chartRef", "name"]).contains("flux-instance")
+        || d.str_at(&["spec", "chartRef", "name"])
+            .contains("flux-instance")
 }
 
 /// `instance.sync.path` in a values file next to a flux-instance HelmRelease (the
@@ -588,7 +611,11 @@ fn ks_spec(
     let mut substitute_from: Vec<(String, String, bool)> = Vec::new();
     for (pfile, post) in &posts {
         let inline_patch = pfile != file || obj.is_some_and(|o| o.inline.is_some());
-        for (k, v) in post.get("substitute").map(Node::entries).unwrap_or_default() {
+        for (k, v) in post
+            .get("substitute")
+            .map(Node::entries)
+            .unwrap_or_default()
+        {
             let Some(key) = k.as_str() else { continue };
             substitute.retain(|(x, _)| x != key);
             substitute.push((
@@ -604,13 +631,20 @@ fn ks_spec(
                 },
             ));
         }
-        for f in post.get("substituteFrom").map(Node::items).unwrap_or_default() {
+        for f in post
+            .get("substituteFrom")
+            .map(Node::items)
+            .unwrap_or_default()
+        {
             let entry = (
                 or(f.str_at(&["kind"]), "ConfigMap"),
                 f.str_at(&["name"]).to_string(),
                 f.str_at(&["optional"]) == "true",
             );
-            if !substitute_from.iter().any(|e| e.0 == entry.0 && e.1 == entry.1) {
+            if !substitute_from
+                .iter()
+                .any(|e| e.0 == entry.0 && e.1 == entry.1)
+            {
                 substitute_from.push(entry);
             }
         }
@@ -822,7 +856,9 @@ impl Builder<'_> {
         stack: &mut Vec<String>,
     ) -> Result<Vec<Res>, String> {
         if stack.len() > MAX_DEPTH {
-            return Err(format!("{dir}: kustomizations nested deeper than {MAX_DEPTH}"));
+            return Err(format!(
+                "{dir}: kustomizations nested deeper than {MAX_DEPTH}"
+            ));
         }
         if stack.iter().any(|d| d == dir) {
             return Err(format!("{dir}: a kustomization includes itself"));
@@ -953,7 +989,10 @@ impl Builder<'_> {
                 }
             }
         }
-        for (key, kind) in [("configMapGenerator", "ConfigMap"), ("secretGenerator", "Secret")] {
+        for (key, kind) in [
+            ("configMapGenerator", "ConfigMap"),
+            ("secretGenerator", "Secret"),
+        ] {
             for g in k.get(key).map(Node::items).unwrap_or_default() {
                 out.push(self.generator(dir, kfile, g, kind));
             }
@@ -961,7 +1000,11 @@ impl Builder<'_> {
         for c in k.get("components").map(Node::items).unwrap_or_default() {
             let Some(entry) = c.as_str() else { continue };
             if is_remote(entry) {
-                self.note(kfile, c.pos, format!("remote component {entry:?} is not read"));
+                self.note(
+                    kfile,
+                    c.pos,
+                    format!("remote component {entry:?} is not read"),
+                );
                 continue;
             }
             let (more, patches) = self.build_component(&join(dir, entry), stack)?;
@@ -978,7 +1021,13 @@ impl Builder<'_> {
                 }
             }
         }
-        for key in ["images", "namePrefix", "nameSuffix", "replacements", "helmCharts"] {
+        for key in [
+            "images",
+            "namePrefix",
+            "nameSuffix",
+            "replacements",
+            "helmCharts",
+        ] {
             if let Some(n) = k.key(key) {
                 self.note(
                     kfile,
@@ -998,10 +1047,7 @@ impl Builder<'_> {
             let Some(s) = f.as_str() else { continue };
             let (key, path) = match s.split_once('=') {
                 Some((k, p)) => (k.to_string(), p),
-                None => (
-                    s.rsplit('/').next().unwrap_or(s).to_string(),
-                    s,
-                ),
+                None => (s.rsplit('/').next().unwrap_or(s).to_string(), s),
             };
             data.insert(key, DataSource::File(join(dir, path)));
         }
@@ -1066,7 +1112,11 @@ impl Builder<'_> {
                 }));
             }
         }
-        for e in k.get("patchesStrategicMerge").map(Node::items).unwrap_or_default() {
+        for e in k
+            .get("patchesStrategicMerge")
+            .map(Node::items)
+            .unwrap_or_default()
+        {
             let Some(s) = e.as_str() else { continue };
             if s.contains('\n') || s.contains(':') && !s.ends_with(".yaml") && !s.ends_with(".yml")
             {
@@ -1089,7 +1139,11 @@ impl Builder<'_> {
                 }));
             }
         }
-        for e in k.get("patchesJson6902").map(Node::items).unwrap_or_default() {
+        for e in k
+            .get("patchesJson6902")
+            .map(Node::items)
+            .unwrap_or_default()
+        {
             if e.get("patch").is_some() {
                 out.extend(inline_patch(kfile, e));
             } else if let Some(path) = e.get("path").and_then(Node::as_str)
@@ -1336,17 +1390,29 @@ mod tests {
                 "components/common/namespace.yaml",
                 "apiVersion: v1\nkind: Namespace\nmetadata: {name: _}\n",
             ),
-            ("elsewhere/ignored.yaml", "kind: ConfigMap\nmetadata: {name: x}\n"),
+            (
+                "elsewhere/ignored.yaml",
+                "kind: ConfigMap\nmetadata: {name: x}\n",
+            ),
         ]);
         let l = read(&f, "clusters/main");
         assert_eq!(l.entries.len(), 1, "{:?}", l.entries);
         let hr = l.find("HelmRelease", "storage", "longhorn").expect("hr");
         assert_eq!(hr.file, "apps/storage/longhorn/helmrelease.yaml");
-        assert_eq!(hr.applied_by.as_ref().map(|k| k.name.as_str()), Some("longhorn"));
+        assert_eq!(
+            hr.applied_by.as_ref().map(|k| k.name.as_str()),
+            Some("longhorn")
+        );
         assert_eq!(hr.vars["KUBE_VERSION"].value, "v1.33.4+k3s1");
-        assert_eq!(hr.vars["APP"].from, "postBuild.substitute of Kustomization flux-system/longhorn");
+        assert_eq!(
+            hr.vars["APP"].from,
+            "postBuild.substitute of Kustomization flux-system/longhorn"
+        );
         let at = hr.vars["KUBE_VERSION"].at.as_ref().expect("editable");
-        assert_eq!((at.file.as_str(), at.node.pos.line), ("clusters/main/settings.yaml", 6));
+        assert_eq!(
+            (at.file.as_str(), at.node.pos.line),
+            ("clusters/main/settings.yaml", 6)
+        );
         assert!(hr.substitutes);
         assert!(l.find("Namespace", "", "_").is_some());
         assert!(l.objects.iter().all(|o| o.file != "elsewhere/ignored.yaml"));
@@ -1360,27 +1426,53 @@ mod tests {
                 "gotk/gotk-sync.yaml",
                 "apiVersion: kustomize.toolkit.fluxcd.io/v1\nkind: Kustomization\nmetadata: {name: flux-system, namespace: flux-system}\nspec:\n  path: ./cluster\n  sourceRef: {kind: GitRepository, name: flux-system}\n",
             ),
-            ("cluster/a.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n"),
-            ("cluster/app/kustomization.yaml", "namespace: media\nresources: [hr.yaml]\nconfigMapGenerator:\n  - name: values\n    files: [values.yaml=./helm/values.yaml]\npatches:\n  - path: patch.yaml\n  - target: {kind: HelmRelease, name: web}\n    patch: |\n      - op: replace\n        path: /spec/chart/spec/version\n        value: 2.0.0\n"),
-            ("cluster/app/hr.yaml", "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: web}\nspec:\n  chart:\n    spec: {chart: web, version: 1.0.0}\n  values:\n    image: {tag: a}\n"),
-            ("cluster/app/patch.yaml", "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: web}\nspec:\n  values:\n    image: {tag: b}\n"),
-            ("cluster/app/helm/values.yaml", "instance:\n  distribution: {version: 2.6.4}\n"),
-            ("cluster/app/extra/loose.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: not-in-kustomization}\n"),
+            (
+                "cluster/a.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+            ),
+            (
+                "cluster/app/kustomization.yaml",
+                "namespace: media\nresources: [hr.yaml]\nconfigMapGenerator:\n  - name: values\n    files: [values.yaml=./helm/values.yaml]\npatches:\n  - path: patch.yaml\n  - target: {kind: HelmRelease, name: web}\n    patch: |\n      - op: replace\n        path: /spec/chart/spec/version\n        value: 2.0.0\n",
+            ),
+            (
+                "cluster/app/hr.yaml",
+                "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: web}\nspec:\n  chart:\n    spec: {chart: web, version: 1.0.0}\n  values:\n    image: {tag: a}\n",
+            ),
+            (
+                "cluster/app/patch.yaml",
+                "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: {name: web}\nspec:\n  values:\n    image: {tag: b}\n",
+            ),
+            (
+                "cluster/app/helm/values.yaml",
+                "instance:\n  distribution: {version: 2.6.4}\n",
+            ),
+            (
+                "cluster/app/extra/loose.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: not-in-kustomization}\n",
+            ),
         ]);
         let l = read(&f, "");
         let hr = l.find("HelmRelease", "media", "web").expect("hr");
-        let v = hr.field(&["spec", "chart", "spec", "version"]).expect("version");
+        let v = hr
+            .field(&["spec", "chart", "spec", "version"])
+            .expect("version");
         assert_eq!(v.node.as_str(), Some("2.0.0"));
         assert!(v.inline.is_some(), "an inline JSON6902 patch");
         let t = hr.field(&["spec", "values", "image", "tag"]).expect("tag");
-        assert_eq!((t.file.as_str(), t.node.as_str()), ("cluster/app/patch.yaml", Some("b")));
+        assert_eq!(
+            (t.file.as_str(), t.node.as_str()),
+            ("cluster/app/patch.yaml", Some("b"))
+        );
         let cm = l.find("ConfigMap", "media", "values").expect("generated");
         assert_eq!(
             cm.generated.as_ref().and_then(|g| g.get("values.yaml")),
             Some(&DataSource::File("cluster/app/helm/values.yaml".into()))
         );
         assert!(l.find("ConfigMap", "flux-system", "a").is_some());
-        assert!(l.find("ConfigMap", "media", "not-in-kustomization").is_none());
+        assert!(
+            l.find("ConfigMap", "media", "not-in-kustomization")
+                .is_none()
+        );
     }
 
     #[test]
@@ -1398,8 +1490,15 @@ mod tests {
         ]);
         let l = read(&f, "");
         let said: Vec<String> = l.notes.iter().map(ToString::to_string).collect();
-        assert!(said.iter().any(|n| n.contains("kustomization path not found: nowhere")), "{said:?}");
-        assert!(said.iter().any(|n| n.contains("includes itself")), "{said:?}");
+        assert!(
+            said.iter()
+                .any(|n| n.contains("kustomization path not found: nowhere")),
+            "{said:?}"
+        );
+        assert!(
+            said.iter().any(|n| n.contains("includes itself")),
+            "{said:?}"
+        );
     }
 
     #[test]

@@ -99,8 +99,12 @@ pub fn carriers(files: &Files, layout: &Layout, component: &str, runs: &Runs) ->
     match runs {
         Runs::K3s => k3s(layout, &mut m),
         Runs::Flux => flux(files, layout, &mut m),
-        Runs::Chart { chart, release } => chart_of(layout, component, chart, release.as_deref(), &mut m),
-        Runs::Image { image, release } => image_of(layout, component, image, release.as_deref(), &mut m),
+        Runs::Chart { chart, release } => {
+            chart_of(layout, component, chart, release.as_deref(), &mut m)
+        }
+        Runs::Image { image, release } => {
+            image_of(layout, component, image, release.as_deref(), &mut m)
+        }
         Runs::Unknown => {
             named_like(layout, component, None, &mut m);
         }
@@ -143,6 +147,15 @@ fn editable(obj: &Obj, written: &str, s: &Substituted, loc: Loc) -> Result<EditA
             "it is written inside a block of text at {}:{} (an inline patch or values), which upkeep does not edit",
             loc.file,
             loc.pos().line
+        ));
+    }
+    if s.used.is_empty() && written.contains("${") {
+        return Err(format!(
+            "it is written {written:?}, a variable, but {} substitutes no variables in git (no postBuild); define the variable in git (postBuild.substitute or a ConfigMap given by substituteFrom), or write a plain version",
+            match &obj.applied_by {
+                Some(k) => format!("Kustomization {k}"),
+                None => "nothing".to_string(),
+            }
         ));
     }
     if s.used.is_empty() {
@@ -355,7 +368,10 @@ fn chart_of(layout: &Layout, component: &str, chart: &str, release: Option<&str>
                 m.problems.push(problem(
                     &d.file,
                     d.pos(),
-                    format!("{} pins {chart} by digest: upkeep cannot move a digest", src.describe()),
+                    format!(
+                        "{} pins {chart} by digest: upkeep cannot move a digest",
+                        src.describe()
+                    ),
                     "pin it with `ref.tag` instead",
                 ));
             } else if let Some(t) = src.field(&["spec", "ref", "tag"]) {
@@ -467,7 +483,7 @@ fn named_like(layout: &Layout, component: &str, chart: Option<&str>, m: &mut Map
 }
 
 /// Strip the registry a reference defaults to, so `docker.io/rancher/x` matches `rancher/x`.
-fn image_key(r: &str) -> String {
+pub fn image_key(r: &str) -> String {
     let r = r
         .trim_start_matches("docker.io/")
         .trim_start_matches("index.docker.io/")
@@ -497,8 +513,7 @@ fn image_of(layout: &Layout, component: &str, image: &str, release: Option<&str>
         }
     }
     for w in layout.objects.iter().filter(|o| {
-        matches!(o.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet")
-            && release.is_none()
+        matches!(o.kind.as_str(), "Deployment" | "StatefulSet" | "DaemonSet") && release.is_none()
     }) {
         for (i, c) in w
             .doc
@@ -512,7 +527,9 @@ fn image_of(layout: &Layout, component: &str, image: &str, release: Option<&str>
             let (repo, _) = img.rsplit_once(':').unwrap_or((img, ""));
             if image_key(repo) == want {
                 let idx = i.to_string();
-                if let Some(loc) = w.field(&["spec", "template", "spec", "containers", &idx, "image"]) {
+                if let Some(loc) =
+                    w.field(&["spec", "template", "spec", "containers", &idx, "image"])
+                {
                     found.push(tag_carrier(w, loc, &want));
                 }
             }
@@ -616,11 +633,19 @@ fn values_field<'a>(
     hr: &'a Obj,
     path: &[&str],
 ) -> Option<(Loc, Option<&'a Obj>)> {
-    let full: Vec<&str> = ["spec", "values"].iter().copied().chain(path.iter().copied()).collect();
+    let full: Vec<&str> = ["spec", "values"]
+        .iter()
+        .copied()
+        .chain(path.iter().copied())
+        .collect();
     if let Some(loc) = hr.field(&full) {
         return Some((loc, None));
     }
-    let refs = hr.doc.at(&["spec", "valuesFrom"]).map(Node::items).unwrap_or_default();
+    let refs = hr
+        .doc
+        .at(&["spec", "valuesFrom"])
+        .map(Node::items)
+        .unwrap_or_default();
     for r in refs.iter().rev() {
         let kind = match r.str_at(&["kind"]) {
             "" => "ConfigMap",

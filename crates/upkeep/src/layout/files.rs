@@ -57,6 +57,21 @@ impl Files {
         f
     }
 
+    /// Files listed by a git tree: (path, text when it was read).
+    pub fn from_listing(listing: impl IntoIterator<Item = (String, Option<String>)>) -> Files {
+        let mut f = Files::default();
+        for (p, t) in listing {
+            if p.split('/').any(|c| c.starts_with('.')) {
+                continue;
+            }
+            f.all.insert(p.clone());
+            if let Some(t) = t {
+                f.text.insert(p, t);
+            }
+        }
+        f
+    }
+
     fn walk(&mut self, root: &Path, dir: &Path, depth: usize, total: &mut u64) {
         if depth > MAX_DEPTH || self.all.len() >= MAX_FILES {
             return;
@@ -170,7 +185,9 @@ pub fn join(dir: &str, rel: &str) -> String {
     let mut parts: Vec<&str> = if rel.starts_with('/') {
         Vec::new()
     } else {
-        dir.split('/').filter(|p| !p.is_empty() && *p != ".").collect()
+        dir.split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .collect()
     };
     for p in rel.split('/') {
         match p {

@@ -15,6 +15,7 @@
 pub mod build;
 pub mod carriers;
 pub mod files;
+pub mod route;
 pub mod subst;
 pub mod yaml;
 
@@ -95,7 +96,10 @@ pub fn write_versions(
     let mut by_file: BTreeMap<&str, Vec<(&EditAt, &str)>> = BTreeMap::new();
     for (e, to) in edits {
         let list = by_file.entry(e.loc.file.as_str()).or_default();
-        if !list.iter().any(|(x, _)| x.loc.node.start == e.loc.node.start) {
+        if !list
+            .iter()
+            .any(|(x, _)| x.loc.node.start == e.loc.node.start)
+        {
             list.push((e, to));
         }
     }
@@ -134,17 +138,16 @@ mod tests {
 
     #[test]
     fn versions_are_written_in_the_files_spelling() {
-        let files = Files::from_pairs([
-            (
-                "a.yaml",
-                "spec:\n  one: v1.9.1 # keep\n  two: \"1.9.1\"\n",
-            ),
-        ]);
+        let files =
+            Files::from_pairs([("a.yaml", "spec:\n  one: v1.9.1 # keep\n  two: \"1.9.1\"\n")]);
         let docs = yaml::parse_stream(files.text("a.yaml").unwrap_or("")).unwrap_or_default();
         let at = |k: &str| EditAt {
             loc: Loc {
                 file: "a.yaml".into(),
-                node: docs[0].at(&["spec", k]).cloned().unwrap_or_else(|| docs[0].clone()),
+                node: docs[0]
+                    .at(&["spec", k])
+                    .cloned()
+                    .unwrap_or_else(|| docs[0].clone()),
                 inline: None,
             },
             prefix: String::new(),
@@ -153,7 +156,10 @@ mod tests {
         };
         let (one, two) = (at("one"), at("two"));
         let out = write_versions(&files, &[(&one, "1.10.2"), (&two, "v1.10.2")]).expect("edit");
-        assert_eq!(out["a.yaml"], "spec:\n  one: v1.10.2 # keep\n  two: \"1.10.2\"\n");
+        assert_eq!(
+            out["a.yaml"],
+            "spec:\n  one: v1.10.2 # keep\n  two: \"1.10.2\"\n"
+        );
         assert!(same_version("v1.2.3", "1.2.3"));
     }
 }

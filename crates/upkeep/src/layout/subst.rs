@@ -27,11 +27,7 @@ impl Substituted {
         let start = raw.find("${")?;
         let end = raw[start..].find('}')? + start;
         let body = &raw[start + 2..end];
-        let name = body
-            .split([':', '='])
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let name = body.split([':', '=']).next().unwrap_or("").to_string();
         let (prefix, suffix) = (&raw[..start], &raw[end + 1..]);
         if name.is_empty() || prefix.contains('$') || suffix.contains('$') || !valid_name(&name) {
             return None;

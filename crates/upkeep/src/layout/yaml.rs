@@ -235,7 +235,10 @@ pub fn parse_stream(text: &str) -> Result<Vec<Node>, ParseError> {
                 n
             }
             Event::Alias(id) => {
-                let mut n = anchors.get(&id).cloned().unwrap_or_else(|| Node::null_at(pos, start));
+                let mut n = anchors
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| Node::null_at(pos, start));
                 expanded += count(&n);
                 if expanded > MAX_ALIAS_NODES {
                     return Err(ParseError {
@@ -397,9 +400,10 @@ pub fn replace(text: &str, node: &Node, new: &str) -> Result<String, EditError> 
     }
     let (from, to) = match node.style {
         Style::Plain => (node.start, node.end),
-        Style::SingleQuoted | Style::DoubleQuoted => {
-            (node.start + 1, node.end.saturating_sub(1).max(node.start + 1))
-        }
+        Style::SingleQuoted | Style::DoubleQuoted => (
+            node.start + 1,
+            node.end.saturating_sub(1).max(node.start + 1),
+        ),
         Style::Block => return Err(EditError::Block),
         Style::Collection => return Err(EditError::NotScalar),
     };
@@ -409,9 +413,10 @@ pub fn replace(text: &str, node: &Node, new: &str) -> Result<String, EditError> 
     let safe = match node.style {
         Style::Plain => {
             !new.is_empty()
-                && new
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+' | '_' | '/' | '@' | ':'))
+                && new.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || matches!(c, '.' | '-' | '+' | '_' | '/' | '@' | ':')
+                })
                 && !new.contains(": ")
                 && !new.starts_with(['-', ':', '@'])
         }
@@ -470,7 +475,10 @@ mod tests {
             replace(TEXT, docs[1].at(&["use", "k"]).expect("k"), "2"),
             Err(EditError::Shared)
         );
-        assert!(matches!(replace(TEXT, p, "a: b"), Err(EditError::Unsafe(_))));
+        assert!(matches!(
+            replace(TEXT, p, "a: b"),
+            Err(EditError::Unsafe(_))
+        ));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 
 use super::files::{
-    ComponentEntry, ComponentRuleEntry, FreezeEntry, PolicyFile, SourceEntry, Sp, UpdateEntry, VersionsFile,
-    WindowEntry, WindowKind,
+    ComponentEntry, ComponentRuleEntry, FreezeEntry, PolicyFile, SourceEntry, Sp, UpdateEntry,
+    VersionsFile, WindowEntry, WindowKind,
 };
 use super::load::VERSIONS_FILE;
 use super::{
@@ -1166,12 +1166,18 @@ fn runs_of(cx: &mut Ctx, f: &str, name: &str, e: &ComponentEntry, src: &Sources)
     }
     if let Some(i) = &e.image {
         let bad = i.value.contains('@')
-            || i.value.rsplit('/').next().is_some_and(|last| last.contains(':'));
+            || i.value
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':'));
         if bad || i.value.trim().is_empty() {
             cx.error(
                 f,
                 i.pos,
-                format!("component `{name}`: image {:?} should be a repository without a tag or digest", i.value),
+                format!(
+                    "component `{name}`: image {:?} should be a repository without a tag or digest",
+                    i.value
+                ),
                 "e.g. `image: docker.io/rancher/system-upgrade-controller`",
             );
         }
