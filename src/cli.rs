@@ -1320,7 +1320,15 @@ fn monthly_report(a: &ReportArgs) -> i32 {
                         token.as_deref(),
                     )
                     .map_err(|e| e.to_string())?;
-                    upkeep::monthly::post(&forge, &m).await
+                    upkeep::monthly::post(
+                        &forge,
+                        &m,
+                        &upkeep::propose::Scope::new(
+                            &a.record.subdir,
+                            config.as_ref().and_then(|c| c.cluster.as_deref()),
+                        ),
+                    )
+                    .await
                 })
             });
         match posted {

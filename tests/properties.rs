@@ -336,7 +336,13 @@ impl World {
         if !go.is_empty() && (self.running() < self.desired || self.unfinished()) {
             return Err("proposed the next hop before the current one was applied".into());
         }
-        let actions = upkeep::propose::plan(&go, &self.pulls, &self.cfg.limits, self.now);
+        let actions = upkeep::propose::plan(
+            &go,
+            &self.pulls,
+            &self.cfg.limits,
+            &upkeep::propose::Scope::default(),
+            self.now,
+        );
         let created_last_hour = |pulls: &[PullRequest], now| {
             pulls
                 .iter()

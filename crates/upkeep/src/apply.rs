@@ -404,12 +404,16 @@ pub async fn run_detailed<F: Forge>(
         api: rollouts(client, &opts.namespace),
         suspensions: &suspensions,
         reading: Default::default(),
+        scope: crate::propose::Scope::new(&repo.subdir, config.cluster.as_deref()),
     };
     let pulls = match repo.forge {
         Some(f) => f
-            .pulls(crate::propose::BRANCH_PREFIX)
+            .pulls(&d.scope.prefix())
             .await
-            .unwrap_or_default(),
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| d.scope.owns(&p.head))
+            .collect(),
         None => Vec::new(),
     };
     let Found {
@@ -547,6 +551,8 @@ struct Driver<'a, 'r, F: Forge> {
     suspensions: &'a crate::operate::Suspensions,
     /// The base branch's tip read as Flux builds it, by commit (read again when it moves).
     reading: std::sync::Mutex<Option<(String, std::sync::Arc<crate::layout::Reading>)>>,
+    /// The cluster in shared names (branches, rollouts) when several share the repository.
+    scope: crate::propose::Scope,
 }
 
 /// One rollout while it is driven: what it is and what the cluster shows.
@@ -555,6 +561,7 @@ struct Target<'a> {
     spec: &'a RolloutSpec,
     component: &'a Component,
     observed: &'a Observed,
+    scope: &'a crate::propose::Scope,
 }
 
 impl<F: Forge> Driver<'_, '_, F> {
@@ -599,7 +606,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                 },
             );
             let in_step = matches!(&running, cluster::Running::At { .. }) && from == c.version;
-            let name = rollout::rollout_name(&c.name, &c.version.to_string());
+            let name = self.scope.rollout(&c.name, &c.version.to_string());
             let existing = self.get(&name).await?;
             if existing.is_none() && in_step {
                 continue;
@@ -690,7 +697,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
         };
-        let branch = crate::propose::branch_name(&c.name, &c.version.to_string());
+        let branch = self.scope.branch(&c.name, &c.version.to_string());
         let pr = pulls.iter().find(|p| p.merged && p.head == branch);
         Ok(RolloutSpec {
             component: c.name.clone(),
@@ -820,6 +827,7 @@ impl<F: Forge> Driver<'_, '_, F> {
             spec: &spec,
             component: c,
             observed,
+            scope: &self.scope,
         };
         let backup_state = if status.phase == Phase::Backup {
             self.backup_state(&target, status.backup_attempt.as_deref())
@@ -1208,6 +1216,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                 spec: &spec,
                 component: c,
                 observed: seen,
+                scope: &self.scope,
             };
             let mut done = true;
             for fx in &effects {
@@ -1404,7 +1413,7 @@ impl<F: Forge> Driver<'_, '_, F> {
             Effect::Uncordon => self.uncordon(t.observed).await,
             Effect::Revert { version, message } => {
                 if next.revert.is_none() {
-                    let done = revert(self.repo, t.component, &t.spec.to, version, message).await?;
+                    let done = revert(self.repo, t, version, message).await?;
                     close_built_on(self.repo, t, &done).await;
                     next.revert = Some(done);
                 }
@@ -2117,7 +2126,7 @@ async fn close_built_on<F: Forge>(repo: &Repo<'_, F>, t: &Target<'_>, reverted: 
     let Some(forge) = repo.forge else {
         return;
     };
-    let pulls = match forge.pulls(crate::propose::BRANCH_PREFIX).await {
+    let pulls = match forge.pulls(&t.scope.prefix()).await {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the pull requests built on the reverted version");
@@ -2125,7 +2134,7 @@ async fn close_built_on<F: Forge>(repo: &Repo<'_, F>, t: &Target<'_>, reverted: 
         }
     };
     let marker = format!("<!-- upkeep:built-on-reverted rollout={} -->", t.name);
-    for number in crate::propose::built_on(&pulls, t.component, &t.spec.to) {
+    for number in crate::propose::built_on(&pulls, t.component, &t.spec.to, t.scope) {
         let body = format!(
             "{marker}\nupkeep closed this pull request: it is built on {} {}, which failed and was reverted ({reverted}). versions.yaml no longer holds that version, so this update would not apply as written. upkeep proposes the next update again once the version in versions.yaml runs in the cluster.",
             t.component.name,
@@ -2152,11 +2161,11 @@ async fn close_built_on<F: Forge>(repo: &Repo<'_, F>, t: &Target<'_>, reverted: 
 /// A refused push (protection, a race) becomes a revert pull request instead. Never forced.
 async fn revert<F: Forge>(
     repo: &Repo<'_, F>,
-    c: &Component,
-    failed: &str,
+    t: &Target<'_>,
     back_to: &str,
     message: &str,
 ) -> Result<String, String> {
+    let (c, failed) = (t.component, t.spec.to.as_str());
     let git = repo.git;
     git.fetch().map_err(|e| e.to_string())?;
     let tip = git.tip(&repo.base).map_err(|e| e.to_string())?;
@@ -2180,7 +2189,7 @@ async fn revert<F: Forge>(
             tracing::warn!(error = %e, "the revert could not be pushed to the base branch; opening a pull request");
             let branch = format!(
                 "{}revert-{}",
-                crate::propose::BRANCH_PREFIX,
+                t.scope.prefix(),
                 rollout::rollout_name(&c.name, failed)
             );
             git.push(commit, &branch, true).map_err(|e| e.to_string())?;

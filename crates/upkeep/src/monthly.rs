@@ -623,15 +623,19 @@ pub enum Posted {
 }
 
 /// Post the month's report (Markdown) on the dependency dashboard issue, once.
-pub async fn post(forge: &impl crate::forge::Forge, m: &Monthly) -> Result<Posted, String> {
+pub async fn post(
+    forge: &impl crate::forge::Forge,
+    m: &Monthly,
+    scope: &crate::propose::Scope,
+) -> Result<Posted, String> {
+    let label = scope.dashboard_label();
     let issue = forge
-        .find_issue(crate::propose::DASHBOARD_LABEL)
+        .find_issue(&label)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| {
             format!(
-                "no open issue labelled {} (upkeep propose opens the dependency dashboard)",
-                crate::propose::DASHBOARD_LABEL
+                "no open issue labelled {label} (upkeep propose opens the dependency dashboard)"
             )
         })?;
     let mark = marker(m);

@@ -73,17 +73,159 @@ pub fn branch_name(component: &str, version: &str) -> String {
     format!("{BRANCH_PREFIX}{component}-{v}")
 }
 
-/// Whether `branch` is upkeep's branch for some version of `component` (and not of a component
-/// whose name merely starts the same, like `k3s-extra`).
-pub(crate) fn is_branch_of(branch: &str, component: &str) -> bool {
-    branch
-        .strip_prefix(BRANCH_PREFIX)
-        .and_then(|b| b.strip_prefix(component))
-        .and_then(|b| b.strip_prefix('-'))
-        .is_some_and(|v| {
-            let v = v.strip_prefix('v').unwrap_or(v);
-            v.starts_with(|c: char| c.is_ascii_digit())
-        })
+/// The cluster in the names several clusters of one repository would otherwise share: branches,
+/// PR titles, the dashboard and rollouts. None for a config repository's root (one cluster: the
+/// names stay as they always were); the cluster directory's `cluster:` from versions.yaml (or
+/// the directory's name) when upkeep runs with `--subdir`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope(Option<String>);
+
+impl Scope {
+    pub fn new(subdir: &str, cluster: Option<&str>) -> Scope {
+        let dir = subdir.trim_matches('/');
+        if dir.is_empty() {
+            return Scope(None);
+        }
+        let name = cluster
+            .filter(|c| !c.trim().is_empty())
+            .unwrap_or_else(|| dir.rsplit('/').next().unwrap_or(dir));
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        Scope(Some(safe))
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// Where this scope's branches start: `upkeep/` or `upkeep/<cluster>/`.
+    pub fn prefix(&self) -> String {
+        match &self.0 {
+            Some(c) => format!("{BRANCH_PREFIX}{c}/"),
+            None => BRANCH_PREFIX.to_string(),
+        }
+    }
+
+    /// Whether `branch` is one of this scope's (an unscoped root does not own other clusters').
+    pub fn owns(&self, branch: &str) -> bool {
+        match branch.strip_prefix(&self.prefix()) {
+            Some(rest) => self.0.is_some() || !rest.contains('/') || rest.starts_with("revert-"),
+            None => false,
+        }
+    }
+
+    pub fn branch(&self, component: &str, version: &str) -> String {
+        let unscoped = branch_name(component, version);
+        match &self.0 {
+            Some(_) => format!("{}{}", self.prefix(), &unscoped[BRANCH_PREFIX.len()..]),
+            None => unscoped,
+        }
+    }
+
+    pub fn is_branch_of(&self, branch: &str, component: &str) -> bool {
+        branch
+            .strip_prefix(&self.prefix())
+            .and_then(|b| b.strip_prefix(component))
+            .and_then(|b| b.strip_prefix('-'))
+            .is_some_and(|v| {
+                let v = v.strip_prefix('v').unwrap_or(v);
+                v.starts_with(|c: char| c.is_ascii_digit())
+            })
+    }
+
+    /// The component a branch of this scope updates.
+    pub fn component_of(&self, branch: &str) -> String {
+        branch
+            .strip_prefix(&self.prefix())
+            .and_then(|b| b.rsplit_once("-v"))
+            .map_or(String::new(), |(c, _)| c.to_string())
+    }
+
+    /// A PR title: `[cluster] ...` in a scope.
+    pub fn title(&self, title: &str) -> String {
+        match &self.0 {
+            Some(c) => format!("[{c}] {title}"),
+            None => title.to_string(),
+        }
+    }
+
+    /// A PR title without the scope's `[cluster] ` in front.
+    pub fn untitled<'a>(&self, title: &'a str) -> &'a str {
+        match &self.0 {
+            Some(c) => title.strip_prefix(&format!("[{c}] ")).unwrap_or(title),
+            None => title,
+        }
+    }
+
+    pub fn dashboard_label(&self) -> String {
+        match &self.0 {
+            Some(c) => format!("{DASHBOARD_LABEL}-{c}"),
+            None => DASHBOARD_LABEL.to_string(),
+        }
+    }
+
+    pub fn dashboard_title(&self) -> String {
+        match &self.0 {
+            Some(c) => format!("{DASHBOARD_TITLE} ({c})"),
+            None => DASHBOARD_TITLE.to_string(),
+        }
+    }
+
+    /// The name of the rollout of `component` to `version` in this scope.
+    pub fn rollout(&self, component: &str, version: &str) -> String {
+        let unscoped = crate::rollout::rollout_name(component, version);
+        match &self.0 {
+            Some(c) => format!("{c}-{unscoped}"),
+            None => unscoped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::Scope;
+
+    #[test]
+    fn names_carry_the_cluster_only_in_a_cluster_directory() {
+        let root = Scope::new("", Some("homelab"));
+        assert_eq!(
+            root.branch("k3s", "v1.33.5+k3s1"),
+            "upkeep/k3s-v1.33.5-k3s1"
+        );
+        assert_eq!(root.rollout("k3s", "v1.33.5+k3s1"), "k3s-v1.33.5-k3s1");
+        let staging = Scope::new("clusters/staging", None);
+        assert_eq!(
+            staging.branch("k3s", "v1.33.5+k3s1"),
+            "upkeep/staging/k3s-v1.33.5-k3s1"
+        );
+        assert!(staging.is_branch_of("upkeep/staging/k3s-v1.33.5-k3s1", "k3s"));
+        assert!(!root.is_branch_of("upkeep/staging/k3s-v1.33.5-k3s1", "k3s"));
+        assert!(!root.owns("upkeep/staging/k3s-v1.33.5-k3s1"));
+        assert!(!Scope::new("clusters/main", None).owns("upkeep/staging/k3s-v1"));
+        assert_eq!(staging.title("k3s: a -> b"), "[staging] k3s: a -> b");
+        assert_eq!(staging.untitled("[staging] k3s: a -> b"), "k3s: a -> b");
+        assert_eq!(staging.dashboard_label(), "upkeep/dashboard-staging");
+        assert_eq!(
+            staging.rollout("k3s", "v1.33.5+k3s1"),
+            "staging-k3s-v1.33.5-k3s1"
+        );
+        assert_eq!(
+            staging.component_of("upkeep/staging/cert-manager-v1.2.3"),
+            "cert-manager"
+        );
+        assert_eq!(
+            Scope::new("clusters/main", Some("Main Cluster")).name(),
+            Some("main-cluster")
+        );
+    }
 }
 
 /// What happens after merge, for the PR report: facts about the component and the schedule.
@@ -533,6 +675,7 @@ pub fn proposals(
     rows: &[ComponentReport],
     repo: &ConfigRepo,
     style: &Style,
+    scope: &Scope,
     now: DateTime<Utc>,
 ) -> Vec<Proposal> {
     rows.iter()
@@ -547,8 +690,11 @@ pub fn proposals(
                 from: r.current.clone(),
                 to: to.clone(),
                 level: next.level,
-                branch: branch_name(&r.name, &to),
-                title: bounded(&format!("{}: {} -> {to}", r.name, r.current), MAX_TITLE),
+                branch: scope.branch(&r.name, &to),
+                title: bounded(
+                    &scope.title(&format!("{}: {} -> {to}", r.name, r.current)),
+                    MAX_TITLE,
+                ),
                 commit_message: format!("{}({}): update to {to}", style.commit_prefix, r.name),
                 labels,
                 body: bounded(&pr_body(r, &after_merge(repo, &r.name, now)), MAX_BODY),
@@ -564,6 +710,7 @@ pub fn built_on(
     pulls: &[PullRequest],
     component: &crate::model::Component,
     version: &str,
+    scope: &Scope,
 ) -> Vec<u64> {
     let parse = |v: &str| crate::versions::parse(v.trim(), component.scheme).ok();
     let Some(version) = parse(version) else {
@@ -571,9 +718,10 @@ pub fn built_on(
     };
     pulls
         .iter()
-        .filter(|p| p.is_open() && is_branch_of(&p.head, &component.name))
+        .filter(|p| p.is_open() && scope.is_branch_of(&p.head, &component.name))
         .filter(|p| {
-            p.title
+            scope
+                .untitled(&p.title)
                 .strip_prefix(&format!("{}: ", component.name))
                 .and_then(|t| t.split_once(" -> "))
                 .and_then(|(from, _)| parse(from))
@@ -664,6 +812,7 @@ pub fn plan(
     proposals: &[Proposal],
     existing: &[PullRequest],
     limits: &PullRequestLimits,
+    scope: &Scope,
     now: DateTime<Utc>,
 ) -> Vec<Action> {
     let mut open = existing.iter().filter(|p| p.is_open()).count() as u32;
@@ -704,7 +853,7 @@ pub fn plan(
         }
         let older = existing
             .iter()
-            .filter(|x| x.is_open() && is_branch_of(&x.head, &p.component))
+            .filter(|x| x.is_open() && scope.is_branch_of(&x.head, &p.component))
             .min_by_key(|x| x.number);
         if let Some(old) = older {
             if limits.one_per_component {
@@ -1065,12 +1214,14 @@ impl<F: Forge> Cycle<'_, F> {
                         ..Default::default()
                     },
                     &mut out,
+                    &Scope::new(&self.subdir, None),
                 )
                 .await;
             }
             return Ok((out, Vec::new()));
         };
         let limits = repo.pull_requests;
+        let scope = Scope::new(&self.subdir, repo.cluster.as_deref());
         let (repo, rows) = check(repo).await;
         for r in &rows {
             if let Some(crate::select::Reason::SourceFailed { message, .. }) = &r.reason {
@@ -1078,17 +1229,20 @@ impl<F: Forge> Cycle<'_, F> {
                     .push(format!("{}: the release source failed: {message}", r.name));
             }
         }
-        let props = proposals(&rows, &repo, &self.style, now);
+        let props = proposals(&rows, &repo, &self.style, &scope, now);
         let (props, held) = hold_until_applied(props, &repo, self.running.as_ref());
-        let existing = self
+        let existing: Vec<PullRequest> = self
             .forge
-            .pulls(BRANCH_PREFIX)
+            .pulls(&scope.prefix())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|p| scope.owns(&p.head))
+            .collect();
         // What a human ticked on the dashboard since the last cycle.
         // The dashboard is read once per cycle: for the boxes, and to update it below.
         let dash = if self.dashboard {
-            Some(self.forge.find_issue(DASHBOARD_LABEL).await)
+            Some(self.forge.find_issue(&scope.dashboard_label()).await)
         } else {
             None
         };
@@ -1096,7 +1250,7 @@ impl<F: Forge> Cycle<'_, F> {
             Some(Ok(Some(i))) => ticked(&i.body),
             _ => Vec::new(),
         };
-        let mut actions = open_ticked(plan(&props, &existing, &limits, now), &ticks);
+        let mut actions = open_ticked(plan(&props, &existing, &limits, &scope, now), &ticks);
         actions.extend(held);
         out.ticks = ticks
             .iter()
@@ -1134,7 +1288,10 @@ impl<F: Forge> Cycle<'_, F> {
             // The list read above, unless this cycle opened, closed or changed a PR.
             let wrote = !(out.opened.is_empty() && out.closed.is_empty() && out.updated.is_empty());
             let listed = if wrote {
-                self.forge.pulls(BRANCH_PREFIX).await
+                self.forge
+                    .pulls(&scope.prefix())
+                    .await
+                    .map(|ps| ps.into_iter().filter(|p| scope.owns(&p.head)).collect())
             } else {
                 Ok(existing)
             };
@@ -1142,16 +1299,7 @@ impl<F: Forge> Cycle<'_, F> {
                 .map(|ps| {
                     ps.into_iter()
                         .filter(|p| p.is_open())
-                        .map(|p| {
-                            (
-                                p.head
-                                    .trim_start_matches(BRANCH_PREFIX)
-                                    .rsplit_once('-')
-                                    .map_or(String::new(), |(c, _)| c.to_string()),
-                                p.number,
-                                p.title,
-                            )
-                        })
+                        .map(|p| (scope.component_of(&p.head), p.number, p.title))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -1163,7 +1311,8 @@ impl<F: Forge> Cycle<'_, F> {
                 errors: out.errors.clone(),
                 rollouts: self.rollouts.clone(),
             };
-            self.update_dashboard_known(&input, &mut out, dash).await;
+            self.update_dashboard_known(&input, &mut out, dash, &scope)
+                .await;
             // Say what was done about each "open now" box, on the dashboard itself.
             if let Some(d) = out.dashboard {
                 for t in &ticks {
@@ -1364,8 +1513,8 @@ impl<F: Forge> Cycle<'_, F> {
         Ok(())
     }
 
-    async fn update_dashboard(&self, input: &DashboardInput, out: &mut Outcome) {
-        self.update_dashboard_known(input, out, None).await;
+    async fn update_dashboard(&self, input: &DashboardInput, out: &mut Outcome, scope: &Scope) {
+        self.update_dashboard_known(input, out, None, scope).await;
     }
 
     /// [`update_dashboard`](Self::update_dashboard) with the issue as read earlier in the cycle
@@ -1376,12 +1525,13 @@ impl<F: Forge> Cycle<'_, F> {
         input: &DashboardInput,
         out: &mut Outcome,
         known: Option<crate::forge::Result<Option<crate::forge::Issue>>>,
+        scope: &Scope,
     ) {
         let body = dashboard(input);
         let r = async {
             let found = match known {
                 Some(Ok(found)) => found,
-                _ => self.forge.find_issue(DASHBOARD_LABEL).await?,
+                _ => self.forge.find_issue(&scope.dashboard_label()).await?,
             };
             match found {
                 Some(i) if i.body == body => Ok(i.number),
@@ -1392,7 +1542,7 @@ impl<F: Forge> Cycle<'_, F> {
                     .map(|_| i.number),
                 None => self
                     .forge
-                    .create_issue(DASHBOARD_TITLE, &body, &[DASHBOARD_LABEL.to_string()])
+                    .create_issue(&scope.dashboard_title(), &body, &[scope.dashboard_label()])
                     .await
                     .map(|i| i.number),
             }
@@ -1547,13 +1697,14 @@ mod tests {
     #[test]
     fn plan_opens_refreshes_supersedes_and_respects_rejections() {
         let limits = PullRequestLimits::default();
-        let a = plan(&[prop("k3s", "v2")], &[], &limits, now());
+        let a = plan(&[prop("k3s", "v2")], &[], &limits, &Scope::default(), now());
         assert!(matches!(&a[..], [Action::Open(_)]));
         // Rerun: the PR exists.
         let a = plan(
             &[prop("k3s", "v2")],
             &[pr(1, "upkeep/k3s-v2", "open", false)],
             &limits,
+            &Scope::default(),
             now(),
         );
         assert!(matches!(&a[..], [Action::Refresh { number: 1, .. }]));
@@ -1562,6 +1713,7 @@ mod tests {
             &[prop("k3s", "v3")],
             &[pr(1, "upkeep/k3s-v2", "open", false)],
             &limits,
+            &Scope::default(),
             now(),
         );
         assert!(
@@ -1575,6 +1727,7 @@ mod tests {
             &[prop("k3s", "v3")],
             &[pr(1, "upkeep/k3s-v2", "open", false)],
             &two,
+            &Scope::default(),
             now(),
         );
         assert!(matches!(&a[..], [Action::Supersede { old: 1, .. }]));
@@ -1583,6 +1736,7 @@ mod tests {
             &[prop("k3s", "v2")],
             &[pr(1, "upkeep/k3s-v2", "closed", false)],
             &limits,
+            &Scope::default(),
             now(),
         );
         assert!(matches!(&a[..], [Action::Skip { why, .. }] if why.contains("not this version")));
@@ -1591,6 +1745,7 @@ mod tests {
             &[prop("k3s", "v3")],
             &[pr(1, "upkeep/k3s-v2", "closed", false)],
             &limits,
+            &Scope::default(),
             now(),
         );
         assert!(matches!(&a[..], [Action::Open(_)]));
@@ -1599,6 +1754,7 @@ mod tests {
             &[prop("k3s", "v3")],
             &[pr(1, "upkeep/k3s-extra-v2", "open", false)],
             &limits,
+            &Scope::default(),
             now(),
         );
         assert!(matches!(&a[..], [Action::Open(_)]), "{a:?}");
@@ -1622,8 +1778,14 @@ mod tests {
         extra.number = 4;
         extra.head = "upkeep/k3s-extra-v1.34.1".into();
         let pulls = [a, closed, other, extra];
-        assert_eq!(built_on(&pulls, k3s, "v1.33.5+k3s1"), [1]);
-        assert_eq!(built_on(&pulls, k3s, "nonsense"), Vec::<u64>::new());
+        assert_eq!(
+            built_on(&pulls, k3s, "v1.33.5+k3s1", &Scope::default()),
+            [1]
+        );
+        assert_eq!(
+            built_on(&pulls, k3s, "nonsense", &Scope::default()),
+            Vec::<u64>::new()
+        );
     }
 
     #[test]
@@ -1754,7 +1916,7 @@ mod tests {
             one_per_component: true,
         };
         let props: Vec<Proposal> = (0..4).map(|i| prop(&format!("c{i}"), "v2")).collect();
-        let a = plan(&props, &[], &limits, now());
+        let a = plan(&props, &[], &limits, &Scope::default(), now());
         let opened = a.iter().filter(|x| matches!(x, Action::Open(_))).count();
         assert_eq!(opened, 2, "two per hour");
         let mut recent = pr(9, "upkeep/other-v1", "open", false);
@@ -1764,7 +1926,7 @@ mod tests {
             pr(10, "upkeep/x-v1", "open", false),
             pr(11, "upkeep/y-v1", "open", false),
         ];
-        let a = plan(&props, &existing, &limits, now());
+        let a = plan(&props, &existing, &limits, &Scope::default(), now());
         assert!(a.iter().all(|x| matches!(x, Action::Wait { .. })), "{a:?}");
     }
 
@@ -1780,6 +1942,7 @@ mod tests {
             &[longhorn.clone(), kured, from_k3s],
             &repo,
             &Style::default(),
+            &Scope::default(),
             now(),
         );
         let got: Vec<(&str, &str, &str, &str)> = p

@@ -626,7 +626,8 @@ async fn monthly_on_dashboard(
         freezes: &config.freezes,
         components: &mem.checked,
     });
-    match crate::monthly::post(&cfg.forge, &m).await {
+    let scope = crate::propose::Scope::new(&cfg.subdir, config.cluster.as_deref());
+    match crate::monthly::post(&cfg.forge, &m, &scope).await {
         Ok(Posted::New(n)) => {
             tracing::info!(month = %month, issue = n, "the monthly report is on the dashboard");
             mem.reported = Some(month.to_string());

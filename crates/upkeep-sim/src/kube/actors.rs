@@ -255,6 +255,17 @@ fn job_name(plan: &str, node: &str, hash: &str) -> String {
 }
 
 impl World<'_> {
+    /// Where Longhorn runs: the namespace of its manager DaemonSet (the chart's release
+    /// namespace), `longhorn-system` before it is installed.
+    fn longhorn_ns(&self) -> String {
+        self.store
+            .list(&gr("apps", "daemonsets"), None)
+            .into_iter()
+            .find(|d| s(d, "/metadata/name") == "longhorn-manager")
+            .map(|d| s(d, "/metadata/namespace").to_string())
+            .unwrap_or_else(|| seed::LONGHORN_NAMESPACE.to_string())
+    }
+
     fn ctx(&self, manager: &str) -> Ctx {
         Ctx::new(self.now, manager)
     }
@@ -896,7 +907,8 @@ impl World<'_> {
     /// A drain evicts the workloads of the node; their Longhorn volumes detach and attach
     /// where the pods are scheduled again (another schedulable node).
     fn evict_workloads(&mut self, node: &str) {
-        let ns = seed::LONGHORN_NAMESPACE;
+        let ns = self.longhorn_ns();
+        let ns = ns.as_str();
         let vols = gr("longhorn.io", "volumes");
         let attached: Vec<String> = self
             .store
@@ -1003,8 +1015,153 @@ impl World<'_> {
         due
     }
 
+    /// source-controller's OCIRepository: the artifact of `spec.ref` (`digest` > `semver` >
+    /// `tag` > `latest`, as `getArtifactRef`), its revision `<tag>@sha256:<digest>`
+    /// (`getRevision`). A semver range needs the registry's tags, which this emulator does not
+    /// list: the source says so and is not Ready.
+    fn oci_sources(&mut self) {
+        let g = gr("source.toolkit.fluxcd.io", "ocirepositories");
+        let all: Vec<Value> = self.store.list(&g, None).into_iter().cloned().collect();
+        let now = self.now;
+        for o in all {
+            let (name, ns) = name_ns(&o);
+            let url = s(&o, "/spec/url").to_string();
+            let generation = o
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            let wanted: Result<String, String> = if !s(&o, "/spec/ref/digest").is_empty() {
+                Ok(s(&o, "/spec/ref/digest").to_string())
+            } else if !s(&o, "/spec/ref/semver").is_empty() {
+                Err(format!(
+                    "failed to determine artifact digest: no match found for semver: {} (the emulator serves no registry tags)",
+                    s(&o, "/spec/ref/semver")
+                ))
+            } else {
+                let tag = match s(&o, "/spec/ref/tag") {
+                    "" => "latest",
+                    t => t,
+                };
+                Ok(format!("{tag}@sha256:{}", digest(&format!("{url}:{tag}"))))
+            };
+            let current = s(&o, "/status/artifact/revision").to_string();
+            let observed = o
+                .pointer("/status/observedGeneration")
+                .and_then(Value::as_i64);
+            if wanted.as_ref().ok() == Some(&current) && observed == Some(generation) {
+                continue;
+            }
+            let ctx = self.ctx("source-controller");
+            let _ = self.store.modify(&g, &ns, &name, &ctx, |x| {
+                x["status"]["observedGeneration"] = json!(generation);
+                match &wanted {
+                    Ok(rev) => {
+                        x["status"]["artifact"] = json!({"revision": rev, "digest": format!("sha256:{}", digest(rev)),
+                            "url": format!("http://source-controller.flux-system.svc.cluster.local./ocirepository/{ns}/{name}/{}.tar.gz", digest(rev)),
+                            "lastUpdateTime": timestamp(now)});
+                        set_condition(x, "Ready", "True", "Succeeded", &format!("stored artifact for digest '{rev}'"), now);
+                    }
+                    Err(why) => set_condition(x, "Ready", "False", "OCIArtifactPullFailed", why, now),
+                }
+            });
+        }
+    }
+
+    /// The chart a HelmRelease installs: (chart name, version asked, version as Helm records
+    /// it). From `spec.chart.spec`, or from its `chartRef` source's artifact: an OCIRepository's
+    /// tag (`_` read as `+`) with the digest's first 12 hex characters as build metadata, as
+    /// helm-controller's `mutateChartWithSourceRevision` does; a HelmChart's `spec`.
+    fn chart_of(&self, hr: &Value, ns: &str) -> Result<(String, String, String), String> {
+        let Some(r) = hr.pointer("/spec/chartRef") else {
+            let chart = s(hr, "/spec/chart/spec/chart").to_string();
+            let v = s(hr, "/spec/chart/spec/version").to_string();
+            return Ok((chart, v.clone(), v));
+        };
+        let kind = s(r, "/kind");
+        let rns = match s(r, "/namespace") {
+            "" => ns,
+            n => n,
+        };
+        let rname = s(r, "/name");
+        let plural = if kind == "OCIRepository" {
+            "ocirepositories"
+        } else {
+            "helmcharts"
+        };
+        let Some(src) = self
+            .store
+            .try_get(&gr("source.toolkit.fluxcd.io", plural), rns, rname)
+        else {
+            return Err(format!(
+                "could not get Source object: {plural}.source.toolkit.fluxcd.io \"{rname}\" not found"
+            ));
+        };
+        if kind != "OCIRepository" {
+            let v = s(src, "/spec/version").to_string();
+            return Ok((s(src, "/spec/chart").to_string(), v.clone(), v));
+        }
+        let rev = s(src, "/status/artifact/revision");
+        if rev.is_empty() {
+            return Err(format!(
+                "could not get Source object: {kind} '{rns}/{rname}' not ready"
+            ));
+        }
+        let chart = s(src, "/spec/url")
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let (tag, hex) = rev.split_once("@sha256:").unwrap_or((rev, ""));
+        let version = tag.replace('_', "+");
+        let base = version.split('+').next().unwrap_or(&version).to_string();
+        let recorded = if hex.len() >= 12 {
+            format!("{base}+{}", &hex[..12])
+        } else {
+            base.clone()
+        };
+        Ok((chart, base, recorded))
+    }
+
     fn helm(&mut self) {
         let hrs = gr("helm.toolkit.fluxcd.io", "helmreleases");
+        self.oci_sources();
+        // A chartRef source with a new artifact starts a reconcile of its release, as
+        // helm-controller's watch on the source does.
+        let now = self.now;
+        let all: Vec<Value> = self.store.list(&hrs, None).into_iter().cloned().collect();
+        for hr in &all {
+            let (name, ns) = name_ns(hr);
+            if hr.pointer("/spec/chartRef").is_none()
+                || annotation(hr, "sim.upkeep.dev/helm-controller-started").is_some()
+            {
+                continue;
+            }
+            let Ok((_, _, recorded)) = self.chart_of(hr, &ns) else {
+                continue;
+            };
+            if recorded != s(hr, "/status/lastAttemptedRevision")
+                && !s(hr, "/status/lastAttemptedRevision").is_empty()
+            {
+                let _ = self
+                    .store
+                    .modify(&hrs, &ns, &name, &self.ctx("helm-controller"), |h| {
+                        set_annotation(
+                            h,
+                            "sim.upkeep.dev/helm-controller-started",
+                            Some(&timestamp(now)),
+                        );
+                        set_condition(
+                            h,
+                            "Ready",
+                            "Unknown",
+                            "Progressing",
+                            "Running 'upgrade' action with timeout of 5m0s",
+                            now,
+                        );
+                    });
+            }
+        }
         let takes = self.t.helm_upgrade;
         for (hr, generation) in self.due_reconciles(
             &hrs,
@@ -1015,36 +1172,27 @@ impl World<'_> {
             let (name, ns) = name_ns(&hr);
             let ctx = self.ctx("helm-controller");
             let now = self.now;
-            let chart = s(&hr, "/spec/chart/spec/chart").to_string();
-            // A chart from a source object (`spec.chartRef`): the emulator serves no
-            // OCIRepository or HelmChart artifacts, so helm-controller cannot get the chart
-            // (its `SourceNotReady`); what runs stays as it is.
-            if chart.is_empty() && hr.pointer("/spec/chartRef").is_some() {
-                let msg = format!(
-                    "could not get Source object: {} '{}/{}' not ready",
-                    s(&hr, "/spec/chartRef/kind"),
-                    match s(&hr, "/spec/chartRef/namespace") {
-                        "" => ns.as_str(),
-                        n => n,
-                    },
-                    s(&hr, "/spec/chartRef/name")
-                );
-                let _ = self.store.modify(&hrs, &ns, &name, &ctx, |h| {
-                    set_annotation(h, "sim.upkeep.dev/helm-controller-started", None);
-                    h["status"]["observedGeneration"] = json!(generation);
-                    set_condition(h, "Ready", "False", "SourceNotReady", &msg, now);
-                });
-                continue;
-            }
-            let desired = s(&hr, "/spec/chart/spec/version").to_string();
+            let (chart, desired, recorded) = match self.chart_of(&hr, &ns) {
+                Ok(x) => x,
+                Err(msg) => {
+                    let _ = self.store.modify(&hrs, &ns, &name, &ctx, |h| {
+                        set_annotation(h, "sim.upkeep.dev/helm-controller-started", None);
+                        h["status"]["observedGeneration"] = json!(generation);
+                        set_condition(h, "Ready", "False", "SourceNotReady", &msg, now);
+                    });
+                    continue;
+                }
+            };
             let current = s(&hr, "/status/history/0/chartVersion").to_string();
+            let current_base = current.split('+').next().unwrap_or("").to_string();
             let revision = hr
                 .pointer("/status/history/0/version")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
+            let action = if revision == 0 { "install" } else { "upgrade" };
             let fault = self.fault(|f| matches!(f, ClusterFault::HelmUpgradeFails { release } if *release == name || *release == format!("{ns}/{name}")));
-            let refusal = if chart == "longhorn" {
-                longhorn_refusal(&current, &desired)
+            let refusal = if chart == "longhorn" && revision > 0 {
+                longhorn_refusal(&current_base, &desired)
             } else {
                 None
             };
@@ -1057,30 +1205,35 @@ impl World<'_> {
                 self.used.push(f);
             }
             let release = format!("{ns}/{name}.v{}", revision + 1);
+            let verb = if action == "install" {
+                "Install"
+            } else {
+                "Upgrade"
+            };
             let _ = self.store.modify(&hrs, &ns, &name, &ctx, |h| {
                 set_annotation(h, "sim.upkeep.dev/helm-controller-started", None);
                 h["status"]["observedGeneration"] = json!(generation);
-                h["status"]["lastAttemptedRevision"] = json!(desired);
+                h["status"]["lastAttemptedRevision"] = json!(recorded);
                 h["status"]["lastAttemptedGeneration"] = json!(generation);
                 match &failure {
                     Some(why) => {
                         // No `.vN` here, unlike the success message (helm-controller `upgrade.go`).
-                        let msg = format!("Helm upgrade failed for release {ns}/{name} with chart {chart}@{desired}: pre-upgrade hooks failed: 1 error occurred:\n\t* job {chart}-pre-upgrade failed: {why}");
-                        set_condition(h, "Ready", "False", "UpgradeFailed", &msg, now);
-                        set_condition(h, "Released", "False", "UpgradeFailed", &msg, now);
+                        let msg = format!("Helm {action} failed for release {ns}/{name} with chart {chart}@{recorded}: pre-{action} hooks failed: 1 error occurred:\n\t* job {chart}-pre-{action} failed: {why}");
+                        set_condition(h, "Ready", "False", &format!("{verb}Failed"), &msg, now);
+                        set_condition(h, "Released", "False", &format!("{verb}Failed"), &msg, now);
                         // The default `upgrade.remediation.retries: 0`: no rollback, stalled.
-                        set_condition(h, "Stalled", "True", "RetriesExceeded", "Failed to upgrade after 1 attempt(s)", now);
+                        set_condition(h, "Stalled", "True", "RetriesExceeded", &format!("Failed to {action} after 1 attempt(s)"), now);
                         h["status"]["failures"] = json!(h["status"]["failures"].as_i64().unwrap_or(0) + 1);
                     }
                     None => {
-                        let msg = format!("Helm upgrade succeeded for release {release} with chart {chart}@{desired}");
-                        set_condition(h, "Ready", "True", "UpgradeSucceeded", &msg, now);
-                        set_condition(h, "Released", "True", "UpgradeSucceeded", &msg, now);
+                        let msg = format!("Helm {action} succeeded for release {release} with chart {chart}@{recorded}");
+                        set_condition(h, "Ready", "True", &format!("{verb}Succeeded"), &msg, now);
+                        set_condition(h, "Released", "True", &format!("{verb}Succeeded"), &msg, now);
                         if let Some(Value::Array(cs)) = h["status"].get_mut("conditions") {
                             cs.retain(|c| c["type"] != "Stalled");
                         }
                         let mut history = h["status"]["history"].as_array().cloned().unwrap_or_default();
-                        history.insert(0, helm_snapshot(&chart, &desired, revision + 1, now, "deployed"));
+                        history.insert(0, helm_snapshot((&name, &ns), &chart, &recorded, revision + 1, now, "deployed"));
                         for old in history.iter_mut().skip(1) {
                             old["status"] = json!("superseded");
                         }
@@ -1092,10 +1245,147 @@ impl World<'_> {
                     }
                 }
             });
-            if failure.is_none() && chart == "longhorn" {
-                self.longhorn_upgraded(&desired);
+            if failure.is_none() {
+                self.render(&hr, &chart, &desired, &ns);
             }
         }
+    }
+
+    /// What an installed or upgraded chart makes, for the charts the emulator knows:
+    /// Longhorn's objects (or its manager's new image), and the flux-instance chart's
+    /// FluxInstance (controlplaneio-fluxcd/charts `charts/flux-instance/templates/instance.yaml`).
+    fn render(&mut self, hr: &Value, chart: &str, version: &str, ns: &str) {
+        match chart {
+            "longhorn" => {
+                let installed = self
+                    .store
+                    .list(&gr("apps", "daemonsets"), None)
+                    .into_iter()
+                    .any(|d| s(d, "/metadata/name") == "longhorn-manager");
+                if installed {
+                    self.longhorn_upgraded(version);
+                } else {
+                    let nodes: Vec<String> = {
+                        let mut servers = Vec::new();
+                        let mut agents = Vec::new();
+                        for n in self.store.list(&gr("", "nodes"), None) {
+                            let name = s(n, "/metadata/name").to_string();
+                            if seed::is_server(n) {
+                                servers.push(name)
+                            } else {
+                                agents.push(name)
+                            }
+                        }
+                        servers.into_iter().chain(agents).collect()
+                    };
+                    let volumes = self
+                        .store
+                        .try_get(&gr("", "namespaces"), "", "kube-system")
+                        .and_then(|n| annotation(n, "sim.upkeep.dev/longhorn-volumes"))
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(3);
+                    let ctx = self.ctx("longhorn-manager");
+                    let _ = seed::longhorn_objects(self.store, ns, version, &nodes, volumes, &ctx);
+                }
+            }
+            "flux-instance" => {
+                let values = self.helm_values(hr, ns);
+                let i = values.get("instance").cloned().unwrap_or_else(|| json!({}));
+                let or = |p: &str, d: &str| match s(&i, p) {
+                    "" => d.to_string(),
+                    v => v.to_string(),
+                };
+                let mut spec = json!({
+                    "distribution": {
+                        "version": or("/distribution/version", "2.x"),
+                        "registry": or("/distribution/registry", "ghcr.io/fluxcd"),
+                        "artifact": or("/distribution/artifact", "oci://ghcr.io/controlplaneio-fluxcd/flux-operator-manifests:latest"),
+                    },
+                    "components": i.get("components").cloned().unwrap_or_else(|| json!(["source-controller", "kustomize-controller", "helm-controller", "notification-controller"])),
+                });
+                if let Some(c) = i.get("cluster").and_then(Value::as_object) {
+                    let kept: serde_json::Map<String, Value> = c
+                        .iter()
+                        .filter(|(_, v)| v.as_str() != Some(""))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    spec["cluster"] = Value::Object(kept);
+                }
+                if !s(&i, "/sync/url").is_empty() {
+                    spec["sync"] = json!({"kind": or("/sync/kind", "GitRepository"), "url": s(&i, "/sync/url"),
+                        "ref": s(&i, "/sync/ref"), "path": s(&i, "/sync/path"), "interval": or("/sync/interval", "1m")});
+                }
+                let hr_name = s(hr, "/metadata/name").to_string();
+                let obj = json!({"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
+                    "metadata": {"name": "flux", "namespace": ns, "labels": {
+                        "helm.toolkit.fluxcd.io/name": hr_name, "helm.toolkit.fluxcd.io/namespace": ns,
+                        "app.kubernetes.io/managed-by": "Helm"}},
+                    "spec": spec});
+                let ctx = self.ctx("helm-controller");
+                let _ = self.store.patch(
+                    &gr("fluxcd.controlplane.io", "fluxinstances"),
+                    ns,
+                    "flux",
+                    PatchKind::Apply { force: true },
+                    &obj,
+                    None,
+                    &ctx,
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// A HelmRelease's values as helm-controller merges them: each `valuesFrom` in order
+    /// (ConfigMap or Secret, `valuesKey` default `values.yaml`, missing ones skipped when
+    /// `optional`), then `spec.values` on top (fluxcd/pkg `chartutil.ChartValuesFromReferences`).
+    fn helm_values(&self, hr: &Value, ns: &str) -> Value {
+        let mut merged = json!({});
+        for r in hr
+            .pointer("/spec/valuesFrom")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let kind = match s(r, "/kind") {
+                "" => "ConfigMap",
+                k => k,
+            };
+            let plural = if kind == "Secret" {
+                "secrets"
+            } else {
+                "configmaps"
+            };
+            let key = match s(r, "/valuesKey") {
+                "" => "values.yaml",
+                k => k,
+            };
+            let Some(src) = self.store.try_get(&gr("", plural), ns, s(r, "/name")) else {
+                continue;
+            };
+            let raw = s(
+                src,
+                &format!("/data/{}", key.replace('~', "~0").replace('/', "~1")),
+            )
+            .to_string();
+            let text = if kind == "Secret" {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(raw.as_bytes())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default()
+            } else {
+                raw
+            };
+            if let Ok(v) = serde_saphyr::from_str::<Value>(&text) {
+                deep_merge(&mut merged, &v);
+            }
+        }
+        if let Some(v) = hr.pointer("/spec/values") {
+            deep_merge(&mut merged, v);
+        }
+        merged
     }
 
     /// Helm has upgraded the chart: the longhorn-manager DaemonSet now rolls out its new image
@@ -1104,9 +1394,10 @@ impl World<'_> {
         let ctx = self.ctx("helm-controller");
         let v = format!("v{}", version.trim_start_matches('v'));
         let now = self.now;
+        let ns = self.longhorn_ns();
         let _ = self.store.modify(
             &gr("apps", "daemonsets"),
-            seed::LONGHORN_NAMESPACE,
+            &ns,
             "longhorn-manager",
             &ctx,
             |d| {
@@ -1124,7 +1415,8 @@ impl World<'_> {
     /// the DaemonSet reports it, `current-longhorn-version` is written, and the new engine
     /// image is deployed. Until then Longhorn is still upgrading, whatever Helm said.
     fn longhorn_rollout(&mut self) {
-        let ns = seed::LONGHORN_NAMESPACE;
+        let ns = self.longhorn_ns();
+        let ns = ns.as_str();
         let ds = gr("apps", "daemonsets");
         let Some(d) = self.store.try_get(&ds, ns, "longhorn-manager").cloned() else {
             return;
@@ -1194,7 +1486,8 @@ impl World<'_> {
     /// attached to the node, and (unless `node-drain-policy` is `always-allow`) no replica on
     /// it without a healthy copy elsewhere (here: a volume of one replica whose node it is).
     fn longhorn_pdbs(&mut self) {
-        let ns = seed::LONGHORN_NAMESPACE;
+        let ns = self.longhorn_ns();
+        let ns = ns.as_str();
         let pdbs = gr("policy", "poddisruptionbudgets");
         let policy = self
             .store
@@ -1235,7 +1528,7 @@ impl World<'_> {
                 let _ = self.store.create_with_status(
                     &pdbs,
                     ns,
-                    seed::instance_manager_pdb(&node),
+                    seed::instance_manager_pdb(ns, &node),
                     &ctx,
                 );
             }
@@ -1586,7 +1879,19 @@ impl World<'_> {
     /// Build, substitute and apply one Kustomization; its inventory entries, or why it failed.
     fn apply_kustomization(&mut self, k: &Value, a: &Artifact) -> Result<Vec<Value>, String> {
         let (kname, kns) = name_ns(k);
-        let docs = flux::build(a, s(k, "/spec/path"))
+        let components: Vec<String> = k
+            .pointer("/spec/components")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect();
+        let patches: Vec<Value> = k
+            .pointer("/spec/patches")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let docs = super::kustomize::flux_build(a, s(k, "/spec/path"), &components, &patches)
             .map_err(|e| format!("kustomize build failed: {e}"))?;
         let mut vars: std::collections::BTreeMap<String, String> = Default::default();
         for from in k
@@ -1644,15 +1949,15 @@ impl World<'_> {
         let target_ns = s(k, "/spec/targetNamespace").to_string();
         let ctx = self.ctx("kustomize-controller");
         let mut entries = Vec::new();
-        for (file, text) in docs {
-            let raw: Value = serde_saphyr::from_str(&text).map_err(|e| format!("{file}: {e}"))?;
-            let obj: Value =
-                if substitutes && flux::flux_annotation(&raw, "substitute") != Some("disabled") {
-                    serde_saphyr::from_str(&flux::substitute(&text, &vars))
-                        .map_err(|e| format!("{file}: after substitution: {e}"))?
-                } else {
-                    raw
-                };
+        for super::kustomize::Res { file, obj: raw } in docs {
+            let disabled = flux::flux_annotation(&raw, "substitute") == Some("disabled")
+                || raw.pointer("/metadata/labels/kustomize.toolkit.fluxcd.io~1substitute")
+                    == Some(&json!("disabled"));
+            let obj: Value = if substitutes && !disabled {
+                flux::substitute_value(&raw, &vars)
+            } else {
+                raw
+            };
             let kind = s(&obj, "/kind").to_string();
             let api = s(&obj, "/apiVersion").to_string();
             let group = api.rsplit_once('/').map_or("", |(g, _)| g).to_string();
@@ -1826,7 +2131,8 @@ impl World<'_> {
     /// available once it has a URL (the simulated store is always reachable).
     fn longhorn_backup_target(&mut self) {
         let g = gr("longhorn.io", "backuptargets");
-        let ns = seed::LONGHORN_NAMESPACE;
+        let ns = self.longhorn_ns();
+        let ns = ns.as_str();
         let Some(t) = self.store.try_get(&g, ns, "default").cloned() else {
             return;
         };
@@ -1846,7 +2152,8 @@ impl World<'_> {
     /// Whether Longhorn has a usable backup target: the `BackupTarget` `default` when that
     /// kind holds it (1.8 on), else the `backup-target` setting.
     fn longhorn_target(&self) -> bool {
-        let ns = seed::LONGHORN_NAMESPACE;
+        let ns = self.longhorn_ns();
+        let ns = ns.as_str();
         match self
             .store
             .try_get(&gr("longhorn.io", "backuptargets"), ns, "default")
@@ -1896,6 +2203,23 @@ impl World<'_> {
 /// SUC's `latestHash`: a digest of the resolved version, the service account and the secrets
 /// (upstream `DigestStatus`), not of the whole spec, so changing `concurrency`, `nodeSelector`
 /// or `window` does not run nodes that are done again.
+/// Helm's `MergeMaps`: maps merge recursively, anything else replaces.
+fn deep_merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(k) {
+                    Some(x) if x.is_object() && v.is_object() => deep_merge(x, v),
+                    _ => {
+                        a.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
 fn plan_hash(plan: &Value) -> String {
     let mut h = String::from(s(plan, "/spec/version"));
     h.push('\n');

@@ -194,6 +194,34 @@ pub fn substitute(doc: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// [`substitute`] in every string (keys too) of an object built by kustomize. Upstream
+/// substitutes the YAML text and parses it again, so a value that was a whole variable and
+/// becomes a number or a boolean takes that type (`replicas: ${N}`); so here.
+pub fn substitute_value(v: &Value, vars: &BTreeMap<String, String>) -> Value {
+    match v {
+        Value::String(s) => {
+            let out = substitute(s, vars);
+            let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
+            if whole && out != *s {
+                if let Ok(n) = out.parse::<i64>() {
+                    return json!(n);
+                }
+                if out == "true" || out == "false" {
+                    return json!(out == "true");
+                }
+            }
+            Value::String(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| substitute_value(x, vars)).collect()),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, x)| (substitute(k, vars), substitute_value(x, vars)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// `kustomize.toolkit.fluxcd.io/<key>` on an object.
 pub fn flux_annotation<'a>(obj: &'a Value, key: &str) -> Option<&'a str> {
     obj.pointer("/metadata/annotations")?

@@ -6,7 +6,9 @@
 //! What is served, and what is simplified, is documented in docs/simulator.md.
 
 pub mod actors;
+pub mod bootstrap;
 pub mod flux;
+pub mod kustomize;
 pub mod patch;
 pub mod schema;
 pub mod seed;
@@ -159,6 +161,22 @@ pub struct ClusterSpec {
     pub volumes: usize,
     /// Run etcd (snapshots possible) rather than sqlite.
     pub embedded_etcd: bool,
+    /// Bootstrap Flux from a config repository (served with `serve_git`) instead of the
+    /// example's fixed layout: no FluxInstance, Kustomizations or Longhorn are seeded; Flux
+    /// applies what git says, and charts install as helm-controller would (Longhorn's objects
+    /// appear when its chart is installed). `flux_version` labels Flux's controllers.
+    pub bootstrap: Option<RepoBootstrap>,
+}
+
+/// What a bootstrap of Flux from a repository created (see [`bootstrap::read`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepoBootstrap {
+    /// The repository's URL, as its GitRepositories say.
+    pub url: String,
+    /// GitRepositories (namespace, name) that serve it.
+    pub sources: Vec<(String, String)>,
+    /// Kustomizations the bootstrap created: (namespace, name, path, GitRepository name).
+    pub kustomizations: Vec<(String, String, String, String)>,
 }
 
 impl Default for ClusterSpec {
@@ -172,6 +190,7 @@ impl Default for ClusterSpec {
             longhorn_version: Some("1.9.1".into()),
             volumes: 3,
             embedded_etcd: true,
+            bootstrap: None,
         }
     }
 }

@@ -241,19 +241,20 @@ pub fn seed(store: &mut Store, spec: &ClusterSpec, now: DateTime<Utc>) -> Result
     if spec.suc {
         namespaces.push(SUC_NAMESPACE);
     }
-    if spec.flux_version.is_some() {
+    if spec.flux_version.is_some() || spec.bootstrap.is_some() {
         namespaces.push(FLUX_NAMESPACE);
     }
-    if spec.longhorn_version.is_some() {
+    if spec.longhorn_version.is_some() && spec.bootstrap.is_none() {
         namespaces.push(LONGHORN_NAMESPACE);
     }
     for ns in namespaces {
-        store.create_with_status(
-            &gr("", "namespaces"),
-            "",
-            json!({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}),
-            &ctx,
-        )?;
+        let mut n = json!({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}}, "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+        if ns == "kube-system" {
+            // How many volumes Longhorn has once its chart is installed (a bootstrapped cluster).
+            n["metadata"]["annotations"] =
+                json!({"sim.upkeep.dev/longhorn-volumes": spec.volumes.to_string()});
+        }
+        store.create_with_status(&gr("", "namespaces"), "", n, &ctx)?;
     }
     for (server, count) in [(true, spec.servers), (false, spec.agents)] {
         for i in 1..=count {
@@ -293,7 +294,10 @@ pub fn seed(store: &mut Store, spec: &ClusterSpec, now: DateTime<Utc>) -> Result
         )?;
     }
     if let Some(flux) = &spec.flux_version {
-        seed_flux(store, flux, now, &ctx)?;
+        match &spec.bootstrap {
+            Some(b) => seed_bootstrap(store, flux, b, now, &ctx)?,
+            None => seed_flux(store, flux, now, &ctx)?,
+        }
         for c in [
             "source-controller",
             "kustomize-controller",
@@ -322,8 +326,58 @@ pub fn seed(store: &mut Store, spec: &ClusterSpec, now: DateTime<Utc>) -> Result
             &ctx,
         )?;
     }
-    if let Some(lh) = &spec.longhorn_version {
+    if let Some(lh) = &spec.longhorn_version
+        && spec.bootstrap.is_none()
+    {
         seed_longhorn(store, spec, lh, now, &ctx)?;
+    }
+    Ok(())
+}
+
+/// A cluster bootstrapped from a config repository (`flux bootstrap`, or flux-operator with a
+/// FluxInstance's `sync`): Flux's controllers at `version`, the GitRepositories that serve the
+/// repository, and the Kustomizations the bootstrap created; everything else comes from git
+/// when the emulated kustomize-controller applies it.
+fn seed_bootstrap(
+    store: &mut Store,
+    version: &str,
+    b: &super::RepoBootstrap,
+    now: DateTime<Utc>,
+    ctx: &Ctx,
+) -> Result<(), ApiError> {
+    let bare = version.trim_start_matches('v');
+    let crd = gr("apiextensions.k8s.io", "customresourcedefinitions");
+    store.modify(&crd, "", "gitrepositories.source.toolkit.fluxcd.io", ctx, |c| {
+        c["metadata"]["labels"] = json!({"app.kubernetes.io/part-of": "flux", "app.kubernetes.io/version": format!("v{bare}")});
+    })?;
+    let ns_gr = gr("", "namespaces");
+    for (ns, name) in &b.sources {
+        if store.try_get(&ns_gr, "", ns).is_none() {
+            store.create_with_status(
+                &ns_gr,
+                "",
+                json!({"metadata": {"name": ns}, "status": {"phase": "Active"}}),
+                ctx,
+            )?;
+        }
+        store.create(
+            &gr("source.toolkit.fluxcd.io", "gitrepositories"),
+            ns,
+            json!({"metadata": {"name": name},
+                "spec": {"interval": "1m", "url": b.url, "ref": {"branch": "main"}}}),
+            ctx,
+        )?;
+    }
+    for (ns, name, path, source) in &b.kustomizations {
+        let _ = now;
+        store.create(
+            &gr("kustomize.toolkit.fluxcd.io", "kustomizations"),
+            ns,
+            json!({"metadata": {"name": name},
+                "spec": {"interval": "10m", "path": format!("./{}", path.trim_start_matches("./")), "prune": true,
+                    "sourceRef": {"kind": "GitRepository", "name": source}}}),
+            ctx,
+        )?;
     }
     Ok(())
 }
@@ -385,13 +439,14 @@ fn seed_flux(
 
 /// The `status.history` entry helm-controller writes for a release of a chart version.
 pub fn helm_snapshot(
+    (name, namespace): (&str, &str),
     chart: &str,
     version: &str,
     revision: i64,
     now: DateTime<Utc>,
     status: &str,
 ) -> Value {
-    json!({"name": chart, "namespace": LONGHORN_NAMESPACE, "version": revision, "status": status,
+    json!({"name": name, "namespace": namespace, "version": revision, "status": status,
         "chartName": chart, "chartVersion": version, "appVersion": format!("v{}", version.trim_start_matches('v')),
         "configDigest": format!("sha256:{}", digest(chart)), "digest": format!("sha256:{}", digest(&format!("{chart}{version}{revision}"))),
         "firstDeployed": timestamp(now), "lastDeployed": timestamp(now)})
@@ -422,27 +477,46 @@ fn seed_longhorn(
             "status": {"conditions": [
                     condition("Ready", "True", "UpgradeSucceeded", &format!("Helm upgrade succeeded for release longhorn-system/longhorn.v1 with chart longhorn@{chart}"), now, 1),
                     condition("Released", "True", "UpgradeSucceeded", &format!("Helm upgrade succeeded for release longhorn-system/longhorn.v1 with chart longhorn@{chart}"), now, 1)],
-                "history": [helm_snapshot("longhorn", chart, 1, now, "deployed")],
+                "history": [helm_snapshot(("longhorn", LONGHORN_NAMESPACE), "longhorn", chart, 1, now, "deployed")],
                 "lastAttemptedRevision": chart, "lastAttemptedGeneration": 1, "observedGeneration": 1}}),
         ctx,
     )?;
+    let nodes: Vec<String> = (1..=spec.servers)
+        .map(|i| node_name(true, i))
+        .chain((1..=spec.agents).map(|i| node_name(false, i)))
+        .collect();
+    longhorn_objects(store, LONGHORN_NAMESPACE, chart, &nodes, spec.volumes, ctx)
+}
+
+/// What longhorn-manager makes once the chart is installed in `ns` at `chart`: its settings,
+/// the backup target, the manager DaemonSet, an instance manager (and its PDB) per node, the
+/// engine image, and `volumes` volumes spread over the nodes.
+pub fn longhorn_objects(
+    store: &mut Store,
+    ns: &str,
+    chart: &str,
+    node_names: &[String],
+    volumes: usize,
+    ctx: &Ctx,
+) -> Result<(), ApiError> {
+    let chart = chart.trim_start_matches('v');
     let lh = |p: &str| gr("longhorn.io", p);
     let setting = |name: &str, value: &str| json!({"metadata": {"name": name}, "value": value, "status": {"applied": true}});
     store.create_with_status(
         &lh("settings"),
-        LONGHORN_NAMESPACE,
+        ns,
         setting("current-longhorn-version", &format!("v{chart}")),
         ctx,
     )?;
     store.create_with_status(
         &lh("settings"),
-        LONGHORN_NAMESPACE,
+        ns,
         setting("node-drain-policy", "block-if-contains-last-replica"),
         ctx,
     )?;
     store.create_with_status(
         &lh("settings"),
-        LONGHORN_NAMESPACE,
+        ns,
         setting("concurrent-automatic-engine-upgrade-per-node-limit", "0"),
         ctx,
     )?;
@@ -451,7 +525,7 @@ fn seed_longhorn(
     if longhorn_has_backup_target_cr(chart) {
         store.create_with_status(
             &lh("backuptargets"),
-            LONGHORN_NAMESPACE,
+            ns,
             json!({"metadata": {"name": "default"},
                 "spec": {"backupTargetURL": "", "credentialSecret": "", "pollInterval": "5m0s"},
                 "status": {"available": false, "conditions": [{"type": "Unavailable", "status": "True",
@@ -459,20 +533,11 @@ fn seed_longhorn(
             ctx,
         )?;
     } else {
-        store.create_with_status(
-            &lh("settings"),
-            LONGHORN_NAMESPACE,
-            setting("backup-target", ""),
-            ctx,
-        )?;
+        store.create_with_status(&lh("settings"), ns, setting("backup-target", ""), ctx)?;
     }
-    let node_names: Vec<String> = (1..=spec.servers)
-        .map(|i| node_name(true, i))
-        .chain((1..=spec.agents).map(|i| node_name(false, i)))
-        .collect();
     store.create_with_status(
         &gr("apps", "daemonsets"),
-        LONGHORN_NAMESPACE,
+        ns,
         json!({"metadata": {"name": "longhorn-manager", "labels": {"app": "longhorn-manager", "app.kubernetes.io/version": format!("v{chart}")}},
             "spec": {"selector": {"matchLabels": {"app": "longhorn-manager"}},
                 "template": {"metadata": {"labels": {"app": "longhorn-manager"}},
@@ -482,29 +547,27 @@ fn seed_longhorn(
                 "numberAvailable": node_names.len(), "numberMisscheduled": 0, "observedGeneration": 1}}),
         ctx,
     )?;
-    for n in &node_names {
-        instance_manager(store, n, chart, ctx)?;
+    for n in node_names {
+        instance_manager(store, ns, n, chart, ctx)?;
     }
     let image = format!("longhornio/longhorn-engine:v{chart}");
     store.create_with_status(
         &lh("engineimages"),
-        LONGHORN_NAMESPACE,
+        ns,
         json!({"metadata": {"name": format!("ei-{}", &digest(&image)[..8])}, "spec": {"image": image},
-            "status": {"state": "deployed", "refCount": spec.volumes, "incompatible": false}}),
+            "status": {"state": "deployed", "refCount": volumes, "incompatible": false}}),
         ctx,
     )?;
-    let nodes = spec.servers + spec.agents;
-    for i in 1..=spec.volumes {
+    let nodes = node_names.len();
+    for i in 1..=volumes {
         let owner = if nodes == 0 {
             String::new()
-        } else if i % nodes < spec.servers {
-            node_name(true, i % nodes + 1)
         } else {
-            node_name(false, i % nodes - spec.servers + 1)
+            node_names[i % nodes].clone()
         };
         store.create_with_status(
             &lh("volumes"),
-            LONGHORN_NAMESPACE,
+            ns,
             json!({"metadata": {"name": format!("pvc-{:08x}-0000-4000-8000-{i:012x}", i * 7919)},
                 "spec": {"size": "10737418240", "numberOfReplicas": 3.min(nodes.max(1)), "image": image, "frontend": "blockdev"},
                 "status": {"state": "attached", "robustness": "healthy", "currentImage": image, "currentNodeID": owner,
@@ -537,6 +600,7 @@ pub fn instance_manager_name(node: &str) -> String {
 /// PodDisruptionBudget longhorn-manager keeps on it while the node is schedulable.
 fn instance_manager(
     store: &mut Store,
+    ns: &str,
     node: &str,
     version: &str,
     ctx: &Ctx,
@@ -545,7 +609,7 @@ fn instance_manager(
     let t = timestamp(ctx.now);
     store.create_with_status(
         &gr("", "pods"),
-        LONGHORN_NAMESPACE,
+        ns,
         json!({"metadata": {"name": name, "labels": instance_manager_labels(node),
                 "ownerReferences": [{"apiVersion": "longhorn.io/v1beta2", "kind": "InstanceManager", "name": name, "uid": digest(&name)}]},
             "spec": {"nodeName": node, "containers": [{"name": "instance-manager", "image": format!("longhornio/longhorn-instance-manager:v{version}")}]},
@@ -554,8 +618,8 @@ fn instance_manager(
     )?;
     store.create_with_status(
         &gr("policy", "poddisruptionbudgets"),
-        LONGHORN_NAMESPACE,
-        instance_manager_pdb(node),
+        ns,
+        instance_manager_pdb(ns, node),
         ctx,
     )?;
     Ok(())
@@ -563,8 +627,8 @@ fn instance_manager(
 
 /// longhorn-manager's PodDisruptionBudget on the instance manager of `node`
 /// (`createInstanceManagerPDB`); its status is the disruption controller's to fill.
-pub fn instance_manager_pdb(node: &str) -> Value {
-    json!({"metadata": {"name": instance_manager_name(node), "namespace": LONGHORN_NAMESPACE},
+pub fn instance_manager_pdb(ns: &str, node: &str) -> Value {
+    json!({"metadata": {"name": instance_manager_name(node), "namespace": ns},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": instance_manager_labels(node)}},
         "status": {"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 1, "expectedPods": 0, "observedGeneration": 0}})
 }
