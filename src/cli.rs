@@ -49,6 +49,31 @@ pub enum Command {
         #[arg(long)]
         keep_serving: bool,
     },
+    /// Try upkeep on your own repository, with no cluster and no network: a simulated cluster
+    /// bootstrapped from it as Flux would be (its FluxInstance or flux-system Kustomization,
+    /// its Kustomizations, HelmReleases and Plans at the versions git says, nodes at
+    /// versions.yaml's k3s) and a simulated GitHub holding it; upkeep's own propose and apply
+    /// cycles then run on a simulated clock, every proposed pull request merged, applied in the
+    /// next window, validated and soaked, until nothing more is proposed. Prints what happened
+    /// per component. Exit 0 when nothing failed, went down a version, or left git and the
+    /// cluster disagreeing; 1 otherwise; 2 when it cannot run.
+    Rehearse {
+        /// The repository (a checkout: the directory Flux reads).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// The cluster's directory in it, holding versions.yaml and policies/.
+        #[arg(long, default_value = "")]
+        subdir: String,
+        /// Use only the shipped signed catalog of releases (the rehearsal always does; the flag
+        /// says so explicitly).
+        #[arg(long)]
+        offline: bool,
+        #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
+        output: Output,
+        /// Keep the rehearsal's state here (default: a temporary directory, removed after).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Check a config repo (versions.yaml and policies/) and print every problem found.
     Validate {
         /// The cluster directory holding versions.yaml and policies/.
@@ -903,6 +928,19 @@ pub fn run() -> i32 {
         Command::Plan(args) => plan(&args),
         Command::Run(args) => run_controller(&args),
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
+        Command::Rehearse {
+            repo,
+            subdir,
+            offline,
+            output,
+            dir,
+        } => crate::rehearse::run(crate::rehearse::Args {
+            repo,
+            subdir,
+            offline,
+            json: output == Output::Json,
+            dir,
+        }),
         Command::Apply(args) => apply(&args),
         Command::Get(at) => get(&at),
         Command::History(a) => history(&a),

@@ -3,6 +3,7 @@
 
 mod cli;
 mod demo;
+mod rehearse;
 
 fn main() {
     std::process::exit(cli::run());

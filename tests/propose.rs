@@ -55,6 +55,8 @@ impl World {
     fn new(limits: &str) -> World {
         upkeep::sources::install_crypto_provider();
         let sim = UpstreamSim::start_in_thread().expect("simulator");
+        // The forge stamps pull requests on the tests' own time, not today's.
+        sim.set_clock(upkeep_sim::clock::SimClock::stepped(now()));
         let dir = tempfile::tempdir().expect("tempdir");
         let seed = dir.path().join("seed");
         std::fs::create_dir_all(seed.join("policies")).expect("mkdir");

@@ -243,6 +243,12 @@ fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() 
         .stdout(Stdio::piped())
         .spawn()
         .expect("kubectl");
+    // The watch has started once it printed the present state: only then the change.
+    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let mut seen = Vec::new();
+    if let Some(Ok(l)) = lines.next() {
+        seen.push(l);
+    }
     let wait = k
         .command(&[
             "wait",
@@ -255,7 +261,6 @@ fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() 
         .stdout(Stdio::piped())
         .spawn()
         .expect("kubectl");
-    std::thread::sleep(Duration::from_millis(700));
     k.ok(&[
         "patch",
         "helmrelease",
@@ -270,8 +275,6 @@ fn kubectl_gets_nodes_applies_crds_and_plans_patches_status_waits_and_watches() 
     let waited = wait.wait_with_output().expect("kubectl wait");
     assert!(waited.status.success(), "{waited:?}");
     assert!(String::from_utf8_lossy(&waited.stdout).contains("condition met"));
-    let mut lines = BufReader::new(watch.stdout.take().expect("stdout")).lines();
-    let mut seen = Vec::new();
     while let Some(Ok(l)) = lines.next() {
         seen.push(l);
         if seen.last().is_some_and(|l| l == "True") {

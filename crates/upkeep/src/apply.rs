@@ -721,7 +721,14 @@ impl<F: Forge> Driver<'_, '_, F> {
         // The budget is counted on the clock the rollouts are judged by (the real one, or a
         // simulation's).
         let start = now();
+        // Bounded however the clock behaves (a clock that does not move with the pace would
+        // otherwise keep the budget from ever running out).
+        let max_looks = (self.opts.budget.as_millis() / self.opts.poll.as_millis().max(1))
+            .saturating_add(2)
+            .min(u128::from(u32::MAX));
+        let mut looks: u128 = 0;
         loop {
+            looks += 1;
             let observed = cluster::observe(self.client, self.ns())
                 .await
                 .map_err(|e| e.to_string())?;
@@ -762,7 +769,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
             let spent = (now() - start).to_std().unwrap_or_default();
-            if !active || waiting_only || spent >= self.opts.budget {
+            if !active || waiting_only || spent >= self.opts.budget || looks >= max_looks {
                 return Ok(());
             }
             self.opts.pace.wait(self.opts.poll).await;
@@ -1464,7 +1471,7 @@ impl<F: Forge> Driver<'_, '_, F> {
     /// Longhorn: a SystemBackup where a backup target is available, else a Snapshot of every
     /// volume.
     async fn longhorn_backup(&self, t: &Target<'_>, backup: &str) -> Result<(), String> {
-        let ns = &self.ns().longhorn;
+        let ns = &t.observed.longhorn_namespace;
         let create = |plural: &'static str, kind: &'static str, obj: Value| {
             let api: Api<DynamicObject> = Api::namespaced_with(
                 self.client.clone(),
@@ -1554,7 +1561,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                     "longhorn.io",
                     "SystemBackup",
                     "systembackups",
-                    Some(&ns.longhorn),
+                    Some(&t.observed.longhorn_namespace),
                 );
                 match api.get_opt(attempt).await {
                     Ok(Some(b)) if b.data["status"]["state"] == "Ready" => {
@@ -1572,7 +1579,12 @@ impl<F: Forge> Driver<'_, '_, F> {
                 }
             }
             "longhorn" => {
-                let api = read("longhorn.io", "Snapshot", "snapshots", Some(&ns.longhorn));
+                let api = read(
+                    "longhorn.io",
+                    "Snapshot",
+                    "snapshots",
+                    Some(&t.observed.longhorn_namespace),
+                );
                 let lp = ListParams::default()
                     .match_any()
                     .labels(&format!("upkeep.dev/rollout={}", t.name));

@@ -265,6 +265,8 @@ pub struct Observed {
     pub flux_instances: Vec<Health>,
     pub kustomizations: Vec<Health>,
     pub volumes: Vec<VolumeState>,
+    /// Where Longhorn runs: its release's namespace, or the configured one.
+    pub longhorn_namespace: String,
     /// `settings.longhorn.io/current-longhorn-version`.
     pub longhorn_version: Option<String>,
     /// Longhorn's backup target, when usable: the `BackupTarget` `default` when available
@@ -818,11 +820,33 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
     .await?;
     for h in &hrs {
         let mut x = health("HelmRelease", h);
+        // A chart from an OCIRepository is recorded with the artifact digest's first 12 hex
+        // characters as build metadata (helm-controller `mutateChartWithSourceRevision`): the
+        // version is what comes before.
+        let from_oci =
+            h.pointer("/spec/chartRef/kind").and_then(Value::as_str) == Some("OCIRepository");
+        let plain = |v: &str| -> String {
+            match v.split_once('+') {
+                Some((base, meta))
+                    if from_oci
+                        && meta.len() == 12
+                        && meta.chars().all(|c| c.is_ascii_hexdigit()) =>
+                {
+                    base.to_string()
+                }
+                _ => v.to_string(),
+            }
+        };
         x.running = h
             .pointer("/status/history/0/chartVersion")
             .and_then(Value::as_str)
-            .map(str::to_string);
-        x.desired = Some(s(h, "/spec/chart/spec/version")).filter(|v| !v.is_empty());
+            .map(plain);
+        x.desired = Some(s(h, "/spec/chart/spec/version"))
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                Some(plain(&s(h, "/status/lastAttemptedRevision")))
+                    .filter(|v| from_oci && !v.is_empty())
+            });
         x.chart = Some(s(h, "/status/history/0/chartName"))
             .filter(|v| !v.is_empty())
             .or_else(|| Some(s(h, "/spec/chart/spec/chart")).filter(|v| !v.is_empty()));
@@ -887,7 +911,23 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
             ..health("Kustomization", k)
         })
         .collect();
-    longhorn(client, &ns.longhorn, &mut o).await?;
+    // Longhorn lives where its one release puts it (a Kustomization's targetNamespace, say),
+    // unless the configuration names another namespace than upstream's default.
+    o.longhorn_namespace = if ns.longhorn == Namespaces::default().longhorn {
+        let lh: Vec<&Health> = o
+            .helm_releases
+            .iter()
+            .filter(|h| h.chart.as_deref() == Some("longhorn"))
+            .collect();
+        match lh.as_slice() {
+            [one] => one.namespace.clone(),
+            _ => ns.longhorn.clone(),
+        }
+    } else {
+        ns.longhorn.clone()
+    };
+    let lh_ns = o.longhorn_namespace.clone();
+    longhorn(client, &lh_ns, &mut o).await?;
     o.flux_crd_version = get(
         client,
         Query::new(

@@ -239,10 +239,16 @@ pub async fn run(
             });
         match outcome {
             Ok(true) => {
+                // Renewals that came too late let the leadership lapse in between (the loop
+                // then skipped its turn): said again, so that the loop catches up.
+                let lapsed = leading && !me.is_leader();
                 me.set(Some(started + s.duration * 2 / 3), Some(s.identity.clone()));
                 if !leading {
                     tracing::info!(identity = %s.identity, lease = %s.name, "became the leader");
                     leading = true;
+                    on_change(true);
+                } else if lapsed {
+                    tracing::info!(identity = %s.identity, lease = %s.name, "leading again after a late renewal");
                     on_change(true);
                 }
             }

@@ -640,10 +640,17 @@ fn reached(
             let Some(h) = h else {
                 return Err(format!("no {name} release object"));
             };
-            let running = h
-                .running
-                .as_deref()
-                .and_then(|v| versions::parse(v, c.scheme).ok());
+            // An image's tag for an image component; the chart's or Flux's version otherwise.
+            let running = match (&c.runs, o.running(c)) {
+                (crate::model::Runs::Image { .. }, Running::At { version }) => {
+                    versions::parse(&version, c.scheme).ok()
+                }
+                (crate::model::Runs::Image { .. }, _) => None,
+                _ => h
+                    .running
+                    .as_deref()
+                    .and_then(|v| versions::parse(v, c.scheme).ok()),
+            };
             if running.as_ref() == Some(version) && h.ready {
                 // Helm is done; Longhorn's own upgrade goes on: its manager rolls out, then
                 // writes current-longhorn-version.

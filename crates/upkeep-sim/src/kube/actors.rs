@@ -1949,6 +1949,16 @@ impl World<'_> {
         let target_ns = s(k, "/spec/targetNamespace").to_string();
         let ctx = self.ctx("kustomize-controller");
         let mut entries = Vec::new();
+        // Staged as fluxcd/pkg `ssa.ResourceManager.ApplyAllStaged` does: CustomResourceDefinitions
+        // and Namespaces first, then everything else (a Kustomization in a namespace the same
+        // build creates is applied after it).
+        let mut docs = docs;
+        docs.sort_by_key(|r| {
+            !matches!(
+                r.obj.get("kind").and_then(Value::as_str),
+                Some("CustomResourceDefinition" | "Namespace")
+            )
+        });
         for super::kustomize::Res { file, obj: raw } in docs {
             let disabled = flux::flux_annotation(&raw, "substitute") == Some("disabled")
                 || raw.pointer("/metadata/labels/kustomize.toolkit.fluxcd.io~1substitute")
@@ -1971,6 +1981,12 @@ impl World<'_> {
                     "{file}: no matches for kind \"{kind}\" in version \"{api}\""
                 ));
             };
+            // targetNamespace is the generated kustomization's `namespace:`, which names
+            // Namespace objects too.
+            let mut obj = obj;
+            if kind == "Namespace" && !target_ns.is_empty() {
+                obj["metadata"]["name"] = json!(target_ns);
+            }
             let name = s(&obj, "/metadata/name").to_string();
             let ns = if !t.namespaced {
                 String::new()

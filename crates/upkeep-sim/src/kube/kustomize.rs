@@ -347,7 +347,13 @@ fn build_kustomization(
     apply_patches(&mut acc.res, &patches)?;
     if !ns.is_empty() {
         for r in &mut acc.res {
-            if !CLUSTER_SCOPED.contains(&s(&r.obj, &["kind"])) {
+            let kind = s(&r.obj, &["kind"]).to_string();
+            if kind == "Namespace" {
+                // The namespace transformer names Namespace objects too (its `metadata/name`
+                // field spec for kind Namespace): a shared component's placeholder Namespace
+                // becomes this one.
+                r.obj["metadata"]["name"] = Value::String(ns.clone());
+            } else if !CLUSTER_SCOPED.contains(&kind.as_str()) {
                 r.obj["metadata"]["namespace"] = Value::String(ns.clone());
             }
         }

@@ -250,6 +250,10 @@ impl Res {
     fn name(&self) -> String {
         match &self.generated {
             Some((_, n, ..)) => n.clone(),
+            // kustomize's namespace transformer names Namespace objects after the namespace.
+            None if self.kind() == "Namespace" && self.ns.is_some() => {
+                self.ns.clone().unwrap_or_default()
+            }
             None => self.doc.str_at(&["metadata", "name"]).to_string(),
         }
     }
@@ -745,12 +749,16 @@ impl Builder<'_> {
         });
         Obj {
             file: r.file.clone(),
-            kind,
+            kind: kind.clone(),
             api_version: match &r.generated {
                 Some(_) => "v1".into(),
                 None => r.doc.str_at(&["apiVersion"]).to_string(),
             },
-            name: r.name(),
+            name: match &ks.target_ns {
+                // targetNamespace is the kustomization's `namespace:`, which names Namespaces.
+                Some(t) if kind == "Namespace" => t.clone(),
+                _ => r.name(),
+            },
             namespace,
             applied_by: Some(ks.id.clone()),
             vars,
@@ -1016,7 +1024,7 @@ impl Builder<'_> {
         let ns = k.str_at(&["namespace"]);
         if !ns.is_empty() {
             for r in &mut out {
-                if !CLUSTER_SCOPED.contains(&r.kind().as_str()) {
+                if !CLUSTER_SCOPED.contains(&r.kind().as_str()) || r.kind() == "Namespace" {
                     r.ns = Some(ns.to_string());
                 }
             }
@@ -1414,7 +1422,10 @@ mod tests {
             ("clusters/main/settings.yaml", 6)
         );
         assert!(hr.substitutes);
-        assert!(l.find("Namespace", "", "_").is_some());
+        assert!(
+            l.find("Namespace", "", "storage").is_some(),
+            "the component's Namespace named by targetNamespace"
+        );
         assert!(l.objects.iter().all(|o| o.file != "elsewhere/ignored.yaml"));
         assert!(l.notes.is_empty(), "{:?}", l.notes);
     }
