@@ -49,6 +49,17 @@ pub enum Command {
         #[arg(long)]
         keep_serving: bool,
     },
+    /// Print the Renovate preset that leaves to upkeep exactly the versions it owns (those of
+    /// versions.yaml's components, wherever the repository carries them); extend it from your
+    /// renovate.json. `--builtin` prints the shipped renovate/upkeep.json (k3s, Flux, Longhorn).
+    RenovatePreset {
+        /// The cluster directory holding versions.yaml.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Only the built-in components (the shipped preset).
+        #[arg(long)]
+        builtin: bool,
+    },
     /// Try upkeep on your own repository, with no cluster and no network: a simulated cluster
     /// bootstrapped from it as Flux would be (its FluxInstance or flux-system Kustomization,
     /// its Kustomizations, HelmReleases and Plans at the versions git says, nodes at
@@ -85,6 +96,10 @@ pub enum Command {
         /// Judge windows as of this time (RFC 3339) instead of now.
         #[arg(long, value_parser = parse_now)]
         now: Option<DateTime<Utc>>,
+        /// The repository's root, read as Flux builds it to see where each version is carried
+        /// (default: the nearest directory above --repo that holds .git, else --repo).
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
     },
     /// Print the JSON Schemas of versions.yaml, policy files and the check report, or write them
     /// to a directory.
@@ -899,9 +914,12 @@ pub fn run() -> i32 {
     // installed before its first client, even for http:// URLs).
     sources::install_crypto_provider();
     match cli.command {
-        Command::Validate { repo, output, now } => {
-            validate(&repo, output, now.unwrap_or_else(Utc::now))
-        }
+        Command::Validate {
+            repo,
+            output,
+            now,
+            root,
+        } => validate(&repo, root.as_deref(), output, now.unwrap_or_else(Utc::now)),
         Command::Schema { out } => schema(out.as_deref()),
         Command::Check {
             repo,
@@ -928,6 +946,7 @@ pub fn run() -> i32 {
         Command::Plan(args) => plan(&args),
         Command::Run(args) => run_controller(&args),
         Command::Demo { dir, keep_serving } => crate::demo::run(dir, keep_serving),
+        Command::RenovatePreset { repo, builtin } => renovate_preset(&repo, builtin),
         Command::Rehearse {
             repo,
             subdir,
@@ -1018,7 +1037,7 @@ struct ValidateReport<'a> {
     diagnostics: &'a [Diagnostic],
 }
 
-fn validate(repo: &Path, output: Output, now: DateTime<Utc>) -> i32 {
+fn validate(repo: &Path, root: Option<&Path>, output: Output, now: DateTime<Utc>) -> i32 {
     let mut loaded = match model::load_repo(repo, now) {
         Ok(l) => l,
         Err(e) => {
@@ -1026,10 +1045,14 @@ fn validate(repo: &Path, output: Output, now: DateTime<Utc>) -> i32 {
             return 2;
         }
     };
-    // How the components are wired to Flux, as far as the repository shows.
+    // Where each component's version is carried, the repository read as Flux builds it.
     if let Some(r) = &loaded.repo {
-        let wiring = model::wiring::check(repo, r);
-        loaded.diagnostics.extend(wiring);
+        let (root, subdir) = repository_root(repo, root);
+        let reading = upkeep::layout::Reading::of_dir(&root, &subdir);
+        let found = upkeep::layout::check::check(&reading, r);
+        loaded
+            .diagnostics
+            .extend(upkeep::layout::check::relative(found, &subdir));
     }
     let (errors, warnings) = (loaded.errors(), loaded.warnings());
     let mut out = std::io::stdout().lock();
@@ -1067,7 +1090,7 @@ fn validate(repo: &Path, output: Output, now: DateTime<Utc>) -> i32 {
                     _ => writeln!(out, "{line}"),
                 };
             }
-            let summary = match &loaded.repo {
+            let summary = match loaded.repo.as_ref().filter(|_| errors == 0) {
                 Some(r) => format!(
                     "{}: valid: {}, {}, {}, {}{}",
                     repo.display(),
@@ -1126,6 +1149,41 @@ fn schema(out: Option<&Path>) -> i32 {
 
 /// Load a config repo for commands that need a valid one; on failure print the problems and
 /// return the exit code.
+fn renovate_preset(repo: &Path, builtin: bool) -> i32 {
+    let preset = if builtin {
+        upkeep::renovate::builtin()
+    } else {
+        match load_valid(repo, Utc::now()) {
+            Ok(c) => upkeep::renovate::for_repo(&c),
+            Err(code) => return code,
+        }
+    };
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&preset).unwrap_or_default()
+    );
+    0
+}
+
+/// The repository's root and the cluster directory in it: `root` when given, else the nearest
+/// directory above `cluster` holding `.git` (a checkout), else `cluster` itself.
+fn repository_root(cluster: &Path, root: Option<&Path>) -> (PathBuf, String) {
+    let abs = std::fs::canonicalize(cluster).unwrap_or_else(|_| cluster.to_path_buf());
+    let root = match root {
+        Some(r) => std::fs::canonicalize(r).unwrap_or_else(|_| r.to_path_buf()),
+        None => abs
+            .ancestors()
+            .find(|d| d.join(".git").exists())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| abs.clone()),
+    };
+    let subdir = abs
+        .strip_prefix(&root)
+        .map(|p| p.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_default();
+    (root, subdir)
+}
+
 fn load_valid(repo: &Path, now: DateTime<Utc>) -> Result<ConfigRepo, i32> {
     let loaded = model::load_repo(repo, now).map_err(|e| {
         eprintln!("upkeep: {e}");

@@ -608,6 +608,14 @@ impl<F: Forge> Driver<'_, '_, F> {
             let in_step = matches!(&running, cluster::Running::At { .. }) && from == c.version;
             let name = self.scope.rollout(&c.name, &c.version.to_string());
             let existing = self.get(&name).await?;
+            // A version in git that versions.yaml does not ask for: the manifest moved outside
+            // upkeep (Renovate, a human). Said as such, never taken for a downgrade.
+            if existing.is_none()
+                && let Some(why) = moved_outside(c, &from, &self.route(c, &observed))
+            {
+                blocked.insert(c.name.clone(), why);
+                continue;
+            }
             if existing.is_none() && in_step {
                 continue;
             }
@@ -2128,6 +2136,32 @@ fn waiting_text(d: &Decision, tz: chrono_tz::Tz) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// Why `c` gets no rollout when git carries a version versions.yaml does not ask for: it runs
+/// already (moved and applied outside upkeep), or Flux will apply it (moved, not yet applied).
+fn moved_outside(
+    c: &Component,
+    running: &versions::Version,
+    route: &crate::route::Route,
+) -> Option<String> {
+    let want = c.version.to_string();
+    let place = route
+        .places()
+        .iter()
+        .find(|p| !crate::layout::same_version(&p.value, &want))?;
+    let runs = crate::layout::same_version(&place.value, &running.to_string());
+    Some(if runs {
+        format!(
+            "moved outside upkeep: {} at {} asks for {}, which runs, but versions.yaml asks for {want}; set versions.yaml to {} (and let upkeep own this field: extend the Renovate preset renovate/upkeep.json, docs/relations.md)",
+            place.object, place.at, place.value, place.value
+        )
+    } else {
+        format!(
+            "moved outside upkeep: {} at {} asks for {}, which versions.yaml ({want}) does not: Flux applies it outside any window; put it back or set versions.yaml to it (docs/relations.md)",
+            place.object, place.at, place.value
+        )
+    })
 }
 
 /// Close, with a comment, the open pull requests built on the version just reverted (the next hop,

@@ -25,6 +25,7 @@ pub mod operate;
 pub mod plan;
 pub mod propose;
 pub mod reconcile;
+pub mod renovate;
 pub mod report;
 pub mod rollout;
 pub mod route;

@@ -14,6 +14,7 @@
 
 pub mod build;
 pub mod carriers;
+pub mod check;
 pub mod files;
 pub mod route;
 pub mod subst;

@@ -9,7 +9,6 @@
 pub mod files;
 pub mod load;
 pub mod resolve;
-pub mod wiring;
 
 use std::collections::BTreeSet;
 
