@@ -2537,3 +2537,108 @@ fn the_monthly_report_matches_a_month_of_rollouts() {
     assert_eq!(said.len(), 1, "{said:?}");
     assert!(said[0].contains("<!-- upkeep:monthly-report=2026-11 -->"));
 }
+
+/// A protected base branch (issue 24): the in-window commit that applies a version through git
+/// goes in as a pull request upkeep opens and merges at once; where the protection requires a
+/// review, the hop fails at once with the reason instead of trying every look for the window.
+#[test]
+fn a_protected_base_branch_applies_through_a_pull_request_or_fails_at_once() {
+    for reviews in [false, true] {
+        let mut w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+        w.push_files(
+            &[
+                ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+                ("apps/kustomization.yaml", "resources: []\n"),
+                (
+                    "infrastructure/longhorn.yaml",
+                    &longhorn_manifest("", "1.9.1"),
+                ),
+            ],
+            "add the cluster's manifests",
+        );
+        w.flux_from_repo();
+        w.wait("Flux applied the HelmRelease", |w| {
+            w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
+                == "infrastructure"
+        });
+        // From here on main takes no direct push (over smart HTTP, where the hook runs).
+        w.clone_url = format!("{}/git/{REPO}.git", w.gh.url());
+        w.gh.with_forge(|f| {
+            if reviews {
+                f.protect_with_reviews(REPO, "main")
+            } else {
+                f.protect(REPO, "main")
+            }
+        })
+        .expect("forge")
+        .expect("protect");
+        let lh = "longhorn-v1.10.2";
+        let s = w.apply(UNTIL_DONE);
+        let pulls = w.gh.with_forge(|f| f.pulls(REPO)).unwrap_or_default();
+        let apply_pr = pulls
+            .iter()
+            .find(|(_, _, head)| head == "upkeep/apply-longhorn-v1.10.2")
+            .cloned();
+        if reviews {
+            let r = w.rollout(lh);
+            assert_eq!(
+                r["status"]["failure"]
+                    .as_str()
+                    .map(|f| f.contains("At least 1 approving review is required")),
+                Some(true),
+                "{}",
+                r["status"]
+            );
+            assert!(
+                matches!(
+                    phase_of(&s, lh),
+                    Some(Phase::RequiresAttention | Phase::Reverted)
+                ),
+                "{s:?}"
+            );
+            assert_eq!(
+                apply_pr.map(|p| p.1),
+                Some("open".to_string()),
+                "left open for a human"
+            );
+            assert_eq!(
+                w.longhorn_release()["spec"]["chart"]["spec"]["version"],
+                "1.9.1",
+                "nothing applied"
+            );
+        } else {
+            assert_eq!(phase_of(&s, lh), Some(Phase::Succeeded), "{s:?}");
+            assert_eq!(
+                apply_pr.map(|p| p.1),
+                Some("merged".to_string()),
+                "{pulls:?}"
+            );
+            assert!(
+                w.main_file_at("infrastructure/longhorn.yaml")
+                    .contains("version: 1.10.2"),
+                "git says what runs"
+            );
+            assert_eq!(
+                w.longhorn_release()["status"]["history"][0]["chartVersion"],
+                "1.10.2"
+            );
+        }
+    }
+}
+
+impl World {
+    fn main_file_at(&self, path: &str) -> String {
+        let bare = self
+            .gh
+            .with_forge(|f| f.repo_path(REPO))
+            .flatten()
+            .expect("path");
+        let out = std::process::Command::new("git")
+            .arg("--git-dir")
+            .arg(&bare)
+            .args(["show", &format!("main:{path}")])
+            .output()
+            .expect("git");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}

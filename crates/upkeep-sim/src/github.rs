@@ -151,6 +151,10 @@ struct Repo {
     path: PathBuf,
     default_branch: String,
     protected: BTreeSet<String>,
+    /// Protected branches whose pull requests need approving reviews before a merge (none
+    /// here: upkeep's own PRs cannot be merged through the API).
+    #[serde(default)]
+    reviews_required: BTreeSet<String>,
     issues: BTreeMap<u64, Issue>,
     comments: Vec<Comment>,
     labels: BTreeMap<String, u64>,
@@ -311,6 +315,7 @@ impl Forge {
                 path: path.clone(),
                 default_branch: "main".into(),
                 protected: BTreeSet::new(),
+                reviews_required: BTreeSet::new(),
                 issues: BTreeMap::new(),
                 comments: Vec::new(),
                 labels: BTreeMap::new(),
@@ -335,6 +340,17 @@ impl Forge {
         let list: Vec<String> = r.protected.iter().cloned().collect();
         std::fs::write(r.path.join("upkeep-protected"), list.join("\n") + "\n")
             .map_err(|e| ForgeError::new(500, e.to_string()))?;
+        self.save();
+        Ok(())
+    }
+
+    /// [`protect`](Self::protect), and require an approving review before a pull request to
+    /// `branch` is merged (GitHub's "Require approvals"): a merge through the API is refused
+    /// with 405, as GitHub refuses it.
+    pub fn protect_with_reviews(&mut self, full: &str, branch: &str) -> Result<()> {
+        self.protect(full, branch)?;
+        let r = self.repo_mut(full)?;
+        r.reviews_required.insert(branch.to_string());
         self.save();
         Ok(())
     }
@@ -915,6 +931,12 @@ impl Forge {
         let p = i.pull.clone().ok_or_else(ForgeError::not_found)?;
         if i.state != "open" {
             return Err(ForgeError::new(405, "Pull Request is not mergeable"));
+        }
+        if r.reviews_required.contains(&p.base) {
+            return Err(ForgeError::new(
+                405,
+                "At least 1 approving review is required by reviewers with write access.",
+            ));
         }
         let repo = Repository::open_bare(&r.path)?;
         let base_ref = format!("refs/heads/{}", p.base);

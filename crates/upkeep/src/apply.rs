@@ -929,7 +929,18 @@ impl<F: Forge> Driver<'_, '_, F> {
                         next.posted.retain(|k| k != key);
                     }
                 }
-                Err(e) => {
+                // Refused for good (the base branch's protection, a review required): the hop
+                // fails now, with the reason, instead of trying again every look.
+                Err(Fail::Refused(why)) => {
+                    tracing::error!(error = %why, "the change was refused; the hop fails");
+                    let kept = next.maintenance.clone();
+                    next = status.clone();
+                    next.maintenance = kept;
+                    let mut ignored = Vec::new();
+                    rollout::fail(&mut next, &mut ignored, &spec, c, why, t);
+                    break;
+                }
+                Err(Fail::Retry(e)) => {
                     tracing::warn!(error = %e, "an effect failed; retried next look");
                     // What maintenance mode did this look is kept, so that it is undone.
                     let kept = next.maintenance.clone();
@@ -1281,7 +1292,7 @@ impl<F: Forge> Driver<'_, '_, F> {
     /// base branch, never forced, then ask Flux to reconcile the Kustomizations that apply
     /// them (and their source) now (`reconcile.fluxcd.io/requestedAt`, as `flux reconcile`
     /// does) instead of at their next interval.
-    async fn apply_through_git(&self, t: &Target<'_>, version: &str) -> Result<(), String> {
+    async fn apply_through_git(&self, t: &Target<'_>, version: &str) -> Result<(), Fail> {
         let git = self.repo.git;
         git.fetch().map_err(|e| e.to_string())?;
         let reading = self
@@ -1316,13 +1327,15 @@ impl<F: Forge> Driver<'_, '_, F> {
             let commit = git
                 .commit_files(tip, &files, &message, &self.repo.author)
                 .map_err(|e| e.to_string())?;
-            git.push(commit, &self.repo.base, false).map_err(|e| {
-                format!(
-                    "cannot push {version} of {} to {}: {e} (upkeep applies versions Flux takes from git by committing them; allow it to push, or see docs/relations.md)",
-                    t.component.name, self.repo.base
-                )
-            })?;
-            tip = commit;
+            tip = match git.push(commit, &self.repo.base, false) {
+                Ok(()) => commit,
+                // The base branch refuses direct pushes (protection): the same change as a pull
+                // request upkeep merges now, in the window.
+                Err(e) => {
+                    self.merge_through_pull(t, commit, &message, &e.to_string())
+                        .await?
+                }
+            };
         }
         let token = tip.to_string();
         let mut requests: Vec<(String, String)> = Vec::new();
@@ -1351,6 +1364,71 @@ impl<F: Forge> Driver<'_, '_, F> {
             self.request_reconcile(&object, &token).await?;
         }
         Ok(())
+    }
+
+    /// `commit` (on the base branch's tip) as a pull request of upkeep's, merged at once; the
+    /// base branch's new tip. A forge that refuses the merge (required reviews or checks) or is
+    /// missing refuses the change for good.
+    async fn merge_through_pull(
+        &self,
+        t: &Target<'_>,
+        commit: git2::Oid,
+        message: &str,
+        refused: &str,
+    ) -> Result<git2::Oid, Fail> {
+        let base = &self.repo.base;
+        let Some(forge) = self.repo.forge else {
+            return Err(Fail::Refused(format!(
+                "{base} refused the commit that applies {} ({refused}), and no forge is configured to merge it as a pull request: allow upkeep to push to {base}, or give it the forge (docs/relations.md)",
+                t.component.name
+            )));
+        };
+        let branch = format!(
+            "{}apply-{}",
+            t.scope.prefix(),
+            crate::rollout::rollout_name(&t.component.name, &t.spec.to)
+        );
+        self.repo
+            .git
+            .push(commit, &branch, true)
+            .map_err(|e| e.to_string())?;
+        let open = forge
+            .pulls(&branch)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|p| p.head == branch && p.is_open());
+        let pr = match open {
+            Some(p) => p,
+            None => forge
+                .create_pull(
+                    message.lines().next().unwrap_or(message),
+                    &branch,
+                    base,
+                    &format!(
+                        "{message}\n\n{base} refuses direct pushes ({refused}), so upkeep applies this change through this pull request, in the maintenance window of rollout {}.",
+                        t.name
+                    ),
+                )
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        match forge.merge_pull(pr.number, &commit.to_string()).await {
+            Ok(()) => {}
+            Err(crate::forge::Error::Status {
+                status: 403 | 405 | 409 | 422,
+                message: why,
+                ..
+            }) => {
+                return Err(Fail::Refused(format!(
+                    "{base} is protected and the pull request #{} that applies {} {} cannot be merged by upkeep: {why} (let upkeep's token merge its own pull requests in the window, or merge #{} yourself; docs/relations.md)",
+                    pr.number, t.component.name, t.spec.to, pr.number
+                )));
+            }
+            Err(e) => return Err(Fail::Retry(e.to_string())),
+        }
+        self.repo.git.fetch().map_err(|e| e.to_string())?;
+        Ok(self.repo.git.tip(base).map_err(|e| e.to_string())?)
     }
 
     /// `reconcile.fluxcd.io/requestedAt: <token>` on a Flux object (`Kind/namespace/name`);
@@ -1394,6 +1472,21 @@ impl<F: Forge> Driver<'_, '_, F> {
         t: &Target<'_>,
         fx: &Effect,
         next: &mut RolloutStatus,
+    ) -> Result<(), Fail> {
+        if let Effect::Apply { version } = fx
+            && let Some(crate::route::Route::Git { .. }) = t.observed.routes.get(&t.component.name)
+        {
+            return self.apply_through_git(t, version).await;
+        }
+        self.effect_retried(t, fx, next).await.map_err(Fail::Retry)
+    }
+
+    /// The effects whose failures are all retried at the next look.
+    async fn effect_retried(
+        &self,
+        t: &Target<'_>,
+        fx: &Effect,
+        next: &mut RolloutStatus,
     ) -> Result<(), String> {
         // Holding and releasing concern Plans upkeep made; none made, nothing to hold.
         let k3s = t.component.name == "k3s" && t.observed.plans.iter().any(|p| p.upkeeps());
@@ -1406,9 +1499,6 @@ impl<F: Forge> Driver<'_, '_, F> {
                 t.component.name.as_str(),
                 t.observed.routes.get(&t.component.name),
             ) {
-                (_, Some(crate::route::Route::Git { .. })) => {
-                    self.apply_through_git(t, version).await
-                }
                 (_, Some(crate::route::Route::Refused { why })) => Err(why.clone()),
                 ("k3s", _) => self.apply_plans(t, version, PlanMode::Run).await,
                 ("flux", _) => self.set_flux_version(t, version).await,
@@ -2138,6 +2228,22 @@ fn waiting_text(d: &Decision, tz: chrono_tz::Tz) -> String {
     }
 }
 
+/// Why an effect failed: to be tried again at the next look, or refused for good (the hop fails
+/// now, with the reason, instead of trying every look for the whole window).
+#[derive(Debug, thiserror::Error)]
+enum Fail {
+    #[error("{0}")]
+    Retry(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<String> for Fail {
+    fn from(s: String) -> Fail {
+        Fail::Retry(s)
+    }
+}
+
 /// Why `c` gets no rollout when git carries a version versions.yaml does not ask for: it runs
 /// already (moved and applied outside upkeep), or Flux will apply it (moved, not yet applied).
 fn moved_outside(
@@ -2151,6 +2257,11 @@ fn moved_outside(
         .iter()
         .find(|p| !crate::layout::same_version(&p.value, &want))?;
     let runs = crate::layout::same_version(&place.value, &running.to_string());
+    // Git still says what runs and versions.yaml asks for a legal step from it: the update a
+    // human merged, waiting to be applied.
+    if runs && versions::check_hop(running, &c.version, &c.path_rule).is_ok() {
+        return None;
+    }
     Some(if runs {
         format!(
             "moved outside upkeep: {} at {} asks for {}, which runs, but versions.yaml asks for {want}; set versions.yaml to {} (and let upkeep own this field: extend the Renovate preset renovate/upkeep.json, docs/relations.md)",

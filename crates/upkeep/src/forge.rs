@@ -119,6 +119,9 @@ pub trait Forge {
         state: Option<&str>,
     ) -> Result<()>;
     async fn add_labels(&self, number: u64, labels: &[String]) -> Result<()>;
+    /// Merge a pull request (squash), only if its head is still `sha`. A merge the branch's
+    /// protection refuses (required reviews or checks) is an error with the forge's reason.
+    async fn merge_pull(&self, number: u64, sha: &str) -> Result<()>;
     async fn comment(&self, number: u64, body: &str) -> Result<()>;
     async fn comments(&self, number: u64) -> Result<Vec<String>>;
     /// The open issue carrying `label`, if any.
@@ -598,6 +601,15 @@ impl Forge for GitHub {
             Method::POST,
             &format!("/issues/{number}/labels"),
             &json!({"labels": labels}),
+        )
+        .await
+    }
+
+    async fn merge_pull(&self, number: u64, sha: &str) -> Result<()> {
+        self.write(
+            Method::PUT,
+            &format!("/pulls/{number}/merge"),
+            &json!({"merge_method": "squash", "sha": sha}),
         )
         .await
     }

@@ -1486,7 +1486,7 @@ fn can_go_back(c: &Component, back: &str, from: &str) -> bool {
     }
 }
 
-fn fail(
+pub(crate) fn fail(
     s: &mut RolloutStatus,
     fx: &mut Vec<Effect>,
     _spec: &RolloutSpec,
