@@ -84,6 +84,7 @@ fn main() {
             max_minor_step: Some(1),
             downgrade: upkeep::versions::Downgrade::Never,
         },
+        runs: upkeep::model::Runs::Unknown,
     };
     let policy = upkeep::model::Policy::default();
     measure("select over 10,000 releases of one component", 100, || {

@@ -79,6 +79,7 @@ pub enum Command {
         /// says so explicitly).
         #[arg(long)]
         offline: bool,
+        /// How to print what happened: text for people, JSON for tools.
         #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
         output: Output,
         /// Keep the rehearsal's state here (default: a temporary directory, removed after).

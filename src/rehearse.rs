@@ -214,12 +214,15 @@ struct World {
     kube: KubeSim,
     git: GitRepo,
     forge: GitHub,
-    kubeconfig: PathBuf,
     dir: PathBuf,
     subdir: String,
     catalog: std::sync::Arc<Catalog>,
     /// Each rollout's last (phase, message) said, so that only changes are said.
     said: std::sync::Mutex<std::collections::BTreeMap<String, (Phase, String)>>,
+    /// One Kubernetes client and one HTTP client for the whole rehearsal (each new one reads
+    /// the system's certificates again).
+    client: kube::Client,
+    http: reqwest::Client,
 }
 
 async fn rehearse(args: &Args, dir: &Path) -> Result<Report, String> {
@@ -457,11 +460,17 @@ async fn world(
         kube,
         git,
         forge,
-        kubeconfig,
         dir: dir.to_path_buf(),
         subdir: subdir.to_string(),
         catalog: std::sync::Arc::new(catalog),
         said: Default::default(),
+        client: upkeep::cluster::client(Some(&kubeconfig))
+            .await
+            .map_err(|e| e.to_string())?,
+        http: reqwest::Client::builder()
+            .user_agent("upkeep-rehearse")
+            .build()
+            .map_err(|e| e.to_string())?,
     })
 }
 
@@ -580,11 +589,8 @@ impl World {
     }
 
     async fn merge(&self, number: u64) -> Result<(), String> {
-        let c = reqwest::Client::builder()
-            .user_agent("upkeep-rehearse")
-            .build()
-            .map_err(|e| e.to_string())?;
-        let r = c
+        let r = self
+            .http
             .put(format!(
                 "{}/repos/{REPO}/pulls/{number}/merge",
                 self.gh.url()
@@ -623,10 +629,7 @@ impl World {
     }
 
     async fn observe(&self) -> Result<upkeep::cluster::Observed, String> {
-        let client = upkeep::cluster::client(Some(&self.kubeconfig))
-            .await
-            .map_err(|e| e.to_string())?;
-        upkeep::cluster::observe(&client, &Default::default())
+        upkeep::cluster::observe(&self.client, &Default::default())
             .await
             .map_err(|e| e.to_string())
     }
@@ -644,9 +647,7 @@ impl World {
         ),
         String,
     > {
-        let client = upkeep::cluster::client(Some(&self.kubeconfig))
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = &self.client;
         let mut last: Vec<(String, Phase, String)> = Vec::new();
         let mut blocked = Default::default();
         let mut said = self.said.lock().map(|s| s.clone()).unwrap_or_default();
@@ -661,10 +662,8 @@ impl World {
             opts.releases = releases(&self.catalog, &config).await;
             let c = self.clock.clone();
             let applied =
-                upkeep::apply::run_detailed(&client, &self.repo(), &config, &opts, &move || {
-                    c.now()
-                })
-                .await?;
+                upkeep::apply::run_detailed(client, &self.repo(), &config, &opts, &move || c.now())
+                    .await?;
             blocked = applied.blocked.clone();
             last = applied
                 .rollouts
@@ -701,7 +700,7 @@ impl World {
             }
             if active.iter().all(|p| *p == Phase::Soaking) {
                 self.kube
-                    .run_for(Duration::from_secs(3600), Duration::from_secs(300));
+                    .run_for(Duration::from_secs(3600), Duration::from_secs(1800));
                 continue;
             }
             let next = upkeep::windows::next_start(
@@ -717,7 +716,8 @@ impl World {
                         .iter()
                         .all(|p| matches!(p, Phase::WaitingForWindow | Phase::Applying)) =>
                 {
-                    self.kube.run_until(t, Duration::from_secs(600));
+                    // Nobody acts until the window: the cluster lives on an hour at a time.
+                    self.kube.run_until(t, Duration::from_secs(3600));
                 }
                 _ => self
                     .kube

@@ -241,3 +241,255 @@ fn the_example_repository() {
     );
     assert!(r.carriers("k3s", &Runs::K3s).absent);
 }
+
+/// `upkeep rehearse --output json --offline` on `repo` (a copy in a temporary directory when
+/// `edit` changes it), keeping its state in `state`: (exit code, report, stderr).
+fn rehearse(
+    repo: &std::path::Path,
+    subdir: &str,
+    state: &std::path::Path,
+) -> (i32, serde_json::Value, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args([
+            "rehearse",
+            "--offline",
+            "--output",
+            "json",
+            "--subdir",
+            subdir,
+        ])
+        .arg("--repo")
+        .arg(repo)
+        .arg("--dir")
+        .arg(state)
+        .output()
+        .expect("upkeep rehearse");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (
+        out.status.code().unwrap_or(-1),
+        report,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// (outcome, cluster, git) of `name` in a rehearsal's report.
+fn outcome(report: &serde_json::Value, name: &str) -> (String, String, String) {
+    let c = report["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == name)
+        .cloned()
+        .unwrap_or_default();
+    let s = |k: &str| c[k].as_str().unwrap_or("").to_string();
+    (s("outcome"), s("cluster"), s("git"))
+}
+
+/// A copy of a fixture in a temporary directory, changed by `edit` (path, from, to).
+fn copy_of(name: &str, edits: &[(&str, &str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(fixture(name).join("."))
+        .arg(dir.path())
+        .output()
+        .expect("cp");
+    assert!(out.status.success(), "{out:?}");
+    for (path, from, to) in edits {
+        let p = dir.path().join(path);
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert!(text.contains(from), "{path} has {from:?}");
+        std::fs::write(&p, text.replacen(from, to, 1)).expect("write");
+    }
+    dir
+}
+
+/// One layout, end to end: each component proposed, merged, applied through git in a window,
+/// validated and soaked; git and the cluster agree at the end.
+fn rehearse_passes(repo: &str, subdir: &str, updated: &[&str], current: &[&str]) {
+    let state = tempfile::tempdir().expect("tempdir");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(repo);
+    let (code, report, err) = rehearse(&root, subdir, state.path());
+    assert_eq!(code, 0, "{repo}: {report:#}\n{err}");
+    for name in updated {
+        let (o, cluster, git) = outcome(&report, name);
+        assert_eq!(o, "updated", "{repo} {name}: {report:#}");
+        assert!(
+            upkeep::layout::same_version(&cluster, &git),
+            "{repo} {name}: {report:#}"
+        );
+    }
+    for name in current {
+        assert_eq!(
+            outcome(&report, name).0,
+            "current",
+            "{repo} {name}: {report:#}"
+        );
+    }
+}
+
+#[test]
+fn rehearse_passes_on_the_example() {
+    rehearse_passes(
+        "examples/cluster-repo",
+        "",
+        &["k3s", "flux", "longhorn"],
+        &[],
+    );
+}
+
+#[test]
+fn rehearse_passes_on_home_ops_oci() {
+    rehearse_passes(
+        "tests/fixtures/layouts/home-ops-oci",
+        "",
+        &["k3s", "flux", "longhorn"],
+        &[],
+    );
+}
+
+#[test]
+fn rehearse_passes_on_damacus_k3s() {
+    rehearse_passes(
+        "tests/fixtures/layouts/damacus-k3s",
+        "",
+        &["k3s", "flux", "longhorn"],
+        &[],
+    );
+}
+
+#[test]
+fn rehearse_passes_on_cluster_template_k3s() {
+    rehearse_passes(
+        "tests/fixtures/layouts/cluster-template-k3s",
+        "",
+        &["k3s", "system-upgrade-controller"],
+        &[],
+    );
+}
+
+#[test]
+fn rehearse_passes_on_a_cluster_of_multi_cluster() {
+    rehearse_passes(
+        "tests/fixtures/layouts/multi-cluster",
+        "clusters/staging",
+        &["k3s"],
+        &["podinfo"],
+    );
+}
+
+/// The two clusters of one repository keep their own branches, titles and rollouts.
+#[test]
+fn two_clusters_of_one_repository_never_share_branches() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let (code, report, err) = rehearse(
+        &fixture("multi-cluster"),
+        "clusters/production",
+        state.path(),
+    );
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    let bare = state.path().join("forge/you/cluster.git");
+    let out = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&bare)
+        .args(["for-each-ref", "--format=%(refname:short)", "refs/heads"])
+        .output()
+        .expect("git");
+    let branches = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        branches
+            .lines()
+            .filter(|b| b.starts_with("upkeep/"))
+            .all(|b| b.starts_with("upkeep/production/")),
+        "{branches}"
+    );
+    assert!(err.contains("[production] k3s:"), "{err}");
+    assert!(
+        err.contains("production-k3s-v"),
+        "rollouts carry the cluster: {err}"
+    );
+}
+
+/// The unasked downgrade of issue 24: a component named like the app-template release of the
+/// system-upgrade-controller, without `image:`. validate refuses the mapping (file and line);
+/// the rehearsal refuses to apply it, and the app-template chart is never touched.
+#[test]
+fn a_component_named_like_an_app_template_release_is_refused_and_never_downgraded() {
+    let dir = copy_of(
+        "cluster-template-k3s",
+        &[(
+            "versions.yaml",
+            "    image: docker.io/rancher/system-upgrade-controller\n",
+            "",
+        )],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["validate", "--repo"])
+        .arg(dir.path())
+        .arg("--root")
+        .arg(dir.path())
+        .output()
+        .expect("validate");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("kubernetes/apps/system-upgrade/system-upgrade-controller/app/helmrelease.yaml:2:1: error: HelmRelease system-upgrade/system-upgrade-controller is named like the component system-upgrade-controller but deploys the chart app-template"),
+        "{said}"
+    );
+    let state = tempfile::tempdir().expect("tempdir");
+    let (code, report, err) = rehearse(dir.path(), "", state.path());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    let (o, _, _) = outcome(&report, "system-upgrade-controller");
+    assert_eq!(o, "refused", "{report:#}");
+    let bare = state.path().join("forge/you/cluster.git");
+    let show = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&bare)
+        .args([
+            "show",
+            "main:kubernetes/apps/system-upgrade/system-upgrade-controller/app/helmrelease.yaml",
+        ])
+        .output()
+        .expect("git");
+    let hr = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        hr.contains("version: 3.1.0") && hr.contains("tag: v0.13.4"),
+        "{hr}"
+    );
+}
+
+/// A manifest Renovate moved (the Longhorn chart bumped in git, versions.yaml not): validate
+/// says it moved outside upkeep, and nothing is applied as a "downgrade".
+#[test]
+fn a_manifest_renovate_moved_is_said_as_such() {
+    let dir = copy_of(
+        "damacus-k3s",
+        &[(
+            "kubernetes/apps/storage/longhorn/app/HelmRelease.yaml",
+            "version: 1.9.1",
+            "version: 1.10.2",
+        )],
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["validate", "--repo"])
+        .arg(dir.path())
+        .arg("--root")
+        .arg(dir.path())
+        .output()
+        .expect("validate");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("kubernetes/apps/storage/longhorn/app/HelmRelease.yaml:11:16: warning: HelmRelease storage/longhorn asks for longhorn 1.10.2 in git, but versions.yaml asks for v1.9.1: the manifest moved outside upkeep"),
+        "{said}"
+    );
+    assert!(!said.contains("downgrade"), "{said}");
+    // Rehearsed: Flux applied git's 1.10.2 at bootstrap; upkeep never calls that a downgrade,
+    // proposes versions.yaml's way up to it, and ends with everything agreeing.
+    let state = tempfile::tempdir().expect("tempdir");
+    let (code, report, err) = rehearse(dir.path(), "", state.path());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert!(
+        !err.contains("downgrade") && !err.contains("no legal path"),
+        "{err}"
+    );
+}

@@ -113,9 +113,13 @@ mod tests {
 
     #[test]
     fn the_shipped_preset_is_the_builtin_one() {
-        let shipped: Value = serde_json::from_str(include_str!("../../../renovate/upkeep.json"))
-            .unwrap_or_default();
-        assert_eq!(shipped, builtin(), "regenerate: upkeep renovate-preset --builtin > renovate/upkeep.json");
+        let shipped: Value =
+            serde_json::from_str(include_str!("../../../renovate/upkeep.json")).unwrap_or_default();
+        assert_eq!(
+            shipped,
+            builtin(),
+            "regenerate: upkeep renovate-preset --builtin > renovate/upkeep.json"
+        );
     }
 
     #[test]
@@ -129,7 +133,13 @@ mod tests {
         );
         assert!(names.contains(&"rancher/system-upgrade-controller".to_string()));
         assert_eq!(
-            package_names("podinfo", &Runs::Chart { chart: "podinfo".into(), release: None })[1],
+            package_names(
+                "podinfo",
+                &Runs::Chart {
+                    chart: "podinfo".into(),
+                    release: None
+                }
+            )[1],
             "/(^|/)podinfo$/"
         );
     }

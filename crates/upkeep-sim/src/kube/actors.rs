@@ -1998,7 +1998,6 @@ impl World<'_> {
                     n => n.to_string(),
                 }
             };
-            let mut obj = obj;
             if t.namespaced {
                 obj["metadata"]["namespace"] = json!(ns);
             }

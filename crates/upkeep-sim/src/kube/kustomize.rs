@@ -674,9 +674,7 @@ fn strategic_merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(t), Value::Object(p)) => {
             for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else if v.get("$patch").and_then(Value::as_str) == Some("delete") {
+                if v.is_null() || v.get("$patch").and_then(Value::as_str) == Some("delete") {
                     t.remove(k);
                 } else {
                     match t.get_mut(k) {

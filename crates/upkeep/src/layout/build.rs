@@ -236,20 +236,28 @@ struct Res {
     /// Set by a kustomization's `namespace:`.
     ns: Option<String>,
     patches: Vec<Arc<Patch>>,
-    /// (kind, name, namespace, data) of a generated ConfigMap or Secret.
-    generated: Option<(String, String, Option<String>, BTreeMap<String, DataSource>)>,
+    /// A ConfigMap or Secret a generator made.
+    generated: Option<Generated>,
+}
+
+/// A ConfigMap or Secret from a kustomization's generator (written nowhere, so no namespace).
+#[derive(Debug, Clone)]
+struct Generated {
+    kind: String,
+    name: String,
+    data: BTreeMap<String, DataSource>,
 }
 
 impl Res {
     fn kind(&self) -> String {
         match &self.generated {
-            Some((k, ..)) => k.clone(),
+            Some(g) => g.kind.clone(),
             None => self.doc.str_at(&["kind"]).to_string(),
         }
     }
     fn name(&self) -> String {
         match &self.generated {
-            Some((_, n, ..)) => n.clone(),
+            Some(g) => g.name.clone(),
             // kustomize's namespace transformer names Namespace objects after the namespace.
             None if self.kind() == "Namespace" && self.ns.is_some() => {
                 self.ns.clone().unwrap_or_default()
@@ -259,7 +267,7 @@ impl Res {
     }
     fn written_ns(&self) -> String {
         match &self.generated {
-            Some((_, _, ns, _)) => ns.clone().unwrap_or_default(),
+            Some(_) => String::new(),
             None => self.doc.str_at(&["metadata", "namespace"]).to_string(),
         }
     }
@@ -407,14 +415,12 @@ pub fn read(files: &Files, subdir: &str) -> Layout {
     let mut built_docs: BTreeSet<(String, Pos)> = BTreeSet::new();
     let mut queue = roots;
     let mut extra = written_ks.into_iter();
-    loop {
-        let Some(ks) = queue.pop_front().or_else(|| {
-            // Kustomizations written here that Flux's tree did not reach are applied by some
-            // bootstrap: read them as entry points too.
-            extra.find(|k| !built_docs.contains(&(k.id.file.clone(), k.id.pos)))
-        }) else {
-            break;
-        };
+    // Kustomizations written here that Flux's tree did not reach are applied by some
+    // bootstrap: read them as entry points too.
+    while let Some(ks) = queue
+        .pop_front()
+        .or_else(|| extra.find(|k| !built_docs.contains(&(k.id.file.clone(), k.id.pos))))
+    {
         if !seen.insert((ks.id.namespace.clone(), ks.id.name.clone(), ks.path.clone())) {
             continue;
         }
@@ -764,7 +770,7 @@ impl Builder<'_> {
             vars,
             substitutes: ks.post_build && !disabled,
             patches: r.patches.clone(),
-            generated: r.generated.as_ref().map(|g| g.3.clone()),
+            generated: r.generated.as_ref().map(|g| g.data.clone()),
             doc: r.doc.clone(),
             inline: r.inline,
         }
@@ -840,7 +846,7 @@ impl Builder<'_> {
             .docs(kfile)
             .ok_or_else(|| format!("{kfile} cannot be read"))?;
         match docs.as_ref() {
-            Ok(d) => Ok(Arc::new(d.first().cloned().unwrap_or_else(|| Node {
+            Ok(d) => Ok(Arc::new(d.first().cloned().unwrap_or(Node {
                 value: Value::Null,
                 pos: Pos::START,
                 start: 0,
@@ -1088,7 +1094,11 @@ impl Builder<'_> {
             inline: None,
             ns,
             patches: Vec::new(),
-            generated: Some((kind.to_string(), name, None, data)),
+            generated: Some(Generated {
+                kind: kind.to_string(),
+                name,
+                data,
+            }),
         }
     }
 

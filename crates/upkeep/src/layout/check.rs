@@ -79,11 +79,7 @@ pub fn check(reading: &Reading, repo: &ConfigRepo) -> Vec<Diagnostic> {
 pub fn relative_to(subdir: &str, file: &str) -> String {
     let base: Vec<&str> = subdir.split('/').filter(|s| !s.is_empty()).collect();
     let target: Vec<&str> = file.split('/').filter(|s| !s.is_empty()).collect();
-    let common = base
-        .iter()
-        .zip(&target)
-        .take_while(|(a, b)| a == b)
-        .count();
+    let common = base.iter().zip(&target).take_while(|(a, b)| a == b).count();
     let mut parts: Vec<&str> = vec![".."; base.len() - common];
     parts.extend(&target[common..]);
     parts.join("/")
@@ -109,8 +105,14 @@ mod tests {
 
     #[test]
     fn paths_from_a_cluster_directory() {
-        assert_eq!(relative_to("clusters/staging", "apps/staging/x.yaml"), "../../apps/staging/x.yaml");
-        assert_eq!(relative_to("clusters/staging", "clusters/staging/apps.yaml"), "apps.yaml");
+        assert_eq!(
+            relative_to("clusters/staging", "apps/staging/x.yaml"),
+            "../../apps/staging/x.yaml"
+        );
+        assert_eq!(
+            relative_to("clusters/staging", "clusters/staging/apps.yaml"),
+            "apps.yaml"
+        );
         assert_eq!(relative_to("", "a/b.yaml"), "a/b.yaml");
     }
 }

@@ -17,6 +17,9 @@ const MAX_TOTAL_BYTES: u64 = 128 * 1024 * 1024;
 const MAX_DEPTH: usize = 24;
 
 /// Paths relative to the repository's root, with `/` separators.
+/// One file's documents, parsed once and shared.
+type Parsed = Arc<Result<Vec<Node>, yaml::ParseError>>;
+
 #[derive(Debug, Default)]
 pub struct Files {
     /// Text of the files that were read (YAML, JSON, `.env`, and files named `Kustomization`).
@@ -25,7 +28,7 @@ pub struct Files {
     all: std::collections::BTreeSet<String>,
     /// Why some files were not read (too large, not UTF-8, over a limit).
     pub skipped: Vec<(String, String)>,
-    parsed: Mutex<BTreeMap<String, Arc<Result<Vec<Node>, yaml::ParseError>>>>,
+    parsed: Mutex<BTreeMap<String, Parsed>>,
 }
 
 fn readable(name: &str) -> bool {
