@@ -567,6 +567,10 @@ pub struct PlanArgs {
     /// Judge windows as of this time (RFC 3339) instead of now.
     #[arg(long, value_parser = parse_now)]
     pub now: Option<DateTime<Utc>>,
+    /// The repository's root, read as Flux builds it to see where each version is carried, as
+    /// `apply` will (default: the nearest directory above --repo that holds .git, else --repo).
+    #[arg(long, value_name = "DIR")]
+    pub root: Option<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -599,9 +603,10 @@ pub struct SimServeArgs {
     /// k3s agent nodes.
     #[arg(long, default_value_t = 2)]
     pub agents: usize,
-    /// The k3s version every node starts on.
-    #[arg(long, default_value = "v1.33.4+k3s1")]
-    pub k3s_version: String,
+    /// The k3s version every node starts on (default: versions.yaml's k3s with --config-repo,
+    /// else v1.33.4+k3s1).
+    #[arg(long)]
+    pub k3s_version: Option<String>,
     /// A YAML list of faults to inject (see docs/simulator.md).
     #[arg(long, value_name = "FILE")]
     pub faults: Option<PathBuf>,
@@ -615,10 +620,15 @@ pub struct SimServeArgs {
     /// How much faster than real time the simulated clock runs.
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
-    /// Seed the forge's config repository (homelab/cluster) from this directory instead of the
-    /// built-in copy of examples/cluster-repo.
+    /// Seed the forge's config repository (homelab/cluster) from this directory (a checkout of
+    /// your repository) instead of the built-in copy of examples/cluster-repo, and bootstrap the
+    /// cluster from it as Flux would: its FluxInstance or flux-system Kustomization, and the
+    /// Kustomizations, HelmReleases and Plans they build, at the versions git says.
     #[arg(long, value_name = "DIR")]
     pub config_repo: Option<PathBuf>,
+    /// The cluster's directory in --config-repo, holding versions.yaml and policies/.
+    #[arg(long, default_value = "", requires = "config_repo")]
+    pub subdir: String,
     /// Deliver the config repository's webhook events (push on merge, pull_request) here, e.g.
     /// `http://127.0.0.1:8080/webhook` of an `upkeep run`, signed with UPKEEP_WEBHOOK_SECRET.
     #[arg(long, value_name = "URL")]
@@ -1922,7 +1932,11 @@ fn plan(a: &PlanArgs) -> i32 {
             })
             .unwrap_or_default()
     };
-    let rows = upkeep::plan::rows(&repo, &observed, &releases, now);
+    // Where git carries each version, as apply will read it (a version Flux applies from git is
+    // changed there in the window, not fought over in the cluster).
+    let (root, subdir) = repository_root(&a.repo, a.root.as_deref());
+    let reading = upkeep::layout::Reading::of_dir(&root, &subdir);
+    let rows = upkeep::plan::rows(&repo, &observed, Some(&reading), &releases, now);
     let mut out = std::io::stdout().lock();
     let _ = match a.output {
         Output::Json => writeln!(
@@ -2575,6 +2589,7 @@ fn sim_serve(args: &SimServeArgs) -> i32 {
         state_dir: args.state_dir.clone(),
         speed: args.speed,
         config_repo: args.config_repo.clone(),
+        config_subdir: args.subdir.clone(),
         webhook_url: args.webhook_url.clone(),
         webhook_secret: std::env::var("UPKEEP_WEBHOOK_SECRET").unwrap_or_default(),
     };

@@ -25,7 +25,7 @@ use upkeep::propose::{Cycle, Scope, Style};
 use upkeep::rollout::Phase;
 use upkeep::sources::catalog::Catalog;
 use upkeep_sim::clock::SimClock;
-use upkeep_sim::kube::{ClusterSpec, KubeOptions, KubeSim};
+use upkeep_sim::kube::{KubeOptions, KubeSim};
 use upkeep_sim::upstream::UpstreamSim;
 
 const REPO: &str = "you/cluster";
@@ -400,14 +400,6 @@ async fn world(
         .ok_or("no forge")?
         .map_err(|e| e.to_string())?;
     // Flux bootstrapped from the repository, as the emulator reads it.
-    let files = read_files(&args.repo);
-    let found = upkeep_sim::kube::bootstrap::read(&files, subdir);
-    if found.bootstrap.kustomizations.is_empty() {
-        return Err(format!(
-            "no Flux entry point in {} (a FluxInstance with sync.path, the flux-instance chart, a flux-system Kustomization, or Flux Kustomizations): nothing to rehearse",
-            args.repo.join(subdir).display()
-        ));
-    }
     let version_of = |name: &str| {
         config
             .components
@@ -415,30 +407,26 @@ async fn world(
             .find(|c| c.name == name)
             .map(|c| c.version.to_string())
     };
-    let flux = found
-        .flux_version
-        .clone()
-        .filter(|v| {
-            v.chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_digit() || c == 'v')
-        })
-        .or_else(|| version_of("flux"))
-        .unwrap_or_else(|| "2.6.4".into());
+    let spec = upkeep_sim::kube::bootstrap::cluster_from_repo(
+        &args.repo,
+        subdir,
+        version_of("k3s"),
+        version_of("flux"),
+    )
+    .map_err(|e| format!("{e}: nothing to rehearse"))?;
+    let sources = spec
+        .bootstrap
+        .as_ref()
+        .map(|b| b.sources.clone())
+        .unwrap_or_default();
     let kube = KubeSim::start(KubeOptions {
         clock: clock.clone(),
-        cluster: ClusterSpec {
-            k3s_version: version_of("k3s").unwrap_or_else(|| ClusterSpec::default().k3s_version),
-            flux_version: Some(flux),
-            longhorn_version: None,
-            bootstrap: Some(found.bootstrap.clone()),
-            ..ClusterSpec::default()
-        },
+        cluster: spec,
         ..KubeOptions::default()
     })
     .await
     .map_err(|e| e.to_string())?;
-    for (ns, name) in &found.bootstrap.sources {
+    for (ns, name) in &sources {
         kube.serve_git(ns, name, &bare);
     }
     // Flux applies what git says; charts install.
@@ -472,15 +460,6 @@ async fn world(
             .build()
             .map_err(|e| e.to_string())?,
     })
-}
-
-/// The repository's text files (what the emulated source-controller would serve), bounded.
-fn read_files(root: &Path) -> std::collections::BTreeMap<String, String> {
-    let files = upkeep::layout::Files::from_dir(root);
-    files
-        .texts()
-        .map(|(p, t)| (p.to_string(), t.to_string()))
-        .collect()
 }
 
 impl World {

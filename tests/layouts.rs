@@ -493,3 +493,84 @@ fn a_manifest_renovate_moved_is_said_as_such() {
         "{err}"
     );
 }
+
+/// `upkeep sim serve --config-repo` bootstraps the playground's cluster from the user's
+/// repository as Flux would (Longhorn lands where its Kustomization's `targetNamespace` puts
+/// it), and `upkeep plan` against it reads git as `apply` will: a version Flux applies from git
+/// is changed there in the window, never "FAIL Flux ownership".
+#[test]
+fn sim_serve_bootstraps_from_a_users_repository_and_plan_reads_its_git() {
+    use std::io::BufRead as _;
+    let repo = copy_of("home-ops-oci", &[]);
+    let state = tempfile::tempdir().expect("tempdir");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["sim", "serve", "--speed", "120", "--config-repo"])
+        .arg(repo.path())
+        .arg("--state-dir")
+        .arg(state.path().join("sim"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("upkeep sim serve");
+    let mut kubeconfig = String::new();
+    for line in std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .lines()
+        .map_while(Result::ok)
+    {
+        if let Some(k) = line.strip_prefix("kubeconfig=") {
+            kubeconfig = k.to_string();
+            break;
+        }
+    }
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _stop = Stop(child);
+    assert!(!kubeconfig.is_empty(), "sim serve printed no kubeconfig");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .env("HOME", state.path())
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Flux reconciles on the playground's clock; wall time only bounds the wait.
+    let mut seen = String::new();
+    for _ in 0..240 {
+        seen = kubectl(&["get", "helmreleases", "-A", "-o", "name"]);
+        if kubectl(&["get", "volumes.longhorn.io", "-n", "storage", "-o", "name"]).contains('/') {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(seen.contains("helmrelease.helm.toolkit.fluxcd.io/longhorn"), "{seen}");
+    let in_storage = kubectl(&["get", "helmrelease", "longhorn", "-n", "storage", "-o", "name"]);
+    assert!(in_storage.contains("longhorn"), "{seen}");
+
+    // The user asks for the next Longhorn; plan reads the repository beside versions.yaml.
+    let versions = repo.path().join("versions.yaml");
+    let text = std::fs::read_to_string(&versions).expect("read");
+    std::fs::write(&versions, text.replace("v1.9.1", "v1.9.2")).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+        .args(["plan", "--offline", "--now", "2026-11-21T12:00:00Z", "--repo"])
+        .arg(repo.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()
+        .expect("upkeep plan");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!text.contains("Flux ownership"), "{text}");
+    assert!(
+        text.contains("applied through: git: upkeep changes")
+            && text.contains("OCIRepository")
+            && text.contains("longhorn"),
+        "{text}"
+    );
+}

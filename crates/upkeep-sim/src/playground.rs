@@ -17,12 +17,15 @@ pub struct Playground {
     pub kube_port: u16,
     pub servers: usize,
     pub agents: usize,
-    pub k3s_version: String,
+    /// The nodes' k3s (default: versions.yaml's k3s with `config_repo`, else v1.33.4+k3s1).
+    pub k3s_version: Option<String>,
     pub faults: Option<PathBuf>,
     pub kubeconfig_out: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub speed: f64,
     pub config_repo: Option<PathBuf>,
+    /// The cluster's directory in `config_repo` (versions.yaml, policies/ and its Flux path).
+    pub config_subdir: String,
     pub webhook_url: Option<String>,
     /// The secret webhook deliveries are signed with (needed with `webhook_url`).
     pub webhook_secret: String,
@@ -66,12 +69,55 @@ pub async fn serve(
                 ))
             })?,
     };
-    if upkeep::versions::parse(&args.k3s_version, upkeep::versions::Scheme::K3s).is_err() {
+    if let Some(v) = &args.k3s_version
+        && upkeep::versions::parse(v, upkeep::versions::Scheme::K3s).is_err()
+    {
         return Err(Error::Usage(format!(
-            "--k3s-version {:?} is not a k3s version like v1.33.4+k3s1",
-            args.k3s_version
+            "--k3s-version {v:?} is not a k3s version like v1.33.4+k3s1"
         )));
     }
+    // A repository of the user's: the cluster is bootstrapped from it as Flux would be (its
+    // FluxInstance or flux-system Kustomization, and what they build), as `upkeep rehearse` does.
+    let cluster = match &args.config_repo {
+        None => ClusterSpec {
+            servers: args.servers,
+            agents: args.agents,
+            k3s_version: args
+                .k3s_version
+                .clone()
+                .unwrap_or_else(|| ClusterSpec::default().k3s_version),
+            ..ClusterSpec::default()
+        },
+        Some(root) => {
+            let loaded = upkeep::model::load_repo(&root.join(&args.config_subdir), Utc::now())
+                .map_err(|e| Error::Usage(format!("--config-repo: {e}")))?;
+            let version_of = |name: &str| {
+                loaded.repo.as_ref().and_then(|r| {
+                    r.components
+                        .iter()
+                        .find(|c| c.name == name)
+                        .map(|c| c.version.to_string())
+                })
+            };
+            let k3s = args.k3s_version.clone().or_else(|| version_of("k3s"));
+            let spec = crate::kube::bootstrap::cluster_from_repo(
+                root,
+                &args.config_subdir,
+                k3s,
+                version_of("flux"),
+            )
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--config-repo: {e}; the playground needs the directory Flux reads (add --subdir for a cluster's directory in it)"
+                ))
+            })?;
+            ClusterSpec {
+                servers: args.servers,
+                agents: args.agents,
+                ..spec
+            }
+        }
+    };
     if args.webhook_url.is_some() && args.webhook_secret.is_empty() {
         return Err(Error::Usage(
             "--webhook-url needs UPKEEP_WEBHOOK_SECRET (the same secret `upkeep run` gets)".into(),
@@ -139,12 +185,7 @@ pub async fn serve(
         port: args.kube_port,
         token: Some(token.clone()),
         clock: crate::clock::SimClock::new(Utc::now(), args.speed),
-        cluster: ClusterSpec {
-            servers: args.servers,
-            agents: args.agents,
-            k3s_version: args.k3s_version.clone(),
-            ..ClusterSpec::default()
-        },
+        cluster: cluster.clone(),
         state_dir: args.state_dir.clone(),
         ..KubeOptions::default()
     };
@@ -154,10 +195,17 @@ pub async fn serve(
     for f in faults {
         kube.inject(f);
     }
-    // Flux's GitRepository `flux-system` is the config repository: what Flux applies comes
-    // from it, as in a real cluster.
+    // Flux's GitRepository `flux-system` (or those the repository's bootstrap names) is the
+    // config repository: what Flux applies comes from it, as in a real cluster.
     if !clone.as_os_str().is_empty() {
-        kube.serve_git("flux-system", "flux-system", &clone);
+        match &cluster.bootstrap {
+            Some(b) => {
+                for (ns, name) in &b.sources {
+                    kube.serve_git(ns, name, &clone);
+                }
+            }
+            None => kube.serve_git("flux-system", "flux-system", &clone),
+        }
     }
     kube.write_kubeconfig(&kubeconfig)
         .map_err(|e| Error::Failed(format!("cannot write {}: {e}", kubeconfig.display())))?;
@@ -166,13 +214,17 @@ pub async fn serve(
     let mut out = std::io::stdout();
     let _ = writeln!(
         out,
-        "github={url}\nrepo={repo}\nclone={}\ngit={url}/git/{repo}.git\nkubernetes={}\nkubeconfig={}\ntoken={}\n# try: kubectl --kubeconfig {} get nodes,plans -A\n#      git clone {}\n#      upkeep check --repo examples/cluster-repo --github-api-url {url} --k3s-channel-url {url} --no-cache",
+        "github={url}\nrepo={repo}\nclone={}\ngit={url}/git/{repo}.git\nkubernetes={}\nkubeconfig={}\ntoken={}\n# try: kubectl --kubeconfig {} get nodes,plans -A\n#      git clone {}\n#      upkeep check --repo {} --github-api-url {url} --k3s-channel-url {url} --no-cache",
         clone.display(),
         kube.url(),
         kubeconfig.display(),
         kube.token(),
         kubeconfig.display(),
         clone.display(),
+        match &args.config_repo {
+            Some(r) => r.join(&args.config_subdir).display().to_string(),
+            None => "examples/cluster-repo".into(),
+        },
     );
     let _ = out.flush();
     // Until interrupted; then save the cluster so that --state-dir resumes exactly here.

@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::cluster::{Observed, Running};
+use crate::layout::Reading;
 use crate::model::{Component, ConfigRepo};
+use crate::route::decide;
 use crate::validate::{PreflightPolicy, Verdict, preflight};
 use crate::versions::{self, Version};
 use crate::windows::{self, Decision, Override};
@@ -31,16 +33,28 @@ pub struct PlanRow {
 }
 
 /// The plan of every component of `repo` against what `observed` runs; `releases` gives a
-/// component's known releases, for a path of several hops.
+/// component's known releases, for a path of several hops. With the repository `reading` (as
+/// Flux builds it), preflight judges each component by the way `apply` would take: through git
+/// where the repository carries its version, as `apply` does.
 pub fn rows(
     repo: &ConfigRepo,
     observed: &Observed,
+    reading: Option<&Reading>,
     releases: &dyn Fn(&Component) -> Vec<Version>,
     now: DateTime<Utc>,
 ) -> Vec<PlanRow> {
     repo.components
         .iter()
-        .map(|c| row(repo, c, observed, releases, now))
+        .map(|c| match reading {
+            Some(r) => {
+                let mut o = observed.clone();
+                let mapping = r.carriers(&c.name, &c.runs);
+                o.routes
+                    .insert(c.name.clone(), decide(c, Some(&mapping), observed));
+                row(repo, c, &o, releases, now)
+            }
+            None => row(repo, c, observed, releases, now),
+        })
         .collect()
 }
 

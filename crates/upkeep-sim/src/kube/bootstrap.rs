@@ -41,6 +41,47 @@ fn clean(p: &str) -> String {
         .join("/")
 }
 
+/// A cluster bootstrapped from the checkout at `root` for the cluster directory `subdir` (what
+/// `upkeep rehearse` and `upkeep sim serve --config-repo` start): Flux at the version the
+/// repository installs (else `flux`, else v2.6.4), nodes at `k3s`, Longhorn and everything else
+/// only where the repository's Flux objects put them. The GitRepositories to serve the
+/// repository under are in the spec's `bootstrap.sources`. Err when the repository has no Flux
+/// entry point at all.
+pub fn cluster_from_repo(
+    root: &std::path::Path,
+    subdir: &str,
+    k3s: Option<String>,
+    flux: Option<String>,
+) -> Result<super::ClusterSpec, String> {
+    let files: BTreeMap<String, String> = upkeep::layout::Files::from_dir(root)
+        .texts()
+        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .collect();
+    let found = read(&files, subdir);
+    if found.bootstrap.kustomizations.is_empty() {
+        return Err(format!(
+            "no Flux entry point in {} (a FluxInstance with sync.path, the flux-instance chart, a flux-system Kustomization, or Flux Kustomizations)",
+            root.join(subdir).display()
+        ));
+    }
+    let flux = found
+        .flux_version
+        .filter(|v| {
+            v.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit() || c == 'v')
+        })
+        .or(flux)
+        .unwrap_or_else(|| "2.6.4".into());
+    Ok(super::ClusterSpec {
+        k3s_version: k3s.unwrap_or_else(|| super::ClusterSpec::default().k3s_version),
+        flux_version: Some(flux),
+        longhorn_version: None,
+        bootstrap: Some(found.bootstrap),
+        ..super::ClusterSpec::default()
+    })
+}
+
 /// Read `files` (path -> text) for the cluster whose directory is `subdir`.
 pub fn read(files: &BTreeMap<String, String>, subdir: &str) -> Found {
     let subdir = clean(subdir);
