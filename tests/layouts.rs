@@ -550,8 +550,19 @@ fn sim_serve_bootstraps_from_a_users_repository_and_plan_reads_its_git() {
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
-    assert!(seen.contains("helmrelease.helm.toolkit.fluxcd.io/longhorn"), "{seen}");
-    let in_storage = kubectl(&["get", "helmrelease", "longhorn", "-n", "storage", "-o", "name"]);
+    assert!(
+        seen.contains("helmrelease.helm.toolkit.fluxcd.io/longhorn"),
+        "{seen}"
+    );
+    let in_storage = kubectl(&[
+        "get",
+        "helmrelease",
+        "longhorn",
+        "-n",
+        "storage",
+        "-o",
+        "name",
+    ]);
     assert!(in_storage.contains("longhorn"), "{seen}");
 
     // The user asks for the next Longhorn; plan reads the repository beside versions.yaml.
@@ -559,7 +570,13 @@ fn sim_serve_bootstraps_from_a_users_repository_and_plan_reads_its_git() {
     let text = std::fs::read_to_string(&versions).expect("read");
     std::fs::write(&versions, text.replace("v1.9.1", "v1.9.2")).expect("write");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args(["plan", "--offline", "--now", "2026-11-21T12:00:00Z", "--repo"])
+        .args([
+            "plan",
+            "--offline",
+            "--now",
+            "2026-11-21T12:00:00Z",
+            "--repo",
+        ])
         .arg(repo.path())
         .arg("--kubeconfig")
         .arg(&kubeconfig)
