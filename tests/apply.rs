@@ -2642,3 +2642,91 @@ impl World {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
+
+/// The user's own k3s Plans, as a cluster-template repository keeps them in git (a server Plan
+/// and an agent Plan whose `prepare` waits for it, `version:` pinned).
+const USER_PLANS: &str = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata:\n  name: controllers\n  namespace: system-upgrade\nspec:\n  # renovate: datasource=github-releases depName=k3s-io/k3s\n  version: v1.33.4+k3s1\n  upgrade:\n    image: rancher/k3s-upgrade\n  serviceAccountName: system-upgrade\n  concurrency: 1\n  cordon: true\n  nodeSelector:\n    matchExpressions:\n      - key: node-role.kubernetes.io/control-plane\n        operator: Exists\n---\napiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata:\n  name: workers\n  namespace: system-upgrade\nspec:\n  version: v1.33.4+k3s1\n  serviceAccountName: system-upgrade\n  concurrency: 1\n  cordon: true\n  nodeSelector:\n    matchExpressions:\n      - key: node-role.kubernetes.io/control-plane\n        operator: DoesNotExist\n  prepare:\n    image: rancher/k3s-upgrade\n    args: [\"prepare\", \"controllers\"]\n  upgrade:\n    image: rancher/k3s-upgrade\n";
+
+/// k3s Plans already in git are adopted: upkeep changes their `version` through git in the
+/// window and creates none of its own (never two owners). When a node fails, it holds them as
+/// it holds its own, through Flux: the Kustomization that applies them is suspended first (so
+/// kustomize-controller does not take the hold back at its next reconcile), then the Plans go
+/// to `concurrency: 0` and, released, select no node. An hour of Flux intervals later the hold
+/// is still there; the failure says which Kustomization is suspended and how to go on.
+#[test]
+fn adopted_plans_in_git_are_changed_through_git_and_held_through_flux_when_a_node_fails() {
+    let w = World::new(in_window());
+    w.kube.inject(ClusterFault::NodeNeverReady {
+        node: "agent-1".into(),
+    });
+    w.push_files(
+        &[
+            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+            ("apps/kustomization.yaml", "resources: []\n"),
+            (
+                "infrastructure/kustomization.yaml",
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - k3s-plans.yaml\n",
+            ),
+            ("infrastructure/k3s-plans.yaml", USER_PLANS),
+        ],
+        "the k3s Plans, in git",
+    );
+    w.flux_from_repo();
+    let plan = |w: &World, name: &str| {
+        w.kube
+            .get("upgrade.cattle.io", "plans", "system-upgrade", name)
+            .unwrap_or_default()
+    };
+    w.wait("Flux applied the Plans", |w| {
+        plan(w, "workers")["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
+            == "infrastructure"
+    });
+    let s = w.apply(UNTIL_DONE);
+    assert_eq!(phase_of(&s, K3S), Some(Phase::RequiresAttention), "{s:?}");
+    // Changed through git, in place; no Plan of upkeep's beside the user's.
+    let plans = w.main_file_at("infrastructure/k3s-plans.yaml");
+    assert_eq!(plans.matches("version: v1.33.5+k3s1").count(), 2, "{plans}");
+    assert!(plans.contains("# renovate: datasource"), "{plans}");
+    assert!(
+        w.kube
+            .list("upgrade.cattle.io", "plans")
+            .iter()
+            .all(|p| !p["metadata"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("upkeep-")),
+        "no second owner"
+    );
+    let held = |w: &World| {
+        let ks = w
+            .kube
+            .get(
+                "kustomize.toolkit.fluxcd.io",
+                "kustomizations",
+                "flux-system",
+                "infrastructure",
+            )
+            .unwrap_or_default();
+        let workers = plan(w, "workers");
+        (
+            ks["spec"]["suspend"].clone(),
+            ks["metadata"]["annotations"]["upkeep.dev/suspended-by"].clone(),
+            workers["spec"]["concurrency"].clone(),
+            workers["spec"]["nodeSelector"]["matchLabels"]["upkeep.dev/released"].clone(),
+        )
+    };
+    let expected = (json!(true), json!(K3S), json!(0), json!("true"));
+    assert_eq!(held(&w), expected);
+    // Flux reconciles every 10 minutes: the hold stays.
+    w.kube.run_for(hours(1), minutes(1));
+    assert_eq!(held(&w), expected, "Flux took the hold back");
+    let failure = w.rollout(K3S)["status"]["failure"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        failure.contains("flux resume kustomization infrastructure -n flux-system")
+            && failure.contains("git's Plans still say v1.33.5+k3s1"),
+        "{failure}"
+    );
+}

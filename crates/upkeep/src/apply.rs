@@ -1339,6 +1339,13 @@ impl<F: Forge> Driver<'_, '_, F> {
         }
         let token = tip.to_string();
         let mut requests: Vec<(String, String)> = Vec::new();
+        // The user's k3s Plans held by an earlier halt or a window's end run again: the hold
+        // taken back, the Kustomizations resumed (and asked to reconcile below).
+        if t.component.name == "k3s" {
+            for ks in self.resume_adopted_plans(t).await? {
+                requests.push((format!("Kustomization/{ks}"), token.clone()));
+            }
+        }
         for ks in mapping
             .carriers
             .iter()
@@ -1490,7 +1497,25 @@ impl<F: Forge> Driver<'_, '_, F> {
     ) -> Result<(), String> {
         // Holding and releasing concern Plans upkeep made; none made, nothing to hold.
         let k3s = t.component.name == "k3s" && t.observed.plans.iter().any(|p| p.upkeeps());
+        // The user's own k3s Plans, adopted: applied by Flux from git, held through Flux.
+        let adopted = t.component.name == "k3s"
+            && !k3s
+            && matches!(
+                t.observed.routes.get(&t.component.name),
+                Some(crate::route::Route::Git { .. })
+            );
         match fx {
+            Effect::Pause | Effect::Halt if adopted => {
+                let held = self.hold_adopted_plans(t, PlanMode::Hold).await?;
+                if matches!(fx, Effect::Halt) {
+                    note_held(next, &held, &t.spec.to);
+                }
+                Ok(())
+            }
+            Effect::Release if adopted => {
+                self.hold_adopted_plans(t, PlanMode::Release).await?;
+                self.uncordon(t.observed).await
+            }
             Effect::Backup { name } if t.component.name == "longhorn" => {
                 self.longhorn_backup(t, name).await
             }
@@ -1785,6 +1810,119 @@ impl<F: Forge> Driver<'_, '_, F> {
         Ok(())
     }
 
+    /// Hold the user's own k3s Plans, which Flux applies from git: first suspend the
+    /// Kustomizations that apply them (`spec.suspend: true`, as `flux suspend kustomization`
+    /// does, marked `upkeep.dev/suspended-by`), so that kustomize-controller does not take the
+    /// hold back at its next reconcile; then `concurrency: 0` on each Plan (SUC starts no node;
+    /// one applying finishes) and, to release, a node selector that matches no node (SUC drops
+    /// the nodes it was retrying). The Kustomizations applying them, `namespace/name`.
+    async fn hold_adopted_plans(
+        &self,
+        t: &Target<'_>,
+        mode: PlanMode,
+    ) -> Result<Vec<String>, String> {
+        let plans: Vec<&crate::cluster::PlanState> = t
+            .observed
+            .plans
+            .iter()
+            .filter(|p| p.image.contains("k3s-upgrade") && !p.upkeeps())
+            .collect();
+        let mut held: Vec<String> = plans
+            .iter()
+            .filter_map(|p| p.flux.as_ref().map(|f| f.kustomization.clone()))
+            .collect();
+        held.sort();
+        held.dedup();
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let kustomizations = ar(
+            "kustomize.toolkit.fluxcd.io",
+            "v1",
+            "Kustomization",
+            "kustomizations",
+        );
+        for ks in &held {
+            let Some((ns, name)) = ks.split_once('/') else {
+                continue;
+            };
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), ns, &kustomizations);
+            let patch = json!({"metadata": {"annotations": {SUSPENDED_BY: t.name}},
+                "spec": {"suspend": true}});
+            api.patch(name, &pp, &Patch::Merge(&patch))
+                .await
+                .map_err(api_err("suspending the Kustomization that applies the k3s Plans"))?;
+        }
+        let plan_ar = ar("upgrade.cattle.io", "v1", "Plan", "plans");
+        // Agents first: a server Plan with nothing applying reads as complete.
+        let mut ordered = plans.clone();
+        ordered.sort_by_key(|p| {
+            t.observed
+                .plans
+                .iter()
+                .position(|q| q.name == p.name)
+                .map(|i| std::cmp::Reverse(i))
+        });
+        for p in ordered {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &p.namespace, &plan_ar);
+            let patch = match mode {
+                PlanMode::Release => json!({"spec": {"concurrency": 0,
+                    "nodeSelector": {"matchLabels": {RELEASED_LABEL: "true"}}}}),
+                _ => json!({"spec": {"concurrency": 0}}),
+            };
+            api.patch(&p.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map_err(api_err("holding a k3s Plan"))?;
+        }
+        Ok(held)
+    }
+
+    /// Before the user's own k3s Plans run again (the next window, or a new rollout): take back
+    /// what [`hold_adopted_plans`](Self::hold_adopted_plans) added (the node selector that
+    /// matches nothing; `concurrency` is Flux's again at its next apply) and resume the
+    /// Kustomizations upkeep suspended. The Kustomizations resumed.
+    async fn resume_adopted_plans(&self, t: &Target<'_>) -> Result<Vec<String>, String> {
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let plan_ar = ar("upgrade.cattle.io", "v1", "Plan", "plans");
+        for p in t
+            .observed
+            .plans
+            .iter()
+            .filter(|p| p.image.contains("k3s-upgrade") && !p.upkeeps())
+        {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &p.namespace, &plan_ar);
+            let patch = json!({"spec": {"nodeSelector": {"matchLabels": {RELEASED_LABEL: null}}}});
+            api.patch(&p.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map_err(api_err("resuming a k3s Plan"))?;
+        }
+        let kustomizations = ar(
+            "kustomize.toolkit.fluxcd.io",
+            "v1",
+            "Kustomization",
+            "kustomizations",
+        );
+        let mut resumed = Vec::new();
+        for k in t.observed.kustomizations.iter().filter(|k| k.suspended_by.is_some()) {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &k.namespace, &kustomizations);
+            let patch = json!({"metadata": {"annotations": {SUSPENDED_BY: null}},
+                "spec": {"suspend": false}});
+            api.patch(&k.name, &pp, &Patch::Merge(&patch))
+                .await
+                .map_err(api_err("resuming the Kustomization that applies the k3s Plans"))?;
+            resumed.push(format!("{}/{}", k.namespace, k.name));
+        }
+        Ok(resumed)
+    }
+
     /// Server-side apply of the one field upkeep owns on the FluxInstance.
     async fn set_flux_version(&self, t: &Target<'_>, version: &str) -> Result<(), String> {
         let fi = t.observed.flux_instances.first().ok_or("no FluxInstance")?;
@@ -1918,6 +2056,36 @@ enum PlanMode {
     Hold,
     /// Select no node: SUC drops the nodes it was retrying (their Jobs are over by now).
     Release,
+}
+
+/// The annotation on a Kustomization upkeep suspended to hold the k3s Plans it applies: the
+/// rollout that did.
+pub const SUSPENDED_BY: &str = "upkeep.dev/suspended-by";
+/// The node label a released Plan selects (no node has it).
+const RELEASED_LABEL: &str = "upkeep.dev/released";
+
+/// Say in a halted rollout's failure where the user's own k3s Plans are held, and how on.
+fn note_held(next: &mut RolloutStatus, held: &[String], to: &str) {
+    if held.is_empty() {
+        return;
+    }
+    let why = next.failure.clone().unwrap_or_default();
+    if why.contains(SUSPENDED_BY) {
+        return;
+    }
+    let resume = held
+        .iter()
+        .filter_map(|k| k.split_once('/'))
+        .map(|(ns, name)| format!("`flux resume kustomization {name} -n {ns}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    next.failure = Some(format!(
+        "{why}; your k3s Plans are held (concurrency 0) and the Kustomization{} that appl{} them ({}) suspended by upkeep ({SUSPENDED_BY}), so that Flux does not start them again; git's Plans still say {to}: once the nodes are fixed, {resume} lets them finish (set versions.yaml to {to} too), or a new rollout resumes {} (docs/runbook.md)",
+        if held.len() == 1 { "" } else { "s" },
+        if held.len() == 1 { "ies" } else { "y" },
+        held.join(", "),
+        if held.len() == 1 { "it" } else { "them" },
+    ));
 }
 
 /// The Job name of a snapshot attempt.

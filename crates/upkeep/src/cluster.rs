@@ -206,6 +206,10 @@ pub struct Health {
     /// A Kustomization's `spec.sourceRef`, `Kind/namespace/name`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A suspended Kustomization's `upkeep.dev/suspended-by`: the rollout of upkeep's that
+    /// suspended it to hold the k3s Plans it applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspended_by: Option<String>,
 }
 
 /// An object Flux's kustomize-controller applies from git.
@@ -482,6 +486,7 @@ fn health(kind: &str, v: &Value) -> Health {
         chart_ref: None,
         path: None,
         source: None,
+        suspended_by: None,
     }
 }
 
@@ -908,6 +913,8 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
                 },
                 s(k, "/spec/sourceRef/name")
             )),
+            suspended_by: Some(s(k, "/metadata/annotations/upkeep.dev~1suspended-by"))
+                .filter(|r| !r.is_empty() && k.pointer("/spec/suspend") == Some(&Value::Bool(true))),
             ..health("Kustomization", k)
         })
         .collect();

@@ -568,6 +568,7 @@ mod tests {
             chart_ref: None,
             path: None,
             source: None,
+            suspended_by: None,
         });
         o.volumes.push(VolumeState {
             name: "pvc-1".into(),
