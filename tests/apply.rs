@@ -2598,8 +2598,8 @@ fn a_protected_base_branch_applies_through_a_pull_request_or_fails_at_once() {
             );
             assert_eq!(
                 apply_pr.map(|p| p.1),
-                Some("open".to_string()),
-                "left open for a human"
+                Some("closed".to_string()),
+                "never left open: merged later, it would apply outside the window"
             );
             assert_eq!(
                 w.longhorn_release()["spec"]["chart"]["spec"]["version"],

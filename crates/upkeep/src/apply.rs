@@ -1327,11 +1327,21 @@ impl<F: Forge> Driver<'_, '_, F> {
             let commit = git
                 .commit_files(tip, &files, &message, &self.repo.author)
                 .map_err(|e| e.to_string())?;
+            let built_on = tip;
             tip = match git.push(commit, &self.repo.base, false) {
                 Ok(()) => commit,
-                // The base branch refuses direct pushes (protection): the same change as a pull
-                // request upkeep merges now, in the window.
                 Err(e) => {
+                    // Someone pushed first (a merge between our fetch and our push): build on
+                    // the new tip at the next look. Otherwise the base branch refuses direct
+                    // pushes (protection): the same change as a pull request upkeep merges
+                    // now, in the window.
+                    git.fetch().map_err(|e| e.to_string())?;
+                    if git.tip(&self.repo.base).map_err(|e| e.to_string())? != built_on {
+                        return Err(Fail::Retry(format!(
+                            "{} moved while upkeep pushed ({e}); trying again on its new tip",
+                            self.repo.base
+                        )));
+                    }
                     self.merge_through_pull(t, commit, &message, &e.to_string())
                         .await?
                 }
@@ -1427,9 +1437,26 @@ impl<F: Forge> Driver<'_, '_, F> {
                 message: why,
                 ..
             }) => {
+                // Merged later, it would apply outside the window: closed, saying why.
+                let said = format!(
+                    "upkeep cannot merge this pull request ({why}), and merged later it would apply {} {} outside the maintenance window: closed. The rollout {} fails and says so.",
+                    t.component.name, t.spec.to, t.name
+                );
+                if let Err(e) = forge.comment(pr.number, &said).await {
+                    tracing::warn!(error = %e, pr = pr.number, "cannot comment on the refused pull request");
+                }
+                forge
+                    .update_pull(pr.number, None, None, Some("closed"))
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "closing the pull request #{} upkeep cannot merge: {e}",
+                            pr.number
+                        )
+                    })?;
                 return Err(Fail::Refused(format!(
-                    "{base} is protected and the pull request #{} that applies {} {} cannot be merged by upkeep: {why} (let upkeep's token merge its own pull requests in the window, or merge #{} yourself; docs/relations.md)",
-                    pr.number, t.component.name, t.spec.to, pr.number
+                    "{base} is protected and the pull request #{} that applies {} {} cannot be merged by upkeep: {why} (closed, since merged later it would apply outside the window; let upkeep's token push to {base} or merge its own pull requests without a review; docs/relations.md)",
+                    pr.number, t.component.name, t.spec.to
                 )));
             }
             Err(e) => return Err(Fail::Retry(e.to_string())),
@@ -1853,7 +1880,9 @@ impl<F: Forge> Driver<'_, '_, F> {
                 "spec": {"suspend": true}});
             api.patch(name, &pp, &Patch::Merge(&patch))
                 .await
-                .map_err(api_err("suspending the Kustomization that applies the k3s Plans"))?;
+                .map_err(api_err(
+                    "suspending the Kustomization that applies the k3s Plans",
+                ))?;
         }
         let plan_ar = ar("upgrade.cattle.io", "v1", "Plan", "plans");
         // Agents first: a server Plan with nothing applying reads as complete.
@@ -1863,7 +1892,7 @@ impl<F: Forge> Driver<'_, '_, F> {
                 .plans
                 .iter()
                 .position(|q| q.name == p.name)
-                .map(|i| std::cmp::Reverse(i))
+                .map(std::cmp::Reverse)
         });
         for p in ordered {
             let api: Api<DynamicObject> =
@@ -1910,14 +1939,21 @@ impl<F: Forge> Driver<'_, '_, F> {
             "kustomizations",
         );
         let mut resumed = Vec::new();
-        for k in t.observed.kustomizations.iter().filter(|k| k.suspended_by.is_some()) {
+        for k in t
+            .observed
+            .kustomizations
+            .iter()
+            .filter(|k| k.suspended_by.is_some())
+        {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), &k.namespace, &kustomizations);
             let patch = json!({"metadata": {"annotations": {SUSPENDED_BY: null}},
                 "spec": {"suspend": false}});
             api.patch(&k.name, &pp, &Patch::Merge(&patch))
                 .await
-                .map_err(api_err("resuming the Kustomization that applies the k3s Plans"))?;
+                .map_err(api_err(
+                    "resuming the Kustomization that applies the k3s Plans",
+                ))?;
             resumed.push(format!("{}/{}", k.namespace, k.name));
         }
         Ok(resumed)
