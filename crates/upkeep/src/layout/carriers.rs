@@ -364,6 +364,8 @@ fn chart_of(layout: &Layout, component: &str, chart: &str, release: Option<&str>
     let hr = candidates[0];
     match chart_ref(layout, hr) {
         Some((src, kind)) if kind == "OCIRepository" => {
+            // source-controller's order (ocirepository_controller.go `getArtifactRef`): a
+            // digest, else a semver range, else a tag; a tag beside a range is ignored there.
             if let Some(d) = src.field(&["spec", "ref", "digest"]) {
                 m.problems.push(problem(
                     &d.file,
@@ -374,10 +376,6 @@ fn chart_of(layout: &Layout, component: &str, chart: &str, release: Option<&str>
                     ),
                     "pin it with `ref.tag` instead",
                 ));
-            } else if let Some(t) = src.field(&["spec", "ref", "tag"]) {
-                let mut c = carrier(src, Field::OciTag, t, None);
-                c.object = format!("{} (chart of {})", src.describe(), hr.describe());
-                m.carriers.push(c);
             } else if let Some(r) = src.field(&["spec", "ref", "semver"]) {
                 m.problems.push(
                     Diagnostic::warning(
@@ -389,8 +387,12 @@ fn chart_of(layout: &Layout, component: &str, chart: &str, release: Option<&str>
                             r.node.as_str().unwrap_or("")
                         ),
                     )
-                    .hint("write `ref.tag: <version>` to let upkeep apply versions in windows"),
+                    .hint("write `ref.tag: <version>` (and drop `ref.semver`, which wins over a tag) to let upkeep apply versions in windows"),
                 );
+            } else if let Some(t) = src.field(&["spec", "ref", "tag"]) {
+                let mut c = carrier(src, Field::OciTag, t, None);
+                c.object = format!("{} (chart of {})", src.describe(), hr.describe());
+                m.carriers.push(c);
             } else {
                 m.problems.push(problem(
                     &src.file,
