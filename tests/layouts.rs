@@ -494,67 +494,110 @@ fn a_manifest_renovate_moved_is_said_as_such() {
     );
 }
 
+/// `upkeep sim serve --config-repo DIR`, stopped when dropped.
+struct Served {
+    child: std::process::Child,
+    kubeconfig: String,
+    home: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    fn start(repo: &std::path::Path) -> Served {
+        use std::io::BufRead as _;
+        let home = tempfile::tempdir().expect("tempdir");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args(["sim", "serve", "--speed", "120", "--config-repo"])
+            .arg(repo)
+            .arg("--state-dir")
+            .arg(home.path().join("sim"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("upkeep sim serve");
+        let mut kubeconfig = String::new();
+        for line in std::io::BufReader::new(child.stdout.take().expect("stdout"))
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(k) = line.strip_prefix("kubeconfig=") {
+                kubeconfig = k.to_string();
+                break;
+            }
+        }
+        let served = Served {
+            child,
+            kubeconfig,
+            home,
+        };
+        assert!(
+            !served.kubeconfig.is_empty(),
+            "sim serve printed no kubeconfig"
+        );
+        served
+    }
+
+    fn kubectl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("kubectl")
+            .env("HOME", self.home.path())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Until Longhorn's volumes exist in `ns` (Flux reconciles on the playground's clock; wall
+    /// time only bounds the wait).
+    fn wait_for_volumes(&self, ns: &str) -> bool {
+        for _ in 0..240 {
+            if self
+                .kubectl(&["get", "volumes.longhorn.io", "-n", ns, "-o", "name"])
+                .contains('/')
+            {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        false
+    }
+
+    /// `upkeep plan --offline` of `repo` against the served cluster: its output.
+    fn plan(&self, repo: &std::path::Path) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
+            .args([
+                "plan",
+                "--offline",
+                "--now",
+                "2026-11-21T12:00:00Z",
+                "--repo",
+            ])
+            .arg(repo)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .output()
+            .expect("upkeep plan");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
 /// `upkeep sim serve --config-repo` bootstraps the playground's cluster from the user's
 /// repository as Flux would (Longhorn lands where its Kustomization's `targetNamespace` puts
 /// it), and `upkeep plan` against it reads git as `apply` will: a version Flux applies from git
 /// is changed there in the window, never "FAIL Flux ownership".
 #[test]
 fn sim_serve_bootstraps_from_a_users_repository_and_plan_reads_its_git() {
-    use std::io::BufRead as _;
     let repo = copy_of("home-ops-oci", &[]);
-    let state = tempfile::tempdir().expect("tempdir");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args(["sim", "serve", "--speed", "120", "--config-repo"])
-        .arg(repo.path())
-        .arg("--state-dir")
-        .arg(state.path().join("sim"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("upkeep sim serve");
-    let mut kubeconfig = String::new();
-    for line in std::io::BufReader::new(child.stdout.take().expect("stdout"))
-        .lines()
-        .map_while(Result::ok)
-    {
-        if let Some(k) = line.strip_prefix("kubeconfig=") {
-            kubeconfig = k.to_string();
-            break;
-        }
-    }
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _stop = Stop(child);
-    assert!(!kubeconfig.is_empty(), "sim serve printed no kubeconfig");
-    let kubectl = |args: &[&str]| {
-        let out = std::process::Command::new("kubectl")
-            .env("HOME", state.path())
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(args)
-            .output()
-            .expect("kubectl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    // Flux reconciles on the playground's clock; wall time only bounds the wait.
-    let mut seen = String::new();
-    for _ in 0..240 {
-        seen = kubectl(&["get", "helmreleases", "-A", "-o", "name"]);
-        if kubectl(&["get", "volumes.longhorn.io", "-n", "storage", "-o", "name"]).contains('/') {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(500));
-    }
-    assert!(
-        seen.contains("helmrelease.helm.toolkit.fluxcd.io/longhorn"),
-        "{seen}"
-    );
-    let in_storage = kubectl(&[
+    let served = Served::start(repo.path());
+    assert!(served.wait_for_volumes("storage"));
+    let in_storage = served.kubectl(&[
         "get",
         "helmrelease",
         "longhorn",
@@ -563,26 +606,13 @@ fn sim_serve_bootstraps_from_a_users_repository_and_plan_reads_its_git() {
         "-o",
         "name",
     ]);
-    assert!(in_storage.contains("longhorn"), "{seen}");
+    assert!(in_storage.contains("longhorn"), "{in_storage}");
 
     // The user asks for the next Longhorn; plan reads the repository beside versions.yaml.
     let versions = repo.path().join("versions.yaml");
     let text = std::fs::read_to_string(&versions).expect("read");
     std::fs::write(&versions, text.replace("v1.9.1", "v1.9.2")).expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_upkeep"))
-        .args([
-            "plan",
-            "--offline",
-            "--now",
-            "2026-11-21T12:00:00Z",
-            "--repo",
-        ])
-        .arg(repo.path())
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .output()
-        .expect("upkeep plan");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = served.plan(repo.path());
     assert!(!text.contains("Flux ownership"), "{text}");
     assert!(
         text.contains("applied through: git: upkeep changes")
@@ -590,4 +620,31 @@ fn sim_serve_bootstraps_from_a_users_repository_and_plan_reads_its_git() {
             && text.contains("longhorn"),
         "{text}"
     );
+}
+
+/// A HelmRelease with its own `spec.targetNamespace` installs there (helm-controller's
+/// `GetReleaseNamespace`), not in the release's namespace: upkeep finds Longhorn's volumes (and
+/// takes its backups) where Helm put them.
+#[test]
+fn longhorn_installed_into_a_release_target_namespace_is_found_there() {
+    let repo = copy_of(
+        "home-ops-oci",
+        &[
+            (
+                "kubernetes/apps/storage/longhorn/app/helmrelease.yaml",
+                "spec:\n  interval: 1h\n",
+                "spec:\n  interval: 1h\n  targetNamespace: longhorn-system\n",
+            ),
+            (
+                "kubernetes/apps/storage/longhorn/app/helmrelease.yaml",
+                "  install:\n",
+                "  install:\n    createNamespace: true\n",
+            ),
+            ("versions.yaml", "v1.9.1", "v1.9.2"),
+        ],
+    );
+    let served = Served::start(repo.path());
+    assert!(served.wait_for_volumes("longhorn-system"));
+    let text = served.plan(repo.path());
+    assert!(text.contains("3 volumes, none faulted"), "{text}");
 }

@@ -206,6 +206,10 @@ pub struct Health {
     /// A Kustomization's `spec.sourceRef`, `Kind/namespace/name`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// A HelmRelease's `spec.targetNamespace`: where Helm installs the chart, when not the
+    /// release's own namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_namespace: Option<String>,
     /// A suspended Kustomization's `upkeep.dev/suspended-by`: the rollout of upkeep's that
     /// suspended it to hold the k3s Plans it applies.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -486,6 +490,7 @@ fn health(kind: &str, v: &Value) -> Health {
         chart_ref: None,
         path: None,
         source: None,
+        target_namespace: None,
         suspended_by: None,
     }
 }
@@ -825,6 +830,7 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
     .await?;
     for h in &hrs {
         let mut x = health("HelmRelease", h);
+        x.target_namespace = Some(s(h, "/spec/targetNamespace")).filter(|t| !t.is_empty());
         // A chart from an OCIRepository is recorded with the artifact digest's first 12 hex
         // characters as build metadata (helm-controller `mutateChartWithSourceRevision`): the
         // version is what comes before.
@@ -913,13 +919,16 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
                 },
                 s(k, "/spec/sourceRef/name")
             )),
-            suspended_by: Some(s(k, "/metadata/annotations/upkeep.dev~1suspended-by"))
-                .filter(|r| !r.is_empty() && k.pointer("/spec/suspend") == Some(&Value::Bool(true))),
+            suspended_by: Some(s(k, "/metadata/annotations/upkeep.dev~1suspended-by")).filter(
+                |r| !r.is_empty() && k.pointer("/spec/suspend") == Some(&Value::Bool(true)),
+            ),
             ..health("Kustomization", k)
         })
         .collect();
-    // Longhorn lives where its one release puts it (a Kustomization's targetNamespace, say),
-    // unless the configuration names another namespace than upstream's default.
+    // Longhorn lives where its one release installs it (the release's namespace, which a
+    // Kustomization's targetNamespace may set, or the release's own `spec.targetNamespace`,
+    // as helm-controller's `GetReleaseNamespace`), unless the configuration names another
+    // namespace than upstream's default.
     o.longhorn_namespace = if ns.longhorn == Namespaces::default().longhorn {
         let lh: Vec<&Health> = o
             .helm_releases
@@ -927,7 +936,10 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
             .filter(|h| h.chart.as_deref() == Some("longhorn"))
             .collect();
         match lh.as_slice() {
-            [one] => one.namespace.clone(),
+            [one] => one
+                .target_namespace
+                .clone()
+                .unwrap_or_else(|| one.namespace.clone()),
             _ => ns.longhorn.clone(),
         }
     } else {

@@ -568,6 +568,7 @@ mod tests {
             chart_ref: None,
             path: None,
             source: None,
+            target_namespace: None,
             suspended_by: None,
         });
         o.volumes.push(VolumeState {

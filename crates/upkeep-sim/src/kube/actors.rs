@@ -1254,7 +1254,28 @@ impl World<'_> {
     /// What an installed or upgraded chart makes, for the charts the emulator knows:
     /// Longhorn's objects (or its manager's new image), and the flux-instance chart's
     /// FluxInstance (controlplaneio-fluxcd/charts `charts/flux-instance/templates/instance.yaml`).
-    fn render(&mut self, hr: &Value, chart: &str, version: &str, ns: &str) {
+    fn render(&mut self, hr: &Value, chart: &str, version: &str, hr_ns: &str) {
+        // Helm installs into `spec.targetNamespace` when set, else the release's namespace
+        // (helm-controller `api/v2` `GetReleaseNamespace`); values come from the release's.
+        let ns = match s(hr, "/spec/targetNamespace") {
+            "" => hr_ns,
+            t => t,
+        }
+        .to_string();
+        let ns = ns.as_str();
+        // `install.createNamespace` creates the target namespace (helm-controller
+        // `internal/action/install.go`, `CreateNamespace`); without it a missing namespace
+        // fails the install as Helm does, and nothing is made.
+        let namespaces = gr("", "namespaces");
+        if self.store.try_get(&namespaces, "", ns).is_none() {
+            if hr.pointer("/spec/install/createNamespace") != Some(&json!(true)) {
+                return;
+            }
+            let ctx = self.ctx("helm-controller");
+            let n = json!({"metadata": {"name": ns, "labels": {"kubernetes.io/metadata.name": ns}},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
+            let _ = self.store.create_with_status(&namespaces, "", n, &ctx);
+        }
         match chart {
             "longhorn" => {
                 let installed = self
@@ -1289,7 +1310,7 @@ impl World<'_> {
                 }
             }
             "flux-instance" => {
-                let values = self.helm_values(hr, ns);
+                let values = self.helm_values(hr, hr_ns);
                 let i = values.get("instance").cloned().unwrap_or_else(|| json!({}));
                 let or = |p: &str, d: &str| match s(&i, p) {
                     "" => d.to_string(),
@@ -1318,7 +1339,7 @@ impl World<'_> {
                 let hr_name = s(hr, "/metadata/name").to_string();
                 let obj = json!({"apiVersion": "fluxcd.controlplane.io/v1", "kind": "FluxInstance",
                     "metadata": {"name": "flux", "namespace": ns, "labels": {
-                        "helm.toolkit.fluxcd.io/name": hr_name, "helm.toolkit.fluxcd.io/namespace": ns,
+                        "helm.toolkit.fluxcd.io/name": hr_name, "helm.toolkit.fluxcd.io/namespace": hr_ns,
                         "app.kubernetes.io/managed-by": "Helm"}},
                     "spec": spec});
                 let ctx = self.ctx("helm-controller");
