@@ -679,6 +679,12 @@ pub struct NetArgs {
     /// Do not read or write the cache.
     #[arg(long)]
     no_cache: bool,
+    /// A Docker-style config file with credentials for private OCI registries
+    /// (`{"auths": {"ghcr.io": {"auth": "<base64 of user:password>"}}}`, or `username` and
+    /// `password` in an entry; ~/.docker/config.json's format). Default: none, every registry is
+    /// read anonymously.
+    #[arg(long, value_name = "FILE")]
+    registry_config: Option<PathBuf>,
     /// Seconds per request, including reading the answer.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     timeout: u64,
@@ -725,6 +731,11 @@ impl NetArgs {
             } else {
                 self.cache_dir.clone().or_else(sources::cache::default_dir)
             },
+            registry_credentials: self
+                .registry_config
+                .as_deref()
+                .map(sources::oci::Credentials::from_file)
+                .transpose()?,
             ..NetConfig::default()
         })
     }

@@ -3,6 +3,7 @@
 //!
 //! - [`upstream`]: GitHub's release API (pagination, ETags and 304s, rate-limit headers), a k3s
 //!   channel server and Helm repository indexes, with scripted faults.
+//! - [`registry`]: an OCI registry (tag listing with pagination, token and Basic auth).
 
 pub mod clock;
 pub mod github;
@@ -10,6 +11,7 @@ pub mod kube;
 pub mod playground;
 pub mod prometheus;
 pub mod receiver;
+pub mod registry;
 pub mod tls;
 pub mod upstream;
 

@@ -156,10 +156,11 @@ pub async fn run_with_dates<U: Upstream + 'static>(
     let policies = Arc::new(policies);
     let rows = {
         let policies = policies.clone();
-        sources::fetch_each(
+        sources::fetch_each_at(
             upstream,
             &repo.components,
             concurrency,
+            Some(now),
             move |c, fetched| {
                 let policy = policies.get(&c.name).cloned().unwrap_or_default();
                 let dates: Vec<(String, DateTime<Utc>)> = fetched

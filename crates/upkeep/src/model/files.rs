@@ -171,15 +171,21 @@ pub struct SourceEntry {
     /// A k3s channel server base URL, e.g. `https://update.k3s.io`.
     #[serde(default)]
     pub channel_server: Option<Sp<String>>,
-    /// A chart in a Helm repository index.
+    /// A chart in a Helm repository index, or in an OCI registry (`oci://`).
     #[serde(default)]
     pub helm_chart: Option<HelmChartEntry>,
+    /// The tags of a container image repository in an OCI registry, e.g.
+    /// `ghcr.io/fluxcd/flux-cli` (`oci://` may lead; no tag or digest). A registry gives no
+    /// dates: a tag's release age counts from when upkeep first saw it.
+    #[serde(default)]
+    pub oci_image: Option<Sp<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HelmChartEntry {
-    /// The repository URL (the directory holding `index.yaml`).
+    /// The repository URL (the directory holding `index.yaml`), or an OCI registry path
+    /// `oci://HOST/PATH` (the chart's versions are then the tags of `PATH/CHART`).
     pub repository: Sp<String>,
     /// The chart's name in that index.
     pub chart: Sp<String>,

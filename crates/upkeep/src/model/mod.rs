@@ -344,6 +344,9 @@ pub struct Sources {
     /// Base URL of a k3s channel server.
     pub channel_server: Option<String>,
     pub helm_chart: Option<HelmChartSource>,
+    /// An image repository in an OCI registry, `HOST/NAME` (normalized: no `oci://`, Docker
+    /// Hub as `docker.io/...`).
+    pub oci_image: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

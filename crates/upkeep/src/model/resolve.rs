@@ -20,6 +20,7 @@ use super::{
 };
 use crate::diag::{Diagnostic, Pos};
 use crate::knowledge;
+use crate::sources::oci;
 use crate::versions::{self, Downgrade, PathRule, Scheme};
 use crate::windows::{self, Freeze, Kind, Window};
 
@@ -1033,7 +1034,7 @@ fn component(
                 f,
                 name.pos,
                 format!("component `{}` has no source, and upkeep has no built-in rules for it", name.value),
-                "add `source: {githubReleases: owner/repo}` or `source: {helmChart: {repository: URL, chart: NAME}}`",
+                "add `source: {githubReleases: owner/repo}`, `source: {helmChart: {repository: URL, chart: NAME}}` or `source: {ociImage: HOST/NAME}`",
             );
             None
         }
@@ -1235,12 +1236,16 @@ fn parse_track(t: &str, scheme: Scheme, has_channel_server: bool) -> Result<Trac
 fn sources(cx: &mut Ctx, file: &str, s: &Sp<SourceEntry>) -> Option<Sources> {
     let errors = cx.error_count();
     let mut out = Sources::default();
-    if s.github_releases.is_none() && s.channel_server.is_none() && s.helm_chart.is_none() {
+    if s.github_releases.is_none()
+        && s.channel_server.is_none()
+        && s.helm_chart.is_none()
+        && s.oci_image.is_none()
+    {
         cx.error(
             file,
             s.pos,
             "the source names no upstream",
-            "set githubReleases, channelServer or helmChart",
+            "set githubReleases, channelServer, helmChart or ociImage",
         );
     }
     if let Some(g) = &s.github_releases {
@@ -1284,15 +1289,30 @@ fn sources(cx: &mut Ctx, file: &str, s: &Sp<SourceEntry>) -> Option<Sources> {
                 "like https://charts.longhorn.io",
             );
         } else if h.repository.value.starts_with("oci://") {
-            cx.warn(
-                file,
-                h.repository.pos,
-                format!(
-                    "`{}` is an OCI registry, which upkeep does not read yet: `upkeep check` will say it cannot list the chart's versions",
-                    h.repository.value
-                ),
-                "give the chart's releases another way: `github: owner/repo`, or the chart's HTTP repository",
-            );
+            // The registry path alone (with a stand-in chart), then with the chart.
+            if let Err(detail) = oci::Reference::chart(&h.repository, "chart") {
+                cx.error(
+                    file,
+                    h.repository.pos,
+                    format!(
+                        "`{}` is not an OCI chart repository: {detail}",
+                        h.repository.value
+                    ),
+                    "like oci://ghcr.io/controlplaneio-fluxcd/charts (the chart's versions are the tags of PATH/CHART)",
+                );
+            } else if name_ok(&h.chart)
+                && let Err(detail) = oci::Reference::chart(&h.repository, &h.chart)
+            {
+                cx.error(
+                    file,
+                    h.chart.pos,
+                    format!(
+                        "chart `{}` in `{}` is not an OCI repository: {detail}",
+                        h.chart.value, h.repository.value
+                    ),
+                    "a shorter registry path or chart name",
+                );
+            }
         }
         if !name_ok(&h.chart) {
             cx.error(
@@ -1306,6 +1326,25 @@ fn sources(cx: &mut Ctx, file: &str, s: &Sp<SourceEntry>) -> Option<Sources> {
             repository: h.repository.value.trim_end_matches('/').to_string(),
             chart: h.chart.value.clone(),
         });
+    }
+    if let Some(i) = &s.oci_image {
+        match oci::Reference::image(i) {
+            Ok(r) => out.oci_image = Some(r.to_string()),
+            Err(detail) => cx.error(
+                file,
+                i.pos,
+                format!("`{}` is not an OCI image repository: {detail}", i.value),
+                "like ghcr.io/fluxcd/flux-cli: the registry and the repository, without :TAG or @DIGEST",
+            ),
+        }
+        if s.helm_chart.is_some() {
+            cx.error(
+                file,
+                i.pos,
+                "the source has both helmChart and ociImage",
+                "say one: helmChart for a chart's versions, ociImage for an image's tags",
+            );
+        }
     }
     (cx.error_count() == errors).then_some(out)
 }

@@ -72,6 +72,12 @@ impl Cache {
         Some(dir.join(format!("{:016x}.json", fnv1a(url.as_bytes()))))
     }
 
+    /// A file of the cache directory for another kind of record (e.g. an OCI repository's
+    /// first-seen times); `None` without a cache directory.
+    pub(crate) fn file(&self, name: &str) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.join(name))
+    }
+
     /// The cached page for `url`, if there is a sound one.
     pub fn get(&self, url: &str) -> Option<Page> {
         let path = self.path(url)?;
@@ -107,6 +113,12 @@ impl Cache {
 
 fn write_atomic(path: &Path, page: &Page) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(page).map_err(std::io::Error::other)?;
+    write_bytes_atomic(path, &bytes)
+}
+
+/// Write `bytes` to `path` whole or not at all (a temporary file of this write's own, then a
+/// rename).
+pub(crate) fn write_bytes_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A name of this write's own: two writers of one URL (threads, or processes sharing the
     // cache) never share a temporary file; the last rename wins, whole.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -115,7 +127,7 @@ fn write_atomic(path: &Path, page: &Page) -> std::io::Result<()> {
     // No fsync: after a crash a torn entry fails to parse and is discarded, which costs one
     // unconditional request; syncing every entry would cost more than that on every run.
     let mut f = fs::File::create(&tmp)?;
-    f.write_all(&bytes)?;
+    f.write_all(bytes)?;
     drop(f);
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
@@ -123,7 +135,7 @@ fn write_atomic(path: &Path, page: &Page) -> std::io::Result<()> {
 }
 
 /// FNV-1a, 64 bits: a stable file name for a URL (std's hasher may change between releases).
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })

@@ -14,10 +14,6 @@ pub const MAX_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "Helm repository {url} is an OCI registry, which upkeep does not read yet (hint: give the chart's releases another way in versions.yaml: `github: owner/repo`, or the chart's HTTP repository)"
-    )]
-    Oci { url: String },
     #[error("Helm repository {url}: {source}")]
     Fetch {
         url: String,
@@ -119,15 +115,15 @@ pub struct Client {
     get: Getter,
 }
 
-/// Where a Helm repository's index is; an OCI registry has none (its tags would have to be
-/// listed through the registry API), which is said rather than fetched.
-pub fn index_url(repository: &str) -> Result<String> {
-    if repository.starts_with("oci://") {
-        return Err(Error::Oci {
-            url: repository.to_string(),
-        });
-    }
-    Ok(format!("{}/index.yaml", repository.trim_end_matches('/')))
+/// Whether a chart repository is an OCI registry (`oci://...`): it has no index, and its charts'
+/// versions are the tags of the repository `PATH/CHART` ([`super::oci`]).
+pub fn is_oci(repository: &str) -> bool {
+    repository.starts_with("oci://")
+}
+
+/// Where a Helm repository's index is (not for an OCI registry: see [`is_oci`]).
+pub fn index_url(repository: &str) -> String {
+    format!("{}/index.yaml", repository.trim_end_matches('/'))
 }
 
 impl Client {
@@ -156,19 +152,13 @@ impl Client {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn an_oci_registry_is_said_not_fetched() {
-        assert!(
-            index_url("https://charts.longhorn.io/")
-                .is_ok_and(|u| u == "https://charts.longhorn.io/index.yaml")
+    fn an_index_is_next_to_the_repository_and_oci_has_none() {
+        assert_eq!(
+            index_url("https://charts.longhorn.io/"),
+            "https://charts.longhorn.io/index.yaml"
         );
-        let e = index_url("oci://ghcr.io/stefanprodan/charts")
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(
-            e.contains("is an OCI registry, which upkeep does not read yet"),
-            "{e}"
-        );
+        assert!(is_oci("oci://ghcr.io/stefanprodan/charts"));
+        assert!(!is_oci("https://charts.longhorn.io"));
     }
 
     use super::*;

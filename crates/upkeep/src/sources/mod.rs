@@ -5,6 +5,8 @@
 //!   handling;
 //! - [`channel`]: the k3s channel server (`/v1-release/channels`) through reqwest;
 //! - [`helm`]: a Helm repository's `index.yaml`;
+//! - [`oci`]: an OCI registry's tags (Helm charts in `oci://` repositories, container images),
+//!   dated by when upkeep first saw them;
 //! - [`catalog`]: a signed offline catalog (minisign), for air-gapped clusters and the demo.
 //!
 //! [`Upstream`] is the one trait the pipeline sees: "what does upstream have for this component".
@@ -17,6 +19,7 @@ pub mod channel;
 pub mod github;
 pub mod helm;
 pub(crate) mod http;
+pub mod oci;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -104,9 +107,11 @@ pub enum Error {
     #[error(transparent)]
     Helm(#[from] helm::Error),
     #[error(transparent)]
+    Oci(#[from] oci::Error),
+    #[error(transparent)]
     Catalog(#[from] catalog::Error),
     #[error(
-        "component `{component}` has no release source (hint: set `source: {{githubReleases: owner/repo}}` or `source: {{helmChart: ...}}` in versions.yaml)"
+        "component `{component}` has no release source (hint: set `source: {{githubReleases: owner/repo}}`, `source: {{helmChart: ...}}` or `source: {{ociImage: HOST/NAME}}` in versions.yaml)"
     )]
     NoSource { component: String },
     #[error("cannot set up the HTTP client: {0}")]
@@ -137,6 +142,7 @@ impl Error {
                 "channel"
             }
             Error::Helm(_) => "helm",
+            Error::Oci(_) => "oci",
             Error::Catalog(_) => "catalog",
             Error::NoSource { .. } => "config",
             Error::Client(_) => "http",
@@ -159,7 +165,8 @@ pub trait Upstream: Send + Sync {
 }
 
 /// What one run (one `check`, one detection cycle, one export) shares between its components:
-/// each GitHub repository, Helm index and channel server that more than one component reads is
+/// each GitHub repository, Helm index, OCI repository and channel server that more than one
+/// component reads is
 /// fetched once, and the others wait for that one fetch (as Renovate looks each package source up
 /// once per run). A source is held only until the last component that reads it has it, so a run
 /// of many distinct sources keeps no more in memory than before; the next run fetches again
@@ -168,7 +175,11 @@ pub trait Upstream: Send + Sync {
 pub struct Run {
     releases: Memo<Vec<UpstreamRelease>>,
     indexes: Memo<helm::Index>,
+    tags: Memo<oci::Listing>,
     channels: Memo<channel::Channels>,
+    /// The time the run judges releases at (`check`'s `now`), when it has one: an OCI tag first
+    /// seen in this run counts as released then, not a moment after.
+    as_of: Option<DateTime<Utc>>,
 }
 
 impl Run {
@@ -177,8 +188,16 @@ impl Run {
         let run = Run::default();
         for c in components {
             if let Some(h) = &c.sources.helm_chart {
-                if let Ok(url) = helm::index_url(&h.repository) {
-                    run.indexes.expect(&url);
+                if helm::is_oci(&h.repository) {
+                    if let Ok(r) = oci::Reference::chart(&h.repository, &h.chart) {
+                        run.tags.expect(&r.key());
+                    }
+                } else {
+                    run.indexes.expect(&helm::index_url(&h.repository));
+                }
+            } else if let Some(image) = &c.sources.oci_image {
+                if let Ok(r) = oci::Reference::image(image) {
+                    run.tags.expect(&r.key());
                 }
             } else if let Some(repo) = &c.sources.github_releases {
                 run.releases.expect(repo);
@@ -189,6 +208,12 @@ impl Run {
             }
         }
         run
+    }
+
+    /// The same run, judging releases at `now` (see [`fetch_each_at`]).
+    pub fn as_of(mut self, now: DateTime<Utc>) -> Run {
+        self.as_of = Some(now);
+        self
     }
 }
 
@@ -324,8 +349,12 @@ pub struct NetConfig {
     /// The least time between two writes to the forge. GitHub asks for "at least one second
     /// between each request" that creates content ("Best practices for using the REST API").
     pub write_interval: std::time::Duration,
-    /// Where ETags and bodies are kept; `None` disables the cache.
+    /// Where ETags and bodies are kept (and when each OCI tag was first seen); `None` disables
+    /// the cache.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Basic credentials per OCI registry (from a Docker-style config file, `--registry-config`);
+    /// `None` reads every registry anonymously.
+    pub registry_credentials: Option<oci::Credentials>,
 }
 
 impl Default for NetConfig {
@@ -341,6 +370,7 @@ impl Default for NetConfig {
             max_wait: std::time::Duration::from_secs(60),
             concurrency: 16,
             cache_dir: None,
+            registry_credentials: None,
         }
     }
 }
@@ -364,11 +394,12 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The live sources: GitHub, channel servers and Helm indexes over the network.
+/// The live sources: GitHub, channel servers, Helm indexes and OCI registries over the network.
 pub struct Live {
     github: github::Client,
     channels: channel::Client,
     helm: helm::Client,
+    oci: oci::Client,
     k3s_channel_url: Option<String>,
     pub stats: Arc<Stats>,
 }
@@ -380,12 +411,31 @@ impl Live {
         let cache = cache::Cache::open(cfg.cache_dir.clone());
         let get = http::Getter::new(cfg, stats.clone()).map_err(Error::Client)?;
         Ok(Live {
-            github: github::Client::new(cfg, cache, stats.clone())?,
+            github: github::Client::new(cfg, cache.clone(), stats.clone())?,
             channels: channel::Client::new(get.clone()),
             helm: helm::Client::new(get),
+            oci: oci::Client::new(cfg, cache, stats.clone())?,
             k3s_channel_url: cfg.k3s_channel_url.clone(),
             stats,
         })
+    }
+
+    /// The tags of an OCI repository, read once per run however many components list it.
+    async fn oci_listing(
+        &self,
+        reference: &str,
+        r: Result<oci::Reference, String>,
+        run: &Run,
+    ) -> Result<Arc<oci::Listing>> {
+        let r = r.map_err(|detail| oci::Error::BadReference {
+            reference: reference.to_string(),
+            detail,
+        })?;
+        run.tags
+            .get(&r.key(), || async {
+                Ok(self.oci.list(&r, chrono::Utc::now()).await?)
+            })
+            .await
     }
 
     async fn channel_latest(&self, c: &Component, name: &str, run: &Run) -> Result<String> {
@@ -419,8 +469,22 @@ impl Upstream for Live {
             Track::Channel(name) => Some(self.channel_latest(c, name, run).await?),
             _ => None,
         };
-        let (source, releases) = if let Some(h) = &c.sources.helm_chart {
-            let url = helm::index_url(&h.repository)?;
+        let (source, releases) = if let Some(h) = &c.sources.helm_chart
+            && helm::is_oci(&h.repository)
+        {
+            let listing = self
+                .oci_listing(
+                    &h.repository,
+                    oci::Reference::chart(&h.repository, &h.chart),
+                    run,
+                )
+                .await?;
+            (
+                format!("helm:{}#{}", h.repository, h.chart),
+                listing.releases(oci::Kind::Chart, run.as_of),
+            )
+        } else if let Some(h) = &c.sources.helm_chart {
+            let url = helm::index_url(&h.repository);
             let index = run
                 .indexes
                 .get(&url, || async { Ok(self.helm.index(&url).await?) })
@@ -428,6 +492,14 @@ impl Upstream for Live {
             (
                 format!("helm:{}#{}", h.repository, h.chart),
                 index.chart(&url, &h.chart)?,
+            )
+        } else if let Some(image) = &c.sources.oci_image {
+            let listing = self
+                .oci_listing(image, oci::Reference::image(image), run)
+                .await?;
+            (
+                format!("oci:{}", listing.reference),
+                listing.releases(oci::Kind::Image, run.as_of),
             )
         } else if let Some(repo) = &c.sources.github_releases {
             let releases = run
@@ -462,9 +534,29 @@ where
     T: Send + 'static,
     F: Fn(&Component, Result<Fetched>) -> T + Send + Sync + 'static,
 {
+    fetch_each_at(up, components, concurrency, None, f).await
+}
+
+/// [`fetch_each`] for a run that judges releases at `as_of` (`check`'s `now`): a release a
+/// source sees for the first time in this run (an OCI tag) is dated then, so that it is neither
+/// dropped as "published after now" nor taken for older than it is.
+pub async fn fetch_each_at<U, T, F>(
+    up: Arc<U>,
+    components: &[Component],
+    concurrency: usize,
+    as_of: Option<DateTime<Utc>>,
+    f: F,
+) -> Vec<Option<T>>
+where
+    U: Upstream + 'static,
+    T: Send + 'static,
+    F: Fn(&Component, Result<Fetched>) -> T + Send + Sync + 'static,
+{
     use tracing::Instrument;
     let f = Arc::new(f);
-    let run = Arc::new(Run::new(components));
+    let mut run = Run::new(components);
+    run.as_of = as_of;
+    let run = Arc::new(run);
     let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in components.iter().enumerate() {
