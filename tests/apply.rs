@@ -2648,7 +2648,7 @@ impl World {
 const USER_PLANS: &str = "apiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata:\n  name: controllers\n  namespace: system-upgrade\nspec:\n  # renovate: datasource=github-releases depName=k3s-io/k3s\n  version: v1.33.4+k3s1\n  upgrade:\n    image: rancher/k3s-upgrade\n  serviceAccountName: system-upgrade\n  concurrency: 1\n  cordon: true\n  nodeSelector:\n    matchExpressions:\n      - key: node-role.kubernetes.io/control-plane\n        operator: Exists\n---\napiVersion: upgrade.cattle.io/v1\nkind: Plan\nmetadata:\n  name: workers\n  namespace: system-upgrade\nspec:\n  version: v1.33.4+k3s1\n  serviceAccountName: system-upgrade\n  concurrency: 1\n  cordon: true\n  nodeSelector:\n    matchExpressions:\n      - key: node-role.kubernetes.io/control-plane\n        operator: DoesNotExist\n  prepare:\n    image: rancher/k3s-upgrade\n    args: [\"prepare\", \"controllers\"]\n  upgrade:\n    image: rancher/k3s-upgrade\n";
 
 /// k3s Plans already in git are adopted: upkeep changes their `version` through git in the
-/// window and creates none of its own (never two owners). When a node fails, it holds them as
+/// window, creates none of its own and retires those it had (never two owners). When a node fails, it holds them as
 /// it holds its own, through Flux: the Kustomization that applies them is suspended first (so
 /// kustomize-controller does not take the hold back at its next reconcile), then the Plans go
 /// to `concurrency: 0` and, released, select no node. An hour of Flux intervals later the hold
@@ -2659,6 +2659,20 @@ fn adopted_plans_in_git_are_changed_through_git_and_held_through_flux_when_a_nod
     w.kube.inject(ClusterFault::NodeNeverReady {
         node: "agent-1".into(),
     });
+    // upkeep's own Plans from an earlier rollout, before the user's were written in git.
+    {
+        let mut st = w.kube.store();
+        let ctx = upkeep_sim::kube::store::Ctx::new(Utc::now(), "upkeep");
+        for (name, server) in [("upkeep-server", true), ("upkeep-agent", false)] {
+            st.create(
+                &("upgrade.cattle.io".into(), "plans".into()),
+                "system-upgrade",
+                upkeep_sim::kube::seed::example_plan(name, "v1.33.4+k3s1", server, 0),
+                &ctx,
+            )
+            .expect("plan");
+        }
+    }
     w.push_files(
         &[
             ("clusters/homelab/kustomization.yaml", "resources: []\n"),

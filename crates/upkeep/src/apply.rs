@@ -1355,6 +1355,7 @@ impl<F: Forge> Driver<'_, '_, F> {
             for ks in self.resume_adopted_plans(t).await? {
                 requests.push((format!("Kustomization/{ks}"), token.clone()));
             }
+            self.retire_own_plans(t).await?;
         }
         for ks in mapping
             .carriers
@@ -1525,14 +1526,19 @@ impl<F: Forge> Driver<'_, '_, F> {
         // Holding and releasing concern Plans upkeep made; none made, nothing to hold.
         let k3s = t.component.name == "k3s" && t.observed.plans.iter().any(|p| p.upkeeps());
         // The user's own k3s Plans, adopted: applied by Flux from git, held through Flux.
+        // Held as well as upkeep's own when both exist (Plans of upkeep's from before the user's
+        // were adopted): no Plan may go on upgrading nodes after a halt.
         let adopted = t.component.name == "k3s"
-            && !k3s
             && matches!(
                 t.observed.routes.get(&t.component.name),
                 Some(crate::route::Route::Git { .. })
             );
         match fx {
             Effect::Pause | Effect::Halt if adopted => {
+                if k3s {
+                    let hop = current_hop(t.spec, next);
+                    self.apply_plans(t, &hop, PlanMode::Hold).await?;
+                }
                 let held = self.hold_adopted_plans(t, PlanMode::Hold).await?;
                 if matches!(fx, Effect::Halt) {
                     note_held(next, &held, &t.spec.to);
@@ -1540,6 +1546,10 @@ impl<F: Forge> Driver<'_, '_, F> {
                 Ok(())
             }
             Effect::Release if adopted => {
+                if k3s {
+                    let hop = current_hop(t.spec, next);
+                    self.apply_plans(t, &hop, PlanMode::Release).await?;
+                }
                 self.hold_adopted_plans(t, PlanMode::Release).await?;
                 self.uncordon(t.observed).await
             }
@@ -1957,6 +1967,30 @@ impl<F: Forge> Driver<'_, '_, F> {
             resumed.push(format!("{}/{}", k.namespace, k.name));
         }
         Ok(resumed)
+    }
+
+    /// upkeep's own Plans, left from before the user's Plans in git were adopted, are deleted
+    /// once no node applies them (deleting a Plan leaves its nodes as they are): never two
+    /// owners of the nodes' k3s.
+    async fn retire_own_plans(&self, t: &Target<'_>) -> Result<(), String> {
+        let plan_ar = ar("upgrade.cattle.io", "v1", "Plan", "plans");
+        for p in t
+            .observed
+            .plans
+            .iter()
+            .filter(|p| p.upkeeps() && p.applying.is_empty())
+        {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &p.namespace, &plan_ar);
+            match api.delete(&p.name, &Default::default()).await {
+                Ok(_) => {
+                    tracing::info!(plan = %p.name, "deleted upkeep's own Plan: the Plans in git are adopted")
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(format!("deleting upkeep's Plan {}: {e}", p.name)),
+            }
+        }
+        Ok(())
     }
 
     /// Server-side apply of the one field upkeep owns on the FluxInstance.
