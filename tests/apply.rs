@@ -2744,3 +2744,49 @@ fn adopted_plans_in_git_are_changed_through_git_and_held_through_flux_when_a_nod
         "{failure}"
     );
 }
+
+/// A hop applied through git that fails with nothing moved (the chart refused the upgrade) is
+/// set back in git too: the manifest says what runs again, so helm-controller does not try the
+/// failed version at its next reconcile, and upkeep does not later call its own change "moved
+/// outside upkeep".
+#[test]
+fn a_failed_hop_through_git_with_nothing_moved_sets_the_manifest_back() {
+    let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
+    w.push_files(
+        &[
+            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+            ("apps/kustomization.yaml", "resources: []\n"),
+            (
+                "infrastructure/longhorn.yaml",
+                &longhorn_manifest("", "1.9.1"),
+            ),
+        ],
+        "add the cluster's manifests",
+    );
+    w.flux_from_repo();
+    w.wait("Flux applied the HelmRelease", |w| {
+        w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
+            == "infrastructure"
+    });
+    w.kube.inject(ClusterFault::HelmUpgradeFails {
+        release: "longhorn-system/longhorn".into(),
+    });
+    let s = w.apply(UNTIL_DONE);
+    assert_eq!(
+        phase_of(&s, "longhorn-v1.10.2"),
+        Some(Phase::Reverted),
+        "{s:?}"
+    );
+    assert!(
+        w.main_file().contains("version: v1.9.1"),
+        "versions.yaml reverted"
+    );
+    let manifest = w.main_file_at("infrastructure/longhorn.yaml");
+    assert!(manifest.contains("version: 1.9.1"), "{manifest}");
+    w.kube.run_for(minutes(30), minutes(1));
+    assert_eq!(
+        w.longhorn_release()["spec"]["chart"]["spec"]["version"],
+        "1.9.1",
+        "Flux applies what git says again"
+    );
+}

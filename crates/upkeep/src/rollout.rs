@@ -1321,6 +1321,19 @@ pub fn decide(
                     ),
                 );
             } else {
+                // Nothing moved: the release object (or the manifest in git that carries it)
+                // goes back to what runs too, or its controller would try the failed version
+                // again at its next reconcile, and git would say what does not run. k3s'
+                // Plans are held and released instead (a Plan set back would run every node).
+                let refused = matches!(
+                    ctx.observed.routes.get(&c.name),
+                    Some(crate::route::Route::Refused { .. })
+                );
+                if c.name != "k3s" && !refused {
+                    fx.push(Effect::Apply {
+                        version: back_to.clone(),
+                    });
+                }
                 set(
                     &mut s,
                     Phase::Reverted,
