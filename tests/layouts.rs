@@ -200,6 +200,34 @@ fn multi_cluster_each_cluster_reads_its_own_tree_and_the_root_reads_both_as_ambi
         );
         assert!(r.carriers("k3s", &Runs::K3s).absent);
     }
+    // cert-manager's HelmRelease is in a file both clusters apply: never changed in one
+    // cluster's window.
+    for cl in ["production", "staging"] {
+        let r = Reading::of_dir(&fixture("multi-cluster"), &format!("clusters/{cl}"));
+        let m = r.carriers("cert-manager", &chart("cert-manager"));
+        let other = if cl == "staging" {
+            "production"
+        } else {
+            "staging"
+        };
+        assert!(
+            m.problems.iter().any(|p| p.is_error()
+                && p.file == "infrastructure/controllers/cert-manager.yaml"
+                && p.message
+                    .contains("applied by another cluster's Flux tree too")
+                && p.message
+                    .contains(&format!("in clusters/{other}/infrastructure.yaml"))),
+            "{cl}: {:#?}",
+            m.problems
+        );
+        // podinfo's version is in each cluster's own overlay: not shared.
+        let m = r.carriers("podinfo", &chart("podinfo"));
+        assert!(
+            m.problems.iter().all(|p| !p.is_error()),
+            "{:#?}",
+            m.problems
+        );
+    }
     let root = Reading::of_dir(&fixture("multi-cluster"), "");
     let m = root.carriers("podinfo", &chart("podinfo"));
     assert!(m.carriers.is_empty());
@@ -647,4 +675,56 @@ fn longhorn_installed_into_a_release_target_namespace_is_found_there() {
     assert!(served.wait_for_volumes("longhorn-system"));
     let text = served.plan(repo.path());
     assert!(text.contains("3 volumes, none faulted"), "{text}");
+}
+
+/// A range where a version belongs (bjw-s' flux-instance values say `version: 2.x`) follows
+/// every release by itself: `validate` says so as an error, naming the file, instead of calling
+/// it a manifest "moved outside upkeep" with advice versions.yaml cannot follow.
+#[test]
+fn a_range_where_a_version_belongs_is_an_error_not_a_moved_manifest() {
+    let dir = copy_of(
+        "home-ops-oci",
+        &[(
+            "kubernetes/apps/flux-system/flux-instance/app/helmrelease.yaml",
+            "version: 2.6.4",
+            "version: 2.x",
+        )],
+    );
+    let loaded = upkeep::model::load_repo(dir.path(), chrono::Utc::now()).expect("load");
+    let repo = loaded.repo.expect("valid");
+    let r = Reading::of_dir(dir.path(), "");
+    let found = upkeep::layout::check::check(&r, &repo);
+    assert!(
+        found.iter().any(|d| d.is_error()
+            && d.file.ends_with("flux-instance/app/helmrelease.yaml")
+            && d.message
+                .contains("\"2.x\", which is not one version of flux")),
+        "{found:#?}"
+    );
+    assert!(
+        found
+            .iter()
+            .all(|d| !d.message.contains("moved outside upkeep")),
+        "{found:#?}"
+    );
+}
+
+/// Flux installed without flux-operator (cluster-template's flux-manifests OCIRepository) is
+/// not upgraded by upkeep: said at the OCIRepository, with what to do, never a loop on "no
+/// FluxInstance".
+#[test]
+fn flux_from_the_flux_manifests_artifact_is_refused_with_what_to_do() {
+    let r = Reading::of_dir(&fixture("cluster-template-k3s"), "");
+    let m = r.carriers("flux", &Runs::Flux);
+    assert!(m.carriers.is_empty());
+    assert!(
+        m.problems.iter().any(|p| p.is_error()
+            && p.file == "kubernetes/flux/config/flux.yaml"
+            && p.message.contains("flux-manifests OCI artifact")
+            && p.hint
+                .as_deref()
+                .is_some_and(|h| h.contains("leave `flux` out of versions.yaml"))),
+        "{:#?}",
+        m.problems
+    );
 }

@@ -267,6 +267,35 @@ fn flux(files: &Files, layout: &Layout, m: &mut Mapping) {
             )),
         }
     }
+    // Flux installed without flux-operator: the flux-manifests OCIRepository (cluster-template
+    // before flux-operator) or `flux bootstrap`'s gotk-components.yaml. upkeep upgrades Flux
+    // through a FluxInstance only.
+    if m.carriers.is_empty() {
+        let manifests = layout.of_kind("OCIRepository").find(|o| {
+            o.field_str(&["spec", "url"])
+                .trim_end_matches('/')
+                .ends_with("/flux-manifests")
+        });
+        let gotk = layout
+            .objects
+            .iter()
+            .find(|o| o.file.ends_with("gotk-components.yaml"));
+        if let Some(o) = manifests.or(gotk) {
+            m.problems.push(problem(
+                &o.file,
+                o.pos(),
+                format!(
+                    "Flux is installed here without flux-operator ({}), which upkeep does not upgrade: it upgrades Flux through flux-operator's FluxInstance only",
+                    if manifests.is_some() {
+                        format!("{}, the flux-manifests OCI artifact", o.describe())
+                    } else {
+                        "flux bootstrap's gotk-components.yaml".to_string()
+                    }
+                ),
+                "leave `flux` out of versions.yaml (and keep upgrading Flux as you do), or move to flux-operator (a FluxInstance, or the flux-instance chart) and upkeep applies Flux in windows",
+            ));
+        }
+    }
     if m.carriers.len() > 1 {
         let list = m
             .carriers

@@ -33,7 +33,7 @@ pub fn check(reading: &Reading, repo: &ConfigRepo) -> Vec<Diagnostic> {
                         o.applied_by.as_ref().map(ToString::to_string).unwrap_or_default()
                     ),
                 )
-                .hint("add a kustomization.yaml listing what Flux should apply in that directory (or a .sourceignore), so that versions.yaml and policies/ stay out of it"),
+                .hint("add a kustomization.yaml listing what Flux should apply in that directory, so that versions.yaml and policies/ stay out of it"),
             );
         }
     }
@@ -57,7 +57,21 @@ pub fn check(reading: &Reading, repo: &ConfigRepo) -> Vec<Diagnostic> {
                     .hint("write a plain version (or one variable defined in git) there, or remove the component from versions.yaml"),
                 );
             }
-            if !same_version(&carrier.value, &want) {
+            if crate::versions::parse(&carrier.value, c.scheme).is_err() {
+                out.push(
+                    Diagnostic::error(
+                        &carrier.file,
+                        carrier.pos,
+                        format!(
+                            "{} asks for {:?}, which is not one version of {} (a range follows every release by itself, outside any window)",
+                            carrier.object,
+                            crate::diag::Printable(&carrier.value).to_string(),
+                            c.name
+                        ),
+                    )
+                    .hint("write the exact version that runs there (versions.yaml's), and upkeep changes it in windows"),
+                );
+            } else if !same_version(&carrier.value, &want) {
                 out.push(
                     Diagnostic::warning(
                         &carrier.file,
