@@ -1985,7 +1985,13 @@ impl World<'_> {
                 || raw.pointer("/metadata/labels/kustomize.toolkit.fluxcd.io~1substitute")
                     == Some(&json!("disabled"));
             let obj: Value = if substitutes && !disabled {
-                flux::substitute_value(&raw, &vars)
+                flux::try_substitute_value(&raw, &vars, true).map_err(|e| {
+                    format!(
+                        "post build failed for '{}/{}': {e}",
+                        s(&raw, "/kind"),
+                        s(&raw, "/metadata/name")
+                    )
+                })?
             } else {
                 raw
             };

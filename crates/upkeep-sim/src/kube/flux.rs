@@ -148,9 +148,20 @@ fn split_docs(text: &str) -> Vec<String> {
 }
 
 /// Flux's variable substitution in one document: `${var}`, `${var:=default}` (and `:-`), `$$`
-/// escapes `$`. A variable with no value and no default becomes empty, as in Flux's default
-/// (non-strict) mode.
+/// escapes `$`. A variable with no value and no default becomes empty (the non-strict mode).
 pub fn substitute(doc: &str, vars: &BTreeMap<String, String>) -> String {
+    try_substitute(doc, vars, false).unwrap_or_default()
+}
+
+/// [`substitute`], and in strict mode (kustomize-controller's default from v1.9, the
+/// `StrictPostBuildSubstitutions` feature gate) a variable with no value and no default is an
+/// error that fails the build, as fluxcd/pkg `kustomize/kustomize_varsub.go`
+/// `SubstituteVariables` with `envsubst` in strict mode does.
+pub fn try_substitute(
+    doc: &str,
+    vars: &BTreeMap<String, String>,
+    strict: bool,
+) -> Result<String, String> {
     let mut out = String::with_capacity(doc.len());
     let mut rest = doc;
     while let Some(i) = rest.find('$') {
@@ -184,42 +195,64 @@ pub fn substitute(doc: &str, vars: &BTreeMap<String, String>) -> String {
             rest = body;
             continue;
         }
-        match vars.get(name).filter(|v| !v.is_empty()) {
-            Some(v) => out.push_str(v),
-            None => out.push_str(default.unwrap_or("")),
+        match (vars.get(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) if strict => {
+                return Err(format!("variable not set (strict mode): \"{name}\""));
+            }
+            (None, None) => {}
         }
         rest = &body[end + 1..];
     }
     out.push_str(rest);
-    out
+    Ok(out)
 }
 
 /// [`substitute`] in every string (keys too) of an object built by kustomize. Upstream
 /// substitutes the YAML text and parses it again, so a value that was a whole variable and
 /// becomes a number or a boolean takes that type (`replicas: ${N}`); so here.
 pub fn substitute_value(v: &Value, vars: &BTreeMap<String, String>) -> Value {
-    match v {
+    try_substitute_value(v, vars, false).unwrap_or_else(|_| v.clone())
+}
+
+/// [`substitute_value`], strict or not (see [`try_substitute`]).
+pub fn try_substitute_value(
+    v: &Value,
+    vars: &BTreeMap<String, String>,
+    strict: bool,
+) -> Result<Value, String> {
+    Ok(match v {
         Value::String(s) => {
-            let out = substitute(s, vars);
+            let out = try_substitute(s, vars, strict)?;
             let whole = s.starts_with("${") && s.ends_with('}') && s.matches("${").count() == 1;
             if whole && out != *s {
                 if let Ok(n) = out.parse::<i64>() {
-                    return json!(n);
+                    return Ok(json!(n));
                 }
                 if out == "true" || out == "false" {
-                    return json!(out == "true");
+                    return Ok(json!(out == "true"));
                 }
             }
             Value::String(out)
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| substitute_value(x, vars)).collect()),
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .map(|x| try_substitute_value(x, vars, strict))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(m) => Value::Object(
             m.iter()
-                .map(|(k, x)| (substitute(k, vars), substitute_value(x, vars)))
-                .collect(),
+                .map(|(k, x)| {
+                    Ok((
+                        try_substitute(k, vars, strict)?,
+                        try_substitute_value(x, vars, strict)?,
+                    ))
+                })
+                .collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
-    }
+    })
 }
 
 /// `kustomize.toolkit.fluxcd.io/<key>` on an object.
@@ -319,6 +352,16 @@ mod tests {
         assert_eq!(
             substitute("cost: $5 ${not valid}", &vars),
             "cost: $5 ${not valid}"
+        );
+        // Strict (kustomize-controller's default since v1.9): an unset variable without a
+        // default fails the build; a default or an escape does not.
+        assert_eq!(
+            try_substitute("x: ${missing}", &vars, true),
+            Err("variable not set (strict mode): \"missing\"".to_string())
+        );
+        assert_eq!(
+            try_substitute("x: ${missing:=7} $${kept}", &vars, true),
+            Ok("x: 7 ${kept}".to_string())
         );
     }
 
