@@ -219,6 +219,8 @@ struct World {
     catalog: std::sync::Arc<Catalog>,
     /// Each rollout's last (phase, message) said, so that only changes are said.
     said: std::sync::Mutex<std::collections::BTreeMap<String, (Phase, String)>>,
+    /// The commit last written to the apply checkout (written again only when main moved).
+    extracted: std::sync::Mutex<Option<String>>,
     /// One Kubernetes client and one HTTP client for the whole rehearsal (each new one reads
     /// the system's certificates again).
     client: kube::Client,
@@ -452,6 +454,7 @@ async fn world(
         subdir: subdir.to_string(),
         catalog: std::sync::Arc::new(catalog),
         said: Default::default(),
+        extracted: Default::default(),
         client: upkeep::cluster::client(Some(&kubeconfig))
             .await
             .map_err(|e| e.to_string())?,
@@ -588,9 +591,13 @@ impl World {
         self.git.fetch().map_err(|e| e.to_string())?;
         let tip = self.git.tip("main").map_err(|e| e.to_string())?;
         let checkout = self.dir.join("apply-checkout");
-        self.git
-            .extract(tip, &self.subdir, &checkout)
-            .map_err(|e| e.to_string())?;
+        let mut extracted = self.extracted.lock().unwrap_or_else(|e| e.into_inner());
+        if extracted.as_deref() != Some(tip.to_string().as_str()) {
+            self.git
+                .extract(tip, &self.subdir, &checkout)
+                .map_err(|e| e.to_string())?;
+            *extracted = Some(tip.to_string());
+        }
         load(&checkout, now)
     }
 

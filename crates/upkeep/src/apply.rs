@@ -2334,6 +2334,15 @@ pub async fn run_checks(
 ) -> Vec<crate::validate::Finding> {
     use crate::model::CheckKind;
     use crate::validate::Finding;
+    let covering: Vec<&crate::model::Check> = checks
+        .iter()
+        .filter(|c| c.components.covers(component) && c.during.contains(&stage))
+        .collect();
+    // No check, no HTTP client: building one loads the system's root certificates, which every
+    // look of a validation or a soak would otherwise pay for nothing.
+    if covering.is_empty() {
+        return Vec::new();
+    }
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
@@ -2348,10 +2357,7 @@ pub async fn run_checks(
         }
     };
     let mut out = Vec::new();
-    for c in checks
-        .iter()
-        .filter(|c| c.components.covers(component) && c.during.contains(&stage))
-    {
+    for c in covering {
         let t = std::time::Instant::now();
         let (ok, what) = match &c.kind {
             CheckKind::Http { url, expect_status } => match client.get(url).send().await {
