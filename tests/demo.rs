@@ -55,10 +55,11 @@ mod common;
 
 /// What deploy/ grants that the demo's story does not use, and where each is exercised (there,
 /// tests/apply.rs and tests/run.rs hold every access against the same RBAC).
-const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 23] = [
+const NOT_IN_THE_DEMO: [(&str, &str, &str, &str); 24] = [
     // (namespace, group, resource, verb)
     ("", "", "nodes", "patch"), // uncordon after a halt: tests/apply.rs, a node that never comes back
     ("system-upgrade", "upgrade.cattle.io", "plans", "create"), // server-side apply creating a Plan needs create on a real API server
+    ("system-upgrade", "upgrade.cattle.io", "plans", "delete"), // its own Plans retired once the user's in git are adopted: tests/apply.rs, adopted_plans_in_git_are_changed_through_git_and_held_through_flux_when_a_node_fails
     ("longhorn-system", "longhorn.io", "systembackups", "get"), // a backup target: tests/apply.rs
     ("longhorn-system", "longhorn.io", "systembackups", "create"), // idem
     (
