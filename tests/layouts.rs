@@ -214,9 +214,7 @@ fn multi_cluster_each_cluster_reads_its_own_tree_and_the_root_reads_both_as_ambi
             m.problems.iter().any(|p| p.is_error()
                 && p.file == "infrastructure/controllers/cert-manager.yaml"
                 && p.message
-                    .contains("applied by another cluster's Flux tree too")
-                && p.message
-                    .contains(&format!("in clusters/{other}/infrastructure.yaml"))),
+                    .contains(&format!("the cluster of clusters/{other}"))),
             "{cl}: {:#?}",
             m.problems
         );
@@ -724,6 +722,85 @@ fn flux_from_the_flux_manifests_artifact_is_refused_with_what_to_do() {
             && p.hint
                 .as_deref()
                 .is_some_and(|h| h.contains("leave `flux` out of versions.yaml"))),
+        "{:#?}",
+        m.problems
+    );
+}
+
+/// Two clusters whose Flux Kustomizations build the same overlay take the version from the
+/// same place, whichever Kustomization file applies it: refused in both. A base only one
+/// cluster takes its version from (the other patches it) is not shared.
+#[test]
+fn a_version_two_clusters_take_from_one_place_is_refused_and_a_patched_base_is_not() {
+    let same = copy_of(
+        "multi-cluster",
+        &[(
+            "clusters/staging/apps.yaml",
+            "path: ./apps/staging",
+            "path: ./apps/production",
+        )],
+    );
+    for cl in ["production", "staging"] {
+        let r = Reading::of_dir(same.path(), &format!("clusters/{cl}"));
+        let m = r.carriers("podinfo", &chart("podinfo"));
+        assert!(
+            m.problems.iter().any(|p| p.is_error()
+                && p.file == "apps/production/podinfo-values.yaml"
+                && p.message.contains("takes its version from the same place")),
+            "{cl}: {:#?}",
+            m.problems
+        );
+    }
+    // Production without its patch takes the base's version; staging patches it.
+    let base = copy_of(
+        "multi-cluster",
+        &[
+            (
+                "apps/production/kustomization.yaml",
+                "patches:\n  - path: podinfo-values.yaml\n    target:\n      kind: HelmRelease\n",
+                "",
+            ),
+            (
+                "apps/base/podinfo/release.yaml",
+                "      chart: podinfo\n",
+                "      chart: podinfo\n      version: \"6.9.0\"\n",
+            ),
+        ],
+    );
+    let r = Reading::of_dir(base.path(), "clusters/production");
+    let m = r.carriers("podinfo", &chart("podinfo"));
+    assert_eq!(m.carriers.len(), 1, "{:#?}", m.carriers);
+    assert!(
+        m.carriers[0].file.starts_with("apps/base/"),
+        "{:#?}",
+        m.carriers
+    );
+    assert!(
+        m.problems.iter().all(|p| !p.is_error()),
+        "{:#?}",
+        m.problems
+    );
+}
+
+/// An OCIRepository with both a tag and a semver range follows the range (source-controller's
+/// `getArtifactRef`): upkeep never edits the tag it ignores.
+#[test]
+fn an_oci_repository_with_a_tag_and_a_range_is_read_as_the_range() {
+    let dir = copy_of(
+        "home-ops-oci",
+        &[(
+            "kubernetes/apps/storage/longhorn/app/ocirepository.yaml",
+            "  ref:\n",
+            "  ref:\n    semver: \">=1.9.0 <1.10.0\"\n",
+        )],
+    );
+    let r = Reading::of_dir(dir.path(), "");
+    let m = r.carriers("longhorn", &chart("longhorn"));
+    assert!(m.carriers.is_empty(), "{:#?}", m.carriers);
+    assert!(
+        m.problems
+            .iter()
+            .any(|p| p.message.contains("follows the range")),
         "{:#?}",
         m.problems
     );

@@ -818,7 +818,22 @@ fn helm_upgrades_fail_when_told_and_volumes_degrade() {
         "{}",
         hr(&sim)
     );
-    assert_eq!(hr(&sim)["status"]["history"][0]["chartVersion"], "1.9.1");
+    // The failed revision is recorded first; what runs is the deployed one below it.
+    let h = hr(&sim);
+    assert_eq!(
+        (
+            h["status"]["history"][0]["chartVersion"].clone(),
+            h["status"]["history"][0]["status"].clone(),
+            h["status"]["history"][1]["chartVersion"].clone(),
+            h["status"]["history"][1]["status"].clone(),
+        ),
+        (
+            json!("1.9.2"),
+            json!("failed"),
+            json!("1.9.1"),
+            json!("deployed")
+        )
+    );
     sim.inject(ClusterFault::VolumeDegradesAfterUpgrade {
         volume: "pvc-00003dde-0000-4000-8000-000000000002".into(),
     });

@@ -809,6 +809,26 @@ impl<F: Forge> Driver<'_, '_, F> {
             }
         };
         if status.phase.is_terminal() {
+            // Ended leaving the user's k3s Plans held through Flux after a success (the resume
+            // at its end failed): resume now. After a failure the hold stays for a human.
+            if c.name == "k3s"
+                && matches!(status.phase, Phase::Succeeded | Phase::Superseded)
+                && observed
+                    .kustomizations
+                    .iter()
+                    .any(|k| k.suspended_by.as_deref() == Some(name.as_str()))
+            {
+                let target = Target {
+                    name: &name,
+                    spec: &spec,
+                    component: c,
+                    observed,
+                    scope: &self.scope,
+                };
+                if let Err(e) = self.resume_adopted_plans(&target).await {
+                    tracing::warn!(error = %e, "cannot resume the Kustomization that applies the k3s Plans; tried again next look");
+                }
+            }
             // Ended while in maintenance (leaving failed at the last look): leave now.
             if status.in_maintenance() {
                 let mut next = status.clone();
@@ -929,6 +949,13 @@ impl<F: Forge> Driver<'_, '_, F> {
                         next.posted.retain(|k| k != key);
                     }
                 }
+                // Setting the release back to what runs after a failure with nothing moved is
+                // best effort: it never turns the revert into another failure, nor loses the
+                // revert already made (the release's controller retries the failed version
+                // until a human sets it, as the comment says).
+                Err(e) if matches!(fx, Effect::Apply { .. }) && next.phase == Phase::Reverted => {
+                    tracing::warn!(error = %e, "cannot set the release back to what runs");
+                }
                 // Refused for good (the base branch's protection, a review required): the hop
                 // fails now, with the reason, instead of trying again every look.
                 Err(Fail::Refused(why)) => {
@@ -953,6 +980,27 @@ impl<F: Forge> Driver<'_, '_, F> {
         }
         for change in rollout::node_changes(&status.nodes, &next.nodes) {
             tracing::info!(node = %change, "node");
+        }
+        // A rollout that ends while the user's k3s Plans are held through Flux (a window closed
+        // as the last node finished, or a newer merge superseded it) gives Flux back its
+        // Kustomization: no suspension outlives the rollout that made it.
+        if c.name == "k3s"
+            && matches!(next.phase, Phase::Succeeded | Phase::Superseded)
+            && observed
+                .kustomizations
+                .iter()
+                .any(|k| k.suspended_by.as_deref() == Some(name.as_str()))
+        {
+            let target = Target {
+                name: &name,
+                spec: &spec,
+                component: c,
+                observed,
+                scope: &self.scope,
+            };
+            if let Err(e) = self.resume_adopted_plans(&target).await {
+                tracing::warn!(error = %e, "cannot resume the Kustomization that applies the k3s Plans; tried again next look");
+            }
         }
         self.maintain(config, &c.name, &name, &mut next, t).await;
         let next = self.save(obj, &status, next, t).await?;
@@ -1433,6 +1481,16 @@ impl<F: Forge> Driver<'_, '_, F> {
         };
         match forge.merge_pull(pr.number, &commit.to_string()).await {
             Ok(()) => {}
+            // Someone merged first ("Base branch was modified", or the head moved): the next
+            // look builds on the new tip and merges again; the pull request stays.
+            Err(crate::forge::Error::Status {
+                status, message, ..
+            }) if status == 409 || message.contains("Base branch was modified") => {
+                return Err(Fail::Retry(format!(
+                    "{base} moved while upkeep merged #{} ({message}); trying again on its new tip",
+                    pr.number
+                )));
+            }
             Err(crate::forge::Error::Status {
                 status: 403 | 405 | 409 | 422,
                 message: why,
@@ -1535,10 +1593,6 @@ impl<F: Forge> Driver<'_, '_, F> {
             );
         match fx {
             Effect::Pause | Effect::Halt if adopted => {
-                if k3s {
-                    let hop = current_hop(t.spec, next);
-                    self.apply_plans(t, &hop, PlanMode::Hold).await?;
-                }
                 let held = self.hold_adopted_plans(t, PlanMode::Hold).await?;
                 if matches!(fx, Effect::Halt) {
                     note_held(next, &held, &t.spec.to);
@@ -1546,10 +1600,6 @@ impl<F: Forge> Driver<'_, '_, F> {
                 Ok(())
             }
             Effect::Release if adopted => {
-                if k3s {
-                    let hop = current_hop(t.spec, next);
-                    self.apply_plans(t, &hop, PlanMode::Release).await?;
-                }
                 self.hold_adopted_plans(t, PlanMode::Release).await?;
                 self.uncordon(t.observed).await
             }
@@ -1858,11 +1908,13 @@ impl<F: Forge> Driver<'_, '_, F> {
         t: &Target<'_>,
         mode: PlanMode,
     ) -> Result<Vec<String>, String> {
+        // Every Plan that upgrades k3s, upkeep's own left from before included (patched as
+        // they are: their version stays theirs).
         let plans: Vec<&crate::cluster::PlanState> = t
             .observed
             .plans
             .iter()
-            .filter(|p| p.image.contains("k3s-upgrade") && !p.upkeeps())
+            .filter(|p| p.image.contains("k3s-upgrade"))
             .collect();
         let mut held: Vec<String> = plans
             .iter()
@@ -2150,7 +2202,7 @@ fn note_held(next: &mut RolloutStatus, held: &[String], to: &str) {
         .collect::<Vec<_>>()
         .join(", ");
     next.failure = Some(format!(
-        "{why}; your k3s Plans are held (concurrency 0) and the Kustomization{} that appl{} them ({}) suspended by upkeep ({SUSPENDED_BY}), so that Flux does not start them again; git's Plans still say {to}: once the nodes are fixed, {resume} lets them finish (set versions.yaml to {to} too), or a new rollout resumes {} (docs/runbook.md)",
+        "{why}; your k3s Plans are held (concurrency 0, then a node selector that matches no node: `upkeep.dev/released`) and the Kustomization{} that appl{} them ({}) suspended by upkeep ({SUSPENDED_BY}), so that Flux does not start them again; git's Plans still say {to}: once the nodes are fixed, set versions.yaml to {to} and merge, and the next rollout takes the hold back and resumes {}; or {resume} and remove `upkeep.dev/released` from the Plans' nodeSelector yourself (docs/runbook.md)",
         if held.len() == 1 { "" } else { "s" },
         if held.len() == 1 { "ies" } else { "y" },
         held.join(", "),

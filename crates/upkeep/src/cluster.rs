@@ -848,18 +848,33 @@ pub async fn observe(client: &kube::Client, ns: &Namespaces) -> Result<Observed>
                 _ => v.to_string(),
             }
         };
-        x.running = h
-            .pointer("/status/history/0/chartVersion")
+        // What runs: the newest snapshot Helm deployed. helm-controller records a failed
+        // revision first in the history too (`status: failed`, `internal/reconcile` observing
+        // every release), and a failed upgrade's chart is not what runs.
+        let snapshots = h.pointer("/status/history").and_then(Value::as_array);
+        x.running = snapshots
+            .and_then(|all| {
+                all.iter()
+                    .find(|e| e.get("status").and_then(Value::as_str) != Some("failed"))
+            })
+            .and_then(|e| e.get("chartVersion"))
             .and_then(Value::as_str)
             .map(plain);
+        x.chart = snapshots
+            .and_then(|all| all.first())
+            .and_then(|e| e.get("chartName"))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .filter(|v| !v.is_empty());
         x.desired = Some(s(h, "/spec/chart/spec/version"))
             .filter(|v| !v.is_empty())
             .or_else(|| {
                 Some(plain(&s(h, "/status/lastAttemptedRevision")))
                     .filter(|v| from_oci && !v.is_empty())
             });
-        x.chart = Some(s(h, "/status/history/0/chartName"))
-            .filter(|v| !v.is_empty())
+        x.chart = x
+            .chart
+            .take()
             .or_else(|| Some(s(h, "/spec/chart/spec/chart")).filter(|v| !v.is_empty()));
         if let Some(values) = h.pointer("/spec/values") {
             values_images(values, &mut x.images, 0);

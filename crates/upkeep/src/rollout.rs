@@ -1301,8 +1301,17 @@ pub fn decide(
                 .join("; ");
             if irreversible {
                 let advice = match c.name.as_str() {
-                    "k3s" => format!("k3s cannot be downgraded in place: the nodes are within the skew rules but mixed ({facts}). Fix the failing node (or restore the etcd snapshot `{}` with `k3s server --cluster-reset --cluster-reset-restore-path=...`), then set versions.yaml to what runs. See docs/runbook.md.", s.backup.clone().unwrap_or_else(|| "none taken".into())),
-                    "longhorn" => "Longhorn cannot be downgraded: check the volumes (`kubectl -n longhorn-system get volumes`), let replicas rebuild, and see docs/runbook.md.".to_string(),
+                    "k3s" => format!(
+                        "k3s cannot be downgraded in place: the nodes are within the skew rules but mixed ({facts}). Fix the failing node (or restore the etcd snapshot `{}` with `k3s server --cluster-reset --cluster-reset-restore-path=...`), then set versions.yaml to what runs. See docs/runbook.md.",
+                        s.backup.clone().unwrap_or_else(|| "none taken".into())
+                    ),
+                    "longhorn" => format!(
+                        "Longhorn cannot be downgraded: check the volumes (`kubectl -n {} get volumes.longhorn.io`), let replicas rebuild, and see docs/runbook.md.",
+                        match ctx.observed.longhorn_namespace.as_str() {
+                            "" => "longhorn-system",
+                            n => n,
+                        }
+                    ),
                     _ => "see docs/runbook.md.".to_string(),
                 };
                 set(

@@ -39,7 +39,7 @@ pub fn decide(c: &Component, mapping: Option<&Mapping>, o: &Observed) -> Route {
         }
         // A range (`2.x`, `>=1.9.0`, `*`) follows every release by itself, in no window: upkeep
         // writes exact versions and will not pin one silently.
-        if crate::versions::parse(&carrier.value, c.scheme).is_err() {
+        if crate::versions::parse(&carrier.version(), c.scheme).is_err() {
             return Route::Refused {
                 why: format!(
                     "{}: {} ({}) asks for {:?}, which is not one version of {} (a range follows every release, outside any window): write the exact version that runs there, and upkeep changes it in windows",

@@ -1015,6 +1015,18 @@ impl World<'_> {
         due
     }
 
+    /// The minor of the Flux the cluster runs (the version label flux-operator puts on the
+    /// GitRepository CRD), if known.
+    fn flux_minor(&self) -> Option<u64> {
+        let crd = self.store.try_get(
+            &gr("apiextensions.k8s.io", "customresourcedefinitions"),
+            "",
+            "gitrepositories.source.toolkit.fluxcd.io",
+        )?;
+        let v = s(crd, "/metadata/labels/app.kubernetes.io~1version");
+        v.trim_start_matches('v').split('.').nth(1)?.parse().ok()
+    }
+
     /// source-controller's OCIRepository: the artifact of `spec.ref` (`digest` > `semver` >
     /// `tag` > `latest`, as `getArtifactRef`), its revision `<tag>@sha256:<digest>`
     /// (`getRevision`). A semver range needs the registry's tags, which this emulator does not
@@ -1183,22 +1195,51 @@ impl World<'_> {
                     continue;
                 }
             };
-            let current = s(&hr, "/status/history/0/chartVersion").to_string();
+            // What runs is the newest deployed revision (a failed one is recorded above it);
+            // Helm numbers every revision, failed ones too.
+            let deployed = hr
+                .pointer("/status/history")
+                .and_then(Value::as_array)
+                .and_then(|h| h.iter().find(|x| s(x, "/status") != "failed"))
+                .cloned();
+            let current = deployed
+                .as_ref()
+                .map(|d| s(d, "/chartVersion").to_string())
+                .unwrap_or_default();
             let current_base = current.split('+').next().unwrap_or("").to_string();
             let revision = hr
                 .pointer("/status/history/0/version")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
-            let action = if revision == 0 { "install" } else { "upgrade" };
+            let action = if deployed.is_none() {
+                "install"
+            } else {
+                "upgrade"
+            };
             let fault = self.fault(|f| matches!(f, ClusterFault::HelmUpgradeFails { release } if *release == name || *release == format!("{ns}/{name}")));
             let refusal = if chart == "longhorn" && revision > 0 {
                 longhorn_refusal(&current_base, &desired)
             } else {
                 None
             };
+            // Helm installs into `spec.targetNamespace` (else the release's namespace), which
+            // must exist unless `install.createNamespace` (helm-controller `install.go`).
+            let install_ns = match s(&hr, "/spec/targetNamespace") {
+                "" => ns.clone(),
+                t => t.to_string(),
+            };
+            let missing_ns = action == "install"
+                && hr.pointer("/spec/install/createNamespace") != Some(&json!(true))
+                && self
+                    .store
+                    .try_get(&gr("", "namespaces"), "", &install_ns)
+                    .is_none();
             let failure = match (&fault, refusal) {
                 (Some(_), _) => Some("simulated failure".to_string()),
                 (None, Some(r)) => Some(r),
+                (None, None) if missing_ns => Some(format!(
+                    "create: failed to create: namespaces \"{install_ns}\" not found"
+                )),
                 (None, None) => None,
             };
             if let Some(f) = fault {
@@ -1224,6 +1265,12 @@ impl World<'_> {
                         // The default `upgrade.remediation.retries: 0`: no rollback, stalled.
                         set_condition(h, "Stalled", "True", "RetriesExceeded", &format!("Failed to {action} after 1 attempt(s)"), now);
                         h["status"]["failures"] = json!(h["status"]["failures"].as_i64().unwrap_or(0) + 1);
+                        // Helm keeps the failed revision, and helm-controller records it first
+                        // in the history (`status: failed`); the deployed one stays below it.
+                        let mut history = h["status"]["history"].as_array().cloned().unwrap_or_default();
+                        history.insert(0, helm_snapshot((&name, &ns), &chart, &recorded, revision + 1, now, "failed"));
+                        history.truncate(5);
+                        h["status"]["history"] = json!(history);
                     }
                     None => {
                         let msg = format!("Helm {action} succeeded for release {release} with chart {chart}@{recorded}");
@@ -1966,7 +2013,11 @@ impl World<'_> {
         {
             vars.insert(key.clone(), v.as_str().unwrap_or("").to_string());
         }
-        let substitutes = k.pointer("/spec/postBuild").is_some();
+        // Substituted only when some variable is defined (fluxcd/pkg `SubstituteVariables`:
+        // `len(vars) > 0`), strictly from kustomize-controller v1.9 (Flux 2.9) on, where
+        // `StrictPostBuildSubstitutions` is on by default.
+        let substitutes = k.pointer("/spec/postBuild").is_some() && !vars.is_empty();
+        let strict = self.flux_minor().is_none_or(|m| m >= 9);
         let target_ns = s(k, "/spec/targetNamespace").to_string();
         let ctx = self.ctx("kustomize-controller");
         let mut entries = Vec::new();
@@ -1985,7 +2036,7 @@ impl World<'_> {
                 || raw.pointer("/metadata/labels/kustomize.toolkit.fluxcd.io~1substitute")
                     == Some(&json!("disabled"));
             let obj: Value = if substitutes && !disabled {
-                flux::try_substitute_value(&raw, &vars, true).map_err(|e| {
+                flux::try_substitute_value(&raw, &vars, strict).map_err(|e| {
                     format!(
                         "post build failed for '{}/{}': {e}",
                         s(&raw, "/kind"),
@@ -3078,9 +3129,13 @@ mod tests {
             .get(&hrs, "longhorn-system", "longhorn")
             .unwrap_or_default();
         assert_eq!(
-            s(&h, "/status/history/0/chartVersion"),
-            "1.10.2",
-            "what runs is unchanged"
+            (
+                s(&h, "/status/history/0/status"),
+                s(&h, "/status/history/1/chartVersion"),
+                s(&h, "/status/history/1/status")
+            ),
+            ("failed", "1.10.2", "deployed"),
+            "the failed revision first; what runs, deployed, below it"
         );
     }
 }

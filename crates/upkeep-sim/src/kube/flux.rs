@@ -98,8 +98,11 @@ pub fn try_substitute(
             rest = body;
             continue;
         }
-        match (vars.get(name).filter(|v| !v.is_empty()), default) {
-            (Some(v), _) => out.push_str(v),
+        // Strict mode asks only that the variable exists (an empty value is a value); a
+        // default stands in for an unset or empty one.
+        match (vars.get(name), default) {
+            (Some(v), _) if !v.is_empty() => out.push_str(v),
+            (Some(_), d) => out.push_str(d.unwrap_or("")),
             (None, Some(d)) => out.push_str(d),
             (None, None) if strict => {
                 return Err(format!("variable not set (strict mode): \"{name}\""));

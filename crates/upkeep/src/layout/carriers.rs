@@ -81,6 +81,15 @@ impl Carrier {
     pub fn at(&self) -> String {
         format!("{}:{}:{}", self.file, self.pos.line, self.pos.column)
     }
+
+    /// The version it carries, read as a version: an OCI tag's `_` is Helm's `+` (OCI tags
+    /// allow no `+`).
+    pub fn version(&self) -> String {
+        match self.field {
+            Field::OciTag => self.value.replace('_', "+"),
+            _ => self.value.clone(),
+        }
+    }
 }
 
 /// A component's carriers and what is wrong with them.

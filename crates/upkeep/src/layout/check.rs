@@ -57,7 +57,9 @@ pub fn check(reading: &Reading, repo: &ConfigRepo) -> Vec<Diagnostic> {
                     .hint("write a plain version (or one variable defined in git) there, or remove the component from versions.yaml"),
                 );
             }
-            if crate::versions::parse(&carrier.value, c.scheme).is_err() {
+            if carrier.edit.is_err() {
+                // Said above: not a place upkeep can change.
+            } else if crate::versions::parse(&carrier.version(), c.scheme).is_err() {
                 out.push(
                     Diagnostic::error(
                         &carrier.file,
@@ -71,7 +73,7 @@ pub fn check(reading: &Reading, repo: &ConfigRepo) -> Vec<Diagnostic> {
                     )
                     .hint("write the exact version that runs there (versions.yaml's), and upkeep changes it in windows"),
                 );
-            } else if !same_version(&carrier.value, &want) {
+            } else if !same_version(&carrier.version(), &want) {
                 out.push(
                     Diagnostic::warning(
                         &carrier.file,

@@ -35,9 +35,9 @@ pub struct Reading {
     pub layout: Layout,
     /// The cluster's directory ("" for the root).
     pub subdir: String,
-    /// File -> the Flux Kustomizations outside this cluster's tree that apply objects written
-    /// in it (other clusters of the same repository), read once when first asked.
-    shared: std::sync::OnceLock<std::collections::BTreeMap<String, Vec<String>>>,
+    /// The other clusters of the same repository (their directory, and their reading), read
+    /// once when first asked.
+    shared: std::sync::OnceLock<Vec<(String, Layout)>>,
 }
 
 impl Reading {
@@ -56,68 +56,67 @@ impl Reading {
         }
     }
 
-    /// Where `component` (which `runs` as said) carries its version. A carrier in a file that
-    /// another cluster's Flux tree also applies is an error: changing it in this cluster's
-    /// window would change the other cluster at once, outside its window and its preflight.
+    /// Where `component` (which `runs` as said) carries its version. A place that another
+    /// cluster's Flux tree takes the same version from is an error: changing it in this
+    /// cluster's window would change that cluster at once, outside its window and its preflight.
     pub fn carriers(&self, component: &str, runs: &Runs) -> Mapping {
         let mut m = carriers::carriers(&self.files, &self.layout, component, runs);
+        let mut shared = Vec::new();
         for c in &m.carriers {
             let Ok(edit) = &c.edit else { continue };
-            if let Some(others) = self.shared().get(&edit.loc.file) {
-                m.problems.push(
+            let mut who: Vec<String> = Vec::new();
+            for (path, layout) in self.others() {
+                let theirs = carriers::carriers(&self.files, layout, component, runs);
+                let same = theirs.carriers.iter().any(|o| match &o.edit {
+                    Ok(e) => e.loc.file == edit.loc.file && e.loc.node.start == edit.loc.node.start,
+                    Err(_) => o.file == c.file && o.pos == c.pos,
+                });
+                if same {
+                    who.push(format!("the cluster of {path}"));
+                }
+            }
+            if !who.is_empty() {
+                shared.push(
                     crate::diag::Diagnostic::error(
                         &edit.loc.file,
                         edit.loc.pos(),
                         format!(
-                            "{} carries {component}'s version here, and this file is applied by another cluster's Flux tree too ({}): changing it in this cluster's window would change that cluster at once, outside its window and without its preflight or backup",
+                            "{} carries {component}'s version here, and {} takes its version from the same place: changing it in this cluster's window would change that cluster at once, outside its window and without its preflight or backup",
                             c.object,
-                            others.join(", ")
+                            who.join(" and ")
                         ),
                     )
                     .hint("give each cluster its own version: a patch or a postBuild variable in each cluster's directory, or a file per cluster"),
                 );
             }
         }
+        m.problems.extend(shared);
         m
     }
 
-    /// Files whose objects Flux Kustomizations outside this cluster's tree apply too.
-    fn shared(&self) -> &std::collections::BTreeMap<String, Vec<String>> {
+    /// The other clusters of the repository (Flux entry points outside this cluster's
+    /// directory), each read as its own: a whole-repository reading would build a Kustomization
+    /// two clusters share only once.
+    fn others(&self) -> &[(String, Layout)] {
         self.shared.get_or_init(|| {
-            let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
             if self.subdir.is_empty() {
-                return out;
+                return Vec::new();
             }
-            let ours: std::collections::BTreeSet<(&str, crate::diag::Pos)> = self
-                .layout
-                .kustomizations
-                .iter()
-                .map(|k| (k.file.as_str(), k.pos))
-                .collect();
-            // Each other cluster read as its own (a whole-repository reading would build a
-            // Kustomization two clusters share only once).
             let within =
                 |a: &str, b: &str| b.is_empty() || a == b || a.starts_with(&format!("{b}/"));
-            let others: std::collections::BTreeSet<String> = build::read(&self.files, "")
+            let paths: std::collections::BTreeSet<String> = build::read(&self.files, "")
                 .entries
                 .into_iter()
                 .map(|(path, _)| path)
                 .filter(|p| !within(p, &self.subdir) && !within(&self.subdir, p))
                 .collect();
-            for path in others {
-                for o in build::read(&self.files, &path).objects {
-                    let Some(k) = &o.applied_by else { continue };
-                    if ours.contains(&(k.file.as_str(), k.pos)) {
-                        continue;
-                    }
-                    let who = format!("Kustomization {k} in {}", k.file);
-                    let list = out.entry(o.file.clone()).or_default();
-                    if !list.contains(&who) {
-                        list.push(who);
-                    }
-                }
-            }
-            out
+            paths
+                .into_iter()
+                .map(|p| {
+                    let l = build::read(&self.files, &p);
+                    (p, l)
+                })
+                .collect()
         })
     }
 }
