@@ -805,3 +805,30 @@ fn an_oci_repository_with_a_tag_and_a_range_is_read_as_the_range() {
         m.problems
     );
 }
+
+/// An OCI tag spells Helm's `+` as `_`: read as the version it is, not refused as a range.
+#[test]
+fn an_oci_tag_with_helms_underscore_is_read_as_its_version() {
+    let dir = copy_of(
+        "home-ops-oci",
+        &[(
+            "kubernetes/apps/storage/longhorn/app/ocirepository.yaml",
+            "tag: 1.9.1",
+            "tag: 1.9.1_up2",
+        )],
+    );
+    let r = Reading::of_dir(dir.path(), "");
+    let m = r.carriers("longhorn", &chart("longhorn"));
+    assert_eq!(m.carriers.len(), 1, "{:#?}", m);
+    assert_eq!(m.carriers[0].version(), "1.9.1+up2");
+    let loaded = upkeep::model::load_repo(dir.path(), chrono::Utc::now()).expect("load");
+    let repo = loaded.repo.expect("valid");
+    let found = upkeep::layout::check::check(&r, &repo);
+    assert!(
+        found.iter().all(|d| !d.message.contains("not one version")),
+        "{found:#?}"
+    );
+    assert!(
+        upkeep::versions::parse(&m.carriers[0].version(), upkeep::versions::Scheme::Semver).is_ok()
+    );
+}

@@ -1347,12 +1347,23 @@ impl<F: Forge> Driver<'_, '_, F> {
             .reading()
             .ok_or_else(|| format!("cannot read {} of the config repository", self.repo.base))?;
         let mapping = reading.carriers(&t.component.name, &t.component.runs);
-        let edits: Vec<(&crate::layout::EditAt, &str)> = mapping
+        // An OCI tag spells Helm's `+` as `_` (tags allow no `+`).
+        let spelled: Vec<(&crate::layout::EditAt, String)> = mapping
             .carriers
             .iter()
-            .filter(|c| !crate::layout::same_version(&c.value, version))
-            .filter_map(|c| c.edit.as_ref().ok().map(|e| (e, version)))
+            .filter(|c| !crate::layout::same_version(&c.version(), version))
+            .filter_map(|c| {
+                c.edit.as_ref().ok().map(|e| {
+                    let v = match c.field {
+                        crate::layout::Field::OciTag => version.replace('+', "_"),
+                        _ => version.to_string(),
+                    };
+                    (e, v)
+                })
+            })
             .collect();
+        let edits: Vec<(&crate::layout::EditAt, &str)> =
+            spelled.iter().map(|(e, v)| (*e, v.as_str())).collect();
         let mut tip = git.tip(&self.repo.base).map_err(|e| e.to_string())?;
         if !edits.is_empty() {
             let changed =

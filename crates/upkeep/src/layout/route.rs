@@ -20,7 +20,7 @@ pub struct Place {
     /// The Flux Kustomization that applies it (`namespace/name`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kustomization: Option<String>,
-    /// What git asks for now.
+    /// What git asks for now, as a version (an OCI tag's `_` read as `+`).
     pub value: String,
 }
 
@@ -64,7 +64,7 @@ impl Place {
             at,
             variable,
             kustomization: c.applied_by.as_ref().map(ToString::to_string),
-            value: c.value.clone(),
+            value: c.version(),
         }
     }
 }
