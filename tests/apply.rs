@@ -2790,3 +2790,69 @@ fn a_failed_hop_through_git_with_nothing_moved_sets_the_manifest_back() {
         "Flux applies what git says again"
     );
 }
+
+/// A rollout that ends with the user's k3s Plans still held through Flux (the window closed on
+/// the last node, or the resume at its end failed) gives Flux its Kustomization back at the
+/// next look: no suspension outlives the rollout that made it.
+#[test]
+fn a_suspension_never_outlives_the_rollout_that_made_it() {
+    let w = World::new(in_window());
+    w.push_files(
+        &[
+            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+            ("apps/kustomization.yaml", "resources: []\n"),
+            (
+                "infrastructure/kustomization.yaml",
+                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - k3s-plans.yaml\n",
+            ),
+            ("infrastructure/k3s-plans.yaml", USER_PLANS),
+        ],
+        "the k3s Plans, in git",
+    );
+    w.flux_from_repo();
+    w.wait("Flux applied the Plans", |w| {
+        w.kube
+            .get("upgrade.cattle.io", "plans", "system-upgrade", "workers")
+            .is_some_and(|p| {
+                p["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"] == "infrastructure"
+            })
+    });
+    let s = w.apply(UNTIL_DONE);
+    assert_eq!(phase_of(&s, K3S), Some(Phase::Succeeded), "{s:?}");
+    let ks = |w: &World| {
+        w.kube
+            .get(
+                "kustomize.toolkit.fluxcd.io",
+                "kustomizations",
+                "flux-system",
+                "infrastructure",
+            )
+            .unwrap_or_default()
+    };
+    // As a hold left behind would leave it.
+    {
+        let mut st = w.kube.store();
+        let ctx = upkeep_sim::kube::store::Ctx::new(Utc::now(), "upkeep");
+        st.modify(
+            &(
+                "kustomize.toolkit.fluxcd.io".into(),
+                "kustomizations".into(),
+            ),
+            "flux-system",
+            "infrastructure",
+            &ctx,
+            |k| {
+                k["spec"]["suspend"] = json!(true);
+                k["metadata"]["annotations"]["upkeep.dev/suspended-by"] = json!(K3S);
+            },
+        )
+        .expect("suspend");
+    }
+    w.apply(minutes(5));
+    let k = ks(&w);
+    assert_eq!(k["spec"]["suspend"], json!(false), "{k}");
+    assert!(
+        k["metadata"]["annotations"]["upkeep.dev/suspended-by"].is_null(),
+        "{k}"
+    );
+}
