@@ -1503,6 +1503,45 @@ impl World {
         self.run_until(what, done);
     }
 
+    /// Longhorn's HelmRelease in git (`infrastructure/longhorn.yaml`, chart 1.9.1), applied by
+    /// the Flux Kustomization `infrastructure`; nothing else in the cluster's tree.
+    fn longhorn_applied_by_flux(&self) {
+        self.push_files(
+            &[
+                ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+                ("apps/kustomization.yaml", "resources: []\n"),
+                (
+                    "infrastructure/longhorn.yaml",
+                    &longhorn_manifest("", "1.9.1"),
+                ),
+            ],
+            "add the cluster's manifests",
+        );
+        self.flux_from_repo();
+        self.wait("Flux applied the HelmRelease", |w| {
+            w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
+                == "infrastructure"
+        });
+    }
+
+    /// The user's own k3s Plans ([`USER_PLANS`]) in git, which the Flux Kustomization
+    /// `infrastructure` applies; Flux reads the repository from here on.
+    fn user_plans_applied_by_flux(&self) {
+        self.push_files(
+            &[
+                ("clusters/homelab/kustomization.yaml", "resources: []\n"),
+                ("apps/kustomization.yaml", "resources: []\n"),
+                (
+                    "infrastructure/kustomization.yaml",
+                    "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - k3s-plans.yaml\n",
+                ),
+                ("infrastructure/k3s-plans.yaml", USER_PLANS),
+            ],
+            "the k3s Plans, in git",
+        );
+        self.flux_from_repo();
+    }
+
     fn longhorn_release(&self) -> serde_json::Value {
         self.kube
             .get(
@@ -1532,22 +1571,7 @@ fn longhorn_manifest(annotations: &str, version: &str) -> String {
 fn a_release_flux_applies_from_git_is_upgraded_through_git_in_the_window() {
     let saturday_noon: DateTime<Utc> = "2026-11-21T11:00:00Z".parse().unwrap_or_default();
     let w = World::with_update(saturday_noon, "longhorn", "v1.9.1", "v1.10.2");
-    w.push_files(
-        &[
-            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
-            ("apps/kustomization.yaml", "resources: []\n"),
-            (
-                "infrastructure/longhorn.yaml",
-                &longhorn_manifest("", "1.9.1"),
-            ),
-        ],
-        "add the cluster's manifests",
-    );
-    w.flux_from_repo();
-    w.wait("Flux applied the HelmRelease", |w| {
-        w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
-            == "infrastructure"
-    });
+    w.longhorn_applied_by_flux();
     let lh = "longhorn-v1.10.2";
     // Watched all along, not only afterwards: outside the window the release never asks for
     // anything but 1.9.1 (Flux reconciles it every 10 simulated minutes meanwhile).
@@ -2545,22 +2569,7 @@ fn the_monthly_report_matches_a_month_of_rollouts() {
 fn a_protected_base_branch_applies_through_a_pull_request_or_fails_at_once() {
     for reviews in [false, true] {
         let mut w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
-        w.push_files(
-            &[
-                ("clusters/homelab/kustomization.yaml", "resources: []\n"),
-                ("apps/kustomization.yaml", "resources: []\n"),
-                (
-                    "infrastructure/longhorn.yaml",
-                    &longhorn_manifest("", "1.9.1"),
-                ),
-            ],
-            "add the cluster's manifests",
-        );
-        w.flux_from_repo();
-        w.wait("Flux applied the HelmRelease", |w| {
-            w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
-                == "infrastructure"
-        });
+        w.longhorn_applied_by_flux();
         // From here on main takes no direct push (over smart HTTP, where the hook runs).
         w.clone_url = format!("{}/git/{REPO}.git", w.gh.url());
         w.gh.with_forge(|f| {
@@ -2673,19 +2682,7 @@ fn adopted_plans_in_git_are_changed_through_git_and_held_through_flux_when_a_nod
             .expect("plan");
         }
     }
-    w.push_files(
-        &[
-            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
-            ("apps/kustomization.yaml", "resources: []\n"),
-            (
-                "infrastructure/kustomization.yaml",
-                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - k3s-plans.yaml\n",
-            ),
-            ("infrastructure/k3s-plans.yaml", USER_PLANS),
-        ],
-        "the k3s Plans, in git",
-    );
-    w.flux_from_repo();
+    w.user_plans_applied_by_flux();
     let plan = |w: &World, name: &str| {
         w.kube
             .get("upgrade.cattle.io", "plans", "system-upgrade", name)
@@ -2752,22 +2749,7 @@ fn adopted_plans_in_git_are_changed_through_git_and_held_through_flux_when_a_nod
 #[test]
 fn a_failed_hop_through_git_with_nothing_moved_sets_the_manifest_back() {
     let w = World::with_update(in_window(), "longhorn", "v1.9.1", "v1.10.2");
-    w.push_files(
-        &[
-            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
-            ("apps/kustomization.yaml", "resources: []\n"),
-            (
-                "infrastructure/longhorn.yaml",
-                &longhorn_manifest("", "1.9.1"),
-            ),
-        ],
-        "add the cluster's manifests",
-    );
-    w.flux_from_repo();
-    w.wait("Flux applied the HelmRelease", |w| {
-        w.longhorn_release()["metadata"]["labels"]["kustomize.toolkit.fluxcd.io/name"]
-            == "infrastructure"
-    });
+    w.longhorn_applied_by_flux();
     w.kube.inject(ClusterFault::HelmUpgradeFails {
         release: "longhorn-system/longhorn".into(),
     });
@@ -2797,19 +2779,7 @@ fn a_failed_hop_through_git_with_nothing_moved_sets_the_manifest_back() {
 #[test]
 fn a_suspension_never_outlives_the_rollout_that_made_it() {
     let w = World::new(in_window());
-    w.push_files(
-        &[
-            ("clusters/homelab/kustomization.yaml", "resources: []\n"),
-            ("apps/kustomization.yaml", "resources: []\n"),
-            (
-                "infrastructure/kustomization.yaml",
-                "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - k3s-plans.yaml\n",
-            ),
-            ("infrastructure/k3s-plans.yaml", USER_PLANS),
-        ],
-        "the k3s Plans, in git",
-    );
-    w.flux_from_repo();
+    w.user_plans_applied_by_flux();
     w.wait("Flux applied the Plans", |w| {
         w.kube
             .get("upgrade.cattle.io", "plans", "system-upgrade", "workers")

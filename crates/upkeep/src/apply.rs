@@ -811,24 +811,8 @@ impl<F: Forge> Driver<'_, '_, F> {
         if status.phase.is_terminal() {
             // Ended leaving the user's k3s Plans held through Flux after a success (the resume
             // at its end failed): resume now. After a failure the hold stays for a human.
-            if c.name == "k3s"
-                && matches!(status.phase, Phase::Succeeded | Phase::Superseded)
-                && observed
-                    .kustomizations
-                    .iter()
-                    .any(|k| k.suspended_by.as_deref() == Some(name.as_str()))
-            {
-                let target = Target {
-                    name: &name,
-                    spec: &spec,
-                    component: c,
-                    observed,
-                    scope: &self.scope,
-                };
-                if let Err(e) = self.resume_adopted_plans(&target).await {
-                    tracing::warn!(error = %e, "cannot resume the Kustomization that applies the k3s Plans; tried again next look");
-                }
-            }
+            self.resume_after_end(c, &name, &spec, observed, status.phase)
+                .await;
             // Ended while in maintenance (leaving failed at the last look): leave now.
             if status.in_maintenance() {
                 let mut next = status.clone();
@@ -984,24 +968,8 @@ impl<F: Forge> Driver<'_, '_, F> {
         // A rollout that ends while the user's k3s Plans are held through Flux (a window closed
         // as the last node finished, or a newer merge superseded it) gives Flux back its
         // Kustomization: no suspension outlives the rollout that made it.
-        if c.name == "k3s"
-            && matches!(next.phase, Phase::Succeeded | Phase::Superseded)
-            && observed
-                .kustomizations
-                .iter()
-                .any(|k| k.suspended_by.as_deref() == Some(name.as_str()))
-        {
-            let target = Target {
-                name: &name,
-                spec: &spec,
-                component: c,
-                observed,
-                scope: &self.scope,
-            };
-            if let Err(e) = self.resume_adopted_plans(&target).await {
-                tracing::warn!(error = %e, "cannot resume the Kustomization that applies the k3s Plans; tried again next look");
-            }
-        }
+        self.resume_after_end(c, &name, &spec, observed, next.phase)
+            .await;
         self.maintain(config, &c.name, &name, &mut next, t).await;
         let next = self.save(obj, &status, next, t).await?;
         Ok(Some(((next.phase, next.paused), ctx.may_start)))
@@ -1980,6 +1948,37 @@ impl<F: Forge> Driver<'_, '_, F> {
                 .map_err(api_err("holding a k3s Plan"))?;
         }
         Ok(held)
+    }
+
+    /// When rollout `name` of k3s has ended well (`phase` Succeeded or Superseded) and a
+    /// Kustomization is still suspended by it, resume it (best effort: tried again next look).
+    async fn resume_after_end(
+        &self,
+        c: &Component,
+        name: &str,
+        spec: &RolloutSpec,
+        observed: &Observed,
+        phase: Phase,
+    ) {
+        if c.name != "k3s"
+            || !matches!(phase, Phase::Succeeded | Phase::Superseded)
+            || !observed
+                .kustomizations
+                .iter()
+                .any(|k| k.suspended_by.as_deref() == Some(name))
+        {
+            return;
+        }
+        let target = Target {
+            name,
+            spec,
+            component: c,
+            observed,
+            scope: &self.scope,
+        };
+        if let Err(e) = self.resume_adopted_plans(&target).await {
+            tracing::warn!(error = %e, "cannot resume the Kustomization that applies the k3s Plans; tried again next look");
+        }
     }
 
     /// Before the user's own k3s Plans run again (the next window, or a new rollout): take back
